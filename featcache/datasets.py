@@ -1,0 +1,224 @@
+"""Datasets named by a spec string: ``elpv``, ``folder:PATH``, ``cifar100:PATH``.
+
+A dataset is a :class:`DatasetListing`: a sorted, immutable list of samples (relative path,
+label, domain, split) plus a way to read each sample's bytes and image. Sample order is
+deterministic (sorted relative paths) so a store row always means the same sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from featcache.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+SPLITS = ("train", "test")
+HOLDOUT_FRACTION = 0.2
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    relpath: str
+    label: int
+    domain: int
+    split: int
+    size: int
+
+
+@dataclass(frozen=True)
+class DatasetListing:
+    """Every sample of a dataset, in store row order."""
+
+    spec: str
+    root: Path
+    samples: tuple[Sample, ...]
+    classes: tuple[str, ...]
+    domains: tuple[str, ...]
+    splits: tuple[str, ...] = SPLITS
+    reader: Callable[[DatasetListing, int], bytes] | None = field(default=None, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def path(self, index: int) -> Path:
+        """Absolute path of a sample; refuses relative paths that escape the root."""
+        path = (self.root / self.samples[index].relpath).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise UserError(f"sample path {self.samples[index].relpath!r} escapes the dataset root")
+        return path
+
+    def read_bytes(self, index: int) -> bytes:
+        if self.reader is not None:
+            return self.reader(self, index)
+        return self.path(index).read_bytes()
+
+    def load_image(self, index: int, data: bytes | None = None) -> Image.Image:
+        data = self.read_bytes(index) if data is None else data
+        if self.reader is not None and self.spec.startswith("cifar100:"):
+            return Image.fromarray(np.frombuffer(data, np.uint8).reshape(3, 32, 32).transpose(1, 2, 0))
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+
+    def listing_hash(self) -> str:
+        """Hash of sorted relative paths, sizes, labels, domains and splits."""
+        h = hashlib.sha256()
+        for s in self.samples:
+            h.update(f"{s.relpath}\t{s.size}\t{s.label}\t{s.domain}\t{s.split}\n".encode())
+        h.update(("|".join(self.classes) + "#" + "|".join(self.domains)).encode())
+        return h.hexdigest()
+
+
+def sample_key(relpath: str) -> int:
+    """uint64 key of a sample's relative path (row ↔ image check)."""
+    return int.from_bytes(hashlib.blake2b(relpath.encode(), digest_size=8).digest(), "little")
+
+
+def content_hash(data: bytes) -> int:
+    """uint64 hash of a sample's bytes (staleness check)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def stratified_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Split ids ``[N]`` (0 train, 1 test): ``fraction`` of each (label, group) cell held out."""
+    rng = np.random.default_rng(seed)
+    split = np.zeros(len(labels), dtype=np.int16)
+    for cell in sorted(set(zip(labels.tolist(), groups.tolist()))):
+        members = np.flatnonzero((labels == cell[0]) & (groups == cell[1]))
+        members = members[rng.permutation(len(members))]
+        split[members[: int(round(fraction * len(members)))]] = 1
+    return split
+
+
+def _list_elpv(arg: str) -> DatasetListing:
+    if arg:
+        raise UserError("the elpv dataset takes no path: use DATA=elpv")
+    try:
+        import elpv_dataset
+    except ImportError as exc:
+        raise UserError("the elpv dataset needs the package: pip install elpv-dataset") from exc
+    root = Path(elpv_dataset.__file__).parent / "data"
+    probabilities = {0.0: 0, 1 / 3: 1, 2 / 3: 2, 1.0: 3}
+    rows = []
+    with open(root / "labels.csv") as fh:
+        for line in fh:
+            if line.strip():
+                relpath, prob, cell_type = line.split()
+                label = min(probabilities.items(), key=lambda kv: abs(kv[0] - float(prob)))[1]
+                rows.append((relpath, label, 0 if cell_type == "mono" else 1))
+    rows.sort()
+    labels = np.array([r[1] for r in rows])
+    domains = np.array([r[2] for r in rows])
+    split = stratified_holdout(labels, domains, HOLDOUT_FRACTION, SPLIT_SEED)
+    samples = tuple(
+        Sample(r[0], r[1], r[2], int(split[i]), (root / r[0]).stat().st_size) for i, r in enumerate(rows)
+    )
+    classes = ("p0", "p1/3", "p2/3", "p1")
+    return DatasetListing("elpv", root, samples, classes, ("mono", "poly"))
+
+
+def _image_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _list_folder(arg: str) -> DatasetListing:
+    """``PATH/<class>/<img>`` or ``PATH/<domain>/<class>/<img>``; ``train``/``test`` top dirs keep their split."""
+    if not arg:
+        raise UserError("folder: needs a path, e.g. DATA=folder:/data/mydataset")
+    root = Path(arg).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist; pass DATA=folder:PATH with an existing directory")
+    top = sorted(p for p in root.iterdir() if p.is_dir())
+    preset_split = {p.name for p in top} >= {"train", "test"} or {p.name for p in top} >= {"train", "val"}
+    split_dirs = [p for p in top if p.name in ("train", "test", "val")] if preset_split else [root]
+    entries = []  # (relpath, class, domain, split or -1)
+    for split_dir in split_dirs:
+        split_id = (0 if split_dir.name == "train" else 1) if preset_split else -1
+        for class_or_domain in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            subdirs = sorted(p for p in class_or_domain.iterdir() if p.is_dir())
+            direct = [p for p in class_or_domain.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+            if subdirs and not direct:  # domain level
+                for class_dir in subdirs:
+                    for f in _image_files(class_dir):
+                        entries.append((f.relative_to(root).as_posix(), class_dir.name, class_or_domain.name, split_id))
+            else:
+                for f in _image_files(class_or_domain):
+                    entries.append((f.relative_to(root).as_posix(), class_or_domain.name, "", split_id))
+    if not entries:
+        raise UserError(f"no images found under {root}; expected PATH/<class>/<image> or PATH/<domain>/<class>/<image>")
+    entries.sort()
+    classes = tuple(sorted({e[1] for e in entries}))
+    domains = tuple(sorted({e[2] for e in entries})) if any(e[2] for e in entries) else ("all",)
+    labels = np.array([classes.index(e[1]) for e in entries])
+    domain_ids = np.array([domains.index(e[2]) if e[2] else 0 for e in entries])
+    split = (
+        np.array([e[3] for e in entries], dtype=np.int16)
+        if preset_split
+        else stratified_holdout(labels, domain_ids, HOLDOUT_FRACTION, SPLIT_SEED)
+    )
+    samples = tuple(
+        Sample(e[0], int(labels[i]), int(domain_ids[i]), int(split[i]), (root / e[0]).stat().st_size)
+        for i, e in enumerate(entries)
+    )
+    return DatasetListing(f"folder:{root.resolve()}", root.resolve(), samples, classes, domains)
+
+
+def _cifar_reader(listing: DatasetListing, index: int) -> bytes:
+    part, row = listing.samples[index].relpath.split("/")
+    return _load_cifar_part(listing.root, part)[b"data"][int(row)].tobytes()
+
+
+_CIFAR_CACHE: dict[tuple[Path, str], dict] = {}
+
+
+def _load_cifar_part(root: Path, part: str) -> dict:
+    if (root, part) not in _CIFAR_CACHE:
+        with open(root / part, "rb") as fh:
+            # The official CIFAR release is a pickle; only read it from a path the user named.
+            _CIFAR_CACHE[(root, part)] = pickle.load(fh, encoding="bytes")  # noqa: S301
+    return _CIFAR_CACHE[(root, part)]
+
+
+def _list_cifar100(arg: str) -> DatasetListing:
+    root = Path(arg).expanduser().resolve()
+    if not (root / "train").is_file() or not (root / "test").is_file() or not (root / "meta").is_file():
+        raise UserError(
+            f"{root} is not the CIFAR-100 python release (train, test, meta files); download "
+            "cifar-100-python.tar.gz yourself, unpack it and pass DATA=cifar100:PATH/cifar-100-python"
+        )
+    classes = tuple(c.decode() for c in _load_cifar_part(root, "meta")[b"fine_label_names"])
+    samples = []
+    for split_id, part in enumerate(SPLITS):
+        labels = _load_cifar_part(root, part)[b"fine_labels"]
+        samples += [Sample(f"{part}/{i:05d}", int(y), 0, split_id, 3072) for i, y in enumerate(labels)]
+    samples.sort(key=lambda s: s.relpath)
+    return DatasetListing(f"cifar100:{root}", root, tuple(samples), classes, ("all",), reader=_cifar_reader)
+
+
+DATASETS: dict[str, Callable[[str], DatasetListing]] = {
+    "elpv": _list_elpv,
+    "folder": _list_folder,
+    "cifar100": _list_cifar100,
+}
+
+
+def load_listing(spec: str) -> DatasetListing:
+    """Resolve a data spec (``elpv``, ``folder:PATH``, ``cifar100:PATH``) into its listing."""
+    kind, _, arg = spec.partition(":")
+    if kind not in DATASETS:
+        raise UserError(f"unknown dataset {spec!r}; known: elpv, folder:PATH, cifar100:PATH")
+    listing = DATASETS[kind](arg)
+    log.info("dataset %s: %d samples, %d classes", listing.spec, len(listing), len(listing.classes))
+    return listing

@@ -1,0 +1,249 @@
+"""The extract process: run the frozen teacher once over every view and fill the store.
+
+Top to bottom: list the dataset → build the teacher → fingerprint → create (or resume) the
+store → stream pending shards through DataLoader workers (decode + view replay) → teacher
+forward in batches → whole-shard writes in a background thread → mark the store complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import shutil
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featcache import store as fs
+from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key
+from featcache.errors import UserError
+from featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS, ViewRecipe, draw_views, replay
+
+log = logging.getLogger(__name__)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    teacher: str
+    data: str
+    out: str
+    views: int = 4
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+    weights: str | None = None
+    precision: str = "fp32"
+    shard_size: int = 256
+    chunk_size: int = 16
+    compress: bool = False
+    overwrite: bool = False
+    recipe: ViewRecipe = field(default_factory=ViewRecipe)
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise UserError(f"--views must be >= 1 (view 0 is the centre view), got {self.views}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0, got {self.workers}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown --precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.shard_size < 1 or self.chunk_size < 1:
+            raise UserError("--shard-size and --chunk-size must be >= 1")
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    path: str
+    status: str  # "complete" or "unchanged"
+    shape: tuple[int, int, int]
+    shards_written: int
+    seconds: float
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for CUDA but no GPU is visible; use --device cpu")
+    return torch.device(device)
+
+
+class ViewImages(torch.utils.data.Dataset):
+    """Sample row → (row, images [V,3,S,S], view params [V,P], content hash)."""
+
+    def __init__(self, listing: DatasetListing, rows: list[int], keys: np.ndarray, cfg: ExtractConfig, preprocess) -> None:
+        self.listing, self.rows, self.keys, self.cfg, self.preprocess = listing, rows, keys, cfg, preprocess
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int):
+        row = self.rows[item]
+        data = self.listing.read_bytes(row)
+        image = self.listing.load_image(row, data)
+        params = draw_views(*image.size, int(self.keys[row]), self.cfg.views, self.cfg.recipe, self.cfg.seed)
+        p = self.preprocess
+        images = torch.stack([replay(image, v, p.size, p.mean, p.std, p.interpolation) for v in params])
+        signed_hash = int(np.array(content_hash(data), dtype=np.uint64).view(np.int64))  # collates as int64
+        return row, images, torch.from_numpy(params), signed_hash
+
+
+class ShardWriter:
+    """Writes finished shards in a background thread so teacher compute and I/O overlap."""
+
+    def __init__(self, group, layout: fs.Layout) -> None:
+        self.group, self.layout = group, layout
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    fs.write_shard(self.group, self.layout, *item)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                    self.error = exc
+
+    def put(self, shard: int, features: np.ndarray, views: np.ndarray, hashes: np.ndarray) -> None:
+        self._check()
+        self.queue.put((shard, features, views, hashes))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self._check()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise UserError(f"writing the store failed ({self.error}); fix the cause (disk space, permissions) "
+                            "and rerun the same command to resume")
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {}
+    for name in ("torch", "timm", "open_clip_torch", "zarr", "numpy", "customkd"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def build_fingerprint(listing: DatasetListing, teacher, cfg: ExtractConfig, layout: fs.Layout) -> dict:
+    dataset = {"kind": listing.spec.split(":")[0], "n": len(listing), "listing_hash": listing.listing_hash(),
+               "classes": list(listing.classes), "domains": list(listing.domains)}
+    augmentation = {"recipe": cfg.recipe.to_dict(), "views": cfg.views, "base_seed": cfg.seed,
+                    "seed_scheme": SEED_SCHEME_VERSION, "view_params": list(VIEW_PARAMS)}
+    return fs.make_fingerprint(dataset, {**teacher.identity(), "precision": cfg.precision}, augmentation,
+                               layout.to_dict())
+
+
+def _prepare_store(cfg: ExtractConfig, layout: fs.Layout, manifest: dict, per_sample: dict):
+    """Create the store, resume it, or refuse; returns (group, already_complete)."""
+    out = Path(cfg.out)
+    if out.exists() and not fs.store_exists(out):
+        if out.is_file() or any(out.iterdir()):
+            raise UserError(f"{out} exists and is not a customkd store; choose another --out (nothing was touched)")
+        out.rmdir()
+    if fs.store_exists(out):
+        group = fs.open_store(out, mode="r+")
+        stored = fs.read_manifest(group)
+        differs = fs.fingerprint_diff(stored.get("fingerprint", {}), manifest["fingerprint"])
+        if not differs:
+            return group, stored.get("status") == fs.STATUS_COMPLETE
+        if not cfg.overwrite:
+            raise UserError(f"store {out} was built with a different {', '.join(differs)}; choose another --out "
+                            "or pass --overwrite to replace it")
+        log.warning("replacing store %s (different %s)", out, ", ".join(differs))
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return fs.create_store(out, layout, manifest, per_sample), False
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    if device.type == "cpu" and dtype is torch.float16:
+        raise UserError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def extract(cfg: ExtractConfig) -> ExtractResult:
+    """Run the whole extraction; idempotent and resumable."""
+    from tqdm import tqdm
+
+    from featcache.teachers import create_teacher
+
+    started = dt.datetime.now(dt.timezone.utc)
+    listing = load_listing(cfg.data)
+    device = resolve_device(cfg.device)
+    teacher = create_teacher(cfg.teacher, cfg.weights, str(device))
+    layout = fs.Layout(len(listing), cfg.views, teacher.feature_dim, len(VIEW_PARAMS),
+                       min(cfg.shard_size, len(listing)), cfg.chunk_size, cfg.compress)
+    keys = np.array([sample_key(s.relpath) for s in listing.samples], dtype=np.uint64)
+    manifest = {
+        "fingerprint": build_fingerprint(listing, teacher, cfg, layout),
+        "data_spec": listing.spec, "classes": list(listing.classes), "domains": list(listing.domains),
+        "splits": list(listing.splits), "view_params": list(VIEW_PARAMS),
+        "shape": [layout.n_samples, layout.n_views, layout.feature_dim],
+        "n_shards": layout.n_shards, "versions": library_versions(), "created": started.isoformat(),
+        "extract_config": {**asdict(cfg), "recipe": cfg.recipe.to_dict()},
+    }
+    per_sample = {
+        "labels": np.array([s.label for s in listing.samples], np.int32),
+        "domain": np.array([s.domain for s in listing.samples], np.int8),
+        "split": np.array([s.split for s in listing.samples], np.int16),
+        "sample_key": keys,
+    }
+    group, complete = _prepare_store(cfg, layout, manifest, per_sample)
+    shape = (layout.n_samples, layout.n_views, layout.feature_dim)
+    if complete:
+        log.info("store %s is already complete with the same fingerprint: nothing to do", cfg.out)
+        return ExtractResult(cfg.out, "unchanged", shape, 0, 0.0)
+
+    pending = fs.pending_shards(group)
+    rows = [r for shard in pending for r in range(*layout.shard_rows(shard).indices(layout.n_samples))]
+    loader = torch.utils.data.DataLoader(
+        ViewImages(listing, rows, keys, cfg, teacher.preprocess), batch_size=max(1, cfg.batch_size // cfg.views),
+        num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    writer = ShardWriter(group, layout)
+    buffers: dict[int, dict[int, tuple]] = {}
+    progress = tqdm(total=len(rows) * cfg.views, unit="img", desc="extract", smoothing=0.1)
+    try:
+        with torch.inference_mode(), _autocast(device, cfg.precision):
+            for batch_rows, images, params, hashes in loader:
+                b, v = images.shape[:2]
+                feats = teacher(images.flatten(0, 1).to(device, non_blocking=True)).float().view(b, v, -1).cpu().numpy()
+                hashes = hashes.numpy().view(np.uint64)
+                for i, row in enumerate(batch_rows.tolist()):
+                    shard = row // layout.shard_size
+                    buffers.setdefault(shard, {})[row] = (feats[i], params[i].numpy(), int(hashes[i]))
+                    rows_in_shard = layout.shard_rows(shard)
+                    if len(buffers[shard]) == rows_in_shard.stop - rows_in_shard.start:
+                        done = buffers.pop(shard)
+                        ordered = [done[r] for r in range(rows_in_shard.start, rows_in_shard.stop)]
+                        writer.put(shard, np.stack([o[0] for o in ordered]), np.stack([o[1] for o in ordered]),
+                                   np.array([o[2] for o in ordered], dtype=np.uint64))
+                progress.update(b * v)
+    finally:
+        progress.close()
+        writer.close()
+    if fs.pending_shards(group):
+        raise UserError(f"store {cfg.out} still has unfinished shards; rerun the same command to resume")
+    fs.set_status(group, fs.STATUS_COMPLETE)
+    seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    log.info("store %s complete: N=%d V=%d D=%d in %.1fs", cfg.out, *shape, seconds)
+    return ExtractResult(cfg.out, fs.STATUS_COMPLETE, shape, len(pending), seconds)
