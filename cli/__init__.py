@@ -1,0 +1,1 @@
+"""The ``customkd`` command line: a thin Typer app over featcache and trainer."""

@@ -1,0 +1,35 @@
+"""What every command shares: logging setup and the one-line error contract (exit code 2)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+EXIT_USAGE = 2
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose or os.environ.get("CUSTOMKD_DEBUG") else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("timm", "urllib3", "huggingface_hub", "httpx", "root"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run_or_exit(action: Callable[[], T]) -> T:
+    """Run a library call; a UserError becomes ``error: …`` on one line and exit code 2."""
+    import typer
+
+    from featcache.errors import UserError
+
+    try:
+        return action()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; rerun the same command to resume", err=True)
+        raise typer.Exit(130) from None

@@ -1,0 +1,111 @@
+"""The distill process's configuration: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from featcache.errors import UserError
+
+SETTINGS = ("supervised", "ssl", "uda")
+OPTIMIZERS = {"adamw": 2e-3, "sgd": 0.05}  # name → default learning rate
+CUSTOMIZERS = ("linear", "mlp")
+CUSTOMIZE_HEADS = ("student", "random")
+CUSTOMIZE_TARGETS = ("labels+pseudo", "labels", "soft")
+FEATURE_NORMS = ("none", "l2", "standardize")
+VIEW_SAMPLING = ("cycle", "random")
+DEFAULT_LABEL_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    cache: str
+    student: str = "mobilenetv3"
+    method: str = "customkd"
+    setting: str = "ssl"
+    labels_per_class: int | None = None
+    label_fraction: float | None = None
+    source: tuple[str, ...] = ()
+    target: tuple[str, ...] = ()
+    epochs: int = 8
+    image_size: int = 128
+    batch_size: int = 64
+    out: str = ""
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float = 0.05
+    grad_clip: float = 5.0
+    lambda_general: float = 1.0
+    lambda_specific: float = 1.0
+    customizer: str = "linear"
+    customizer_lr: float = 1e-3
+    customize_head: str = "student"
+    customize_target: str = "labels+pseudo"
+    pseudo_threshold: float = 0.8
+    alternate_every: int = 1
+    kd_temperature: float = 4.0
+    kd_weight: float = 1.0
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    dkd_warmup: int = 2
+    feature_norm: str = "standardize"
+    view_sampling: str = "cycle"
+    allow_stale: bool = False
+    data: str | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        self._check_choice("--setting", self.setting, SETTINGS)
+        self._check_choice("--optimizer", self.optimizer, tuple(OPTIMIZERS))
+        self._check_choice("--customizer", self.customizer, CUSTOMIZERS)
+        self._check_choice("--customize-head", self.customize_head, CUSTOMIZE_HEADS)
+        self._check_choice("--customize-target", self.customize_target, CUSTOMIZE_TARGETS)
+        self._check_choice("--feature-norm", self.feature_norm, FEATURE_NORMS)
+        self._check_choice("--view-sampling", self.view_sampling, VIEW_SAMPLING)
+        for flag, value in (("--epochs", self.epochs), ("--image-size", self.image_size),
+                            ("--batch-size", self.batch_size), ("--alternate-every", self.alternate_every)):
+            if value < 1:
+                raise UserError(f"{flag} must be >= 1, got {value}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0, got {self.workers}")
+        if self.labels_per_class is not None and self.label_fraction is not None:
+            raise UserError("give either --labels-per-class or --label-fraction, not both")
+        if self.labels_per_class is not None and self.labels_per_class < 1:
+            raise UserError(f"--labels-per-class must be >= 1, got {self.labels_per_class}")
+        if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
+            raise UserError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
+        if self.setting == "uda" and (not self.source or not self.target):
+            raise UserError("--setting uda needs --source DOMAIN[,DOMAIN] and --target DOMAIN[,DOMAIN]")
+        if self.setting != "uda" and (self.source or self.target):
+            raise UserError("--source/--target only apply to --setting uda")
+        if not 0 <= self.pseudo_threshold <= 1:
+            raise UserError(f"--pseudo-threshold must be in [0, 1], got {self.pseudo_threshold}")
+        if min(self.lambda_general, self.lambda_specific, self.kd_weight) < 0:
+            raise UserError("loss weights (--lambda-general, --lambda-specific, --kd-weight) must be >= 0")
+        if self.kd_temperature <= 0:
+            raise UserError(f"--kd-temperature must be > 0, got {self.kd_temperature}")
+
+    @staticmethod
+    def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+        if value not in choices:
+            raise UserError(f"unknown {flag} {value!r}; known: {', '.join(choices)}")
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else OPTIMIZERS[self.optimizer]
+
+    @property
+    def effective_label_fraction(self) -> float | None:
+        if self.setting == "ssl" and self.labels_per_class is None and self.label_fraction is None:
+            return DEFAULT_LABEL_FRACTION
+        return self.label_fraction
+
+    def to_dict(self) -> dict:
+        """Every setting including defaults, plus the values actually used."""
+        values = dataclasses.asdict(self)
+        values.update(source=list(self.source), target=list(self.target), effective_lr=self.effective_lr,
+                      effective_label_fraction=self.effective_label_fraction)
+        return values

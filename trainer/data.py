@@ -1,0 +1,172 @@
+"""Cached features + images for the student: open the store, check it, split it, load views.
+
+The trainer reads the store through :mod:`featcache.store` and replays views through
+:mod:`featcache.views` (the shared contract); it never touches teacher code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from featcache import store as fs
+from featcache.datasets import DatasetListing, load_listing, sample_key
+from featcache.errors import UserError
+from featcache.views import replay
+from trainer.config import DistillConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CachedData:
+    """Everything of the store the trainer needs, in RAM. Shapes: features ``[N, V, D]``."""
+
+    features: np.ndarray  # float16 [N, V, D]
+    views: np.ndarray  # float32 [N, V, P]
+    labels: np.ndarray  # int64 [N]
+    domain: np.ndarray  # int64 [N]
+    split: np.ndarray  # int64 [N]
+    manifest: dict
+    listing: DatasetListing
+
+    @property
+    def n_views(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+
+def check_dataset(listing: DatasetListing, manifest: dict, keys: np.ndarray, allow_stale: bool) -> None:
+    """Refuse a store whose dataset component differs from the images it is pointed at."""
+    stored = manifest["fingerprint"]["dataset"]
+    problems = []
+    if len(listing) != stored["n"]:
+        problems.append(f"{len(listing)} images on disk vs {stored['n']} in the store")
+    elif listing.listing_hash() != stored["listing_hash"]:
+        on_disk = np.array([sample_key(s.relpath) for s in listing.samples], dtype=np.uint64)
+        changed = int((on_disk != keys).sum())
+        problems.append(f"{changed} sample paths differ" if changed else "file sizes, labels or splits differ")
+    if problems:
+        message = (f"cache does not match the dataset (fingerprint component 'dataset': {problems[0]}); "
+                   "re-extract it, or pass --allow-stale to train anyway")
+        if not allow_stale:
+            raise UserError(message)
+        log.warning("%s — continuing because --allow-stale was given", message)
+
+
+def load_cached_data(cfg: DistillConfig) -> CachedData:
+    group = fs.open_complete_store(cfg.cache)
+    manifest = fs.read_manifest(group)
+    listing = load_listing(cfg.data or manifest["data_spec"])
+    keys = np.asarray(group["sample_key"][:])
+    check_dataset(listing, manifest, keys, cfg.allow_stale)
+    features = np.asarray(group["features"][:])
+    if np.isnan(features).any():
+        raise UserError(f"cache {cfg.cache} has unwritten (NaN) features; run `customkd cache verify` and re-extract")
+    return CachedData(
+        features=features,
+        views=np.asarray(group["views"][:]),
+        labels=np.asarray(group["labels"][:]).astype(np.int64),
+        domain=np.asarray(group["domain"][:]).astype(np.int64),
+        split=np.asarray(group["split"][:]).astype(np.int64),
+        manifest=manifest,
+        listing=listing,
+    )
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices of the setting. ``train_labels[i]`` is -1 where training must not see a label."""
+
+    train: np.ndarray  # [T] rows used for training
+    train_labels: np.ndarray  # [T] label or -1
+    eval: np.ndarray  # [E] held-out rows
+
+    @property
+    def n_labeled(self) -> int:
+        return int((self.train_labels >= 0).sum())
+
+
+def _domain_ids(names: tuple[str, ...], domains: list[str]) -> list[int]:
+    unknown = [n for n in names if n not in domains]
+    if unknown:
+        raise UserError(f"unknown domain {unknown[0]!r}; this cache has domains: {', '.join(domains)}")
+    return [domains.index(n) for n in names]
+
+
+def select_labeled(labels: np.ndarray, cfg: DistillConfig) -> np.ndarray:
+    """Boolean mask ``[T]`` of the SSL label budget, chosen per class by ``cfg.seed``."""
+    rng = np.random.default_rng([cfg.seed, 1234])
+    mask = np.zeros(len(labels), dtype=bool)
+    fraction = cfg.effective_label_fraction
+    for c in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == c)
+        members = members[rng.permutation(len(members))]
+        n = cfg.labels_per_class if cfg.labels_per_class is not None else max(1, round(fraction * len(members)))
+        mask[members[: min(n, len(members))]] = True
+    return mask
+
+
+def make_split(cfg: DistillConfig, data: CachedData) -> Split:
+    train = data.split == 0
+    test = data.split == 1
+    if cfg.setting == "uda":
+        source = np.isin(data.domain, _domain_ids(cfg.source, data.manifest["domains"]))
+        target = np.isin(data.domain, _domain_ids(cfg.target, data.manifest["domains"]))
+        rows = np.flatnonzero(train & (source | target))
+        labels = np.where(source[rows], data.labels[rows], -1)
+        eval_rows = np.flatnonzero(test & target)
+    else:
+        rows = np.flatnonzero(train)
+        labels = data.labels[rows].copy()
+        if cfg.setting == "ssl":
+            labels[~select_labeled(labels, cfg)] = -1
+        eval_rows = np.flatnonzero(test)
+    if len(eval_rows) == 0 or (labels >= 0).sum() == 0:
+        raise UserError("this setting leaves no labeled training samples or no held-out samples; check the split")
+    return Split(rows, labels, eval_rows)
+
+
+def epoch_views(rows: np.ndarray, n_views: int, epoch: int, mode: str, seed: int) -> np.ndarray:
+    """View index ``[T]`` each row uses this epoch; random views 1..V-1 (view 0 if V == 1)."""
+    if n_views == 1:
+        return np.zeros(len(rows), dtype=np.int64)
+    if mode == "cycle":
+        return 1 + (rows + epoch) % (n_views - 1)
+    return np.random.default_rng([seed, epoch, 77]).integers(1, n_views, size=len(rows))
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
+    """Shuffled positions for an epoch, a pure function of (seed, epoch) so resume replays it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class StudentViews(torch.utils.data.Dataset):
+    """(row, view) → the stored view replayed at the student's resolution ``[3, S, S]``."""
+
+    def __init__(self, data: CachedData, size: int, mean, std, interpolation: str = "bilinear") -> None:
+        self.listing, self.views = data.listing, data.views
+        self.size, self.mean, self.std, self.interpolation = size, mean, std, interpolation
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, item: tuple[int, int]):
+        row, view = item
+        image = self.listing.load_image(row)
+        pixels = replay(image, self.views[row, view], self.size, self.mean, self.std, self.interpolation)
+        return pixels, row, view
+
+
+def make_loader(dataset: StudentViews, rows: np.ndarray, views: np.ndarray, batch_size: int, workers: int):
+    """Batches of (pixels ``[B,3,S,S]``, rows ``[B]``, views ``[B]``) in the given order."""
+    pairs = list(zip(rows.tolist(), views.tolist()))
+    batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                       persistent_workers=False)

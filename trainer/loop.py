@@ -1,0 +1,138 @@
+"""The named pieces of the training loop: one KD epoch, one customization epoch, evaluation,
+feature normalisation, checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.methods import Method, StepInputs
+from trainer.students import Student
+
+log = logging.getLogger(__name__)
+
+
+class FeatureNorm:
+    """Normalises cached teacher features ``[..., D]`` (fp16 in RAM) to float32 tensors."""
+
+    def __init__(self, mode: str, train_features: np.ndarray) -> None:
+        self.mode = mode
+        flat = train_features.reshape(-1, train_features.shape[-1]).astype(np.float32)
+        self.mean = torch.from_numpy(flat.mean(0))
+        self.std = torch.from_numpy(flat.std(0) + 1e-6)
+
+    def __call__(self, features: np.ndarray) -> torch.Tensor:
+        f = torch.from_numpy(np.asarray(features, dtype=np.float32))
+        if self.mode == "standardize":
+            return (f - self.mean) / self.std
+        if self.mode == "l2":
+            return nn.functional.normalize(f, dim=-1) * math.sqrt(f.shape[-1])
+        return f
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False, smoothing=0.1, mininterval=1.0)
+
+
+def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray, features: np.ndarray,
+                norm: FeatureNorm, probe: nn.Linear, optimizer, scheduler, epoch: int, grad_clip: float,
+                device: torch.device) -> dict:
+    """One KD epoch over the loader's (row, view) batches; returns mean loss parts and samples/s."""
+    student.train()
+    method.train()
+    sums: dict[str, float] = defaultdict(float)
+    seen, started = 0, time.perf_counter()
+    progress = _progress(sum(len(b) for b in loader.batch_sampler), f"epoch {epoch + 1}")
+    for pixels, rows, views in loader:
+        rows_np, views_np = rows.numpy(), views.numpy()
+        teacher = norm(features[rows_np, views_np]).to(device)
+        labels = torch.from_numpy(row_labels[rows_np]).to(device)
+        student_features, logits = student(pixels.to(device))
+        with torch.no_grad():
+            probe_logits = probe(teacher)
+        parts = method(StepInputs(student_features, logits, labels, teacher, probe_logits, epoch))
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+        optimizer.step()
+        scheduler.step()
+        for name, value in parts.items():
+            sums[name] += float(value.detach()) * len(rows_np)
+        seen += len(rows_np)
+        progress.update(len(rows_np))
+        progress.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
+    progress.close()
+    seconds = time.perf_counter() - started
+    return {**{k: v / max(seen, 1) for k, v in sums.items()}, "samples_per_s": seen / max(seconds, 1e-9),
+            "seconds": seconds}
+
+
+def customize_epoch(method: Method, head: nn.Linear, train_features: torch.Tensor, labels: torch.Tensor,
+                    probe: nn.Linear, optimizer, generator: torch.Generator, batch_size: int = 256) -> dict:
+    """One customization epoch over cached features ``[T, D]`` only: θ^h_t trains, nothing else."""
+    method.train()
+    started = time.perf_counter()
+    order = torch.randperm(len(labels), generator=generator)
+    loss_sum, correct, used = 0.0, 0.0, 0.0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        with torch.no_grad():
+            probe_logits = probe(train_features[idx])
+        parts = method.customization_loss(train_features[idx], labels[idx], probe_logits, head)
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        optimizer.step()
+        loss_sum += float(parts["loss"].detach()) * len(idx)
+        correct += float(parts["correct"])
+        used += float(parts["used"])
+    return {"loss": loss_sum / max(len(order), 1), "accuracy": correct / max(used, 1.0),
+            "used_fraction": used / max(len(order), 1), "seconds": time.perf_counter() - started}
+
+
+@torch.no_grad()
+def predict(student: Student, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(rows ``[E]``, predicted class ``[E]``) over the loader."""
+    student.eval()
+    rows, preds = [], []
+    for pixels, batch_rows, _ in loader:
+        _, logits = student(pixels.to(device))
+        rows.append(batch_rows.numpy())
+        preds.append(logits.argmax(1).cpu().numpy())
+    return np.concatenate(rows), np.concatenate(preds)
+
+
+def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> dict:
+    """Accuracy, balanced accuracy (mean recall over present classes), per-class accuracy."""
+    per_class = []
+    for c in range(num_classes):
+        members = labels == c
+        per_class.append(float((preds[members] == c).mean()) if members.any() else None)
+    present = [a for a in per_class if a is not None]
+    return {"accuracy": float((labels == preds).mean()), "balanced_accuracy": float(np.mean(present)),
+            "per_class_accuracy": per_class}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: a kill while saving never leaves a broken checkpoint under ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)

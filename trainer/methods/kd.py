@@ -1,0 +1,27 @@
+"""``kd``: Hinton et al., "Distilling the Knowledge in a Neural Network" (2015).
+
+The teacher's logits are the teacher probe's θ^c_t(f_t) on the cached feature of the same view:
+L = L_task + w · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)), over every sample.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainer.methods.base import Method, StepInputs, task_loss
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(p_t ‖ p_s) averaged over the batch."""
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    p_t = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature**2
+
+
+class HintonKD(Method):
+    def forward(self, step: StepInputs) -> dict:
+        cfg = self.ctx.config
+        task = task_loss(step.logits, step.labels)
+        kd = soft_target_loss(step.logits, step.probe_logits, cfg.kd_temperature)
+        return {"loss": task + cfg.kd_weight * kd, "task": task, "kd": kd}

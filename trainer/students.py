@@ -1,0 +1,62 @@
+"""Students: any timm model, with short aliases. ``forward`` returns (features ``[B, d_s]``, logits ``[B, C]``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from featcache.errors import UserError
+
+STUDENT_ALIASES: dict[str, str] = {
+    "mobilenetv3": "mobilenetv3_large_100",
+    "mobilenetv3_small": "mobilenetv3_small_100",
+    "resnet18": "resnet18",
+    "efficientnet_b0": "efficientnet_b0",
+}
+
+
+class Student(nn.Module):
+    """A timm backbone + its own linear head θ^c_s, exposing the pooled pre-logits feature f_s."""
+
+    def __init__(self, model: nn.Module, image_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.head = model.get_classifier()
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            self.feature_dim = int(self.features(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+            model.train(was_training)
+        cfg = model.pretrained_cfg
+        self.mean, self.std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """f_s: ``[B, 3, S, S] -> [B, d_s]``."""
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.features(images)
+        return feats, self.head(feats)
+
+
+def resolve_student(name: str) -> str:
+    import timm
+
+    model_name = STUDENT_ALIASES.get(name, name)
+    if not timm.is_model(model_name):
+        raise UserError(f"unknown student {name!r}; use an alias ({', '.join(STUDENT_ALIASES)}) or any timm model name")
+    return model_name
+
+
+def create_student(name: str, num_classes: int, image_size: int, weights: str | None = None) -> Student:
+    """A randomly initialised timm student (``weights``: optional local state dict file)."""
+    import timm
+
+    model = timm.create_model(resolve_student(name), pretrained=False, num_classes=num_classes)
+    if weights:
+        from safetensors.torch import load_file
+
+        state = load_file(weights) if weights.endswith(".safetensors") else torch.load(weights, weights_only=True)
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
+    return Student(model, image_size)
