@@ -14,9 +14,10 @@ EXIT_USAGE = 2
 
 def setup_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose or os.environ.get("CUSTOMKD_DEBUG") else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-    for noisy in ("timm", "urllib3", "huggingface_hub", "httpx", "root"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+                        force=True)
+    for ours in ("featcache", "trainer", "cli"):
+        logging.getLogger(ours).setLevel(level)
 
 
 def run_or_exit(action: Callable[[], T]) -> T:

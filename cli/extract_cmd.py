@@ -31,7 +31,8 @@ def extract(
     setup_logging(verbose)
 
     def action():
-        from featcache.extract import ExtractConfig, extract as run_extract
+        from featcache.extract import ExtractConfig
+        from featcache.extract import extract as run_extract
         from featcache.views import ViewRecipe
 
         recipe = ViewRecipe(scale=(scale_min, 1.0), color_jitter=color_jitter)

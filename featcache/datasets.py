@@ -95,7 +95,7 @@ def stratified_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, 
     """Split ids ``[N]`` (0 train, 1 test): ``fraction`` of each (label, group) cell held out."""
     rng = np.random.default_rng(seed)
     split = np.zeros(len(labels), dtype=np.int16)
-    for cell in sorted(set(zip(labels.tolist(), groups.tolist()))):
+    for cell in sorted(set(zip(labels.tolist(), groups.tolist(), strict=True))):
         members = np.flatnonzero((labels == cell[0]) & (groups == cell[1]))
         members = members[rng.permutation(len(members))]
         split[members[: int(round(fraction * len(members)))]] = 1

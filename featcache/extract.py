@@ -186,7 +186,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
 
     from featcache.teachers import create_teacher
 
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     listing = load_listing(cfg.data)
     device = resolve_device(cfg.device)
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device))
@@ -244,6 +244,6 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     if fs.pending_shards(group):
         raise UserError(f"store {cfg.out} still has unfinished shards; rerun the same command to resume")
     fs.set_status(group, fs.STATUS_COMPLETE)
-    seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
     log.info("store %s complete: N=%d V=%d D=%d in %.1fs", cfg.out, *shape, seconds)
     return ExtractResult(cfg.out, fs.STATUS_COMPLETE, shape, len(pending), seconds)

@@ -166,7 +166,7 @@ class StudentViews(torch.utils.data.Dataset):
 
 def make_loader(dataset: StudentViews, rows: np.ndarray, views: np.ndarray, batch_size: int, workers: int):
     """Batches of (pixels ``[B,3,S,S]``, rows ``[B]``, views ``[B]``) in the given order."""
-    pairs = list(zip(rows.tolist(), views.tolist()))
+    pairs = list(zip(rows.tolist(), views.tolist(), strict=True))
     batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                        persistent_workers=False)

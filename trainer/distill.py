@@ -16,7 +16,16 @@ import torch
 from featcache.errors import UserError
 from trainer import loop
 from trainer.config import DistillConfig
-from trainer.data import CachedData, Split, StudentViews, epoch_order, epoch_views, load_cached_data, make_loader, make_split
+from trainer.data import (
+    CachedData,
+    Split,
+    StudentViews,
+    epoch_order,
+    epoch_views,
+    load_cached_data,
+    make_loader,
+    make_split,
+)
 from trainer.methods import MethodContext, create_method, resolve_method
 from trainer.probe import accuracy, fit_teacher_probe
 from trainer.students import create_student, resolve_student

@@ -38,12 +38,12 @@ def accuracy(probe: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> 
 
 
 def fit_teacher_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
-                      seed: int) -> tuple[nn.Linear, float]:
+                      seed: int) -> tuple[nn.Linear, float | None]:
     """Fit on labeled samples; returns (probe refitted on all of them, held-out accuracy on 20 %)."""
     rng = np.random.default_rng([seed, 99])
     order = torch.from_numpy(rng.permutation(len(train_labels)))
     n_val = len(order) // 5
-    val_acc = float("nan")
+    val_acc = None
     if n_val >= num_classes:
         held, fit = order[:n_val], order[n_val:]
         val_acc = accuracy(fit_linear(train_features[fit], train_labels[fit], num_classes, seed),

@@ -1,0 +1,99 @@
+"""The CLI as a user runs it: real subprocesses, tiny generated data, a tiny random-weight teacher."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from tests.conftest import TINY_STUDENT, TINY_TEACHER
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def customkd(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
+    store = tmp_path / "c.zarr"
+    done = customkd("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
+                    "--out", str(store), "--views", "3", "--workers", "1", "--shard-size", "8")
+    assert done.returncode == 0, done.stderr
+    assert "N=30 V=3 D=64" in done.stdout
+    group = zarr.open_group(str(store), mode="r")
+    assert group.attrs["customkd"]["status"] == "complete"
+    assert not np.isnan(group["features"][:]).any()
+
+    again = customkd("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
+                     "--out", str(store), "--views", "3", "--workers", "1", "--shard-size", "8")
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+    for method in ("customkd", "student"):
+        run = tmp_path / f"run-{method}"
+        trained = customkd("distill", "--cache", str(store), "--student", TINY_STUDENT, "--method", method,
+                           "--setting", "ssl", "--labels-per-class", "2", "--epochs", "2", "--image-size", "32",
+                           "--batch-size", "8", "--workers", "1", "--out", str(run))
+        assert trained.returncode == 0, trained.stderr
+        assert "student accuracy" in trained.stdout.splitlines()[-2]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert 0 <= metrics["final"]["accuracy"] <= 1 and len(metrics["epochs"]) == 2
+        assert metrics["teacher_probe"]["accuracy"] is not None
+        config = json.loads((run / "config.json").read_text())
+        assert config["method"] == method and config["n_labeled"] == 6 and config["lambda_general"] == 1.0
+        assert (run / "student.safetensors").stat().st_size > 0
+        if method == "customkd":
+            assert "customize" in metrics["epochs"][0] and "specific" in metrics["epochs"][0]["train"]
+        else:
+            assert "customize" not in metrics["epochs"][0]
+
+
+def _one_line_exit_2(result: subprocess.CompletedProcess, needle: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["extract", "--teacher", "nope", "--data", "elpv", "--out", "{tmp}/x.zarr"], "unknown teacher 'nope'; known:"),
+    (["extract", "--teacher", TINY_TEACHER, "--data", "folder:{tmp}/missing", "--out", "{tmp}/x.zarr"], "does not exist"),
+    (["extract", "--teacher", TINY_TEACHER, "--data", "imagenet", "--out", "{tmp}/x.zarr"], "unknown dataset"),
+    (["extract", "--teacher", TINY_TEACHER, "--data", "elpv", "--views", "0", "--out", "{tmp}/x.zarr"], "--views must be >= 1"),
+    (["distill", "--cache", "{tmp}/absent.zarr"], "does not exist; run `make extract`"),
+    (["distill", "--cache", "{store}", "--method", "magic"], "unknown method 'magic'; known:"),
+    (["distill", "--cache", "{store}", "--student", "no_such_net"], "unknown student"),
+    (["distill", "--cache", "{store}", "--setting", "semi"], "unknown --setting"),
+    (["distill", "--cache", "{store}", "--label-fraction", "0"], "label-fraction must be in (0, 1]"),
+    (["distill", "--cache", "{file}"], "regular file"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle, tiny_store, tmp_path):
+    (tmp_path / "f.zarr").write_text("not a store")
+    filled = [a.format(tmp=tmp_path, store=tiny_store, file=tmp_path / "f.zarr") for a in args]
+    _one_line_exit_2(customkd(*filled), needle)
+
+
+def test_incomplete_cache_is_refused(tiny_store, tmp_path):
+    import shutil
+
+    from featcache import store as fs
+
+    copy = tmp_path / "half.zarr"
+    shutil.copytree(tiny_store, copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    group["done"][2] = 0
+    fs.set_status(group, fs.STATUS_IN_PROGRESS)
+    _one_line_exit_2(customkd("distill", "--cache", str(copy)), "incomplete (3/4 shards done)")
+
+
+def test_help_lists_commands():
+    result = customkd("--help")
+    assert result.returncode == 0
+    for command in ("extract", "distill", "teachers", "cache"):
+        assert command in result.stdout

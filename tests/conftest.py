@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny generated image folder and a tiny store built by a random-weight timm teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY_TEACHER = "timm:test_vit"
+TINY_STUDENT = "test_efficientnet"
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 10, domains: tuple[str, ...] = ()) -> Path:
+    """``root/<class>/<img>.png`` (or ``root/<domain>/<class>/…``): coloured noise, one hue per class."""
+    rng = np.random.default_rng(0)
+    for domain in domains or ("",):
+        for c in range(classes):
+            folder = root / domain / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = (rng.random((40 + i % 3, 48, 3)) * 90).astype(np.uint8)
+                pixels[..., c % 3] += 140
+                Image.fromarray(pixels).save(folder / f"img{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_folder, tmp_path_factory) -> Path:
+    from featcache.extract import ExtractConfig, extract
+
+    out = tmp_path_factory.mktemp("stores") / "tiny.zarr"
+    extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=str(out), views=3,
+                          weights="random", workers=0, shard_size=8, chunk_size=4))
+    return out

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import zarr
+
+from featcache import store as fs
+from featcache.errors import UserError
+from featcache.extract import ExtractConfig, extract
+from tests.conftest import TINY_TEACHER
+
+
+def _arrays(path):
+    group = zarr.open_group(str(path), mode="r")
+    return {name: np.asarray(group[name][:]) for name in ("features", "views", "labels", "domain", "split",
+                                                           "sample_key", "content_hash", "done")}
+
+
+def test_store_layout_and_manifest(tiny_store):
+    group = zarr.open_group(str(tiny_store), mode="r")
+    manifest = group.attrs["customkd"]
+    assert manifest["status"] == "complete" and manifest["schema_version"] == fs.SCHEMA_VERSION
+    assert group["features"].shape == (30, 3, 64) and group["features"].dtype == np.float16
+    assert group["views"].shape == (30, 3, len(manifest["view_params"]))
+    assert not np.isnan(group["features"][:]).any()
+    assert group["done"][:].tolist() == [1, 1, 1, 1]
+    assert set(manifest["fingerprint"]) == set(fs.FINGERPRINT_COMPONENTS)
+    assert manifest["classes"] == ["class0", "class1", "class2"]
+    assert sorted(set(group["split"][:].tolist())) == [0, 1]
+
+
+def test_rerun_is_noop_and_different_fingerprint_refused(tiny_folder, tmp_path):
+    out = tmp_path / "s.zarr"
+    cfg = ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=str(out), views=2,
+                        weights="random", workers=0, shard_size=16)
+    assert extract(cfg).status == "complete"
+    before = _arrays(out)
+    assert extract(cfg).status == "unchanged"
+    with pytest.raises(UserError, match="different augmentation"):
+        extract(ExtractConfig(**{**cfg.__dict__, "views": 3}))
+    for name, values in _arrays(out).items():
+        np.testing.assert_array_equal(values, before[name])
+
+
+def test_resume_after_interruption_is_bitwise_identical(tiny_folder, tiny_store, tmp_path):
+    out = tmp_path / "r.zarr"
+    cfg = ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=str(out), views=3,
+                        weights="random", workers=0, shard_size=8, chunk_size=4)
+    extract(cfg)
+    # simulate a crash after shard 1: flags of shards 1..3 unset, their data scribbled, status in progress
+    group = zarr.open_group(str(out), mode="r+")
+    group["done"][1:] = 0
+    group["features"][8:] = np.float16(7)
+    fs.set_status(group, fs.STATUS_IN_PROGRESS)
+    with pytest.raises(UserError, match="incomplete"):
+        fs.open_complete_store(out)
+    result = extract(cfg)
+    assert result.status == "complete" and result.shards_written == 3
+    reference = _arrays(tiny_store)
+    for name, values in _arrays(out).items():
+        np.testing.assert_array_equal(values, reference[name], err_msg=name)
+
+
+def test_out_path_that_is_not_a_store_is_left_alone(tiny_folder, tmp_path):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a customkd store"):
+        extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=str(precious),
+                              weights="random", workers=0, overwrite=True))
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_fingerprint_diff_names_components():
+    a = fs.make_fingerprint({"n": 1}, {"w": "x"}, {"v": 2}, {"s": 8})
+    b = fs.make_fingerprint({"n": 1}, {"w": "y"}, {"v": 2}, {"s": 8})
+    assert fs.fingerprint_diff(a, a) == []
+    assert fs.fingerprint_diff(a, b) == ["teacher"]

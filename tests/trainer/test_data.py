@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from featcache.errors import UserError
+from trainer.config import DistillConfig
+from trainer.data import epoch_order, epoch_views, select_labeled
+
+
+def test_label_budget_is_per_class_and_seeded():
+    labels = np.repeat(np.arange(3), [50, 20, 10])
+    a = select_labeled(labels, DistillConfig(cache="x", labels_per_class=4, seed=1))
+    assert [int(a[labels == c].sum()) for c in range(3)] == [4, 4, 4]
+    np.testing.assert_array_equal(a, select_labeled(labels, DistillConfig(cache="x", labels_per_class=4, seed=1)))
+    assert not np.array_equal(a, select_labeled(labels, DistillConfig(cache="x", labels_per_class=4, seed=2)))
+    b = select_labeled(labels, DistillConfig(cache="x", label_fraction=0.1))
+    assert [int(b[labels == c].sum()) for c in range(3)] == [5, 2, 1]
+
+
+def test_epoch_order_and_views_are_pure_functions():
+    np.testing.assert_array_equal(epoch_order(10, 3, 0), epoch_order(10, 3, 0))
+    assert sorted(epoch_order(10, 3, 0).tolist()) == list(range(10))
+    rows = np.arange(6)
+    cycle = epoch_views(rows, 4, 0, "cycle", 0)
+    assert set(cycle.tolist()) <= {1, 2, 3}
+    assert (epoch_views(rows, 4, 1, "cycle", 0) != cycle).all()
+    assert (epoch_views(rows, 1, 5, "random", 0) == 0).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"setting": "semi"}, "unknown --setting"),
+    ({"epochs": 0}, "--epochs must be >= 1"),
+    ({"label_fraction": 1.5}, "label-fraction must be in"),
+    ({"setting": "uda"}, "needs --source"),
+    ({"labels_per_class": 2, "label_fraction": 0.5}, "not both"),
+])
+def test_config_validation(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        DistillConfig(cache="x", **kwargs)

@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from tests.conftest import TINY_STUDENT
+from trainer import distill as distill_mod
+from trainer import loop
+from trainer.config import DistillConfig
+
+
+def _config(store, out, **kw) -> DistillConfig:
+    settings = {"student": TINY_STUDENT, "method": "customkd", "setting": "ssl", "labels_per_class": 3, "epochs": 3,
+                "image_size": 32, "batch_size": 8, "workers": 0, **kw}
+    return DistillConfig(cache=str(store), out=str(out), **settings)
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch):
+    reference = distill_mod.distill(_config(tiny_store, tmp_path / "ref"))
+
+    saves = {"n": 0}
+    real_save = loop.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saves["n"] += 1
+        if saves["n"] == 1:
+            raise KeyboardInterrupt  # killed right after epoch 1's checkpoint
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        distill_mod.distill(_config(tiny_store, tmp_path / "killed"))
+    resumed = distill_mod.distill(_config(tiny_store, tmp_path / "killed", resume=True))
+
+    assert resumed.final == reference.final
+    ref_epochs = json.loads((tmp_path / "ref" / "metrics.json").read_text())["epochs"]
+    new_epochs = json.loads((tmp_path / "killed" / "metrics.json").read_text())["epochs"]
+    strip = lambda e: {k: {m: v for m, v in e[k].items() if m not in ("seconds", "samples_per_s")} for k in e if k != "epoch"}  # noqa: E731
+    assert [strip(e) for e in new_epochs] == [strip(e) for e in ref_epochs]
+
+
+def test_existing_run_is_not_overwritten(tiny_store, tmp_path):
+    from featcache.errors import UserError
+
+    distill_mod.distill(_config(tiny_store, tmp_path / "r", epochs=1))
+    with pytest.raises(UserError, match="already holds a run"):
+        distill_mod.distill(_config(tiny_store, tmp_path / "r", epochs=1))
