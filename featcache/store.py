@@ -192,7 +192,7 @@ def manifest_summary(manifest: dict) -> dict[str, Any]:
     return {
         "status": manifest.get("status"),
         "teacher": teacher.get("name"),
-        "dataset": fp.get("dataset", {}).get("spec"),
+        "dataset": manifest.get("data_spec"),
         "shape": manifest.get("shape"),
         "views_recipe": aug.get("recipe"),
         "fingerprint": short_fingerprint(manifest),
