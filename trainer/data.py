@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from featcache import store as fs
-from featcache.datasets import DatasetListing, load_listing, sample_key
+from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key
 from featcache.errors import UserError
 from featcache.views import replay
 from trainer.config import DistillConfig
@@ -26,6 +26,7 @@ class CachedData:
     """Everything of the store the trainer needs, in RAM. Shapes: features ``[N, V, D]``."""
 
     features: np.ndarray  # float16 [N, V, D]
+    valid: np.ndarray  # bool [N], False for images skipped as unreadable at extraction
     views: np.ndarray  # float32 [N, V, P]
     labels: np.ndarray  # int64 [N]
     domain: np.ndarray  # int64 [N]
@@ -42,18 +43,37 @@ class CachedData:
         return self.manifest["classes"]
 
 
-def check_dataset(listing: DatasetListing, manifest: dict, keys: np.ndarray, allow_stale: bool) -> None:
-    """Refuse a store whose dataset component differs from the images it is pointed at."""
+def _hash_or_none(listing: DatasetListing, index: int) -> int | None:
+    try:
+        return content_hash(listing.read_bytes(index))
+    except OSError:
+        return None  # unreadable now: reported as changed
+
+
+def dataset_problem(listing: DatasetListing, manifest: dict, keys: np.ndarray, hashes: np.ndarray,
+                    valid: np.ndarray) -> str | None:
+    """What differs between the images on disk and the store's dataset component, or None."""
     stored = manifest["fingerprint"]["dataset"]
-    problems = []
     if len(listing) != stored["n"]:
-        problems.append(f"{len(listing)} images on disk vs {stored['n']} in the store")
-    elif listing.listing_hash() != stored["listing_hash"]:
-        on_disk = np.array([sample_key(s.relpath) for s in listing.samples], dtype=np.uint64)
-        changed = int((on_disk != keys).sum())
-        problems.append(f"{changed} sample paths differ" if changed else "file sizes, labels or splits differ")
-    if problems:
-        message = (f"cache does not match the dataset (fingerprint component 'dataset': {problems[0]}); "
+        return f"{len(listing)} images on disk vs {stored['n']} in the store (images added or removed)"
+    on_disk = np.array([sample_key(s.relpath) for s in listing.samples], dtype=np.uint64)
+    if (on_disk != keys).any():
+        first = int(np.flatnonzero(on_disk != keys)[0])
+        return f"{int((on_disk != keys).sum())} sample paths differ, e.g. {listing.samples[first].relpath}"
+    changed = [i for i in np.flatnonzero(valid) if _hash_or_none(listing, int(i)) != hashes[i]]
+    if changed:
+        return f"{len(changed)} image(s) changed since extraction, e.g. {listing.samples[changed[0]].relpath}"
+    if listing.listing_hash() != stored["listing_hash"]:
+        return "file sizes, labels or splits differ"
+    return None
+
+
+def check_dataset(listing: DatasetListing, manifest: dict, keys: np.ndarray, hashes: np.ndarray,
+                  valid: np.ndarray, allow_stale: bool) -> None:
+    """Refuse a store whose dataset component differs from the images it is pointed at."""
+    problem = dataset_problem(listing, manifest, keys, hashes, valid)
+    if problem:
+        message = (f"cache does not match the dataset (fingerprint component 'dataset': {problem}); "
                    "re-extract it, or pass --allow-stale to train anyway")
         if not allow_stale:
             raise UserError(message)
@@ -64,17 +84,24 @@ def load_cached_data(cfg: DistillConfig) -> CachedData:
     group = fs.open_complete_store(cfg.cache)
     manifest = fs.read_manifest(group)
     listing = load_listing(cfg.data or manifest["data_spec"])
-    keys = np.asarray(group["sample_key"][:])
-    check_dataset(listing, manifest, keys, cfg.allow_stale)
-    features = np.asarray(group["features"][:])
-    if np.isnan(features).any():
+    try:
+        arrays = {name: np.asarray(group[name][:]) for name in ("sample_key", "content_hash", "valid", "features",
+                                                                 "views", "labels", "domain", "split")}
+    except Exception as exc:  # noqa: BLE001 - a checksum mismatch surfaces as a codec error
+        raise UserError(f"cache {cfg.cache} is damaged ({type(exc).__name__}); run `customkd cache verify "
+                        f"{cfg.cache}` to locate the shard, then re-extract") from None
+    valid = arrays["valid"].astype(bool)
+    check_dataset(listing, manifest, arrays["sample_key"], arrays["content_hash"], valid, cfg.allow_stale)
+    features = arrays["features"]
+    if np.isnan(features[valid]).any():
         raise UserError(f"cache {cfg.cache} has unwritten (NaN) features; run `customkd cache verify` and re-extract")
     return CachedData(
         features=features,
-        views=np.asarray(group["views"][:]),
-        labels=np.asarray(group["labels"][:]).astype(np.int64),
-        domain=np.asarray(group["domain"][:]).astype(np.int64),
-        split=np.asarray(group["split"][:]).astype(np.int64),
+        valid=valid,
+        views=arrays["views"],
+        labels=arrays["labels"].astype(np.int64),
+        domain=arrays["domain"].astype(np.int64),
+        split=arrays["split"].astype(np.int64),
         manifest=manifest,
         listing=listing,
     )
@@ -114,8 +141,8 @@ def select_labeled(labels: np.ndarray, cfg: DistillConfig) -> np.ndarray:
 
 
 def make_split(cfg: DistillConfig, data: CachedData) -> Split:
-    train = data.split == 0
-    test = data.split == 1
+    train = (data.split == 0) & data.valid
+    test = (data.split == 1) & data.valid
     if cfg.setting == "uda":
         source = np.isin(data.domain, _domain_ids(cfg.source, data.manifest["domains"]))
         target = np.isin(data.domain, _domain_ids(cfg.target, data.manifest["domains"]))

@@ -78,3 +78,22 @@ def test_open_clip_teacher_random_weights_gives_image_embedding():
     teacher = teachers.create_teacher("open_clip:ViT-B-32:openai", weights="random")
     assert teacher.feature_dim == 512
     assert teacher.preprocess.size == 224 and teacher.preprocess.interpolation == "bicubic"
+
+
+@pytest.mark.parametrize("name", sorted(teachers.TEACHERS))
+def test_registry_dims_match_the_libraries(name):
+    """Every entry's documented D and input size agree with the library (built on the meta device)."""
+    spec = teachers.TEACHERS[name]
+    if spec.library == "open_clip":
+        import open_clip
+
+        cfg = open_clip.get_model_config(spec.model)
+        assert (cfg["embed_dim"], cfg["vision_cfg"]["image_size"]) == (spec.feature_dim, spec.input_size)
+        assert spec.pretrained in open_clip.list_pretrained_tags_by_model(spec.model)
+        return
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(spec.model, pretrained=False, num_classes=0)
+    assert model.num_features == spec.feature_dim
+    assert model.pretrained_cfg["input_size"][-1] == spec.input_size

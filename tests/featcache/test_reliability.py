@@ -1,0 +1,159 @@
+"""Injected faults: bad images, write failures, damaged stores, stale datasets (issue: reliability)."""
+
+import errno
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from featcache import store as fs
+from featcache.errors import UserError
+from featcache.extract import ExtractConfig, extract
+from featcache.inspect import export_h5, import_h5, store_info, verify_store
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder
+from trainer.config import DistillConfig
+from trainer.data import load_cached_data, make_split
+
+
+def _cfg(folder: Path, out: Path, **kw) -> ExtractConfig:
+    settings = {"views": 3, "weights": "random", "workers": 0, "shard_size": 8, "chunk_size": 4, **kw}
+    return ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{folder}", out=str(out), **settings)
+
+
+def _array_bytes(path: Path) -> dict[str, bytes]:
+    """Every file of the store except the root manifest (which holds the creation time)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.relative_to(path) != Path("zarr.json")}
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "imgs")
+
+
+def _break_images(folder: Path) -> list[str]:
+    good = (folder / "class0" / "img00.png").read_bytes()
+    (folder / "class0" / "img01.png").write_bytes(good[: len(good) // 2])  # truncated
+    (folder / "class1" / "img02.png").write_bytes(b"")  # zero bytes
+    (folder / "class2" / "img03.png").write_text("this is not an image")  # not an image
+    return ["class0/img01.png", "class1/img02.png", "class2/img03.png"]
+
+
+def test_bad_images_are_all_named_then_skipped_with_flag(folder, tmp_path):
+    bad = _break_images(folder)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(UserError) as info:
+        extract(_cfg(folder, out))
+    message = str(info.value)
+    assert all(name in message for name in bad) and "--skip-bad" in message and "\n" not in message
+    assert zarr.open_group(str(out), mode="r").attrs["customkd"]["status"] == "in_progress"
+
+    extract(_cfg(folder, out, skip_bad=True))  # resumes: only the shards holding bad images are redone
+    summary = store_info(str(out))
+    assert summary["status"] == "complete" and summary["invalid_samples"] == 3
+    assert verify_store(str(out)) == []
+    data = load_cached_data(DistillConfig(cache=str(out)))
+    invalid = {data.listing.samples[i].relpath for i in np.flatnonzero(~data.valid)}
+    assert invalid == set(bad)
+    split = make_split(DistillConfig(cache=str(out), setting="supervised"), data)
+    assert not set(np.concatenate([split.train, split.eval]).tolist()) & set(np.flatnonzero(~data.valid).tolist())
+
+
+def test_unreadable_file_is_reported(folder, tmp_path, monkeypatch):
+    from featcache.datasets import DatasetListing
+
+    real = DatasetListing.read_bytes
+
+    def denied(self, index):
+        if self.samples[index].relpath == "class1/img05.png":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(self, index)
+
+    monkeypatch.setattr(DatasetListing, "read_bytes", denied)
+    with pytest.raises(UserError, match=r"class1/img05.png \(PermissionError\)"):
+        extract(_cfg(folder, tmp_path / "p.zarr"))
+
+
+def test_write_failure_leaves_a_resumable_store(folder, tmp_path, monkeypatch):
+    reference = tmp_path / "ref.zarr"
+    extract(_cfg(folder, reference))
+    out = tmp_path / "full.zarr"
+    calls = {"n": 0}
+    real_write = fs.write_shard
+
+    def disk_full(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(fs, "write_shard", disk_full)
+    with pytest.raises(UserError, match="No space left on device.*rerun the same command to resume"):
+        extract(_cfg(folder, out))
+    assert fs.read_manifest(zarr.open_group(str(out), mode="r"))["status"] == "in_progress"
+    monkeypatch.setattr(fs, "write_shard", real_write)
+    extract(_cfg(folder, out))
+    assert _array_bytes(out) == _array_bytes(reference)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_shard_is_located_and_refused(tiny_store, tmp_path, damage):
+    copy = tmp_path / "d.zarr"
+    shutil.copytree(tiny_store, copy)
+    shard_file = copy / "features" / "c" / "1" / "0" / "0"
+    blob = bytearray(shard_file.read_bytes())
+    if damage == "flip":
+        blob[100] ^= 0xFF
+        shard_file.write_bytes(bytes(blob))
+    else:
+        shard_file.write_bytes(bytes(blob[: len(blob) // 2]))
+    problems = verify_store(str(copy))
+    assert any(p.startswith("shard 1 ") for p in problems), problems
+    with pytest.raises(UserError, match="damaged|NaN"):
+        load_cached_data(DistillConfig(cache=str(copy)))
+
+
+def test_stale_dataset_is_named_and_refused(tmp_path):
+    folder = make_image_folder(tmp_path / "imgs")
+    out = tmp_path / "s.zarr"
+    extract(_cfg(folder, out))
+    edited = folder / "class2" / "img04.png"
+    pixels = np.asarray(Image.open(edited)).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(edited)
+    problems = verify_store(str(out))
+    assert any("class2/img04.png changed since extraction" in p for p in problems)
+    with pytest.raises(UserError, match="fingerprint component 'dataset'.*class2/img04.png.*--allow-stale"):
+        load_cached_data(DistillConfig(cache=str(out)))
+    assert load_cached_data(DistillConfig(cache=str(out), allow_stale=True)).features.shape == (30, 3, 64)
+    shutil.copy(edited, folder / "class2" / "extra.png")
+    with pytest.raises(UserError, match="31 images on disk vs 30"):
+        load_cached_data(DistillConfig(cache=str(out)))
+
+
+def test_teacher_check_and_h5_round_trip(tiny_store, tmp_path):
+    assert verify_store(str(tiny_store), teacher_check=12) == []
+    export_h5(str(tiny_store), str(tmp_path / "s.h5"))
+    import_h5(str(tmp_path / "s.h5"), str(tmp_path / "back.zarr"))
+    assert _array_bytes(tmp_path / "back.zarr") == _array_bytes(tiny_store)
+    assert fs.read_manifest(zarr.open_group(str(tmp_path / "back.zarr"), mode="r"))["status"] == "complete"
+
+
+def test_teacher_check_detects_other_weights(tiny_store, tmp_path):
+    from safetensors.torch import save_file
+
+    from featcache.teachers import create_teacher
+
+    state = {k: v + 1 for k, v in create_teacher(TINY_TEACHER, weights="random").model.state_dict().items()}
+    save_file(state, str(tmp_path / "other.safetensors"))
+    problems = verify_store(str(tiny_store), teacher_check=4, weights=str(tmp_path / "other.safetensors"))
+    assert problems and "teacher weights differ" in problems[0]
+
+
+def test_student_name_constant_is_a_timm_model():
+    import timm
+
+    assert timm.is_model(TINY_STUDENT)
