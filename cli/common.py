@@ -16,8 +16,12 @@ def setup_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose or os.environ.get("CUSTOMKD_DEBUG") else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
                         force=True)
+    for handler in logging.getLogger().handlers:  # open_clip logs on the root logger; our errors summarise it
+        handler.addFilter(lambda record: record.name != "root")
     for ours in ("featcache", "trainer", "cli"):
         logging.getLogger(ours).setLevel(level)
+    for noisy in ("huggingface_hub", "timm", "urllib3", "httpx"):  # retries are summarised in our one-line error
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def run_or_exit(action: Callable[[], T]) -> T:

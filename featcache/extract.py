@@ -240,6 +240,9 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     from featcache.teachers import create_teacher
 
     started = dt.datetime.now(dt.UTC)
+    out = Path(cfg.out)
+    if out.exists() and not fs.store_exists(out) and (out.is_file() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not a customkd store; choose another --out (nothing was touched)")
     listing = load_listing(cfg.data)
     device = resolve_device(cfg.device)
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device))

@@ -8,10 +8,14 @@ Only the extract process imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import re
-from collections.abc import Mapping
+import socket
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -144,11 +148,38 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> N
 
 
 def _hub_error(name: str, exc: Exception) -> UserError:
-    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    first = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() else type(exc).__name__
     return UserError(
         f"could not load pretrained weights for teacher {name!r} from the model hub ({first}); "
         "with no network, pass a local file: --weights FILE (.safetensors or a torch state dict)"
     )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connect (a proxy is trusted to work)."""
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def hub_mode() -> Iterator[None]:
+    """Offline, use only the local Hugging Face cache instead of retrying for a minute."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline or not hub_reachable()
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = offline
 
 
 def _timm_preprocess(model: nn.Module) -> Preprocess:
@@ -165,7 +196,8 @@ def _create_timm(name: str, spec: TeacherSpec, weights: str | None) -> Teacher:
         raise UserError(f"timm has no model {spec.model!r}; see timm.list_models() for names")
     pretrained = weights is None
     try:
-        model = timm.create_model(spec.model, pretrained=pretrained, num_classes=0)
+        with hub_mode() if pretrained else contextlib.nullcontext():
+            model = timm.create_model(spec.model, pretrained=pretrained, num_classes=0)
     except Exception as exc:  # noqa: BLE001 - hub failures come in many exception types
         if pretrained:
             raise _hub_error(name, exc) from exc
@@ -184,7 +216,8 @@ def _create_open_clip(name: str, spec: TeacherSpec, weights: str | None) -> Teac
 
     pretrained = spec.pretrained if weights is None else None
     try:
-        model = open_clip.create_model(spec.model, pretrained=pretrained, require_pretrained=pretrained is not None)
+        with hub_mode() if pretrained else contextlib.nullcontext():
+            model = open_clip.create_model(spec.model, pretrained=pretrained, require_pretrained=pretrained is not None)
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or spec.model not in open_clip.list_models():
             raise UserError(f"open_clip has no architecture {spec.model!r}; see open_clip.list_models()") from exc

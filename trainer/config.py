@@ -54,6 +54,7 @@ class DistillConfig:
     feature_norm: str = "standardize"
     view_sampling: str = "cycle"
     allow_stale: bool = False
+    expect_fingerprint: str = ""  # "teacher=4f498eb6 augmentation=761081aa" (as printed by `cache info`)
     data: str | None = None
     resume: bool = False
 
@@ -87,11 +88,19 @@ class DistillConfig:
             raise UserError("loss weights (--lambda-general, --lambda-specific, --kd-weight) must be >= 0")
         if self.kd_temperature <= 0:
             raise UserError(f"--kd-temperature must be > 0, got {self.kd_temperature}")
+        for pin in self.expect_fingerprint.split():
+            name, _, value = pin.partition("=")
+            if name not in ("dataset", "teacher", "augmentation", "layout", "schema") or not value:
+                raise UserError(f"--expect-fingerprint takes COMPONENT=HASH pairs as `cache info` prints them, got {pin!r}")
 
     @staticmethod
     def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
         if value not in choices:
             raise UserError(f"unknown {flag} {value!r}; known: {', '.join(choices)}")
+
+    @property
+    def expected_hashes(self) -> dict[str, str]:
+        return dict(pin.split("=", 1) for pin in self.expect_fingerprint.split())
 
     @property
     def effective_lr(self) -> float:

@@ -80,9 +80,20 @@ def check_dataset(listing: DatasetListing, manifest: dict, keys: np.ndarray, has
         log.warning("%s — continuing because --allow-stale was given", message)
 
 
-def load_cached_data(cfg: DistillConfig) -> CachedData:
+def check_expected_fingerprint(manifest: dict, expected: dict[str, str], cache: str) -> None:
+    """Refuse a store whose fingerprint components differ from the ones the user (or a resumed run) pinned."""
+    stored = {name: part.get("hash", "") for name, part in manifest["fingerprint"].items()}
+    for name, value in expected.items():
+        if not stored.get(name, "").startswith(value):
+            raise UserError(f"cache {cache} differs in fingerprint component '{name}' ({stored.get(name, '')[:8]} "
+                            f"instead of {value[:8]}): it was re-extracted with another {name}; use the matching "
+                            "store or drop the pin")
+
+
+def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None) -> CachedData:
     group = fs.open_complete_store(cfg.cache)
     manifest = fs.read_manifest(group)
+    check_expected_fingerprint(manifest, {**cfg.expected_hashes, **(expected or {})}, cfg.cache)
     listing = load_listing(cfg.data or manifest["data_spec"])
     try:
         arrays = {name: np.asarray(group[name][:]) for name in ("sample_key", "content_hash", "valid", "features",

@@ -104,7 +104,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
     run = prepare_run_dir(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    data = load_cached_data(cfg)
+    pinned = json.loads((run / "config.json").read_text())["store_fingerprint"] if cfg.resume else None
+    data = load_cached_data(cfg, pinned)
     split = make_split(cfg, data)
     if cfg.epochs > 4 * max(data.n_views - 1, 1):
         log.warning("%d epochs over %d cached views per sample: views repeat often", cfg.epochs, data.n_views)

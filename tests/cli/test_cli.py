@@ -54,8 +54,9 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
             assert "customize" not in metrics["epochs"][0]
 
 
-def _one_line_exit_2(result: subprocess.CompletedProcess, needle: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
+def _one_line_exit_2(result, needle: str) -> None:
+    code = result.returncode if hasattr(result, "returncode") else result.exit_code
+    assert code == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], result.stderr
@@ -72,11 +73,31 @@ def _one_line_exit_2(result: subprocess.CompletedProcess, needle: str) -> None:
     (["distill", "--cache", "{store}", "--setting", "semi"], "unknown --setting"),
     (["distill", "--cache", "{store}", "--label-fraction", "0"], "label-fraction must be in (0, 1]"),
     (["distill", "--cache", "{file}"], "regular file"),
+    (["distill", "--cache", "{store}", "--epochs", "0"], "--epochs must be >= 1"),
+    (["distill", "--cache", "{store}", "--setting", "uda", "--source", "a"], "needs --source"),
+    (["distill", "--cache", "{store}", "--setting", "uda", "--source", "a", "--target", "b"], "unknown domain 'a'"),
+    (["extract", "--teacher", TINY_TEACHER, "--weights", "{tmp}/nope.pth", "--data", "elpv", "--out", "{tmp}/x.zarr"],
+     "weights file"),
+    (["extract", "--teacher", TINY_TEACHER, "--data", "elpv", "--out", "{file}"], "not a customkd store"),
+    (["cache", "info", "{tmp}/absent.zarr"], "does not exist"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, tiny_store, tmp_path):
     (tmp_path / "f.zarr").write_text("not a store")
     filled = [a.format(tmp=tmp_path, store=tiny_store, file=tmp_path / "f.zarr") for a in args]
-    _one_line_exit_2(customkd(*filled), needle)
+    _one_line_exit_2(invoke(*filled), needle)
+
+
+def invoke(*args: str):
+    """The same app in-process (fast); test_bad_input_in_a_real_process covers the real process."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_bad_input_in_a_real_process(tmp_path):
+    _one_line_exit_2(customkd("distill", "--cache", str(tmp_path / "none.zarr")), "does not exist")
 
 
 def test_incomplete_cache_is_refused(tiny_store, tmp_path):
@@ -89,7 +110,7 @@ def test_incomplete_cache_is_refused(tiny_store, tmp_path):
     group = zarr.open_group(str(copy), mode="r+")
     group["done"][2] = 0
     fs.set_status(group, fs.STATUS_IN_PROGRESS)
-    _one_line_exit_2(customkd("distill", "--cache", str(copy)), "incomplete (3/4 shards done)")
+    _one_line_exit_2(invoke("distill", "--cache", str(copy)), "incomplete (3/4 shards done)")
 
 
 def test_help_lists_commands():

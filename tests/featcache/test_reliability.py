@@ -157,3 +157,41 @@ def test_student_name_constant_is_a_timm_model():
     import timm
 
     assert timm.is_model(TINY_STUDENT)
+
+
+def test_pinned_or_resumed_fingerprint_names_the_component(tmp_path):
+    from safetensors.torch import save_file
+
+    from featcache.teachers import create_teacher
+    from trainer.distill import distill
+
+    folder = make_image_folder(tmp_path / "imgs")
+    out = tmp_path / "s.zarr"
+    extract(_cfg(folder, out))
+    teacher_hash = fs.read_manifest(zarr.open_group(str(out), mode="r"))["fingerprint"]["teacher"]["hash"]
+    run = tmp_path / "run"
+    settings = {"student": TINY_STUDENT, "epochs": 1, "image_size": 32, "batch_size": 8, "workers": 0,
+                "labels_per_class": 2}
+    distill(DistillConfig(cache=str(out), out=str(run), expect_fingerprint=f"teacher={teacher_hash[:8]}", **settings))
+
+    # the store is re-extracted in place with other teacher weights
+    state = {k: v * 0.5 for k, v in create_teacher(TINY_TEACHER, weights="random").model.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    extract(_cfg(folder, out, weights=str(tmp_path / "w.safetensors"), overwrite=True))
+    with pytest.raises(UserError, match="fingerprint component 'teacher'"):
+        distill(DistillConfig(cache=str(out), out=str(run), resume=True, **settings))
+    with pytest.raises(UserError, match="fingerprint component 'teacher'"):
+        load_cached_data(DistillConfig(cache=str(out), expect_fingerprint=f"teacher={teacher_hash[:8]}"))
+
+    extract(_cfg(folder, out, views=2, overwrite=True))
+    with pytest.raises(UserError, match="fingerprint component 'augmentation'"):
+        load_cached_data(DistillConfig(cache=str(out), expect_fingerprint="augmentation=00000000"))
+
+
+def test_other_schema_version_is_refused(tiny_store, tmp_path):
+    copy = tmp_path / "v2.zarr"
+    shutil.copytree(tiny_store, copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    group.attrs["customkd"] = {**group.attrs["customkd"], "schema_version": 2}
+    with pytest.raises(UserError, match="schema version 2.*re-extract"):
+        load_cached_data(DistillConfig(cache=str(copy)))

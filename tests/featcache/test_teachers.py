@@ -97,3 +97,14 @@ def test_registry_dims_match_the_libraries(name):
         model = timm.create_model(spec.model, pretrained=False, num_classes=0)
     assert model.num_features == spec.feature_dim
     assert model.pretrained_cfg["input_size"][-1] == spec.input_size
+
+
+@pytest.mark.skipif(teachers.hub_reachable(), reason="the model hub is reachable here")
+@pytest.mark.parametrize("name", ["timm:test_vit", "open_clip:ViT-B-32:openai"])
+def test_real_hub_path_fails_fast_offline(name):
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(UserError, match="from the model hub .*--weights FILE"):
+        teachers.create_teacher(name)
+    assert time.monotonic() - started < 30  # no minute of retries

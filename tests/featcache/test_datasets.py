@@ -1,0 +1,74 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+
+from featcache.datasets import load_listing
+from featcache.errors import UserError
+from featcache.views import ViewRecipe, draw_views, replay
+from tests.conftest import make_image_folder
+
+
+def test_folder_with_domains(tmp_path):
+    root = make_image_folder(tmp_path / "oh", classes=2, per_class=5, domains=("Art", "Clipart"))
+    listing = load_listing(f"folder:{root}")
+    assert listing.domains == ("Art", "Clipart") and listing.classes == ("class0", "class1")
+    assert len(listing) == 20
+    assert {s.domain for s in listing.samples} == {0, 1}
+    assert listing.samples[0].relpath == "Art/class0/img00.png"
+    # held-out split is stratified per (class, domain): one of five per cell
+    assert sum(s.split for s in listing.samples) == 4
+
+
+def test_folder_keeps_train_test_dirs(tmp_path):
+    make_image_folder(tmp_path / "d" / "train", classes=2, per_class=4)
+    make_image_folder(tmp_path / "d" / "test", classes=2, per_class=2)
+    listing = load_listing(f"folder:{tmp_path / 'd'}")
+    assert listing.classes == ("class0", "class1")
+    assert [s.split for s in listing.samples].count(1) == 4
+
+
+def test_cifar100_python_release(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    for part, n in (("train", 6), ("test", 3)):
+        data = (rng.random((n, 3072)) * 255).astype(np.uint8)
+        with open(root / part, "wb") as fh:
+            pickle.dump({b"data": data, b"fine_labels": list(range(n))}, fh)
+    with open(root / "meta", "wb") as fh:
+        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}, fh)
+    listing = load_listing(f"cifar100:{root}")
+    assert len(listing) == 9 and len(listing.classes) == 100
+    test_rows = [i for i, s in enumerate(listing.samples) if s.split == 1]
+    assert len(test_rows) == 3
+    image = listing.load_image(0)
+    assert image.size == (32, 32) and image.mode == "RGB"
+    with pytest.raises(UserError, match="python release"):
+        load_listing(f"cifar100:{tmp_path}")
+
+
+def test_paths_never_escape_the_root(tmp_path):
+    from dataclasses import replace
+
+    root = make_image_folder(tmp_path / "x", classes=1, per_class=1)
+    listing = load_listing(f"folder:{root}")
+    hostile = replace(listing, samples=(replace(listing.samples[0], relpath="../../etc/passwd"),))
+    with pytest.raises(UserError, match="escapes the dataset root"):
+        hostile.read_bytes(0)
+
+
+def test_teacher_and_student_see_the_same_crop():
+    """Replaying one stored view at two resolutions gives the same picture; another view does not."""
+    rng = np.random.default_rng(3)
+    image = Image.fromarray((rng.random((90, 120, 3)) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3))
+    views = draw_views(120, 90, 5, 4, ViewRecipe(), 0)
+    mean, std = (0.5,) * 3, (0.5,) * 3
+    teacher_view = replay(image, views[1], 224, mean, std, "bicubic")
+    student_view = replay(image, views[1], 64, mean, std, "bilinear")
+    down = F.interpolate(teacher_view[None], size=64, mode="area")[0]
+    same = (down - student_view).abs().mean()
+    other = (F.interpolate(replay(image, views[2], 224, mean, std)[None], size=64, mode="area")[0] - student_view)
+    assert same < 0.05 < other.abs().mean()
