@@ -16,6 +16,8 @@ def _domains(value: str) -> tuple[str, ...]:
 def distill(
     cache: Annotated[str, typer.Option(help="Feature store written by `customkd extract`.")] = "caches/elpv-efficientnet_lite0.zarr",
     student: Annotated[str, typer.Option(help="Student: mobilenetv3, mobilenetv3_small, resnet18, efficientnet_b0 or any timm name.")] = "mobilenetv3",
+    student_pretrained: Annotated[bool, typer.Option(help="Start from timm's pretrained student weights (hub).")] = False,
+    student_weights: Annotated[str | None, typer.Option(help="Start from a local student weights file.")] = None,
     method: Annotated[str, typer.Option(help="student, fitnet, kd, dkd, customkd, customkd+dkd.")] = "customkd",
     setting: Annotated[str, typer.Option(help="supervised, ssl or uda.")] = "ssl",
     labels_per_class: Annotated[int | None, typer.Option(help="SSL: labeled samples per class.")] = None,
@@ -57,7 +59,8 @@ def distill(
         from trainer.distill import distill as run_distill
 
         cfg = DistillConfig(
-            cache=cache, student=student, method=method, setting=setting, labels_per_class=labels_per_class,
+            cache=cache, student=student, student_pretrained=student_pretrained, student_weights=student_weights,
+            method=method, setting=setting, labels_per_class=labels_per_class,
             label_fraction=label_fraction, source=_domains(source), target=_domains(target), epochs=epochs,
             image_size=image_size, batch_size=batch_size, out=out, seed=seed, workers=workers, device=device,
             optimizer=optimizer, lr=lr, weight_decay=weight_decay, lambda_general=lambda_general,

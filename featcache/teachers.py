@@ -11,11 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
-import socket
-import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import torch
 from torch import nn
 
 from featcache.errors import UserError
+from featcache.hub import hub_mode, hub_reachable  # noqa: F401 - hub_reachable is part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -153,33 +151,6 @@ def _hub_error(name: str, exc: Exception) -> UserError:
         f"could not load pretrained weights for teacher {name!r} from the model hub ({first}); "
         "with no network, pass a local file: --weights FILE (.safetensors or a torch state dict)"
     )
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers a TCP connect (a proxy is trusted to work)."""
-    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
-        return True
-    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def hub_mode() -> Iterator[None]:
-    """Offline, use only the local Hugging Face cache instead of retrying for a minute."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    offline = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = offline or not hub_reachable()
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = offline
 
 
 def _timm_preprocess(model: nn.Module) -> Preprocess:

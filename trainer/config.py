@@ -21,6 +21,8 @@ DEFAULT_LABEL_FRACTION = 0.1
 class DistillConfig:
     cache: str
     student: str = "mobilenetv3"
+    student_pretrained: bool = False
+    student_weights: str | None = None
     method: str = "customkd"
     setting: str = "ssl"
     labels_per_class: int | None = None

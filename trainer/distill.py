@@ -87,6 +87,33 @@ def write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def flatten(record: dict, prefix: str = "") -> dict:
+    """{"train": {"loss": 1}} → {"train/loss": 1}; lists become one column per item."""
+    flat = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}/"))
+        elif isinstance(value, list):
+            flat.update({f"{name}/{i}": v for i, v in enumerate(value)})
+        else:
+            flat[name] = value
+    return flat
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    import csv
+
+    rows = [flatten(record) for record in history]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
 def fit_probe(data: CachedData, split: Split, norm: loop.FeatureNorm, seed: int):
     """θ^c_t on centre-view features of labeled training samples; accuracy on the eval rows."""
     labeled = split.train[split.train_labels >= 0]
@@ -113,7 +140,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
     probe, probe_metrics = fit_probe(data, split, norm, cfg.seed)
     num_classes = len(data.classes)
 
-    student = create_student(cfg.student, num_classes, cfg.image_size).to(device)
+    student = create_student(cfg.student, num_classes, cfg.image_size, cfg.student_pretrained,
+                             cfg.student_weights).to(device)
     ctx = MethodContext(data.features.shape[-1], student.feature_dim, num_classes, cfg)
     method = create_method(cfg.method, ctx).to(device)
     views_ds = StudentViews(data, cfg.image_size, student.mean, student.std)
@@ -124,7 +152,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
     eval_loader = make_loader(views_ds, split.eval, np.zeros(len(split.eval), np.int64), cfg.batch_size, cfg.workers)
     config = {**cfg.to_dict(), "out": str(run), "teacher": data.manifest["fingerprint"]["teacher"],
               "store_fingerprint": {k: v["hash"] for k, v in data.manifest["fingerprint"].items()},
-              "n_train": len(split.train), "n_labeled": split.n_labeled, "n_eval": len(split.eval),
+              "n_train": len(split.train), "num_classes": num_classes, "classes": data.classes, "n_labeled": split.n_labeled, "n_eval": len(split.eval),
               "device": str(device), "alternation": "one customization epoch before every alternate_every-th KD epoch"}
     write_json(run / "config.json", config)
 
@@ -165,6 +193,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
             "customizer_optimizer": customizer_opt.state_dict() if customizer_opt else {},
             "torch_rng": torch.get_rng_state(), "history": json.dumps(history)})
         write_json(run / "metrics.json", {"epochs": history, "teacher_probe": probe_metrics})
+        write_metrics_csv(run / "metrics.csv", history)
 
     from safetensors.torch import save_file
 

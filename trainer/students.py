@@ -48,15 +48,43 @@ def resolve_student(name: str) -> str:
     return model_name
 
 
-def create_student(name: str, num_classes: int, image_size: int, weights: str | None = None) -> Student:
-    """A randomly initialised timm student (``weights``: optional local state dict file)."""
+def create_student(name: str, num_classes: int, image_size: int, pretrained: bool = False,
+                   weights: str | None = None) -> Student:
+    """A timm student: random init, timm's pretrained weights (hub), or a local weights file.
+
+    Pretrained or file weights load everything but the classifier, which is sized for this task."""
     import timm
 
-    model = timm.create_model(resolve_student(name), pretrained=False, num_classes=num_classes)
+    from featcache.hub import hub_mode
+
+    model_name = resolve_student(name)
+    try:
+        with hub_mode():
+            model = timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes)
+    except Exception as exc:  # noqa: BLE001 - hub failures come in many exception types
+        if not pretrained:
+            raise
+        raise UserError(f"could not load pretrained weights for student {name!r} from the model hub; "
+                        "pass a local file with --student-weights FILE instead") from exc
     if weights:
+        _load_backbone(model, weights)
+    return Student(model, image_size)
+
+
+def _load_backbone(model: nn.Module, weights: str) -> None:
+    from pathlib import Path
+
+    if not Path(weights).is_file():
+        raise UserError(f"student weights {weights} do not exist; pass --student-weights with a .safetensors or .pth file")
+    if weights.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        state = load_file(weights) if weights.endswith(".safetensors") else torch.load(weights, weights_only=True)
-        own = model.state_dict()
-        model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
-    return Student(model, image_size)
+        state = load_file(weights)
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    missing = [k for k in own if k not in fitting and not k.startswith(model.default_cfg.get("classifier", "~"))]
+    if missing:
+        raise UserError(f"student weights {weights} do not fit {type(model).__name__}: {len(missing)} tensors missing")
+    model.load_state_dict(fitting, strict=False)

@@ -1,0 +1,37 @@
+"""``customkd evaluate`` and ``customkd export``: use a finished run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.common import run_or_exit, setup_logging
+
+
+def evaluate(
+    run: Annotated[str, typer.Argument(help="Run directory written by `customkd distill`.")],
+    data: Annotated[str | None, typer.Option(help="Evaluate on every sample of this dataset instead of the run's held-out split.")] = None,
+    workers: Annotated[int, typer.Option()] = 2,
+) -> None:
+    """Evaluate a saved student."""
+    setup_logging()
+    from trainer.evaluate import evaluate_run
+
+    metrics = run_or_exit(lambda: evaluate_run(run, data, workers))
+    per_class = " ".join("-" if a is None else f"{a:.3f}" for a in metrics["per_class_accuracy"])
+    typer.echo(f"{run}: accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  "
+               f"(n={metrics['n']}; per class {per_class})")
+
+
+def export(
+    run: Annotated[str, typer.Argument(help="Run directory written by `customkd distill`.")],
+    onnx: Annotated[str, typer.Option("--onnx", help="ONNX file to write.")],
+) -> None:
+    """Export the deployable student (backbone + head) to ONNX and check it against PyTorch."""
+    setup_logging()
+    from trainer.evaluate import export_onnx
+
+    error = run_or_exit(lambda: export_onnx(run, onnx))
+    checked = "not checked (onnxruntime missing)" if error != error else f"max |ONNX - PyTorch| = {error:.2e}"
+    typer.echo(f"wrote {onnx}: {checked}")

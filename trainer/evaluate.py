@@ -1,0 +1,98 @@
+"""Using a finished run: evaluate the saved student, export it to ONNX."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featcache import store as fs
+from featcache.datasets import load_listing
+from featcache.errors import UserError
+from featcache.views import ViewRecipe, centre_view
+from trainer.config import DistillConfig
+from trainer.data import StudentViews, load_cached_data, make_loader, make_split
+from trainer.loop import classification_metrics, predict
+from trainer.students import Student, create_student
+
+log = logging.getLogger(__name__)
+
+
+def load_run(run: str) -> tuple[dict, Student]:
+    """The run's config and its student with the saved weights (eval mode)."""
+    run_dir = Path(run)
+    if not (run_dir / "config.json").is_file() or not (run_dir / "student.safetensors").is_file():
+        raise UserError(f"{run} is not a finished run (needs config.json and student.safetensors)")
+    from safetensors.torch import load_file
+
+    config = json.loads((run_dir / "config.json").read_text())
+    student = create_student(config["student"], config["num_classes"], config["image_size"])
+    student.model.load_state_dict(load_file(str(run_dir / "student.safetensors")))
+    return config, student.eval()
+
+
+def _distill_config(config: dict) -> DistillConfig:
+    fields = DistillConfig.__dataclass_fields__
+    values = {k: v for k, v in config.items() if k in fields}
+    values.update(source=tuple(config["source"]), target=tuple(config["target"]), resume=False)
+    return DistillConfig(**values)
+
+
+class _AllCentreViews:
+    """A dataset spec's every sample, centre view only, as the data object StudentViews expects."""
+
+    def __init__(self, spec: str, classes: list[str], centre_crop: float) -> None:
+        self.listing = load_listing(spec)
+        missing = [c for c in self.listing.classes if c not in classes]
+        if missing:
+            raise UserError(f"dataset {spec} has classes the student does not know: {', '.join(missing[:5])}")
+        self.labels = np.array([classes.index(self.listing.classes[s.label]) for s in self.listing.samples])
+        sizes = [self.listing.load_image(i).size for i in range(len(self.listing))]
+        recipe = ViewRecipe(centre_crop=centre_crop)
+        self.views = np.stack([centre_view(w, h, recipe)[None] for w, h in sizes])
+
+
+def evaluate_run(run: str, data: str | None = None, workers: int = 2) -> dict:
+    """Accuracy of the saved student on the run's held-out samples, or on every sample of ``data``."""
+    config, student = load_run(run)
+    if data is None:
+        cfg = _distill_config(config)
+        cached = load_cached_data(cfg)
+        rows = make_split(cfg, cached).eval
+        labels = cached.labels
+    else:
+        manifest = fs.read_manifest(fs.open_complete_store(config["cache"]))
+        cached = _AllCentreViews(data, config["classes"], manifest["fingerprint"]["augmentation"]["recipe"]["centre_crop"])
+        rows, labels = np.arange(len(cached.labels)), cached.labels
+    dataset = StudentViews(cached, config["image_size"], student.mean, student.std)
+    loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), config["batch_size"], workers)
+    seen, preds = predict(student, loader, torch.device("cpu"))
+    return {**classification_metrics(labels[seen], preds, config["num_classes"]), "n": len(seen)}
+
+
+def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
+    """Write the deployable student (backbone + head) to ONNX; returns the max |ONNX − PyTorch| on test inputs."""
+    config, student = load_run(run)
+    size = config["image_size"]
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(student.model, (example,), onnx_file, dynamo=False, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    try:
+        import onnxruntime
+    except ImportError:
+        log.warning("onnxruntime is not installed: wrote %s without checking it", onnx_file)
+        return float("nan")
+    session = onnxruntime.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = student.model(probe).numpy()
+    error = float(np.abs(session.run(None, {"images": probe.numpy()})[0] - expected).max())
+    if error > atol:
+        raise UserError(f"ONNX export of {run} differs from PyTorch by {error:.2e} > {atol}; do not deploy it")
+    return error
