@@ -45,6 +45,7 @@ def distill(
     kd_temperature: Annotated[float, typer.Option()] = 4.0,
     feature_norm: Annotated[str, typer.Option(help="none, l2 or standardize (teacher features).")] = "standardize",
     view_sampling: Annotated[str, typer.Option(help="cycle or random.")] = "cycle",
+    features: Annotated[str, typer.Option(help="auto, ram or stream (read teacher features by shard blocks).")] = "auto",
     allow_stale: Annotated[bool, typer.Option(help="Train even if the dataset no longer matches the store.")] = False,
     expect_fingerprint: Annotated[str, typer.Option(help="Refuse the cache unless its components match, e.g. 'teacher=4f498eb6'.")] = "",
     data: Annotated[str | None, typer.Option(help="Dataset spec if the images moved since extraction.")] = None,
@@ -67,7 +68,7 @@ def distill(
             lambda_specific=lambda_specific, customizer=customizer, customizer_lr=customizer_lr,
             customize_head=customize_head, customize_target=customize_target, pseudo_threshold=pseudo_threshold,
             alternate_every=alternate_every, kd_temperature=kd_temperature, feature_norm=feature_norm,
-            view_sampling=view_sampling, allow_stale=allow_stale, expect_fingerprint=expect_fingerprint,
+            view_sampling=view_sampling, features=features, allow_stale=allow_stale, expect_fingerprint=expect_fingerprint,
             data=data, resume=resume)
         return run_distill(cfg)
 

@@ -55,6 +55,7 @@ class DistillConfig:
     dkd_warmup: int = 2
     feature_norm: str = "standardize"
     view_sampling: str = "cycle"
+    features: str = "auto"  # auto: RAM when they fit in half the free memory, else stream shard blocks
     allow_stale: bool = False
     expect_fingerprint: str = ""  # "teacher=4f498eb6 augmentation=761081aa" (as printed by `cache info`)
     data: str | None = None
@@ -68,6 +69,7 @@ class DistillConfig:
         self._check_choice("--customize-target", self.customize_target, CUSTOMIZE_TARGETS)
         self._check_choice("--feature-norm", self.feature_norm, FEATURE_NORMS)
         self._check_choice("--view-sampling", self.view_sampling, VIEW_SAMPLING)
+        self._check_choice("--features", self.features, ("auto", "ram", "stream"))
         for flag, value in (("--epochs", self.epochs), ("--image-size", self.image_size),
                             ("--batch-size", self.batch_size), ("--alternate-every", self.alternate_every)):
             if value < 1:

@@ -17,6 +17,7 @@ from featcache.datasets import DatasetListing, content_hash, load_listing, sampl
 from featcache.errors import UserError
 from featcache.views import replay
 from trainer.config import DistillConfig
+from trainer.features import ShardedFeatures, open_features
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 class CachedData:
     """Everything of the store the trainer needs, in RAM. Shapes: features ``[N, V, D]``."""
 
-    features: np.ndarray  # float16 [N, V, D]
+    features: np.ndarray | ShardedFeatures  # float16 [N, V, D], indexed as features[rows, views]
     valid: np.ndarray  # bool [N], False for images skipped as unreadable at extraction
     views: np.ndarray  # float32 [N, V, P]
     labels: np.ndarray  # int64 [N]
@@ -37,6 +38,14 @@ class CachedData:
     @property
     def n_views(self) -> int:
         return self.features.shape[1]
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.manifest["fingerprint"]["layout"]["shard_size"])
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.features, ShardedFeatures)
 
     @property
     def classes(self) -> list[str]:
@@ -96,16 +105,15 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     check_expected_fingerprint(manifest, {**cfg.expected_hashes, **(expected or {})}, cfg.cache)
     listing = load_listing(cfg.data or manifest["data_spec"])
     try:
-        arrays = {name: np.asarray(group[name][:]) for name in ("sample_key", "content_hash", "valid", "features",
-                                                                 "views", "labels", "domain", "split")}
+        arrays = {name: np.asarray(group[name][:]) for name in ("sample_key", "content_hash", "valid", "views",
+                                                                 "labels", "domain", "split")}
     except Exception as exc:  # noqa: BLE001 - a checksum mismatch surfaces as a codec error
         raise UserError(f"cache {cfg.cache} is damaged ({type(exc).__name__}); run `customkd cache verify "
                         f"{cfg.cache}` to locate the shard, then re-extract") from None
     valid = arrays["valid"].astype(bool)
     check_dataset(listing, manifest, arrays["sample_key"], arrays["content_hash"], valid, cfg.allow_stale)
-    features = arrays["features"]
-    if np.isnan(features[valid]).any():
-        raise UserError(f"cache {cfg.cache} has unwritten (NaN) features; run `customkd cache verify` and re-extract")
+    shard_size = int(manifest["fingerprint"]["layout"]["shard_size"])
+    features = open_features(group, cfg.features, shard_size, valid)
     return CachedData(
         features=features,
         valid=valid,

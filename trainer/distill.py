@@ -26,6 +26,7 @@ from trainer.data import (
     make_loader,
     make_split,
 )
+from trainer.features import block_shuffle, feature_stats
 from trainer.methods import MethodContext, create_method, resolve_method
 from trainer.probe import accuracy, fit_teacher_probe
 from trainer.students import create_student, resolve_student
@@ -114,6 +115,17 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
+class EpochFeatures:
+    """Normalised features of an epoch's (row, view) pairs, read lazily: ``[positions] -> [B, D]``."""
+
+    def __init__(self, source, rows: np.ndarray, views: np.ndarray, norm: loop.FeatureNorm, device) -> None:
+        self.source, self.rows, self.views, self.norm, self.device = source, rows, views, norm, device
+
+    def __getitem__(self, positions: torch.Tensor) -> torch.Tensor:
+        p = positions.numpy()
+        return self.norm(self.source[self.rows[p], self.views[p]]).to(self.device)
+
+
 def fit_probe(data: CachedData, split: Split, norm: loop.FeatureNorm, seed: int):
     """θ^c_t on centre-view features of labeled training samples; accuracy on the eval rows."""
     labeled = split.train[split.train_labels >= 0]
@@ -136,7 +148,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
     split = make_split(cfg, data)
     if cfg.epochs > 4 * max(data.n_views - 1, 1):
         log.warning("%d epochs over %d cached views per sample: views repeat often", cfg.epochs, data.n_views)
-    norm = loop.FeatureNorm(cfg.feature_norm, data.features[split.train])
+    norm = loop.FeatureNorm(cfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
     probe, probe_metrics = fit_probe(data, split, norm, cfg.seed)
     num_classes = len(data.classes)
 
@@ -171,13 +183,16 @@ def distill(cfg: DistillConfig) -> DistillResult:
 
     for epoch in range(first_epoch, cfg.epochs):
         record: dict = {"epoch": epoch + 1}
-        order = split.train[epoch_order(len(split.train), epoch, cfg.seed)]
+        positions = (block_shuffle(split.train, data.shard_size, epoch, cfg.seed) if data.streaming
+                     else epoch_order(len(split.train), epoch, cfg.seed))
+        order = split.train[positions]
         views = epoch_views(order, data.n_views, epoch, cfg.view_sampling, cfg.seed)
         if method.customizes and epoch % cfg.alternate_every == 0:
             generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
             record["customize"] = loop.customize_epoch(
-                method, student.head, norm(data.features[order, views]).to(device),
-                torch.from_numpy(row_labels[order]).to(device), probe.to(device), customizer_opt, generator)
+                method, student.head, EpochFeatures(data.features, order, views, norm, device),
+                torch.from_numpy(row_labels[order]).to(device), probe.to(device), customizer_opt, generator,
+                order=torch.arange(len(order)) if data.streaming else None)
         loader = make_loader(views_ds, order, views, cfg.batch_size, cfg.workers)
         record["train"] = loop.train_epoch(student, method, loader, row_labels, data.features, norm, probe.to(device),
                                            optimizer, scheduler, epoch, cfg.grad_clip, device)

@@ -21,13 +21,18 @@ log = logging.getLogger(__name__)
 
 
 class FeatureNorm:
-    """Normalises cached teacher features ``[..., D]`` (fp16 in RAM) to float32 tensors."""
+    """Normalises cached teacher features ``[..., D]`` (fp16) to float32 tensors.
 
-    def __init__(self, mode: str, train_features: np.ndarray) -> None:
+    ``standardize`` uses per-dimension mean/std of the training features (every view)."""
+
+    def __init__(self, mode: str, train_features: np.ndarray | None = None, *,
+                 stats: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.mode = mode
-        flat = train_features.reshape(-1, train_features.shape[-1]).astype(np.float32)
-        self.mean = torch.from_numpy(flat.mean(0))
-        self.std = torch.from_numpy(flat.std(0) + 1e-6)
+        if stats is None:
+            flat = train_features.reshape(-1, train_features.shape[-1]).astype(np.float32)
+            stats = (flat.mean(0), flat.std(0))
+        self.mean = torch.from_numpy(np.asarray(stats[0], dtype=np.float32))
+        self.std = torch.from_numpy(np.asarray(stats[1], dtype=np.float32) + 1e-6)
 
     def __call__(self, features: np.ndarray) -> torch.Tensor:
         f = torch.from_numpy(np.asarray(features, dtype=np.float32))
@@ -82,12 +87,16 @@ def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray
             "seconds": seconds}
 
 
-def customize_epoch(method: Method, head: nn.Linear, train_features: torch.Tensor, labels: torch.Tensor,
-                    probe: nn.Linear, optimizer, generator: torch.Generator, batch_size: int = 256) -> dict:
-    """One customization epoch over cached features ``[T, D]`` only: θ^h_t trains, nothing else."""
+def customize_epoch(method: Method, head: nn.Linear, train_features, labels: torch.Tensor,
+                    probe: nn.Linear, optimizer, generator: torch.Generator, batch_size: int = 256,
+                    order: torch.Tensor | None = None) -> dict:
+    """One customization epoch over cached features only: θ^h_t trains, nothing else.
+
+    ``train_features[idx]`` gives normalised features ``[B, D]`` (a tensor ``[T, D]`` or a lazy
+    reader); ``order`` (default: a random permutation) lets a streaming reader stay block-local."""
     method.train()
     started = time.perf_counter()
-    order = torch.randperm(len(labels), generator=generator)
+    order = torch.randperm(len(labels), generator=generator) if order is None else order
     loss_sum, correct, used = 0.0, 0.0, 0.0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
