@@ -22,6 +22,8 @@ def distill(
     setting: Annotated[str, typer.Option(help="supervised, ssl or uda.")] = "ssl",
     labels_per_class: Annotated[int | None, typer.Option(help="SSL: labeled samples per class.")] = None,
     label_fraction: Annotated[float | None, typer.Option(help="SSL: fraction of training labels kept (default 0.1).")] = None,
+    ssl: Annotated[str, typer.Option(help="none or fixmatch (unlabeled objective in L_task).")] = "none",
+    fixmatch_threshold: Annotated[float, typer.Option(help="FixMatch confidence threshold τ.")] = 0.95,
     source: Annotated[str, typer.Option(help="UDA: labeled source domain(s), comma-separated.")] = "",
     target: Annotated[str, typer.Option(help="UDA: unlabeled target domain(s), comma-separated.")] = "",
     epochs: Annotated[int, typer.Option(help="Student (KD) epochs.")] = 8,
@@ -62,7 +64,7 @@ def distill(
         cfg = DistillConfig(
             cache=cache, student=student, student_pretrained=student_pretrained, student_weights=student_weights,
             method=method, setting=setting, labels_per_class=labels_per_class,
-            label_fraction=label_fraction, source=_domains(source), target=_domains(target), epochs=epochs,
+            label_fraction=label_fraction, ssl=ssl, fixmatch_threshold=fixmatch_threshold, source=_domains(source), target=_domains(target), epochs=epochs,
             image_size=image_size, batch_size=batch_size, out=out, seed=seed, workers=workers, device=device,
             optimizer=optimizer, lr=lr, weight_decay=weight_decay, lambda_general=lambda_general,
             lambda_specific=lambda_specific, customizer=customizer, customizer_lr=customizer_lr,

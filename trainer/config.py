@@ -27,6 +27,9 @@ class DistillConfig:
     setting: str = "ssl"
     labels_per_class: int | None = None
     label_fraction: float | None = None
+    ssl: str = "none"  # "fixmatch" adds FixMatch's unlabeled objective to L_task
+    fixmatch_threshold: float = 0.95
+    fixmatch_weight: float = 1.0
     source: tuple[str, ...] = ()
     target: tuple[str, ...] = ()
     epochs: int = 8
@@ -63,6 +66,9 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         self._check_choice("--setting", self.setting, SETTINGS)
+        self._check_choice("--ssl", self.ssl, ("none", "fixmatch"))
+        if self.ssl == "fixmatch" and self.setting == "supervised":
+            raise UserError("--ssl fixmatch needs unlabeled samples: use --setting ssl or uda")
         self._check_choice("--optimizer", self.optimizer, tuple(OPTIMIZERS))
         self._check_choice("--customizer", self.customizer, CUSTOMIZERS)
         self._check_choice("--customize-head", self.customize_head, CUSTOMIZE_HEADS)

@@ -15,7 +15,7 @@ import torch
 from featcache import store as fs
 from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key
 from featcache.errors import UserError
-from featcache.views import replay
+from featcache.views import replay_pil, to_tensor, view_seed
 from trainer.config import DistillConfig
 from trainer.features import ShardedFeatures, open_features
 
@@ -194,25 +194,41 @@ def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
 
 
 class StudentViews(torch.utils.data.Dataset):
-    """(row, view) → the stored view replayed at the student's resolution ``[3, S, S]``."""
+    """(row, view[, epoch]) → the stored view replayed at the student's resolution ``[3, S, S]``.
 
-    def __init__(self, data: CachedData, size: int, mean, std, interpolation: str = "bilinear") -> None:
+    With ``strong_seed`` set (FixMatch), it also returns a RandAugment-ed copy of the same crop,
+    seeded by (seed, row, epoch) so CPU runs repeat exactly."""
+
+    def __init__(self, data: CachedData, size: int, mean, std, interpolation: str = "bilinear",
+                 strong_seed: int | None = None) -> None:
         self.listing, self.views = data.listing, data.views
         self.size, self.mean, self.std, self.interpolation = size, mean, std, interpolation
+        self.strong_seed = strong_seed
 
     def __len__(self) -> int:
         return len(self.views)
 
-    def __getitem__(self, item: tuple[int, int]):
-        row, view = item
+    def __getitem__(self, item: tuple[int, ...]):
+        row, view = item[0], item[1]
         image = self.listing.load_image(row)
-        pixels = replay(image, self.views[row, view], self.size, self.mean, self.std, self.interpolation)
-        return pixels, row, view
+        crop = replay_pil(image, self.views[row, view], self.size, self.interpolation)
+        pixels = to_tensor(crop, self.mean, self.std)
+        if self.strong_seed is None:
+            return pixels, row, view
+        return pixels, row, view, to_tensor(self._strong(crop, row, item[2] if len(item) > 2 else 0), self.mean, self.std)
+
+    def _strong(self, crop, row: int, epoch: int):
+        from torchvision.transforms import RandAugment
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(self.strong_seed, row, 1_000_000 + epoch) % 2**63)
+            return RandAugment(num_ops=2, magnitude=10)(crop)
 
 
-def make_loader(dataset: StudentViews, rows: np.ndarray, views: np.ndarray, batch_size: int, workers: int):
-    """Batches of (pixels ``[B,3,S,S]``, rows ``[B]``, views ``[B]``) in the given order."""
-    pairs = list(zip(rows.tolist(), views.tolist(), strict=True))
-    batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+def make_loader(dataset: StudentViews, rows: np.ndarray, views: np.ndarray, batch_size: int, workers: int,
+                epoch: int = 0):
+    """Batches of (pixels ``[B,3,S,S]``, rows ``[B]``, views ``[B]``[, strong pixels]) in the given order."""
+    items = list(zip(rows.tolist(), views.tolist(), [epoch] * len(rows), strict=True))
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                        persistent_workers=False)

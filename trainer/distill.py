@@ -157,6 +157,9 @@ def distill(cfg: DistillConfig) -> DistillResult:
     ctx = MethodContext(data.features.shape[-1], student.feature_dim, num_classes, cfg)
     method = create_method(cfg.method, ctx).to(device)
     views_ds = StudentViews(data, cfg.image_size, student.mean, student.std)
+    train_ds = (StudentViews(data, cfg.image_size, student.mean, student.std, strong_seed=cfg.seed)
+                if cfg.ssl == "fixmatch" else views_ds)
+    fixmatch = (cfg.fixmatch_threshold, cfg.fixmatch_weight) if cfg.ssl == "fixmatch" else None
     steps_per_epoch = -(-len(split.train) // cfg.batch_size)
     optimizer, scheduler, customizer_opt = make_optimizers(cfg, student, method, cfg.epochs * steps_per_epoch)
     row_labels = np.full(len(data.labels), -1, dtype=np.int64)
@@ -193,9 +196,9 @@ def distill(cfg: DistillConfig) -> DistillResult:
                 method, student.head, EpochFeatures(data.features, order, views, norm, device),
                 torch.from_numpy(row_labels[order]).to(device), probe.to(device), customizer_opt, generator,
                 order=torch.arange(len(order)) if data.streaming else None)
-        loader = make_loader(views_ds, order, views, cfg.batch_size, cfg.workers)
+        loader = make_loader(train_ds, order, views, cfg.batch_size, cfg.workers, epoch)
         record["train"] = loop.train_epoch(student, method, loader, row_labels, data.features, norm, probe.to(device),
-                                           optimizer, scheduler, epoch, cfg.grad_clip, device)
+                                           optimizer, scheduler, epoch, cfg.grad_clip, device, fixmatch)
         rows, preds = loop.predict(student, eval_loader, device)
         record["eval"] = loop.classification_metrics(data.labels[rows], preds, num_classes)
         history.append(record)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trainer.methods import Method, StepInputs
@@ -53,23 +54,53 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="img", leave=False, smoothing=0.1, mininterval=1.0)
 
 
+def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, labels: torch.Tensor,
+                  threshold: float) -> torch.Tensor:
+    """FixMatch (Sohn et al., NeurIPS 2020) on unlabeled samples: CE(strong, argmax weak) where the
+    weak view's confidence ≥ τ, averaged over every unlabeled sample of the batch."""
+    unlabeled = labels < 0
+    if not unlabeled.any():
+        return strong_logits.sum() * 0.0
+    confidence, pseudo = F.softmax(weak_logits.detach(), dim=1).max(1)
+    mask = (confidence >= threshold) & unlabeled
+    losses = F.cross_entropy(strong_logits, pseudo, reduction="none") * mask
+    return losses.sum() / unlabeled.sum()
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on GPU (mixed precision); plain fp32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray, features: np.ndarray,
                 norm: FeatureNorm, probe: nn.Linear, optimizer, scheduler, epoch: int, grad_clip: float,
-                device: torch.device) -> dict:
-    """One KD epoch over the loader's (row, view) batches; returns mean loss parts and samples/s."""
+                device: torch.device, fixmatch: tuple[float, float] | None = None) -> dict:
+    """One KD epoch over the loader's (row, view) batches; returns mean loss parts and samples/s.
+
+    ``fixmatch = (threshold, weight)`` adds the FixMatch term on strong views the loader supplies."""
     student.train()
     method.train()
     sums: dict[str, float] = defaultdict(float)
     seen, started = 0, time.perf_counter()
     progress = _progress(sum(len(b) for b in loader.batch_sampler), f"epoch {epoch + 1}")
-    for pixels, rows, views in loader:
+    for batch in loader:
+        pixels, rows, views = batch[:3]
         rows_np, views_np = rows.numpy(), views.numpy()
         teacher = norm(features[rows_np, views_np]).to(device)
         labels = torch.from_numpy(row_labels[rows_np]).to(device)
-        student_features, logits = student(pixels.to(device))
+        with _autocast(device):
+            if fixmatch is not None:
+                both_features, both_logits = student(torch.cat([pixels, batch[3]]).to(device))
+                student_features, strong_features = both_features.float().chunk(2)
+                logits, strong_logits = both_logits.float().chunk(2)
+            else:
+                student_features, logits = (t.float() for t in student(pixels.to(device)))
         with torch.no_grad():
             probe_logits = probe(teacher)
         parts = method(StepInputs(student_features, logits, labels, teacher, probe_logits, epoch))
+        if fixmatch is not None:
+            parts["fixmatch"] = fixmatch_loss(logits, strong_logits, labels, fixmatch[0])
+            parts["loss"] = parts["loss"] + fixmatch[1] * parts["fixmatch"]
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         if grad_clip > 0:
@@ -118,8 +149,9 @@ def predict(student: Student, loader, device: torch.device) -> tuple[np.ndarray,
     """(rows ``[E]``, predicted class ``[E]``) over the loader."""
     student.eval()
     rows, preds = [], []
-    for pixels, batch_rows, _ in loader:
-        _, logits = student(pixels.to(device))
+    for pixels, batch_rows, *_ in loader:
+        with _autocast(device):
+            _, logits = student(pixels.to(device))
         rows.append(batch_rows.numpy())
         preds.append(logits.argmax(1).cpu().numpy())
     return np.concatenate(rows), np.concatenate(preds)

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+
+from featcache.extract import ExtractConfig, extract
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder
+from trainer.config import DistillConfig
+from trainer.data import StudentViews, load_cached_data, make_split
+from trainer.distill import distill
+from trainer.loop import fixmatch_loss
+
+
+@pytest.fixture(scope="module")
+def domain_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uda")
+    folder = make_image_folder(root / "imgs", classes=2, per_class=6, domains=("Art", "Clipart", "Photo"))
+    out = root / "d.zarr"
+    extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{folder}", out=str(out), views=2, weights="random",
+                          workers=0, shard_size=8))
+    return out
+
+
+def test_uda_split_labels_source_only_and_evaluates_on_target(domain_store):
+    cfg = DistillConfig(cache=str(domain_store), setting="uda", source=("Art", "Photo"), target=("Clipart",))
+    data = load_cached_data(cfg)
+    split = make_split(cfg, data)
+    clipart = data.manifest["domains"].index("Clipart")
+    assert (data.domain[split.eval] == clipart).all() and (data.split[split.eval] == 1).all()
+    labeled = split.train[split.train_labels >= 0]
+    assert (data.domain[labeled] != clipart).all()
+    target_train = split.train[data.domain[split.train] == clipart]
+    assert len(target_train) > 0 and (split.train_labels[data.domain[split.train] == clipart] == -1).all()
+
+
+def test_uda_run_and_fixmatch_run(domain_store, tmp_path):
+    common = {"student": TINY_STUDENT, "epochs": 1, "image_size": 32, "batch_size": 8, "workers": 0}
+    uda = distill(DistillConfig(cache=str(domain_store), setting="uda", source=("Art",), target=("Photo",),
+                                out=str(tmp_path / "uda"), **common))
+    assert 0 <= uda.final["accuracy"] <= 1
+    fixmatch = distill(DistillConfig(cache=str(domain_store), setting="ssl", labels_per_class=2, ssl="fixmatch",
+                                     fixmatch_threshold=0.0, out=str(tmp_path / "fm"), **common))
+    import json
+
+    epoch = json.loads((tmp_path / "fm" / "metrics.json").read_text())["epochs"][0]
+    assert epoch["train"]["fixmatch"] > 0 and fixmatch.final is not None
+
+
+def test_fixmatch_loss_formula():
+    weak = torch.tensor([[5.0, 0.0], [0.0, 0.1], [9.0, 0.0]])
+    strong = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([-1, -1, 1])
+    # sample 0: confident pseudo-label 0, CE(strong=[0,0]) = log 2; sample 1 below τ; sample 2 labeled
+    assert fixmatch_loss(weak, strong, labels, 0.9).item() == pytest.approx(np.log(2) / 2)
+
+
+def test_strong_views_are_seeded_and_differ_from_weak(domain_store):
+    data = load_cached_data(DistillConfig(cache=str(domain_store)))
+    ds = StudentViews(data, 32, (0.5,) * 3, (0.5,) * 3, strong_seed=0)
+    weak, _, _, strong = ds[(3, 1, 0)]
+    assert torch.equal(strong, ds[(3, 1, 0)][3]) and not torch.equal(weak, strong)
+    assert not torch.equal(strong, ds[(3, 1, 1)][3])  # another epoch, another augmentation
