@@ -19,6 +19,18 @@ EPOCHS ?= 8
 IMG_SIZE ?= 128
 RUN ?=
 ARGS ?=
+# torchrun: NPROC processes per node (extract: one shard owner each; distill: DDP ranks)
+NPROC ?= 1
+NNODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+ifeq ($(NPROC)$(NNODES),11)
+LAUNCH := $(CUSTOMKD)
+else
+LAUNCH := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC) --nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
+	--master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) -m cli
+endif
 
 # glibc's default allocator makes PyTorch page-fault heavily on CPU (DESIGN §9); keep freed memory.
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
@@ -28,6 +40,7 @@ export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 	@echo "Variables: TEACHER DATA CACHE VIEWS STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN ARGS"
+	@echo "           NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT (torchrun)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -38,10 +51,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install everything (once; reinstalls when pyproject.toml changes)
 
 extract: $(STAMP) ## Extract teacher features: TEACHER DATA CACHE VIEWS ARGS
-	$(CUSTOMKD) extract --teacher $(TEACHER) --data $(DATA) --out $(CACHE) --views $(VIEWS) $(ARGS)
+	$(LAUNCH) extract --teacher $(TEACHER) --data $(DATA) --out $(CACHE) --views $(VIEWS) $(ARGS)
 
 distill: $(STAMP) ## Train a student from a cache: CACHE STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN ARGS
-	$(CUSTOMKD) distill --cache $(CACHE) --student $(STUDENT) --method $(METHOD) --setting $(SETTING) \
+	$(LAUNCH) distill --cache $(CACHE) --student $(STUDENT) --method $(METHOD) --setting $(SETTING) \
 		--epochs $(EPOCHS) --image-size $(IMG_SIZE) $(if $(RUN),--out $(RUN)) $(ARGS)
 
 demo: ## The embedded default end to end: make extract, then make distill

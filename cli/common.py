@@ -14,6 +14,8 @@ EXIT_USAGE = 2
 
 def setup_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose or os.environ.get("CUSTOMKD_DEBUG") else logging.INFO
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for everyone
+        level = logging.WARNING
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
                         force=True)
     for handler in logging.getLogger().handlers:  # open_clip logs on the root logger; our errors summarise it
@@ -22,6 +24,10 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(ours).setLevel(level)
     for noisy in ("huggingface_hub", "timm", "urllib3", "httpx"):  # retries are summarised in our one-line error
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def run_or_exit(action: Callable[[], T]) -> T:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import run_or_exit, setup_logging
+from cli.common import is_main_process, run_or_exit, setup_logging
 
 
 def _domains(value: str) -> tuple[str, ...]:
@@ -75,6 +75,8 @@ def distill(
         return run_distill(cfg)
 
     result = run_or_exit(action)
+    if not is_main_process():
+        return
     final, probe = result.final, result.teacher_probe
     typer.echo(f"run {result.run_dir} ({result.seconds:.0f}s): {method} / {student} / {setting}")
     typer.echo(f"  student accuracy {final['accuracy']:.4f}  balanced accuracy {final['balanced_accuracy']:.4f}")

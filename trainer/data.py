@@ -225,10 +225,13 @@ class StudentViews(torch.utils.data.Dataset):
             return RandAugment(num_ops=2, magnitude=10)(crop)
 
 
+def batch_loader(dataset: StudentViews, batches: list[list[tuple]], workers: int):
+    """A DataLoader over precomputed batches of (row, view, epoch) items, in order."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=False)
+
+
 def make_loader(dataset: StudentViews, rows: np.ndarray, views: np.ndarray, batch_size: int, workers: int,
                 epoch: int = 0):
     """Batches of (pixels ``[B,3,S,S]``, rows ``[B]``, views ``[B]``[, strong pixels]) in the given order."""
     items = list(zip(rows.tolist(), views.tolist(), [epoch] * len(rows), strict=True))
-    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                       persistent_workers=False)
+    return batch_loader(dataset, [items[i : i + batch_size] for i in range(0, len(items), batch_size)], workers)

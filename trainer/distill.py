@@ -7,19 +7,21 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from featcache.errors import UserError
-from trainer import loop
+from trainer import dist, loop
 from trainer.config import DistillConfig
 from trainer.data import (
     CachedData,
     Split,
     StudentViews,
+    batch_loader,
     epoch_order,
     epoch_views,
     load_cached_data,
@@ -64,12 +66,6 @@ def prepare_run_dir(cfg: DistillConfig) -> Path:
         raise UserError(f"--resume needs {run / CHECKPOINT}; that run has no checkpoint yet, start it without --resume")
     run.mkdir(parents=True, exist_ok=True)
     return run
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def make_optimizers(cfg: DistillConfig, student, method, steps: int):
@@ -135,14 +131,52 @@ def fit_probe(data: CachedData, split: Split, norm: loop.FeatureNorm, seed: int)
     return probe, {"accuracy": eval_acc, "heldout_labeled_accuracy": val_acc, "n_labeled": len(labeled)}
 
 
-def distill(cfg: DistillConfig) -> DistillResult:
-    """Train one student from a complete store; writes config.json, metrics.json, student.safetensors."""
-    started = time.perf_counter()
+@dataclass
+class Session:
+    """Everything one training run holds; built once by :func:`setup`, advanced by :func:`run_epoch`."""
+
+    cfg: DistillConfig
+    env: dist.DistEnv
+    device: torch.device
+    run: Path
+    data: CachedData
+    split: Split
+    norm: loop.FeatureNorm
+    probe: torch.nn.Linear
+    probe_metrics: dict
+    student: torch.nn.Module
+    method: torch.nn.Module
+    model: torch.nn.Module  # DistillModule, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    customizer_opt: torch.optim.Optimizer | None
+    row_labels: np.ndarray
+    history: list = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.classes)
+
+
+def on_main(env: dist.DistEnv, action):
+    """Run ``action`` on rank 0 only; its result, or its UserError, reaches every rank."""
+    result, error = None, None
+    if env.main:
+        try:
+            result = action()
+        except UserError as exc:
+            error = str(exc)
+    result, error = dist.broadcast_object(env, (result, error))
+    if error:
+        raise UserError(error)
+    return result
+
+
+def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Session:
     resolve_method(cfg.method)
     resolve_student(cfg.student)
-    run = prepare_run_dir(cfg)
+    run = Path(on_main(env, lambda: str(prepare_run_dir(cfg))))
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
     pinned = json.loads((run / "config.json").read_text())["store_fingerprint"] if cfg.resume else None
     data = load_cached_data(cfg, pinned)
     split = make_split(cfg, data)
@@ -150,72 +184,119 @@ def distill(cfg: DistillConfig) -> DistillResult:
         log.warning("%d epochs over %d cached views per sample: views repeat often", cfg.epochs, data.n_views)
     norm = loop.FeatureNorm(cfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
     probe, probe_metrics = fit_probe(data, split, norm, cfg.seed)
-    num_classes = len(data.classes)
-
-    student = create_student(cfg.student, num_classes, cfg.image_size, cfg.student_pretrained,
+    student = create_student(cfg.student, len(data.classes), cfg.image_size, cfg.student_pretrained,
                              cfg.student_weights).to(device)
-    ctx = MethodContext(data.features.shape[-1], student.feature_dim, num_classes, cfg)
-    method = create_method(cfg.method, ctx).to(device)
-    views_ds = StudentViews(data, cfg.image_size, student.mean, student.std)
-    train_ds = (StudentViews(data, cfg.image_size, student.mean, student.std, strong_seed=cfg.seed)
-                if cfg.ssl == "fixmatch" else views_ds)
-    fixmatch = (cfg.fixmatch_threshold, cfg.fixmatch_weight) if cfg.ssl == "fixmatch" else None
-    steps_per_epoch = -(-len(split.train) // cfg.batch_size)
-    optimizer, scheduler, customizer_opt = make_optimizers(cfg, student, method, cfg.epochs * steps_per_epoch)
+    method = create_method(cfg.method, MethodContext(data.features.shape[-1], student.feature_dim,
+                                                     len(data.classes), cfg)).to(device)
+    model = loop.DistillModule(student, method)
+    if env.active:
+        if device.type == "cuda":  # per-rank BatchNorm statistics would make results depend on the rank count
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                        find_unused_parameters=True)  # the customizer trains outside DDP
+    steps = cfg.epochs * -(-len(split.train) // cfg.batch_size)
+    optimizer, scheduler, customizer_opt = make_optimizers(cfg, student, method, steps)
     row_labels = np.full(len(data.labels), -1, dtype=np.int64)
     row_labels[split.train] = split.train_labels
-    eval_loader = make_loader(views_ds, split.eval, np.zeros(len(split.eval), np.int64), cfg.batch_size, cfg.workers)
-    config = {**cfg.to_dict(), "out": str(run), "teacher": data.manifest["fingerprint"]["teacher"],
-              "store_fingerprint": {k: v["hash"] for k, v in data.manifest["fingerprint"].items()},
-              "n_train": len(split.train), "num_classes": num_classes, "classes": data.classes, "n_labeled": split.n_labeled, "n_eval": len(split.eval),
-              "device": str(device), "alternation": "one customization epoch before every alternate_every-th KD epoch"}
-    write_json(run / "config.json", config)
+    return Session(cfg, env, device, run, data, split, norm, probe.to(device), probe_metrics, student, method,
+                   model, optimizer, scheduler, customizer_opt, row_labels)
 
-    history, first_epoch = [], 0
-    if cfg.resume:
-        state = loop.load_checkpoint(run / CHECKPOINT)
-        student.load_state_dict(state["student"])
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if customizer_opt is not None:
-            customizer_opt.load_state_dict(state["customizer_optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        history, first_epoch = json.loads(state["history"]), state["epoch"] + 1
-        log.info("resuming %s after epoch %d", run, first_epoch)
 
+def run_config(s: Session) -> dict:
+    """config.json: every setting, the values actually used, and the store's fingerprint."""
+    return {**s.cfg.to_dict(), "out": str(s.run), "teacher": s.data.manifest["fingerprint"]["teacher"],
+            "store_fingerprint": {k: v["hash"] for k, v in s.data.manifest["fingerprint"].items()},
+            "n_train": len(s.split.train), "n_labeled": s.split.n_labeled, "n_eval": len(s.split.eval),
+            "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
+            "world_size": s.env.world, "batch_rule": dist.BATCH_RULE,
+            "alternation": "one customization epoch before every alternate_every-th KD epoch"}
+
+
+def resume(s: Session) -> int:
+    """Load the run's checkpoint into the session; returns the first epoch still to run."""
+    state = loop.load_checkpoint(s.run / CHECKPOINT)
+    s.student.load_state_dict(state["student"])
+    s.method.load_state_dict(state["method"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    if s.customizer_opt is not None:
+        s.customizer_opt.load_state_dict(state["customizer_optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    s.history = json.loads(state["history"])
+    log.info("resuming %s after epoch %d", s.run, state["epoch"] + 1)
+    return state["epoch"] + 1
+
+
+def evaluate_epoch(s: Session, dataset: StudentViews) -> dict:
+    """Eval metrics over the held-out rows, each rank predicting its share."""
+    rows = s.split.eval[s.env.rank :: s.env.world]
+    loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), s.cfg.batch_size, s.cfg.workers)
+    parts = dist.all_gather_objects(s.env, loop.predict(s.student, loader, s.device))
+    seen, preds = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return loop.classification_metrics(s.data.labels[seen], preds, s.num_classes)
+
+
+def run_epoch(s: Session, epoch: int, train_ds: StudentViews, eval_ds: StudentViews) -> dict:
+    """Customization epoch (when due), KD epoch, evaluation."""
+    cfg, data = s.cfg, s.data
+    record: dict = {"epoch": epoch + 1}
+    positions = (block_shuffle(s.split.train, data.shard_size, epoch, cfg.seed) if data.streaming
+                 else epoch_order(len(s.split.train), epoch, cfg.seed))
+    order = s.split.train[positions]
+    views = epoch_views(order, data.n_views, epoch, cfg.view_sampling, cfg.seed)
+    if s.method.customizes and epoch % cfg.alternate_every == 0:
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        record["customize"] = loop.customize_epoch(
+            s.method, s.student.head, EpochFeatures(data.features, order, views, s.norm, s.device),
+            torch.from_numpy(s.row_labels[order]).to(s.device), s.probe, s.customizer_opt, generator,
+            order=torch.arange(len(order)) if data.streaming else None)
+    items = list(zip(order.tolist(), views.tolist(), [epoch] * len(order), strict=True))
+    batches, weights = dist.split_global_batches(items, cfg.batch_size, s.env)
+    record["train"] = loop.train_epoch(
+        s.student, s.method, batch_loader(train_ds, batches, cfg.workers), s.row_labels, data.features, s.norm,
+        s.probe, s.optimizer, s.scheduler, epoch, cfg.grad_clip, s.device,
+        (cfg.fixmatch_threshold, cfg.fixmatch_weight) if cfg.ssl == "fixmatch" else None, s.model, weights, s.env)
+    record["eval"] = evaluate_epoch(s, eval_ds)
+    return record
+
+
+def save_epoch(s: Session, epoch: int) -> None:
+    loop.save_checkpoint(s.run / CHECKPOINT, {
+        "epoch": epoch, "student": s.student.state_dict(), "method": s.method.state_dict(),
+        "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
+        "customizer_optimizer": s.customizer_opt.state_dict() if s.customizer_opt else {},
+        "torch_rng": torch.get_rng_state(), "history": json.dumps(s.history)})
+    write_json(s.run / "metrics.json", {"epochs": s.history, "teacher_probe": s.probe_metrics})
+    write_metrics_csv(s.run / "metrics.csv", s.history)
+
+
+def distill(cfg: DistillConfig) -> DistillResult:
+    """Train one student from a complete store; writes config.json, metrics.json, student.safetensors.
+
+    Under torchrun every rank runs this; only rank 0 writes files."""
+    started = time.perf_counter()
+    env, device = dist.init_distributed(cfg.device)
+    s = setup(cfg, env, device)
+    eval_ds = StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std)
+    train_ds = (StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std, strong_seed=cfg.seed)
+                if cfg.ssl == "fixmatch" else eval_ds)
+    if env.main:
+        write_json(s.run / "config.json", run_config(s))
+    first_epoch = resume(s) if cfg.resume else 0
     for epoch in range(first_epoch, cfg.epochs):
-        record: dict = {"epoch": epoch + 1}
-        positions = (block_shuffle(split.train, data.shard_size, epoch, cfg.seed) if data.streaming
-                     else epoch_order(len(split.train), epoch, cfg.seed))
-        order = split.train[positions]
-        views = epoch_views(order, data.n_views, epoch, cfg.view_sampling, cfg.seed)
-        if method.customizes and epoch % cfg.alternate_every == 0:
-            generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-            record["customize"] = loop.customize_epoch(
-                method, student.head, EpochFeatures(data.features, order, views, norm, device),
-                torch.from_numpy(row_labels[order]).to(device), probe.to(device), customizer_opt, generator,
-                order=torch.arange(len(order)) if data.streaming else None)
-        loader = make_loader(train_ds, order, views, cfg.batch_size, cfg.workers, epoch)
-        record["train"] = loop.train_epoch(student, method, loader, row_labels, data.features, norm, probe.to(device),
-                                           optimizer, scheduler, epoch, cfg.grad_clip, device, fixmatch)
-        rows, preds = loop.predict(student, eval_loader, device)
-        record["eval"] = loop.classification_metrics(data.labels[rows], preds, num_classes)
-        history.append(record)
+        s.history.append(run_epoch(s, epoch, train_ds, eval_ds))
+        record = s.history[-1]
         log.info("epoch %d/%d  loss %.3f  eval acc %.3f  bal acc %.3f  (%.0f img/s)", epoch + 1, cfg.epochs,
                  record["train"]["loss"], record["eval"]["accuracy"], record["eval"]["balanced_accuracy"],
                  record["train"]["samples_per_s"])
-        loop.save_checkpoint(run / CHECKPOINT, {
-            "epoch": epoch, "student": student.state_dict(), "method": method.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "customizer_optimizer": customizer_opt.state_dict() if customizer_opt else {},
-            "torch_rng": torch.get_rng_state(), "history": json.dumps(history)})
-        write_json(run / "metrics.json", {"epochs": history, "teacher_probe": probe_metrics})
-        write_metrics_csv(run / "metrics.csv", history)
+        if env.main:
+            save_epoch(s, epoch)
+    final = {k: s.history[-1]["eval"][k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
+    if env.main:
+        from safetensors.torch import save_file
 
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in student.model.state_dict().items()}, str(run / "student.safetensors"))
-    final = {k: history[-1]["eval"][k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
-    write_json(run / "metrics.json", {"epochs": history, "final": final, "teacher_probe": probe_metrics})
-    return DistillResult(str(run), final, probe_metrics, time.perf_counter() - started)
+        state = {k: v.contiguous() for k, v in s.student.model.state_dict().items()}
+        save_file(state, str(s.run / "student.safetensors"))
+        write_json(s.run / "metrics.json", {"epochs": s.history, "final": final, "teacher_probe": s.probe_metrics})
+    dist.barrier(env)
+    return DistillResult(str(s.run), final, s.probe_metrics, time.perf_counter() - started)

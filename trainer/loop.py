@@ -51,7 +51,8 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", leave=False, smoothing=0.1, mininterval=1.0)
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 draws progress
+    return tqdm(total=total, desc=desc, unit="img", leave=False, smoothing=0.1, mininterval=1.0, disable=quiet)
 
 
 def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, labels: torch.Tensor,
@@ -72,50 +73,74 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+class DistillModule(nn.Module):
+    """Student + method as one module, so DistributedDataParallel syncs the student and the adapters."""
+
+    def __init__(self, student: Student, method: Method) -> None:
+        super().__init__()
+        self.student, self.method = student, method
+
+    def forward(self, pixels: torch.Tensor, strong: torch.Tensor | None, teacher: torch.Tensor, labels: torch.Tensor,
+                probe_logits: torch.Tensor, epoch: int, fixmatch: tuple[float, float] | None) -> dict:
+        with _autocast(pixels.device):
+            if strong is not None:
+                both_features, both_logits = self.student(torch.cat([pixels, strong]))
+                student_features, _ = both_features.float().chunk(2)
+                logits, strong_logits = both_logits.float().chunk(2)
+            else:
+                student_features, logits = (t.float() for t in self.student(pixels))
+        parts = self.method(StepInputs(student_features, logits, labels, teacher, probe_logits, epoch))
+        if strong is not None:
+            parts["fixmatch"] = fixmatch_loss(logits, strong_logits, labels, fixmatch[0])
+            parts["loss"] = parts["loss"] + fixmatch[1] * parts["fixmatch"]
+        return parts
+
+
 def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray, features: np.ndarray,
                 norm: FeatureNorm, probe: nn.Linear, optimizer, scheduler, epoch: int, grad_clip: float,
-                device: torch.device, fixmatch: tuple[float, float] | None = None) -> dict:
+                device: torch.device, fixmatch: tuple[float, float] | None = None, model: nn.Module | None = None,
+                weights: list[float] | None = None, env=None) -> dict:
     """One KD epoch over the loader's (row, view) batches; returns mean loss parts and samples/s.
 
-    ``fixmatch = (threshold, weight)`` adds the FixMatch term on strong views the loader supplies."""
-    student.train()
-    method.train()
+    ``fixmatch = (threshold, weight)`` adds the FixMatch term on strong views the loader supplies.
+    Under DDP, ``model`` is the wrapped :class:`DistillModule`, ``weights`` the per-step loss weights
+    of :func:`trainer.dist.split_global_batches` and ``env`` reduces the logged sums over ranks."""
+    from trainer import dist
+
+    model = model if model is not None else DistillModule(student, method)
+    model.train()
     sums: dict[str, float] = defaultdict(float)
-    seen, started = 0, time.perf_counter()
+    started = time.perf_counter()
     progress = _progress(sum(len(b) for b in loader.batch_sampler), f"epoch {epoch + 1}")
-    for batch in loader:
+    for step, batch in enumerate(loader):
         pixels, rows, views = batch[:3]
         rows_np, views_np = rows.numpy(), views.numpy()
         teacher = norm(features[rows_np, views_np]).to(device)
         labels = torch.from_numpy(row_labels[rows_np]).to(device)
-        with _autocast(device):
-            if fixmatch is not None:
-                both_features, both_logits = student(torch.cat([pixels, batch[3]]).to(device))
-                student_features, strong_features = both_features.float().chunk(2)
-                logits, strong_logits = both_logits.float().chunk(2)
-            else:
-                student_features, logits = (t.float() for t in student(pixels.to(device)))
         with torch.no_grad():
             probe_logits = probe(teacher)
-        parts = method(StepInputs(student_features, logits, labels, teacher, probe_logits, epoch))
-        if fixmatch is not None:
-            parts["fixmatch"] = fixmatch_loss(logits, strong_logits, labels, fixmatch[0])
-            parts["loss"] = parts["loss"] + fixmatch[1] * parts["fixmatch"]
+        strong = batch[3].to(device) if fixmatch is not None else None
+        parts = model(pixels.to(device), strong, teacher, labels, probe_logits, epoch, fixmatch)
+        weight = weights[step] if weights is not None else 1.0
         optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
+        (parts["loss"] * weight).backward()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
         optimizer.step()
         scheduler.step()
+        n = len(rows_np) if weight > 0 else 0
         for name, value in parts.items():
-            sums[name] += float(value.detach()) * len(rows_np)
-        seen += len(rows_np)
-        progress.update(len(rows_np))
-        progress.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
+            sums[name] += float(value.detach()) * n
+        sums["_seen"] += n
+        progress.update(n)
+        progress.set_postfix({k: f"{v / max(sums['_seen'], 1):.3f}" for k, v in sums.items() if k != "_seen"},
+                             refresh=False)
     progress.close()
     seconds = time.perf_counter() - started
-    return {**{k: v / max(seen, 1) for k, v in sums.items()}, "samples_per_s": seen / max(seconds, 1e-9),
-            "seconds": seconds}
+    sums = dist.reduce_sums(env, dict(sums)) if env is not None else dict(sums)
+    seen = sums.pop("_seen", 0)
+    return {**{k: v / max(seen, 1) for k, v in sums.items()}, "samples": int(seen),
+            "samples_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
 
 
 def customize_epoch(method: Method, head: nn.Linear, train_features, labels: torch.Tensor,
