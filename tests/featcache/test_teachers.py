@@ -108,3 +108,16 @@ def test_real_hub_path_fails_fast_offline(name):
     with pytest.raises(UserError, match="from the model hub .*--weights FILE"):
         teachers.create_teacher(name)
     assert time.monotonic() - started < 30  # no minute of retries
+
+
+class _Payload:
+    """An object whose unpickling would run code: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickled_code_in_weights_is_refused(tmp_path):
+    torch.save({"weight": _Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="cannot read weights .* safely"):
+        teachers.load_state_dict_file(tmp_path / "evil.pth")
