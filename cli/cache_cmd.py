@@ -1,4 +1,4 @@
-"""``customkd cache info | verify | export | import``: look into a store before trusting it."""
+"""``customkd cache info | verify | export | import | push | pull``: look into, convert and share stores."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from cli.common import run_or_exit, setup_logging
 
-app = typer.Typer(no_args_is_help=True, help="Inspect, check and convert feature stores.")
+app = typer.Typer(no_args_is_help=True, help="Inspect, check, convert and share feature stores (push/pull to object storage).")
 
 
 @app.command()
@@ -68,3 +68,34 @@ def import_(h5: Annotated[str, typer.Argument(help="HDF5 file written by `cache 
 
     run_or_exit(lambda: import_h5(h5, path))
     typer.echo(f"wrote {path}")
+
+
+def _report_copy(result) -> None:
+    if result.status == "unchanged":
+        typer.echo(f"{result.dest} already holds this store, complete: nothing copied")
+        return
+    typer.echo(f"copied {result.source} -> {result.dest}: {result.objects_copied} object(s), "
+               f"{result.bytes_copied / 2**20:.1f} MiB ({result.objects_skipped} already there); fingerprint verified")
+
+
+@app.command()
+def push(local: Annotated[str, typer.Argument(help="Complete local store.")],
+         url: Annotated[str, typer.Argument(help="Destination URL, e.g. s3://bucket/path.zarr.")]) -> None:
+    """Copy a complete store to object storage (resumable; the manifest goes last, then it is verified).
+
+    Credentials and endpoint come from the environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
+    AWS_PROFILE), and CUSTOMKD_S3_ENDPOINT or AWS_ENDPOINT_URL for an S3-compatible server."""
+    setup_logging()
+    from featcache.remote import push as push_store
+
+    _report_copy(run_or_exit(lambda: push_store(local, url)))
+
+
+@app.command()
+def pull(url: Annotated[str, typer.Argument(help="Complete store URL, e.g. s3://bucket/path.zarr.")],
+         local: Annotated[str, typer.Argument(help="Local destination path.")]) -> None:
+    """Copy a complete store from object storage to a local path (resumable, verified)."""
+    setup_logging()
+    from featcache.remote import pull as pull_store
+
+    _report_copy(run_or_exit(lambda: pull_store(url, local)))

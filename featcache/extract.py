@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import queue
-import shutil
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,18 +158,22 @@ def build_fingerprint(listing: DatasetListing, teacher, cfg: ExtractConfig, layo
 
 
 def _prepare_store(cfg: ExtractConfig, layout: fs.Layout, manifest: dict, per_sample: dict):
-    """Create the store, resume it, or refuse; returns (group, already_complete)."""
-    out = Path(cfg.out)
-    if out.exists() and not fs.store_exists(out):
-        if out.is_file() or any(out.iterdir()):
-            raise UserError(f"{out} exists and is not a customkd store; choose another --out (nothing was touched)")
-        out.rmdir()
+    """Create the store, resume it, or refuse; returns (group, already_complete).
+
+    ``--out`` may be a local path or a URL (s3://, gs://, file://); checks and deletes go through
+    the store helpers so both behave the same, and messages show URLs redacted."""
+    out = fs.location(cfg.out)
+    name = fs.display(cfg.out)
+    if fs.is_foreign(out):
+        raise UserError(f"{name} exists and is not a customkd store; choose another --out (nothing was touched)")
+    if isinstance(out, Path) and out.is_dir() and not fs.store_exists(out):
+        out.rmdir()  # empty: zarr creates it again
     if fs.store_exists(out):
         group = fs.open_store(out, mode="r+")
         stored = fs.read_manifest(group)
         if stored.get("status") == fs.STATUS_CREATING:  # killed while creating: nothing written yet
-            log.warning("store %s was interrupted while being created; creating it again", out)
-            shutil.rmtree(out)
+            log.warning("store %s was interrupted while being created; creating it again", name)
+            fs.delete_store(out)
             return fs.create_store(out, layout, manifest, per_sample), False
         differs = fs.fingerprint_diff(stored.get("fingerprint", {}), manifest["fingerprint"])
         if not differs:
@@ -179,11 +182,12 @@ def _prepare_store(cfg: ExtractConfig, layout: fs.Layout, manifest: dict, per_sa
                 log.info("removed temporary files left by an interrupted run")
             return group, complete
         if not cfg.overwrite:
-            raise UserError(f"store {out} was built with a different {', '.join(differs)}; choose another --out "
+            raise UserError(f"store {name} was built with a different {', '.join(differs)}; choose another --out "
                             "or pass --overwrite to replace it")
-        log.warning("replacing store %s (different %s)", out, ", ".join(differs))
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        log.warning("replacing store %s (different %s)", name, ", ".join(differs))
+        fs.delete_store(out)
+    if isinstance(out, Path):
+        out.parent.mkdir(parents=True, exist_ok=True)
     return fs.create_store(out, layout, manifest, per_sample), False
 
 
@@ -240,9 +244,9 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     from featcache.teachers import create_teacher
 
     started = dt.datetime.now(dt.UTC)
-    out = Path(cfg.out)
-    if out.exists() and not fs.store_exists(out) and (out.is_file() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not a customkd store; choose another --out (nothing was touched)")
+    if fs.is_foreign(cfg.out):  # before loading anything; also refuses a URL that carries credentials
+        raise UserError(f"{fs.display(cfg.out)} exists and is not a customkd store; choose another --out "
+                        "(nothing was touched)")
     listing = load_listing(cfg.data)
     device = resolve_device(cfg.device)
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device))

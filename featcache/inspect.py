@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featcache import remote
 from featcache import store as fs
 from featcache.datasets import content_hash, load_listing, sample_key
 from featcache.errors import UserError
@@ -17,7 +18,9 @@ ARRAYS = ("features", "views", "labels", "domain", "split", "sample_key", "conte
 
 
 def _size_on_disk(path: str) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    if remote.is_remote(path):
+        return remote.size_bytes(path)  # one listing instead of a stat per object
+    return sum(p.stat().st_size for p in fs.location(path).rglob("*") if p.is_file())
 
 
 def store_info(path: str) -> dict:
@@ -149,8 +152,9 @@ def import_h5(h5_path: str, path: str) -> None:
     """Rebuild a Zarr store from an HDF5 export (same layout, attrs last)."""
     import h5py
 
-    if fs.store_exists(path) or Path(path).exists():
-        raise UserError(f"{path} already exists; choose a new store path for the import")
+    taken = remote.is_occupied(path) if remote.is_remote(path) else fs.location(path).exists()
+    if fs.store_exists(path) or taken:
+        raise UserError(f"{fs.display(path)} already exists; choose a new store path for the import")
     with h5py.File(h5_path, "r") as h5:
         manifest = json.loads(h5.attrs[fs.ATTRS_KEY])
         n, v, d = manifest["shape"]

@@ -15,19 +15,25 @@ One Zarr v3 group per cache (see DESIGN §4)::
 The manifest lives in the root attrs under ``customkd``. Writes are whole shards; a shard's
 ``done`` flag is written after its data, and ``status`` becomes ``complete`` only when every
 flag is set. This module is shared by both processes and imports no teacher code.
+
+A store location is a local path or a URL (``s3://…``, ``gs://…``, ``file://…``); remote ones go
+through :mod:`featcache.remote` (fsspec), and messages show them redacted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from featcache import remote
 from featcache.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -100,10 +106,37 @@ def _codecs(layout: Layout) -> list:
     return [ZstdCodec(level=3), Crc32cCodec()] if layout.compress else [Crc32cCodec()]
 
 
+def location(path: str | Path) -> str | Path:
+    """A local ``Path`` for plain paths and ``file://`` URLs, the URL itself for remote stores."""
+    return str(path) if remote.is_remote(path) else Path(remote.to_local(path))
+
+
+def display(path: str | Path) -> str:
+    """How a location appears in messages and logs: URLs without secrets."""
+    return remote.redact(path) if remote.is_url(path) else str(Path(path))
+
+
+def _storage_errors(path: str | Path):
+    """Remote I/O failures become one-line UserErrors; local ones keep their usual exceptions."""
+    return remote.storage_errors(path) if remote.is_remote(path) else contextlib.nullcontext()
+
+
 def open_group(path: str | Path, mode: str):
     import zarr
 
-    return zarr.open_group(str(path), mode=mode, zarr_format=3)
+    if remote.is_remote(path):
+        with remote.storage_errors(path):
+            return zarr.open_group(store=remote.zarr_store(str(path), read_only=mode == "r"), mode=mode,
+                                   zarr_format=3)
+    return zarr.open_group(str(remote.to_local(path)), mode=mode, zarr_format=3)
+
+
+def _create_group(path: str | Path, attributes: dict):
+    import zarr
+
+    if remote.is_remote(path):
+        return zarr.create_group(remote.zarr_store(str(path), read_only=False), zarr_format=3, attributes=attributes)
+    return zarr.create_group(str(remote.to_local(path)), zarr_format=3, attributes=attributes)
 
 
 def create_store(path: str | Path, layout: Layout, manifest: dict, per_sample: dict[str, np.ndarray]):
@@ -113,10 +146,13 @@ def create_store(path: str | Path, layout: Layout, manifest: dict, per_sample: d
     arrays are written does it become ``in_progress`` (resumable). A kill in between leaves a
     store that the next run recognises as safe to recreate.
     """
-    import zarr
+    with _storage_errors(path):
+        return _create_arrays(path, layout, manifest, per_sample)
 
+
+def _create_arrays(path: str | Path, layout: Layout, manifest: dict, per_sample: dict[str, np.ndarray]):
     base = {**manifest, "schema_version": SCHEMA_VERSION}
-    group = zarr.create_group(str(path), zarr_format=3, attributes={ATTRS_KEY: {**base, "status": STATUS_CREATING}})
+    group = _create_group(path, {ATTRS_KEY: {**base, "status": STATUS_CREATING}})
     n, v, d, p = layout.n_samples, layout.n_views, layout.feature_dim, layout.n_params
     s, c = layout.shard_size, min(layout.chunk_size, layout.shard_size)
     common = {"compressors": _codecs(layout), "fill_value": float("nan")}
@@ -134,8 +170,12 @@ def create_store(path: str | Path, layout: Layout, manifest: dict, per_sample: d
 
 
 def remove_partials(path: str | Path) -> int:
-    """Delete temporary ``*.partial`` files a killed writer left (zarr writes temp file + rename)."""
-    stray = list(Path(path).rglob("*.partial"))
+    """Delete temporary ``*.partial`` files a killed writer left (zarr writes temp file + rename).
+
+    Local stores only: object stores write each object in one PUT and leave no temp files."""
+    if remote.is_remote(path):
+        return 0
+    stray = list(Path(remote.to_local(path)).rglob("*.partial"))
     for file in stray:
         file.unlink(missing_ok=True)
     return len(stray)
@@ -159,21 +199,55 @@ def mark_complete(group) -> None:
 
 
 def store_exists(path: str | Path) -> bool:
-    return (Path(path) / "zarr.json").is_file()
+    if remote.is_remote(path):
+        return remote.exists(path, remote.ROOT_METADATA)
+    return (Path(remote.to_local(path)) / "zarr.json").is_file()
+
+
+def is_foreign(path: str | Path) -> bool:
+    """Something is at ``path`` that is not a customkd store: writers must leave it alone.
+
+    An empty directory is not foreign (nothing to lose); a half-copied store is (no manifest yet)."""
+    if remote.is_remote(path):
+        return not store_exists(path) and remote.is_occupied(path)
+    p = Path(remote.to_local(path))
+    return p.exists() and not store_exists(p) and (p.is_file() or any(p.iterdir()))
+
+
+def delete_store(path: str | Path) -> None:
+    """Remove a whole store (``--overwrite``, or a store killed while being created)."""
+    if remote.is_remote(path):
+        remote.delete(path)
+    else:
+        shutil.rmtree(remote.to_local(path))
+
+
+def _check_openable(path: str | Path) -> str:
+    """Clear errors for a missing location, a single file, or an interrupted push/pull; the display name."""
+    name = display(path)
+    if not remote.is_remote(path):
+        p = Path(remote.to_local(path))
+        if p.exists() and not p.is_dir():
+            raise UserError(f"cache {name} is a regular file, not a Zarr store directory; pass the .zarr directory")
+    if store_exists(path):
+        return name
+    if remote.exists(path, remote.COPY_MARKER):
+        raise UserError(f"cache {name} is incomplete: a `customkd cache push/pull` into it was interrupted before "
+                        "its manifest was written; rerun the same command to finish the copy")
+    if remote.is_remote(path):
+        raise UserError(f"cache {name} does not exist (or these credentials cannot see it); put a store there with "
+                        f"`customkd cache push LOCAL {name}` or `customkd extract --out {name}`")
+    raise UserError(f"cache {name} does not exist; run `make extract` (or `customkd extract --out {name}`) first")
 
 
 def open_store(path: str | Path, mode: str = "r"):
     """Open an existing store; clear errors for a missing path or a non-store."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"cache {p} is a regular file, not a Zarr store directory; pass the .zarr directory")
-    if not store_exists(p):
-        raise UserError(f"cache {p} does not exist; run `make extract` (or `customkd extract --out {p}`) first")
-    group = open_group(p, mode=mode)
+    name = _check_openable(path)
+    group = open_group(path, mode=mode)
     manifest = read_manifest(group)
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise UserError(
-            f"cache {p} has store schema version {manifest.get('schema_version')}, this customkd reads "
+            f"cache {name} has store schema version {manifest.get('schema_version')}, this customkd reads "
             f"version {SCHEMA_VERSION}; re-extract it with this version"
         )
     return group
@@ -186,7 +260,7 @@ def open_complete_store(path: str | Path):
     if manifest.get("status") != STATUS_COMPLETE:
         done = np.asarray(group["done"][:])
         raise UserError(
-            f"cache {path} is incomplete ({int(done.sum())}/{len(done)} shards done); rerun the same "
+            f"cache {display(path)} is incomplete ({int(done.sum())}/{len(done)} shards done); rerun the same "
             "extract command to resume it"
         )
     return group

@@ -1,0 +1,75 @@
+"""torchrun process groups for both processes: which rank am I, barriers, small collectives.
+
+Launched without torchrun everything degrades to a single process (world size 1, no-ops).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: str) -> tuple[DistEnv, torch.device]:
+    """Join the torchrun process group when launched by torchrun; pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    env = DistEnv(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(f"cuda:{env.local_rank}") if device == "cuda" else torch.device(device)
+    if env.active and not torch_dist.is_initialized():
+        if chosen.type == "cuda":
+            torch.cuda.set_device(chosen)
+        torch_dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo",
+                                      timeout=dt.timedelta(minutes=30))
+    return env, chosen
+
+
+def barrier(env: DistEnv) -> None:
+    if env.active:
+        torch_dist.barrier()
+
+
+def broadcast_object(env: DistEnv, value):
+    """Rank 0's ``value`` on every rank."""
+    if not env.active:
+        return value
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_objects(env: DistEnv, value) -> list:
+    if not env.active:
+        return [value]
+    out = [None] * env.world
+    torch_dist.all_gather_object(out, value)
+    return out
+
+
+def reduce_sums(env: DistEnv, sums: dict[str, float]) -> dict[str, float]:
+    """Sum each named float over ranks (same keys on every rank)."""
+    if not env.active:
+        return sums
+    keys = sorted(sums)
+    tensor = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    torch_dist.all_reduce(tensor)
+    return dict(zip(keys, tensor.tolist(), strict=True))

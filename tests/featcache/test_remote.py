@@ -1,0 +1,204 @@
+"""Stores on object storage, against a real S3 API: moto's S3 server on loopback, tiny data.
+
+Write straight to s3://, push, pull (byte-for-byte), an interrupted push that must not look
+complete, and a student trained from s3:// directly."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from featcache import remote
+from featcache import store as fs
+from featcache.errors import UserError
+from tests.conftest import TINY_STUDENT, TINY_TEACHER
+
+BUCKET = "customkd-test"
+ARRAYS = ("features", "views", "labels", "domain", "split", "sample_key", "content_hash", "valid", "done")
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 API in a thread on 127.0.0.1, on a free port; one per module, tests use their own prefixes."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, request) -> str:
+    """Environment as a user would set it, a bucket, and a fresh ``s3://bucket/<test name>`` prefix."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "CUSTOMKD_S3_ENDPOINT": s3_server,
+                        "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN",
+                 remote.OPTIONS_VARIABLE):
+        monkeypatch.delenv(name, raising=False)
+    s3fs, _ = remote.filesystem(f"s3://{BUCKET}")
+    if not s3fs.exists(BUCKET):
+        s3fs.mkdir(BUCKET)
+    return f"s3://{BUCKET}/{request.node.name}"
+
+
+def _arrays(location) -> dict[str, np.ndarray]:
+    group = fs.open_complete_store(location)
+    return {name: np.asarray(group[name][:]) for name in ARRAYS}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_redact_and_options(monkeypatch):
+    assert remote.redact("s3://AKIAEXAMPLE:wJalr/XUt@bucket/c.zarr") == "s3://***@bucket/c.zarr"
+    assert (remote.redact("https://h/c.zarr?versionId=3&X-Amz-Signature=abc&X-Amz-Security-Token=t")
+            == "https://h/c.zarr?versionId=3&X-Amz-Signature=***&X-Amz-Security-Token=***")
+    assert remote.redact("cannot read gs://user:pw@b/c.zarr/zarr.json") == "cannot read gs://***@b/c.zarr/zarr.json"
+    assert remote.redact("s3://bucket/c.zarr") == "s3://bucket/c.zarr"
+    assert remote.is_url("s3://b/c.zarr") and remote.is_url("file:///tmp/c.zarr") and not remote.is_url("caches/c.zarr")
+    assert not remote.is_remote("file:///tmp/c.zarr") and remote.to_local("file:///tmp/c.zarr") == "/tmp/c.zarr"
+    for name in (*remote.S3_ENDPOINT_VARIABLES, remote.OPTIONS_VARIABLE):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:1")
+    assert remote.storage_options_from_env("s3://b/c")["endpoint_url"] == "http://generic:1"
+    monkeypatch.setenv("CUSTOMKD_S3_ENDPOINT", "http://ours:2")
+    assert remote.storage_options_from_env("s3://b/c")["endpoint_url"] == "http://ours:2"
+    assert "endpoint_url" not in remote.storage_options_from_env("gs://b/c")
+    with pytest.raises(UserError) as refused:  # never reaches the network, never echoes the secret
+        fs.open_complete_store("s3://AKIAEXAMPLE:topsecret@bucket/c.zarr")
+    assert "topsecret" not in str(refused.value) and "AWS_SECRET_ACCESS_KEY" in str(refused.value)
+
+
+def test_extract_straight_to_s3(tiny_folder, tiny_store, s3):
+    from featcache.extract import ExtractConfig, extract
+    from featcache.inspect import store_info, verify_store
+
+    cfg = ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=f"{s3}/c.zarr", views=3,
+                        weights="random", workers=0, shard_size=8, chunk_size=4)
+    assert extract(cfg).status == "complete"
+    assert extract(cfg).status == "unchanged"
+    reference = _arrays(tiny_store)
+    for name, values in _arrays(cfg.out).items():
+        np.testing.assert_array_equal(values, reference[name], err_msg=name)
+    assert store_info(cfg.out)["shards_done"] == "4/4" and verify_store(cfg.out) == []
+    with pytest.raises(UserError, match="different augmentation"):
+        extract(ExtractConfig(**{**cfg.__dict__, "views": 2}))
+    replaced = extract(ExtractConfig(**{**cfg.__dict__, "views": 2, "overwrite": True}))  # fs.rm on the bucket
+    assert replaced.status == "complete" and fs.open_complete_store(cfg.out)["features"].shape == (30, 2, 64)
+
+
+def test_push_then_pull_is_byte_identical(tiny_store, s3, tmp_path):
+    url = f"{s3}/c.zarr"
+    pushed = _cli("cache", "push", str(tiny_store), url)
+    assert pushed.exit_code == 0 and "fingerprint verified" in pushed.stdout, pushed.output
+    again = remote.push(tiny_store, url)
+    assert again.status == "unchanged" and again.objects_copied == 0
+    result = remote.pull(url, tmp_path / "pulled.zarr")
+    assert result.status == "copied" and result.objects_skipped == 0
+    original, pulled = _files(Path(tiny_store)), _files(tmp_path / "pulled.zarr")
+    assert pulled.keys() == original.keys()
+    assert all(pulled[key] == original[key] for key in original)  # every object, byte for byte
+    reference = _arrays(tiny_store)
+    for name, values in _arrays(tmp_path / "pulled.zarr").items():
+        np.testing.assert_array_equal(values, reference[name], err_msg=name)
+
+
+def test_interrupted_copies_are_never_complete_and_resume(tiny_store, s3, monkeypatch, tmp_path):
+    url = f"{s3}/c.zarr"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the data objects, before the root zarr.json
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(remote, "_write_last", killed)
+        remote.push(tiny_store, url)
+    assert remote.exists(url, "features/zarr.json") and not fs.store_exists(url)
+    with pytest.raises(UserError, match="incomplete"):
+        fs.open_complete_store(url)
+    resumed = remote.push(tiny_store, url)
+    n_objects = len(_files(Path(tiny_store)))
+    assert resumed.objects_copied == 1 and resumed.objects_skipped == n_objects - 1  # only the root was missing
+    assert fs.read_manifest(fs.open_complete_store(url))["status"] == fs.STATUS_COMPLETE
+    assert not remote.exists(url, remote.COPY_MARKER)
+
+    local = tmp_path / "pulled.zarr"
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(remote, "_write_last", killed)
+        remote.pull(url, local)
+    with pytest.raises(UserError, match="incomplete"):
+        fs.open_complete_store(local)
+    assert remote.pull(url, local).objects_copied == 1
+
+
+def test_refusals(tiny_store, s3, tmp_path):
+    import shutil
+
+    half = tmp_path / "half.zarr"
+    shutil.copytree(tiny_store, half)
+    fs.set_status(zarr.open_group(str(half), mode="r+"), fs.STATUS_IN_PROGRESS)
+    with pytest.raises(UserError, match="incomplete"):
+        remote.push(half, f"{s3}/half.zarr")
+    assert not remote.is_occupied(f"{s3}/half.zarr")
+
+    url = f"{s3}/c.zarr"
+    remote.push(tiny_store, url)
+    group = zarr.open_group(store=remote.zarr_store(url, read_only=False), mode="r+")
+    manifest = fs.read_manifest(group)
+    manifest["fingerprint"]["teacher"]["hash"] = "0" * 16
+    group.attrs[fs.ATTRS_KEY] = manifest
+    with pytest.raises(UserError, match="different teacher"):
+        remote.push(tiny_store, url)
+
+    s3fs, root = remote.filesystem(f"{s3}/mine")
+    s3fs.pipe_file(f"{root}/notes.txt", b"keep me")
+    with pytest.raises(UserError, match="not a customkd store"):
+        remote.push(tiny_store, f"{s3}/mine")
+    assert s3fs.cat_file(f"{root}/notes.txt") == b"keep me"
+
+
+def test_cli_errors_are_one_line(tiny_store, s3, tmp_path):
+    cases = [
+        (("cache", "push", str(tiny_store), "s3://no-such-bucket/c.zarr"), "bucket does not exist"),
+        (("cache", "pull", f"{s3}/absent.zarr", str(tmp_path / "p.zarr")), "does not exist"),
+        (("cache", "info", "s3://AKIAEXAMPLE:topsecret@bucket/c.zarr"), "credentials in the URL"),
+        (("cache", "push", str(tiny_store), "nosuchscheme://b/c.zarr"), "Protocol not known"),
+    ]
+    for args, needle in cases:
+        result = _cli(*args)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
+        assert "topsecret" not in result.output
+
+
+def test_distill_from_s3(tiny_store, s3, tmp_path):
+    from trainer.config import DistillConfig
+    from trainer.distill import distill
+
+    url = f"{s3}/c.zarr"
+    remote.push(tiny_store, url)
+    result = distill(DistillConfig(cache=url, student=TINY_STUDENT, epochs=1, image_size=32, batch_size=8, workers=0,
+                                   labels_per_class=2, out=str(tmp_path / "run")))
+    assert 0 <= result.final["accuracy"] <= 1
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["cache"] == url and config["store_fingerprint"] == {
+        name: part["hash"] for name, part in fs.read_manifest(fs.open_store(tiny_store))["fingerprint"].items()}
