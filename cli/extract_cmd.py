@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import run_or_exit, setup_logging
+from cli.common import is_main_process, run_or_exit, setup_logging
 
 
 def extract(
@@ -43,6 +43,8 @@ def extract(
         return run_extract(cfg)
 
     result = run_or_exit(lambda: _with_value_errors(action))
+    if not is_main_process():
+        return
     n, v, d = result.shape
     verb = "already complete, nothing to do" if result.status == "unchanged" else f"complete in {result.seconds:.0f}s"
     typer.echo(f"store {result.path}: N={n} V={v} D={d}, {verb}")

@@ -11,12 +11,14 @@ import datetime as dt
 import logging
 import queue
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from featcache import parallel
 from featcache import store as fs
 from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key
 from featcache.errors import UserError
@@ -200,14 +202,43 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout, writer: ShardWriter,
-                 total_images: int, listing: DatasetListing) -> list[tuple[int, str]]:
-    """Teacher forward over the loader; hands each finished shard to the writer. Returns bad rows."""
-    from tqdm import tqdm
+class RankProgress:
+    """One progress bar on rank 0 for every rank: its own images plus, polled every few seconds,
+    the images of shards other ranks have flagged done."""
 
+    def __init__(self, env: parallel.DistEnv, group, layout: fs.Layout, pending: list[int], views: int) -> None:
+        from tqdm import tqdm
+
+        self.env, self.group, self.layout, self.views = env, group, layout, views
+        self.others = [s for s in pending if s % env.world != env.rank]
+        total = sum(self._images(s) for s in pending)
+        self.bar = tqdm(total=total, unit="img", desc=f"extract ({env.world} ranks)" if env.active else "extract",
+                        smoothing=0.1, disable=not env.main)
+        self.own, self.last_poll = 0, 0.0
+
+    def _images(self, shard: int) -> int:
+        rows = self.layout.shard_rows(shard)
+        return (rows.stop - rows.start) * self.views
+
+    def update(self, images: int) -> None:
+        self.own += images
+        others = 0
+        if self.others and self.env.main and time.monotonic() - self.last_poll > 2.0:
+            done = np.asarray(self.group["done"][:])
+            others = sum(self._images(s) for s in self.others if done[s])
+            self.last_poll = time.monotonic()
+            self.bar.n = 0
+        self.bar.update(max(self.own + others - self.bar.n, 0) if others else images)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout, writer: ShardWriter,
+                 progress: RankProgress, listing: DatasetListing) -> list[tuple[int, str]]:
+    """Teacher forward over the loader; hands each finished shard to the writer. Returns bad rows."""
     buffers: dict[int, dict[int, tuple]] = {}
     bad: list[tuple[int, str]] = []
-    progress = tqdm(total=total_images, unit="img", desc="extract", smoothing=0.1)
     try:
         with torch.inference_mode(), _autocast(device, cfg.precision):
             for batch_rows, images, params, hashes, errors in loader:
@@ -239,8 +270,35 @@ def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout,
     return bad
 
 
+def _open_everywhere(cfg: ExtractConfig, env: parallel.DistEnv, layout: fs.Layout, manifest: dict,
+                     per_sample: dict):
+    """Rank 0 creates, resumes or refuses the store; then every rank opens it. Returns (group, complete)."""
+    complete = parallel.on_main(env, lambda: _prepare_store(cfg, layout, manifest, per_sample)[1])
+    parallel.barrier(env)
+    return fs.open_store(fs.location(cfg.out), mode="r+"), complete
+
+
+def _finish(cfg: ExtractConfig, env: parallel.DistEnv, group, bad: list, listing: DatasetListing) -> None:
+    """After every rank is done: name all bad images, or (rank 0) check every flag and mark complete."""
+    bad = [item for rank_bad in parallel.all_gather_objects(env, bad) for item in rank_bad]
+    parallel.barrier(env)
+    if bad:
+        listed = "; ".join(f"{listing.samples[r].relpath} ({reason})" for r, reason in sorted(bad))
+        raise UserError(f"{len(bad)} unreadable image(s): {listed}. Fix or remove them, or rerun with --skip-bad "
+                        "to record them as invalid samples (the rest of the store is kept and resumes)")
+
+    def mark() -> None:
+        if fs.pending_shards(group):
+            raise UserError(f"store {fs.display(cfg.out)} still has unfinished shards; rerun the same command to resume")
+        fs.remove_partials(cfg.out)
+        fs.mark_complete(group)
+
+    parallel.on_main(env, mark)
+
+
 def extract(cfg: ExtractConfig) -> ExtractResult:
-    """Run the whole extraction; idempotent and resumable."""
+    """Run the whole extraction; idempotent and resumable. Under torchrun, rank k writes the shards
+    k, k + world, …; the store is the same whatever the number of ranks."""
     from featcache.teachers import create_teacher
 
     started = dt.datetime.now(dt.UTC)
@@ -249,6 +307,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
                         "(nothing was touched)")
     listing = load_listing(cfg.data)
     device = resolve_device(cfg.device)
+    env, device = parallel.init_distributed(str(device) if cfg.device != "auto" else "auto")
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device))
     layout = fs.Layout(len(listing), cfg.views, teacher.feature_dim, len(VIEW_PARAMS),
                        min(cfg.shard_size, len(listing)), cfg.chunk_size, cfg.compress)
@@ -267,28 +326,22 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
         "split": np.array([s.split for s in listing.samples], np.int16),
         "sample_key": keys,
     }
-    group, complete = _prepare_store(cfg, layout, manifest, per_sample)
+    group, complete = _open_everywhere(cfg, env, layout, manifest, per_sample)
     shape = (layout.n_samples, layout.n_views, layout.feature_dim)
     if complete:
-        log.info("store %s is already complete with the same fingerprint: nothing to do", cfg.out)
+        log.info("store %s is already complete with the same fingerprint: nothing to do", fs.display(cfg.out))
         return ExtractResult(cfg.out, "unchanged", shape, 0, 0.0)
 
     pending = fs.pending_shards(group)
-    rows = [r for shard in pending for r in range(*layout.shard_rows(shard).indices(layout.n_samples))]
+    owned = [shard for shard in pending if shard % env.world == env.rank]
+    rows = [r for shard in owned for r in range(*layout.shard_rows(shard).indices(layout.n_samples))]
     loader = torch.utils.data.DataLoader(
         ViewImages(listing, rows, keys, cfg, teacher.preprocess), batch_size=max(1, cfg.batch_size // cfg.views),
         num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False,
     )
-    writer = ShardWriter(group, layout)
-    bad = _run_pending(loader, teacher, device, cfg, layout, writer, len(rows) * cfg.views, listing)
-    if bad:
-        listed = "; ".join(f"{listing.samples[r].relpath} ({reason})" for r, reason in bad)
-        raise UserError(f"{len(bad)} unreadable image(s): {listed}. Fix or remove them, or rerun with --skip-bad "
-                        "to record them as invalid samples (the rest of the store is kept and resumes)")
-    if fs.pending_shards(group):
-        raise UserError(f"store {cfg.out} still has unfinished shards; rerun the same command to resume")
-    fs.remove_partials(cfg.out)
-    fs.mark_complete(group)
+    progress = RankProgress(env, group, layout, pending, cfg.views)
+    bad = _run_pending(loader, teacher, device, cfg, layout, ShardWriter(group, layout), progress, listing)
+    _finish(cfg, env, group, bad, listing)
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
-    log.info("store %s complete: N=%d V=%d D=%d in %.1fs", cfg.out, *shape, seconds)
+    log.info("store %s complete: N=%d V=%d D=%d in %.1fs", fs.display(cfg.out), *shape, seconds)
     return ExtractResult(cfg.out, fs.STATUS_COMPLETE, shape, len(pending), seconds)

@@ -73,3 +73,21 @@ def reduce_sums(env: DistEnv, sums: dict[str, float]) -> dict[str, float]:
     tensor = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
     torch_dist.all_reduce(tensor)
     return dict(zip(keys, tensor.tolist(), strict=True))
+
+
+def on_main(env: DistEnv, action):
+    """Run ``action`` on rank 0 only; its result, or its UserError, reaches every rank.
+
+    Without this, a refusal on rank 0 would leave the other ranks waiting at the next collective."""
+    from featcache.errors import UserError
+
+    result, error = None, None
+    if env.main:
+        try:
+            result = action()
+        except UserError as exc:
+            error = str(exc)
+    result, error = broadcast_object(env, (result, error))
+    if error:
+        raise UserError(error)
+    return result

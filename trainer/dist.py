@@ -15,6 +15,7 @@ from featcache.parallel import (  # noqa: F401 - re-exported for the trainer
     barrier,
     broadcast_object,
     init_distributed,
+    on_main,
     reduce_sums,
 )
 

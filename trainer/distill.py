@@ -158,24 +158,10 @@ class Session:
         return len(self.data.classes)
 
 
-def on_main(env: dist.DistEnv, action):
-    """Run ``action`` on rank 0 only; its result, or its UserError, reaches every rank."""
-    result, error = None, None
-    if env.main:
-        try:
-            result = action()
-        except UserError as exc:
-            error = str(exc)
-    result, error = dist.broadcast_object(env, (result, error))
-    if error:
-        raise UserError(error)
-    return result
-
-
 def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Session:
     resolve_method(cfg.method)
     resolve_student(cfg.student)
-    run = Path(on_main(env, lambda: str(prepare_run_dir(cfg))))
+    run = Path(dist.on_main(env, lambda: str(prepare_run_dir(cfg))))
     seed_everything(cfg.seed)
     pinned = json.loads((run / "config.json").read_text())["store_fingerprint"] if cfg.resume else None
     data = load_cached_data(cfg, pinned)
