@@ -19,6 +19,7 @@ EPOCHS ?= 8
 IMG_SIZE ?= 128
 RUN ?=
 ARGS ?=
+DEVICE ?=
 # torchrun: NPROC processes per node (extract: one shard owner each; distill: DDP ranks)
 NPROC ?= 1
 NNODES ?= 1
@@ -63,6 +64,9 @@ demo: ## The embedded default end to end: make extract, then make distill
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q tests
+
+bench: $(STAMP) ## Benchmark suite, ratios measured side by side (CPU; DEVICE=cuda on a GPU): table + bench/results/latest.json
+	$(PY) -m bench.run $(if $(DEVICE),--device $(DEVICE))
 
 lint: $(STAMP) ## Check style with ruff
 	$(VENV)/bin/ruff check featcache trainer cli tests bench

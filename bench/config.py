@@ -1,0 +1,60 @@
+"""What the benchmark runs: one frozen dataclass, with profiles for CPU, CUDA and a quick smoke run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+# glibc's default allocator makes PyTorch page-fault heavily on CPU (DESIGN §9); the Makefile exports this.
+GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+RESULTS_DIR = Path("bench/results")
+DOCS_PATH = Path("docs/benchmarks.md")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Sizes of every section. Times are medians of ``repeats`` timed runs after one warm-up."""
+
+    device: str = "cpu"
+    teacher: str = "timm:vit_small_patch16_224"  # a ViT whose forward dominates extraction (random weights)
+    student: str = "mobilenetv3"
+    image_size: int = 128  # student resolution, the CPU default of `make distill`
+    batch_size: int = 64  # student batch, the default of `make distill`
+    n_images: int = 96  # generated JPEG dataset: extracted (192 teacher images per repetition), then trained on
+    views: int = 2  # views per sample in the extracted store (view 0 = centre view)
+    extract_batch: int = 32  # teacher batch in images, the default of `make extract`
+    workers: int = 2  # DataLoader workers, the default of both processes
+    train_samples: int = 448  # samples per timed epoch (student, cached KD): 6 timed steps each
+    online_samples: int = 192  # samples per timed epoch with the teacher online
+    repeats: int = 3  # timed extraction repetitions (and store-read repetitions)
+    train_rounds: int = 4  # interleaved training rounds
+    store_rows: int = 2624  # synthetic store for read/storage metrics: the embedded default's N …
+    store_views: int = 4  # … and V …
+    store_dim: int = 1024  # … at the D of a ViT-L teacher (DESIGN §4: 2 KiB per view)
+    random_reads: int = 400  # single-row reads timed per repetition
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.repeats, self.train_rounds, self.views) < 1 or self.n_images < 8:
+            raise ValueError("repeats, train_rounds and views >= 1 and n_images >= 8 are needed")
+        if min(self.train_samples, self.online_samples) < 2 * self.batch_size:
+            raise ValueError("timed epochs need at least two full batches (the first step is timed apart)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CPU = BenchConfig()
+CUDA = BenchConfig(device="cuda", teacher="dinov2_vitb", image_size=224, n_images=512, views=4, extract_batch=128,
+                   workers=8, train_samples=2048, online_samples=1024, repeats=3, train_rounds=5)
+QUICK = BenchConfig(teacher="timm:test_vit", student="test_efficientnet", image_size=32, batch_size=8, n_images=16,
+                    views=2, extract_batch=8, workers=0, train_samples=16, online_samples=16, repeats=1, train_rounds=1,
+                    store_rows=64, store_views=2, store_dim=64, random_reads=20, quick=True)
+
+
+def profile(device: str, quick: bool, **overrides) -> BenchConfig:
+    """The sizes for a device (``cpu`` or ``cuda[:N]``), optionally the tiny smoke-test sizes."""
+    base = QUICK if quick else (CUDA if device.startswith("cuda") else CPU)
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(base, device=device, **values)

@@ -1,0 +1,56 @@
+"""KD with the teacher online — the mode the two-process design avoids, implemented only for the benchmark.
+
+It is the trainer's ``train_epoch`` unchanged, fed by a loader that replays every view twice (at
+the student's and at the teacher's resolution, from one decode) and by a stand-in for the cached
+feature array whose indexing runs the frozen teacher on the current batch. So the only
+difference from cached CustomKD is the teacher forward plus its replay: what the cache saves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trainer.data import StudentViews
+
+
+class OnlineViews(StudentViews):
+    """(row, view[, epoch]) → (student pixels ``[3,s,s]``, row, view, teacher pixels ``[3,S,S]``)."""
+
+    def __init__(self, data, size: int, mean, std, teacher_preprocess) -> None:
+        super().__init__(data, size, mean, std)
+        self.teacher_preprocess = teacher_preprocess
+
+    def __getitem__(self, item: tuple[int, ...]):
+        from featcache.views import replay
+
+        row, view = item[0], item[1]
+        image = self.listing.load_image(row)
+        params = self.views[row, view]
+        pixels = replay(image, params, self.size, self.mean, self.std, self.interpolation)
+        p = self.teacher_preprocess
+        return pixels, row, view, replay(image, params, p.size, p.mean, p.std, p.interpolation)
+
+
+class OnlineBatches:
+    """Yields ``train_epoch``'s (pixels, rows, views); keeps each batch's teacher pixels for :class:`OnlineFeatures`."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.batch_sampler, self.teacher_pixels = loader, loader.batch_sampler, None
+
+    def __iter__(self):
+        for pixels, rows, views, teacher_pixels in self.loader:
+            self.teacher_pixels = teacher_pixels
+            yield pixels, rows, views
+
+
+class OnlineFeatures:
+    """Stands in for the cached ``features [N, V, D]``: ``features[rows, views]`` runs the teacher now."""
+
+    def __init__(self, teacher, batches: OnlineBatches, device: torch.device) -> None:
+        self.teacher, self.batches, self.device = teacher, batches, device
+
+    def __getitem__(self, key) -> np.ndarray:
+        with torch.inference_mode():
+            features = self.teacher(self.batches.teacher_pixels.to(self.device, non_blocking=True)).float()
+        return features.cpu().numpy()  # [B, D]; FeatureNorm turns it into a tensor as it does cached rows

@@ -1,0 +1,301 @@
+"""Training cost: the student alone, CustomKD from the cache, and CustomKD with the teacher online.
+
+All three use the trainer's own pieces (``load_cached_data``, ``make_split``, ``feature_stats``,
+``FeatureNorm``, ``fit_probe``, ``create_student``, ``create_method``, ``make_optimizers``,
+``StudentViews``, ``make_loader``, ``train_epoch``, ``customize_epoch``) on the store the extraction
+section wrote; the online mode is :mod:`bench.online`.
+
+Timing. A shared 2-core machine sees bursts from other processes that last seconds, so the
+configurations run in interleaved *rounds* (student, customization + cached KD, online KD, teacher
+alone), and a configuration's throughput is ``batch`` ÷ the median *step* time pooled over all
+rounds: a step is the time from one batch reaching the training loop to the next (the last one
+ends when ``train_epoch`` returns), so it includes any wait for data but not the worker start,
+pipeline fill and first step of each epoch (a per-epoch fixed cost, the same for every
+configuration). Steps taken while other processes used more than 10 % of the CPU are left out
+when enough quiet ones exist (:mod:`bench.contention`). Whole-epoch rates and first-step times are
+kept in the raw record too.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.config import BenchConfig
+from bench.contention import clean, cpu_snapshot, foreign_cpu_share
+from bench.online import OnlineBatches, OnlineFeatures, OnlineViews
+from bench.timing import summary, sync, timed
+from trainer.data import StudentViews
+
+log = logging.getLogger(__name__)
+SCHEDULE_STEPS = 10_000  # the cosine schedule's length; irrelevant to speed, long enough not to end
+
+
+@dataclass
+class Session:
+    """The store read once, split, normalised, probed; plus the fixed (row, view) order of a timed epoch."""
+
+    config: object  # trainer.config.DistillConfig
+    data: object  # trainer.data.CachedData
+    norm: object  # trainer.loop.FeatureNorm
+    probe: torch.nn.Linear
+    row_labels: np.ndarray  # [N] label or -1
+    rows: np.ndarray  # [n] training rows, tiled to the longest timed epoch
+    views: np.ndarray  # [n] view of each row
+    device: torch.device
+
+
+@dataclass
+class Trainee:
+    """One student with its method and optimisers."""
+
+    student: torch.nn.Module
+    method: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    customizer_opt: torch.optim.Optimizer | None
+
+
+def open_session(cfg: BenchConfig, store: Path, method: str = "customkd") -> Session:
+    """Read the store exactly as ``distill`` does, for the SSL default setting."""
+    from trainer.config import DistillConfig
+    from trainer.data import epoch_views, load_cached_data, make_split
+    from trainer.distill import fit_probe, seed_everything
+    from trainer.features import feature_stats
+    from trainer.loop import FeatureNorm
+
+    seed_everything(0)
+    dcfg = DistillConfig(cache=str(store), student=cfg.student, method=method, image_size=cfg.image_size,
+                         batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device)
+    device = torch.device(cfg.device)
+    data = load_cached_data(dcfg)
+    split = make_split(dcfg, data)
+    norm = FeatureNorm(dcfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
+    probe, _ = fit_probe(data, split, norm, dcfg.seed)
+    row_labels = np.full(len(data.labels), -1, dtype=np.int64)
+    row_labels[split.train] = split.train_labels
+    longest = max(cfg.train_samples, cfg.online_samples, 2 * cfg.batch_size)
+    tiled = np.resize(np.random.default_rng(0).permutation(split.train), longest)
+    views = epoch_views(tiled, data.n_views, 0, dcfg.view_sampling, dcfg.seed)
+    return Session(dcfg, data, norm, probe.to(device), row_labels, tiled, views, device)
+
+
+def build_trainee(session: Session, method_name: str) -> Trainee:
+    """A fresh, seeded student + method + optimisers, as ``distill`` builds them."""
+    import dataclasses
+
+    from trainer.distill import make_optimizers, seed_everything
+    from trainer.methods import MethodContext, create_method
+    from trainer.students import create_student
+
+    seed_everything(0)
+    dcfg = dataclasses.replace(session.config, method=method_name)
+    num_classes = len(session.data.classes)
+    student = create_student(dcfg.student, num_classes, dcfg.image_size).to(session.device)
+    ctx = MethodContext(session.data.features.shape[-1], student.feature_dim, num_classes, dcfg)
+    method = create_method(method_name, ctx).to(session.device)
+    optimizer, scheduler, customizer_opt = make_optimizers(dcfg, student, method, SCHEDULE_STEPS)
+    return Trainee(student, method, optimizer, scheduler, customizer_opt)
+
+
+class StepClock:
+    """Wraps a loader for ``train_epoch``: records when each batch reaches the training loop, and the
+    machine's CPU accounting at that moment (:mod:`bench.contention`)."""
+
+    def __init__(self, loader, device: torch.device) -> None:
+        self.loader, self.batch_sampler, self.device, self.marks = loader, loader.batch_sampler, device, []
+
+    def __iter__(self):
+        for batch in self.loader:
+            sync(self.device)
+            self.marks.append(cpu_snapshot())
+            yield batch
+
+
+def epoch_rates(clock: StepClock, started: float, end: dict, n_samples: int) -> dict:
+    """Step durations (with other processes' CPU share during each) and whole-epoch rates of one epoch.
+
+    ``steps`` leaves out each epoch's first step: it also pays a per-epoch fixed cost (with DataLoader
+    workers, copy-on-write faults in the freshly forked training process, about 2-3 s here), kept
+    apart as ``first_step`` and included in the whole-epoch rate ``epoch``.
+    """
+    marks = [*clock.marks, end]
+    pairs = list(zip(marks[:-1], marks[1:], strict=True))
+    durations = [b["wall"] - a["wall"] for a, b in pairs]
+    return {"steps": durations[1:], "shares": [foreign_cpu_share(a, b) for a, b in pairs][1:],
+            "first_step": durations[0], "steady": n_samples / (end["wall"] - marks[0]["wall"]),
+            "epoch": n_samples / (end["wall"] - started), "seconds": end["wall"] - started}
+
+
+def _train(session: Session, trainee: Trainee, loader, features, n_samples: int) -> dict:
+    from trainer.loop import train_epoch
+
+    clock = StepClock(loader, session.device)
+    sync(session.device)
+    started = time.perf_counter()
+    train_epoch(trainee.student, trainee.method, clock, session.row_labels, features, session.norm,
+                session.probe, trainee.optimizer, trainee.scheduler, 0, session.config.grad_clip, session.device)
+    sync(session.device)
+    return epoch_rates(clock, started, cpu_snapshot(), n_samples)
+
+
+def cached_epoch(session: Session, trainee: Trainee, n_samples: int) -> dict:
+    """Throughputs of one ``train_epoch`` over ``n_samples`` reading cached features from RAM."""
+    from trainer.data import make_loader
+
+    s = trainee.student
+    dataset = StudentViews(session.data, session.config.image_size, s.mean, s.std)
+    rows, views = session.rows[:n_samples], session.views[:n_samples]
+    loader = make_loader(dataset, rows, views, session.config.batch_size, session.config.workers)
+    return _train(session, trainee, loader, session.data.features, n_samples)
+
+
+def customization_seconds(session: Session, trainee: Trainee, n_samples: int) -> float:
+    """Seconds of one ``customize_epoch`` over the same ``n_samples`` (row, view) features, as ``distill`` calls it."""
+    from trainer.distill import EpochFeatures
+    from trainer.loop import customize_epoch
+
+    rows, views = session.rows[:n_samples], session.views[:n_samples]
+    device = session.device
+
+    def run() -> None:
+        features = EpochFeatures(session.data.features, rows, views, session.norm, device)
+        labels = torch.from_numpy(session.row_labels[rows]).to(device)
+        customize_epoch(trainee.method, trainee.student.head, features, labels, session.probe,
+                        trainee.customizer_opt, torch.Generator().manual_seed(0))
+
+    return timed(run, device)
+
+
+def online_epoch(session: Session, trainee: Trainee, teacher, n_samples: int) -> dict:
+    """Throughputs of the same ``train_epoch`` with the teacher run on every replayed view."""
+    from trainer.data import make_loader
+
+    s = trainee.student
+    dataset = OnlineViews(session.data, session.config.image_size, s.mean, s.std, teacher.preprocess)
+    rows, views = session.rows[:n_samples], session.views[:n_samples]
+    batches = OnlineBatches(make_loader(dataset, rows, views, session.config.batch_size, session.config.workers))
+    return _train(session, trainee, batches, OnlineFeatures(teacher, batches, session.device), n_samples)
+
+
+def teacher_steps(teacher, device: torch.device, batch: int, batches: int) -> dict:
+    """Seconds of each teacher forward alone on pre-made tensors ``[batch, 3, S, S]``, with other
+    processes' CPU share during each."""
+    size = teacher.preprocess.size
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    steps, shares = [], []
+    with torch.inference_mode():
+        for _ in range(batches):
+            before = cpu_snapshot()
+            steps.append(timed(lambda: teacher(images).float(), device))
+            shares.append(foreign_cpu_share(before, cpu_snapshot()))
+    return {"steps": steps, "shares": shares}
+
+
+def make_teacher(cfg: BenchConfig):
+    from featcache.teachers import create_teacher
+
+    return create_teacher(cfg.teacher, weights="random", device=cfg.device)
+
+
+def quiet_progress() -> None:
+    """Silence ``train_epoch``'s progress bar (it passes ``disable=`` itself, so ``TQDM_DISABLE`` cannot)."""
+    from tqdm import tqdm
+
+    from trainer import loop
+
+    if hasattr(loop, "_progress"):
+        loop._progress = lambda total, desc: tqdm(total=total, desc=desc, disable=True)
+
+
+def training_round(session: Session, trainees: dict[str, Trainee], teacher, n: int, n_online: int) -> dict:
+    """One interleaved round: student, customization + cached CustomKD, online KD, teacher alone (one batch)."""
+    return {"student": cached_epoch(session, trainees["student"], n),
+            "customize_s": customization_seconds(session, trainees["cached"], n),
+            "cached": cached_epoch(session, trainees["cached"], n),
+            "online": online_epoch(session, trainees["online"], teacher, n_online),
+            "teacher": teacher_steps(teacher, session.device, session.config.batch_size, 1)}
+
+
+def measure_training(cfg: BenchConfig, store: Path) -> dict:
+    """A one-batch warm-up round, then ``train_rounds`` timed rounds (:func:`training_round`)."""
+    quiet_progress()
+    session = open_session(cfg, store)
+    trainees = {name: build_trainee(session, method) for name, method in
+                (("student", "student"), ("cached", "customkd"), ("online", "customkd"))}
+    teacher = make_teacher(cfg)
+    training_round(session, trainees, teacher, cfg.batch_size, cfg.batch_size)
+    rounds = []
+    for rep in range(cfg.train_rounds):
+        rounds.append(training_round(session, trainees, teacher, cfg.train_samples, cfg.online_samples))
+        rates = {k: cfg.batch_size / statistics.median(rounds[-1][k]["steps"]) for k in ("student", "cached", "online")}
+        log.info("train round %d: student %.1f, cached %.1f, online %.1f samples/s", rep, rates["student"],
+                 rates["cached"], rates["online"])
+    return _training_raw(cfg, session, rounds)
+
+
+def pooled_rate(batch: int, records: list[dict]) -> tuple[float, dict]:
+    """``batch`` ÷ the median step time pooled over ``records``, using only clean steps when enough exist."""
+    steps = [t for r in records for t in r["steps"]]
+    shares = [s for r in records for s in r["shares"]]
+    used, info = clean(steps, shares)
+    return batch / statistics.median(used), {**info, "step_s": summary(steps)}
+
+
+def _training_raw(cfg: BenchConfig, session: Session, rounds: list[dict]) -> dict:
+    """Pooled clean step medians (the metrics), per-round and whole-epoch values (cross-checks)."""
+    batch = cfg.batch_size
+
+    def per_round(key: str, kind: str) -> list[float]:
+        return [r[key][kind] for r in rounds]
+
+    pooled = {k: pooled_rate(batch, [r[k] for r in rounds]) for k in ("student", "cached", "online", "teacher")}
+    rate = {k: v[0] for k, v in pooled.items()}
+    kd_epoch = per_round("cached", "seconds")
+    configs = ("student", "cached", "online")
+    return {
+        "student": cfg.student, "method": "customkd", "image_size": cfg.image_size, "batch_size": batch,
+        "workers": cfg.workers, "samples_per_epoch": cfg.train_samples, "online_samples_per_epoch": cfg.online_samples,
+        "teacher_dim": int(session.data.features.shape[-1]), "n_train_rows": len(set(session.rows.tolist())),
+        "rate": "batch / median step time pooled over rounds, clean steps only when enough (bench.training)",
+        **{f"{k}_samples_s": rate[k] for k in configs},
+        "teacher_alone_img_s_at_train_batch": rate["teacher"],
+        "steps": {k: v[1] for k, v in pooled.items()},
+        **{f"{k}_first_step_s": summary(per_round(k, "first_step")) for k in configs},
+        **{f"{k}_samples_s_{kind}": summary(per_round(k, kind)) for k in configs for kind in ("steady", "epoch")},
+        "customize_epoch_s": summary([r["customize_s"] for r in rounds]),
+        "kd_epoch_s": summary(kd_epoch),
+        "ratio_cached_vs_student": rate["cached"] / rate["student"],
+        "ratio_cached_vs_online": rate["cached"] / rate["online"],
+        "ideal_cached_vs_online": 1 + rate["student"] / rate["teacher"],
+        "ratio_cached_vs_student_epoch": summary([c / s for s, c in zip(per_round("student", "epoch"),
+                                                                        per_round("cached", "epoch"), strict=True)]),
+        "ratio_customize_vs_kd_epoch": summary([r["customize_s"] / k for r, k in zip(rounds, kd_epoch, strict=True)]),
+    }
+
+
+def epoch_throughput(cfg: BenchConfig, store: Path, mode: str, epochs: int, samples: int, warmup: bool) -> dict:
+    """One configuration (student / cached / online) in this process: optional warm-up batch, timed epochs."""
+    quiet_progress()
+    session = open_session(cfg, store)
+    trainee = build_trainee(session, "student" if mode == "student" else "customkd")
+    teacher = make_teacher(cfg) if mode == "online" else None
+    records = []
+    for epoch in range(-1 if warmup else 0, epochs):
+        size = cfg.batch_size if epoch < 0 else samples
+        if mode == "online":
+            rates = online_epoch(session, trainee, teacher, size)
+        else:
+            if mode == "cached":
+                customization_seconds(session, trainee, size)
+            rates = cached_epoch(session, trainee, size)
+        if epoch >= 0:
+            records.append(rates)
+    rate, info = pooled_rate(cfg.batch_size, records)
+    return {"median": rate, **info}

@@ -1,0 +1,64 @@
+"""Smoke test of ``make bench``: the quick profile end to end; structure only, never timings."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import report
+
+REPO = Path(__file__).resolve().parents[2]
+METRICS = {
+    "extraction_efficiency", "extraction_efficiency_end_to_end", "cached_kd_vs_student_throughput",
+    "cached_vs_online_throughput", "online_ideal_ratio", "peak_memory_cached_vs_student",
+    "peak_memory_online_vs_student", "customization_vs_kd_epoch", "reader_ram_vs_student",
+    "reader_shard_blocks_vs_student", "reader_random_row_vs_student", "storage_default_vs_2d",
+    "storage_compress_vs_2d", "allocator_tunables_speedup",
+}
+RAW_SECTIONS = {"config", "extraction", "training", "memory", "allocator", "storage", "store_read", "wall_seconds"}
+
+
+def _numbers(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _numbers(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _numbers(value)
+    elif isinstance(tree, float):
+        yield tree
+
+
+def test_quick_bench_writes_results_table_and_docs(tmp_path):
+    results, docs = tmp_path / "results", tmp_path / "benchmarks.md"
+    docs.write_text(f"# hand-written intro\n\n{report.DOCS_BEGIN}\nold\n{report.DOCS_END}\n\nhand-written notes\n")
+    run = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--results-dir", str(results),
+                          "--docs", str(docs)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    result = json.loads((results / "latest.json").read_text())
+    assert set(result) == {"machine", "versions", "metrics", "raw"}
+    assert {m["name"] for m in result["metrics"]} == METRICS
+    for m in result["metrics"]:
+        assert set(m) == {"name", "value", "target", "pass"}
+        assert math.isfinite(m["value"]) and isinstance(m["target"], str)
+        assert m["pass"] in (True, False, None)
+    assert RAW_SECTIONS <= set(result["raw"])
+    assert all(math.isfinite(x) for x in _numbers(result["raw"]))
+    assert result["versions"]["torch"] and result["machine"]["cpu_count"]
+    assert len(list(results.glob("*.json"))) == 2  # the stamped file and latest.json
+    assert not list((results / "tmp").iterdir())  # the work directory is removed
+
+    assert "extraction_efficiency" in run.stdout and "measured" in run.stdout
+    page = docs.read_text()
+    assert page.startswith("# hand-written intro") and page.rstrip().endswith("hand-written notes")
+    assert "old" not in page and all(f"`{name}`" in page for name in METRICS)
+
+
+def test_shortfall_says_by_how_much():
+    low = report.metric("x", 0.81, ">=", 0.9)
+    high = report.metric("y", 1.26, "<=", 1.05)
+    assert low["pass"] is False and "10.0 % short" in report.shortfall(low)
+    assert high["pass"] is False and "20.0 % over" in report.shortfall(high)
+    assert report.metric("z", 3.0, ">=", None)["pass"] is None
