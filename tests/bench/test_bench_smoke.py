@@ -32,7 +32,7 @@ def _numbers(tree):
 
 def test_quick_bench_writes_results_table_and_docs(tmp_path):
     results, docs = tmp_path / "results", tmp_path / "benchmarks.md"
-    docs.write_text(f"# hand-written intro\n\n{report.DOCS_BEGIN}\nold\n{report.DOCS_END}\n\nhand-written notes\n")
+    docs.write_text(f"# hand-written intro\n\n{report.DOCS_BEGIN}\nSTALE-BLOCK-9f3\n{report.DOCS_END}\n\nhand-written notes\n")
     run = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--results-dir", str(results),
                           "--docs", str(docs)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -53,7 +53,7 @@ def test_quick_bench_writes_results_table_and_docs(tmp_path):
     assert "extraction_efficiency" in run.stdout and "measured" in run.stdout
     page = docs.read_text()
     assert page.startswith("# hand-written intro") and page.rstrip().endswith("hand-written notes")
-    assert "old" not in page and all(f"`{name}`" in page for name in METRICS)
+    assert "STALE-BLOCK-9f3" not in page and all(f"`{name}`" in page for name in METRICS)
 
 
 def test_shortfall_says_by_how_much():
