@@ -102,3 +102,13 @@ def test_customization_step_changes_only_the_customizer(head):
     for key, value in student_head.state_dict().items():
         assert torch.equal(value, before_head[key])
     assert student_head.weight.grad is None
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_end_to_end(name, tiny_store, tmp_path):
+    from tests.conftest import TINY_STUDENT
+    from trainer.distill import distill
+
+    result = distill(DistillConfig(cache=str(tiny_store), method=name, student=TINY_STUDENT, epochs=1, image_size=32,
+                                   batch_size=8, workers=0, labels_per_class=2, out=str(tmp_path / name)))
+    assert 0 <= result.final["accuracy"] <= 1
