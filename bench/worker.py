@@ -19,20 +19,11 @@ RESULT_PREFIX = "BENCH_RESULT "
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _vm_hwm_bytes() -> int | None:
+def _proc_status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (``VmHWM``, ``VmRSS``) in bytes; None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _rss_bytes() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -47,7 +38,7 @@ def peak_memory(device) -> dict:
     different configurations all reading the parent's 773 MiB). ``ru_maxrss`` is kept as a fallback.
     """
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    hwm = _vm_hwm_bytes()
+    hwm = _proc_status_bytes("VmHWM")
     memory = {"vm_hwm_bytes": hwm, "ru_maxrss_bytes": maxrss,
               # forked DataLoader workers share the parent's pages, so this overstates them; for reference only
               "largest_child_maxrss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
@@ -68,7 +59,7 @@ def child_main(spec: dict) -> dict:
 
     cfg = BenchConfig(**spec["config"])
     device = torch.device(cfg.device)
-    baseline = _rss_bytes()
+    baseline = _proc_status_bytes("VmRSS")
     throughput = epoch_throughput(cfg, Path(spec["store"]), spec["mode"], spec["epochs"], spec["samples"],
                                   spec["warmup"])
     return {"mode": spec["mode"], "samples_s": throughput, "rss_after_imports_bytes": baseline,

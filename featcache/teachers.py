@@ -21,6 +21,7 @@ from torch import nn
 
 from featcache.errors import UserError
 from featcache.hub import hub_mode, hub_reachable  # noqa: F401 - hub_reachable is part of this module's API
+from featcache.weights import load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -110,27 +111,6 @@ def state_dict_hash(state: Mapping[str, torch.Tensor]) -> str:
         h.update(str(tuple(tensor.shape)).encode())
         h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return h.hexdigest()[:16]
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Weights from safetensors or a torch file read with ``weights_only=True`` (never unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist; pass --weights with a .safetensors or .pth file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling refusal becomes one clear line
-        raise UserError(f"cannot read weights {path} safely ({type(exc).__name__}); convert it to safetensors") from exc
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise UserError(f"weights file {path} does not hold a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:

@@ -72,16 +72,9 @@ def create_student(name: str, num_classes: int, image_size: int, pretrained: boo
 
 
 def _load_backbone(model: nn.Module, weights: str) -> None:
-    from pathlib import Path
+    from featcache.weights import load_state_dict_file
 
-    if not Path(weights).is_file():
-        raise UserError(f"student weights {weights} do not exist; pass --student-weights with a .safetensors or .pth file")
-    if weights.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(weights)
-    else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = load_state_dict_file(weights, flag="--student-weights")
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     missing = [k for k in own if k not in fitting and not k.startswith(model.default_cfg.get("classifier", "~"))]
