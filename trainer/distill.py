@@ -56,7 +56,8 @@ def default_run_dir(cfg: DistillConfig) -> str:
     return f"runs/{cfg.method}-{cfg.student}-{stamp}"
 
 
-def prepare_run_dir(cfg: DistillConfig) -> Path:
+def check_run_dir(cfg: DistillConfig) -> Path:
+    """The run directory, checked but not created: a run refused later leaves nothing behind."""
     run = Path(cfg.out or default_run_dir(cfg))
     if run.exists() and not run.is_dir():
         raise UserError(f"run directory {run} is a file; choose another --out")
@@ -64,7 +65,6 @@ def prepare_run_dir(cfg: DistillConfig) -> Path:
         raise UserError(f"run directory {run} already holds a run; pass --resume to continue it or choose another --out")
     if cfg.resume and not (run / CHECKPOINT).exists():
         raise UserError(f"--resume needs {run / CHECKPOINT}; that run has no checkpoint yet, start it without --resume")
-    run.mkdir(parents=True, exist_ok=True)
     return run
 
 
@@ -161,10 +161,12 @@ class Session:
 def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Session:
     resolve_method(cfg.method)
     resolve_student(cfg.student)
-    run = Path(dist.on_main(env, lambda: str(prepare_run_dir(cfg))))
+    run = Path(dist.on_main(env, lambda: str(check_run_dir(cfg))))
     seed_everything(cfg.seed)
     pinned = json.loads((run / "config.json").read_text())["store_fingerprint"] if cfg.resume else None
     data = load_cached_data(cfg, pinned)
+    if env.main:
+        run.mkdir(parents=True, exist_ok=True)
     split = make_split(cfg, data)
     if cfg.epochs > 4 * max(data.n_views - 1, 1):
         log.warning("%d epochs over %d cached views per sample: views repeat often", cfg.epochs, data.n_views)

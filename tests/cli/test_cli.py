@@ -118,3 +118,8 @@ def test_help_lists_commands():
     assert result.returncode == 0
     for command in ("extract", "distill", "teachers", "cache"):
         assert command in result.stdout
+
+
+def test_refused_distill_leaves_no_run_directory(tmp_path):
+    invoke("distill", "--cache", str(tmp_path / "absent.zarr"), "--out", str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
