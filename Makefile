@@ -16,7 +16,7 @@ STUDENT ?= mobilenetv3
 METHOD ?= customkd
 SETTING ?= ssl
 EPOCHS ?= 8
-IMG_SIZE ?= 128
+IMG_SIZE ?= 96
 RUN ?=
 ARGS ?=
 DEVICE ?=
@@ -36,12 +36,12 @@ endif
 # glibc's default allocator makes PyTorch page-fault heavily on CPU (DESIGN §9); keep freed memory.
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
-.PHONY: help install extract distill demo test lint format bench clean-caches
+.PHONY: help install extract distill demo test lint format bench report clean-caches
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 	@echo "Variables: TEACHER DATA CACHE VIEWS STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN ARGS"
-	@echo "           NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT (torchrun)"
+	@echo "           NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT (torchrun)   REPORT_ARGS (make report)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -67,6 +67,9 @@ test: $(STAMP) ## Run the test suite
 
 bench: $(STAMP) ## Benchmark suite, ratios measured side by side (CPU; DEVICE=cuda on a GPU): table + bench/results/latest.json
 	$(PY) -m bench.run $(if $(DEVICE),--device $(DEVICE))
+
+report: $(STAMP) ## Every method x 3 seeds on ELPV from one extraction: docs/results.md, figures, README table
+	$(PY) -m bench.compare --cache $(CACHE) $(REPORT_ARGS)
 
 lint: $(STAMP) ## Check style with ruff
 	$(VENV)/bin/ruff check featcache trainer cli tests bench

@@ -19,7 +19,7 @@ class BenchConfig:
     device: str = "cpu"
     teacher: str = "timm:vit_small_patch16_224"  # a ViT whose forward dominates extraction (random weights)
     student: str = "mobilenetv3"
-    image_size: int = 128  # student resolution, the CPU default of `make distill`
+    image_size: int = 128  # student resolution (docs/benchmarks.md was measured at 128; `make distill` uses 96)
     batch_size: int = 64  # student batch, the default of `make distill`
     n_images: int = 96  # generated JPEG dataset: extracted (192 teacher images per repetition), then trained on
     views: int = 2  # views per sample in the extracted store (view 0 = centre view)

@@ -27,7 +27,7 @@ def distill(
     source: Annotated[str, typer.Option(help="UDA: labeled source domain(s), comma-separated.")] = "",
     target: Annotated[str, typer.Option(help="UDA: unlabeled target domain(s), comma-separated.")] = "",
     epochs: Annotated[int, typer.Option(help="Student (KD) epochs.")] = 8,
-    image_size: Annotated[int, typer.Option(help="Student input resolution.")] = 128,
+    image_size: Annotated[int, typer.Option(help="Student input resolution.")] = 96,
     batch_size: Annotated[int, typer.Option()] = 64,
     out: Annotated[str, typer.Option(help="Run directory (default runs/<method>-<student>-<time>).")] = "",
     seed: Annotated[int, typer.Option()] = 0,

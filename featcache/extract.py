@@ -58,6 +58,8 @@ class ExtractConfig:
             raise UserError(f"unknown --precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if self.shard_size < 1 or self.chunk_size < 1:
             raise UserError("--shard-size and --chunk-size must be >= 1")
+        if self.shard_size % self.chunk_size:
+            raise UserError(f"--shard-size ({self.shard_size}) must be a multiple of --chunk-size ({self.chunk_size})")
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,11 @@ def _finish(cfg: ExtractConfig, env: parallel.DistEnv, group, bad: list, listing
     parallel.on_main(env, mark)
 
 
+def shard_size_for(n_samples: int, shard_size: int, chunk_size: int) -> int:
+    """Samples per shard: ``shard_size``, or fewer for a small dataset, always a multiple of the inner chunk."""
+    return min(shard_size, -(-n_samples // chunk_size) * chunk_size)
+
+
 def extract(cfg: ExtractConfig) -> ExtractResult:
     """Run the whole extraction; idempotent and resumable. Under torchrun, rank k writes the shards
     k, k + world, …; the store is the same whatever the number of ranks."""
@@ -310,7 +317,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     env, device = parallel.init_distributed(str(device) if cfg.device != "auto" else "auto")
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device))
     layout = fs.Layout(len(listing), cfg.views, teacher.feature_dim, len(VIEW_PARAMS),
-                       min(cfg.shard_size, len(listing)), cfg.chunk_size, cfg.compress)
+                       shard_size_for(len(listing), cfg.shard_size, cfg.chunk_size), cfg.chunk_size, cfg.compress)
     keys = np.array([sample_key(s.relpath) for s in listing.samples], dtype=np.uint64)
     manifest = {
         "fingerprint": build_fingerprint(listing, teacher, cfg, layout),

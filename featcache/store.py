@@ -23,6 +23,7 @@ through :mod:`featcache.remote` (fsspec), and messages show them redacted.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import math
@@ -195,7 +196,8 @@ def set_status(group, status: str) -> None:
 def mark_complete(group) -> None:
     """The last write of an extraction: every shard is done; record how many samples are invalid."""
     n_invalid = int((np.asarray(group["valid"][:]) == 0).sum())
-    group.attrs[ATTRS_KEY] = {**read_manifest(group), "status": STATUS_COMPLETE, "n_invalid": n_invalid}
+    group.attrs[ATTRS_KEY] = {**read_manifest(group), "status": STATUS_COMPLETE, "n_invalid": n_invalid,
+                              "completed": dt.datetime.now(dt.UTC).isoformat()}
 
 
 def store_exists(path: str | Path) -> bool:

@@ -33,7 +33,7 @@ class DistillConfig:
     source: tuple[str, ...] = ()
     target: tuple[str, ...] = ()
     epochs: int = 8
-    image_size: int = 128
+    image_size: int = 96
     batch_size: int = 64
     out: str = ""
     seed: int = 0

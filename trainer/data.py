@@ -104,9 +104,13 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     manifest = fs.read_manifest(group)
     check_expected_fingerprint(manifest, {**cfg.expected_hashes, **(expected or {})}, cfg.cache)
     listing = load_listing(cfg.data or manifest["data_spec"])
+    names = ("sample_key", "content_hash", "valid", "views", "labels", "domain", "split")
+    missing = [name for name in names if name not in group]
+    if missing:
+        raise UserError(f"cache {cfg.cache} has no '{missing[0]}' array (written by an older customkd); "
+                        "re-extract it with --overwrite")
     try:
-        arrays = {name: np.asarray(group[name][:]) for name in ("sample_key", "content_hash", "valid", "views",
-                                                                 "labels", "domain", "split")}
+        arrays = {name: np.asarray(group[name][:]) for name in names}
     except Exception as exc:  # noqa: BLE001 - a checksum mismatch surfaces as a codec error
         raise UserError(f"cache {cfg.cache} is damaged ({type(exc).__name__}); run `customkd cache verify "
                         f"{cfg.cache}` to locate the shard, then re-extract") from None

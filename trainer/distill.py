@@ -237,7 +237,7 @@ def run_epoch(s: Session, epoch: int, train_ds: StudentViews, eval_ds: StudentVi
         record["customize"] = loop.customize_epoch(
             s.method, s.student.head, EpochFeatures(data.features, order, views, s.norm, s.device),
             torch.from_numpy(s.row_labels[order]).to(s.device), s.probe, s.customizer_opt, generator,
-            order=torch.arange(len(order)) if data.streaming else None)
+            batch_size=cfg.batch_size, order=torch.arange(len(order)) if data.streaming else None)
     items = list(zip(order.tolist(), views.tolist(), [epoch] * len(order), strict=True))
     batches, weights = dist.split_global_batches(items, cfg.batch_size, s.env)
     record["train"] = loop.train_epoch(

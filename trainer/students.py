@@ -68,7 +68,19 @@ def create_student(name: str, num_classes: int, image_size: int, pretrained: boo
                         "pass a local file with --student-weights FILE instead") from exc
     if weights:
         _load_backbone(model, weights)
+    init_head(model.get_classifier())
     return Student(model, image_size)
+
+
+def init_head(head: nn.Module, std: float = 0.01) -> None:
+    """Start the task head small: logits ≈ 0, so the first cross-entropy is ≈ ln C.
+
+    timm initialises MobileNetV3's classifier uniformly in ±1/√C (±0.5 for C = 4): on 1280 pre-logit
+    features that gives logits of ±10 and a first cross-entropy of ≈ 7, which AdamW then chased up to
+    ≈ 30 on ELPV (docs/tuning.md). A small head is the usual choice (timm's ``head_init_scale``)."""
+    if isinstance(head, nn.Linear):
+        nn.init.trunc_normal_(head.weight, std=std)
+        nn.init.zeros_(head.bias)
 
 
 def _load_backbone(model: nn.Module, weights: str) -> None:
