@@ -69,7 +69,7 @@ bench: $(STAMP) ## Benchmark suite, ratios measured side by side (CPU; DEVICE=cu
 	$(PY) -m bench.run $(if $(DEVICE),--device $(DEVICE))
 
 report: $(STAMP) ## Every method x 3 seeds on ELPV from one extraction: docs/results.md, figures, README table
-	$(PY) -m bench.compare --cache $(CACHE) $(REPORT_ARGS)
+	$(PY) -m bench.compare --cache $(CACHE) --teacher $(TEACHER) --data $(DATA) --views $(VIEWS) $(REPORT_ARGS)
 
 lint: $(STAMP) ## Check style with ruff
 	$(VENV)/bin/ruff check featcache trainer cli tests bench

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import results_page
 from bench.config import GLIBC_TUNABLES
+from bench.results_page import mean_std
 
 log = logging.getLogger("bench.compare")
 
 DOCS = Path("docs")
 README = Path("README.md")
-README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ VARIANTS = (
     Variant("customkd, λ_s = 0", "customkd-no-specific", "customkd", ("--lambda-specific", "0")),
 )
 BY_SLUG = {v.slug: v for v in VARIANTS}
+# Bump when a change to customkd's defaults or to this report makes finished runs stale.
+REPORT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def slugs(text: str) -> list[Variant]:
+def parse_variants(text: str) -> list[Variant]:
     unknown = [s for s in text.split(",") if s and s not in BY_SLUG]
     if unknown:
         sys.exit(f"error: unknown variant {unknown[0]!r}; choose from {', '.join(BY_SLUG)}")
@@ -112,7 +116,8 @@ def plan(args: argparse.Namespace) -> list[Job]:
               *(["--student", args.student] if args.student else []),
               *(["--image-size", str(args.image_size)] if args.image_size else []), *args.extra.split()]
     jobs = []
-    for setting, variants in (("ssl", slugs(args.ssl_variants)), ("supervised", slugs(args.supervised_variants))):
+    for setting, variants in (("ssl", parse_variants(args.ssl_variants)),
+                              ("supervised", parse_variants(args.supervised_variants))):
         budget = ["--label-fraction", str(args.label_fraction)] if setting == "ssl" else []
         for seed in seeds:
             for v in variants:
@@ -120,101 +125,159 @@ def plan(args: argparse.Namespace) -> list[Job]:
                 argv = ("distill", "--cache", args.cache, "--method", v.method, "--setting", setting, *budget,
                         "--seed", str(seed), *v.flags, *common, "--workers", "1", "--out", str(run_dir))
                 jobs.append(Job(setting, v, seed, run_dir, argv))
+    if not jobs:
+        sys.exit("error: no runs planned; give --ssl-variants and/or --supervised-variants and --seeds")
     return jobs
 
 
-def cli(*argv: str) -> list[str]:
+def cli_argv(*argv: str) -> list[str]:
     return [sys.executable, "-m", "cli", *argv]
 
 
+def store_state(cache: str) -> str:
+    """``absent``, ``partial`` or ``complete`` — decided before extracting, so the timing label is right."""
+    from featcache import store as fs
+
+    if not fs.store_exists(cache):
+        return "absent"
+    return "complete" if fs.read_manifest(fs.open_store(cache)).get("status") == fs.STATUS_COMPLETE else "partial"
+
+
 def extract(args: argparse.Namespace) -> dict:
-    """Run (or confirm) the one extraction; its time is this run's, or the store's own record if it existed."""
+    """Run (or confirm) the one extraction and say how long it took: timed here when it ran here, else
+    the store's own completed − created stamps."""
+    from featcache import store as fs
+
+    before = store_state(args.cache)
+    argv = cli_argv("extract", "--teacher", args.teacher, "--data", args.data, "--out", args.cache,
+                    "--views", str(args.views), *(["--weights", args.teacher_weights] if args.teacher_weights else []))
+    log.info("extract (store %s): %s", before, " ".join(argv[2:]))
     started = time.perf_counter()
-    argv = cli("extract", "--teacher", args.teacher, "--data", args.data, "--out", args.cache, "--views", str(args.views),
-               *(["--weights", args.teacher_weights] if args.teacher_weights else []))
-    log.info("extract: %s", " ".join(argv[2:]))
     if subprocess.run(argv, env={**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES}).returncode != 0:
         sys.exit("error: the extraction failed (its message is above); fix it and rerun make report")
     seconds = time.perf_counter() - started
-    from featcache import store as fs
-
-    manifest = fs.read_manifest(fs.open_complete_store(args.cache))
     group = fs.open_complete_store(args.cache)
+    manifest = fs.read_manifest(group)
     held_out = np.asarray(group["labels"][:])[(np.asarray(group["split"][:]) == 1) & (np.asarray(group["valid"][:]) > 0)]
     record = {"command": " ".join(["customkd", *argv[3:]]), "shape": manifest["shape"],
-              "majority_class_eval": float(np.bincount(held_out).max() / max(len(held_out), 1)),
+              "majority_class_eval": float(np.bincount(held_out).max() / len(held_out)) if len(held_out) else 0.0,
+              "fingerprint": {k: v["hash"] for k, v in manifest["fingerprint"].items()},
               "created": manifest.get("created"), "completed": manifest.get("completed")}
-    if seconds > 30 or not manifest.get("completed"):  # it really extracted now
-        return {**record, "seconds": round(seconds, 1), "measured": "by this report"}
-    stored = (dt.datetime.fromisoformat(manifest["completed"]) - dt.datetime.fromisoformat(manifest["created"]))
-    return {**record, "seconds": round(stored.total_seconds(), 1), "measured": "by the store (it already existed)"}
+    if before == "absent":
+        return {**record, "seconds": round(seconds, 1), "measured": "timed by this report, from an empty cache path"}
+    if before == "partial":
+        return {**record, "seconds": round(seconds, 1), "measured": "timed by this report, resuming a partial store"}
+    if not manifest.get("completed"):
+        return {**record, "seconds": None, "measured": "not measured: the store already existed, from a version of "
+                "customkd that did not stamp completion; delete it to time a fresh extraction"}
+    stored = dt.datetime.fromisoformat(manifest["completed"]) - dt.datetime.fromisoformat(manifest["created"])
+    return {**record, "seconds": round(stored.total_seconds(), 1),
+            "measured": "the store already existed: its own created → completed stamps"}
 
 
-def finished(job: Job) -> bool:
-    timing = job.run_dir / "timing.json"
-    metrics = job.run_dir / "metrics.json"
-    if not (timing.is_file() and metrics.is_file()):
+def reusable(job: Job, fingerprint: dict) -> bool:
+    """A finished run made by the same command, report version and store: it is not run again."""
+    timing, metrics, config = (job.run_dir / name for name in ("timing.json", "metrics.json", "config.json"))
+    if not (timing.is_file() and metrics.is_file() and config.is_file()):
         return False
-    return json.loads(timing.read_text()).get("argv") == list(job.argv) and "final" in json.loads(metrics.read_text())
+    record = json.loads(timing.read_text())
+    return (record.get("argv") == list(job.argv) and record.get("report_version") == REPORT_VERSION
+            and json.loads(config.read_text()).get("store_fingerprint") == fingerprint
+            and "final" in json.loads(metrics.read_text()))
 
 
 def start(job: Job, threads: int, logs: Path) -> subprocess.Popen:
+    """Launch one run; an interrupted run of the same command resumes, anything else starts over."""
     argv = list(job.argv)
-    if (job.run_dir / "checkpoint.pt").is_file() and (job.run_dir / "config.json").is_file():
+    request = job.run_dir / "request.json"
+    same = request.is_file() and json.loads(request.read_text()) == {"argv": argv, "report_version": REPORT_VERSION}
+    if same and (job.run_dir / "checkpoint.pt").is_file() and (job.run_dir / "config.json").is_file():
         argv.append("--resume")
-    elif job.run_dir.exists():  # the report's own half-started run with nothing to resume: start over
-        shutil.rmtree(job.run_dir)
+    else:
+        if job.run_dir.exists():  # the report's own folder: a run of another command or an empty start
+            shutil.rmtree(job.run_dir)
+        job.run_dir.mkdir(parents=True)
+        request.write_text(json.dumps({"argv": argv, "report_version": REPORT_VERSION}))
     env = {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES, "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
-    log_file = logs / f"{job.setting}-{job.variant.slug}-seed{job.seed}.log"
-    with open(log_file, "w") as fh:
-        return subprocess.Popen(cli(*argv), stdout=fh, stderr=subprocess.STDOUT, env=env)
+    with open(log_path(job, logs), "w") as fh:
+        return subprocess.Popen(cli_argv(*argv), stdout=fh, stderr=subprocess.STDOUT, env=env)
 
 
-def run_all(jobs: list[Job], parallel: int, logs: Path) -> None:
-    """Run the unfinished jobs, ``parallel`` at a time, each with ``cores // parallel`` threads."""
+def log_path(job: Job, logs: Path) -> Path:
+    return logs / f"{job.setting}-{job.variant.slug}-seed{job.seed}.log"
+
+
+def stop(running: dict) -> None:
+    for proc in running:
+        proc.terminate()
+    for proc in running:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def record_finished(job: Job, seconds: float, threads: int, parallel: int) -> None:
+    (job.run_dir / "timing.json").write_text(json.dumps(
+        {"argv": list(job.argv), "report_version": REPORT_VERSION, "wall_seconds": round(seconds, 1),
+         "threads": threads, "concurrent_runs": parallel}, indent=2))
+    final = json.loads((job.run_dir / "metrics.json").read_text())["final"]
+    log.info("done %-10s %-22s seed %d: acc %.3f  bal acc %.3f  (%.0f s)", job.setting, job.variant.slug,
+             job.seed, final["accuracy"], final["balanced_accuracy"], seconds)
+
+
+def run_all(jobs: list[Job], parallel: int, logs: Path, fingerprint: dict) -> None:
+    """Run the jobs not already finished, ``parallel`` at a time, each with ``cores // parallel`` threads.
+    On any failure or signal the running children are stopped before this returns."""
     logs.mkdir(parents=True, exist_ok=True)
-    todo = [j for j in jobs if not finished(j)]
+    todo = [j for j in jobs if not reusable(j, fingerprint)]
     log.info("%d runs planned, %d already finished, %d to run, %d at a time", len(jobs), len(jobs) - len(todo),
              len(todo), parallel)
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    threads = max(1, len(os.sched_getaffinity(0)) // parallel)
     running: dict[subprocess.Popen, tuple[Job, float]] = {}
-    while todo or running:
-        while todo and len(running) < parallel:
-            job = todo.pop(0)
-            running[start(job, threads, logs)] = (job, time.perf_counter())
-        time.sleep(1.0)
-        for proc in [p for p in running if p.poll() is not None]:
-            job, began = running.pop(proc)
-            if proc.returncode != 0:
-                for p in running:
-                    p.terminate()
-                sys.exit(f"error: {job.setting} {job.variant.slug} seed {job.seed} failed (exit {proc.returncode}); "
-                         f"see {logs}/{job.setting}-{job.variant.slug}-seed{job.seed}.log, then rerun to continue")
-            seconds = time.perf_counter() - began
-            (job.run_dir / "timing.json").write_text(json.dumps(
-                {"argv": list(job.argv), "wall_seconds": round(seconds, 1), "threads": threads,
-                 "concurrent_runs": parallel}, indent=2))
-            final = json.loads((job.run_dir / "metrics.json").read_text())["final"]
-            log.info("done %-10s %-22s seed %d: acc %.3f  bal acc %.3f  (%.0f s)", job.setting, job.variant.slug,
-                     job.seed, final["accuracy"], final["balanced_accuracy"], seconds)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: make report was terminated; rerun it to continue"))
+    try:
+        while todo or running:
+            while todo and len(running) < parallel:
+                job = todo.pop(0)
+                running[start(job, threads, logs)] = (job, time.perf_counter())
+            time.sleep(1.0)
+            for proc in [p for p in running if p.poll() is not None]:
+                job, began = running.pop(proc)
+                if proc.returncode != 0:
+                    tail = "\n".join(log_path(job, logs).read_text(errors="replace").splitlines()[-15:])
+                    sys.exit(f"{tail}\nerror: {job.setting} {job.variant.slug} seed {job.seed} failed (exit "
+                             f"{proc.returncode}); its log is {log_path(job, logs)}; rerun make report to continue")
+                record_finished(job, time.perf_counter() - began, threads, parallel)
+    finally:
+        stop(running)
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+SHARED_KEYS = ("student", "student_pretrained", "student_weights", "epochs", "image_size", "batch_size", "optimizer",
+               "effective_lr", "weight_decay", "lambda_general", "customizer", "customizer_lr", "pseudo_threshold",
+               "alternate_every", "kd_temperature", "feature_norm", "device", "n_train", "n_eval", "classes")
 
 
 def summarize(jobs: list[Job], extraction: dict) -> dict:
-    """Per (setting, variant): mean ± std over seeds of the final metrics, the curves, the times."""
+    """Per (setting, variant): mean ± sample std over seeds of the final metrics, the curves, the times.
+    Refuses runs whose shared settings differ, since the page describes them as one setup."""
     rows: dict[str, dict] = {}
+    reference = json.loads((jobs[0].run_dir / "config.json").read_text())
+    timings = set()
     for job in jobs:
         metrics = json.loads((job.run_dir / "metrics.json").read_text())
         timing = json.loads((job.run_dir / "timing.json").read_text())
+        config = json.loads((job.run_dir / "config.json").read_text())
+        differ = [k for k in SHARED_KEYS if config.get(k) != reference.get(k)]
+        if differ:
+            sys.exit(f"error: {job.run_dir} differs from {jobs[0].run_dir} in {', '.join(differ)}; delete the report's "
+                     "run folder (or the odd run) and rerun make report")
+        timings.add((timing["threads"], timing["concurrent_runs"]))
         row = rows.setdefault(f"{job.setting}/{job.variant.slug}", {
             "setting": job.setting, "variant": job.variant.name, "slug": job.variant.slug, "seeds": [],
             "accuracy": [], "balanced_accuracy": [], "probe_accuracy": [], "curves": [], "wall_seconds": [],
-            "train_seconds": [], "runs": []})
+            "train_seconds": [], "runs": [], "label_fraction": config["effective_label_fraction"]})
         row["seeds"].append(job.seed)
         row["accuracy"].append(metrics["final"]["accuracy"])
         row["balanced_accuracy"].append(metrics["final"]["balanced_accuracy"])
@@ -227,14 +290,9 @@ def summarize(jobs: list[Job], extraction: dict) -> dict:
     for row in rows.values():
         for key in ("accuracy", "balanced_accuracy", "probe_accuracy", "wall_seconds", "train_seconds"):
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std(row[key])
-    config = json.loads((jobs[0].run_dir / "config.json").read_text())
     return {"generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "extraction": extraction,
-            "rows": rows, "shared_config": {k: config[k] for k in (
-                "student", "epochs", "image_size", "batch_size", "optimizer", "effective_lr", "weight_decay",
-                "lambda_general", "lambda_specific", "customizer", "customizer_lr", "pseudo_threshold",
-                "effective_label_fraction",
-                "alternate_every", "kd_temperature", "feature_norm", "n_train", "n_eval", "classes")},
-            "teacher": config["teacher"]}
+            "rows": rows, "shared_config": {k: reference.get(k) for k in (*SHARED_KEYS, "lambda_specific")},
+            "run_threads": [{"threads": t, "concurrent_runs": c} for t, c in sorted(timings)]}
 
 
 def copy_run_records(jobs: list[Job], out: Path, dest: Path) -> None:
@@ -255,13 +313,13 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     jobs = plan(args)
     extraction = extract(args)
-    run_all(jobs, args.parallel, args.out / "logs")
+    run_all(jobs, args.parallel, args.out / "logs", extraction["fingerprint"])
     summary = summarize(jobs, extraction)
-    summary["report_seconds"] = round(time.perf_counter() - started, 1)
+    summary["invocation_seconds"] = round(time.perf_counter() - started, 1)
     summary["teacher_name"], summary["data"] = args.teacher, args.data
     summary["command"] = "python -m bench.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    from bench import figures, results_page
+    from bench import figures
 
     figure_dir = args.out / "figures" if args.no_docs else args.docs / "results"
     figure_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     x = np.asarray(x, np.float64) - np.asarray(x, np.float64).mean(0)
     y = np.asarray(y, np.float64) - np.asarray(y, np.float64).mean(0)
     cross = np.linalg.norm(y.T @ x) ** 2
-    return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+    scale = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    return float(cross / scale) if scale > 0 else float("nan")  # constant features have no geometry
 
 
 def _pyplot():
@@ -40,11 +41,12 @@ def learning_curves(summary: dict, path: Path) -> Path:
         for row in (r for r in summary["rows"].values() if r["setting"] == setting):
             curves = np.asarray(row["curves"], dtype=np.float64)
             epochs = np.arange(1, curves.shape[1] + 1)
-            mean, std = curves.mean(0), curves.std(0)
+            mean = curves.mean(0)
+            std = curves.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
             dashed = "random" in row["slug"] or "no-specific" in row["slug"]
             ax.plot(epochs, mean, marker="o", ms=3, ls="--" if dashed else "-", label=row["variant"])
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.12)
-        ax.set_title(f"{setting}: eval accuracy per epoch (mean ± std over seeds)")
+        ax.set_title(f"{setting}: held-out accuracy per epoch (mean ± sample std over seeds)")
         ax.set_xlabel("KD epoch")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
@@ -59,13 +61,13 @@ def learning_curves(summary: dict, path: Path) -> Path:
 def run_features(run_dir: Path) -> dict:
     """For a finished customkd run: f_t, θ^h_t(f_t) and f_s on the eval set (centre view), with labels."""
     from trainer.data import StudentViews, load_cached_data, make_loader, make_split
-    from trainer.evaluate import _distill_config, load_run
+    from trainer.evaluate import config_from_run, load_run
     from trainer.features import feature_stats
     from trainer.loop import FeatureNorm, load_checkpoint
     from trainer.methods import MethodContext, create_method
 
     config, student = load_run(str(run_dir))
-    cfg = _distill_config(config)
+    cfg = config_from_run(config)
     data = load_cached_data(cfg)
     split = make_split(cfg, data)
     norm = FeatureNorm(cfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
@@ -98,26 +100,28 @@ def feature_space(jobs: list, path: Path) -> dict:
         return {}
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(jobs), figsize=(6 * len(jobs), 5.2), squeeze=False)
-    record: dict = {"path": str(path)}
+    record: dict = {"path": str(path), "seed": jobs[0].seed}
     for ax, job in zip(axes[0], jobs, strict=True):
-        f = run_features(job.run_dir)
-        cka = {"customized_vs_student": linear_cka(f["customized"], f["student"]),
-               "teacher_vs_student": linear_cka(f["teacher"], f["student"])}
-        n = len(f["labels"])
-        xy, how = embed(np.concatenate([f["customized"], f["student"]]))
-        for c, name in enumerate(f["classes"]):
-            members = f["labels"] == c
-            colour = plt.cm.viridis(c / max(len(f["classes"]) - 1, 1))
-            ax.scatter(*xy[:n][members].T, s=10, marker="^", color=colour, alpha=0.7, label=f"θ^h_t(f_t), class {name}")
+        features = run_features(job.run_dir)
+        cka = {"customized_vs_student": linear_cka(features["customized"], features["student"]),
+               "teacher_vs_student": linear_cka(features["teacher"], features["student"])}
+        n = len(features["labels"])
+        xy, how = embed(np.concatenate([features["customized"], features["student"]]))
+        for c, name in enumerate(features["classes"]):
+            members = features["labels"] == c
+            colour = plt.cm.viridis(c / max(len(features["classes"]) - 1, 1))
+            ax.scatter(*xy[:n][members].T, s=10, marker="^", color=colour, alpha=0.7,
+                       label=f"θ^h_t(f_t), class {name}")
             ax.scatter(*xy[n:][members].T, s=10, marker="o", facecolors="none", edgecolors=colour, alpha=0.7,
                        label=f"f_s, class {name}")
-        ax.set_title(f"customized through the {f['head']} head\nlinear CKA(θ^h_t(f_t), f_s) = "
-                     f"{cka['customized_vs_student']:.3f}   CKA(f_t, f_s) = {cka['teacher_vs_student']:.3f}", fontsize=9)
+        ax.set_title(f"customized through the {features['head']} head\nlinear CKA(θ^h_t(f_t), f_s) = "
+                     f"{cka['customized_vs_student']:.3f}   CKA(f_t, f_s) = {cka['teacher_vs_student']:.3f}",
+                     fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-        record[f["head"]] = {**cka, "run": str(job.run_dir), "embedding": how, "n_eval": n}
+        record[features["head"]] = {**cka, "run": str(job.run_dir), "embedding": how, "n_eval": n}
     axes[0][-1].legend(fontsize=7, loc="best", markerscale=1.5)
-    fig.suptitle(f"{record[f['head']]['embedding']} of customized teacher features (▲) and student features (○), "
+    fig.suptitle(f"{record[features['head']]['embedding']} of customized teacher features (▲) and student features (○), "
                  "eval set, seed " + str(jobs[0].seed), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

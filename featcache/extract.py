@@ -58,7 +58,7 @@ class ExtractConfig:
             raise UserError(f"unknown --precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if self.shard_size < 1 or self.chunk_size < 1:
             raise UserError("--shard-size and --chunk-size must be >= 1")
-        if self.shard_size % self.chunk_size:
+        if self.shard_size > self.chunk_size and self.shard_size % self.chunk_size:
             raise UserError(f"--shard-size ({self.shard_size}) must be a multiple of --chunk-size ({self.chunk_size})")
 
 

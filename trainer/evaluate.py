@@ -35,7 +35,7 @@ def load_run(run: str) -> tuple[dict, Student]:
     return config, student.eval()
 
 
-def _distill_config(config: dict) -> DistillConfig:
+def config_from_run(config: dict) -> DistillConfig:
     fields = DistillConfig.__dataclass_fields__
     values = {k: v for k, v in config.items() if k in fields}
     values.update(source=tuple(config["source"]), target=tuple(config["target"]), resume=False)
@@ -60,7 +60,7 @@ def evaluate_run(run: str, data: str | None = None, workers: int = 2) -> dict:
     """Accuracy of the saved student on the run's held-out samples, or on every sample of ``data``."""
     config, student = load_run(run)
     if data is None:
-        cfg = _distill_config(config)
+        cfg = config_from_run(config)
         cached = load_cached_data(cfg)
         rows = make_split(cfg, cached).eval
         labels = cached.labels

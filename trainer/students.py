@@ -78,9 +78,11 @@ def init_head(head: nn.Module, std: float = 0.01) -> None:
     timm initialises MobileNetV3's classifier uniformly in ±1/√C (±0.5 for C = 4): on 1280 pre-logit
     features that gives logits of ±10 and a first cross-entropy of ≈ 7, which AdamW then chased up to
     ≈ 30 on ELPV (docs/tuning.md). A small head is the usual choice (timm's ``head_init_scale``)."""
-    if isinstance(head, nn.Linear):
-        nn.init.trunc_normal_(head.weight, std=std)
-        nn.init.zeros_(head.bias)
+    if not isinstance(head, nn.Linear):
+        raise UserError(f"the student's classifier is a {type(head).__name__}, not a linear head; CustomKD customizes "
+                        "through the student's linear head, so choose a timm model whose get_classifier() is nn.Linear")
+    nn.init.trunc_normal_(head.weight, std=std)
+    nn.init.zeros_(head.bias)
 
 
 def _load_backbone(model: nn.Module, weights: str) -> None:

@@ -4,7 +4,7 @@ import zarr
 
 from featcache import store as fs
 from featcache.errors import UserError
-from featcache.extract import ExtractConfig, extract
+from featcache.extract import ExtractConfig, extract, shard_size_for
 from tests.conftest import TINY_TEACHER
 
 
@@ -25,6 +25,25 @@ def test_store_layout_and_manifest(tiny_store):
     assert set(manifest["fingerprint"]) == set(fs.FINGERPRINT_COMPONENTS)
     assert manifest["classes"] == ["class0", "class1", "class2"]
     assert sorted(set(group["split"][:].tolist())) == [0, 1]
+
+
+def test_small_dataset_shard_is_a_whole_number_of_chunks():
+    assert shard_size_for(30, 256, 16) == 32  # was 30: zarr refused shards (30) of 16-sample chunks
+    assert shard_size_for(2624, 256, 16) == 256
+    assert shard_size_for(5, 256, 16) == 16
+    assert shard_size_for(30, 8, 4) == 8
+    with pytest.raises(UserError, match="multiple of --chunk-size"):
+        ExtractConfig(teacher=TINY_TEACHER, data="elpv", out="x.zarr", shard_size=20, chunk_size=16)
+    ExtractConfig(teacher=TINY_TEACHER, data="elpv", out="x.zarr", shard_size=5, chunk_size=16)  # one short chunk
+
+
+def test_default_layout_on_a_dataset_smaller_than_a_shard(tiny_folder, tmp_path):
+    out = tmp_path / "d.zarr"
+    extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=str(out), views=2,
+                          weights="random", workers=0))
+    group = zarr.open_group(str(out), mode="r")
+    assert group["features"].shards == (32, 2, 64) and group["done"][:].tolist() == [1]
+    assert group.attrs["customkd"]["status"] == "complete" and "completed" in group.attrs["customkd"]
 
 
 def test_rerun_is_noop_and_different_fingerprint_refused(tiny_folder, tmp_path):
