@@ -31,6 +31,7 @@ import numpy as np
 from bench import results_page
 from bench.config import GLIBC_TUNABLES
 from bench.results_page import mean_std
+from trainer.distill import write_json
 
 log = logging.getLogger("bench.compare")
 
@@ -197,7 +198,7 @@ def start(job: Job, threads: int, logs: Path) -> subprocess.Popen:
         if job.run_dir.exists():  # the report's own folder: a run of another command or an empty start
             shutil.rmtree(job.run_dir)
         job.run_dir.mkdir(parents=True)
-        request.write_text(json.dumps({"argv": argv, "report_version": REPORT_VERSION}))
+        write_json(request, {"argv": argv, "report_version": REPORT_VERSION})
     env = {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES, "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
     with open(log_path(job, logs), "w") as fh:
@@ -219,9 +220,10 @@ def stop(running: dict) -> None:
 
 
 def record_finished(job: Job, seconds: float, threads: int, parallel: int) -> None:
-    (job.run_dir / "timing.json").write_text(json.dumps(
-        {"argv": list(job.argv), "report_version": REPORT_VERSION, "wall_seconds": round(seconds, 1),
-         "threads": threads, "concurrent_runs": parallel}, indent=2))
+    """timing.json marks a run finished for :func:`reusable`, so it is written atomically."""
+    write_json(job.run_dir / "timing.json",
+               {"argv": list(job.argv), "report_version": REPORT_VERSION, "wall_seconds": round(seconds, 1),
+                "threads": threads, "concurrent_runs": parallel})
     final = json.loads((job.run_dir / "metrics.json").read_text())["final"]
     log.info("done %-10s %-22s seed %d: acc %.3f  bal acc %.3f  (%.0f s)", job.setting, job.variant.slug,
              job.seed, final["accuracy"], final["balanced_accuracy"], seconds)
@@ -329,10 +331,10 @@ def main(argv: list[str] | None = None) -> None:
             [j for j in jobs if j.setting == "ssl" and j.seed == jobs[0].seed and j.variant.slug in
              ("customkd", "customkd-random-head")], figure_dir / "feature_space.png"),
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(args.out / "summary.json", summary)
     if not args.no_docs:
         copy_run_records(jobs, args.out, figure_dir)
-        (figure_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(figure_dir / "summary.json", summary)
         (args.docs / "results.md").write_text(results_page.render(summary, args))
         results_page.update_readme(args.readme, summary)
         log.info("wrote %s, %s/ and the headline table in %s", args.docs / "results.md", figure_dir, args.readme)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def pct(mean: float, std: float) -> str:
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"  # one seed: no spread
+    return f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"  # NaN: one seed
 
 
 def setting_rows(summary: dict, setting: str) -> list[dict]:
