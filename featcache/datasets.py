@@ -70,7 +70,7 @@ class DatasetListing:
             return Image.fromarray(np.frombuffer(data, np.uint8).reshape(3, 32, 32).transpose(1, 2, 0))
         image = Image.open(io.BytesIO(data))
         image.load()
-        return image
+        return to_8bit(image)
 
     def listing_hash(self) -> str:
         """Hash of sorted relative paths, sizes, labels, domains and splits."""
@@ -79,6 +79,17 @@ class DatasetListing:
             h.update(f"{s.relpath}\t{s.size}\t{s.label}\t{s.domain}\t{s.split}\n".encode())
         h.update(("|".join(self.classes) + "#" + "|".join(self.domains)).encode())
         return h.hexdigest()
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit integer images scaled to 8 bits (PIL's RGB conversion would clip them at 255).
+
+    16-bit PNGs open as ``I;16*`` or ``I`` with values 0..65535; scaling by 1/257 maps that range
+    onto 0..255 the way an 8-bit export of the same image would."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+    return image
 
 
 def sample_key(relpath: str) -> int:
@@ -129,26 +140,39 @@ def _list_elpv(arg: str) -> DatasetListing:
     return DatasetListing("elpv", root, samples, classes, ("mono", "poly"))
 
 
+def _hidden(path: Path, below: Path) -> bool:
+    """A dot-file or anything under a dot-folder (``.ipynb_checkpoints``, ``.git``, ``.DS_Store``)."""
+    return any(part.startswith(".") for part in path.relative_to(below).parts)
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in directory.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, directory) and p.is_file())
 
 
 def _list_folder(arg: str) -> DatasetListing:
-    """``PATH/<class>/<img>`` or ``PATH/<domain>/<class>/<img>``; ``train``/``test`` top dirs keep their split."""
+    """``PATH/<class>/<img>`` or ``PATH/<domain>/<class>/<img>``; ``train``/``test`` top dirs keep their split.
+
+    Hidden files and folders (names starting with ``.``) are not data and are skipped."""
     if not arg:
         raise UserError("folder: needs a path, e.g. DATA=folder:/data/mydataset")
     root = Path(arg).expanduser()
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist; pass DATA=folder:PATH with an existing directory")
-    top = sorted(p for p in root.iterdir() if p.is_dir())
+    top = _subdirs(root)
     preset_split = {p.name for p in top} >= {"train", "test"} or {p.name for p in top} >= {"train", "val"}
     split_dirs = [p for p in top if p.name in ("train", "test", "val")] if preset_split else [root]
     entries = []  # (relpath, class, domain, split or -1)
     for split_dir in split_dirs:
         split_id = (0 if split_dir.name == "train" else 1) if preset_split else -1
-        for class_or_domain in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            subdirs = sorted(p for p in class_or_domain.iterdir() if p.is_dir())
-            direct = [p for p in class_or_domain.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        for class_or_domain in _subdirs(split_dir):
+            subdirs = _subdirs(class_or_domain)
+            direct = [p for p in class_or_domain.iterdir()
+                      if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
             if subdirs and not direct:  # domain level
                 for class_dir in subdirs:
                     for f in _image_files(class_dir):
@@ -183,11 +207,73 @@ def _cifar_reader(listing: DatasetListing, index: int) -> bytes:
 _CIFAR_CACHE: dict[tuple[Path, str], dict] = {}
 
 
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The only globals a pickled NumPy array needs, as their objects (no import by name)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    import codecs
+
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # bytes pickled by Python 3 at protocol 2
+    }
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickler for the CIFAR-100 python release: dicts of bytes, lists, ints and NumPy arrays.
+
+    ``find_class`` answers only the NumPy array globals above, so a pickle that asks for anything
+    else (``os.system``, ``builtins.exec``, …) is refused before any of it runs."""
+
+    def find_class(self, module: str, name: str):
+        allowed = _numpy_globals().get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which the CIFAR-100 format never contains")
+        return allowed
+
+
+def load_cifar_pickle(path: Path) -> dict:
+    """One CIFAR-100 pickle (``train``, ``test`` or ``meta``) read without running code from it."""
+    try:
+        with open(path, "rb") as fh:
+            data = CifarUnpickler(fh, encoding="bytes").load()
+    except OSError as exc:
+        raise UserError(f"cannot read CIFAR-100 file {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure: the file is not what it claims
+        reason = str(exc).split("\n")[0][:200] or type(exc).__name__
+        raise UserError(f"refusing CIFAR-100 file {path}: {reason}; use the official cifar-100-python release "
+                        "(nothing from this file was run)") from None
+    if not isinstance(data, dict):
+        raise UserError(f"CIFAR-100 file {path} does not hold a dict; use the official cifar-100-python release")
+    return data
+
+
+def _check_cifar_part(path: Path, part: str, data: dict) -> None:
+    """The fields customkd reads have the types and sizes of the official release."""
+    if part == "meta":
+        names = data.get(b"fine_label_names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, bytes) for n in names):
+            raise UserError(f"CIFAR-100 file {path} has no list of fine_label_names; use the official release")
+        return
+    pixels, labels = data.get(b"data"), data.get(b"fine_labels")
+    if (not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2
+            or pixels.shape[1] != 3072 or not isinstance(labels, list) or len(labels) != len(pixels)
+            or not all(type(y) is int and 0 <= y < 100 for y in labels)):
+        raise UserError(f"CIFAR-100 file {path} is not a CIFAR-100 split (uint8 data [N, 3072] and N fine_labels "
+                        "in 0..99); use the official release")
+
+
 def _load_cifar_part(root: Path, part: str) -> dict:
     if (root, part) not in _CIFAR_CACHE:
-        with open(root / part, "rb") as fh:
-            # The official CIFAR release is a pickle; only read it from a path the user named.
-            _CIFAR_CACHE[(root, part)] = pickle.load(fh, encoding="bytes")  # noqa: S301
+        path = root / part
+        data = load_cifar_pickle(path)
+        _check_cifar_part(path, part, data)
+        _CIFAR_CACHE[(root, part)] = data
     return _CIFAR_CACHE[(root, part)]
 
 
@@ -198,10 +284,17 @@ def _list_cifar100(arg: str) -> DatasetListing:
             f"{root} is not the CIFAR-100 python release (train, test, meta files); download "
             "cifar-100-python.tar.gz yourself, unpack it and pass DATA=cifar100:PATH/cifar-100-python"
         )
-    classes = tuple(c.decode() for c in _load_cifar_part(root, "meta")[b"fine_label_names"])
+    names = _load_cifar_part(root, "meta")[b"fine_label_names"]
+    try:
+        classes = tuple(c.decode() for c in names)
+    except UnicodeDecodeError:
+        raise UserError(f"CIFAR-100 file {root / 'meta'} has class names that are not UTF-8") from None
     samples = []
     for split_id, part in enumerate(SPLITS):
         labels = _load_cifar_part(root, part)[b"fine_labels"]
+        if labels and max(labels) >= len(classes):
+            raise UserError(f"CIFAR-100 file {root / part} uses label {max(labels)} but {root / 'meta'} names "
+                            f"{len(classes)} classes; use the official release")
         samples += [Sample(f"{part}/{i:05d}", int(y), 0, split_id, 3072) for i, y in enumerate(labels)]
     samples.sort(key=lambda s: s.relpath)
     return DatasetListing(f"cifar100:{root}", root, tuple(samples), classes, ("all",), reader=_cifar_reader)
