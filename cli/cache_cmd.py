@@ -17,17 +17,19 @@ def info(path: Annotated[str, typer.Argument(help="Store path.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False) -> None:
     """Manifest summary: teacher, dataset, N/V/D, views recipe, size, status, fingerprint."""
     setup_logging()
+    from featcache.errors import printable
     from featcache.inspect import store_info
 
     summary = run_or_exit(lambda: store_info(path))
-    if as_json:
-        typer.echo(json.dumps(summary["manifest"], indent=2))
+    if as_json:  # ensure_ascii escapes every control character
+        typer.echo(json.dumps(summary["manifest"], indent=2, ensure_ascii=True))
         return
     for key, value in summary.items():
         if key != "manifest":
-            typer.echo(f"{key:<16} {value}")
+            typer.echo(f"{key:<16} {printable(value)}")
     for name, component in summary["manifest"].get("fingerprint", {}).items():
-        typer.echo(f"  {name:<14} {json.dumps({k: v for k, v in component.items() if k != 'hash'})[:150]}")
+        body = json.dumps({k: v for k, v in component.items() if k != "hash"}, ensure_ascii=True)
+        typer.echo(f"  {printable(name):<14} {body[:150]}")
 
 
 @app.command()
@@ -37,13 +39,15 @@ def verify(
     teacher_check: Annotated[int, typer.Option(help="Re-run the teacher on N random stored views (0 = off).")] = 0,
     weights: Annotated[str | None, typer.Option(help="Teacher weights file for --teacher-check.")] = None,
 ) -> None:
-    """Shapes, checksums, NaN scan, shard flags, sample keys, image content hashes; exit 1 on a problem."""
+    """Every object of every array present and readable (checksums), non-finite features, shard flags, labels
+    against the dataset, sample keys, image content hashes; exit 1 on a problem."""
     setup_logging()
+    from featcache.errors import printable
     from featcache.inspect import verify_store
 
     problems = run_or_exit(lambda: verify_store(path, data, teacher_check, weights))
     for problem in problems:
-        typer.echo(f"problem: {problem}")
+        typer.echo(f"problem: {printable(problem)}")
     typer.echo("ok: every check passed" if not problems else f"{len(problems)} problem(s) found")
     raise typer.Exit(1 if problems else 0)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from featcache import parallel
 from featcache import store as fs
@@ -99,7 +100,7 @@ class ViewImages(torch.utils.data.Dataset):
             image = self.listing.load_image(row, data)
             params = draw_views(*image.size, int(self.keys[row]), self.cfg.views, self.cfg.recipe, self.cfg.seed)
             images = torch.stack([replay(image, v, p.size, p.mean, p.std, p.interpolation) for v in params])
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three for broken files
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL's errors for broken files
             reason = type(exc).__name__ if isinstance(exc, PermissionError) else str(exc).split("\n")[0][:80]
             params = np.full((self.cfg.views, len(VIEW_PARAMS)), np.nan, dtype=np.float32)
             return row, torch.zeros(self.cfg.views, 3, p.size, p.size), torch.from_numpy(params), 0, reason or "unreadable"
@@ -173,26 +174,42 @@ def _prepare_store(cfg: ExtractConfig, layout: fs.Layout, manifest: dict, per_sa
     if isinstance(out, Path) and out.is_dir() and not fs.store_exists(out):
         out.rmdir()  # empty: zarr creates it again
     if fs.store_exists(out):
-        group = fs.open_store(out, mode="r+")
+        try:
+            group = fs.open_store(out, mode="r+")
+        except UserError:
+            if not cfg.overwrite:
+                raise
+            log.warning("replacing store %s, which cannot be used as it is (--overwrite)", name)
+            fs.delete_store(out)
+            return _create(cfg, out, layout, manifest, per_sample), False
         stored = fs.read_manifest(group)
         if stored.get("status") == fs.STATUS_CREATING:  # killed while creating: nothing written yet
             log.warning("store %s was interrupted while being created; creating it again", name)
             fs.delete_store(out)
             return fs.create_store(out, layout, manifest, per_sample), False
         differs = fs.fingerprint_diff(stored.get("fingerprint", {}), manifest["fingerprint"])
-        if not differs:
-            complete = stored.get("status") == fs.STATUS_COMPLETE
+        complete = stored.get("status") == fs.STATUS_COMPLETE
+        if not differs and not (complete and cfg.overwrite):
             if not complete and fs.remove_partials(out):
                 log.info("removed temporary files left by an interrupted run")
             return group, complete
         if not cfg.overwrite:
             raise UserError(f"store {name} was built with a different {', '.join(differs)}; choose another --out "
                             "or pass --overwrite to replace it")
-        log.warning("replacing store %s (different %s)", name, ", ".join(differs))
+        log.warning("replacing store %s (%s)", name, f"different {', '.join(differs)}" if differs else
+                    "--overwrite rebuilds it, e.g. after images were edited in place")
         fs.delete_store(out)
+    return _create(cfg, out, layout, manifest, per_sample), False
+
+
+def _create(cfg: ExtractConfig, out, layout: fs.Layout, manifest: dict, per_sample: dict):
     if isinstance(out, Path):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    return fs.create_store(out, layout, manifest, per_sample), False
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create {out.parent} for --out ({exc.strerror or exc}); choose a writable "
+                            "location") from None
+    return fs.create_store(out, layout, manifest, per_sample)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -236,6 +253,25 @@ class RankProgress:
         self.bar.close()
 
 
+def _check_finite(features: np.ndarray, valid: np.ndarray, shard: int, rows: slice, cfg: ExtractConfig,
+                  listing: DatasetListing) -> None:
+    """Refuse a shard whose stored (float16) features are inf or NaN for a readable image: the store would
+    look complete and every reader would fail later or train on garbage. Nothing of the shard is written."""
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(features.astype(np.float16)).reshape(len(features), -1).all(axis=1)
+    bad = np.flatnonzero(valid.astype(bool) & ~finite)
+    if not len(bad):
+        return
+    stored = features[bad]
+    first = listing.samples[rows.start + int(bad[0])].relpath
+    what = ("NaN (check the weights: NaN weights give NaN everywhere)" if np.isnan(stored).any() else
+            f"values beyond float16's range (|x| > 65504, largest {float(np.nanmax(np.abs(stored))):.3g})")
+    raise UserError(f"teacher {cfg.teacher} produced non-finite features for {len(bad)} image(s) of shard {shard}, "
+                    f"e.g. {first}: {what}. The store keeps float16 features, so use weights or a feature tap "
+                    "whose outputs are finite and within float16's range; nothing of this shard was written and "
+                    "the store stays unfinished")
+
+
 def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout, writer: ShardWriter,
                  progress: RankProgress, listing: DatasetListing) -> list[tuple[int, str]]:
     """Teacher forward over the loader; hands each finished shard to the writer. Returns bad rows."""
@@ -259,7 +295,9 @@ def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout,
                         ordered = [done[r] for r in range(rows_in_shard.start, rows_in_shard.stop)]
                         valid = np.array([o[3] for o in ordered], dtype=np.uint8)
                         if valid.all() or cfg.skip_bad:  # a shard with bad images stays pending without --skip-bad
-                            writer.put(shard, np.stack([o[0] for o in ordered]), np.stack([o[1] for o in ordered]),
+                            features = np.stack([o[0] for o in ordered])
+                            _check_finite(features, valid, shard, rows_in_shard, cfg, listing)
+                            writer.put(shard, features, np.stack([o[1] for o in ordered]),
                                        np.array([o[2] for o in ordered], dtype=np.uint64), valid)
                 progress.update(b * v)
     finally:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 
 from featcache import remote
 from featcache import store as fs
-from featcache.datasets import content_hash, load_listing, sample_key
+from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key
 from featcache.errors import UserError
 
 log = logging.getLogger(__name__)
-ARRAYS = ("features", "views", "labels", "domain", "split", "sample_key", "content_hash", "valid", "done")
+ARRAYS = fs.ARRAYS
 
 
 def _size_on_disk(path: str) -> int:
@@ -26,48 +27,87 @@ def _size_on_disk(path: str) -> int:
 def store_info(path: str) -> dict:
     group = fs.open_store(path)
     manifest = fs.read_manifest(group)
-    done = np.asarray(group["done"][:])
     summary = fs.manifest_summary(manifest)
-    summary["shards_done"] = f"{int(done.sum())}/{len(done)}"
+    if manifest["status"] == fs.STATUS_CREATING:
+        summary["shards_done"] = "none (creation was interrupted; rerun the extract command)"
+    else:
+        done = np.asarray(group["done"][:])
+        summary["shards_done"] = f"{int(done.sum())}/{len(done)}"
     summary["size_on_disk"] = f"{_size_on_disk(path) / 2**20:.1f} MiB"
     summary["created"] = manifest.get("created")
     summary["manifest"] = manifest
     return summary
 
 
-def _structure_problems(group, manifest: dict) -> list[str]:
+def _shard_rows(shard: int, shard_size: int, n: int) -> slice:
+    return slice(shard * shard_size, min((shard + 1) * shard_size, n))
+
+
+def _read_problems(group, manifest: dict) -> list[str]:
+    """Read every shard of every array (crc32c catches altered bytes); non-finite features, NaN views."""
+    n = manifest["shape"][0]
+    shard_size = manifest["fingerprint"]["layout"]["shard_size"]
+    n_shards = math.ceil(n / shard_size)
     problems = []
-    n, v, d = manifest["shape"]
-    if group["features"].shape != (n, v, d):
-        problems.append(f"features shape {group['features'].shape} != manifest {(n, v, d)}")
-    done = np.asarray(group["done"][:])
-    if not done.all():
-        problems.append(f"shards not done: {np.flatnonzero(done == 0).tolist()}")
-    if manifest.get("status") != fs.STATUS_COMPLETE:
-        problems.append(f"status is {manifest.get('status')!r}, not complete")
-    shard_size = int(manifest["fingerprint"]["layout"]["shard_size"])
-    valid = np.asarray(group["valid"][:]).astype(bool)
-    for shard in range(len(done)):
-        rows = slice(shard * shard_size, min((shard + 1) * shard_size, n))
-        try:
-            block = np.asarray(group["features"][rows])
-            np.asarray(group["views"][rows])
-        except Exception as exc:  # noqa: BLE001 - checksum failures surface as codec errors
-            problems.append(f"shard {shard} (rows {rows.start}-{rows.stop - 1}) is damaged: {type(exc).__name__}")
-            continue
-        if done[shard] and np.isnan(block[valid[rows]]).any():
-            problems.append(f"shard {shard} (rows {rows.start}-{rows.stop - 1}) is marked done but has NaN features")
+    try:
+        valid = np.asarray(group["valid"][:]).astype(bool)
+    except Exception:  # noqa: BLE001 - named per shard below
+        valid = np.ones(n, dtype=bool)
+    for name in fs.ARRAYS:
+        for shard in range(n_shards):
+            rows = shard if name == "done" else _shard_rows(shard, shard_size, n)
+            span = f"rows {shard * shard_size}-{min((shard + 1) * shard_size, n) - 1}"
+            try:
+                block = np.asarray(group[name][rows])
+            except Exception as exc:  # noqa: BLE001 - checksum failures surface as codec errors
+                problems.append(f"array {name}: shard {shard} ({span}) is damaged ({type(exc).__name__})")
+                continue
+            if name == "features" and not np.isfinite(block[valid[rows]]).all():
+                kind = "NaN (unwritten)" if np.isnan(block[valid[rows]]).any() else "inf (float16 overflow)"
+                problems.append(f"array features: shard {shard} ({span}) has {kind} features for valid samples")
+            elif name == "views" and np.isnan(block[valid[rows]]).any():
+                problems.append(f"array views: shard {shard} ({span}) has NaN view parameters for valid samples")
+            elif name == "done" and not block:
+                problems.append(f"array done: shard {shard} ({span}) is not done")
     return problems
 
 
-def _dataset_problems(group, manifest: dict, data: str | None) -> list[str]:
-    listing = load_listing(data or manifest["data_spec"])
+def listing_problems(listing: DatasetListing, manifest: dict, labels: np.ndarray, domain: np.ndarray,
+                     split: np.ndarray) -> list[str]:
+    """Stored class/domain names and per-row labels, domains and splits that differ from the dataset listing.
+
+    Used by ``cache verify`` and by the trainer: stored labels are never trusted on their own (a
+    missing chunk reads as label 0)."""
+    problems = []
+    for key, names in (("classes", listing.classes), ("domains", listing.domains)):
+        if list(names) != manifest[key]:
+            problems.append(f"the store's {key} differ from the dataset's ({len(manifest[key])} vs {len(names)} names)")
+    if len(listing) != len(labels):
+        return problems + [f"dataset has {len(listing)} samples, store has {len(labels)} (images added or removed)"]
+    expected = {"labels": [s.label for s in listing.samples], "domain": [s.domain for s in listing.samples],
+                "split": [s.split for s in listing.samples]}
+    for name, stored in (("labels", labels), ("domain", domain), ("split", split)):
+        differ = np.flatnonzero(np.asarray(expected[name], dtype=np.int64) != np.asarray(stored, dtype=np.int64))
+        if len(differ):
+            first = int(differ[0])
+            problems.append(f"array {name} differs from the dataset listing in {len(differ)} row(s), e.g. row {first} "
+                            f"({listing.samples[first].relpath}: stored {int(stored[first])}, dataset "
+                            f"{expected[name][first]})")
+    return problems
+
+
+def _dataset_problems(group, manifest: dict, listing: DatasetListing) -> list[str]:
     n = manifest["shape"][0]
     if len(listing) != n:
         return [f"dataset has {len(listing)} samples, store has {n} (images added or removed)"]
-    keys, hashes = np.asarray(group["sample_key"][:]), np.asarray(group["content_hash"][:])
-    valid = np.asarray(group["valid"][:]).astype(bool)
-    problems = []
+    arrays = {}
+    for name in ("sample_key", "content_hash", "valid", "labels", "domain", "split"):
+        try:
+            arrays[name] = np.asarray(group[name][:])
+        except Exception:  # noqa: BLE001 - already named per shard by _read_problems
+            return []
+    keys, hashes, valid = arrays["sample_key"], arrays["content_hash"], arrays["valid"].astype(bool)
+    problems = listing_problems(listing, manifest, arrays["labels"], arrays["domain"], arrays["split"])
     for i, sample in enumerate(listing.samples):
         if sample_key(sample.relpath) != keys[i]:
             problems.append(f"sample {i}: path {sample.relpath} does not match the store's row")
@@ -83,10 +123,17 @@ def _dataset_problems(group, manifest: dict, data: str | None) -> list[str]:
 
 
 def verify_store(path: str, data: str | None = None, teacher_check: int = 0, weights: str | None = None) -> list[str]:
-    """Every problem found, named; an empty list means the store can be trusted."""
+    """Every problem found, named by array and shard; an empty list means the store can be trusted.
+
+    Covers every array: each storage object present (:func:`featcache.store.chunk_problems`) and
+    readable, non-finite features, the stored labels/domains/splits against the dataset listing."""
     group = fs.open_store(path)
     manifest = fs.read_manifest(group)
-    problems = _structure_problems(group, manifest) + _dataset_problems(group, manifest, data)
+    if manifest["status"] != fs.STATUS_COMPLETE:
+        return [f"status is {manifest['status']!r}, not complete; rerun the extract command to finish it"]
+    listing = load_listing(data or manifest["data_spec"])
+    problems = fs.chunk_problems(group, path) + _read_problems(group, manifest)
+    problems += _dataset_problems(group, manifest, listing)
     if teacher_check > 0 and not problems:
         cosine, detail = recheck_teacher(group, manifest, teacher_check, weights, data)
         log.info("teacher check: min cosine %.6f over %d views", cosine, teacher_check)
@@ -148,16 +195,33 @@ def export_h5(path: str, h5_path: str) -> None:
     tmp.replace(h5_path)
 
 
+def _replace_unfinished_import(path: str, manifest: dict) -> None:
+    """Refuse an existing destination, unless it is an interrupted import of this same store (then start over)."""
+    taken = remote.is_occupied(path) if remote.is_remote(path) else fs.location(path).exists()
+    if not (fs.store_exists(path) or taken):
+        return
+    try:
+        stored = fs.read_manifest(fs.open_store(path)) if fs.store_exists(path) else None
+    except UserError:
+        stored = None
+    same = stored is not None and not fs.fingerprint_diff(stored.get("fingerprint", {}), manifest.get("fingerprint", {}))
+    if not same or stored.get("status") == fs.STATUS_COMPLETE:
+        raise UserError(f"{fs.display(path)} already exists; choose a new store path for the import")
+    log.warning("%s holds an interrupted import of this store; importing it again", fs.display(path))
+    fs.delete_store(path)
+
+
 def import_h5(h5_path: str, path: str) -> None:
     """Rebuild a Zarr store from an HDF5 export (same layout, attrs last)."""
     import h5py
 
-    taken = remote.is_occupied(path) if remote.is_remote(path) else fs.location(path).exists()
-    if fs.store_exists(path) or taken:
-        raise UserError(f"{fs.display(path)} already exists; choose a new store path for the import")
     with h5py.File(h5_path, "r") as h5:
         manifest = json.loads(h5.attrs[fs.ATTRS_KEY])
+        _replace_unfinished_import(path, manifest)
         n, v, d = manifest["shape"]
+        if any(h5[name].shape[0] != n for name in ARRAYS if name != "done") or h5["features"].shape != (n, v, d):
+            raise UserError(f"{h5_path} has arrays whose shapes differ from its manifest's {manifest['shape']}; "
+                            "export the store again")
         lay = manifest["fingerprint"]["layout"]
         layout = fs.Layout(n, v, d, h5["views"].shape[2], lay["shard_size"], lay["chunk_size"], lay["compress"])
         per_sample = {name: h5[name][:] for name in ("labels", "domain", "split", "sample_key")}

@@ -209,6 +209,13 @@ def _list_objects(fs, root: str) -> dict[str, int]:
     return {name[len(root) + 1:]: int(info["size"]) for name, info in found.items() if name.startswith(root + "/")}
 
 
+def list_objects(path: str | Path) -> dict[str, int]:
+    """Relative key → size of every object of a remote store (one listing)."""
+    fs, root = filesystem(path)
+    with storage_errors(path):
+        return _list_objects(fs, root)
+
+
 def _batches(names: list[str], sizes: dict[str, int]) -> Iterator[list[str]]:
     batch, held = [], 0
     for name in names:

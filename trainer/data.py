@@ -63,12 +63,6 @@ def dataset_problem(listing: DatasetListing, manifest: dict, keys: np.ndarray, h
                     valid: np.ndarray) -> str | None:
     """What differs between the images on disk and the store's dataset component, or None."""
     stored = manifest["fingerprint"]["dataset"]
-    if len(listing) != stored["n"]:
-        return f"{len(listing)} images on disk vs {stored['n']} in the store (images added or removed)"
-    on_disk = np.array([sample_key(s.relpath) for s in listing.samples], dtype=np.uint64)
-    if (on_disk != keys).any():
-        first = int(np.flatnonzero(on_disk != keys)[0])
-        return f"{int((on_disk != keys).sum())} sample paths differ, e.g. {listing.samples[first].relpath}"
     changed = [i for i in np.flatnonzero(valid) if _hash_or_none(listing, int(i)) != hashes[i]]
     if changed:
         return f"{len(changed)} image(s) changed since extraction, e.g. {listing.samples[changed[0]].relpath}"
@@ -77,13 +71,29 @@ def dataset_problem(listing: DatasetListing, manifest: dict, keys: np.ndarray, h
     return None
 
 
+def _rows_problem(listing: DatasetListing, manifest: dict, keys: np.ndarray) -> str | None:
+    """Rows that no longer mean the same image: no --allow-stale can make such a store usable."""
+    n = manifest["shape"][0]
+    if len(listing) != n:
+        return f"{len(listing)} images on disk vs {n} in the store (images added or removed)"
+    on_disk = np.array([sample_key(s.relpath) for s in listing.samples], dtype=np.uint64)
+    if (on_disk != keys).any():
+        first = int(np.flatnonzero(on_disk != keys)[0])
+        return f"{int((on_disk != keys).sum())} sample paths differ, e.g. {listing.samples[first].relpath}"
+    return None
+
+
+def _rebuild_hint(cache: str) -> str:
+    return f"rebuild it in place with the same `customkd extract ... --out {cache} --overwrite`"
+
+
 def check_dataset(listing: DatasetListing, manifest: dict, keys: np.ndarray, hashes: np.ndarray,
-                  valid: np.ndarray, allow_stale: bool) -> None:
+                  valid: np.ndarray, allow_stale: bool, cache: str = "") -> None:
     """Refuse a store whose dataset component differs from the images it is pointed at."""
     problem = dataset_problem(listing, manifest, keys, hashes, valid)
     if problem:
         message = (f"cache does not match the dataset (fingerprint component 'dataset': {problem}); "
-                   "re-extract it, or pass --allow-stale to train anyway")
+                   f"{_rebuild_hint(cache or 'CACHE')}, or pass --allow-stale to train anyway")
         if not allow_stale:
             raise UserError(message)
         log.warning("%s — continuing because --allow-stale was given", message)
@@ -99,25 +109,53 @@ def check_expected_fingerprint(manifest: dict, expected: dict[str, str], cache: 
                             "store or drop the pin")
 
 
+PER_SAMPLE_NAMES = ("sample_key", "content_hash", "valid", "views", "labels", "domain", "split")
+
+
+def _read_per_sample(group, cache: str) -> dict[str, np.ndarray]:
+    """Every per-sample array, after checking that each of the store's objects is there."""
+    missing = fs.chunk_problems(group, cache)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"cache {cache} is damaged: {missing[0]}{more}; run `customkd cache verify {cache}`, then "
+                        "copy it again or re-extract it")
+    try:
+        return {name: np.asarray(group[name][:]) for name in PER_SAMPLE_NAMES}
+    except Exception as exc:  # noqa: BLE001 - a checksum mismatch surfaces as a codec error
+        raise UserError(f"cache {cache} is damaged ({type(exc).__name__}); run `customkd cache verify "
+                        f"{cache}` to locate the shard, then re-extract") from None
+
+
 def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None) -> CachedData:
+    """Open, check and load a complete store; sizes come from the validated manifest and the dataset agreeing.
+
+    Refuses a damaged store (missing or unreadable objects of any array), stored labels, domains or
+    splits that differ from the dataset listing, and (streaming) a store replaced while it is read."""
     group = fs.open_complete_store(cfg.cache)
+    identity = fs.store_identity(cfg.cache)
     manifest = fs.read_manifest(group)
     check_expected_fingerprint(manifest, {**cfg.expected_hashes, **(expected or {})}, cfg.cache)
     listing = load_listing(cfg.data or manifest["data_spec"])
-    names = ("sample_key", "content_hash", "valid", "views", "labels", "domain", "split")
-    missing = [name for name in names if name not in group]
-    if missing:
-        raise UserError(f"cache {cfg.cache} has no '{missing[0]}' array (written by an older customkd); "
-                        "re-extract it with --overwrite")
-    try:
-        arrays = {name: np.asarray(group[name][:]) for name in names}
-    except Exception as exc:  # noqa: BLE001 - a checksum mismatch surfaces as a codec error
-        raise UserError(f"cache {cfg.cache} is damaged ({type(exc).__name__}); run `customkd cache verify "
-                        f"{cfg.cache}` to locate the shard, then re-extract") from None
+    if len(listing) != manifest["shape"][0]:  # before anything of size N is read
+        raise UserError(f"cache does not match the dataset (fingerprint component 'dataset': "
+                        f"{_rows_problem(listing, manifest, np.zeros(0, np.uint64))}); {_rebuild_hint(cfg.cache)}")
+    arrays = _read_per_sample(group, cfg.cache)
+    rows = _rows_problem(listing, manifest, arrays["sample_key"])
+    if rows:
+        raise UserError(f"cache does not match the dataset (fingerprint component 'dataset': {rows}); "
+                        f"{_rebuild_hint(cfg.cache)}")
+    from featcache.inspect import listing_problems
+
+    differ = listing_problems(listing, manifest, arrays["labels"], arrays["domain"], arrays["split"])
+    if differ:
+        raise UserError(f"cache {cfg.cache} does not match its dataset: {differ[0]}; run `customkd cache verify "
+                        f"{cfg.cache}`, then copy it again or re-extract it")
     valid = arrays["valid"].astype(bool)
-    check_dataset(listing, manifest, arrays["sample_key"], arrays["content_hash"], valid, cfg.allow_stale)
+    check_dataset(listing, manifest, arrays["sample_key"], arrays["content_hash"], valid, cfg.allow_stale, cfg.cache)
     shard_size = int(manifest["fingerprint"]["layout"]["shard_size"])
-    features = open_features(group, cfg.features, shard_size, valid)
+    features = open_features(group, cfg.features, shard_size, valid,
+                             still_same=lambda: fs.check_same_store(cfg.cache, identity))
+    fs.check_same_store(cfg.cache, identity)
     return CachedData(
         features=features,
         valid=valid,

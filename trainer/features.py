@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,8 +35,10 @@ def available_memory() -> int:
 class ShardedFeatures:
     """Read-only view of the store's ``features`` array, loaded one shard block at a time."""
 
-    def __init__(self, array, shard_size: int, valid: np.ndarray, cache_blocks: int = 4) -> None:
+    def __init__(self, array, shard_size: int, valid: np.ndarray, cache_blocks: int = 4,
+                 still_same: Callable[[], None] | None = None) -> None:
         self.array, self.shard_size, self.valid = array, shard_size, valid
+        self.still_same = still_same  # raises when the store was replaced since it was opened
         self.shape, self.dtype = tuple(array.shape), np.float16
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.cache_blocks = cache_blocks
@@ -51,8 +54,11 @@ class ShardedFeatures:
             block = np.asarray(self.array[rows])
         except Exception as exc:  # noqa: BLE001 - checksum failures surface as codec errors
             raise UserError(f"feature shard {shard} is damaged ({type(exc).__name__}); run `customkd cache verify`") from None
-        if np.isnan(block[self.valid[rows]]).any():
-            raise UserError(f"feature shard {shard} has unwritten (NaN) features; run `customkd cache verify`")
+        if self.still_same is not None:  # after the read: the block belongs to the store that was checked
+            self.still_same()
+        if not np.isfinite(block[self.valid[rows]]).all():
+            raise UserError(f"feature shard {shard} has non-finite (NaN: unwritten, or inf) features; run "
+                            "`customkd cache verify`")
         self.blocks_read += 1
         self.cache[shard] = block
         if len(self.cache) > self.cache_blocks:
@@ -71,8 +77,12 @@ class ShardedFeatures:
         return out
 
 
-def open_features(group, mode: str, shard_size: int, valid: np.ndarray):
-    """``np.ndarray`` in RAM, or :class:`ShardedFeatures` when asked or when RAM is short."""
+def open_features(group, mode: str, shard_size: int, valid: np.ndarray,
+                  still_same: Callable[[], None] | None = None):
+    """``np.ndarray`` in RAM, or :class:`ShardedFeatures` when asked or when RAM is short.
+
+    ``still_same`` (streaming) is called after each shard block is read and raises if the store
+    was replaced meanwhile."""
     if mode not in FEATURE_MODES:
         raise UserError(f"unknown --features {mode!r}; known: {', '.join(FEATURE_MODES)}")
     array = group["features"]
@@ -81,14 +91,15 @@ def open_features(group, mode: str, shard_size: int, valid: np.ndarray):
         mode = "ram" if nbytes < available_memory() // 2 else "stream"
     log.info("teacher features: %.1f MiB, read %s", nbytes / 2**20, "from RAM" if mode == "ram" else "by shard blocks")
     if mode == "stream":
-        return ShardedFeatures(array, shard_size, valid)
+        return ShardedFeatures(array, shard_size, valid, still_same=still_same)
     try:
         features = np.asarray(array[:])
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"the cache is damaged ({type(exc).__name__}); run `customkd cache verify` to locate the "
                         "shard, then re-extract") from None
-    if np.isnan(features[valid]).any():
-        raise UserError("the cache has unwritten (NaN) features; run `customkd cache verify` and re-extract")
+    if not np.isfinite(features[valid]).all():
+        raise UserError("the cache has non-finite (NaN: unwritten, or inf) features; run `customkd cache verify` "
+                        "and re-extract")
     return features
 
 
