@@ -211,13 +211,17 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
     """The only globals a pickled NumPy array needs, as their objects (no import by name)."""
     try:
         from numpy._core.multiarray import _reconstruct
+        from numpy._core.numeric import _frombuffer
     except ImportError:  # NumPy 1.x
         from numpy.core.multiarray import _reconstruct
+        from numpy.core.numeric import _frombuffer
     import codecs
 
     return {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer,  # arrays pickled at protocol 5
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,  # bytes pickled by Python 3 at protocol 2
