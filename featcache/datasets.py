@@ -149,6 +149,18 @@ def _subdirs(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _relpath(path: Path, root: Path) -> str:
+    """The sample's relative path; a name that is not UTF-8 (it could not be hashed or stored) is named."""
+    relpath = path.relative_to(root).as_posix()
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = relpath.encode("utf-8", "surrogateescape")
+        raise UserError(f"file name {raw!r} under {root} is not valid UTF-8; rename it (e.g. with convmv) or move it "
+                        "out of the dataset") from None
+    return relpath
+
+
 def _image_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*")
                   if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, directory) and p.is_file())
@@ -176,10 +188,10 @@ def _list_folder(arg: str) -> DatasetListing:
             if subdirs and not direct:  # domain level
                 for class_dir in subdirs:
                     for f in _image_files(class_dir):
-                        entries.append((f.relative_to(root).as_posix(), class_dir.name, class_or_domain.name, split_id))
+                        entries.append((_relpath(f, root), class_dir.name, class_or_domain.name, split_id))
             else:
                 for f in _image_files(class_or_domain):
-                    entries.append((f.relative_to(root).as_posix(), class_or_domain.name, "", split_id))
+                    entries.append((_relpath(f, root), class_or_domain.name, "", split_id))
     if not entries:
         raise UserError(f"no images found under {root}; expected PATH/<class>/<image> or PATH/<domain>/<class>/<image>")
     entries.sort()

@@ -163,7 +163,9 @@ def test_refusals(tiny_store, s3, tmp_path):
     remote.push(tiny_store, url)
     group = zarr.open_group(store=remote.zarr_store(url, read_only=False), mode="r+")
     manifest = fs.read_manifest(group)
-    manifest["fingerprint"]["teacher"]["hash"] = "0" * 16
+    teacher = {**manifest["fingerprint"]["teacher"], "name": "another_teacher"}  # a store of another teacher
+    teacher["hash"] = fs.component_hash({k: v for k, v in teacher.items() if k != "hash"})
+    manifest["fingerprint"]["teacher"] = teacher
     group.attrs[fs.ATTRS_KEY] = manifest
     with pytest.raises(UserError, match="different teacher"):
         remote.push(tiny_store, url)

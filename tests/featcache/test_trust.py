@@ -368,3 +368,11 @@ def test_half_created_store_has_a_way_out(copy, tmp_path):
     edit_manifest(copy, lambda m: m.update(status="creating"))
     assert invoke("cache", "info", copy).exit_code == 0
     one_error_line(invoke(*distill_args(copy, tmp_path)), "interrupted while being created")
+
+
+def test_non_utf8_file_name_is_named(tmp_path):
+    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    bad = os.fsencode(str(folder / "class0")) + b"/caf\xe9.png"
+    shutil.copy(folder / "class0" / "img00.png", bad)
+    with pytest.raises(UserError, match=r"file name b'class0/caf\\xe9.png' .* is not valid UTF-8"):
+        load_listing(f"folder:{folder}")
