@@ -8,19 +8,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from bench.alignment import linear_cka, run_features
+
+__all__ = ["embed", "feature_space", "learning_curves", "linear_cka"]
 
 log = logging.getLogger("bench.figures")
-
-
-def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Linear CKA (Kornblith et al., ICML 2019) of paired features ``x [N, D1]`` and ``y [N, D2]``:
-    ‖Yᵀ X‖²_F / (‖Xᵀ X‖_F ‖Yᵀ Y‖_F) on centred columns. 1 = same geometry up to rotation and scale."""
-    x = np.asarray(x, np.float64) - np.asarray(x, np.float64).mean(0)
-    y = np.asarray(y, np.float64) - np.asarray(y, np.float64).mean(0)
-    cross = np.linalg.norm(y.T @ x) ** 2
-    scale = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
-    return float(cross / scale) if scale > 0 else float("nan")  # constant features have no geometry
 
 
 def _pyplot():
@@ -33,20 +26,21 @@ def _pyplot():
 
 
 def learning_curves(summary: dict, path: Path) -> Path:
-    """Eval accuracy per epoch, mean ± std over seeds, one line per variant of each setting."""
+    """Eval accuracy per epoch, mean ± std over seeds, one panel per regime, one line per variant."""
     plt = _pyplot()
-    settings = sorted({row["setting"] for row in summary["rows"].values()}, key=lambda s: s != "ssl")
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.5), squeeze=False)
-    for ax, setting in zip(axes[0], settings, strict=True):
-        for row in (r for r in summary["rows"].values() if r["setting"] == setting):
+    regimes = list(summary["regimes"])
+    fig, axes = plt.subplots(1, len(regimes), figsize=(6.5 * len(regimes), 4.8), squeeze=False)
+    for ax, regime in zip(axes[0], regimes, strict=True):
+        for row in (r for r in summary["rows"].values() if r["regime"] == regime):
             curves = np.asarray(row["curves"], dtype=np.float64)
             epochs = np.arange(1, curves.shape[1] + 1)
             mean = curves.mean(0)
             std = curves.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
-            dashed = "random" in row["slug"] or "no-specific" in row["slug"]
+            dashed = row["method"].startswith("customkd") and row["slug"] not in ("customkd", "customkd+dkd")
             ax.plot(epochs, mean, marker="o", ms=3, ls="--" if dashed else "-", label=row["variant"])
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.12)
-        ax.set_title(f"{setting}: held-out accuracy per epoch (mean ± sample std over seeds)")
+        ax.set_title(f"{summary['regimes'][regime]['title']}\nheld-out accuracy (mean ± sample std over seeds)",
+                     fontsize=9)
         ax.set_xlabel("KD epoch")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
@@ -55,31 +49,6 @@ def learning_curves(summary: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-@torch.no_grad()
-def run_features(run_dir: Path) -> dict:
-    """For a finished customkd run: f_t, θ^h_t(f_t) and f_s on the eval set (centre view), with labels."""
-    from trainer.data import StudentViews, load_cached_data, make_loader, make_split
-    from trainer.evaluate import config_from_run, load_run
-    from trainer.features import feature_stats
-    from trainer.loop import FeatureNorm, load_checkpoint
-    from trainer.methods import MethodContext, create_method
-
-    config, student = load_run(str(run_dir))
-    cfg = config_from_run(config)
-    data = load_cached_data(cfg)
-    split = make_split(cfg, data)
-    norm = FeatureNorm(cfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
-    teacher = norm(data.features[split.eval, 0])
-    method = create_method(cfg.method, MethodContext(teacher.shape[-1], student.feature_dim, len(data.classes), cfg))
-    method.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["method"])
-    loader = make_loader(StudentViews(data, cfg.image_size, student.mean, student.std), split.eval,
-                         np.zeros(len(split.eval), np.int64), cfg.batch_size, workers=1)
-    student_features = torch.cat([student.features(pixels) for pixels, *_ in loader])
-    return {"teacher": teacher.numpy(), "customized": method.customizer.eval()(teacher).numpy(),
-            "student": student_features.numpy(), "labels": data.labels[split.eval], "classes": data.classes,
-            "head": config["customize_head"]}
 
 
 def embed(points: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
