@@ -41,7 +41,8 @@ export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 	@echo "Variables: TEACHER DATA CACHE VIEWS STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN ARGS"
-	@echo "           NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT (torchrun)   REPORT_ARGS (make report)"
+	@echo "           NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT (torchrun)"
+	@echo "           REPORT_ARGS (make report; e.g. '--seeds 0,1 --epochs 2 --regimes main --variants student,kd,customkd')"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -68,7 +69,7 @@ test: $(STAMP) ## Run the test suite
 bench: $(STAMP) ## Benchmark suite, ratios measured side by side (CPU; DEVICE=cuda on a GPU): table + bench/results/latest.json
 	$(PY) -m bench.run $(if $(DEVICE),--device $(DEVICE))
 
-report: $(STAMP) ## Every method x 3 seeds on ELPV from one extraction: docs/results.md, figures, README table
+report: $(STAMP) ## 3 regimes x methods x 5 seeds (one extraction per teacher): docs/results.md, figures, README table
 	$(PY) -m bench.compare --cache $(CACHE) --teacher $(TEACHER) --data $(DATA) --views $(VIEWS) $(REPORT_ARGS)
 
 lint: $(STAMP) ## Check style with ruff

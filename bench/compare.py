@@ -1,14 +1,17 @@
-"""``python -m bench.compare`` (``make report``): every method on the embedded default, several seeds.
+"""``python -m bench.compare`` (``make report``): every regime × method × seed on the embedded default.
 
-One extraction (``customkd extract`` on ELPV with the EfficientNet-Lite0 teacher) serves every run;
-each run is a ``customkd distill`` subprocess, as a user would type it. The report then aggregates
-the runs' ``metrics.json`` files, draws the figures (:mod:`bench.figures`) and writes
-``docs/results.md``, ``docs/results/`` (figures, ``summary.json``, each run's ``config.json`` and
-``metrics.json``) and the README's headline table.
+A *regime* is a student and a teacher (:data:`REGIMES`); a *variant* is a method plus the distill flags
+that make it an ablation (:data:`VARIANTS`). The report extracts once per teacher it needs
+(``customkd extract``), then runs each (regime, variant, seed) as a ``customkd distill`` subprocess, as a
+user would type it. It aggregates the runs' ``metrics.json``, measures how each CustomKD-type run's
+student lines up with its customized target (:mod:`bench.alignment`), pairs every method with CustomKD
+seed by seed (:mod:`bench.results_page`), draws the figures (:mod:`bench.figures`) and writes
+``docs/results.md``, ``docs/results/`` (figures, ``summary.json``, each run's ``config.json``,
+``metrics.json``, ``timing.json`` and ``alignment.json``) and the README's headline table.
 
-Runs live under ``--out`` (default ``runs/report``): ``<setting>/<variant>/seed<k>/``. A finished
-run whose command line is unchanged is reused; an interrupted one resumes from its checkpoint, so
-an interrupted report picks up where it stopped.
+Runs live under ``--out`` (default ``runs/report``): ``<regime>/<variant>/seed<k>/``. A finished run
+whose command line is unchanged is reused; an interrupted one resumes from its checkpoint, so the
+report can be run in parts (``--regimes``, ``--variants``, ``--seeds``) and picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import results_page
+from bench.alignment import CUSTOMIZING_METHODS, run_alignment
 from bench.config import GLIBC_TUNABLES
 from bench.results_page import mean_std
 from trainer.distill import write_json
@@ -41,7 +45,7 @@ README = Path("README.md")
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the table: a method plus the distill flags that make it an ablation."""
+    """One row of a table: a method plus the distill flags that make it an ablation."""
 
     name: str
     slug: str
@@ -49,86 +53,152 @@ class Variant:
     flags: tuple[str, ...] = ()
 
 
-VARIANTS = (
+VARIANTS: dict[str, Variant] = {v.slug: v for v in (
     Variant("student", "student", "student"),
     Variant("fitnet", "fitnet", "fitnet"),
     Variant("kd", "kd", "kd"),
+    Variant("kd+fitnet", "kd+fitnet", "kd+fitnet"),
     Variant("dkd", "dkd", "dkd"),
     Variant("customkd", "customkd", "customkd"),
     Variant("customkd+dkd", "customkd+dkd", "customkd+dkd"),
     Variant("customkd, random head", "customkd-random-head", "customkd", ("--customize-head", "random")),
+    Variant("customkd, jointly trained random head", "customkd-random-trained", "customkd",
+            ("--customize-head", "random-trained")),
     Variant("customkd, λ_s = 0", "customkd-no-specific", "customkd", ("--lambda-specific", "0")),
-)
-BY_SLUG = {v.slug: v for v in VARIANTS}
+)}
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One table: a student (``student_flags``; empty = ``--student`` or distill's default), a teacher
+    (``base`` = ``--teacher``, ``large`` = ``--large-teacher``), a setting and its variants. ``compare_to``
+    names a regime whose runs of the same variants and seeds this one is read against (and are planned too)."""
+
+    slug: str
+    title: str
+    variants: tuple[str, ...]
+    teacher: str = "base"
+    student_flags: tuple[str, ...] = ()
+    setting: str = "ssl"
+    compare_to: str | None = None
+
+
+REGIMES: dict[str, Regime] = {r.slug: r for r in (
+    Regime("main", "Main regime: a randomly initialised student",
+           ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+dkd", "customkd-random-head",
+            "customkd-random-trained", "customkd-no-specific")),
+    Regime("pretrained", "An ImageNet-pretrained edge student",
+           ("student", "kd", "kd+fitnet", "customkd", "customkd-random-head"),
+           student_flags=("--student", "efficientnet_lite0", "--student-pretrained")),
+    Regime("large-teacher", "A larger teacher, same student as the main regime",
+           ("kd", "customkd"), teacher="large", compare_to="main"),
+    Regime("supervised", "Supervised, every label (reference; not in the default report)",
+           ("student", "customkd"), setting="supervised"),
+)}
+DEFAULT_REGIMES = "main,pretrained,large-teacher"
+DEFAULT_SEEDS = "0,1,2,3,4"
 # Bump when a change to customkd's defaults or to this report makes finished runs stale.
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 
 
 @dataclass(frozen=True)
 class Job:
-    setting: str
+    regime: Regime
     variant: Variant
     seed: int
     run_dir: Path
     argv: tuple[str, ...]
 
+    @property
+    def key(self) -> str:
+        return f"{self.regime.slug}/{self.variant.slug}"
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
-    p.add_argument("--cache", default="caches/elpv-efficientnet_lite0.zarr", help="the store every run reads")
-    p.add_argument("--teacher", default="efficientnet_lite0")
     p.add_argument("--data", default="elpv")
+    p.add_argument("--teacher", default="efficientnet_lite0", help="the teacher of every regime but large-teacher")
+    p.add_argument("--large-teacher", default="efficientnet_lite2", help="the large-teacher regime's teacher")
+    p.add_argument("--cache", default=None, help="--teacher's store (default caches/<data>-<teacher>.zarr)")
+    p.add_argument("--large-cache", default=None, help="--large-teacher's store (default likewise)")
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--teacher-weights", default=None, help="passed to extract --weights (tests use 'random')")
-    p.add_argument("--student", default=None, help="student for every run (default: distill's default)")
+    p.add_argument("--student", default=None, help="student of the regimes that do not name one (default: distill's)")
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="the report's run folder")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (each seed also draws its label subset)")
-    p.add_argument("--epochs", type=int, default=6,
-                   help="KD epochs per run (6, not distill's 8, keeps the report near 1 h on 2 cores)")
+    p.add_argument("--regimes", default=DEFAULT_REGIMES, help=f"comma-separated, from {', '.join(REGIMES)}")
+    p.add_argument("--variants", default="", help="keep only these variants in every regime (default: all); "
+                   f"from {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default=DEFAULT_SEEDS, help="comma-separated seeds (each seed also draws its label subset)")
+    p.add_argument("--epochs", type=int, default=None, help="distill --epochs for every run (default: distill's)")
+    p.add_argument("--min-steps", type=int, default=None, help="distill --min-steps for every run (default: "
+                   "distill's; 0 makes --epochs exact on small data)")
     p.add_argument("--image-size", type=int, default=None, help="student resolution (default: distill's default)")
     p.add_argument("--label-fraction", type=float, default=0.1, help="SSL label budget")
-    p.add_argument("--ssl-variants", default=",".join(v.slug for v in VARIANTS))
-    p.add_argument("--supervised-variants", default="student,customkd",
-                   help="variants also run with every label, for reference ('' for none)")
     p.add_argument("--parallel", type=int, default=2, help="runs at once; the cores are split between them")
     p.add_argument("--extra", default="", help="more distill flags for every run, e.g. '--lr 1e-3'")
     p.add_argument("--docs", type=Path, default=DOCS, help="where results.md and results/ are written")
     p.add_argument("--readme", type=Path, default=README, help="README whose headline block is rewritten")
     p.add_argument("--no-docs", action="store_true", help="write nothing outside --out")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch, 2 variants, no docs")
+    p.add_argument("--quick", action="store_true", help="smoke run: main regime, 1 seed, 1 epoch, 2 variants, no docs")
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.epochs, args.no_docs = "0", 1, True
-        args.ssl_variants, args.supervised_variants = "student,customkd", ""
+        args.regimes, args.seeds, args.epochs, args.no_docs, args.variants = "main", "0", 1, True, "student,customkd"
+        args.min_steps = 0
+    args.cache = args.cache or default_cache(args.data, args.teacher)
+    args.large_cache = args.large_cache or default_cache(args.data, args.large_teacher)
     return args
 
 
-def parse_variants(text: str) -> list[Variant]:
-    unknown = [s for s in text.split(",") if s and s not in BY_SLUG]
+def default_cache(data: str, teacher: str) -> str:
+    """``caches/<data>-<teacher>.zarr``, the Makefile's CACHE rule (``folder:/x/oh`` → ``oh``)."""
+    return f"caches/{Path(data).name.replace(':', '-')}-{teacher.replace(':', '-')}.zarr"
+
+
+def names(text: str, table: dict, what: str) -> list:
+    unknown = [s for s in text.split(",") if s and s not in table]
     if unknown:
-        sys.exit(f"error: unknown variant {unknown[0]!r}; choose from {', '.join(BY_SLUG)}")
-    return [BY_SLUG[s] for s in text.split(",") if s]
+        sys.exit(f"error: unknown {what} {unknown[0]!r}; choose from {', '.join(table)}")
+    return [table[s] for s in text.split(",") if s]
+
+
+def teacher_of(regime: Regime, args: argparse.Namespace) -> tuple[str, str]:
+    """(teacher name, store path) of a regime."""
+    return (args.large_teacher, args.large_cache) if regime.teacher == "large" else (args.teacher, args.cache)
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
-    """Every run of the report, SSL first, in seed-major order so partial reports are balanced."""
+    """Every run of the report, regime by regime in seed-major order so partial reports are balanced;
+    a regime's ``compare_to`` runs are added once where they are not planned already."""
     seeds = [int(s) for s in args.seeds.split(",")]
-    common = [*(["--epochs", str(args.epochs)] if args.epochs else []),
-              *(["--student", args.student] if args.student else []),
-              *(["--image-size", str(args.image_size)] if args.image_size else []), *args.extra.split()]
-    jobs = []
-    for setting, variants in (("ssl", parse_variants(args.ssl_variants)),
-                              ("supervised", parse_variants(args.supervised_variants))):
-        budget = ["--label-fraction", str(args.label_fraction)] if setting == "ssl" else []
+    keep = {v.slug for v in names(args.variants, VARIANTS, "variant")} or set(VARIANTS)
+    wanted: list[tuple[Regime, list[Variant]]] = []
+    for regime in names(args.regimes, REGIMES, "regime"):
+        variants = [VARIANTS[s] for s in regime.variants if s in keep]
+        wanted.append((regime, variants))
+        if regime.compare_to and variants:
+            wanted.append((REGIMES[regime.compare_to], variants))
+    jobs: dict[Path, Job] = {}
+    for regime, variants in wanted:
         for seed in seeds:
             for v in variants:
-                run_dir = args.out / setting / v.slug / f"seed{seed}"
-                argv = ("distill", "--cache", args.cache, "--method", v.method, "--setting", setting, *budget,
-                        "--seed", str(seed), *v.flags, *common, "--workers", "1", "--out", str(run_dir))
-                jobs.append(Job(setting, v, seed, run_dir, argv))
+                job = make_job(regime, v, seed, args)
+                jobs.setdefault(job.run_dir, job)
     if not jobs:
-        sys.exit("error: no runs planned; give --ssl-variants and/or --supervised-variants and --seeds")
-    return jobs
+        sys.exit("error: no runs planned; check --regimes, --variants and --seeds")
+    return list(jobs.values())
+
+
+def make_job(regime: Regime, variant: Variant, seed: int, args: argparse.Namespace) -> Job:
+    student = regime.student_flags or (("--student", args.student) if args.student else ())
+    budget = ("--label-fraction", str(args.label_fraction)) if regime.setting == "ssl" else ()
+    run_dir = args.out / regime.slug / variant.slug / f"seed{seed}"
+    argv = ("distill", "--cache", teacher_of(regime, args)[1], "--method", variant.method, "--setting",
+            regime.setting, *budget, "--seed", str(seed), *variant.flags, *student,
+            *(["--epochs", str(args.epochs)] if args.epochs else []),
+            *(["--min-steps", str(args.min_steps)] if args.min_steps is not None else []),
+            *(["--image-size", str(args.image_size)] if args.image_size else []), *args.extra.split(),
+            "--workers", "1", "--out", str(run_dir))
+    return Job(regime, variant, seed, run_dir, argv)
 
 
 def cli_argv(*argv: str) -> list[str]:
@@ -144,23 +214,25 @@ def store_state(cache: str) -> str:
     return "complete" if fs.read_manifest(fs.open_store(cache)).get("status") == fs.STATUS_COMPLETE else "partial"
 
 
-def extract(args: argparse.Namespace) -> dict:
-    """Run (or confirm) the one extraction and say how long it took: timed here when it ran here, else
-    the store's own completed − created stamps."""
+def extract(teacher: str, cache: str, args: argparse.Namespace) -> dict:
+    """Run (or confirm) one teacher's extraction and say how long it took: timed here when it ran here,
+    else the store's own completed − created stamps."""
     from featcache import store as fs
 
-    before = store_state(args.cache)
-    argv = cli_argv("extract", "--teacher", args.teacher, "--data", args.data, "--out", args.cache,
-                    "--views", str(args.views), *(["--weights", args.teacher_weights] if args.teacher_weights else []))
+    before = store_state(cache)
+    argv = cli_argv("extract", "--teacher", teacher, "--data", args.data, "--out", cache, "--views", str(args.views),
+                    *(["--weights", args.teacher_weights] if args.teacher_weights else []))
     log.info("extract (store %s): %s", before, " ".join(argv[2:]))
     started = time.perf_counter()
     if subprocess.run(argv, env={**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES}).returncode != 0:
-        sys.exit("error: the extraction failed (its message is above); fix it and rerun make report")
+        sys.exit(f"error: the extraction with teacher {teacher} failed (its message is above); fix it and rerun "
+                 "make report")
     seconds = time.perf_counter() - started
-    group = fs.open_complete_store(args.cache)
+    group = fs.open_complete_store(cache)
     manifest = fs.read_manifest(group)
     held_out = np.asarray(group["labels"][:])[(np.asarray(group["split"][:]) == 1) & (np.asarray(group["valid"][:]) > 0)]
-    record = {"command": " ".join(["customkd", *argv[3:]]), "shape": manifest["shape"],
+    record = {"teacher": teacher, "cache": cache, "command": " ".join(["customkd", *argv[3:]]),
+              "shape": manifest["shape"],
               "majority_class_eval": float(np.bincount(held_out).max() / len(held_out)) if len(held_out) else 0.0,
               "fingerprint": {k: v["hash"] for k, v in manifest["fingerprint"].items()},
               "created": manifest.get("created"), "completed": manifest.get("completed")}
@@ -174,6 +246,16 @@ def extract(args: argparse.Namespace) -> dict:
     stored = dt.datetime.fromisoformat(manifest["completed"]) - dt.datetime.fromisoformat(manifest["created"])
     return {**record, "seconds": round(stored.total_seconds(), 1),
             "measured": "the store already existed: its own created → completed stamps"}
+
+
+def extract_all(jobs: list[Job], args: argparse.Namespace) -> dict[str, dict]:
+    """One extraction per teacher the planned runs need, keyed by the store path their argv names."""
+    stores = dict.fromkeys(teacher_of(job.regime, args) for job in jobs)
+    return {cache: extract(teacher, cache, args) for teacher, cache in stores}
+
+
+def job_cache(job: Job) -> str:
+    return job.argv[job.argv.index("--cache") + 1]
 
 
 def reusable(job: Job, fingerprint: dict) -> bool:
@@ -206,7 +288,7 @@ def start(job: Job, threads: int, logs: Path) -> subprocess.Popen:
 
 
 def log_path(job: Job, logs: Path) -> Path:
-    return logs / f"{job.setting}-{job.variant.slug}-seed{job.seed}.log"
+    return logs / f"{job.regime.slug}-{job.variant.slug}-seed{job.seed}.log"
 
 
 def stop(running: dict) -> None:
@@ -225,15 +307,16 @@ def record_finished(job: Job, seconds: float, threads: int, parallel: int) -> No
                {"argv": list(job.argv), "report_version": REPORT_VERSION, "wall_seconds": round(seconds, 1),
                 "threads": threads, "concurrent_runs": parallel})
     final = json.loads((job.run_dir / "metrics.json").read_text())["final"]
-    log.info("done %-10s %-22s seed %d: acc %.3f  bal acc %.3f  (%.0f s)", job.setting, job.variant.slug,
-             job.seed, final["accuracy"], final["balanced_accuracy"], seconds)
+    log.info("done %-38s seed %d: acc %.3f  bal acc %.3f  (%.0f s)", job.key, job.seed, final["accuracy"],
+             final["balanced_accuracy"], seconds)
 
 
-def run_all(jobs: list[Job], parallel: int, logs: Path, fingerprint: dict) -> None:
-    """Run the jobs not already finished, ``parallel`` at a time, each with ``cores // parallel`` threads.
-    On any failure or signal the running children are stopped before this returns."""
+def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, dict]) -> int:
+    """Run the jobs not already finished, ``parallel`` at a time, each with ``cores // parallel`` threads;
+    returns how many ran. On any failure or signal the running children are stopped before this returns."""
     logs.mkdir(parents=True, exist_ok=True)
-    todo = [j for j in jobs if not reusable(j, fingerprint)]
+    todo = [j for j in jobs if not reusable(j, extractions[job_cache(j)]["fingerprint"])]
+    ran = len(todo)
     log.info("%d runs planned, %d already finished, %d to run, %d at a time", len(jobs), len(jobs) - len(todo),
              len(todo), parallel)
     threads = max(1, len(os.sched_getaffinity(0)) // parallel)
@@ -249,37 +332,44 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, fingerprint: dict) -> No
                 job, began = running.pop(proc)
                 if proc.returncode != 0:
                     tail = "\n".join(log_path(job, logs).read_text(errors="replace").splitlines()[-15:])
-                    sys.exit(f"{tail}\nerror: {job.setting} {job.variant.slug} seed {job.seed} failed (exit "
+                    sys.exit(f"{tail}\nerror: {job.key} seed {job.seed} failed (exit "
                              f"{proc.returncode}); its log is {log_path(job, logs)}; rerun make report to continue")
                 record_finished(job, time.perf_counter() - began, threads, parallel)
     finally:
         stop(running)
+    return ran
 
 
 SHARED_KEYS = ("student", "student_pretrained", "student_weights", "epochs", "image_size", "batch_size", "optimizer",
                "effective_lr", "weight_decay", "lambda_general", "customizer", "customizer_lr", "pseudo_threshold",
-               "alternate_every", "kd_temperature", "feature_norm", "device", "n_train", "n_eval", "classes")
+               "alternate_every", "kd_temperature", "feature_norm", "device", "n_train", "n_eval", "classes", "teacher")
+CONFIG_KEYS = (*SHARED_KEYS, "lambda_specific", "customize_warmup", "setting", "effective_label_fraction")
 
 
-def summarize(jobs: list[Job], extraction: dict) -> dict:
-    """Per (setting, variant): mean ± sample std over seeds of the final metrics, the curves, the times.
-    Refuses runs whose shared settings differ, since the page describes them as one setup."""
+def train_mechanism(metrics: dict) -> dict:
+    """CustomKD's per-epoch training-side numbers, when the run logged them: the task-specific MSE at the
+    first epoch that has it (warm-up epochs have none) and at the last epoch, its unreachable part and RMS(θ^h_t(f_t)) ÷ RMS(f_s) at the last epoch."""
+    logged = [e["train"] for e in metrics["epochs"] if "specific" in e["train"]] or [metrics["epochs"][0]["train"]]
+    first, last = logged[0], metrics["epochs"][-1]["train"]
+    unreachable = next((k for k in last if "unreachable" in k), None)
+    values = {"specific_first": first.get("specific"), "specific_last": last.get("specific"),
+              "specific_unreachable_last": last.get(unreachable) if unreachable else None,
+              "train_rms_ratio_last": last.get("rms_ratio")}
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+
+
+def collect(jobs: list[Job], alignments: dict[Path, dict]) -> dict[str, dict]:
+    """Per (regime, variant): the per-seed final metrics, curves, times and mechanism numbers."""
     rows: dict[str, dict] = {}
-    reference = json.loads((jobs[0].run_dir / "config.json").read_text())
-    timings = set()
     for job in jobs:
         metrics = json.loads((job.run_dir / "metrics.json").read_text())
         timing = json.loads((job.run_dir / "timing.json").read_text())
         config = json.loads((job.run_dir / "config.json").read_text())
-        differ = [k for k in SHARED_KEYS if config.get(k) != reference.get(k)]
-        if differ:
-            sys.exit(f"error: {job.run_dir} differs from {jobs[0].run_dir} in {', '.join(differ)}; delete the report's "
-                     "run folder (or the odd run) and rerun make report")
-        timings.add((timing["threads"], timing["concurrent_runs"]))
-        row = rows.setdefault(f"{job.setting}/{job.variant.slug}", {
-            "setting": job.setting, "variant": job.variant.name, "slug": job.variant.slug, "seeds": [],
-            "accuracy": [], "balanced_accuracy": [], "probe_accuracy": [], "curves": [], "wall_seconds": [],
-            "train_seconds": [], "runs": [], "label_fraction": config["effective_label_fraction"]})
+        row = rows.setdefault(job.key, {
+            "regime": job.regime.slug, "variant": job.variant.name, "slug": job.variant.slug,
+            "method": job.variant.method, "seeds": [], "accuracy": [], "balanced_accuracy": [], "probe_accuracy": [],
+            "curves": [], "wall_seconds": [], "train_seconds": [], "runs": [], "mechanism": {}, "alignment": {},
+            "label_fraction": config["effective_label_fraction"]})
         row["seeds"].append(job.seed)
         row["accuracy"].append(metrics["final"]["accuracy"])
         row["balanced_accuracy"].append(metrics["final"]["balanced_accuracy"])
@@ -289,24 +379,75 @@ def summarize(jobs: list[Job], extraction: dict) -> dict:
         row["train_seconds"].append(sum(e["train"]["seconds"] + e.get("customize", {}).get("seconds", 0.0)
                                         for e in metrics["epochs"]))
         row["runs"].append(str(job.run_dir))
+        for group, values in (("mechanism", train_mechanism(metrics)), ("alignment", alignments.get(job.run_dir, {}))):
+            for name, value in values.items():
+                row[group].setdefault(name, []).append(value)
     for row in rows.values():
         for key in ("accuracy", "balanced_accuracy", "probe_accuracy", "wall_seconds", "train_seconds"):
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std(row[key])
-    return {"generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "extraction": extraction,
-            "rows": rows, "shared_config": {k: reference.get(k) for k in (*SHARED_KEYS, "lambda_specific")},
-            "run_threads": [{"threads": t, "concurrent_runs": c} for t, c in sorted(timings)]}
+    return rows
+
+
+def regime_configs(jobs: list[Job]) -> dict[str, dict]:
+    """Each regime's shared settings, from its first run; refuses a regime whose runs differ in them,
+    since the page describes each regime as one setup."""
+    configs: dict[str, tuple[Path, dict]] = {}
+    for job in jobs:
+        config = json.loads((job.run_dir / "config.json").read_text())
+        first, reference = configs.setdefault(job.regime.slug, (job.run_dir, config))
+        differ = [k for k in SHARED_KEYS if config.get(k) != reference.get(k)]
+        if differ:
+            sys.exit(f"error: {job.run_dir} differs from {first} in {', '.join(differ)}; delete the report's run "
+                     "folder (or the odd run) and rerun make report")
+    return {slug: {k: config.get(k) for k in CONFIG_KEYS} for slug, (_, config) in configs.items()}
+
+
+def summarize(jobs: list[Job], extractions: dict[str, dict], alignments: dict[Path, dict],
+              args: argparse.Namespace) -> dict:
+    """Everything the page shows: per-row numbers, per-regime setup, paired comparisons, budget inputs."""
+    configs = regime_configs(jobs)
+    regimes = {}
+    for job in jobs:
+        if job.regime.slug not in regimes:
+            teacher, cache = teacher_of(job.regime, args)
+            regimes[job.regime.slug] = {"title": job.regime.title, "teacher": teacher, "cache": cache,
+                                        "setting": job.regime.setting, "compare_to": job.regime.compare_to,
+                                        "config": configs[job.regime.slug]}
+    timing = [json.loads((j.run_dir / "timing.json").read_text()) for j in jobs]
+    summary = {"generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "data": args.data,
+               "extractions": extractions, "regimes": regimes, "rows": collect(jobs, alignments),
+               "run_threads": [{"threads": t, "concurrent_runs": c}
+                               for t, c in sorted({(r["threads"], r["concurrent_runs"]) for r in timing})]}
+    summary["comparisons"] = results_page.comparisons(summary)
+    return summary
 
 
 def copy_run_records(jobs: list[Job], out: Path, dest: Path) -> None:
-    """Each run's config.json, metrics.json and timing.json, next to the table (checkpoints stay in ``out``)."""
+    """Each run's config, metrics, timing (and alignment) JSON next to the table (checkpoints stay in ``out``)."""
     target = dest / "runs"
     if target.exists():
         shutil.rmtree(target)
     for job in jobs:
         to = target / job.run_dir.relative_to(out)
         to.mkdir(parents=True)
-        for name in ("config.json", "metrics.json", "timing.json"):
-            shutil.copy2(job.run_dir / name, to / name)
+        for name in ("config.json", "metrics.json", "timing.json", "alignment.json"):
+            if (job.run_dir / name).is_file():
+                shutil.copy2(job.run_dir / name, to / name)
+
+
+def measure_alignment(jobs: list[Job]) -> dict[Path, dict]:
+    """:func:`bench.alignment.run_alignment` for every CustomKD-type run (cached per run)."""
+    return {job.run_dir: run_alignment(job.run_dir) for job in jobs if job.variant.method in CUSTOMIZING_METHODS}
+
+
+def draw_figures(summary: dict, jobs: list[Job], figure_dir: Path) -> dict:
+    from bench import figures
+
+    seed = min(job.seed for job in jobs)
+    heads = [j for j in jobs if j.regime.slug == "main" and j.seed == seed and j.variant.slug in
+             ("customkd", "customkd-random-head", "customkd-random-trained")]
+    return {"learning_curves": str(figures.learning_curves(summary, figure_dir / "learning_curves.png")),
+            "feature_space": figures.feature_space(heads, figure_dir / "feature_space.png")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -314,23 +455,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
     jobs = plan(args)
-    extraction = extract(args)
-    run_all(jobs, args.parallel, args.out / "logs", extraction["fingerprint"])
-    summary = summarize(jobs, extraction)
-    summary["invocation_seconds"] = round(time.perf_counter() - started, 1)
-    summary["teacher_name"], summary["data"] = args.teacher, args.data
+    extractions = extract_all(jobs, args)
+    ran = run_all(jobs, args.parallel, args.out / "logs", extractions)
+    aligned = time.perf_counter()
+    alignments = measure_alignment(jobs)
+    summary = summarize(jobs, extractions, alignments, args)
     summary["command"] = "python -m bench.compare " + " ".join(argv if argv is not None else sys.argv[1:])
-    args.out.mkdir(parents=True, exist_ok=True)
-    from bench import figures
-
+    summary["parallel"], summary["runs_run_here"] = args.parallel, ran
+    summary["alignment_seconds"] = round(time.perf_counter() - aligned, 1)
     figure_dir = args.out / "figures" if args.no_docs else args.docs / "results"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    summary["figures"] = {
-        "learning_curves": str(figures.learning_curves(summary, figure_dir / "learning_curves.png")),
-        "feature_space": figures.feature_space(
-            [j for j in jobs if j.setting == "ssl" and j.seed == jobs[0].seed and j.variant.slug in
-             ("customkd", "customkd-random-head")], figure_dir / "feature_space.png"),
-    }
+    summary["figures"] = draw_figures(summary, jobs, figure_dir)
+    summary["invocation_seconds"] = round(time.perf_counter() - started, 1)
+    summary["budget"] = results_page.budget(summary)
     write_json(args.out / "summary.json", summary)
     if not args.no_docs:
         copy_run_records(jobs, args.out, figure_dir)

@@ -1,4 +1,8 @@
-"""``docs/results.md`` and the README's headline table, rendered from the report's summary."""
+"""``docs/results.md`` and the README's headline table, rendered from the report's summary.
+
+Every sentence that states a result is generated from the numbers in the summary: the paired
+comparisons (:func:`paired`), the verdict (:func:`verdict`) and the budget (:func:`budget`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,11 @@ from pathlib import Path
 import numpy as np
 
 README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
+CUSTOMIZING = ("customkd", "customkd+dkd")
+# Two-sided 95 % Student-t quantiles t_{0.975, ν} for ν = 1..30 (scipy is not a dependency).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -17,16 +26,73 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else float("nan"))
 
 
+def t_quantile_975(dof: int) -> float:
+    """t_{0.975} with ``dof`` degrees of freedom: the table up to 30, then the Cornish–Fisher expansion."""
+    if dof < 1:
+        return float("nan")
+    if dof <= len(T_975):
+        return T_975[dof - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+
+
+def paired(a: dict[int, float], b: dict[int, float], scale: float = 100.0) -> dict:
+    """Per-seed differences ``a − b`` (×``scale``) over the seeds both have, their mean and the 95 %
+    t-interval mean ± t_{0.975, n−1} · s / √n (NaN bounds with fewer than 2 seeds)."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [scale * (a[s] - b[s]) for s in seeds]
+    if not diffs:
+        return {"seeds": [], "per_seed": [], "mean": float("nan"), "low": float("nan"), "high": float("nan"),
+                "wins": 0, "n": 0}
+    mean, std = mean_std(diffs)
+    half = t_quantile_975(len(diffs) - 1) * std / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return {"seeds": seeds, "per_seed": diffs, "mean": mean, "low": mean - half, "high": mean + half,
+            "wins": sum(d > 0 for d in diffs), "n": len(diffs)}
+
+
+def by_seed(row: dict, metric: str) -> dict[int, float]:
+    return dict(zip(row["seeds"], row[metric], strict=True))
+
+
+def comparisons(summary: dict) -> list[dict]:
+    """Every comparison against CustomKD (customkd − other, per regime) and, for a regime with
+    ``compare_to``, each variant against the same variant of that regime (this regime − that one)."""
+    rows, found = summary["rows"], []
+    for slug, regime in summary["regimes"].items():
+        mine = {r["slug"]: (key, r) for key, r in rows.items() if r["regime"] == slug}
+        pairs = [(mine["customkd"], other) for s, other in mine.items() if s != "customkd"] if "customkd" in mine else []
+        other_regime = regime.get("compare_to")
+        if other_regime:
+            pairs += [(mine[s], (f"{other_regime}/{s}", rows[f"{other_regime}/{s}"])) for s in mine
+                      if f"{other_regime}/{s}" in rows]
+        for (key_a, a), (key_b, b) in pairs:
+            found.append({"regime": slug, "a": key_a, "b": key_b,
+                          **{m: paired(by_seed(a, m), by_seed(b, m)) for m in ("accuracy", "balanced_accuracy")}})
+    return found
+
+
 def pct(mean: float, std: float) -> str:
     return f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"  # NaN: one seed
 
 
-def setting_rows(summary: dict, setting: str) -> list[dict]:
-    return [r for r in summary["rows"].values() if r["setting"] == setting]
+def interval(stats: dict) -> str:
+    if math.isnan(stats["low"]):
+        return "n/a (1 seed)"
+    return f"[{stats['low']:+.1f}, {stats['high']:+.1f}]"
 
 
-def table(summary: dict, setting: str, with_time: bool = True) -> str:
-    rows = setting_rows(summary, setting)
+def regime_rows(summary: dict, regime: str) -> list[dict]:
+    return [r for r in summary["rows"].values() if r["regime"] == regime]
+
+
+def label(summary: dict, key: str) -> str:
+    """``customkd`` within its own regime; ``customkd (teacher X)`` when the teachers are compared."""
+    row = summary["rows"][key]
+    return f"{row['variant']} (teacher `{summary['regimes'][row['regime']]['teacher']}`)"
+
+
+def table(summary: dict, regime: str, with_time: bool = True) -> str:
+    rows = regime_rows(summary, regime)
     head = "| method | accuracy % | balanced accuracy % | seeds |"
     if with_time:
         head += " training time per run | process wall time per run |"
@@ -42,118 +108,269 @@ def table(summary: dict, setting: str, with_time: bool = True) -> str:
     return "\n".join(lines)
 
 
-def probe_line(summary: dict, setting: str) -> str:
-    rows = setting_rows(summary, setting)
-    mean, std = mean_std(rows[0]["probe_accuracy"])  # the same labels for every variant of a seed
-    return (f"Teacher probe (a linear head fitted on the cached teacher features of the same labeled images): "
-            f"{pct(mean, std)} %")
+def comparison_table(summary: dict, regime: str) -> str:
+    found = [c for c in summary["comparisons"] if c["regime"] == regime]
+    if not found:
+        return ""
+    lines = ["| difference (points) | accuracy: mean | 95 % CI | per seed | ahead on | balanced accuracy: mean | 95 % CI |",
+             "|---|---|---|---|---|---|---|"]
+    for c in found:
+        cross = summary["rows"][c["a"]]["regime"] != summary["rows"][c["b"]]["regime"]
+        name_a, name_b = (label(summary, c["a"]), label(summary, c["b"])) if cross else (
+            summary["rows"][c["a"]]["variant"], summary["rows"][c["b"]]["variant"])
+        acc, bal = c["accuracy"], c["balanced_accuracy"]
+        lines.append(f"| {name_a} − {name_b} | {acc['mean']:+.1f} | {interval(acc)} | "
+                     f"{', '.join(f'{d:+.1f}' for d in acc['per_seed'])} | {acc['wins']} of {acc['n']} | "
+                     f"{bal['mean']:+.1f} | {interval(bal)} |")
+    return "\n".join(lines)
 
 
-def majority(summary: dict) -> str:
-    return f"{100 * summary['extraction']['majority_class_eval']:.1f} %"
+def best_baseline(summary: dict, regime: str) -> dict | None:
+    baselines = [r for r in regime_rows(summary, regime) if r["method"] not in CUSTOMIZING]
+    return max(baselines, key=lambda r: r["accuracy_mean"]) if baselines else None
 
 
-def delta(summary: dict, a: str, b: str, setting: str = "ssl") -> str:
-    """Mean accuracy difference a − b in points, with the per-seed paired differences (same labels per seed)."""
+def verdict(summary: dict, regime: str) -> str:
+    """One generated sentence: does CustomKD beat this regime's best baseline, by the paired 95 % interval?"""
+    best = best_baseline(summary, regime)
+    if best is None or f"{regime}/customkd" not in summary["rows"]:
+        return ""
+    stats = next(c["accuracy"] for c in summary["comparisons"]
+                 if c["a"] == f"{regime}/customkd" and c["b"] == f"{regime}/{best['slug']}")
+    name, n = f"`{best['variant']}`", stats["n"]
+    detail = f"{stats['mean']:+.1f} points, 95 % CI {interval(stats)}, ahead on {stats['wins']} of {n} seeds"
+    if n < 2:
+        return f"With one seed there is no interval: CustomKD − the best baseline {name} = {detail}."
+    if stats["low"] > 0:
+        return f"**CustomKD beats the best baseline, {name}** ({detail})."
+    if stats["mean"] > 0:
+        return (f"**CustomKD does not beat the best baseline, {name}**: it is ahead on average but the interval "
+                f"includes 0 ({detail}).")
+    return f"**CustomKD does not beat the best baseline, {name}** ({detail})."
+
+
+def mean_of(row: dict | None, group: str, metric: str) -> float | None:
+    values = (row or {}).get(group, {}).get(metric)
+    return float(np.mean(values)) if values else None
+
+
+def mechanism(summary: dict, regime: str) -> list[str]:
+    """Generated sentences that explain the verdict from the alignment and training-side metrics."""
     rows = summary["rows"]
-    ra, rb = rows.get(f"{setting}/{a}"), rows.get(f"{setting}/{b}")
-    if not ra or not rb:
-        return "n/a (not run)"
-    by_seed = dict(zip(rb["seeds"], rb["accuracy"], strict=True))
-    paired = [100 * (acc - by_seed[seed]) for seed, acc in zip(ra["seeds"], ra["accuracy"], strict=True) if seed in by_seed]
-    wins = sum(d > 0 for d in paired)
-    return (f"**{100 * (ra['accuracy_mean'] - rb['accuracy_mean']):+.1f}** points (per seed "
-            f"{', '.join(f'{d:+.1f}' for d in paired)}; ahead on {wins} of {len(paired)} seeds)")
+    main = rows.get(f"{regime}/customkd")
+    if not main or not main["alignment"]:
+        return []
+    classes = len(summary["regimes"][regime]["config"]["classes"])
+    cosine, share = mean_of(main, "alignment", "cosine"), mean_of(main, "alignment", "head_row_space_share")
+    r2, ratio = mean_of(main, "alignment", "logit_r2"), mean_of(main, "alignment", "rms_ratio")
+    said = [f"Mechanism (CustomKD, held-out rows, mean over {plural(len(main['seeds']), 'seed')}): f_s and θ^h_t(f_t) have "
+            f"a mean centred cosine of {cosine:.2f} and an RMS ratio θ^h_t(f_t) ÷ f_s of {ratio:.2f}; "
+            f"{100 * share:.0f} % of θ^h_t(f_t)'s centred variance lies in the row space of the student's head "
+            f"({classes} directions)."]
+    controls = [(s, mean_of(rows.get(f"{regime}/{s}"), "alignment", "cosine")) for s in
+                ("customkd-no-specific", "customkd-random-head", "customkd-random-trained")]
+    controls = [(rows[f"{regime}/{s}"]["variant"], c) for s, c in controls if c is not None]
+    if controls:
+        said.append("The same cosine in the controls: " + "; ".join(f"{n}: {c:.2f}" for n, c in controls) + ".")
+    unreachable, last = (mean_of(main, "mechanism", k) for k in ("specific_unreachable_last", "specific_last"))
+    if unreachable is not None and last:
+        said.append(f"At the last epoch {100 * unreachable / last:.0f} % of the task-specific MSE "
+                    f"({last:.3f}) is out of the student's reach.")
+    if r2 is not None and r2 >= 0.5:
+        said.append(f"{100 * r2:.0f} % of θ^h_t(f_t)'s variance is an affine function of the teacher probe's "
+                    f"{classes} logits, so the task-specific term carries little that `kd` does not already "
+                    f"distil; a task with many more classes than {classes} (the paper's 65–345) is the regime "
+                    "where the customized feature can carry more.")
+    elif r2 is not None:
+        said.append(f"Only {100 * r2:.0f} % of θ^h_t(f_t)'s variance is an affine function of the probe's logits: "
+                    "the customized feature carries more than the logits.")
+    return said
+
+
+def number(values: list[float] | None, digits: int = 2) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+ALIGNMENT_COLUMNS = (("alignment", "cka_customized_vs_student", "CKA(z, f_s)"),
+                     ("alignment", "cosine", "cosine(z, f_s) centred"),
+                     ("alignment", "scaled_mse", "MSE after best scale"),
+                     ("alignment", "head_row_space_share", "share in head row space"),
+                     ("alignment", "logit_r2", "R² from probe logits"),
+                     ("alignment", "rms_ratio", "RMS z ÷ f_s"),
+                     ("mechanism", "specific_first", "task-specific MSE, epoch 1"),
+                     ("mechanism", "specific_last", "…, last epoch"),
+                     ("mechanism", "specific_unreachable_last", "unreachable part, last epoch"))
+
+
+def alignment_table(summary: dict, regime: str) -> list[str]:
+    rows = [r for r in regime_rows(summary, regime) if r["alignment"]]
+    if not rows:
+        return []
+    head = "| variant | " + " | ".join(title for *_, title in ALIGNMENT_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(ALIGNMENT_COLUMNS) + 1)]
+    lines += [f"| {r['variant']} | " + " | ".join(number(r[g].get(m)) for g, m, _ in ALIGNMENT_COLUMNS) + " |"
+              for r in rows]
+    per_seed = ["| variant | seed | " + " | ".join(title for *_, title in ALIGNMENT_COLUMNS[:6]) + " |",
+                "|" + "---|" * 8]
+    for r in rows:
+        for i, seed in enumerate(r["seeds"]):
+            per_seed.append(f"| {r['variant']} | {seed} | " + " | ".join(
+                f"{r[g][m][i]:.3f}" if m in r[g] else "–" for g, m, _ in ALIGNMENT_COLUMNS[:6]) + " |")
+    return [*lines, "", "<details><summary>per seed</summary>", "", *per_seed, "", "</details>", ""]
+
+
+def budget(summary: dict) -> dict:
+    """Measured costs: this invocation, each extraction, every cited run's process time and the
+    alignment measurements; from scratch ≈ extractions + Σ run time ÷ runs at a time + alignment."""
+    runs = [s for r in summary["rows"].values() for s in r["wall_seconds"]]
+    extraction = {e["teacher"]: e["seconds"] for e in summary["extractions"].values()}
+    alignment = sum(s for r in summary["rows"].values() for s in r["alignment"].get("seconds", []))
+    known = sum(s for s in extraction.values() if s is not None)
+    return {"invocation_seconds": summary["invocation_seconds"], "extraction_seconds": extraction,
+            "runs": len(runs), "runs_run_here": summary["runs_run_here"], "run_process_seconds": round(sum(runs), 1),
+            "parallel": summary["parallel"], "alignment_seconds": round(alignment, 1),
+            "from_scratch_seconds": round(known + sum(runs) / summary["parallel"] + alignment, 1),
+            "extraction_unknown": [t for t, s in extraction.items() if s is None]}
+
+
+def minutes(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def budget_section(summary: dict) -> list[str]:
+    b = summary["budget"]
+    extraction = ", ".join(f"`{t}` {s:.0f} s" if s is not None else f"`{t}` not measured"
+                           for t, s in b["extraction_seconds"].items())
+    return [
+        "## Budget (measured)",
+        "",
+        f"- This invocation of the report took **{minutes(b['invocation_seconds'])}** of wall time; "
+        f"{b['runs_run_here']} of the {plural(b['runs'], 'run')} it cites ran in it (finished runs are reused).",
+        f"- From scratch on this machine: extraction {extraction}; {plural(b['runs'], 'run')} totalling "
+        f"{minutes(b['run_process_seconds'])} of process time, {b['parallel']} at a time; alignment metrics "
+        f"{b['alignment_seconds']:.0f} s: **≈ {minutes(b['from_scratch_seconds'])}** of wall time in all"
+        + (f" (plus the unmeasured extraction of {', '.join(b['extraction_unknown'])})" if b["extraction_unknown"]
+           else "") + ".",
+        "",
+    ]
 
 
 def student_init(cfg: dict) -> str:
     if cfg.get("student_weights"):
         return f"initialised from `{cfg['student_weights']}`"
-    return "initialised from the hub's pretrained weights" if cfg.get("student_pretrained") else "from random initialisation"
+    return "ImageNet-pretrained" if cfg.get("student_pretrained") else "from random initialisation"
+
+
+def probe_line(summary: dict, regime: str) -> str:
+    mean, std = mean_std(regime_rows(summary, regime)[0]["probe_accuracy"])  # same labels for every variant of a seed
+    return (f"Teacher probe (a linear head fitted on the cached teacher features of the same labeled images): "
+            f"{pct(mean, std)} %")
+
+
+def majority(summary: dict) -> str:
+    return f"{100 * next(iter(summary['extractions'].values()))['majority_class_eval']:.1f} %"
+
+
+def regime_setup(summary: dict, slug: str) -> str:
+    regime, cfg = summary["regimes"][slug], summary["regimes"][slug]["config"]
+    budget_text = (f"{100 * cfg['effective_label_fraction']:.0f} % of the training labels"
+                   if regime["setting"] == "ssl" else "every label")
+    return (f"`{regime['setting']}` with {budget_text}; teacher `{regime['teacher']}`; student `{cfg['student']}` "
+            f"{student_init(cfg)} at {cfg['image_size']} px; {epochs_run(summary, slug)} KD epochs")
+
+
+def epochs_run(summary: dict, regime: str) -> str:
+    """The KD epochs the runs actually ran (distill may extend ``--epochs`` on small data)."""
+    counts = sorted({len(curve) for r in regime_rows(summary, regime) for curve in r["curves"]})
+    return "/".join(map(str, counts))
 
 
 def headline(summary: dict) -> str:
-    cfg, rows = summary["shared_config"], setting_rows(summary, "ssl")
-    if not rows:
-        return "(`make report` ran no SSL runs, so there is no headline table.)"
+    slug = "main" if "main" in summary["regimes"] else next(iter(summary["regimes"]))
+    rows = regime_rows(summary, slug)
     return "\n".join([
-        f"`{summary['data']}`, `ssl` with {100 * rows[0]['label_fraction']:.0f} % of the training labels, "
-        f"teacher `{summary['teacher_name']}`, student `{cfg['student']}` {student_init(cfg)} at "
-        f"{cfg['image_size']} px, {cfg['epochs']} KD epochs, mean ± sample std over {len(rows[0]['seeds'])} seeds "
-        f"(`make report`, device `{cfg['device']}`):",
+        f"`{summary['data']}`, {regime_setup(summary, slug)}; mean ± sample std over {plural(len(rows[0]['seeds']), 'seed')} "
+        f"(`make report`, device `{summary['regimes'][slug]['config']['device']}`):",
         "",
-        table(summary, "ssl", with_time=False),
+        table(summary, slug, with_time=False),
         "",
-        f"{probe_line(summary, 'ssl')}; majority class {majority(summary)}. Full results, ablations, figures and "
-        "every run's config: [docs/results.md](docs/results.md).",
+        " ".join(s for s in (f"{probe_line(summary, slug)}; majority class {majority(summary)}.",
+                             verdict(summary, slug)) if s)
+        + " Every regime, paired differences with 95 % intervals, alignment metrics and every run's config: "
+        "[docs/results.md](docs/results.md).",
     ])
 
 
 def setup_section(summary: dict) -> list[str]:
-    cfg, ext = summary["shared_config"], summary["extraction"]
-    took = (f"**{ext['seconds']:.0f} s** ({ext['measured']})" if ext["seconds"] is not None
-            else f"an unknown time ({ext['measured']})")
-    ssl = setting_rows(summary, "ssl")
+    slug = "main" if "main" in summary["regimes"] else next(iter(summary["regimes"]))
+    cfg = summary["regimes"][slug]["config"]
     threads = "; ".join(f"{t['concurrent_runs']} runs at a time with {t['threads']} CPU thread(s) each"
                         for t in summary["run_threads"])
+    stores = [f"- Teacher `{e['teacher']}` (D = {e['shape'][2]}), {e['shape'][1]} cached views per image: "
+              f"`{e['command']}` took " + (f"{e['seconds']:.0f} s ({e['measured']})." if e["seconds"] is not None
+                                          else f"an unknown time ({e['measured']}).")
+              for e in summary["extractions"].values()]
     return [
         "## Setup",
         "",
         f"- Data: `{summary['data']}`, {cfg['n_train']} training and {cfg['n_eval']} held-out images, classes "
         f"{', '.join(cfg['classes'])}. The majority class is {majority(summary)} of the held-out images, so "
         "balanced accuracy (mean per-class recall) is reported beside accuracy.",
-        f"- Teacher: `{summary['teacher_name']}` (D = {ext['shape'][2]}), {ext['shape'][1]} cached views per image.",
-        f"- **One extraction served every run**: `{ext['command']}` took {took}.",
-        f"- Student: `{cfg['student']}` {student_init(cfg)} at {cfg['image_size']} px on `{cfg['device']}`, "
-        f"{cfg['epochs']} KD epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['effective_lr']} "
-        f"(weight decay {cfg['weight_decay']}), λ_g = {cfg['lambda_general']}, λ_s = {cfg['lambda_specific']}, "
-        f"{cfg['customizer']} θ^h_t with Adam {cfg['customizer_lr']}, pseudo-label threshold "
-        f"{cfg['pseudo_threshold']}, KD temperature {cfg['kd_temperature']}.",
-        *([f"- SSL: {100 * ssl[0]['label_fraction']:.0f} % of the training labels per class, drawn by the seed "
-           "(so for one seed every method sees the same labels); the other training images are unlabeled and "
-           "feed the teacher terms of the methods that have them."] if ssl else []),
+        *stores,
+        f"- Training recipe shared by every run: batch {cfg['batch_size']}, {cfg['optimizer']} lr "
+        f"{cfg['effective_lr']} (weight decay {cfg['weight_decay']}), λ_g = {cfg['lambda_general']}, "
+        f"λ_s = {cfg['lambda_specific']}, {cfg['customizer']} θ^h_t with Adam {cfg['customizer_lr']}"
+        + (f", {cfg['customize_warmup']} KD warm-up epoch(s) before the first customization"
+           if cfg.get("customize_warmup") is not None else "")
+        + f", pseudo-label threshold {cfg['pseudo_threshold']}, KD temperature {cfg['kd_temperature']}.",
+        "- The label subset is drawn by the seed, so for one seed every method sees the same labels: that is what "
+        "makes the per-seed differences paired.",
         f"- Runs: {threads}. Training time is the sum of the KD and customization epochs; process wall time "
         "adds startup, hashing the images, the teacher probe and per-epoch evaluation.",
-        "- ± is the sample standard deviation over seeds.",
+        "- ± is the sample standard deviation over seeds; a 95 % CI is mean ± t_{0.975, n−1} · s / √n of the "
+        "per-seed differences.",
         "",
     ]
 
 
-def findings_section(summary: dict) -> list[str]:
-    return [
-        "## What the numbers say",
-        "",
-        f"- CustomKD − `student`: {delta(summary, 'customkd', 'student')}.",
-        f"- CustomKD − `fitnet`: {delta(summary, 'customkd', 'fitnet')}.",
-        f"- CustomKD − `kd`: {delta(summary, 'customkd', 'kd')}.",
-        f"- Ablation, customizing through a random head − through the student's head: "
-        f"{delta(summary, 'customkd-random-head', 'customkd')}.",
-        f"- Ablation, dropping the task-specific term (λ_s = 0) − full CustomKD: "
-        f"{delta(summary, 'customkd-no-specific', 'customkd')}.",
-        f"- CustomKD+DKD − CustomKD: {delta(summary, 'customkd+dkd', 'customkd')}.",
-        "- How the defaults were chosen, and what did not help: [tuning.md](tuning.md).",
-        "",
-    ]
+def regime_section(summary: dict, slug: str) -> list[str]:
+    regime = summary["regimes"][slug]
+    parts = [f"## {regime['title']}", "", f"{regime_setup(summary, slug)}.", "", table(summary, slug), "",
+             probe_line(summary, slug) + ".", ""]
+    found = comparison_table(summary, slug)
+    if found:
+        parts += ["Paired per-seed differences:", "", found, ""]
+    said = [s for s in (verdict(summary, slug), *mechanism(summary, slug)) if s]
+    if said:
+        parts += [" ".join(said), ""]
+    if any(r["alignment"] for r in regime_rows(summary, slug)):
+        parts += ["Alignment of the student with its customized target z = θ^h_t(f_t) on the held-out images "
+                  "(not rotation-invariant, beside linear CKA, which is), and CustomKD's training-side numbers:", "",
+                  *alignment_table(summary, slug)]
+    return parts
 
 
 def figures_section(summary: dict) -> list[str]:
     parts = ["## Learning curves", "", "![eval accuracy per epoch](results/learning_curves.png)", ""]
-    cka = summary["figures"].get("feature_space", {})
-    if not cka:
+    space = summary["figures"].get("feature_space", {})
+    if not space:
         return parts
     return parts + [
         "## Feature space (the paper's Figure 3)",
         "",
         "![t-SNE of customized teacher features and student features](results/feature_space.png)",
         "",
-        "Linear CKA between paired features of the held-out images (centre view), seed-"
-        f"{cka['seed']} SSL runs. f_t is the standardised teacher feature the trainer uses (CKA is not "
-        "invariant to per-dimension scaling):",
-        "",
-        "| θ^h_t customized through | CKA(θ^h_t(f_t), f_s) | CKA(f_t, f_s) |",
-        "|---|---|---|",
-        *[f"| {head} head | {cka[head]['customized_vs_student']:.3f} | {cka[head]['teacher_vs_student']:.3f} |"
-          for head in ("student", "random") if head in cka],
+        f"Seed-{space['seed']} runs of the main regime, held-out images, centre view. Linear CKA cannot tell these "
+        "panels apart by construction (it ignores rotations); the alignment tables above can.",
         "",
     ]
 
@@ -163,35 +380,27 @@ def reproduce_section(summary: dict, args: argparse.Namespace) -> list[str]:
         "## Reproduce",
         "",
         "```",
-        "make report",
+        "make report                                   # every regime, 5 seeds",
+        "make report REPORT_ARGS='--seeds 0,1 --epochs 2 --regimes main --variants student,kd,customkd'",
         "```",
         "",
-        f"runs `{summary['command']}`: the extraction (a no-op when the store exists), then every run into "
-        f"`{args.out}/<setting>/<variant>/seed<k>/` (finished runs are reused, interrupted ones resume). Each run's "
-        "`config.json` (every setting and the store fingerprint), `metrics.json` (per-epoch curves) and "
-        "`timing.json` (command line, wall time) are copied to [`docs/results/runs/`](results/runs/); "
+        f"This page came from `{summary['command']}`: one extraction per teacher (a no-op when the store exists), "
+        f"then every run into `{args.out}/<regime>/<variant>/seed<k>/` (finished runs are reused, interrupted ones "
+        "resume, so the report can be run in parts). Each run's `config.json` (every setting and the store "
+        "fingerprint), `metrics.json` (per-epoch curves), `timing.json` (command line, wall time) and, for CustomKD "
+        "runs, `alignment.json` are in [`docs/results/runs/`](results/runs/); "
         "[`summary.json`](results/summary.json) holds every number on this page.",
         "",
     ]
 
 
 def render(summary: dict, args: argparse.Namespace) -> str:
-    parts = [
-        "# Results on the embedded default",
-        "",
-        "_Generated by `make report` (`bench/compare.py`); do not edit by hand. "
-        f"Generated {summary['generated']}; this invocation of the report took "
-        f"{summary['invocation_seconds'] / 60:.0f} min (finished runs are reused, see Reproduce)._",
-        "",
-        *setup_section(summary),
-    ]
-    for setting in ("ssl", "supervised"):
-        if any(r["setting"] == setting for r in summary["rows"].values()):
-            rows = setting_rows(summary, setting)
-            title = (f"SSL, {100 * rows[0]['label_fraction']:.0f} % of the labels" if setting == "ssl"
-                     else "Supervised, every label (reference)")
-            parts += [f"## {title}", "", table(summary, setting), "", probe_line(summary, setting) + ".", ""]
-    parts += [*findings_section(summary), *figures_section(summary), *reproduce_section(summary, args)]
+    parts = ["# Results on the embedded default", "",
+             f"_Generated by `make report` (`bench/compare.py`) at {summary['generated']}; do not edit by hand._", "",
+             *budget_section(summary), *setup_section(summary)]
+    for slug in summary["regimes"]:
+        parts += regime_section(summary, slug)
+    parts += [*figures_section(summary), *reproduce_section(summary, args)]
     return "\n".join(parts)
 
 

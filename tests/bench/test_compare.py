@@ -1,17 +1,24 @@
-"""`make report` (bench.compare): CKA arithmetic, and a whole report on a tiny dataset through the CLI."""
+"""`make report` (bench.compare): alignment and interval arithmetic on hand-checkable arrays, the plan as
+data, the ignore rule for the committed run records, and a whole report on a tiny dataset through the CLI."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.figures import linear_cka
+from bench import compare, results_page
+from bench.alignment import best_scale, centred_cosine, linear_cka, logit_r2, rms_ratio, row_space_share, scaled_mse
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from trainer.config import DistillConfig
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_linear_cka_is_one_for_rotated_scaled_copies_and_low_for_unrelated_features():
@@ -36,39 +43,186 @@ def test_linear_cka_matches_the_hsic_formula():
     assert linear_cka(x, y) == pytest.approx(hsic(kx, ky) / np.sqrt(hsic(kx, kx) * hsic(ky, ky)))
 
 
+def test_centred_cosine_golden_values():
+    student = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    assert centred_cosine(student, student + 7.0) == pytest.approx(1.0)  # centring removes the offset
+    assert centred_cosine(student, -3.0 * student) == pytest.approx(-1.0)
+    assert centred_cosine(student, np.array([[1.0, 1.0], [-1.0, -1.0]])) == pytest.approx(1 / math.sqrt(2))
+    assert centred_cosine(student, np.array([[0.0, 2.0], [0.0, -2.0]])) == pytest.approx(0.0)
+    assert centred_cosine(student, np.ones((2, 2))) == 0.0  # a constant target has no direction
+
+
+def test_a_rotation_changes_the_cosine_but_not_cka():
+    rng = np.random.default_rng(2)
+    student = rng.normal(size=(100, 6))
+    quarter_turn = np.eye(6)[[1, 0, 3, 2, 5, 4]] * np.array([1, -1, 1, -1, 1, -1])  # x ⊥ x·R row by row
+    rotated = student @ quarter_turn
+    assert linear_cka(student, rotated) == pytest.approx(1.0)
+    assert centred_cosine(student, student) == pytest.approx(1.0)
+    assert abs(centred_cosine(student, rotated)) < 0.05
+
+
+def test_scaled_mse_and_best_scale_golden_values():
+    assert best_scale([[2.0, 4.0]], [[1.0, 2.0]]) == pytest.approx(2.0)
+    assert scaled_mse([[2.0, 4.0]], [[1.0, 2.0]]) == pytest.approx(0.0)  # a pure scale error costs nothing
+    assert best_scale([[3.0, 0.0], [0.0, 1.0]], np.eye(2)) == pytest.approx(2.0)  # (3 + 1) / 2
+    assert scaled_mse([[3.0, 0.0], [0.0, 1.0]], np.eye(2)) == pytest.approx(0.5)  # (1² + 1²) / 4 entries
+    assert best_scale([[1.0, 0.0]], [[0.0, 1.0]]) == 0.0 and scaled_mse([[1.0, 0.0]], [[0.0, 1.0]]) == 0.5
+    assert best_scale([[1.0, 0.0]], [[0.0, 0.0]]) == 0.0
+
+
+def test_row_space_share_golden_values():
+    head = np.array([[2.0, 0.0, 0.0]])  # C = 1 row: the x axis
+    along = np.array([[1.0, 5.0, 5.0], [-1.0, 5.0, 5.0], [3.0, 5.0, 5.0]])  # varies only along x
+    assert row_space_share(along, head) == pytest.approx(1.0)
+    assert row_space_share(along[:, [1, 0, 2]], head) == pytest.approx(0.0)
+    assert row_space_share(np.array([[1.0, 1.0, 0.0], [-1.0, -1.0, 0.0]]), head) == pytest.approx(0.5)
+    rank_deficient = np.array([[1.0, 0.0, 0.0], [-3.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # spans x and y
+    assert row_space_share(np.array([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]), rank_deficient) == pytest.approx(2 / 3)
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(4, 12))
+    assert row_space_share(rng.normal(size=(30, 4)) @ weight, weight) == pytest.approx(1.0)
+    assert np.isnan(row_space_share(np.ones((3, 3)), head))
+
+
+def test_logit_r2_golden_values():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(40, 3))
+    assert logit_r2(logits @ rng.normal(size=(3, 10)) + 2.0, logits) == pytest.approx(1.0)  # z = A·logits + b
+    uncorrelated = logit_r2(np.array([[0.0], [0.0], [1.0], [1.0]]), np.array([[0.0], [1.0], [0.0], [1.0]]))
+    assert uncorrelated == pytest.approx(0.0, abs=1e-12)
+    half = logit_r2(np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 0.0]]), np.array([[0.0], [0.0], [1.0], [1.0]]))
+    assert half == pytest.approx(1 - 0.5 / 1.75)  # dim 1 exact; dim 2 leaves 2·0.25 of 0.75 + 1.0 total
+    assert rms_ratio([[2.0, -2.0]], [[1.0, 1.0]]) == pytest.approx(2.0)
+
+
+def test_t_quantiles_and_paired_interval():
+    assert results_page.t_quantile_975(1) == 12.706 and results_page.t_quantile_975(4) == 2.776
+    assert results_page.t_quantile_975(40) == pytest.approx(2.0211, abs=1e-3)
+    assert results_page.t_quantile_975(1000) == pytest.approx(1.9623, abs=1e-3)
+    stats = results_page.paired({0: 0.5, 1: 0.6, 2: 0.7, 9: 0.1}, {0: 0.4, 1: 0.4, 2: 0.4})
+    assert stats["seeds"] == [0, 1, 2] and stats["per_seed"] == pytest.approx([10.0, 20.0, 30.0])
+    half = 4.303 * 10.0 / math.sqrt(3)  # s = 10 over n = 3 seeds
+    assert (stats["mean"], stats["low"], stats["high"]) == pytest.approx((20.0, 20.0 - half, 20.0 + half))
+    assert stats["wins"] == 3 and stats["n"] == 3
+    one = results_page.paired({0: 0.5}, {0: 0.4})
+    assert one["mean"] == pytest.approx(10.0) and math.isnan(one["low"]) and results_page.interval(one) == "n/a (1 seed)"
+
+
+def synthetic_summary(customkd: list[float], kd: list[float]) -> dict:
+    def row(slug: str, method: str, acc: list[float]) -> dict:
+        return {"regime": "main", "variant": slug, "slug": slug, "method": method, "seeds": list(range(len(acc))),
+                "accuracy": acc, "balanced_accuracy": acc, "accuracy_mean": float(np.mean(acc)),
+                "alignment": {}, "mechanism": {}}
+
+    summary = {"regimes": {"main": {"title": "t", "teacher": "x", "compare_to": None, "config": {"classes": [0, 1]}}},
+               "rows": {"main/customkd": row("customkd", "customkd", customkd), "main/kd": row("kd", "kd", kd),
+                        "main/student": row("student", "student", [0.1] * len(kd))}}
+    summary["comparisons"] = results_page.comparisons(summary)
+    return summary
+
+
+def test_the_verdict_is_generated_from_the_paired_interval():
+    behind = synthetic_summary([0.60, 0.62, 0.61], [0.63, 0.64, 0.66])
+    assert {(c["a"], c["b"]) for c in behind["comparisons"]} == {("main/customkd", "main/kd"),
+                                                                   ("main/customkd", "main/student")}
+    assert "does not beat the best baseline, `kd`" in results_page.verdict(behind, "main")
+    ahead = synthetic_summary([0.70, 0.72, 0.71], [0.63, 0.64, 0.66])
+    assert "**CustomKD beats the best baseline, `kd`**" in results_page.verdict(ahead, "main")
+    unsure = synthetic_summary([0.70, 0.60, 0.66], [0.63, 0.64, 0.66])
+    assert "includes 0" in results_page.verdict(unsure, "main")
+
+
+def test_the_default_plan_covers_every_regime_with_five_seeds(tmp_path):
+    jobs = compare.plan(compare.parse_args(["--out", str(tmp_path)]))
+    assert {job.seed for job in jobs} == {0, 1, 2, 3, 4}
+    keys = {job.key for job in jobs}
+    assert {f"main/{v}" for v in ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+dkd",
+                                  "customkd-random-head", "customkd-random-trained", "customkd-no-specific")} <= keys
+    assert {f"pretrained/{v}" for v in ("student", "kd", "kd+fitnet", "customkd", "customkd-random-head")} <= keys
+    assert {"large-teacher/kd", "large-teacher/customkd"} <= keys and len(jobs) == 5 * (10 + 5 + 2)
+    by_key = {(job.key, job.seed): job.argv for job in jobs}
+    pretrained = " ".join(by_key["pretrained/customkd", 0])
+    assert "--student efficientnet_lite0 --student-pretrained" in pretrained
+    assert "caches/elpv-efficientnet_lite0.zarr" in pretrained
+    assert "caches/elpv-efficientnet_lite2.zarr" in by_key["large-teacher/kd", 3]
+    joint = by_key["main/customkd-random-trained", 1]
+    assert joint[joint.index("--customize-head") + 1] == "random-trained" and "--student" not in joint
+
+
+def test_a_reduced_plan_adds_the_runs_a_regime_is_compared_to(tmp_path):
+    args = compare.parse_args(["--out", str(tmp_path), "--regimes", "large-teacher", "--variants", "customkd",
+                               "--seeds", "0,1", "--epochs", "2"])
+    jobs = compare.plan(args)
+    assert sorted((job.key, job.seed) for job in jobs) == [("large-teacher/customkd", 0), ("large-teacher/customkd", 1),
+                                                          ("main/customkd", 0), ("main/customkd", 1)]
+    assert all(job.argv[job.argv.index("--epochs") + 1] == "2" and "--min-steps" not in job.argv for job in jobs)
+    with pytest.raises(SystemExit, match="unknown variant 'nope'"):
+        compare.plan(compare.parse_args(["--variants", "customkd,nope"]))
+    with pytest.raises(SystemExit, match="no runs planned"):
+        compare.plan(compare.parse_args(["--regimes", "pretrained", "--variants", "dkd"]))
+
+
+def test_the_committed_run_records_are_not_ignored():
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    record = subprocess.run(["git", "check-ignore", "-q", "docs/results/runs/main/customkd/seed0/config.json"], cwd=REPO)
+    assert record.returncode == 1, "docs/results/runs/ must be committed; anchor the runs/ rule in .gitignore"
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/report/main/x"], cwd=REPO).returncode == 0
+
+
 def test_report_end_to_end_on_a_tiny_dataset(tiny_folder, tmp_path):
     docs, readme = tmp_path / "docs", tmp_path / "README.md"
     docs.mkdir()
     readme.write_text("# x\n\n<!-- report:start -->\nSTALE-MARKER-7\n<!-- report:end -->\n\nrest\n")
     out = tmp_path / "report"
     argv = [sys.executable, "-m", "bench.compare", "--data", f"folder:{tiny_folder}", "--teacher", TINY_TEACHER,
-            "--teacher-weights", "random", "--student", TINY_STUDENT, "--image-size", "32", "--epochs", "1",
-            "--seeds", "0,1", "--ssl-variants", "customkd,customkd-random-head", "--supervised-variants",
-            "student", "--label-fraction", "0.5", "--cache", str(tmp_path / "c.zarr"), "--out", str(out),
+            "--large-teacher", "timm:test_vit2", "--teacher-weights", "random", "--student", TINY_STUDENT,
+            "--image-size", "32", "--epochs", "1", "--seeds", "0,1", "--regimes", "main,large-teacher",
+            "--variants", "student,customkd,customkd-random-head", "--label-fraction", "0.5",
+            "--cache", str(tmp_path / "c.zarr"), "--large-cache", str(tmp_path / "c2.zarr"), "--out", str(out),
             "--docs", str(docs), "--readme", str(readme)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if "min_steps" in DistillConfig.__dataclass_fields__:  # 1 epoch means 1 epoch on 30 images
+        argv += ["--min-steps", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
     summary = json.loads((docs / "results" / "summary.json").read_text())
-    assert set(summary["rows"]) == {"ssl/customkd", "ssl/customkd-random-head", "supervised/student"}
+    assert set(summary["rows"]) == {"main/student", "main/customkd", "main/customkd-random-head",
+                                    "large-teacher/customkd"}
+    assert len(summary["extractions"]) == 2
     for key, row in summary["rows"].items():
         assert row["seeds"] == [0, 1] and len(row["curves"][0]) == 1
         for run in row["runs"]:  # every row's runs exist, with their config, in both places
-            config = json.loads((tmp_path / run / "config.json").read_text())
-            assert config["setting"] == key.split("/")[0] and config["epochs"] == 1
+            config = json.loads((Path(run) / "config.json").read_text())
+            assert config["setting"] == "ssl" and config["epochs"] == 1
             assert (docs / "results" / "runs" / key / f"seed{config['seed']}" / "config.json").is_file()
-    random_head = json.loads(open(f"{summary['rows']['ssl/customkd-random-head']['runs'][0]}/config.json").read())
-    assert random_head["customize_head"] == "random"
-    cka = summary["figures"]["feature_space"]
-    assert set(cka) >= {"student", "random"} and 0.0 <= cka["student"]["customized_vs_student"] <= 1.0
+            assert (docs / "results" / "runs" / key / f"seed{config['seed']}" / "metrics.json").is_file()
+    assert json.loads((Path(summary["rows"]["main/customkd-random-head"]["runs"][0]) / "config.json").read_text())[
+        "customize_head"] == "random"
+    for key in ("main/customkd", "main/customkd-random-head", "large-teacher/customkd"):
+        alignment = summary["rows"][key]["alignment"]
+        assert len(alignment["cosine"]) == 2 and all(-1 <= c <= 1 for c in alignment["cosine"])
+        assert all(0 <= s <= 1 + 1e-9 for s in alignment["head_row_space_share"])
+        assert all(0 <= c <= 1 + 1e-9 for c in alignment["cka_customized_vs_student"])
+        assert (docs / "results" / "runs" / key / "seed1" / "alignment.json").is_file()
+    assert summary["rows"]["main/student"]["alignment"] == {}
+    pairs = {(c["a"], c["b"]) for c in summary["comparisons"]}
+    assert pairs == {("main/customkd", "main/student"), ("main/customkd", "main/customkd-random-head"),
+                     ("large-teacher/customkd", "main/customkd")}
+    for c in summary["comparisons"]:
+        assert c["accuracy"]["n"] == 2 and c["accuracy"]["low"] <= c["accuracy"]["mean"] <= c["accuracy"]["high"]
+    assert summary["budget"]["runs"] == 8 and summary["budget"]["runs_run_here"] == 8
     assert (docs / "results" / "learning_curves.png").stat().st_size > 10_000
     assert (docs / "results" / "feature_space.png").stat().st_size > 10_000
+
     page = (docs / "results.md").read_text()
-    acc = summary["rows"]["ssl/customkd"]
+    acc = summary["rows"]["main/customkd"]
     assert f"{100 * acc['accuracy_mean']:.1f} ± {100 * acc['accuracy_std']:.1f}" in page
+    assert "## Budget (measured)" in page and re.search(r"beats? the best baseline, `student`", page)
+    assert "share in head row space" in page and "customkd (teacher `timm:test_vit2`)" in page
     text = readme.read_text()
-    assert "STALE-MARKER-7" not in text
-    assert text.endswith("\n\nrest\n")
+    assert "STALE-MARKER-7" not in text and text.endswith("\n\nrest\n")
     assert "customkd, random head" in text and re.search(r"\| (\*\*)?customkd(\*\*)? \|", text)
 
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)  # finished runs are reused
@@ -76,7 +230,11 @@ def test_report_end_to_end_on_a_tiny_dataset(tiny_folder, tmp_path):
 
     changed = [*argv[:argv.index("--epochs") + 1], "2", *argv[argv.index("--epochs") + 2:]]
     changed[changed.index("--seeds") + 1] = "0"
+    changed[changed.index("--regimes") + 1] = "main"
+    changed[changed.index("--variants") + 1] = "customkd"
     third = subprocess.run(changed, capture_output=True, text=True, timeout=600)  # another command: rerun, not reuse
-    assert third.returncode == 0 and re.search(r"\b3 to run", third.stderr), third.stderr[-2000:]
+    assert third.returncode == 0 and re.search(r"\b1 to run", third.stderr), third.stderr[-2000:]
     summary = json.loads((docs / "results" / "summary.json").read_text())
-    assert all(len(row["curves"][0]) == 2 and row["seeds"] == [0] for row in summary["rows"].values())
+    assert set(summary["rows"]) == {"main/customkd"} and summary["rows"]["main/customkd"]["seeds"] == [0]
+    assert len(summary["rows"]["main/customkd"]["curves"][0]) == 2
+    assert "With one seed there is no interval" not in (docs / "results.md").read_text()  # no baseline: no verdict
