@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from featcache.errors import UserError
@@ -10,7 +11,8 @@ from featcache.errors import UserError
 SETTINGS = ("supervised", "ssl", "uda")
 OPTIMIZERS = {"adamw": 2e-3, "sgd": 0.05}  # name → default learning rate
 CUSTOMIZERS = ("linear", "mlp")
-CUSTOMIZE_HEADS = ("student", "random")
+CUSTOMIZE_HEADS = ("student", "random", "random-trained")
+CUSTOMIZER_ACTIVATIONS = ("student", "none")
 CUSTOMIZE_TARGETS = ("labels+pseudo", "labels", "soft")
 FEATURE_NORMS = ("none", "l2", "standardize")
 VIEW_SAMPLING = ("cycle", "random")
@@ -33,6 +35,7 @@ class DistillConfig:
     source: tuple[str, ...] = ()
     target: tuple[str, ...] = ()
     epochs: int = 8
+    min_steps: int = 250  # small datasets: more epochs until at least this many optimizer steps
     image_size: int = 96
     batch_size: int = 64
     out: str = ""
@@ -47,6 +50,11 @@ class DistillConfig:
     lambda_specific: float = 1.0
     customizer: str = "linear"
     customizer_lr: float = 1e-3
+    customizer_activation: str = "student"  # a(·) on θ^h_t's output: the student's own output activation
+    customizer_weight_decay: float = 0.05  # AdamW decay on θ^h_t: keeps its scale from drifting
+    customizer_reset: bool = False  # re-initialise θ^h_t and its optimiser before every customization
+    customize_smoothing: float = 0.1  # label smoothing on L_cus: CE with a finite optimum
+    customize_warmup: int = 1  # KD epochs before the first customization (the head must mean something)
     customize_head: str = "student"
     customize_target: str = "labels+pseudo"
     pseudo_threshold: float = 0.8
@@ -65,6 +73,19 @@ class DistillConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        for flag, value in (("--lr", self.lr), ("--weight-decay", self.weight_decay),
+                            ("--customizer-lr", self.customizer_lr), ("--grad-clip", self.grad_clip)):
+            if value is not None and value < 0 or flag.endswith("lr") and value == 0:
+                raise UserError(f"{flag} must be > 0 (weight decay, grad clip: >= 0), got {value}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        if self.image_size > 2048:
+            raise UserError(f"--image-size {self.image_size} is larger than 2048; the student trains at its own, "
+                            "small resolution (default 96)")
         self._check_choice("--setting", self.setting, SETTINGS)
         self._check_choice("--ssl", self.ssl, ("none", "fixmatch"))
         if self.ssl == "fixmatch" and self.setting == "supervised":
@@ -72,6 +93,7 @@ class DistillConfig:
         self._check_choice("--optimizer", self.optimizer, tuple(OPTIMIZERS))
         self._check_choice("--customizer", self.customizer, CUSTOMIZERS)
         self._check_choice("--customize-head", self.customize_head, CUSTOMIZE_HEADS)
+        self._check_choice("--customizer-activation", self.customizer_activation, CUSTOMIZER_ACTIVATIONS)
         self._check_choice("--customize-target", self.customize_target, CUSTOMIZE_TARGETS)
         self._check_choice("--feature-norm", self.feature_norm, FEATURE_NORMS)
         self._check_choice("--view-sampling", self.view_sampling, VIEW_SAMPLING)
@@ -80,6 +102,13 @@ class DistillConfig:
                             ("--batch-size", self.batch_size), ("--alternate-every", self.alternate_every)):
             if value < 1:
                 raise UserError(f"{flag} must be >= 1, got {value}")
+        for flag, value in (("--min-steps", self.min_steps), ("--customize-warmup", self.customize_warmup)):
+            if value < 0:
+                raise UserError(f"{flag} must be >= 0, got {value}")
+        if not 0 <= self.customize_smoothing < 1:
+            raise UserError(f"--customize-smoothing must be in [0, 1), got {self.customize_smoothing}")
+        if not self.customizer_weight_decay >= 0:
+            raise UserError(f"--customizer-weight-decay must be >= 0, got {self.customizer_weight_decay}")
         if self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
         if self.labels_per_class is not None and self.label_fraction is not None:
@@ -111,6 +140,16 @@ class DistillConfig:
     @property
     def expected_hashes(self) -> dict[str, str]:
         return dict(pin.split("=", 1) for pin in self.expect_fingerprint.split())
+
+    def epochs_for(self, n_train: int) -> int:
+        """KD epochs actually run: ``--epochs``, extended on small datasets until ``--min-steps``
+        optimizer steps are reached (8 epochs of 240 samples would be 32 steps: nothing is learned)."""
+        steps_per_epoch = -(-n_train // self.batch_size)
+        return max(self.epochs, -(-self.min_steps // max(steps_per_epoch, 1)))
+
+    def customizes_at(self, epoch: int) -> bool:
+        """Whether a customization epoch runs before KD epoch ``epoch`` (0-based)."""
+        return epoch >= self.customize_warmup and (epoch - self.customize_warmup) % self.alternate_every == 0
 
     @property
     def effective_lr(self) -> float:

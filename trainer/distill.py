@@ -28,6 +28,7 @@ from trainer.data import (
     make_loader,
     make_split,
 )
+from trainer.feature_range import output_activation
 from trainer.features import block_shuffle, feature_stats
 from trainer.methods import MethodContext, create_method, resolve_method
 from trainer.probe import accuracy, fit_teacher_probe
@@ -74,8 +75,15 @@ def make_optimizers(cfg: DistillConfig, student, method, steps: int):
         optimizer = torch.optim.SGD(params, lr=cfg.effective_lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
-    customizer_opt = torch.optim.Adam(method.customizer.parameters(), lr=cfg.customizer_lr) if method.customizes else None
-    return optimizer, loop.cosine_schedule(optimizer, steps), customizer_opt
+    return optimizer, loop.cosine_schedule(optimizer, steps), make_customizer_optimizer(cfg, method)
+
+
+def make_customizer_optimizer(cfg: DistillConfig, method) -> torch.optim.Optimizer | None:
+    """AdamW on θ^h_t (and a jointly trained random head); its weight decay bounds θ^h_t's scale."""
+    if not method.customizes:
+        return None
+    return torch.optim.AdamW(method.customizer_parameters(), lr=cfg.customizer_lr,
+                             weight_decay=cfg.customizer_weight_decay)
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -157,6 +165,10 @@ class Session:
     def num_classes(self) -> int:
         return len(self.data.classes)
 
+    @property
+    def epochs(self) -> int:
+        return self.cfg.epochs_for(len(self.split.train))
+
 
 def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Session:
     resolve_method(cfg.method)
@@ -174,15 +186,16 @@ def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Sessio
     probe, probe_metrics = fit_probe(data, split, norm, cfg.seed)
     student = create_student(cfg.student, len(data.classes), cfg.image_size, cfg.student_pretrained,
                              cfg.student_weights).to(device)
+    activation = output_activation(student.features, student, cfg.image_size)
     method = create_method(cfg.method, MethodContext(data.features.shape[-1], student.feature_dim,
-                                                     len(data.classes), cfg)).to(device)
+                                                     len(data.classes), cfg, activation)).to(device)
     model = loop.DistillModule(student, method)
     if env.active:
         if device.type == "cuda":  # per-rank BatchNorm statistics would make results depend on the rank count
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                         find_unused_parameters=True)  # the customizer trains outside DDP
-    steps = cfg.epochs * -(-len(split.train) // cfg.batch_size)
+    steps = cfg.epochs_for(len(split.train)) * -(-len(split.train) // cfg.batch_size)
     optimizer, scheduler, customizer_opt = make_optimizers(cfg, student, method, steps)
     row_labels = np.full(len(data.labels), -1, dtype=np.int64)
     row_labels[split.train] = split.train_labels
@@ -197,7 +210,10 @@ def run_config(s: Session) -> dict:
             "n_train": len(s.split.train), "n_labeled": s.split.n_labeled, "n_eval": len(s.split.eval),
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
             "world_size": s.env.world, "batch_rule": dist.BATCH_RULE,
-            "alternation": "one customization epoch before every alternate_every-th KD epoch"}
+            "effective_epochs": s.epochs, "optimizer_steps": s.epochs * -(-len(s.split.train) // s.cfg.batch_size),
+            "student_activation": type(s.method.ctx.student_activation).__name__,
+            "alternation": "after customize_warmup KD epochs, one customization epoch before every "
+                           "alternate_every-th KD epoch"}
 
 
 def resume(s: Session) -> int:
@@ -224,6 +240,24 @@ def evaluate_epoch(s: Session, dataset: StudentViews) -> dict:
     return loop.classification_metrics(s.data.labels[seen], preds, s.num_classes)
 
 
+def customize(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> dict:
+    """One customization epoch on this epoch's views; θ^h_t then equals rank 0's on every rank."""
+    cfg, data = s.cfg, s.data
+    if cfg.customizer_reset:
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        for module in s.method.customizer.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+        s.customizer_opt = make_customizer_optimizer(cfg, s.method)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    record = loop.customize_epoch(
+        s.method, s.student.head, EpochFeatures(data.features, order, views, s.norm, s.device),
+        torch.from_numpy(s.row_labels[order]).to(s.device), s.probe, s.customizer_opt, generator,
+        batch_size=cfg.batch_size, order=torch.arange(len(order)) if data.streaming else None)
+    dist.broadcast_module(s.env, s.method)
+    return record
+
+
 def run_epoch(s: Session, epoch: int, train_ds: StudentViews, eval_ds: StudentViews) -> dict:
     """Customization epoch (when due), KD epoch, evaluation."""
     cfg, data = s.cfg, s.data
@@ -232,18 +266,14 @@ def run_epoch(s: Session, epoch: int, train_ds: StudentViews, eval_ds: StudentVi
                  else epoch_order(len(s.split.train), epoch, cfg.seed))
     order = s.split.train[positions]
     views = epoch_views(order, data.n_views, epoch, cfg.view_sampling, cfg.seed)
-    if s.method.customizes and epoch % cfg.alternate_every == 0:
-        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        record["customize"] = loop.customize_epoch(
-            s.method, s.student.head, EpochFeatures(data.features, order, views, s.norm, s.device),
-            torch.from_numpy(s.row_labels[order]).to(s.device), s.probe, s.customizer_opt, generator,
-            batch_size=cfg.batch_size, order=torch.arange(len(order)) if data.streaming else None)
+    if s.method.customizes and cfg.customizes_at(epoch):
+        record["customize"] = customize(s, epoch, order, views)
     items = list(zip(order.tolist(), views.tolist(), [epoch] * len(order), strict=True))
-    batches, weights = dist.split_global_batches(items, cfg.batch_size, s.env)
+    batches, counts = dist.split_global_batches(items, cfg.batch_size, s.env, s.row_labels)
     record["train"] = loop.train_epoch(
         s.student, s.method, batch_loader(train_ds, batches, cfg.workers), s.row_labels, data.features, s.norm,
         s.probe, s.optimizer, s.scheduler, epoch, cfg.grad_clip, s.device,
-        (cfg.fixmatch_threshold, cfg.fixmatch_weight) if cfg.ssl == "fixmatch" else None, s.model, weights, s.env)
+        (cfg.fixmatch_threshold, cfg.fixmatch_weight) if cfg.ssl == "fixmatch" else None, s.model, counts, s.env)
     record["eval"] = evaluate_epoch(s, eval_ds)
     return record
 
@@ -271,10 +301,10 @@ def distill(cfg: DistillConfig) -> DistillResult:
     if env.main:
         write_json(s.run / "config.json", run_config(s))
     first_epoch = resume(s) if cfg.resume else 0
-    for epoch in range(first_epoch, cfg.epochs):
+    for epoch in range(first_epoch, s.epochs):
         s.history.append(run_epoch(s, epoch, train_ds, eval_ds))
         record = s.history[-1]
-        log.info("epoch %d/%d  loss %.3f  eval acc %.3f  bal acc %.3f  (%.0f img/s)", epoch + 1, cfg.epochs,
+        log.info("epoch %d/%d  loss %.3f  eval acc %.3f  bal acc %.3f  (%.0f img/s)", epoch + 1, s.epochs,
                  record["train"]["loss"], record["eval"]["accuracy"], record["eval"]["balanced_accuracy"],
                  record["train"]["samples_per_s"])
         if env.main:

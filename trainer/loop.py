@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.methods import Method, StepInputs
+from featcache.errors import UserError
+from trainer.methods import BatchCounts, Method, StepInputs
 from trainer.students import Student
 
 log = logging.getLogger(__name__)
@@ -56,16 +57,13 @@ def _progress(total: int, desc: str):
 
 
 def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, labels: torch.Tensor,
-                  threshold: float) -> torch.Tensor:
+                  threshold: float, counts: BatchCounts | None = None) -> torch.Tensor:
     """FixMatch (Sohn et al., NeurIPS 2020) on unlabeled samples: CE(strong, argmax weak) where the
-    weak view's confidence ≥ τ, averaged over every unlabeled sample of the batch."""
-    unlabeled = labels < 0
-    if not unlabeled.any():
-        return strong_logits.sum() * 0.0
+    weak view's confidence ≥ τ, summed and divided by the global number of unlabeled samples."""
+    counts = counts if counts is not None else BatchCounts.of(labels)
     confidence, pseudo = F.softmax(weak_logits.detach(), dim=1).max(1)
-    mask = (confidence >= threshold) & unlabeled
-    losses = F.cross_entropy(strong_logits, pseudo, reduction="none") * mask
-    return losses.sum() / unlabeled.sum()
+    mask = (confidence >= threshold) & (labels < 0)
+    return counts.mean((F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).sum(), "unlabeled")
 
 
 def _autocast(device: torch.device):
@@ -81,7 +79,8 @@ class DistillModule(nn.Module):
         self.student, self.method = student, method
 
     def forward(self, pixels: torch.Tensor, strong: torch.Tensor | None, teacher: torch.Tensor, labels: torch.Tensor,
-                probe_logits: torch.Tensor, epoch: int, fixmatch: tuple[float, float] | None) -> dict:
+                probe_logits: torch.Tensor, epoch: int, fixmatch: tuple[float, float] | None,
+                counts: BatchCounts | None = None) -> dict:
         with _autocast(pixels.device):
             if strong is not None:
                 both_features, both_logits = self.student(torch.cat([pixels, strong]))
@@ -89,9 +88,10 @@ class DistillModule(nn.Module):
                 logits, strong_logits = both_logits.float().chunk(2)
             else:
                 student_features, logits = (t.float() for t in self.student(pixels))
-        parts = self.method(StepInputs(student_features, logits, labels, teacher, probe_logits, epoch))
+        step = StepInputs(student_features, logits, labels, teacher, probe_logits, epoch, counts)
+        parts = self.method(step)
         if strong is not None:
-            parts["fixmatch"] = fixmatch_loss(logits, strong_logits, labels, fixmatch[0])
+            parts["fixmatch"] = fixmatch_loss(logits, strong_logits, labels, fixmatch[0], step.counts)
             parts["loss"] = parts["loss"] + fixmatch[1] * parts["fixmatch"]
         return parts
 
@@ -99,12 +99,13 @@ class DistillModule(nn.Module):
 def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray, features: np.ndarray,
                 norm: FeatureNorm, probe: nn.Linear, optimizer, scheduler, epoch: int, grad_clip: float,
                 device: torch.device, fixmatch: tuple[float, float] | None = None, model: nn.Module | None = None,
-                weights: list[float] | None = None, env=None) -> dict:
+                counts: list[BatchCounts] | None = None, env=None) -> dict:
     """One KD epoch over the loader's (row, view) batches; returns mean loss parts and samples/s.
 
     ``fixmatch = (threshold, weight)`` adds the FixMatch term on strong views the loader supplies.
-    Under DDP, ``model`` is the wrapped :class:`DistillModule`, ``weights`` the per-step loss weights
-    of :func:`trainer.dist.split_global_batches` and ``env`` reduces the logged sums over ranks."""
+    Under DDP, ``model`` is the wrapped :class:`DistillModule`, ``counts`` the global-batch
+    denominators of :func:`trainer.dist.split_global_batches` and ``env`` reduces the logged sums.
+    Logged parts are means over the epoch's samples (each global batch weighted by its size)."""
     from trainer import dist
 
     model = model if model is not None else DistillModule(student, method)
@@ -120,26 +121,35 @@ def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray
         with torch.no_grad():
             probe_logits = probe(teacher)
         strong = batch[3].to(device) if fixmatch is not None else None
-        parts = model(pixels.to(device), strong, teacher, labels, probe_logits, epoch, fixmatch)
-        weight = weights[step] if weights is not None else 1.0
+        batch_counts = counts[step] if counts is not None else None
+        parts = model(pixels.to(device), strong, teacher, labels, probe_logits, epoch, fixmatch, batch_counts)
+        batch_counts = batch_counts or BatchCounts.of(labels)
         optimizer.zero_grad(set_to_none=True)
-        (parts["loss"] * weight).backward()
+        parts["loss"].backward()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
         optimizer.step()
         scheduler.step()
-        n = len(rows_np) if weight > 0 else 0
+        n = len(rows_np) if batch_counts.active else 0
+        # each rank's part is world × its share of the global batch mean: summed over ranks and
+        # divided by the world size it is that mean; rank 0 (never a filler) counts the batch once
         for name, value in parts.items():
-            sums[name] += float(value.detach()) * n
+            value = float(value.detach())
+            if not math.isfinite(value):
+                raise UserError(f"loss term '{name}' became {value} in epoch {epoch + 1} (step {step + 1}); nothing "
+                                "was saved for this epoch. Check the loss weights and learning rates (finite, "
+                                "smaller) or the teacher features (`customkd cache verify`)")
+            sums[name] += value * batch_counts.samples / batch_counts.world
         sums["_seen"] += n
+        sums["_weight"] += batch_counts.samples if env is None or env.rank == 0 else 0
         progress.update(n)
         progress.set_postfix({k: f"{v / max(sums['_seen'], 1):.3f}" for k, v in sums.items() if k != "_seen"},
                              refresh=False)
     progress.close()
     seconds = time.perf_counter() - started
     sums = dist.reduce_sums(env, dict(sums)) if env is not None else dict(sums)
-    seen = sums.pop("_seen", 0)
-    return {**{k: v / max(seen, 1) for k, v in sums.items()}, "samples": int(seen),
+    seen, weight = sums.pop("_seen", 0), sums.pop("_weight", 0)
+    return {**{k: v / max(weight, 1e-9) for k, v in sums.items()}, "samples": int(seen),
             "samples_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
 
 
@@ -165,6 +175,10 @@ def customize_epoch(method: Method, head: nn.Linear, train_features, labels: tor
         loss_sum += float(parts["loss"].detach()) * len(idx)
         correct += float(parts["correct"])
         used += float(parts["used"])
+    if not math.isfinite(loss_sum):
+        raise UserError(f"the customization loss became {loss_sum} (round {int(method.rounds) + 1}); check "
+                        "--customizer-lr and the teacher features (`customkd cache verify`)")
+    method.rounds += 1
     return {"loss": loss_sum / max(len(order), 1), "accuracy": correct / max(used, 1.0),
             "used_fraction": used / max(len(order), 1), "seconds": time.perf_counter() - started}
 

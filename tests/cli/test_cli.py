@@ -37,7 +37,7 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
 
     for method in ("customkd", "student"):
         run = tmp_path / f"run-{method}"
-        trained = customkd("distill", "--cache", str(store), "--student", TINY_STUDENT, "--method", method,
+        trained = customkd("distill", "--min-steps", "0", "--cache", str(store), "--student", TINY_STUDENT, "--method", method,
                            "--setting", "ssl", "--labels-per-class", "2", "--epochs", "2", "--image-size", "32",
                            "--batch-size", "8", "--workers", "1", "--out", str(run))
         assert trained.returncode == 0, trained.stderr
@@ -67,15 +67,15 @@ def _one_line_exit_2(result, needle: str) -> None:
     (["extract", "--teacher", TINY_TEACHER, "--data", "folder:{tmp}/missing", "--out", "{tmp}/x.zarr"], "does not exist"),
     (["extract", "--teacher", TINY_TEACHER, "--data", "imagenet", "--out", "{tmp}/x.zarr"], "unknown dataset"),
     (["extract", "--teacher", TINY_TEACHER, "--data", "elpv", "--views", "0", "--out", "{tmp}/x.zarr"], "--views must be >= 1"),
-    (["distill", "--cache", "{tmp}/absent.zarr"], "does not exist; run `make extract`"),
-    (["distill", "--cache", "{store}", "--method", "magic"], "unknown method 'magic'; known:"),
-    (["distill", "--cache", "{store}", "--student", "no_such_net"], "unknown student"),
-    (["distill", "--cache", "{store}", "--setting", "semi"], "unknown --setting"),
-    (["distill", "--cache", "{store}", "--label-fraction", "0"], "label-fraction must be in (0, 1]"),
-    (["distill", "--cache", "{file}"], "regular file"),
-    (["distill", "--cache", "{store}", "--epochs", "0"], "--epochs must be >= 1"),
-    (["distill", "--cache", "{store}", "--setting", "uda", "--source", "a"], "needs --source"),
-    (["distill", "--cache", "{store}", "--setting", "uda", "--source", "a", "--target", "b"], "unknown domain 'a'"),
+    (["distill", "--min-steps", "0", "--cache", "{tmp}/absent.zarr"], "does not exist; run `make extract`"),
+    (["distill", "--min-steps", "0", "--cache", "{store}", "--method", "magic"], "unknown method 'magic'; known:"),
+    (["distill", "--min-steps", "0", "--cache", "{store}", "--student", "no_such_net"], "unknown student"),
+    (["distill", "--min-steps", "0", "--cache", "{store}", "--setting", "semi"], "unknown --setting"),
+    (["distill", "--min-steps", "0", "--cache", "{store}", "--label-fraction", "0"], "label-fraction must be in (0, 1]"),
+    (["distill", "--min-steps", "0", "--cache", "{file}"], "regular file"),
+    (["distill", "--min-steps", "0", "--cache", "{store}", "--epochs", "0"], "--epochs must be >= 1"),
+    (["distill", "--min-steps", "0", "--cache", "{store}", "--setting", "uda", "--source", "a"], "needs --source"),
+    (["distill", "--min-steps", "0", "--cache", "{store}", "--setting", "uda", "--source", "a", "--target", "b"], "unknown domain 'a'"),
     (["extract", "--teacher", TINY_TEACHER, "--weights", "{tmp}/nope.pth", "--data", "elpv", "--out", "{tmp}/x.zarr"],
      "weights file"),
     (["extract", "--teacher", TINY_TEACHER, "--data", "elpv", "--out", "{file}"], "not a customkd store"),
@@ -97,7 +97,7 @@ def invoke(*args: str):
 
 
 def test_bad_input_in_a_real_process(tmp_path):
-    _one_line_exit_2(customkd("distill", "--cache", str(tmp_path / "none.zarr")), "does not exist")
+    _one_line_exit_2(customkd("distill", "--min-steps", "0", "--cache", str(tmp_path / "none.zarr")), "does not exist")
 
 
 def test_incomplete_cache_is_refused(tiny_store, tmp_path):
@@ -110,7 +110,7 @@ def test_incomplete_cache_is_refused(tiny_store, tmp_path):
     group = zarr.open_group(str(copy), mode="r+")
     group["done"][2] = 0
     fs.set_status(group, fs.STATUS_IN_PROGRESS)
-    _one_line_exit_2(invoke("distill", "--cache", str(copy)), "incomplete (3/4 shards done)")
+    _one_line_exit_2(invoke("distill", "--min-steps", "0", "--cache", str(copy)), "incomplete (3/4 shards done)")
 
 
 def test_help_lists_commands():
@@ -121,5 +121,5 @@ def test_help_lists_commands():
 
 
 def test_refused_distill_leaves_no_run_directory(tmp_path):
-    invoke("distill", "--cache", str(tmp_path / "absent.zarr"), "--out", str(tmp_path / "run"))
+    invoke("distill", "--min-steps", "0", "--cache", str(tmp_path / "absent.zarr"), "--out", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

@@ -55,10 +55,10 @@ def test_bad_images_are_all_named_then_skipped_with_flag(folder, tmp_path):
     summary = store_info(str(out))
     assert summary["status"] == "complete" and summary["invalid_samples"] == 3
     assert verify_store(str(out)) == []
-    data = load_cached_data(DistillConfig(cache=str(out)))
+    data = load_cached_data(DistillConfig(min_steps=0, cache=str(out)))
     invalid = {data.listing.samples[i].relpath for i in np.flatnonzero(~data.valid)}
     assert invalid == set(bad)
-    split = make_split(DistillConfig(cache=str(out), setting="supervised"), data)
+    split = make_split(DistillConfig(min_steps=0, cache=str(out), setting="supervised"), data)
     assert not set(np.concatenate([split.train, split.eval]).tolist()) & set(np.flatnonzero(~data.valid).tolist())
 
 
@@ -113,7 +113,7 @@ def test_damaged_shard_is_located_and_refused(tiny_store, tmp_path, damage):
     problems = verify_store(str(copy))
     assert any("shard 1 " in p and "features" in p for p in problems), problems
     with pytest.raises(UserError, match="damaged|NaN"):
-        load_cached_data(DistillConfig(cache=str(copy)))
+        load_cached_data(DistillConfig(min_steps=0, cache=str(copy)))
 
 
 def test_stale_dataset_is_named_and_refused(tmp_path):
@@ -127,11 +127,11 @@ def test_stale_dataset_is_named_and_refused(tmp_path):
     problems = verify_store(str(out))
     assert any("class2/img04.png changed since extraction" in p for p in problems)
     with pytest.raises(UserError, match="fingerprint component 'dataset'.*class2/img04.png.*--allow-stale"):
-        load_cached_data(DistillConfig(cache=str(out)))
-    assert load_cached_data(DistillConfig(cache=str(out), allow_stale=True)).features.shape == (30, 3, 64)
+        load_cached_data(DistillConfig(min_steps=0, cache=str(out)))
+    assert load_cached_data(DistillConfig(min_steps=0, cache=str(out), allow_stale=True)).features.shape == (30, 3, 64)
     shutil.copy(edited, folder / "class2" / "extra.png")
     with pytest.raises(UserError, match="31 images on disk vs 30"):
-        load_cached_data(DistillConfig(cache=str(out)))
+        load_cached_data(DistillConfig(min_steps=0, cache=str(out)))
 
 
 def test_teacher_check_and_h5_round_trip(tiny_store, tmp_path):
@@ -172,20 +172,20 @@ def test_pinned_or_resumed_fingerprint_names_the_component(tmp_path):
     run = tmp_path / "run"
     settings = {"student": TINY_STUDENT, "epochs": 1, "image_size": 32, "batch_size": 8, "workers": 0,
                 "labels_per_class": 2}
-    distill(DistillConfig(cache=str(out), out=str(run), expect_fingerprint=f"teacher={teacher_hash[:8]}", **settings))
+    distill(DistillConfig(min_steps=0, cache=str(out), out=str(run), expect_fingerprint=f"teacher={teacher_hash[:8]}", **settings))
 
     # the store is re-extracted in place with other teacher weights
     state = {k: v * 0.5 for k, v in create_teacher(TINY_TEACHER, weights="random").model.state_dict().items()}
     save_file(state, str(tmp_path / "w.safetensors"))
     extract(_cfg(folder, out, weights=str(tmp_path / "w.safetensors"), overwrite=True))
     with pytest.raises(UserError, match="fingerprint component 'teacher'"):
-        distill(DistillConfig(cache=str(out), out=str(run), resume=True, **settings))
+        distill(DistillConfig(min_steps=0, cache=str(out), out=str(run), resume=True, **settings))
     with pytest.raises(UserError, match="fingerprint component 'teacher'"):
-        load_cached_data(DistillConfig(cache=str(out), expect_fingerprint=f"teacher={teacher_hash[:8]}"))
+        load_cached_data(DistillConfig(min_steps=0, cache=str(out), expect_fingerprint=f"teacher={teacher_hash[:8]}"))
 
     extract(_cfg(folder, out, views=2, overwrite=True))
     with pytest.raises(UserError, match="fingerprint component 'augmentation'"):
-        load_cached_data(DistillConfig(cache=str(out), expect_fingerprint="augmentation=00000000"))
+        load_cached_data(DistillConfig(min_steps=0, cache=str(out), expect_fingerprint="augmentation=00000000"))
 
 
 def test_other_schema_version_is_refused(tiny_store, tmp_path):
@@ -194,4 +194,4 @@ def test_other_schema_version_is_refused(tiny_store, tmp_path):
     group = zarr.open_group(str(copy), mode="r+")
     group.attrs["customkd"] = {**group.attrs["customkd"], "schema_version": 2}
     with pytest.raises(UserError, match="schema version 2.*re-extract"):
-        load_cached_data(DistillConfig(cache=str(copy)))
+        load_cached_data(DistillConfig(min_steps=0, cache=str(copy)))

@@ -198,7 +198,7 @@ def test_distill_from_s3(tiny_store, s3, tmp_path):
 
     url = f"{s3}/c.zarr"
     remote.push(tiny_store, url)
-    result = distill(DistillConfig(cache=url, student=TINY_STUDENT, epochs=1, image_size=32, batch_size=8, workers=0,
+    result = distill(DistillConfig(min_steps=0, cache=url, student=TINY_STUDENT, epochs=1, image_size=32, batch_size=8, workers=0,
                                    labels_per_class=2, out=str(tmp_path / "run")))
     assert 0 <= result.final["accuracy"] <= 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _distill(store: Path, out: Path, nproc: int) -> subprocess.CompletedProcess:
-    args = ["-m", "cli", "distill", "--cache", str(store), "--student", TINY_STUDENT, "--epochs", "2",
-            "--image-size", "32", "--batch-size", "8", "--workers", "0", "--labels-per-class", "2", "--out", str(out)]
+    args = ["-m", "cli", "distill", "--min-steps", "0", "--cache", str(store), "--student", TINY_STUDENT, "--epochs", "2",
+            "--image-size", "32", "--batch-size", "8", "--workers", "0", "--labels-per-class", "2", "--out", str(out),
+            "--customize-warmup", "0"]  # customize before any KD step: both runs see the same initial head
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(launcher + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)

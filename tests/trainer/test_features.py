@@ -37,7 +37,7 @@ def test_feature_stats_match_numpy(tiny_store):
 
 
 def test_training_from_streamed_features(tiny_store, tmp_path):
-    cfg = DistillConfig(cache=str(tiny_store), student=TINY_STUDENT, epochs=2, image_size=32, batch_size=8,
+    cfg = DistillConfig(min_steps=0, cache=str(tiny_store), student=TINY_STUDENT, epochs=2, image_size=32, batch_size=8,
                         workers=0, labels_per_class=2, out=str(tmp_path / "r"), features="stream")
     assert load_cached_data(cfg).streaming
     result = distill(cfg)

@@ -11,7 +11,7 @@ from trainer.config import DistillConfig
 def _config(store, out, **kw) -> DistillConfig:
     settings = {"student": TINY_STUDENT, "method": "customkd", "setting": "ssl", "labels_per_class": 3, "epochs": 3,
                 "image_size": 32, "batch_size": 8, "workers": 0, **kw}
-    return DistillConfig(cache=str(store), out=str(out), **settings)
+    return DistillConfig(min_steps=0, cache=str(store), out=str(out), **settings)
 
 
 def test_killed_run_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch):

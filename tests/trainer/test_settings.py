@@ -21,7 +21,7 @@ def domain_store(tmp_path_factory):
 
 
 def test_uda_split_labels_source_only_and_evaluates_on_target(domain_store):
-    cfg = DistillConfig(cache=str(domain_store), setting="uda", source=("Art", "Photo"), target=("Clipart",))
+    cfg = DistillConfig(min_steps=0, cache=str(domain_store), setting="uda", source=("Art", "Photo"), target=("Clipart",))
     data = load_cached_data(cfg)
     split = make_split(cfg, data)
     clipart = data.manifest["domains"].index("Clipart")
@@ -34,10 +34,10 @@ def test_uda_split_labels_source_only_and_evaluates_on_target(domain_store):
 
 def test_uda_run_and_fixmatch_run(domain_store, tmp_path):
     common = {"student": TINY_STUDENT, "epochs": 1, "image_size": 32, "batch_size": 8, "workers": 0}
-    uda = distill(DistillConfig(cache=str(domain_store), setting="uda", source=("Art",), target=("Photo",),
+    uda = distill(DistillConfig(min_steps=0, cache=str(domain_store), setting="uda", source=("Art",), target=("Photo",),
                                 out=str(tmp_path / "uda"), **common))
     assert 0 <= uda.final["accuracy"] <= 1
-    fixmatch = distill(DistillConfig(cache=str(domain_store), setting="ssl", labels_per_class=2, ssl="fixmatch",
+    fixmatch = distill(DistillConfig(min_steps=0, cache=str(domain_store), setting="ssl", labels_per_class=2, ssl="fixmatch",
                                      fixmatch_threshold=0.0, out=str(tmp_path / "fm"), **common))
     import json
 
@@ -54,7 +54,7 @@ def test_fixmatch_loss_formula():
 
 
 def test_strong_views_are_seeded_and_differ_from_weak(domain_store):
-    data = load_cached_data(DistillConfig(cache=str(domain_store)))
+    data = load_cached_data(DistillConfig(min_steps=0, cache=str(domain_store)))
     ds = StudentViews(data, 32, (0.5,) * 3, (0.5,) * 3, strong_seed=0)
     weak, _, _, strong = ds[(3, 1, 0)]
     assert torch.equal(strong, ds[(3, 1, 0)][3]) and not torch.equal(weak, strong)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from featcache.errors import UserError
-from trainer.methods.base import Method, MethodContext, StepInputs
+from trainer.methods.base import BatchCounts, Method, MethodContext, StepInputs
 from trainer.methods.customkd import CustomKD, CustomKDWithDKD
 from trainer.methods.dkd import DKD
 from trainer.methods.fitnet import FitNet
 from trainer.methods.kd import HintonKD
+from trainer.methods.kd_fitnet import KDWithFitNet
 from trainer.methods.student import StudentOnly
 
 METHODS: dict[str, type[Method]] = {
     "student": StudentOnly,
     "fitnet": FitNet,
     "kd": HintonKD,
+    "kd+fitnet": KDWithFitNet,
     "dkd": DKD,
     "customkd": CustomKD,
     "customkd+dkd": CustomKDWithDKD,
@@ -30,4 +32,4 @@ def create_method(name: str, ctx: MethodContext) -> Method:
     return resolve_method(name)(ctx)
 
 
-__all__ = ["METHODS", "Method", "MethodContext", "StepInputs", "create_method", "resolve_method"]
+__all__ = ["METHODS", "BatchCounts", "Method", "MethodContext", "StepInputs", "create_method", "resolve_method"]

@@ -1,8 +1,15 @@
-"""What every method gets and returns. A method is an ``nn.Module`` holding its own adapters."""
+"""What every method gets and returns. A method is an ``nn.Module`` holding its own adapters.
+
+Every loss term is a *sum* over the samples it concerns divided by that kind's count in the
+**global** batch (:class:`BatchCounts`), never by a per-rank count. Under torchrun each rank holds
+a slice of the global batch; with global denominators, DDP's gradient average over ranks equals the
+single-process gradient of the whole global batch for every term, however the labeled and
+unlabeled samples fall across ranks (DESIGN §10).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -12,11 +19,41 @@ from trainer.config import DistillConfig
 
 
 @dataclass(frozen=True)
+class BatchCounts:
+    """Denominators of one global batch: all samples, labeled ones, unlabeled ones.
+
+    ``world`` is the number of ranks sharing it: each rank's term is multiplied by it because DDP
+    averages gradients over ranks. ``active = False`` marks a rank's zero-weight filler step."""
+
+    samples: int
+    labeled: int
+    unlabeled: int
+    world: int = 1
+    active: bool = True
+
+    @classmethod
+    def of(cls, labels: torch.Tensor) -> BatchCounts:
+        """Counts of a batch that is the whole global batch (one process)."""
+        labeled = int((labels >= 0).sum())
+        return cls(len(labels), labeled, len(labels) - labeled)
+
+    def mean(self, total: torch.Tensor, kind: str = "samples") -> torch.Tensor:
+        """``total`` (a sum over this rank's samples of ``kind``) as this rank's share of the global mean."""
+        count = getattr(self, kind)
+        if not self.active or count == 0:
+            return total * 0.0
+        return total * (self.world / count)
+
+
+@dataclass(frozen=True)
 class MethodContext:
     teacher_dim: int  # D
     student_dim: int  # d_s
     num_classes: int  # C
     config: DistillConfig
+    # The student's output activation (e.g. Hardswish for MobileNetV3): f_s lies in its range, so
+    # the customized target does too (see trainer.feature_range). Identity when f_s is unbounded.
+    student_activation: nn.Module = field(default_factory=nn.Identity)
 
 
 @dataclass
@@ -29,14 +66,25 @@ class StepInputs:
     teacher_features: torch.Tensor  # f_t [B, D], normalised
     probe_logits: torch.Tensor  # θ^c_t(f_t) [B, C]
     epoch: int
+    counts: BatchCounts | None = None  # global-batch denominators; None = this batch is the global batch
+
+    def __post_init__(self) -> None:
+        if self.counts is None:
+            self.counts = BatchCounts.of(self.labels)
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the labeled samples of the batch (0 when there are none)."""
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, counts: BatchCounts | None = None) -> torch.Tensor:
+    """Cross-entropy over the labeled samples, divided by the global number of labeled samples."""
+    counts = counts if counts is not None else BatchCounts.of(labels)
     labeled = labels >= 0
     if not labeled.any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[labeled], labels[labeled])
+        return counts.mean(logits.sum() * 0.0, "labeled")
+    return counts.mean(F.cross_entropy(logits[labeled], labels[labeled], reduction="sum"), "labeled")
+
+
+def feature_mse(prediction: torch.Tensor, target: torch.Tensor, counts: BatchCounts) -> torch.Tensor:
+    """MSE over ``[B, K]`` features: mean over K, sum over samples, global mean over the batch."""
+    return counts.mean((prediction - target).square().mean(1).sum())
 
 
 class Method(nn.Module):

@@ -1,16 +1,28 @@
-"""``customkd``: CustomKD (Lee et al., CVPR 2025), see DESIGN §2.
+"""``customkd``: CustomKD (Lee et al., CVPR 2025), see DESIGN §2 and §10.
 
-Two stages alternate, customization first (one customization epoch every ``alternate_every``
-KD epochs):
+Two stages alternate, customization first once the head means something (one customization epoch
+before every ``alternate_every``-th KD epoch, starting after ``customize_warmup`` KD epochs):
 
 1. Customization — only θ^h_t trains, through the student's frozen, shared head θ^c_s:
-   L_cus = CE(θ^c_s(θ^h_t(f_t)), y), y = labels + confident teacher-probe pseudo-labels
+   L_cus = CE(θ^c_s(a(θ^h_t(f_t))), y), y = labels + confident teacher-probe pseudo-labels
    (or labels only, or KL to the probe's softmax with ``customize_target=soft``).
 2. Distillation — student and P_s train, θ^h_t frozen:
-   L = L_task + λ_g · MSE(P_s(f_s), f_t) + λ_s · MSE(f_s, θ^h_t(f_t)).
+   L = L_task + λ_g · MSE(P_s(f_s), f_t) + λ_s · MSE(f_s, a(θ^h_t(f_t))).
 
-Ablation: ``customize_head=random`` customizes through a fixed randomly initialised head.
-θ^h_t, P_s and the random head are dropped after training.
+Why ``a`` and the bounded scale (DESIGN §10): f_s leaves the student through an activation
+(MobileNetV3: Hardswish, so f_s ≥ −0.375). An unconstrained θ^h_t put 34 % of its entries below
+that bound, and 45 % of the task-specific MSE was out of any student's reach; CE through a small
+head also rewards ever larger outputs, so its RMS drifted to 2.4× the student's. ``a`` is the
+student's own output activation (``customizer_activation=student``, found by
+:mod:`trainer.feature_range`), which makes every target reachable by construction; label smoothing
+on L_cus gives CE a finite optimum and AdamW's weight decay on θ^h_t keeps its scale from drifting
+(measurements in docs/tuning.md). ``customizer_activation=none`` and zero smoothing/decay restore
+the unconstrained variant.
+
+Heads customized through (``customize_head``): ``student`` (the method), ``random`` (a fixed random
+head, the paper's ablation as a frozen head) and ``random-trained`` (a random-init head θ^c_t trained
+jointly with θ^h_t, the paper's ablation as described). θ^h_t, P_s and the heads are dropped after
+training.
 """
 
 from __future__ import annotations
@@ -19,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.methods.base import Method, MethodContext, StepInputs, task_loss
+from trainer.feature_range import activation_range, unreachable
+from trainer.methods.base import Method, MethodContext, StepInputs, feature_mse, task_loss
 from trainer.methods.dkd import dkd_term
 
 
@@ -46,21 +59,39 @@ class CustomKD(Method):
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        self.customizer = make_customizer(ctx.config.customizer, ctx.teacher_dim, ctx.student_dim)
+        cfg = ctx.config
+        self.customizer = make_customizer(cfg.customizer, ctx.teacher_dim, ctx.student_dim)
+        self.activation = ctx.student_activation if cfg.customizer_activation == "student" else nn.Identity()
+        self.student_range = activation_range(ctx.student_activation)  # where f_s can go, for the log
         self.projector = nn.Linear(ctx.student_dim, ctx.teacher_dim)
         self.random_head = None
-        if ctx.config.customize_head == "random":
-            self.random_head = nn.Linear(ctx.student_dim, ctx.num_classes).requires_grad_(False)
+        if cfg.customize_head in ("random", "random-trained"):
+            self.random_head = nn.Linear(ctx.student_dim, ctx.num_classes)
+            self.random_head.requires_grad_(cfg.customize_head == "random-trained")
+        # customization rounds done: no task-specific term before the first one (nothing customized yet)
+        self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
 
     def student_side_parameters(self) -> list[nn.Parameter]:
         return list(self.projector.parameters())
 
+    def customizer_parameters(self) -> list[nn.Parameter]:
+        """What the customization stage trains: θ^h_t, and the random head when it is trained jointly."""
+        head = list(self.random_head.parameters()) if self.ctx.config.customize_head == "random-trained" else []
+        return list(self.customizer.parameters()) + head
+
+    def customized(self, teacher_features: torch.Tensor) -> torch.Tensor:
+        """a(θ^h_t(f_t)): ``[B, D] -> [B, d_s]``."""
+        return self.activation(self.customizer(teacher_features))
+
     def customization_loss(self, teacher_features: torch.Tensor, labels: torch.Tensor,
                            probe_logits: torch.Tensor, head: nn.Linear) -> dict:
-        """L_cus for features ``[B, D]``; gradients reach θ^h_t only (the head is used detached)."""
+        """L_cus for features ``[B, D]``; gradients reach θ^h_t (and a jointly trained random head) only."""
         cfg = self.ctx.config
-        head = self.random_head if self.random_head is not None else head
-        logits = F.linear(self.customizer(teacher_features), head.weight.detach(), head.bias.detach())
+        if cfg.customize_head == "random-trained":
+            logits = self.random_head(self.customized(teacher_features))
+        else:
+            head = self.random_head if self.random_head is not None else head
+            logits = F.linear(self.customized(teacher_features), head.weight.detach(), head.bias.detach())
         if cfg.customize_target == "soft":
             loss = F.kl_div(F.log_softmax(logits, 1), F.softmax(probe_logits, 1), reduction="batchmean")
             used = torch.ones_like(labels, dtype=torch.bool)
@@ -68,19 +99,27 @@ class CustomKD(Method):
         else:
             targets = customization_targets(labels, probe_logits, cfg.customize_target, cfg.pseudo_threshold)
             used = targets >= 0
-            loss = F.cross_entropy(logits[used], targets[used]) if used.any() else logits.sum() * 0.0
+            loss = (F.cross_entropy(logits[used], targets[used], label_smoothing=cfg.customize_smoothing)
+                    if used.any() else logits.sum() * 0.0)
         correct = (logits.argmax(1) == targets)[used].float().sum()
         return {"loss": loss, "correct": correct, "used": used.sum()}
 
     def forward(self, step: StepInputs) -> dict:
-        cfg = self.ctx.config
-        task = task_loss(step.logits, step.labels)
-        general = F.mse_loss(self.projector(step.student_features), step.teacher_features)
-        with torch.no_grad():
-            customized = self.customizer(step.teacher_features)
-        specific = F.mse_loss(step.student_features, customized)
+        cfg, counts = self.ctx.config, step.counts
+        task = task_loss(step.logits, step.labels, counts)
+        general = feature_mse(self.projector(step.student_features), step.teacher_features, counts)
+        parts = {"task": task, "general": general}
+        if int(self.rounds) > 0:
+            with torch.no_grad():
+                customized = self.customized(step.teacher_features)
+                f_s = step.student_features.detach()
+                rms_ratio = customized.square().mean(1).sqrt() / f_s.square().mean(1).sqrt().clamp_min(1e-8)
+                parts["specific_unreachable"] = counts.mean(unreachable(customized, *self.student_range).sum())
+                parts["rms_ratio"] = counts.mean(rms_ratio.sum())
+            parts["specific"] = feature_mse(step.student_features, customized, counts)
+        specific = parts.get("specific", general * 0.0)
         loss = task + cfg.lambda_general * general + cfg.lambda_specific * specific
-        return {"loss": loss, "task": task, "general": general, "specific": specific}
+        return {"loss": loss, **parts}
 
 
 class CustomKDWithDKD(CustomKD):

@@ -10,32 +10,34 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainer.methods.base import Method, StepInputs, task_loss
+from trainer.methods.base import BatchCounts, Method, StepInputs, task_loss
 
 
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-             alpha: float, beta: float, temperature: float) -> torch.Tensor:
-    """Decoupled KD for logits ``[B, C]`` and targets ``[B]``."""
+             alpha: float, beta: float, temperature: float, counts: BatchCounts | None = None) -> torch.Tensor:
+    """Decoupled KD for logits ``[B, C]`` and targets ``[B]``, divided by the global batch size."""
+    counts = counts if counts is not None else BatchCounts(len(target), 0, len(target))
     gt = F.one_hot(target, student_logits.shape[1]).bool()
     p_s = F.softmax(student_logits / temperature, dim=1)
     p_t = F.softmax(teacher_logits / temperature, dim=1)
     b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], dim=1).clamp_min(1e-8)
     b_t = torch.stack([(p_t * gt).sum(1), (p_t * ~gt).sum(1)], dim=1).clamp_min(1e-8)
-    tckd = F.kl_div(b_s.log(), b_t, reduction="batchmean") * temperature**2
+    tckd = counts.mean(F.kl_div(b_s.log(), b_t, reduction="sum")) * temperature**2
     log_q_s = F.log_softmax(student_logits / temperature - 1000.0 * gt, dim=1)
     q_t = F.softmax(teacher_logits / temperature - 1000.0 * gt, dim=1)
-    nckd = F.kl_div(log_q_s, q_t, reduction="batchmean") * temperature**2
+    nckd = counts.mean(F.kl_div(log_q_s, q_t, reduction="sum")) * temperature**2
     return alpha * tckd + beta * nckd
 
 
 def dkd_term(step: StepInputs, cfg) -> torch.Tensor:
     target = torch.where(step.labels >= 0, step.labels, step.probe_logits.argmax(1))
     warmup = min((step.epoch + 1) / cfg.dkd_warmup, 1.0) if cfg.dkd_warmup > 0 else 1.0
-    return warmup * dkd_loss(step.logits, step.probe_logits, target, cfg.dkd_alpha, cfg.dkd_beta, cfg.kd_temperature)
+    return warmup * dkd_loss(step.logits, step.probe_logits, target, cfg.dkd_alpha, cfg.dkd_beta, cfg.kd_temperature,
+                             step.counts)
 
 
 class DKD(Method):
     def forward(self, step: StepInputs) -> dict:
-        task = task_loss(step.logits, step.labels)
+        task = task_loss(step.logits, step.labels, step.counts)
         dkd = dkd_term(step, self.ctx.config)
         return {"loss": task + dkd, "task": task, "dkd": dkd}

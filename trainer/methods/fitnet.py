@@ -5,10 +5,9 @@ L = L_task + λ_g · MSE(P_s(f_s), f_t), with P_s a learnable linear projector d
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import nn
 
-from trainer.methods.base import Method, MethodContext, StepInputs, task_loss
+from trainer.methods.base import Method, MethodContext, StepInputs, feature_mse, task_loss
 
 
 class FitNet(Method):
@@ -17,6 +16,6 @@ class FitNet(Method):
         self.projector = nn.Linear(ctx.student_dim, ctx.teacher_dim)
 
     def forward(self, step: StepInputs) -> dict:
-        task = task_loss(step.logits, step.labels)
-        general = F.mse_loss(self.projector(step.student_features), step.teacher_features)
+        task = task_loss(step.logits, step.labels, step.counts)
+        general = feature_mse(self.projector(step.student_features), step.teacher_features, step.counts)
         return {"loss": task + self.ctx.config.lambda_general * general, "task": task, "general": general}

@@ -9,19 +9,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainer.methods.base import Method, StepInputs, task_loss
+from trainer.methods.base import BatchCounts, Method, StepInputs, task_loss
 
 
-def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² · KL(p_t ‖ p_s) averaged over the batch."""
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                     counts: BatchCounts | None = None) -> torch.Tensor:
+    """T² · KL(p_t ‖ p_s), summed over the samples and divided by the global batch size."""
+    counts = counts if counts is not None else BatchCounts(len(student_logits), 0, len(student_logits))
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     p_t = F.softmax(teacher_logits / temperature, dim=1)
-    return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature**2
+    return counts.mean(F.kl_div(log_p_s, p_t, reduction="sum")) * temperature**2
 
 
 class HintonKD(Method):
     def forward(self, step: StepInputs) -> dict:
         cfg = self.ctx.config
-        task = task_loss(step.logits, step.labels)
-        kd = soft_target_loss(step.logits, step.probe_logits, cfg.kd_temperature)
+        task = task_loss(step.logits, step.labels, step.counts)
+        kd = soft_target_loss(step.logits, step.probe_logits, cfg.kd_temperature, step.counts)
         return {"loss": task + cfg.kd_weight * kd, "task": task, "kd": kd}

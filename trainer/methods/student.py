@@ -9,5 +9,5 @@ class StudentOnly(Method):
     uses_teacher = False
 
     def forward(self, step: StepInputs) -> dict:
-        task = task_loss(step.logits, step.labels)
+        task = task_loss(step.logits, step.labels, step.counts)
         return {"loss": task, "task": task}
