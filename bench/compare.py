@@ -343,7 +343,8 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, d
 SHARED_KEYS = ("student", "student_pretrained", "student_weights", "epochs", "image_size", "batch_size", "optimizer",
                "effective_lr", "weight_decay", "lambda_general", "customizer", "customizer_lr", "pseudo_threshold",
                "alternate_every", "kd_temperature", "feature_norm", "device", "n_train", "n_eval", "classes", "teacher")
-CONFIG_KEYS = (*SHARED_KEYS, "lambda_specific", "customize_warmup", "setting", "effective_label_fraction")
+CONFIG_KEYS = (*SHARED_KEYS, "lambda_specific", "customize_warmup", "customizer_activation", "customizer_weight_decay",
+               "customize_smoothing", "customizer_reset", "min_steps", "setting", "effective_label_fraction")
 
 
 def train_mechanism(metrics: dict) -> dict:

@@ -199,10 +199,11 @@ ALIGNMENT_COLUMNS = (("alignment", "cka_customized_vs_student", "CKA(z, f_s)"),
                      ("alignment", "scaled_mse", "MSE after best scale"),
                      ("alignment", "head_row_space_share", "share in head row space"),
                      ("alignment", "logit_r2", "R² from probe logits"),
-                     ("alignment", "rms_ratio", "RMS z ÷ f_s"),
-                     ("mechanism", "specific_first", "task-specific MSE, epoch 1"),
+                     ("alignment", "rms_ratio", "RMS z ÷ f_s (eval mode)"),
+                     ("mechanism", "specific_first", "task-specific MSE, first customized epoch"),
                      ("mechanism", "specific_last", "…, last epoch"),
-                     ("mechanism", "specific_unreachable_last", "unreachable part, last epoch"))
+                     ("mechanism", "specific_unreachable_last", "unreachable part, last epoch"),
+                     ("mechanism", "train_rms_ratio_last", "RMS ratio in training, last epoch"))
 
 
 def alignment_table(summary: dict, regime: str) -> list[str]:
@@ -328,9 +329,15 @@ def setup_section(summary: dict) -> list[str]:
         *stores,
         f"- Training recipe shared by every run: batch {cfg['batch_size']}, {cfg['optimizer']} lr "
         f"{cfg['effective_lr']} (weight decay {cfg['weight_decay']}), λ_g = {cfg['lambda_general']}, "
-        f"λ_s = {cfg['lambda_specific']}, {cfg['customizer']} θ^h_t with Adam {cfg['customizer_lr']}"
+        f"λ_s = {cfg['lambda_specific']}, {cfg['customizer']} θ^h_t with lr {cfg['customizer_lr']}"
+        + (f" and weight decay {cfg['customizer_weight_decay']}" if cfg.get("customizer_weight_decay") is not None
+           else "")
+        + (f", output activation `{cfg['customizer_activation']}`" if cfg.get("customizer_activation") else "")
+        + (f", label smoothing {cfg['customize_smoothing']} in L_cus" if cfg.get("customize_smoothing") is not None
+           else "")
         + (f", {cfg['customize_warmup']} KD warm-up epoch(s) before the first customization"
            if cfg.get("customize_warmup") is not None else "")
+        + (f", at least {cfg['min_steps']} optimizer steps per run" if cfg.get("min_steps") else "")
         + f", pseudo-label threshold {cfg['pseudo_threshold']}, KD temperature {cfg['kd_temperature']}.",
         "- The label subset is drawn by the seed, so for one seed every method sees the same labels: that is what "
         "makes the per-seed differences paired.",
