@@ -40,7 +40,8 @@ import numpy as np
 from featcache import remote
 from featcache.errors import UserError
 
-SCHEMA_VERSION = 1
+# 2: every chunk is written, fill-valued ones too, so a missing chunk is damage (version 1 skipped them)
+SCHEMA_VERSION = 2
 ATTRS_KEY = "customkd"
 STATUS_CREATING = "creating"  # arrays not all created yet: safe to delete and start over
 STATUS_IN_PROGRESS = "in_progress"
@@ -425,7 +426,7 @@ def validate_manifest(group, path: str | Path) -> dict:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise UserError(
             f"cache {name} has store schema version {manifest.get('schema_version')!r}, this customkd reads "
-            f"version {SCHEMA_VERSION}; re-extract it with this version"
+            f"version {SCHEMA_VERSION}; rebuild it with this version (`customkd extract ... --overwrite`)"
         )
     try:
         shape = _manifest_problem(manifest, path)

@@ -143,13 +143,16 @@ def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray
         sums["_seen"] += n
         sums["_weight"] += batch_counts.samples if env is None or env.rank == 0 else 0
         progress.update(n)
-        progress.set_postfix({k: f"{v / max(sums['_seen'], 1):.3f}" for k, v in sums.items() if k != "_seen"},
+        progress.set_postfix({k: f"{v / max(sums['_seen'], 1):.3f}" for k, v in sums.items() if not k.startswith("_")},
                              refresh=False)
     progress.close()
     seconds = time.perf_counter() - started
     sums = dist.reduce_sums(env, dict(sums)) if env is not None else dict(sums)
     seen, weight = sums.pop("_seen", 0), sums.pop("_weight", 0)
-    return {**{k: v / max(weight, 1e-9) for k, v in sums.items()}, "samples": int(seen),
+    means = {k: v / max(weight, 1e-9) for k, v in sums.items()}
+    if "customized_ms" in means:  # CustomKD: is the customized target on the student's scale?
+        means["rms_ratio"] = math.sqrt(means["customized_ms"] / max(means["student_ms"], 1e-12))
+    return {**means, "samples": int(seen),
             "samples_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
 
 

@@ -113,9 +113,10 @@ class CustomKD(Method):
             with torch.no_grad():
                 customized = self.customized(step.teacher_features)
                 f_s = step.student_features.detach()
-                rms_ratio = customized.square().mean(1).sqrt() / f_s.square().mean(1).sqrt().clamp_min(1e-8)
                 parts["specific_unreachable"] = counts.mean(unreachable(customized, *self.student_range).sum())
-                parts["rms_ratio"] = counts.mean(rms_ratio.sum())
+                # mean squares of both sides; the trainer logs RMS(θ^h_t(f_t)) / RMS(f_s) from them
+                parts["customized_ms"] = counts.mean(customized.square().mean(1).sum())
+                parts["student_ms"] = counts.mean(f_s.square().mean(1).sum())
             parts["specific"] = feature_mse(step.student_features, customized, counts)
         specific = parts.get("specific", general * 0.0)
         loss = task + cfg.lambda_general * general + cfg.lambda_specific * specific
