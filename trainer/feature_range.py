@@ -34,8 +34,9 @@ def output_activation(features_fn, model: nn.Module, image_size: int) -> nn.Modu
     """A copy of the last elementwise activation on the path of ``features_fn``, or ``nn.Identity``.
 
     Walks the modules that ran, last first, skipping pass-through modules (identity, dropout,
-    flatten) and parameter-free reductions (pooling); the first remaining one is the answer if it is
-    a parameter-free elementwise module, otherwise f_s is unbounded (a norm or linear layer ends it)."""
+    flatten) and parameter-free modules that are not elementwise (pooling); the first parameter-free
+    elementwise module is the answer, unless a module with parameters (norm, conv, linear) comes
+    first: then f_s is unbounded."""
     events: list[tuple[nn.Module, bool]] = []  # (module, changed the shape)
     hooks = []
     for module in model.modules():
@@ -54,15 +55,14 @@ def output_activation(features_fn, model: nn.Module, image_size: int) -> nn.Modu
         for hook in hooks:
             hook.remove()
     for module, reshaped in reversed(events):
-        has_params = any(True for _ in module.parameters(recurse=False))
-        if not has_params and (isinstance(module, _PASS_THROUGH) or reshaped):
-            continue
-        if not has_params and _elementwise(module):
-            activation = copy.deepcopy(module).eval()
-            if hasattr(activation, "inplace"):
-                activation.inplace = False  # it will act on θ^h_t's output, which autograd still needs
-            return activation
-        break
+        if any(True for _ in module.parameters(recurse=False)):
+            break  # a norm, conv or linear layer ends the path: f_s is unbounded
+        if isinstance(module, _PASS_THROUGH) or reshaped or not _elementwise(module):
+            continue  # identity, dropout, flatten, pooling: they keep the range of what came before
+        activation = copy.deepcopy(module).eval()
+        if hasattr(activation, "inplace"):
+            activation.inplace = False  # it will act on θ^h_t's output, which autograd still needs
+        return activation
     return nn.Identity()
 
 
