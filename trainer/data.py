@@ -205,6 +205,10 @@ def make_split(cfg: DistillConfig, data: CachedData) -> Split:
     train = (data.split == 0) & data.valid
     test = (data.split == 1) & data.valid
     if cfg.setting == "uda":
+        both = sorted(set(cfg.source) & set(cfg.target))
+        if both:
+            raise UserError(f"domain {both[0]!r} is both --source and --target; the target must stay unlabeled, "
+                            "so name different domains")
         source = np.isin(data.domain, _domain_ids(cfg.source, data.manifest["domains"]))
         target = np.isin(data.domain, _domain_ids(cfg.target, data.manifest["domains"]))
         rows = np.flatnonzero(train & (source | target))
@@ -214,7 +218,11 @@ def make_split(cfg: DistillConfig, data: CachedData) -> Split:
         rows = np.flatnonzero(train)
         labels = data.labels[rows].copy()
         if cfg.setting == "ssl":
-            labels[~select_labeled(labels, cfg)] = -1
+            labeled = select_labeled(labels, cfg)
+            if labeled.all():
+                raise UserError("the label budget (--labels-per-class / --label-fraction) labels every training sample, "
+                                "leaving none unlabeled; choose a smaller budget, or --setting supervised")
+            labels[~labeled] = -1
         eval_rows = np.flatnonzero(test)
     if len(eval_rows) == 0 or (labels >= 0).sum() == 0:
         raise UserError("this setting leaves no labeled training samples or no held-out samples; check the split")

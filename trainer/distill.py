@@ -57,16 +57,78 @@ def default_run_dir(cfg: DistillConfig) -> str:
     return f"runs/{cfg.method}-{cfg.student}-{stamp}"
 
 
+LOCK = ".lock"
+# settings a resumed run may change: where and how it runs, not what it computes
+RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_stale", "data", "verbose")
+_HELD_LOCKS: dict[str, object] = {}
+
+
+def _inside_store(run: Path) -> Path | None:
+    for parent in [run.resolve(), *run.resolve().parents]:
+        if (parent / "zarr.json").is_file():
+            return parent
+    return None
+
+
 def check_run_dir(cfg: DistillConfig) -> Path:
-    """The run directory, checked but not created: a run refused later leaves nothing behind."""
+    """The run directory, checked but not created: a run refused later leaves nothing behind.
+
+    A folder belongs to one run: a folder holding other files is refused, a finished or checkpointed
+    run needs --resume, and --resume must not change what the run computes."""
     run = Path(cfg.out or default_run_dir(cfg))
     if run.exists() and not run.is_dir():
         raise UserError(f"run directory {run} is a file; choose another --out")
-    if (run / "config.json").exists() and not cfg.resume:
+    store = _inside_store(run)
+    if store is not None:
+        raise UserError(f"--out {run} is inside the feature store {store}; choose a folder outside it")
+    has_config, has_checkpoint = (run / "config.json").is_file(), (run / CHECKPOINT).is_file()
+    if run.is_dir() and not has_config and any(p.name != LOCK for p in run.iterdir()):
+        raise UserError(f"{run} holds files that are not a customkd run; choose a new or empty --out")
+    if cfg.resume and not has_checkpoint:
+        raise UserError(f"--resume needs {run / CHECKPOINT}; that run stopped before its first checkpoint: "
+                        "rerun the same command without --resume to start it over")
+    if has_checkpoint and not cfg.resume:
         raise UserError(f"run directory {run} already holds a run; pass --resume to continue it or choose another --out")
-    if cfg.resume and not (run / CHECKPOINT).exists():
-        raise UserError(f"--resume needs {run / CHECKPOINT}; that run has no checkpoint yet, start it without --resume")
+    if cfg.resume:
+        _check_same_settings(cfg, json.loads((run / "config.json").read_text()), run)
     return run
+
+
+def _check_same_settings(cfg: DistillConfig, recorded: dict, run: Path) -> None:
+    for key, value in cfg.to_dict().items():
+        if key not in RESUME_MAY_CHANGE and recorded.get(key) != value:
+            raise UserError(f"--resume of {run} with another {key!r} ({value!r}, the run used {recorded.get(key)!r}); "
+                            "resume with the run's own settings or start a new --out")
+
+
+def release_run_dir() -> None:
+    """Drop every lock this process holds (one run per process; tests and the bench run several)."""
+    for handle in _HELD_LOCKS.values():
+        handle.close()
+    _HELD_LOCKS.clear()
+
+
+def claim_run_dir(cfg: DistillConfig, run: Path) -> None:
+    """Create the run folder, lock it, and check it again under the lock (another run may have won)."""
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {run} ({exc.strerror}); choose a writable --out") from None
+    lock_run_dir(run)
+    check_run_dir(cfg)
+
+
+def lock_run_dir(run: Path) -> None:
+    """An exclusive lock on the run folder for as long as this process writes it."""
+    import fcntl
+
+    handle = open(run / LOCK, "a")  # noqa: SIM115 - held open until the process ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(f"another distill is writing {run}; wait for it or choose another --out") from None
+    _HELD_LOCKS[str(run)] = handle
 
 
 def make_optimizers(cfg: DistillConfig, student, method, steps: int):
@@ -177,8 +239,6 @@ def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Sessio
     seed_everything(cfg.seed)
     pinned = json.loads((run / "config.json").read_text())["store_fingerprint"] if cfg.resume else None
     data = load_cached_data(cfg, pinned)
-    if env.main:
-        run.mkdir(parents=True, exist_ok=True)
     split = make_split(cfg, data)
     if cfg.epochs > 4 * max(data.n_views - 1, 1):
         log.warning("%d epochs over %d cached views per sample: views repeat often", cfg.epochs, data.n_views)
@@ -197,6 +257,7 @@ def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Sessio
                                         find_unused_parameters=True)  # the customizer trains outside DDP
     steps = cfg.epochs_for(len(split.train)) * -(-len(split.train) // cfg.batch_size)
     optimizer, scheduler, customizer_opt = make_optimizers(cfg, student, method, steps)
+    dist.on_main(env, lambda: claim_run_dir(cfg, run))  # last: a run refused above leaves nothing behind
     row_labels = np.full(len(data.labels), -1, dtype=np.int64)
     row_labels[split.train] = split.train_labels
     return Session(cfg, env, device, run, data, split, norm, probe.to(device), probe_metrics, student, method,
@@ -288,17 +349,13 @@ def save_epoch(s: Session, epoch: int) -> None:
     write_metrics_csv(s.run / "metrics.csv", s.history)
 
 
-def distill(cfg: DistillConfig) -> DistillResult:
-    """Train one student from a complete store; writes config.json, metrics.json, student.safetensors.
-
-    Under torchrun every rank runs this; only rank 0 writes files."""
-    started = time.perf_counter()
-    env, device = dist.init_distributed(cfg.device)
-    s = setup(cfg, env, device)
+def train(s: Session) -> dict:
+    """Every epoch still to run (customization when due, KD, evaluation, checkpoint); the final metrics."""
+    cfg, env = s.cfg, s.env
     eval_ds = StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std)
     train_ds = (StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std, strong_seed=cfg.seed)
                 if cfg.ssl == "fixmatch" else eval_ds)
-    if env.main:
+    if env.main and not cfg.resume:  # a resumed run keeps its record
         write_json(s.run / "config.json", run_config(s))
     first_epoch = resume(s) if cfg.resume else 0
     for epoch in range(first_epoch, s.epochs):
@@ -317,4 +374,18 @@ def distill(cfg: DistillConfig) -> DistillResult:
         save_file(state, str(s.run / "student.safetensors"))
         write_json(s.run / "metrics.json", {"epochs": s.history, "final": final, "teacher_probe": s.probe_metrics})
     dist.barrier(env)
+    return final
+
+
+def distill(cfg: DistillConfig) -> DistillResult:
+    """Train one student from a complete store; writes config.json, metrics.json, student.safetensors.
+
+    Under torchrun every rank runs this; only rank 0 writes files."""
+    started = time.perf_counter()
+    env, device = dist.init_distributed(cfg.device)
+    try:
+        s = setup(cfg, env, device)
+        final = train(s)
+    finally:
+        release_run_dir()
     return DistillResult(str(s.run), final, s.probe_metrics, time.perf_counter() - started)

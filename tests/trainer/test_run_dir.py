@@ -1,0 +1,75 @@
+"""A run folder belongs to one run (issue 12): foreign folders, stores, locks, resume settings, restarts."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+
+import pytest
+
+from featcache.errors import UserError
+from tests.conftest import TINY_STUDENT
+from trainer import distill as distill_mod
+from trainer.config import DistillConfig
+
+
+def _config(store, out, **overrides) -> DistillConfig:
+    values = dict(min_steps=0, cache=str(store), student=TINY_STUDENT, method="kd", epochs=1, image_size=32,
+                  batch_size=8, workers=0, labels_per_class=2, out=str(out))
+    return DistillConfig(**{**values, **overrides})
+
+
+def test_a_folder_with_other_files_is_refused_and_left_untouched(tiny_store, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(UserError, match="not a customkd run"):
+        distill_mod.distill(_config(tiny_store, out))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
+
+
+def test_out_inside_a_store_is_refused(tiny_store):
+    with pytest.raises(UserError, match="inside the feature store"):
+        distill_mod.check_run_dir(_config(tiny_store, tiny_store / "runs" / "r"))
+
+
+def test_a_locked_run_folder_is_refused(tiny_store, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / distill_mod.LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another distill writing this folder
+        with pytest.raises(UserError, match="another distill is writing"):
+            distill_mod.distill(_config(tiny_store, out))
+    assert not (out / "config.json").exists()
+
+
+def test_resume_with_other_settings_is_refused_and_the_record_kept(tiny_store, tmp_path):
+    out = tmp_path / "r"
+    distill_mod.distill(_config(tiny_store, out))
+    before = (out / "config.json").read_bytes()
+    with pytest.raises(UserError, match="another 'lr'"):
+        distill_mod.distill(_config(tiny_store, out, resume=True, lr=0.1))
+    with pytest.raises(UserError, match="another 'student'"):
+        distill_mod.distill(_config(tiny_store, out, resume=True, student="mobilenetv3_small_100"))
+    assert (out / "config.json").read_bytes() == before
+    distill_mod.distill(_config(tiny_store, out, resume=True, epochs=1, workers=1))  # how it runs may change
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_without_resume(tiny_store, tmp_path):
+    out = tmp_path / "early"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"method": "kd"}))  # what a kill in epoch 1 leaves
+    with pytest.raises(UserError, match="without --resume to start it over"):
+        distill_mod.distill(_config(tiny_store, out, resume=True))
+    distill_mod.distill(_config(tiny_store, out))
+    assert (out / "student.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (dict(setting="uda", labels_per_class=None, source=("all",), target=("all",)), "both --source and --target"),
+    (dict(labels_per_class=1000), "labels every training sample"),
+])
+def test_settings_that_would_silently_change_meaning_are_refused(tiny_store, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        distill_mod.distill(_config(tiny_store, tmp_path / "x", **overrides))
+    assert not (tmp_path / "x").exists()
