@@ -272,14 +272,15 @@ def reusable(job: Job, fingerprint: dict) -> bool:
 def start(job: Job, threads: int, logs: Path) -> subprocess.Popen:
     """Launch one run; an interrupted run of the same command resumes, anything else starts over."""
     argv = list(job.argv)
-    request = job.run_dir / "request.json"
+    # beside the run folder, not in it: distill refuses a folder holding files that are not its own
+    request = job.run_dir.with_name(job.run_dir.name + ".request.json")
     same = request.is_file() and json.loads(request.read_text()) == {"argv": argv, "report_version": REPORT_VERSION}
     if same and (job.run_dir / "checkpoint.pt").is_file() and (job.run_dir / "config.json").is_file():
         argv.append("--resume")
     else:
         if job.run_dir.exists():  # the report's own folder: a run of another command or an empty start
             shutil.rmtree(job.run_dir)
-        job.run_dir.mkdir(parents=True)
+        job.run_dir.parent.mkdir(parents=True, exist_ok=True)
         write_json(request, {"argv": argv, "report_version": REPORT_VERSION})
     env = {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES, "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}

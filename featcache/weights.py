@@ -24,7 +24,11 @@ def load_state_dict_file(path: str | Path, flag: str = "--weights") -> dict[str,
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - truncated, empty or not safetensors at all
+            raise UserError(f"weights file {path} is not a readable safetensors file ({type(exc).__name__}); it may "
+                            f"be truncated: copy it again, or pass {flag} with another file") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling refusal becomes one clear line
@@ -32,8 +36,9 @@ def load_state_dict_file(path: str | Path, flag: str = "--weights") -> dict[str,
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict):
-        raise UserError(f"weights file {path} does not hold a state dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise UserError(f"weights file {path} does not hold a state dict (names → tensors); pass {flag} with one")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

@@ -98,6 +98,8 @@ class DistillConfig:
         self._check_choice("--feature-norm", self.feature_norm, FEATURE_NORMS)
         self._check_choice("--view-sampling", self.view_sampling, VIEW_SAMPLING)
         self._check_choice("--features", self.features, ("auto", "ram", "stream"))
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"unknown --device {self.device!r}; known: auto, cpu, cuda, cuda:N")
         for flag, value in (("--epochs", self.epochs), ("--image-size", self.image_size),
                             ("--batch-size", self.batch_size), ("--alternate-every", self.alternate_every)):
             if value < 1:

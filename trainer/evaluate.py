@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -76,6 +77,13 @@ def evaluate_run(run: str, data: str | None = None, workers: int = 2) -> dict:
 
 def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
     """Write the deployable student (backbone + head) to ONNX; returns the max |ONNX − PyTorch| on test inputs."""
+    target = Path(onnx_file)
+    if not target.parent.is_dir():
+        raise UserError(f"cannot write {target}: folder {target.parent} does not exist; create it or choose another path")
+    if not os.access(target.parent, os.W_OK):
+        raise UserError(f"cannot write {target}: folder {target.parent} is not writable; choose another path")
+    if target.exists():
+        raise UserError(f"{target} already exists; choose a new file name (an export never overwrites a file)")
     config, student = load_run(run)
     size = config["image_size"]
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))

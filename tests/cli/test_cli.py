@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
@@ -49,7 +50,10 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
         assert config["method"] == method and config["n_labeled"] == 6 and config["lambda_general"] == 1.0
         assert (run / "student.safetensors").stat().st_size > 0
         if method == "customkd":
-            assert "customize" in metrics["epochs"][0] and "specific" in metrics["epochs"][0]["train"]
+            assert "customize" not in metrics["epochs"][0]  # warm-up: one KD epoch before the first customization
+            assert "customize" in metrics["epochs"][1] and "specific" in metrics["epochs"][1]["train"]
+            assert metrics["epochs"][1]["train"]["specific_unreachable"] == 0.0  # the target is reachable
+            assert metrics["epochs"][1]["train"]["rms_ratio"] > 0
         else:
             assert "customize" not in metrics["epochs"][0]
 
@@ -80,10 +84,26 @@ def _one_line_exit_2(result, needle: str) -> None:
      "weights file"),
     (["extract", "--teacher", TINY_TEACHER, "--data", "elpv", "--out", "{file}"], "not a customkd store"),
     (["cache", "info", "{tmp}/absent.zarr"], "does not exist"),
+    (["distill", "--cache", "{store}", "--lr", "nan"], "--lr must be a finite number"),
+    (["distill", "--cache", "{store}", "--lambda-specific", "inf"], "--lambda-specific must be a finite number"),
+    (["distill", "--cache", "{store}", "--kd-temperature", "nan"], "--kd-temperature must be a finite number"),
+    (["distill", "--cache", "{store}", "--lr", "-1"], "--lr must be > 0"),
+    (["distill", "--cache", "{store}", "--weight-decay", "-1"], "--weight-decay must be"),
+    (["distill", "--cache", "{store}", "--seed", "-1"], "--seed must be >= 0"),
+    (["distill", "--cache", "{store}", "--device", "foo"], "unknown --device 'foo'"),
+    (["distill", "--cache", "{store}", "--image-size", "100000"], "larger than 2048"),
+    (["distill", "--cache", "{store}", "--student-weights", "{truncated}"], "not a readable safetensors file"),
+    (["extract", "--teacher", TINY_TEACHER, "--weights", "{truncated}", "--data", "elpv", "--out", "{tmp}/x.zarr"],
+     "not a readable safetensors file"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, tiny_store, tmp_path):
     (tmp_path / "f.zarr").write_text("not a store")
-    filled = [a.format(tmp=tmp_path, store=tiny_store, file=tmp_path / "f.zarr") for a in args]
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(64)}, str(tmp_path / "w.safetensors"))
+    truncated = tmp_path / "w.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:40])  # an interrupted copy
+    filled = [a.format(tmp=tmp_path, store=tiny_store, file=tmp_path / "f.zarr", truncated=truncated) for a in args]
     _one_line_exit_2(invoke(*filled), needle)
 
 
