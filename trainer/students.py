@@ -43,7 +43,13 @@ class Student(nn.Module):
         with torch.no_grad():
             was_training = model.training
             model.eval()
-            self.feature_dim = int(self.features(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+            try:
+                self.feature_dim = int(self.features(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+            except (RuntimeError, AssertionError, ValueError) as exc:
+                native = model.pretrained_cfg.get("input_size", (3, 0, 0))[-1]
+                raise UserError(f"student {type(model).__name__} cannot run at --image-size {image_size} "
+                                f"({str(exc).splitlines()[0][:120]}); use its input size {native} or a student "
+                                "that takes any size (mobilenetv3, efficientnet_lite0)") from None
             model.train(was_training)
         cfg = model.pretrained_cfg
         self.mean, self.std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))

@@ -91,6 +91,7 @@ def _one_line_exit_2(result, needle: str) -> None:
     (["distill", "--cache", "{store}", "--weight-decay", "-1"], "--weight-decay must be"),
     (["distill", "--cache", "{store}", "--seed", "-1"], "--seed must be >= 0"),
     (["distill", "--cache", "{store}", "--device", "foo"], "unknown --device 'foo'"),
+    (["distill", "--cache", "{store}", "--min-steps", "0", "--epochs", "1", "--student", "vit_tiny_patch16_224", "--image-size", "32"], "cannot run at --image-size 32"),
     (["distill", "--cache", "{store}", "--image-size", "100000"], "larger than 2048"),
     (["distill", "--cache", "{store}", "--student-weights", "{truncated}"], "not a readable safetensors file"),
     (["extract", "--teacher", TINY_TEACHER, "--weights", "{truncated}", "--data", "elpv", "--out", "{tmp}/x.zarr"],
