@@ -324,8 +324,9 @@ def _finish(cfg: ExtractConfig, env: parallel.DistEnv, group, bad: list, listing
     parallel.barrier(env)
     if bad:
         listed = "; ".join(f"{listing.samples[r].relpath} ({reason})" for r, reason in sorted(bad))
-        raise UserError(f"{len(bad)} unreadable image(s): {listed}. Fix or remove them, or rerun with --skip-bad "
-                        "to record them as invalid samples (the rest of the store is kept and resumes)")
+        raise UserError(f"{len(bad)} unreadable image(s): {listed}. Rerun with --skip-bad to record them as invalid "
+                        "samples (the store keeps its finished shards and resumes), or fix or remove them and rerun "
+                        "with --overwrite (the dataset changed, so the store is rebuilt)")
 
     def mark() -> None:
         if fs.pending_shards(group):
