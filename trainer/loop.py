@@ -133,7 +133,7 @@ def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray
         n = len(rows_np) if batch_counts.active else 0
         # each rank's part is world × its share of the global batch mean: summed over ranks and
         # divided by the world size it is that mean; rank 0 (never a filler) counts the batch once
-        for name, value in parts.items():
+        for name, value in sorted(parts.items(), key=lambda kv: kv[0] == "loss"):  # name a term before the total
             value = float(value.detach())
             if not math.isfinite(value):
                 raise UserError(f"loss term '{name}' became {value} in epoch {epoch + 1} (step {step + 1}); nothing "

@@ -73,3 +73,16 @@ def test_settings_that_would_silently_change_meaning_are_refused(tiny_store, tmp
     with pytest.raises(UserError, match=message):
         distill_mod.distill(_config(tiny_store, tmp_path / "x", **overrides))
     assert not (tmp_path / "x").exists()
+
+
+def test_a_non_finite_loss_stops_the_run_and_saves_nothing(tiny_store, tmp_path, monkeypatch):
+    import torch
+
+    from trainer.methods import kd
+
+    real = kd.soft_target_loss
+    monkeypatch.setattr(kd, "soft_target_loss", lambda *a, **k: real(*a, **k) * torch.tensor(float("nan")))
+    with pytest.raises(UserError, match="loss term 'kd' became nan in epoch 1"):
+        distill_mod.distill(_config(tiny_store, tmp_path / "nan"))
+    assert not (tmp_path / "nan" / "student.safetensors").exists()
+    assert not (tmp_path / "nan" / distill_mod.CHECKPOINT).exists()
