@@ -59,7 +59,7 @@ def default_run_dir(cfg: DistillConfig) -> str:
 
 LOCK = ".lock"
 # settings a resumed run may change: where and how it runs, not what it computes
-RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_stale", "data", "verbose")
+RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_stale", "data", "expect_fingerprint")
 _HELD_LOCKS: dict[str, object] = {}
 
 
