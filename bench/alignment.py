@@ -27,7 +27,7 @@ import numpy as np
 
 log = logging.getLogger("bench.alignment")
 
-ALIGNMENT_VERSION = 1  # bump when a metric or the features it reads change; cached alignment.json is redone
+ALIGNMENT_VERSION = 2  # bump when a metric or the features it reads change; cached alignment.json is redone
 CUSTOMIZING_METHODS = ("customkd", "customkd+dkd")
 
 
@@ -123,6 +123,7 @@ def run_features(run_dir: Path) -> dict:
     from trainer.data import StudentViews, load_cached_data, make_loader, make_split
     from trainer.distill import fit_probe
     from trainer.evaluate import config_from_run, load_run
+    from trainer.feature_range import output_activation
     from trainer.features import feature_stats
     from trainer.loop import FeatureNorm, load_checkpoint
     from trainer.methods import MethodContext, create_method
@@ -133,7 +134,9 @@ def run_features(run_dir: Path) -> dict:
     split = make_split(cfg, data)
     norm = FeatureNorm(cfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
     teacher = norm(data.features[split.eval, 0])
-    method = create_method(cfg.method, MethodContext(teacher.shape[-1], student.feature_dim, len(data.classes), cfg))
+    activation = output_activation(student.features, student, cfg.image_size)  # as in training: z = a(θ^h_t(f_t))
+    method = create_method(cfg.method, MethodContext(teacher.shape[-1], student.feature_dim, len(data.classes), cfg,
+                                                     activation))
     method.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["method"])
     method.eval()
     customize = getattr(method, "customized", None) or method.customizer
