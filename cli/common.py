@@ -37,10 +37,24 @@ def run_or_exit(action: Callable[[], T]) -> T:
     from featcache.errors import UserError
 
     try:
-        return action()
+        result = action()
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         typer.echo("interrupted; rerun the same command to resume", err=True)
         raise typer.Exit(130) from None
+    _leave_process_group()
+    return result
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: wait for every rank, then close the process group before exiting. Without it a
+    rank could exit while gloo still talks to it, and the other rank's gloo aborts (SIGABRT)."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
