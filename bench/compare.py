@@ -435,6 +435,13 @@ def copy_run_records(jobs: list[Job], out: Path, dest: Path) -> None:
         for name in ("config.json", "metrics.json", "timing.json", "alignment.json"):
             if (job.run_dir / name).is_file():
                 shutil.copy2(job.run_dir / name, to / name)
+    # an index the page links to: a folder link is not a file a clone can check
+    lines = ["# Run records of `make report`", "", "Generated with docs/results.md; do not edit by hand.", ""]
+    for job in jobs:
+        rel = job.run_dir.relative_to(out)
+        files = sorted(p.name for p in (target / rel).iterdir())
+        lines.append(f"- `{rel.as_posix()}`: " + ", ".join(f"[{n}]({rel.as_posix()}/{n})" for n in files))
+    (target / "README.md").write_text("\n".join(lines) + "\n")
 
 
 def measure_alignment(jobs: list[Job]) -> dict[Path, dict]:

@@ -395,7 +395,7 @@ def reproduce_section(summary: dict, args: argparse.Namespace) -> list[str]:
         f"then every run into `{args.out}/<regime>/<variant>/seed<k>/` (finished runs are reused, interrupted ones "
         "resume, so the report can be run in parts). Each run's `config.json` (every setting and the store "
         "fingerprint), `metrics.json` (per-epoch curves), `timing.json` (command line, wall time) and, for CustomKD "
-        "runs, `alignment.json` are in [`docs/results/runs/`](results/runs/); "
+        "runs, `alignment.json` are in [`docs/results/runs/`](results/runs/README.md); "
         "[`summary.json`](results/summary.json) holds every number on this page.",
         "",
     ]

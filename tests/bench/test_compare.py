@@ -217,6 +217,11 @@ def test_report_end_to_end_on_a_tiny_dataset(tiny_folder, tmp_path):
     assert (docs / "results" / "feature_space.png").stat().st_size > 10_000
 
     page = (docs / "results.md").read_text()
+    for target in re.findall(r"\]\(([^)#]+)\)", page):  # every relative link of the page is a file
+        assert (docs / target).is_file(), target
+    index = (docs / "results" / "runs" / "README.md").read_text()
+    for target in re.findall(r"\]\(([^)#]+)\)", index):
+        assert (docs / "results" / "runs" / target).is_file(), target
     acc = summary["rows"]["main/customkd"]
     assert f"{100 * acc['accuracy_mean']:.1f} ± {100 * acc['accuracy_std']:.1f}" in page
     assert "## Budget (measured)" in page and re.search(r"beats? the best baseline, `student`", page)
