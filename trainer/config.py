@@ -77,10 +77,13 @@ class DistillConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
-        for flag, value in (("--lr", self.lr), ("--weight-decay", self.weight_decay),
-                            ("--customizer-lr", self.customizer_lr), ("--grad-clip", self.grad_clip)):
-            if value is not None and value < 0 or flag.endswith("lr") and value == 0:
-                raise UserError(f"{flag} must be > 0 (weight decay, grad clip: >= 0), got {value}")
+        for flag, value in (("--lr", self.lr), ("--customizer-lr", self.customizer_lr)):
+            if value is not None and value <= 0:
+                raise UserError(f"{flag} must be > 0, got {value}")
+        for flag, value in (("--weight-decay", self.weight_decay), ("--grad-clip", self.grad_clip),
+                            ("--customizer-weight-decay", self.customizer_weight_decay)):
+            if value < 0:
+                raise UserError(f"{flag} must be >= 0, got {value}")
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
         if self.image_size > 2048:
@@ -109,8 +112,6 @@ class DistillConfig:
                 raise UserError(f"{flag} must be >= 0, got {value}")
         if not 0 <= self.customize_smoothing < 1:
             raise UserError(f"--customize-smoothing must be in [0, 1), got {self.customize_smoothing}")
-        if not self.customizer_weight_decay >= 0:
-            raise UserError(f"--customizer-weight-decay must be >= 0, got {self.customizer_weight_decay}")
         if self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
         if self.labels_per_class is not None and self.label_fraction is not None:
@@ -143,11 +144,13 @@ class DistillConfig:
     def expected_hashes(self) -> dict[str, str]:
         return dict(pin.split("=", 1) for pin in self.expect_fingerprint.split())
 
+    def steps_per_epoch(self, n_train: int) -> int:
+        return max(-(-n_train // self.batch_size), 1)
+
     def epochs_for(self, n_train: int) -> int:
         """KD epochs actually run: ``--epochs``, extended on small datasets until ``--min-steps``
         optimizer steps are reached (8 epochs of 240 samples would be 32 steps: nothing is learned)."""
-        steps_per_epoch = -(-n_train // self.batch_size)
-        return max(self.epochs, -(-self.min_steps // max(steps_per_epoch, 1)))
+        return max(self.epochs, -(-self.min_steps // self.steps_per_epoch(n_train)))
 
     def customizes_at(self, epoch: int) -> bool:
         """Whether a customization epoch runs before KD epoch ``epoch`` (0-based)."""

@@ -255,7 +255,7 @@ def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Sessio
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                         find_unused_parameters=True)  # the customizer trains outside DDP
-    steps = cfg.epochs_for(len(split.train)) * -(-len(split.train) // cfg.batch_size)
+    steps = cfg.epochs_for(len(split.train)) * cfg.steps_per_epoch(len(split.train))
     optimizer, scheduler, customizer_opt = make_optimizers(cfg, student, method, steps)
     dist.on_main(env, lambda: claim_run_dir(cfg, run))  # last: a run refused above leaves nothing behind
     row_labels = np.full(len(data.labels), -1, dtype=np.int64)
@@ -271,7 +271,7 @@ def run_config(s: Session) -> dict:
             "n_train": len(s.split.train), "n_labeled": s.split.n_labeled, "n_eval": len(s.split.eval),
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
             "world_size": s.env.world, "batch_rule": dist.BATCH_RULE,
-            "effective_epochs": s.epochs, "optimizer_steps": s.epochs * -(-len(s.split.train) // s.cfg.batch_size),
+            "effective_epochs": s.epochs, "optimizer_steps": s.epochs * s.cfg.steps_per_epoch(len(s.split.train)),
             "student_activation": type(s.method.ctx.student_activation).__name__,
             "alternation": "after customize_warmup KD epochs, one customization epoch before every "
                            "alternate_every-th KD epoch"}
