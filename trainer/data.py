@@ -275,13 +275,75 @@ class StudentViews(torch.utils.data.Dataset):
             return RandAugment(num_ops=2, magnitude=10)(crop)
 
 
-def batch_loader(dataset: StudentViews, batches: list[list[tuple]], workers: int):
-    """A DataLoader over precomputed batches of (row, view, epoch) items, in order."""
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=False)
+class EpochBatches(torch.utils.data.Sampler):
+    """The batch sampler of a loader kept for the whole run: :meth:`set` replaces its batches each epoch.
+
+    The DataLoader iterates its batch sampler in the main process, so with persistent workers the same
+    worker processes serve every epoch's new (row, view, epoch) batches."""
+
+    def __init__(self, batches: list[list[tuple]] | None = None) -> None:
+        self.batches = batches or []
+
+    def set(self, batches: list[list[tuple]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class RunLoader(torch.utils.data.DataLoader):
+    """A DataLoader built once per purpose (training, evaluation) and iterated once per epoch.
+
+    Each ``iter()`` of a plain DataLoader draws its workers' base seed from the global torch RNG;
+    reusing persistent workers does not. The draw is repeated here so the global RNG — and with it
+    every result — stays exactly what one new loader per epoch gave."""
+
+    def __iter__(self):
+        if self.persistent_workers and self._iterator is not None:
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        return super().__iter__()
+
+    def set_batches(self, batches: list[list[tuple]]) -> RunLoader:
+        """This epoch's batches of (row, view, epoch) items, in order; returns the loader to iterate."""
+        self.batch_sampler.set(batches)
+        return self
+
+    def shutdown(self) -> None:
+        """Stop the persistent workers now rather than when the loader is garbage-collected."""
+        if self._iterator is not None:
+            self._iterator._shutdown_workers()
+            self._iterator = None
+
+
+def loader_options(workers: int, device: torch.device | str = "cpu", persistent: bool = True) -> dict:
+    """DataLoader options: persistent workers and a queue of at least 4 batches when ``workers > 0``,
+    pinned pages when the batches go to a GPU (so ``.to(device, non_blocking=True)`` overlaps)."""
+    options: dict = {"num_workers": workers, "pin_memory": torch.device(device).type == "cuda"}
+    if workers > 0:
+        options.update(persistent_workers=persistent, prefetch_factor=max(2, -(-4 // workers)))
+    return options
+
+
+def run_loader(dataset: StudentViews, workers: int, device: torch.device | str = "cpu",
+               persistent: bool = True) -> RunLoader:
+    """One loader for the whole run; give it each epoch's batches with :meth:`RunLoader.set_batches`.
+
+    ``persistent=False`` forks new workers at every ``iter()`` (the behaviour before issue 14; the
+    bench measures both). Batches, order and augmentation seeds do not depend on it."""
+    return RunLoader(dataset, batch_sampler=EpochBatches(), **loader_options(workers, device, persistent))
+
+
+def chunk_batches(rows: np.ndarray, views: np.ndarray, batch_size: int, epoch: int = 0) -> list[list[tuple]]:
+    """Consecutive batches of (row, view, epoch) items in the given order."""
+    items = list(zip(rows.tolist(), views.tolist(), [epoch] * len(rows), strict=True))
+    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
 
 
 def make_loader(dataset: StudentViews, rows: np.ndarray, views: np.ndarray, batch_size: int, workers: int,
-                epoch: int = 0):
-    """Batches of (pixels ``[B,3,S,S]``, rows ``[B]``, views ``[B]``[, strong pixels]) in the given order."""
-    items = list(zip(rows.tolist(), views.tolist(), [epoch] * len(rows), strict=True))
-    return batch_loader(dataset, [items[i : i + batch_size] for i in range(0, len(items), batch_size)], workers)
+                epoch: int = 0, device: torch.device | str = "cpu"):
+    """A one-pass loader of (pixels ``[B,3,S,S]``, rows ``[B]``, views ``[B]``[, strong pixels]) in the given order."""
+    loader = run_loader(dataset, workers, device, persistent=False)
+    return loader.set_batches(chunk_batches(rows, views, batch_size, epoch))

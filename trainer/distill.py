@@ -19,14 +19,15 @@ from trainer import dist, loop
 from trainer.config import DistillConfig
 from trainer.data import (
     CachedData,
+    RunLoader,
     Split,
     StudentViews,
-    batch_loader,
+    chunk_batches,
     epoch_order,
     epoch_views,
     load_cached_data,
-    make_loader,
     make_split,
+    run_loader,
 )
 from trainer.feature_range import output_activation
 from trainer.features import block_shuffle, feature_stats
@@ -189,7 +190,7 @@ class EpochFeatures:
 
     def __getitem__(self, positions: torch.Tensor) -> torch.Tensor:
         p = positions.numpy()
-        return self.norm(self.source[self.rows[p], self.views[p]]).to(self.device)
+        return loop.to_device(self.norm(self.source[self.rows[p], self.views[p]]), self.device)
 
 
 def fit_probe(data: CachedData, split: Split, norm: loop.FeatureNorm, seed: int):
@@ -244,8 +245,8 @@ def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Sessio
         log.warning("%d epochs over %d cached views per sample: views repeat often", cfg.epochs, data.n_views)
     norm = loop.FeatureNorm(cfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
     probe, probe_metrics = fit_probe(data, split, norm, cfg.seed)
-    student = create_student(cfg.student, len(data.classes), cfg.image_size, cfg.student_pretrained,
-                             cfg.student_weights).to(device)
+    student = loop.to_memory_format(create_student(cfg.student, len(data.classes), cfg.image_size,
+                                                   cfg.student_pretrained, cfg.student_weights).to(device), device)
     activation = output_activation(student.features, student, cfg.image_size)
     method = create_method(cfg.method, MethodContext(data.features.shape[-1], student.feature_dim,
                                                      len(data.classes), cfg, activation)).to(device)
@@ -292,10 +293,14 @@ def resume(s: Session) -> int:
     return state["epoch"] + 1
 
 
-def evaluate_epoch(s: Session, dataset: StudentViews) -> dict:
-    """Eval metrics over the held-out rows, each rank predicting its share."""
+def eval_batches(s: Session) -> list[list[tuple]]:
+    """This rank's share of the held-out rows, centre views, the same every epoch."""
     rows = s.split.eval[s.env.rank :: s.env.world]
-    loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), s.cfg.batch_size, s.cfg.workers)
+    return chunk_batches(rows, np.zeros(len(rows), np.int64), s.cfg.batch_size)
+
+
+def evaluate_epoch(s: Session, loader: RunLoader) -> dict:
+    """Eval metrics over the held-out rows (the loader's fixed batches), each rank predicting its share."""
     parts = dist.all_gather_objects(s.env, loop.predict(s.student, loader, s.device))
     seen, preds = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     return loop.classification_metrics(s.data.labels[seen], preds, s.num_classes)
@@ -319,8 +324,8 @@ def customize(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> d
     return record
 
 
-def run_epoch(s: Session, epoch: int, train_ds: StudentViews, eval_ds: StudentViews) -> dict:
-    """Customization epoch (when due), KD epoch, evaluation."""
+def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunLoader) -> dict:
+    """Customization epoch (when due), KD epoch, evaluation; the loaders live for the whole run."""
     cfg, data = s.cfg, s.data
     record: dict = {"epoch": epoch + 1}
     positions = (block_shuffle(s.split.train, data.shard_size, epoch, cfg.seed) if data.streaming
@@ -332,10 +337,10 @@ def run_epoch(s: Session, epoch: int, train_ds: StudentViews, eval_ds: StudentVi
     items = list(zip(order.tolist(), views.tolist(), [epoch] * len(order), strict=True))
     batches, counts = dist.split_global_batches(items, cfg.batch_size, s.env, s.row_labels)
     record["train"] = loop.train_epoch(
-        s.student, s.method, batch_loader(train_ds, batches, cfg.workers), s.row_labels, data.features, s.norm,
+        s.student, s.method, train_loader.set_batches(batches), s.row_labels, data.features, s.norm,
         s.probe, s.optimizer, s.scheduler, epoch, cfg.grad_clip, s.device,
         (cfg.fixmatch_threshold, cfg.fixmatch_weight) if cfg.ssl == "fixmatch" else None, s.model, counts, s.env)
-    record["eval"] = evaluate_epoch(s, eval_ds)
+    record["eval"] = evaluate_epoch(s, eval_loader)
     return record
 
 
@@ -358,14 +363,21 @@ def train(s: Session) -> dict:
     if env.main and not cfg.resume:  # a resumed run keeps its record
         write_json(s.run / "config.json", run_config(s))
     first_epoch = resume(s) if cfg.resume else 0
-    for epoch in range(first_epoch, s.epochs):
-        s.history.append(run_epoch(s, epoch, train_ds, eval_ds))
-        record = s.history[-1]
-        log.info("epoch %d/%d  loss %.3f  eval acc %.3f  bal acc %.3f  (%.0f img/s)", epoch + 1, s.epochs,
-                 record["train"]["loss"], record["eval"]["accuracy"], record["eval"]["balanced_accuracy"],
-                 record["train"]["samples_per_s"])
-        if env.main:
-            save_epoch(s, epoch)
+    # one loader per purpose for the whole run: persistent workers are forked once, not every epoch
+    train_loader = run_loader(train_ds, cfg.workers, s.device)
+    eval_loader = run_loader(eval_ds, cfg.workers, s.device).set_batches(eval_batches(s))
+    try:
+        for epoch in range(first_epoch, s.epochs):
+            s.history.append(run_epoch(s, epoch, train_loader, eval_loader))
+            record = s.history[-1]
+            log.info("epoch %d/%d  loss %.3f  eval acc %.3f  bal acc %.3f  (%.0f img/s)", epoch + 1, s.epochs,
+                     record["train"]["loss"], record["eval"]["accuracy"], record["eval"]["balanced_accuracy"],
+                     record["train"]["samples_per_s"])
+            if env.main:
+                save_epoch(s, epoch)
+    finally:
+        train_loader.shutdown()
+        eval_loader.shutdown()
     final = {k: s.history[-1]["eval"][k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
     if env.main:
         from safetensors.torch import save_file

@@ -66,6 +66,27 @@ def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, labels
     return counts.mean((F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).sum(), "unlabeled")
 
 
+def prefers_channels_last(student: nn.Module, device: torch.device) -> bool:
+    """CNN students on CUDA run channels_last (cuDNN's fast layout under bf16); a ViT's single patch
+    convolution gains nothing, and CPU keeps the default layout."""
+    return device.type == "cuda" and sum(isinstance(m, nn.Conv2d) for m in student.modules()) > 1
+
+
+def to_memory_format(student: nn.Module, device: torch.device) -> nn.Module:
+    """The student in the layout :func:`prefers_channels_last` picks (in place)."""
+    return student.to(memory_format=torch.channels_last) if prefers_channels_last(student, device) else student
+
+
+def to_device(tensor: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """Host → device without waiting on CUDA: from pinned pages (pinned here unless the loader did),
+    queued on the stream; on CPU the tensor itself, as before."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    layout = torch.channels_last if channels_last and tensor.dim() == 4 else torch.preserve_format
+    pinned = tensor if tensor.is_pinned() else tensor.pin_memory()
+    return pinned.to(device, non_blocking=True, memory_format=layout)
+
+
 def _autocast(device: torch.device):
     """bf16 autocast on GPU (mixed precision); plain fp32 on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -96,6 +117,30 @@ class DistillModule(nn.Module):
         return parts
 
 
+SYNC_EVERY = 25  # KD steps between reads of the loss parts to the host (each read waits for the GPU)
+
+
+def _add_loss_parts(sums: dict[str, float], pending: list, epoch: int) -> None:
+    """Read the pending steps' loss parts to the host in one transfer, check them, add them to ``sums``.
+
+    ``pending`` holds (step, counts, names, values ``[len(names)]`` float64 on the device); the first
+    non-finite value, in step order and with terms before the total, stops the run."""
+    if not pending:
+        return
+    flat, position = torch.cat([values for *_, values in pending]).cpu().tolist(), 0
+    for step, batch_counts, names, _ in pending:
+        read, position = flat[position : position + len(names)], position + len(names)
+        for name, value in zip(names, read, strict=True):
+            if not math.isfinite(value):
+                raise UserError(f"loss term '{name}' became {value} in epoch {epoch + 1} (step {step + 1}); nothing "
+                                "was saved for this epoch. Check the loss weights and learning rates (finite, "
+                                "smaller) or the teacher features (`customkd cache verify`)")
+            # each rank's part is world × its share of the global batch mean: summed over ranks and
+            # divided by the world size it is that mean
+            sums[name] += value * batch_counts.samples / batch_counts.world
+    pending.clear()
+
+
 def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray, features: np.ndarray,
                 norm: FeatureNorm, probe: nn.Linear, optimizer, scheduler, epoch: int, grad_clip: float,
                 device: torch.device, fixmatch: tuple[float, float] | None = None, model: nn.Module | None = None,
@@ -105,46 +150,47 @@ def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray
     ``fixmatch = (threshold, weight)`` adds the FixMatch term on strong views the loader supplies.
     Under DDP, ``model`` is the wrapped :class:`DistillModule`, ``counts`` the global-batch
     denominators of :func:`trainer.dist.split_global_batches` and ``env`` reduces the logged sums.
-    Logged parts are means over the epoch's samples (each global batch weighted by its size)."""
+    Logged parts are means over the epoch's samples (each global batch weighted by its size). Loss
+    parts stay on the device and are read every :data:`SYNC_EVERY` steps, so no step waits for the GPU."""
     from trainer import dist
 
     model = model if model is not None else DistillModule(student, method)
     model.train()
+    channels_last = prefers_channels_last(student, device)
     sums: dict[str, float] = defaultdict(float)
+    pending: list = []
     started = time.perf_counter()
     progress = _progress(sum(len(b) for b in loader.batch_sampler), f"epoch {epoch + 1}")
     for step, batch in enumerate(loader):
         pixels, rows, views = batch[:3]
         rows_np, views_np = rows.numpy(), views.numpy()
-        teacher = norm(features[rows_np, views_np]).to(device)
-        labels = torch.from_numpy(row_labels[rows_np]).to(device)
+        teacher = to_device(norm(features[rows_np, views_np]), device)
+        batch_labels = torch.from_numpy(row_labels[rows_np])
+        labels = to_device(batch_labels, device)
         with torch.no_grad():
             probe_logits = probe(teacher)
-        strong = batch[3].to(device) if fixmatch is not None else None
-        batch_counts = counts[step] if counts is not None else None
-        parts = model(pixels.to(device), strong, teacher, labels, probe_logits, epoch, fixmatch, batch_counts)
-        batch_counts = batch_counts or BatchCounts.of(labels)
+        strong = to_device(batch[3], device, channels_last) if fixmatch is not None else None
+        # counted on the host: BatchCounts.of on device labels would wait for the GPU
+        batch_counts = counts[step] if counts is not None else BatchCounts.of(batch_labels)
+        parts = model(to_device(pixels, device, channels_last), strong, teacher, labels, probe_logits, epoch,
+                      fixmatch, batch_counts)
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
         optimizer.step()
         scheduler.step()
+        names = sorted(parts, key=lambda name: name == "loss")  # name a term before the total
+        pending.append((step, batch_counts, names, torch.stack([parts[n].detach().double() for n in names])))
         n = len(rows_np) if batch_counts.active else 0
-        # each rank's part is world × its share of the global batch mean: summed over ranks and
-        # divided by the world size it is that mean; rank 0 (never a filler) counts the batch once
-        for name, value in sorted(parts.items(), key=lambda kv: kv[0] == "loss"):  # name a term before the total
-            value = float(value.detach())
-            if not math.isfinite(value):
-                raise UserError(f"loss term '{name}' became {value} in epoch {epoch + 1} (step {step + 1}); nothing "
-                                "was saved for this epoch. Check the loss weights and learning rates (finite, "
-                                "smaller) or the teacher features (`customkd cache verify`)")
-            sums[name] += value * batch_counts.samples / batch_counts.world
-        sums["_seen"] += n
+        sums["_seen"] += n  # rank 0 (never a filler) counts the global batch once
         sums["_weight"] += batch_counts.samples if env is None or env.rank == 0 else 0
         progress.update(n)
-        progress.set_postfix({k: f"{v / max(sums['_seen'], 1):.3f}" for k, v in sums.items() if not k.startswith("_")},
-                             refresh=False)
+        if (step + 1) % SYNC_EVERY == 0:
+            _add_loss_parts(sums, pending, epoch)
+            progress.set_postfix({k: f"{v / max(sums['_seen'], 1):.3f}" for k, v in sums.items()
+                                  if not k.startswith("_")}, refresh=False)
+    _add_loss_parts(sums, pending, epoch)
     progress.close()
     seconds = time.perf_counter() - started
     sums = dist.reduce_sums(env, dict(sums)) if env is not None else dict(sums)
@@ -166,18 +212,23 @@ def customize_epoch(method: Method, head: nn.Linear, train_features, labels: tor
     method.train()
     started = time.perf_counter()
     order = torch.randperm(len(labels), generator=generator) if order is None else order
-    loss_sum, correct, used = 0.0, 0.0, 0.0
+    steps = []  # per batch: (loss, correct, used) float64 on the device, read once after the epoch
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
+        features = train_features[idx]
         with torch.no_grad():
-            probe_logits = probe(train_features[idx])
-        parts = method.customization_loss(train_features[idx], labels[idx], probe_logits, head)
+            probe_logits = probe(features)
+        parts = method.customization_loss(features, labels[idx], probe_logits, head)
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         optimizer.step()
-        loss_sum += float(parts["loss"].detach()) * len(idx)
-        correct += float(parts["correct"])
-        used += float(parts["used"])
+        steps.append(torch.stack([parts[k].detach().double() for k in ("loss", "correct", "used")]))
+    loss_sum, correct, used = 0.0, 0.0, 0.0
+    sizes = [min(batch_size, len(order) - start) for start in range(0, len(order), batch_size)]
+    for (loss, right, kept), size in zip(torch.stack(steps).cpu().tolist() if steps else [], sizes, strict=True):
+        loss_sum += loss * size
+        correct += right
+        used += kept
     if not math.isfinite(loss_sum):
         raise UserError(f"the customization loss became {loss_sum} (round {int(method.rounds) + 1}); check "
                         "--customizer-lr and the teacher features (`customkd cache verify`)")
@@ -188,15 +239,16 @@ def customize_epoch(method: Method, head: nn.Linear, train_features, labels: tor
 
 @torch.no_grad()
 def predict(student: Student, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(rows ``[E]``, predicted class ``[E]``) over the loader."""
+    """(rows ``[E]``, predicted class ``[E]``) over the loader; predictions read to the host once."""
     student.eval()
+    channels_last = prefers_channels_last(student, device)
     rows, preds = [], []
     for pixels, batch_rows, *_ in loader:
         with _autocast(device):
-            _, logits = student(pixels.to(device))
+            _, logits = student(to_device(pixels, device, channels_last))
         rows.append(batch_rows.numpy())
-        preds.append(logits.argmax(1).cpu().numpy())
-    return np.concatenate(rows), np.concatenate(preds)
+        preds.append(logits.argmax(1))
+    return np.concatenate(rows), torch.cat(preds).cpu().numpy()
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> dict:
