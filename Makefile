@@ -12,6 +12,8 @@ TEACHER ?= efficientnet_lite0
 DATA ?= elpv
 CACHE ?= caches/$(subst :,-,$(notdir $(DATA)))-$(TEACHER).zarr
 VIEWS ?= 4
+TEACHER_SIZE ?=
+TAP ?=
 STUDENT ?= mobilenetv3
 METHOD ?= customkd
 SETTING ?= ssl
@@ -40,7 +42,7 @@ export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
-	@echo "Variables: TEACHER DATA CACHE VIEWS STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN ARGS"
+	@echo "Variables: TEACHER DATA CACHE VIEWS TEACHER_SIZE TAP STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN ARGS"
 	@echo "           NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT (torchrun)"
 	@echo "           REPORT_ARGS (make report; e.g. '--seeds 0,1 --epochs 2 --regimes main --variants student,kd,customkd')"
 
@@ -52,8 +54,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install everything (once; reinstalls when pyproject.toml changes)
 
-extract: $(STAMP) ## Extract teacher features: TEACHER DATA CACHE VIEWS ARGS
-	$(LAUNCH) extract --teacher $(TEACHER) --data $(DATA) --out $(CACHE) --views $(VIEWS) $(ARGS)
+extract: $(STAMP) ## Extract teacher features: TEACHER DATA CACHE VIEWS TEACHER_SIZE TAP ARGS
+	$(LAUNCH) extract --teacher $(TEACHER) --data $(DATA) --out $(CACHE) --views $(VIEWS) \
+		$(if $(TEACHER_SIZE),--teacher-size $(TEACHER_SIZE)) $(if $(TAP),--tap $(TAP)) $(ARGS)
 
 distill: $(STAMP) ## Train a student from a cache: CACHE STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN ARGS
 	$(LAUNCH) distill --cache $(CACHE) --student $(STUDENT) --method $(METHOD) --setting $(SETTING) \

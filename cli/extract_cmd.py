@@ -18,8 +18,10 @@ def extract(
     workers: Annotated[int, typer.Option(help="DataLoader workers for decoding and view replay.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     seed: Annotated[int, typer.Option(help="Base seed of the view parameters.")] = 0,
-    weights: Annotated[str | None, typer.Option(help="Local weights file (.safetensors or state dict), or 'random'.")] = None,
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    weights: Annotated[str | None, typer.Option(help="Local weights: a .safetensors/.pth file (timm, Meta DINOv2/v3, OpenCLIP full or visual-only) or a Hugging Face model folder; 'random' for random init.")] = None,
+    teacher_size: Annotated[int | None, typer.Option(help="Teacher input size in px (default: the entry's, see `customkd teachers`; position embeddings are resampled).")] = None,
+    tap: Annotated[str | None, typer.Option(help="Teacher feature: cls, mean, cls+mean (ViTs), pooled (CNNs, timm's own pooling) or embed (CLIP/SigLIP/PE); default per entry.")] = None,
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")] = "auto",
     color_jitter: Annotated[float, typer.Option(help="Colour jitter strength of random views (0 = off).")] = 0.0,
     scale_min: Annotated[float, typer.Option(help="Smallest random-resized-crop area fraction.")] = 0.35,
     shard_size: Annotated[int, typer.Option(help="Samples per shard (unit of writing and resume).")] = 256,
@@ -38,8 +40,9 @@ def extract(
 
         recipe = ViewRecipe(scale=(scale_min, 1.0), color_jitter=color_jitter)
         cfg = ExtractConfig(teacher=teacher, data=data, out=out, views=views, batch_size=batch_size, workers=workers,
-                            device=device, seed=seed, weights=weights, precision=precision, shard_size=shard_size,
-                            compress=compress, overwrite=overwrite, skip_bad=skip_bad, recipe=recipe)
+                            device=device, seed=seed, weights=weights, teacher_size=teacher_size, tap=tap,
+                            precision=precision, shard_size=shard_size, compress=compress, overwrite=overwrite,
+                            skip_bad=skip_bad, recipe=recipe)
         return run_extract(cfg)
 
     result = run_or_exit(lambda: _with_value_errors(action))
@@ -63,8 +66,10 @@ def teachers() -> None:
     """List the registered teachers (and the generic forms)."""
     from featcache.teachers import GENERIC_FORMS, list_teachers
 
-    typer.echo(f"{'name':<19} {'dim':>5} {'input':>5}  {'source':<48} feature")
+    typer.echo(f"{'name':<21} {'dim':>5} {'size':>5} {'native':>6}  {'tap':<7} source")
     for name, spec in list_teachers():
         source = f"{spec.library}:{spec.model}" + (f":{spec.pretrained}" if spec.pretrained else "")
-        typer.echo(f"{name:<19} {spec.feature_dim:>5} {spec.input_size:>5}  {source:<48} {spec.tap}")
+        typer.echo(f"{name:<21} {spec.feature_dim:>5} {spec.size:>5} {spec.native_size:>6}  {spec.tap:<7} {source}")
+    typer.echo("size: the default --teacher-size; native: the size the weights were trained at. dim is D at the "
+               "default --tap (cls+mean doubles it).")
     typer.echo("generic: " + ", ".join(GENERIC_FORMS))

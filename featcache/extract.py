@@ -27,6 +27,7 @@ from featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS, ViewRecipe, draw_v
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTO_PRECISION = {"cuda": "bf16", "cpu": "fp32"}  # --precision auto: bf16 autocast on a GPU, exact fp32 on CPU
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class ExtractConfig:
     device: str = "auto"
     seed: int = 0
     weights: str | None = None
-    precision: str = "fp32"
+    teacher_size: int | None = None  # None: the teacher entry's default size
+    tap: str | None = None  # None: the teacher entry's default feature tap
+    precision: str = "auto"
     shard_size: int = 256
     chunk_size: int = 16
     compress: bool = False
@@ -55,8 +58,8 @@ class ExtractConfig:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown --precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise UserError(f"unknown --precision {self.precision!r}; known: auto, {', '.join(PRECISIONS)}")
         if self.shard_size < 1 or self.chunk_size < 1:
             raise UserError("--shard-size and --chunk-size must be >= 1")
         if self.shard_size > self.chunk_size and self.shard_size % self.chunk_size:
@@ -153,12 +156,17 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def build_fingerprint(listing: DatasetListing, teacher, cfg: ExtractConfig, layout: fs.Layout) -> dict:
+def resolve_precision(precision: str, device: torch.device) -> str:
+    return AUTO_PRECISION.get(device.type, "fp32") if precision == "auto" else precision
+
+
+def build_fingerprint(listing: DatasetListing, teacher, cfg: ExtractConfig, layout: fs.Layout,
+                      precision: str) -> dict:
     dataset = {"kind": listing.spec.split(":")[0], "n": len(listing), "listing_hash": listing.listing_hash(),
                "classes": list(listing.classes), "domains": list(listing.domains)}
     augmentation = {"recipe": cfg.recipe.to_dict(), "views": cfg.views, "base_seed": cfg.seed,
                     "seed_scheme": SEED_SCHEME_VERSION, "view_params": list(VIEW_PARAMS)}
-    return fs.make_fingerprint(dataset, {**teacher.identity(), "precision": cfg.precision}, augmentation,
+    return fs.make_fingerprint(dataset, {**teacher.identity(), "precision": precision}, augmentation,
                                layout.to_dict())
 
 
@@ -213,6 +221,7 @@ def _create(cfg: ExtractConfig, out, layout: fs.Layout, manifest: dict, per_samp
 
 
 def _autocast(device: torch.device, precision: str):
+    """Autocast for the teacher forward at a resolved precision (fp32 = off)."""
     dtype = PRECISIONS[precision]
     if dtype is None:
         return torch.autocast(device.type, enabled=False)
@@ -273,15 +282,17 @@ def _check_finite(features: np.ndarray, valid: np.ndarray, shard: int, rows: sli
 
 
 def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout, writer: ShardWriter,
-                 progress: RankProgress, listing: DatasetListing) -> list[tuple[int, str]]:
+                 progress: RankProgress, listing: DatasetListing, precision: str) -> list[tuple[int, str]]:
     """Teacher forward over the loader; hands each finished shard to the writer. Returns bad rows."""
     buffers: dict[int, dict[int, tuple]] = {}
     bad: list[tuple[int, str]] = []
+    layout_format = _memory_format(teacher, device)
     try:
-        with torch.inference_mode(), _autocast(device, cfg.precision):
+        with torch.inference_mode(), _autocast(device, precision):
             for batch_rows, images, params, hashes, errors in loader:
                 b, v = images.shape[:2]
-                feats = teacher(images.flatten(0, 1).to(device, non_blocking=True)).float().view(b, v, -1).cpu().numpy()
+                pixels = images.flatten(0, 1).to(device, non_blocking=True, memory_format=layout_format)
+                feats = teacher(pixels).float().view(b, v, -1).cpu().numpy()
                 hashes = hashes.numpy().view(np.uint64)
                 for i, row in enumerate(batch_rows.tolist()):
                     if errors[i]:
@@ -308,6 +319,14 @@ def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout,
                     ", ".join(listing.samples[r].relpath for r, _ in bad[:10]))
         return []
     return bad
+
+
+def _memory_format(teacher, device: torch.device) -> torch.memory_format:
+    """channels_last for CNN teachers on a GPU (faster convolutions under autocast); ViTs and CPU keep NCHW."""
+    if device.type != "cuda" or teacher.tap in ("cls", "mean", "cls+mean") or teacher.spec.library == "open_clip":
+        return torch.contiguous_format
+    teacher.model.to(memory_format=torch.channels_last)
+    return torch.channels_last
 
 
 def _open_everywhere(cfg: ExtractConfig, env: parallel.DistEnv, layout: fs.Layout, manifest: dict,
@@ -354,12 +373,13 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     listing = load_listing(cfg.data)
     device = resolve_device(cfg.device)
     env, device = parallel.init_distributed(str(device) if cfg.device != "auto" else "auto")
-    teacher = create_teacher(cfg.teacher, cfg.weights, str(device))
+    teacher = create_teacher(cfg.teacher, cfg.weights, str(device), size=cfg.teacher_size, tap=cfg.tap)
+    precision = resolve_precision(cfg.precision, device)
     layout = fs.Layout(len(listing), cfg.views, teacher.feature_dim, len(VIEW_PARAMS),
                        shard_size_for(len(listing), cfg.shard_size, cfg.chunk_size), cfg.chunk_size, cfg.compress)
     keys = np.array([sample_key(s.relpath) for s in listing.samples], dtype=np.uint64)
     manifest = {
-        "fingerprint": build_fingerprint(listing, teacher, cfg, layout),
+        "fingerprint": build_fingerprint(listing, teacher, cfg, layout, precision),
         "data_spec": listing.spec, "classes": list(listing.classes), "domains": list(listing.domains),
         "splits": list(listing.splits), "view_params": list(VIEW_PARAMS),
         "shape": [layout.n_samples, layout.n_views, layout.feature_dim],
@@ -383,10 +403,10 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     rows = [r for shard in owned for r in range(*layout.shard_rows(shard).indices(layout.n_samples))]
     loader = torch.utils.data.DataLoader(
         ViewImages(listing, rows, keys, cfg, teacher.preprocess), batch_size=max(1, cfg.batch_size // cfg.views),
-        num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False,
+        num_workers=cfg.workers, pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers else None,
     )
     progress = RankProgress(env, group, layout, pending, cfg.views)
-    bad = _run_pending(loader, teacher, device, cfg, layout, ShardWriter(group, layout), progress, listing)
+    bad = _run_pending(loader, teacher, device, cfg, layout, ShardWriter(group, layout), progress, listing, precision)
     _finish(cfg, env, group, bad, listing)
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
     log.info("store %s complete: N=%d V=%d D=%d in %.1fs", fs.display(cfg.out), *shape, seconds)

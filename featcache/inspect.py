@@ -150,7 +150,7 @@ def _weights_for(teacher: dict, weights: str | None) -> str | None:
         return weights
     if source == "random":
         return "random"
-    if teacher["name"] == "efficientnet_lite0":
+    if teacher["library"] == "timm_offline":
         return None  # the bundled file
     raise UserError(f"the store's teacher used weights {source}; pass --weights FILE to re-run it")
 
@@ -159,11 +159,12 @@ def recheck_teacher(group, manifest: dict, n: int, weights: str | None, data: st
     """Re-run the teacher on ``n`` random stored views; (min cosine to the cache, problem or "")."""
     import torch
 
-    from featcache.teachers import create_teacher
+    from featcache.teachers import TAPS, create_teacher
     from featcache.views import replay
 
     stored = manifest["fingerprint"]["teacher"]
-    teacher = create_teacher(stored["name"], _weights_for(stored, weights))
+    teacher = create_teacher(stored["name"], _weights_for(stored, weights), size=stored.get("size"),
+                             tap=stored["tap"] if stored.get("tap") in TAPS else None)
     if teacher.identity()["weights_hash"] != stored["weights_hash"]:
         return 0.0, f"teacher weights differ from the store's (hash {teacher.identity()['weights_hash']} vs {stored['weights_hash']})"
     listing = load_listing(data or manifest["data_spec"])

@@ -58,6 +58,22 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
             assert "customize" not in metrics["epochs"][0]
 
 
+def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
+    """`extract --teacher dinov2_vits --weights random` runs at 224 px, not 518, and the store says so."""
+    from tests.conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=2)
+    for tap, dim in (("cls", 384), ("cls+mean", 768)):
+        out = tmp_path / f"{tap}.zarr"
+        result = customkd("extract", "--teacher", "dinov2_vits", "--weights", "random", "--data", f"folder:{folder}",
+                          "--out", str(out), "--views", "1", "--tap", tap, "--workers", "0")
+        assert result.returncode == 0, result.stderr
+        assert f"N=4 V=1 D={dim}" in result.stdout
+        teacher = json.loads((out / "zarr.json").read_text())["attributes"]["customkd"]["fingerprint"]["teacher"]
+        assert (teacher["size"], teacher["native_size"], teacher["tap"], teacher["precision"]) == (224, 518, tap, "fp32")
+        assert teacher["preprocess"]["size"] == 224
+
+
 def _one_line_exit_2(result, needle: str) -> None:
     code = result.returncode if hasattr(result, "returncode") else result.exit_code
     assert code == 2, (result.stdout, result.stderr)
@@ -84,6 +100,12 @@ def _one_line_exit_2(result, needle: str) -> None:
      "weights file"),
     (["extract", "--teacher", TINY_TEACHER, "--data", "elpv", "--out", "{file}"], "not a customkd store"),
     (["cache", "info", "{tmp}/absent.zarr"], "does not exist"),
+    (["extract", "--teacher", "dinov2_vits", "--weights", "random", "--teacher-size", "230", "--data", "elpv", "--out",
+      "{tmp}/x.zarr"], "not a multiple of the patch size 14 of teacher 'dinov2_vits'; use 224 or 238"),
+    (["extract", "--teacher", TINY_TEACHER, "--weights", "random", "--tap", "embed", "--data", "elpv", "--out",
+      "{tmp}/x.zarr"], "--tap embed does not apply to teacher 'timm:test_vit'; it offers: pooled, cls, mean"),
+    (["extract", "--teacher", TINY_TEACHER, "--precision", "fp8", "--data", "elpv", "--out", "{tmp}/x.zarr"],
+     "unknown --precision 'fp8'; known: auto"),
     (["distill", "--cache", "{store}", "--lr", "nan"], "--lr must be a finite number"),
     (["distill", "--cache", "{store}", "--lambda-specific", "inf"], "--lambda-specific must be a finite number"),
     (["distill", "--cache", "{store}", "--kd-temperature", "nan"], "--kd-temperature must be a finite number"),

@@ -97,21 +97,60 @@ def test_open_clip_teacher_random_weights_gives_image_embedding():
 
 @pytest.mark.parametrize("name", sorted(teachers.TEACHERS))
 def test_registry_dims_match_the_libraries(name):
-    """Every entry's documented D and input size agree with the library (built on the meta device)."""
+    """Every entry's documented D and native size agree with the library (built on the meta device)."""
     spec = teachers.TEACHERS[name]
     if spec.library == "open_clip":
         import open_clip
 
         cfg = open_clip.get_model_config(spec.model)
-        assert (cfg["embed_dim"], cfg["vision_cfg"]["image_size"]) == (spec.feature_dim, spec.input_size)
+        assert (cfg["embed_dim"], cfg["vision_cfg"]["image_size"]) == (spec.feature_dim, spec.native_size)
         assert spec.pretrained in open_clip.list_pretrained_tags_by_model(spec.model)
+        assert spec.size == spec.native_size  # CLIP-style towers run at their own size
         return
     import timm
 
     with torch.device("meta"):
         model = timm.create_model(spec.model, pretrained=False, num_classes=0)
     assert model.num_features == spec.feature_dim
-    assert model.pretrained_cfg["input_size"][-1] == spec.input_size
+    assert model.pretrained_cfg["input_size"][-1] == spec.native_size
+    assert spec.size == (224 if name.startswith(("dinov2", "dinov3")) else spec.native_size)
+
+
+def test_registry_covers_current_foundation_models():
+    names = set(teachers.TEACHERS)
+    assert {"dinov3_vits", "dinov3_vitb", "dinov3_vitl", "dinov3_convnext_tiny", "siglip2_vitb16", "pe_core_b16",
+            "metaclip_vitb16", "dinov2_vits_reg"} <= names
+
+
+def test_dinov2_runs_at_224_unless_told_and_records_the_size():
+    teacher = teachers.create_teacher("dinov2_vits", weights="random")
+    assert teacher.preprocess.size == 224 and teacher.model.pos_embed.shape[1] == 1 + 16 * 16
+    identity = teacher.identity()
+    assert (identity["size"], identity["native_size"], identity["tap"]) == (224, 518, "cls")
+    other = teachers.create_teacher("dinov2_vits", weights="random", size=280).identity()
+    assert other["size"] == 280 and other != identity
+    with pytest.raises(UserError, match="not a multiple of the patch size 14 of teacher 'dinov2_vits'; use 224 or 238"):
+        teachers.create_teacher("dinov2_vits", weights="random", size=230)
+
+
+def test_taps_are_the_documented_token_features():
+    teacher = teachers.create_teacher("timm:vit_small_patch14_reg4_dinov2", weights="random", size=56)
+    images = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        tokens = teacher.model.forward_features(images)  # [B, 1 + 4 registers + 16 patches, D]
+        assert tokens.shape[1] == 21
+        by_tap = {tap: teachers.create_teacher(teacher.name, weights="random", size=56, tap=tap) for tap in
+                  ("pooled", "cls", "mean", "cls+mean")}
+        torch.testing.assert_close(by_tap["cls"](images), tokens[:, 0])
+        torch.testing.assert_close(by_tap["mean"](images), tokens[:, 5:].mean(1))
+        torch.testing.assert_close(by_tap["cls+mean"](images), torch.cat([tokens[:, 0], tokens[:, 5:].mean(1)], 1))
+        torch.testing.assert_close(by_tap["pooled"](images), tokens[:, 0])  # DINOv2's own pooling is its CLS
+    assert by_tap["cls+mean"].feature_dim == 2 * by_tap["cls"].feature_dim == 768
+    assert len({t.identity()["tap"] for t in by_tap.values()}) == 4
+    with pytest.raises(UserError, match="--tap cls does not apply to teacher 'efficientnet_lite0'; it offers: pooled"):
+        teachers.create_teacher("efficientnet_lite0", weights="random", tap="cls")
+    with pytest.raises(UserError, match="it offers: embed"):
+        teachers.create_teacher("open_clip:ViT-B-32:openai", weights="random", tap="mean")
 
 
 @pytest.mark.skipif(teachers.hub_reachable(), reason="the model hub is reachable here")
@@ -188,6 +227,10 @@ def test_teachers_command_lists_the_offline_teachers():
 
     listed = CliRunner().invoke(app, ["teachers"])
     assert listed.exit_code == 0
-    rows = {line.split()[0]: line.split()[1:4] for line in listed.stdout.splitlines()}
-    assert rows["efficientnet_lite0"] == ["1280", "224", "timm_offline:tf_efficientnet_lite0"]
-    assert rows["efficientnet_lite2"] == ["1280", "260", "timm_offline:tf_efficientnet_lite2"]
+    rows = {line.split()[0]: line.split()[1:6] for line in listed.stdout.splitlines()}
+    assert rows["efficientnet_lite0"] == ["1280", "224", "224", "pooled", "timm_offline:tf_efficientnet_lite0"]
+    assert rows["efficientnet_lite2"] == ["1280", "260", "260", "pooled", "timm_offline:tf_efficientnet_lite2"]
+    assert rows["dinov2_vitl"] == ["1024", "224", "518", "cls", "timm:vit_large_patch14_dinov2.lvd142m"]
+    assert rows["dinov3_vitb"] == ["768", "224", "256", "cls", "timm:vit_base_patch16_dinov3.lvd1689m"]
+    assert rows["siglip2_vitb16"] == ["768", "224", "224", "embed", "open_clip:ViT-B-16-SigLIP2:webli"]
+    assert rows["pe_core_b16"] == ["1024", "224", "224", "embed", "open_clip:PE-Core-B-16:meta"]
