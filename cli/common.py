@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -12,8 +13,16 @@ T = TypeVar("T")
 EXIT_USAGE = 2
 
 
-def setup_logging(verbose: bool = False) -> None:
+def config_defaults(config_class) -> dict:
+    """Field name → default of a config dataclass: the one source of the command line's defaults."""
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(config_class)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose or os.environ.get("CUSTOMKD_DEBUG") else logging.INFO
+    level = logging.WARNING if quiet and not verbose else level
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for everyone
         level = logging.WARNING
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,

@@ -6,47 +6,53 @@ from typing import Annotated
 
 import typer
 
-from cli.common import is_main_process, run_or_exit, setup_logging
+from cli.common import config_defaults, is_main_process, run_or_exit, setup_logging
+from cli.config_file import merge_config_file
+from featcache.config import ExtractConfig
+from featcache.views import ViewRecipe
+
+D = config_defaults(ExtractConfig)
+R = config_defaults(ViewRecipe)
 
 
 def extract(
-    teacher: Annotated[str, typer.Option(help="Teacher name (see `customkd teachers`), timm:<model> or open_clip:<arch>:<tag>.")] = "efficientnet_lite0",
-    data: Annotated[str, typer.Option(help="Dataset: elpv, folder:PATH or cifar100:PATH.")] = "elpv",
-    out: Annotated[str, typer.Option(help="Store path (a .zarr directory).")] = "caches/elpv-efficientnet_lite0.zarr",
-    views: Annotated[int, typer.Option(help="Views per sample; view 0 is the centre view.")] = 4,
-    batch_size: Annotated[int, typer.Option(help="Teacher batch size in images.")] = 32,
-    workers: Annotated[int, typer.Option(help="DataLoader workers for decoding and view replay.")] = 2,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Base seed of the view parameters.")] = 0,
-    weights: Annotated[str | None, typer.Option(help="Local weights: a .safetensors/.pth file (timm, Meta DINOv2/v3, OpenCLIP full or visual-only) or a Hugging Face model folder; 'random' for random init.")] = None,
-    teacher_size: Annotated[int | None, typer.Option(help="Teacher input size in px (default: the entry's, see `customkd teachers`; position embeddings are resampled).")] = None,
-    tap: Annotated[str | None, typer.Option(help="Teacher feature: cls, mean, cls+mean (ViTs), pooled (CNNs, timm's own pooling) or embed (CLIP/SigLIP/PE); default per entry.")] = None,
-    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")] = "auto",
-    color_jitter: Annotated[float, typer.Option(help="Colour jitter strength of random views (0 = off).")] = 0.0,
-    scale_min: Annotated[float, typer.Option(help="Smallest random-resized-crop area fraction.")] = 0.35,
-    shard_size: Annotated[int, typer.Option(help="Samples per shard (unit of writing and resume).")] = 256,
-    compress: Annotated[bool, typer.Option(help="Zstd-compress chunks (fp16 features barely compress).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing store built with a different fingerprint.")] = False,
-    skip_bad: Annotated[bool, typer.Option(help="Record unreadable images as invalid samples instead of stopping.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ctx: typer.Context,
+    teacher: Annotated[str, typer.Option(help="Teacher name (see `customkd teachers`), timm:<model> or open_clip:<arch>:<tag>.")] = D["teacher"],
+    data: Annotated[str, typer.Option(help="Dataset: elpv, folder:PATH or cifar100:PATH.")] = D["data"],
+    out: Annotated[str, typer.Option(help="Store path (a .zarr directory) or URL (s3://, gs://, file://).")] = D["out"],
+    config: Annotated[str | None, typer.Option(help="YAML/TOML file of settings (keys = option names with underscores); flags override it.")] = None,
+    views: Annotated[int, typer.Option(help="Views per sample; view 0 is the centre view.")] = D["views"],
+    batch_size: Annotated[int, typer.Option(help="Teacher batch size in images.")] = D["batch_size"],
+    workers: Annotated[int, typer.Option(help="DataLoader workers for decoding and view replay.")] = D["workers"],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = D["device"],
+    seed: Annotated[int, typer.Option(help="Base seed of the view parameters.")] = D["seed"],
+    weights: Annotated[str | None, typer.Option(help="Local weights: a .safetensors/.pth file (timm, Meta DINOv2/v3, OpenCLIP full or visual-only) or a Hugging Face model folder; 'random' for random init.")] = D["weights"],
+    teacher_size: Annotated[int | None, typer.Option(help="Teacher input size in px (default: the entry's, see `customkd teachers`; position embeddings are resampled).")] = D["teacher_size"],
+    tap: Annotated[str | None, typer.Option(help="Teacher feature: cls, mean, cls+mean (ViTs), pooled (CNNs, timm's own pooling) or embed (CLIP/SigLIP/PE); default per entry.")] = D["tap"],
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")] = D["precision"],
+    color_jitter: Annotated[float, typer.Option(help="Colour jitter strength of random views (0 = off).")] = R["color_jitter"],
+    scale_min: Annotated[float, typer.Option(help="Smallest random-resized-crop area fraction.")] = R["scale"][0],
+    shard_size: Annotated[int, typer.Option(help="Samples per shard (unit of writing and resume).")] = D["shard_size"],
+    chunk_size: Annotated[int, typer.Option(help="Samples per inner chunk (unit of reading).")] = D["chunk_size"],
+    compress: Annotated[bool, typer.Option(help="Zstd-compress chunks (fp16 features barely compress).")] = D["compress"],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store built with a different fingerprint.")] = D["overwrite"],
+    skip_bad: Annotated[bool, typer.Option(help="Record unreadable images as invalid samples instead of stopping.")] = D["skip_bad"],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
 ) -> None:
     """Run the frozen teacher once over every view of a dataset and write the Zarr feature store."""
-    setup_logging(verbose)
+    setup_logging(verbose, quiet)
+    values = {name: value for name, value in locals().items() if name in D or name in ("color_jitter", "scale_min")}
 
     def action():
-        from featcache.extract import ExtractConfig
         from featcache.extract import extract as run_extract
-        from featcache.views import ViewRecipe
 
-        recipe = ViewRecipe(scale=(scale_min, 1.0), color_jitter=color_jitter)
-        cfg = ExtractConfig(teacher=teacher, data=data, out=out, views=views, batch_size=batch_size, workers=workers,
-                            device=device, seed=seed, weights=weights, teacher_size=teacher_size, tap=tap,
-                            precision=precision, shard_size=shard_size, compress=compress, overwrite=overwrite,
-                            skip_bad=skip_bad, recipe=recipe)
-        return run_extract(cfg)
+        settings = merge_config_file(ctx, values, config)
+        recipe = ViewRecipe(scale=(settings.pop("scale_min"), R["scale"][1]), color_jitter=settings.pop("color_jitter"))
+        return run_extract(ExtractConfig(**settings, recipe=recipe))
 
     result = run_or_exit(lambda: _with_value_errors(action))
-    if not is_main_process():
+    if not is_main_process() or quiet:
         return
     n, v, d = result.shape
     verb = "already complete, nothing to do" if result.status == "unchanged" else f"complete in {result.seconds:.0f}s"

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,49 +21,14 @@ from PIL import Image
 
 from featcache import parallel
 from featcache import store as fs
+from featcache.config import ExtractConfig
 from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key
 from featcache.errors import UserError
-from featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS, ViewRecipe, draw_views, replay
+from featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS, draw_views, replay
 
 log = logging.getLogger(__name__)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # name → autocast dtype
 AUTO_PRECISION = {"cuda": "bf16", "cpu": "fp32"}  # --precision auto: bf16 autocast on a GPU, exact fp32 on CPU
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    teacher: str
-    data: str
-    out: str
-    views: int = 4
-    batch_size: int = 32
-    workers: int = 2
-    device: str = "auto"
-    seed: int = 0
-    weights: str | None = None
-    teacher_size: int | None = None  # None: the teacher entry's default size
-    tap: str | None = None  # None: the teacher entry's default feature tap
-    precision: str = "auto"
-    shard_size: int = 256
-    chunk_size: int = 16
-    compress: bool = False
-    overwrite: bool = False
-    skip_bad: bool = False
-    recipe: ViewRecipe = field(default_factory=ViewRecipe)
-
-    def __post_init__(self) -> None:
-        if self.views < 1:
-            raise UserError(f"--views must be >= 1 (view 0 is the centre view), got {self.views}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise UserError(f"--workers must be >= 0, got {self.workers}")
-        if self.precision != "auto" and self.precision not in PRECISIONS:
-            raise UserError(f"unknown --precision {self.precision!r}; known: auto, {', '.join(PRECISIONS)}")
-        if self.shard_size < 1 or self.chunk_size < 1:
-            raise UserError("--shard-size and --chunk-size must be >= 1")
-        if self.shard_size > self.chunk_size and self.shard_size % self.chunk_size:
-            raise UserError(f"--shard-size ({self.shard_size}) must be a multiple of --chunk-size ({self.chunk_size})")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from featcache.errors import UserError
 
 SETTINGS = ("supervised", "ssl", "uda")
+METHOD_NAMES = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+dkd")  # = trainer.methods.METHODS
 OPTIMIZERS = {"adamw": 2e-3, "sgd": 0.05}  # name → default learning rate
 CUSTOMIZERS = ("linear", "mlp")
 CUSTOMIZE_HEADS = ("student", "random", "random-trained")
@@ -21,7 +22,7 @@ DEFAULT_LABEL_FRACTION = 0.1
 
 @dataclass(frozen=True)
 class DistillConfig:
-    cache: str
+    cache: str = "caches/elpv-efficientnet_lite0.zarr"
     student: str = "mobilenetv3"
     student_pretrained: bool = False
     student_weights: str | None = None

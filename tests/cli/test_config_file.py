@@ -1,0 +1,85 @@
+"""``--config FILE``: YAML/TOML settings for extract and distill, a run replayed from its config.json, and the
+config dataclasses as the one source of the command line's defaults."""
+
+import dataclasses
+import json
+
+import pytest
+import typer.main
+
+from tests.cli.test_cli import _one_line_exit_2, customkd
+from tests.conftest import TINY_STUDENT, TINY_TEACHER
+
+
+def _settings(run) -> dict:
+    config = json.loads((run / "config.json").read_text())
+    return {k: v for k, v in config.items() if k != "out"}
+
+
+def test_extract_and_distill_from_yaml_then_replay_from_config_json(tiny_folder, tmp_path):
+    store = tmp_path / "store.zarr"
+    (tmp_path / "extract.yaml").write_text(
+        f"teacher: {TINY_TEACHER}\nweights: random\ndata: folder:{tiny_folder}\nout: {store}\nviews: 2\n"
+        "workers: 0\nshard_size: 8\nchunk_size: 4\nscale_min: 0.5\n")
+    done = customkd("extract", "--config", str(tmp_path / "extract.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert "N=30 V=2 D=64" in done.stdout
+    manifest = json.loads((store / "zarr.json").read_text())["attributes"]["customkd"]
+    assert manifest["fingerprint"]["augmentation"]["recipe"]["scale"] == [0.5, 1.0]
+
+    (tmp_path / "distill.yaml").write_text(
+        f"cache: {store}\nstudent: {TINY_STUDENT}\nmethod: kd\nlabels_per_class: 2\nepochs: 1\nmin_steps: 0\n"
+        "image_size: 32\nbatch_size: 8\nworkers: 0\nkd_weight: 0.5\ndkd_beta: 4\n")
+    first = tmp_path / "first"
+    done = customkd("distill", "--config", str(tmp_path / "distill.yaml"), "--epochs", "2", "--out", str(first))
+    assert done.returncode == 0, done.stderr
+    settings = _settings(first)
+    assert (settings["method"], settings["kd_weight"], settings["dkd_beta"]) == ("kd", 0.5, 4.0)  # from the file
+    assert settings["epochs"] == 2  # the flag wins over the file's 1
+
+    replay = tmp_path / "replay"
+    done = customkd("distill", "--config", str(first / "config.json"), "--out", str(replay))
+    assert done.returncode == 0, done.stderr
+    assert _settings(replay) == settings  # every setting and every recorded value
+    assert json.loads((replay / "metrics.json").read_text())["final"] == \
+        json.loads((first / "metrics.json").read_text())["final"]
+    assert (replay / "student.safetensors").read_bytes() == (first / "student.safetensors").read_bytes()
+
+
+def test_toml_config_and_its_errors(tiny_store, tmp_path):
+    (tmp_path / "bad.toml").write_text('labels_per_clas = 4\n')
+    result = customkd("distill", "--cache", str(tiny_store), "--config", str(tmp_path / "bad.toml"))
+    _one_line_exit_2(result, "unknown key 'labels_per_clas' in --config")
+    assert "labels_per_class" in result.stderr  # the known keys are listed
+    (tmp_path / "type.yaml").write_text("epochs: many\n")
+    _one_line_exit_2(customkd("distill", "--cache", str(tiny_store), "--config", str(tmp_path / "type.yaml")),
+                     "epochs must be an integer, got 'many'")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    _one_line_exit_2(customkd("distill", "--config", str(tmp_path / "list.yaml")), "must hold a mapping")
+    _one_line_exit_2(customkd("extract", "--config", str(tmp_path / "absent.yaml")), "does not exist")
+    (tmp_path / "broken.toml").write_text("epochs = [\n")
+    _one_line_exit_2(customkd("extract", "--config", str(tmp_path / "broken.toml")), "cannot be parsed")
+    (tmp_path / "code.yaml").write_text("teacher: !!python/object/apply:os.system ['echo pwned']\n")
+    _one_line_exit_2(customkd("extract", "--config", str(tmp_path / "code.yaml")), "cannot be parsed")
+
+
+@pytest.mark.parametrize("command, config_class", [("distill", "trainer.config.DistillConfig"),
+                                                    ("extract", "featcache.config.ExtractConfig")])
+def test_every_setting_has_a_flag_with_the_dataclass_default(command, config_class):
+    import importlib
+
+    from cli.app import app
+
+    module, name = config_class.rsplit(".", 1)
+    fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    group = typer.main.get_command(app)
+    options = {p.name: p for p in group.commands[command].params if p.param_type_name == "option"}
+    for field in fields.values():
+        if field.name == "recipe":  # the view recipe's settings are --scale-min and --color-jitter
+            continue
+        assert field.name in options, f"{field.name} has no --{field.name.replace('_', '-')}"
+        default = options[field.name].default
+        expected = field.default
+        assert (",".join(expected) if isinstance(expected, tuple) else expected) == default, field.name
+    for option in options.values():
+        assert option.help, f"--{option.name} has no help text"
