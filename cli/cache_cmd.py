@@ -7,16 +7,17 @@ from typing import Annotated
 
 import typer
 
-from cli.common import run_or_exit, setup_logging
+from cli.common import Quiet, Verbose, run_or_exit, setup_logging
 
 app = typer.Typer(no_args_is_help=True, help="Inspect, check, convert and share feature stores (push/pull to object storage).")
 
 
 @app.command()
 def info(path: Annotated[str, typer.Argument(help="Store path.")],
-         as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False) -> None:
+         as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
+         verbose: Verbose = False, quiet: Quiet = False) -> None:
     """Manifest summary: teacher, dataset, N/V/D, views recipe, size, status, fingerprint."""
-    setup_logging()
+    setup_logging(verbose, quiet)
     from featcache.errors import printable
     from featcache.inspect import store_info
 
@@ -38,10 +39,12 @@ def verify(
     data: Annotated[str | None, typer.Option(help="Dataset spec if the images moved.")] = None,
     teacher_check: Annotated[int, typer.Option(help="Re-run the teacher on N random stored views (0 = off).")] = 0,
     weights: Annotated[str | None, typer.Option(help="Teacher weights file for --teacher-check.")] = None,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Every object of every array present and readable (checksums), non-finite features, shard flags, labels
     against the dataset, sample keys, image content hashes; exit 1 on a problem."""
-    setup_logging()
+    setup_logging(verbose, quiet)
     from featcache.errors import printable
     from featcache.inspect import verify_store
 
@@ -54,9 +57,10 @@ def verify(
 
 @app.command("export")
 def export(path: Annotated[str, typer.Argument(help="Complete store path.")],
-           h5: Annotated[str, typer.Option("--h5", help="HDF5 file to write.")]) -> None:
+           h5: Annotated[str, typer.Option("--h5", help="HDF5 file to write.")],
+           verbose: Verbose = False, quiet: Quiet = False) -> None:
     """Write a single-file HDF5 copy (same arrays, manifest as an attribute)."""
-    setup_logging()
+    setup_logging(verbose, quiet)
     from featcache.inspect import export_h5
 
     run_or_exit(lambda: export_h5(path, h5))
@@ -65,9 +69,10 @@ def export(path: Annotated[str, typer.Argument(help="Complete store path.")],
 
 @app.command("import")
 def import_(h5: Annotated[str, typer.Argument(help="HDF5 file written by `cache export`.")],
-            path: Annotated[str, typer.Argument(help="New store path.")]) -> None:
+            path: Annotated[str, typer.Argument(help="New store path.")],
+            verbose: Verbose = False, quiet: Quiet = False) -> None:
     """Rebuild a Zarr store from an HDF5 export."""
-    setup_logging()
+    setup_logging(verbose, quiet)
     from featcache.inspect import import_h5
 
     run_or_exit(lambda: import_h5(h5, path))
@@ -84,12 +89,13 @@ def _report_copy(result) -> None:
 
 @app.command()
 def push(local: Annotated[str, typer.Argument(help="Complete local store.")],
-         url: Annotated[str, typer.Argument(help="Destination URL, e.g. s3://bucket/path.zarr.")]) -> None:
+         url: Annotated[str, typer.Argument(help="Destination URL, e.g. s3://bucket/path.zarr.")],
+         verbose: Verbose = False, quiet: Quiet = False) -> None:
     """Copy a complete store to object storage (resumable; the manifest goes last, then it is verified).
 
     Credentials and endpoint come from the environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
     AWS_PROFILE), and CUSTOMKD_S3_ENDPOINT or AWS_ENDPOINT_URL for an S3-compatible server."""
-    setup_logging()
+    setup_logging(verbose, quiet)
     from featcache.remote import push as push_store
 
     _report_copy(run_or_exit(lambda: push_store(local, url)))
@@ -97,9 +103,10 @@ def push(local: Annotated[str, typer.Argument(help="Complete local store.")],
 
 @app.command()
 def pull(url: Annotated[str, typer.Argument(help="Complete store URL, e.g. s3://bucket/path.zarr.")],
-         local: Annotated[str, typer.Argument(help="Local destination path.")]) -> None:
+         local: Annotated[str, typer.Argument(help="Local destination path.")],
+         verbose: Verbose = False, quiet: Quiet = False) -> None:
     """Copy a complete store from object storage to a local path (resumable, verified)."""
-    setup_logging()
+    setup_logging(verbose, quiet)
     from featcache.remote import pull as pull_store
 
     _report_copy(run_or_exit(lambda: pull_store(url, local)))

@@ -7,9 +7,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
+
+import typer
 
 T = TypeVar("T")
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")]
 EXIT_USAGE = 2
 
 
@@ -39,10 +43,9 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def run_or_exit(action: Callable[[], T]) -> T:
-    """Run a library call; a UserError becomes ``error: …`` on one line and exit code 2."""
-    import typer
-
+def run_or_exit(action: Callable[[], T], interrupted: str = "rerun the same command to resume") -> T:
+    """Run a library call; a UserError becomes ``error: …`` on one line and exit code 2. ``interrupted``: what
+    Ctrl-C prints after "interrupted; "."""
     from featcache.errors import UserError
 
     try:
@@ -51,7 +54,7 @@ def run_or_exit(action: Callable[[], T]) -> T:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted; rerun the same command to resume", err=True)
+        typer.echo(f"interrupted; {interrupted}", err=True)
         raise typer.Exit(130) from None
     _leave_process_group()
     return result

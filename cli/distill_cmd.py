@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import config_defaults, is_main_process, run_or_exit, setup_logging
+from cli.common import Quiet, Verbose, config_defaults, is_main_process, run_or_exit, setup_logging
 from cli.config_file import merge_config_file
 from trainer.config import (
     CUSTOMIZE_TARGETS,
@@ -81,8 +81,8 @@ def distill(
     expect_fingerprint: Annotated[str, typer.Option(help="Refuse the cache unless its components match, e.g. 'teacher=4f498eb6'.")] = D["expect_fingerprint"],
     data: Annotated[str | None, typer.Option(help="Dataset spec if the images moved since extraction.")] = D["data"],
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = D["resume"],
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a student from images plus cached teacher features."""
     setup_logging(verbose, quiet)

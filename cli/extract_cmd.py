@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import config_defaults, is_main_process, run_or_exit, setup_logging
+from cli.common import Quiet, Verbose, config_defaults, is_main_process, run_or_exit, setup_logging
 from cli.config_file import merge_config_file
 from featcache.config import ExtractConfig
 from featcache.views import ViewRecipe
@@ -37,8 +37,8 @@ def extract(
     compress: Annotated[bool, typer.Option(help="Zstd-compress chunks (fp16 features barely compress).")] = D["compress"],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store built with a different fingerprint.")] = D["overwrite"],
     skip_bad: Annotated[bool, typer.Option(help="Record unreadable images as invalid samples instead of stopping.")] = D["skip_bad"],
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Run the frozen teacher once over every view of a dataset and write the Zarr feature store."""
     setup_logging(verbose, quiet)
@@ -68,8 +68,9 @@ def _with_value_errors(action):
         raise UserError(str(exc)) from None
 
 
-def teachers() -> None:
+def teachers(verbose: Verbose = False, quiet: Quiet = False) -> None:
     """List the registered teachers (and the generic forms)."""
+    setup_logging(verbose, quiet)
     from featcache.teachers import GENERIC_FORMS, list_teachers
 
     typer.echo(f"{'name':<21} {'dim':>5} {'size':>5} {'native':>6}  {'tap':<7} source")

@@ -6,16 +6,18 @@ from typing import Annotated
 
 import typer
 
-from cli.common import run_or_exit, setup_logging
+from cli.common import Quiet, Verbose, run_or_exit, setup_logging
 
 
 def evaluate(
     run: Annotated[str, typer.Argument(help="Run directory written by `customkd distill`.")],
     data: Annotated[str | None, typer.Option(help="Evaluate on every sample of this dataset instead of the run's held-out split.")] = None,
-    workers: Annotated[int, typer.Option()] = 2,
+    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Evaluate a saved student."""
-    setup_logging()
+    setup_logging(verbose, quiet)
     from trainer.evaluate import evaluate_run
 
     metrics = run_or_exit(lambda: evaluate_run(run, data, workers))
@@ -27,9 +29,11 @@ def evaluate(
 def export(
     run: Annotated[str, typer.Argument(help="Run directory written by `customkd distill`.")],
     onnx: Annotated[str, typer.Option("--onnx", help="ONNX file to write.")],
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Export the deployable student (backbone + head) to ONNX and check it against PyTorch."""
-    setup_logging()
+    setup_logging(verbose, quiet)
     from trainer.evaluate import export_onnx
 
     error = run_or_exit(lambda: export_onnx(run, onnx))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from cli.common import Quiet, Verbose, setup_logging
 
-def students() -> None:
+
+def students(verbose: Verbose = False, quiet: Quiet = False) -> None:
     """List the registered students and where --student-pretrained reads their weights."""
+    setup_logging(verbose, quiet)
     from featcache.weights import BUNDLED_WEIGHTS
     from trainer.students import list_students
 

@@ -166,3 +166,30 @@ def test_help_lists_commands():
 def test_refused_distill_leaves_no_run_directory(tmp_path):
     invoke("distill", "--min-steps", "0", "--cache", str(tmp_path / "absent.zarr"), "--out", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def _commands(group, prefix=""):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
+
+
+def test_every_command_has_verbose_quiet_and_help_on_every_option():
+    import typer.main
+
+    from cli.app import app
+
+    for name, command in _commands(typer.main.get_command(app)):
+        options = {p.name: p for p in command.params if p.param_type_name == "option"}
+        assert {"verbose", "quiet"} <= set(options), name
+        assert all(option.help for option in options.values()), (name, [o for o, p in options.items() if not p.help])
+        assert command.help, name
+
+
+def test_version_is_the_package_version():
+    import importlib.metadata
+
+    result = customkd("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"customkd {importlib.metadata.version('customkd')}"
