@@ -29,6 +29,7 @@ app.command("teachers")(extract_cmd.teachers)
 app.command("distill")(distill_cmd.distill)
 app.command("students")(students_cmd.students)
 app.command("evaluate")(run_cmd.evaluate)
+app.command("predict")(run_cmd.predict)
 app.command("export")(run_cmd.export)
 app.add_typer(cache_cmd.app, name="cache")
 

@@ -36,6 +36,27 @@ def load_run(run: str) -> tuple[dict, Student]:
     return config, student.eval()
 
 
+def resolve_run_device(device: str) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; CUDA asked for without a GPU is refused."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise UserError(f"unknown --device {device!r}; known: auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for CUDA but no GPU is visible; use --device cpu")
+    return torch.device(device)
+
+
+def run_preprocess(config: dict, student: Student) -> dict:
+    """How the run's student sees an image: size, mean, std, interpolation and centre-crop fraction. Recorded in
+    config.json; for older runs, rebuilt from the student and the store's view recipe."""
+    if "preprocess" in config:
+        return config["preprocess"]
+    manifest = fs.read_manifest(fs.open_complete_store(config["cache"]))
+    return {"size": config["image_size"], "mean": list(student.mean), "std": list(student.std),
+            "interpolation": "bilinear", "crop": manifest["fingerprint"]["augmentation"]["recipe"]["centre_crop"]}
+
+
 def config_from_run(config: dict) -> DistillConfig:
     fields = DistillConfig.__dataclass_fields__
     values = {k: v for k, v in config.items() if k in fields}
@@ -57,8 +78,9 @@ class _AllCentreViews:
         self.views = np.stack([centre_view(w, h, recipe)[None] for w, h in sizes])
 
 
-def evaluate_run(run: str, data: str | None = None, workers: int = 2) -> dict:
+def evaluate_run(run: str, data: str | None = None, workers: int = 2, device: str = "auto") -> dict:
     """Accuracy of the saved student on the run's held-out samples, or on every sample of ``data``."""
+    torch_device = resolve_run_device(device)
     config, student = load_run(run)
     if data is None:
         cfg = config_from_run(config)
@@ -71,7 +93,7 @@ def evaluate_run(run: str, data: str | None = None, workers: int = 2) -> dict:
         rows, labels = np.arange(len(cached.labels)), cached.labels
     dataset = StudentViews(cached, config["image_size"], student.mean, student.std)
     loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), config["batch_size"], workers)
-    seen, preds = predict(student, loader, torch.device("cpu"))
+    seen, preds = predict(student.to(torch_device), loader, torch_device)
     return {**classification_metrics(labels[seen], preds, config["num_classes"]), "n": len(seen)}
 
 

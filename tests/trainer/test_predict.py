@@ -1,0 +1,56 @@
+"""``customkd predict`` on unlabeled images, and ``evaluate`` from another directory with ``--device``."""
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.cli.test_cli import _one_line_exit_2, customkd
+from tests.conftest import TINY_STUDENT
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "run"
+    done = customkd("distill", "--min-steps", "0", "--cache", str(tiny_store), "--student", TINY_STUDENT, "--method",
+                    "student", "--setting", "supervised", "--epochs", "2", "--image-size", "32", "--batch-size", "8",
+                    "--workers", "0", "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    return run
+
+
+def test_predict_writes_one_row_per_image_matching_evaluate(tiny_run, tiny_folder, tmp_path):
+    flat = tmp_path / "unlabeled"
+    flat.mkdir()
+    truth = {}
+    for image in sorted(tiny_folder.rglob("*.png")):  # a flat folder: no class folders, names only
+        shutil.copy(image, flat / f"{image.parent.name}-{image.name}")
+        truth[f"{image.parent.name}-{image.name}"] = image.parent.name
+    (flat / ".hidden.png").write_bytes(b"not an image")  # hidden files are not data
+    out = tmp_path / "preds.csv"
+    done = customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(out), "--device", "cpu",
+                    "--workers", "0")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["path", "class", "class0", "class1", "class2"]
+    assert len(rows) == 1 + len(truth)
+    probabilities = np.array([[float(p) for p in row[2:]] for row in rows[1:]])
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-4)
+    assert [row[1] for row in rows[1:]] == [rows[0][2 + int(i)] for i in probabilities.argmax(1)]
+    predicted_accuracy = np.mean([row[1] == truth[row[0].rsplit("/", 1)[1]] for row in rows[1:]])
+
+    evaluated = customkd("evaluate", str(tiny_run), "--data", f"folder:{tiny_folder}", "--device", "cpu",
+                         "--workers", "0", cwd=tmp_path)  # from another directory
+    assert evaluated.returncode == 0, evaluated.stderr
+    accuracy = float(evaluated.stdout.split("accuracy ")[1].split()[0])
+    assert accuracy == pytest.approx(predicted_accuracy, abs=1e-4)  # the same preprocessing, the same student
+
+    _one_line_exit_2(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(out)), "already exists")
+    _one_line_exit_2(customkd("predict", str(tiny_run), "--images", str(tmp_path / "none"), "--out",
+                              str(tmp_path / "p.csv")), "does not exist")
+    _one_line_exit_2(customkd("evaluate", str(tiny_run), "--device", "tpu"), "unknown --device 'tpu'")
+    (flat / "broken.png").write_bytes(b"\x89PNG truncated")
+    _one_line_exit_2(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(tmp_path / "q.csv"),
+                              "--workers", "0"), "unreadable image(s): broken.png")
+    assert not (tmp_path / "q.csv").exists() and not (tmp_path / "q.csv.partial").exists()
