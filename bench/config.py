@@ -33,11 +33,20 @@ class BenchConfig:
     store_views: int = 4  # … and V …
     store_dim: int = 1024  # … at the D of a ViT-L teacher (DESIGN §4: 2 KiB per view)
     random_reads: int = 400  # single-row reads timed per repetition
+    overhead_epochs: int = 3  # epochs per loader mode (fresh / persistent workers); epoch 1 is not measured …
+    overhead_samples: int = 1024  # … of this many (row, view) samples: 16 steps (the embedded default has ≈ 33)
+    size_teacher: str = "dinov2_vits"  # teacher_size_cost_ratio: forward at its default vs its native size …
+    size_pair: tuple[int, int] | None = None  # … or at these (default, native) sizes
+    size_batch: int = 4  # images per timed teacher forward
+    size_rounds: int = 3  # interleaved timed forwards per size
     quick: bool = False
 
     def __post_init__(self) -> None:
-        if min(self.repeats, self.train_rounds, self.views) < 1 or self.n_images < 8:
-            raise ValueError("repeats, train_rounds and views >= 1 and n_images >= 8 are needed")
+        if min(self.repeats, self.train_rounds, self.views, self.size_rounds, self.size_batch) < 1 or self.n_images < 8:
+            raise ValueError("repeats, train_rounds, views, size_rounds, size_batch >= 1 and n_images >= 8 are needed")
+        if self.overhead_epochs < 2 or self.overhead_samples < 4 * self.batch_size:
+            raise ValueError("overhead_epochs >= 2 (the first epoch starts the workers in both modes) and "
+                             "overhead_samples >= 4 batches are needed")
         if min(self.train_samples, self.online_samples) < 2 * self.batch_size:
             raise ValueError("timed epochs need at least two full batches (the first step is timed apart)")
 
@@ -47,10 +56,12 @@ class BenchConfig:
 
 CPU = BenchConfig()
 CUDA = BenchConfig(device="cuda", teacher="dinov2_vitb", image_size=224, n_images=512, views=4, extract_batch=128,
-                   workers=8, train_samples=2048, online_samples=1024, repeats=3, train_rounds=5)
+                   workers=8, train_samples=2048, online_samples=1024, repeats=3, train_rounds=5,
+                   size_teacher="dinov2_vitb", size_batch=32, size_rounds=5, overhead_samples=2048)
 QUICK = BenchConfig(teacher="timm:test_vit", student="test_efficientnet", image_size=32, batch_size=8, n_images=16,
                     views=2, extract_batch=8, workers=0, train_samples=16, online_samples=16, repeats=1, train_rounds=1,
-                    store_rows=64, store_views=2, store_dim=64, random_reads=20, quick=True)
+                    store_rows=64, store_views=2, store_dim=64, random_reads=20, overhead_epochs=2, overhead_samples=32,
+                    size_teacher="timm:test_vit", size_pair=(32, 64), size_rounds=1, quick=True)
 
 
 def profile(device: str, quick: bool, **overrides) -> BenchConfig:

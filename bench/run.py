@@ -1,8 +1,9 @@
 """``python -m bench.run`` (``make bench``): run every section, print the table, write the results.
 
 Sections run in order on one generated JPEG folder: extraction (which also writes the store the
-training sections read) → training throughput → peak memory (subprocesses) → allocator effect
-(subprocesses, CPU only) → storage → store reads. Every metric is a ratio of timings from this run.
+training sections read) → training throughput → per-epoch loader overhead → teacher cost at its
+default vs native size → peak memory (subprocesses) → allocator effect (subprocesses, CPU only) →
+storage → store reads. Every metric is a ratio of timings from this run.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_sections(cfg: BenchConfig, work: Path) -> dict:
     """Every section's raw record, plus how long each section took."""
     from bench.contention import cpu_snapshot, foreign_cpu_share
+    from bench.epoch_overhead import measure_epoch_overhead
     from bench.extraction import measure_extraction
     from bench.fixtures import make_image_folder
     from bench.memory import measure_allocator, measure_memory
     from bench.store_io import measure_reads, measure_storage
+    from bench.teacher_size import measure_teacher_size
     from bench.training import measure_training
     from featcache import store as fs
 
@@ -65,6 +68,8 @@ def run_sections(cfg: BenchConfig, work: Path) -> dict:
     warmup = make_image_folder(work / "warmup-images", 8, seed=1)
     raw["extraction"], store = section("extraction", lambda: measure_extraction(cfg, folder, warmup, work))
     raw["training"] = section("training", lambda: measure_training(cfg, store))
+    raw["epoch_overhead"] = section("epoch_overhead", lambda: measure_epoch_overhead(cfg, store))
+    raw["teacher_size"] = section("teacher_size", lambda: measure_teacher_size(cfg))
     raw["memory"] = section("memory", lambda: measure_memory(cfg, store))
     raw["allocator"] = section("allocator", lambda: measure_allocator(cfg, store))
     manifest = fs.read_manifest(fs.open_group(store, mode="r"))

@@ -48,6 +48,7 @@ class Session:
     row_labels: np.ndarray  # [N] label or -1
     rows: np.ndarray  # [n] training rows, tiled to the longest timed epoch
     views: np.ndarray  # [n] view of each row
+    eval_rows: np.ndarray  # held-out rows of the split
     device: torch.device
 
 
@@ -83,7 +84,7 @@ def open_session(cfg: BenchConfig, store: Path, method: str = "customkd") -> Ses
     longest = max(cfg.train_samples, cfg.online_samples, 2 * cfg.batch_size)
     tiled = np.resize(np.random.default_rng(0).permutation(split.train), longest)
     views = epoch_views(tiled, data.n_views, 0, dcfg.view_sampling, dcfg.seed)
-    return Session(dcfg, data, norm, probe.to(device), row_labels, tiled, views, device)
+    return Session(dcfg, data, norm, probe.to(device), row_labels, tiled, views, split.eval, device)
 
 
 def build_trainee(session: Session, method_name: str) -> Trainee:
@@ -152,7 +153,8 @@ def cached_epoch(session: Session, trainee: Trainee, n_samples: int) -> dict:
     s = trainee.student
     dataset = StudentViews(session.data, session.config.image_size, s.mean, s.std)
     rows, views = session.rows[:n_samples], session.views[:n_samples]
-    loader = make_loader(dataset, rows, views, session.config.batch_size, session.config.workers)
+    loader = make_loader(dataset, rows, views, session.config.batch_size, session.config.workers,
+                         device=session.device)
     return _train(session, trainee, loader, session.data.features, n_samples)
 
 
@@ -180,7 +182,8 @@ def online_epoch(session: Session, trainee: Trainee, teacher, n_samples: int) ->
     s = trainee.student
     dataset = OnlineViews(session.data, session.config.image_size, s.mean, s.std, teacher.preprocess)
     rows, views = session.rows[:n_samples], session.views[:n_samples]
-    batches = OnlineBatches(make_loader(dataset, rows, views, session.config.batch_size, session.config.workers))
+    batches = OnlineBatches(make_loader(dataset, rows, views, session.config.batch_size, session.config.workers,
+                                        device=session.device))
     return _train(session, trainee, batches, OnlineFeatures(teacher, batches, session.device), n_samples)
 
 

@@ -297,22 +297,51 @@ class EpochBatches(torch.utils.data.Sampler):
 class RunLoader(torch.utils.data.DataLoader):
     """A DataLoader built once per purpose (training, evaluation) and iterated once per epoch.
 
+    With persistent workers, :meth:`prefetch` hands the workers the next epoch's batches early, so
+    they load while the main process does something else (evaluates, customizes) and the epoch's
+    first step does not wait for a pipeline fill.
+
     Each ``iter()`` of a plain DataLoader draws its workers' base seed from the global torch RNG;
-    reusing persistent workers does not. The draw is repeated here so the global RNG — and with it
-    every result — stays exactly what one new loader per epoch gave."""
+    reusing persistent workers does not. The draw is repeated at every ``iter()`` (and undone where
+    :meth:`prefetch` starts an iterator early), so the global RNG — and with it every result — stays
+    exactly what one new loader per epoch gave. Workers seed their own augmentation per item."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._prefetched = None  # an iterator :meth:`prefetch` started, handed out by the next iter()
+
+    @property
+    def keeps_workers(self) -> bool:
+        return self.persistent_workers and self.num_workers > 0
 
     def __iter__(self):
-        if self.persistent_workers and self._iterator is not None:
+        if self.keeps_workers and self._iterator is not None:
             torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+            if self._prefetched is not None:
+                iterator, self._prefetched = self._prefetched, None
+                return iterator
         return super().__iter__()
 
     def set_batches(self, batches: list[list[tuple]]) -> RunLoader:
-        """This epoch's batches of (row, view, epoch) items, in order; returns the loader to iterate."""
+        """This epoch's batches of (row, view, epoch) items, in order; returns the loader to iterate.
+
+        Batches equal to the prefetched ones keep the prefetch; others start over at ``iter()``."""
+        if self._prefetched is not None and batches != self.batch_sampler.batches:
+            self._prefetched = None
         self.batch_sampler.set(batches)
+        return self
+
+    def prefetch(self, batches: list[list[tuple]]) -> RunLoader:
+        """:meth:`set_batches`, and with persistent workers start loading them now."""
+        self.set_batches(batches)
+        if self.keeps_workers and self._prefetched is None:
+            with torch.random.fork_rng(devices=[]):  # the seed draw belongs to the epoch's own iter()
+                self._prefetched = super().__iter__()
         return self
 
     def shutdown(self) -> None:
         """Stop the persistent workers now rather than when the loader is garbage-collected."""
+        self._prefetched = None
         if self._iterator is not None:
             self._iterator._shutdown_workers()
             self._iterator = None

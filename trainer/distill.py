@@ -324,23 +324,37 @@ def customize(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> d
     return record
 
 
-def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunLoader) -> dict:
-    """Customization epoch (when due), KD epoch, evaluation; the loaders live for the whole run."""
+def epoch_plan(s: Session, epoch: int) -> tuple[np.ndarray, np.ndarray, list, list]:
+    """The epoch's row order ``[T]``, views ``[T]``, this rank's batches and their global counts:
+    pure functions of (seed, epoch), so resume replays them and the next epoch's can be prefetched."""
     cfg, data = s.cfg, s.data
-    record: dict = {"epoch": epoch + 1}
     positions = (block_shuffle(s.split.train, data.shard_size, epoch, cfg.seed) if data.streaming
                  else epoch_order(len(s.split.train), epoch, cfg.seed))
     order = s.split.train[positions]
     views = epoch_views(order, data.n_views, epoch, cfg.view_sampling, cfg.seed)
-    if s.method.customizes and cfg.customizes_at(epoch):
-        record["customize"] = customize(s, epoch, order, views)
     items = list(zip(order.tolist(), views.tolist(), [epoch] * len(order), strict=True))
     batches, counts = dist.split_global_batches(items, cfg.batch_size, s.env, s.row_labels)
+    return order, views, batches, counts
+
+
+def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunLoader) -> dict:
+    """Customization epoch (when due), KD epoch, evaluation; the loaders live for the whole run, and
+    their workers load the next epoch's first batches while this one finishes."""
+    cfg, data = s.cfg, s.data
+    record: dict = {"epoch": epoch + 1}
+    order, views, batches, counts = epoch_plan(s, epoch)
+    if s.method.customizes and cfg.customizes_at(epoch):
+        record["customize"] = customize(s, epoch, order, views)
     record["train"] = loop.train_epoch(
         s.student, s.method, train_loader.set_batches(batches), s.row_labels, data.features, s.norm,
         s.probe, s.optimizer, s.scheduler, epoch, cfg.grad_clip, s.device,
         (cfg.fixmatch_threshold, cfg.fixmatch_weight) if cfg.ssl == "fixmatch" else None, s.model, counts, s.env)
+    last = epoch + 1 == s.epochs
+    if not last:  # loads while this epoch evaluates and the next one customizes
+        train_loader.prefetch(epoch_plan(s, epoch + 1)[2])
     record["eval"] = evaluate_epoch(s, eval_loader)
+    if not last:  # loads during the next KD epoch
+        eval_loader.prefetch(eval_loader.batch_sampler.batches)
     return record
 
 
@@ -363,9 +377,10 @@ def train(s: Session) -> dict:
     if env.main and not cfg.resume:  # a resumed run keeps its record
         write_json(s.run / "config.json", run_config(s))
     first_epoch = resume(s) if cfg.resume else 0
-    # one loader per purpose for the whole run: persistent workers are forked once, not every epoch
-    train_loader = run_loader(train_ds, cfg.workers, s.device)
-    eval_loader = run_loader(eval_ds, cfg.workers, s.device).set_batches(eval_batches(s))
+    # one loader per purpose for the whole run, both started here: persistent workers are forked once,
+    # together, so the copy-on-write faults a fork costs the training process fall into the first epoch only
+    train_loader = run_loader(train_ds, cfg.workers, s.device).prefetch(epoch_plan(s, first_epoch)[2])
+    eval_loader = run_loader(eval_ds, cfg.workers, s.device).prefetch(eval_batches(s))
     try:
         for epoch in range(first_epoch, s.epochs):
             s.history.append(run_epoch(s, epoch, train_loader, eval_loader))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from featcache.errors import UserError
 from tests.conftest import TINY_STUDENT
 from trainer import distill as distill_mod
+from trainer import loop
 from trainer.config import DistillConfig
 from trainer.data import StudentViews, chunk_batches, loader_options, run_loader
 
@@ -88,25 +90,59 @@ def test_fixmatch_strong_views_are_the_same_with_persistent_workers(tiny_store, 
 
 
 class _Items(torch.utils.data.Dataset):
+    """(row, view, epoch) items as tensors; each load appends the row to ``log`` when given."""
+
+    def __init__(self, log=None) -> None:
+        self.log = log
+
     def __len__(self) -> int:
         return 100
 
     def __getitem__(self, item):
+        if self.log is not None:
+            with open(self.log, "a") as fh:
+                fh.write(f"{item[0]}\n")
         return torch.tensor(item[0]), torch.tensor(item[1]), torch.tensor(item[2])
 
 
 def test_a_run_loader_serves_each_epochs_batches_in_order_and_leaves_the_rng_as_fresh_loaders_do():
-    epochs = [chunk_batches(np.random.default_rng(e).permutation(20), np.full(20, e), 6, e) for e in range(3)]
+    epochs = [chunk_batches(np.random.default_rng(e).permutation(20), np.full(20, e), 6, e) for e in range(4)]
     torch.manual_seed(0)
-    loader = run_loader(_Items(), workers=2)
-    served = [[b[0].tolist() for b in loader.set_batches(batches)] for batches in epochs]
+    loader = run_loader(_Items(), workers=2).prefetch(epochs[0])  # its workers start before the first epoch
+    served = []
+    for e, batches in enumerate(epochs):
+        if e == 3:  # prefetched batches replaced before the epoch: the new ones are served
+            loader.prefetch(epochs[0])
+        served.append([b[0].tolist() for b in loader.set_batches(batches)])
+        torch.rand(1)  # the run's own use of the RNG between epochs
+        if e == 0:
+            loader.prefetch(epochs[1])
+        if e == 1:
+            loader.prefetch(epochs[2])
     loader.shutdown()
     after_persistent = torch.get_rng_state()
     torch.manual_seed(0)
-    fresh = [[b[0].tolist() for b in run_loader(_Items(), 2, persistent=False).set_batches(batches)]
-             for batches in epochs]
+    fresh = []
+    for batches in epochs:
+        fresh.append([b[0].tolist() for b in run_loader(_Items(), 2, persistent=False).set_batches(batches)])
+        torch.rand(1)
     assert served == fresh == [[[item[0] for item in batch] for batch in batches] for batches in epochs]
     assert torch.equal(after_persistent, torch.get_rng_state())
+
+
+def test_prefetch_starts_loading_before_the_epoch_iterates(tmp_path):
+    log = tmp_path / "loaded.txt"
+    loader = run_loader(_Items(log), workers=2)
+    list(loader.set_batches(chunk_batches(np.arange(8), np.zeros(8, np.int64), 4)))  # the workers exist
+    log.write_text("")
+    loader.prefetch(chunk_batches(np.arange(10, 18), np.zeros(8, np.int64), 4))
+    for _ in range(600):  # wait (up to a minute on a loaded machine) for the workers, without iterating
+        if log.read_text():
+            break
+        time.sleep(0.1)
+    assert log.read_text(), "nothing was loaded before iter()"
+    assert [b[0].tolist() for b in loader] == [[10, 11, 12, 13], [14, 15, 16, 17]]
+    loader.shutdown()
 
 
 def test_loader_options_pin_only_for_cuda_and_persist_only_with_workers():
@@ -161,3 +197,20 @@ def test_the_loop_reads_no_scalar_per_step(tiny_store, tmp_path, monkeypatch):
     assert reads == []
     assert {"customize", "train", "eval"} <= set(record) and math.isfinite(record["train"]["loss"])
     assert math.isfinite(record["customize"]["loss"]) and record["train"]["samples"] == len(session.split.train)
+
+
+def test_a_killed_run_with_persistent_workers_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch):
+    distill_mod.distill(_config(tiny_store, tmp_path / "ref"))
+    real_save, saves = loop.save_checkpoint, {"n": 0}
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saves["n"] += 1
+        if saves["n"] == 1:
+            raise KeyboardInterrupt  # killed after epoch 1's checkpoint, with epoch 2's batches prefetched
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        distill_mod.distill(_config(tiny_store, tmp_path / "killed"))
+    distill_mod.distill(_config(tiny_store, tmp_path / "killed", resume=True))
+    assert _outcome(tmp_path / "killed") == _outcome(tmp_path / "ref")
