@@ -85,6 +85,9 @@ def _convert(hint, value, name: str, path: str):
     if value is None and type(None) in typing.get_args(base):
         return None
     kind = kinds[0]
+    if typing.get_origin(kind) is list:  # a repeatable option: a list, or one value
+        items = value if isinstance(value, list) else [value]
+        return [_convert(typing.get_args(kind)[0], item, name, path) for item in items]
     if isinstance(value, list | tuple) and kind is str:
         value = ",".join(str(v) for v in value)  # e.g. UDA domains, written as a list
     try:

@@ -19,6 +19,7 @@ def extract(
     ctx: typer.Context,
     teacher: Annotated[str, typer.Option(help="Teacher name (see `customkd teachers`), timm:<model> or open_clip:<arch>:<tag>.")] = D["teacher"],
     data: Annotated[str, typer.Option(help="Dataset: elpv, folder:PATH or cifar100:PATH.")] = D["data"],
+    unlabeled: Annotated[list[str] | None, typer.Option(help="Images nobody labeled, stored beside the dataset with label -1: folder:PATH (a flat folder or any tree) or NAME=folder:PATH to name their domain; repeatable.")] = None,
     out: Annotated[str, typer.Option(help="Store path (a .zarr directory) or URL (s3://, gs://, file://).")] = D["out"],
     config: Annotated[str | None, typer.Option(help="YAML/TOML file of settings (keys = option names with underscores); flags override it.")] = None,
     views: Annotated[int, typer.Option(help="Views per sample; view 0 is the centre view.")] = D["views"],
@@ -48,6 +49,7 @@ def extract(
         from featcache.extract import extract as run_extract
 
         settings = merge_config_file(ctx, values, config)
+        settings["unlabeled"] = tuple(settings["unlabeled"] or ())
         recipe = ViewRecipe(scale=(settings.pop("scale_min"), R["scale"][1]), color_jitter=settings.pop("color_jitter"))
         return run_extract(ExtractConfig(**settings, recipe=recipe))
 

@@ -17,6 +17,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 autocast on a GPU, f
 class ExtractConfig:
     teacher: str = "efficientnet_lite0"
     data: str = "elpv"
+    unlabeled: tuple[str, ...] = ()  # folders of images nobody labeled: folder:PATH or NAME=folder:PATH
     out: str = "caches/elpv-efficientnet_lite0.zarr"
     views: int = 4
     batch_size: int = 32

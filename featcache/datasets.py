@@ -1,8 +1,12 @@
-"""Datasets named by a spec string: ``elpv``, ``folder:PATH``, ``cifar100:PATH``.
+"""Datasets named by a spec string: ``elpv``, ``folder:PATH``, ``cifar100:PATH``, optionally followed by
+unlabeled images: ``<labeled spec>|unlabeled:NAME=PATH|…``.
 
 A dataset is a :class:`DatasetListing`: a sorted, immutable list of samples (relative path,
 label, domain, split) plus a way to read each sample's bytes and image. Sample order is
-deterministic (sorted relative paths) so a store row always means the same sample.
+deterministic (sorted relative paths) so a store row always means the same sample. Unlabeled
+images (any tree, or a flat folder) come after the labeled rows, with label -1, in the training
+split, in a domain named NAME (the folder's name unless given): SSL trains on them as unlabeled,
+UDA takes them as an unlabeled target domain.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 SPLITS = ("train", "test")
+UNLABELED = -1  # the label of an image nobody labeled
+UNLABELED_PREFIX = "unlabeled/"  # relative paths of unlabeled rows: unlabeled/<domain>/<path in its folder>
 HOLDOUT_FRACTION = 0.2
 SPLIT_SEED = 0
 
@@ -66,7 +72,7 @@ class DatasetListing:
 
     def load_image(self, index: int, data: bytes | None = None) -> Image.Image:
         data = self.read_bytes(index) if data is None else data
-        if self.reader is not None and self.spec.startswith("cifar100:"):
+        if self.spec.startswith("cifar100:") and not self.samples[index].relpath.startswith(UNLABELED_PREFIX):
             return Image.fromarray(np.frombuffer(data, np.uint8).reshape(3, 32, 32).transpose(1, 2, 0))
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -323,11 +329,70 @@ DATASETS: dict[str, Callable[[str], DatasetListing]] = {
 }
 
 
+def unlabeled_spec(value: str) -> str:
+    """A ``--unlabeled`` value (``folder:PATH``, ``PATH`` or ``NAME=folder:PATH``) as its part of a data spec."""
+    name, sep, where = value.partition("=")
+    if not sep or "/" in name or ":" in name:
+        name, where = "", value
+    folder = Path(where.removeprefix("folder:")).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"--unlabeled {value}: folder {folder} does not exist; pass --unlabeled folder:PATH")
+    if "|" in str(folder.resolve()) or "|" in name:
+        raise UserError(f"--unlabeled {value}: '|' in a name or path is not supported; rename or link the folder")
+    return f"unlabeled:{name or folder.resolve().name}={folder.resolve()}"
+
+
+def _unlabeled_parts(parts: list[str]) -> list[tuple[str, Path]]:
+    out = []
+    for part in parts:
+        kind, _, arg = part.partition(":")
+        name, _, where = arg.partition("=")
+        if kind != "unlabeled" or not name or not where:
+            raise UserError(f"data spec part {part!r} is not unlabeled:NAME=PATH")
+        if not Path(where).is_dir():
+            raise UserError(f"unlabeled folder {where} does not exist; pass --data with the spec of where the "
+                            "images are now")
+        out.append((name, Path(where)))
+    return out
+
+
+def _with_unlabeled(listing: DatasetListing, spec: str, parts: list[str]) -> DatasetListing:
+    """``listing`` followed by every image of the unlabeled folders (label -1, training split)."""
+    domains, samples, sources = list(listing.domains), list(listing.samples), {}
+    for name, folder in _unlabeled_parts(parts):
+        if name not in domains:
+            domains.append(name)
+        files = _image_files(folder)
+        if not files:
+            raise UserError(f"no images under unlabeled folder {folder} (looked for {', '.join(IMAGE_SUFFIXES)})")
+        for file in files:
+            relpath = f"{UNLABELED_PREFIX}{name}/{_relpath(file, folder)}"
+            if relpath in sources:
+                raise UserError(f"two unlabeled folders named {name!r} hold {_relpath(file, folder)}; name them "
+                                "apart with --unlabeled NAME=folder:PATH")
+            sources[relpath] = file
+            samples.append(Sample(relpath, UNLABELED, domains.index(name), 0, file.stat().st_size))
+    base_reader = listing.reader
+
+    def read(composed: DatasetListing, index: int) -> bytes:
+        relpath = composed.samples[index].relpath
+        if relpath in sources:
+            return sources[relpath].read_bytes()
+        return base_reader(listing, index) if base_reader is not None else listing.path(index).read_bytes()
+
+    return DatasetListing(spec, listing.root, tuple(samples), listing.classes, tuple(domains), listing.splits, read)
+
+
 def load_listing(spec: str) -> DatasetListing:
-    """Resolve a data spec (``elpv``, ``folder:PATH``, ``cifar100:PATH``) into its listing."""
-    kind, _, arg = spec.partition(":")
+    """Resolve a data spec (``elpv``, ``folder:PATH``, ``cifar100:PATH``, each optionally followed by
+    ``|unlabeled:NAME=PATH`` parts) into its listing."""
+    base, *unlabeled = spec.split("|")
+    kind, _, arg = base.partition(":")
     if kind not in DATASETS:
         raise UserError(f"unknown dataset {spec!r}; known: elpv, folder:PATH, cifar100:PATH")
     listing = DATASETS[kind](arg)
-    log.info("dataset %s: %d samples, %d classes", listing.spec, len(listing), len(listing.classes))
+    if unlabeled:
+        listing = _with_unlabeled(listing, "|".join([listing.spec, *unlabeled]), unlabeled)
+    log.info("dataset %s: %d samples (%d unlabeled), %d classes", listing.spec, len(listing),
+             sum(s.label == UNLABELED for s in listing.samples), len(listing.classes))
     return listing

@@ -22,7 +22,7 @@ from PIL import Image
 from featcache import parallel
 from featcache import store as fs
 from featcache.config import ExtractConfig
-from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key
+from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key, unlabeled_spec
 from featcache.errors import UserError
 from featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS, draw_views, replay
 
@@ -335,7 +335,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     if fs.is_foreign(cfg.out):  # before loading anything; also refuses a URL that carries credentials
         raise UserError(f"{fs.display(cfg.out)} exists and is not a customkd store; choose another --out "
                         "(nothing was touched)")
-    listing = load_listing(cfg.data)
+    listing = load_listing("|".join([cfg.data, *(unlabeled_spec(u) for u in cfg.unlabeled)]))
     device = resolve_device(cfg.device)
     env, device = parallel.init_distributed(str(device) if cfg.device != "auto" else "auto")
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device), size=cfg.teacher_size, tap=cfg.tap)

@@ -359,13 +359,19 @@ def _check_fingerprint(manifest: dict, n: int, v: int) -> dict:
 def _check_data_spec(manifest: dict, path: str | Path) -> None:
     spec = manifest.get("data_spec")
     _need(isinstance(spec, str) and "\x00" not in spec, "'data_spec' must be a string")
-    kind, _, arg = spec.partition(":")
+    base, *unlabeled = spec.split("|")
+    kind, _, arg = base.partition(":")
     _need(kind in DATA_KINDS, f"'data_spec' kind {kind!r} is not one of {', '.join(DATA_KINDS)}")
-    if kind != "elpv" and not remote.is_remote(path):
+    folders = [arg] if kind != "elpv" else []
+    for part in unlabeled:
+        part_kind, _, named = part.partition(":")
+        _need(part_kind == "unlabeled" and "=" in named, f"'data_spec' part {part[:40]!r} is not unlabeled:NAME=PATH")
+        folders.append(named.partition("=")[2])
+    if not remote.is_remote(path):
         root = Path(remote.to_local(path)).resolve()
-        data = Path(arg).expanduser().resolve()
-        _need(not data.is_relative_to(root), "'data_spec' points inside the store itself (a store holds features, "
-              "never the dataset it was made from)")
+        for folder in folders:
+            _need(not Path(folder).expanduser().resolve().is_relative_to(root), "'data_spec' points inside the "
+                  "store itself (a store holds features, never the dataset it was made from)")
 
 
 def _manifest_problem(manifest: dict, path: str | Path) -> tuple[int, int, int] | None:

@@ -202,8 +202,14 @@ def select_labeled(labels: np.ndarray, cfg: DistillConfig) -> np.ndarray:
 
 
 def make_split(cfg: DistillConfig, data: CachedData) -> Split:
+    """Training rows with their labels (-1 = unlabeled) and held-out rows of the setting.
+
+    Rows stored unlabeled (``extract --unlabeled``) are unlabeled training rows in ``ssl`` and ``uda`` and left
+    out of ``supervised``. With such rows and no label budget given, ``ssl`` keeps every stored label; the
+    budget (``--labels-per-class`` / ``--label-fraction``) simulates scarce labels for benchmarks."""
     train = (data.split == 0) & data.valid
-    test = (data.split == 1) & data.valid
+    test = (data.split == 1) & data.valid & (data.labels >= 0)
+    stored_unlabeled = bool((data.labels[train] < 0).any())
     if cfg.setting == "uda":
         both = sorted(set(cfg.source) & set(cfg.target))
         if both:
@@ -214,11 +220,16 @@ def make_split(cfg: DistillConfig, data: CachedData) -> Split:
         rows = np.flatnonzero(train & (source | target))
         labels = np.where(source[rows], data.labels[rows], -1)
         eval_rows = np.flatnonzero(test & target)
+        if len(eval_rows) == 0 and stored_unlabeled:  # an unlabeled target with no labeled evaluation set
+            log.warning("the target domain has no labeled held-out images: evaluating on the source's held-out "
+                        "images; add a labeled target evaluation set to measure the target")
+            eval_rows = np.flatnonzero(test & source)
     else:
-        rows = np.flatnonzero(train)
+        rows = np.flatnonzero(train & (data.labels >= 0 if cfg.setting == "supervised" else True))
         labels = data.labels[rows].copy()
         if cfg.setting == "ssl":
-            labeled = select_labeled(labels, cfg)
+            budget = cfg.labels_per_class is not None or cfg.label_fraction is not None or not stored_unlabeled
+            labeled = select_labeled(labels, cfg) if budget else labels >= 0
             if labeled.all():
                 raise UserError("the label budget (--labels-per-class / --label-fraction) labels every training sample, "
                                 "leaving none unlabeled; choose a smaller budget, or --setting supervised")
