@@ -193,3 +193,15 @@ def test_version_is_the_package_version():
 
     result = customkd("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"customkd {importlib.metadata.version('customkd')}"
+
+
+def test_import_customkd_is_quick_and_exposes_the_library(tmp_path):
+    code = ("import sys, customkd; assert 'torch' not in sys.modules; "
+            "print(sorted(customkd.__all__), customkd.extract.__module__, customkd.distill.__module__, "
+            "customkd.evaluate.__name__, customkd.predict.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("]")[0] + "]" == str(
+        ["DistillConfig", "ExtractConfig", "UserError", "distill", "evaluate", "extract", "predict"])
+    assert "featcache.extract trainer.distill evaluate_run predict_images" in result.stdout

@@ -1,0 +1,33 @@
+"""customkd as a library: the two processes and what uses their results.
+
+    import customkd
+    store = customkd.extract(customkd.ExtractConfig(teacher="dinov2_vits", data="folder:/data/pets",
+                                                    out="caches/pets.zarr"))
+    run = customkd.distill(customkd.DistillConfig(cache="caches/pets.zarr", method="customkd"))
+    print(run.final["accuracy"], customkd.evaluate(run.run_dir)["accuracy"])
+    customkd.predict(run.run_dir, images="/data/new_photos", out="preds.csv")
+
+Heavy modules (torch, timm, zarr) load on first use, so ``import customkd`` is quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+
+from featcache.config import ExtractConfig
+from featcache.errors import UserError
+from trainer.config import DistillConfig
+
+__version__ = importlib.metadata.version("customkd")
+__all__ = ["DistillConfig", "ExtractConfig", "UserError", "distill", "evaluate", "extract", "predict"]
+
+_FUNCTIONS = {"extract": ("featcache.extract", "extract"), "distill": ("trainer.distill", "distill"),
+              "evaluate": ("trainer.evaluate", "evaluate_run"), "predict": ("trainer.predict", "predict_images")}
+
+
+def __getattr__(name: str):
+    if name in _FUNCTIONS:
+        module, function = _FUNCTIONS[name]
+        return getattr(importlib.import_module(module), function)
+    raise AttributeError(f"module 'customkd' has no attribute {name!r}")
