@@ -8,17 +8,22 @@ PY := $(VENV)/bin/python
 CUSTOMKD := $(VENV)/bin/customkd
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
+# Only what you set is passed on: every other setting is the config dataclasses' default
+# (featcache/config.py, trainer/config.py). TEACHER and DATA name the cache, so they have values here
+# (the same as extract's defaults: a test checks).
 TEACHER ?= efficientnet_lite0
 DATA ?= elpv
 CACHE ?= caches/$(subst :,-,$(notdir $(DATA)))-$(TEACHER).zarr
-VIEWS ?= 4
+CONFIG ?=
+UNLABELED ?=
+VIEWS ?=
 TEACHER_SIZE ?=
 TAP ?=
-STUDENT ?= mobilenetv3
-METHOD ?= customkd
-SETTING ?= ssl
-EPOCHS ?= 8
-IMG_SIZE ?= 96
+STUDENT ?=
+METHOD ?=
+SETTING ?=
+EPOCHS ?=
+IMG_SIZE ?=
 RUN ?=
 ARGS ?=
 DEVICE ?=
@@ -42,7 +47,7 @@ export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
-	@echo "Variables: TEACHER DATA CACHE VIEWS TEACHER_SIZE TAP STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN ARGS"
+	@echo "Variables: TEACHER DATA CACHE UNLABELED VIEWS TEACHER_SIZE TAP CONFIG STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN ARGS"
 	@echo "           NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT (torchrun)"
 	@echo "           REPORT_ARGS (make report; e.g. '--seeds 0,1 --epochs 2 --regimes main --variants student,kd,customkd')"
 
@@ -54,13 +59,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install everything (once; reinstalls when pyproject.toml changes)
 
-extract: $(STAMP) ## Extract teacher features: TEACHER DATA CACHE VIEWS TEACHER_SIZE TAP ARGS
-	$(LAUNCH) extract --teacher $(TEACHER) --data $(DATA) --out $(CACHE) --views $(VIEWS) \
+extract: $(STAMP) ## Extract teacher features: TEACHER DATA CACHE UNLABELED VIEWS TEACHER_SIZE TAP CONFIG ARGS
+	$(LAUNCH) extract --teacher $(TEACHER) --data $(DATA) --out $(CACHE) $(if $(CONFIG),--config $(CONFIG)) \
+		$(foreach u,$(UNLABELED),--unlabeled $(u)) $(if $(VIEWS),--views $(VIEWS)) \
 		$(if $(TEACHER_SIZE),--teacher-size $(TEACHER_SIZE)) $(if $(TAP),--tap $(TAP)) $(ARGS)
 
-distill: $(STAMP) ## Train a student from a cache: CACHE STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN ARGS
-	$(LAUNCH) distill --cache $(CACHE) --student $(STUDENT) --method $(METHOD) --setting $(SETTING) \
-		--epochs $(EPOCHS) --image-size $(IMG_SIZE) $(if $(RUN),--out $(RUN)) $(ARGS)
+distill: $(STAMP) ## Train a student from a cache: CACHE STUDENT METHOD SETTING EPOCHS IMG_SIZE RUN CONFIG ARGS
+	$(LAUNCH) distill --cache $(CACHE) $(if $(CONFIG),--config $(CONFIG)) $(if $(STUDENT),--student $(STUDENT)) \
+		$(if $(METHOD),--method $(METHOD)) $(if $(SETTING),--setting $(SETTING)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+		$(if $(IMG_SIZE),--image-size $(IMG_SIZE)) $(if $(RUN),--out $(RUN)) $(ARGS)
 
 demo: ## The embedded default end to end: make extract, then make distill
 	$(MAKE) extract
@@ -73,11 +80,11 @@ bench: $(STAMP) ## Benchmark suite, ratios measured side by side (CPU; DEVICE=cu
 	$(PY) -m bench.run $(if $(DEVICE),--device $(DEVICE))
 
 report: $(STAMP) ## 3 regimes x methods x 5 seeds (one extraction per teacher): docs/results.md, figures, README table
-	$(PY) -m bench.compare --cache $(CACHE) --teacher $(TEACHER) --data $(DATA) --views $(VIEWS) $(REPORT_ARGS)
+	$(PY) -m bench.compare --cache $(CACHE) --teacher $(TEACHER) --data $(DATA) $(if $(VIEWS),--views $(VIEWS)) $(REPORT_ARGS)
 
 lint: $(STAMP) ## Check style with ruff
-	$(VENV)/bin/ruff check featcache trainer cli tests bench
+	$(VENV)/bin/ruff check customkd featcache trainer cli tests bench
 
 format: $(STAMP) ## Rewrite style with ruff
-	$(VENV)/bin/ruff check --fix featcache trainer cli tests bench
-	$(VENV)/bin/ruff format featcache trainer cli tests bench
+	$(VENV)/bin/ruff check --fix customkd featcache trainer cli tests bench
+	$(VENV)/bin/ruff format customkd featcache trainer cli tests bench

@@ -115,13 +115,17 @@ class Job:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from featcache.config import ExtractConfig
+    from trainer.config import DEFAULT_LABEL_FRACTION
+
+    extract_defaults = ExtractConfig()  # the report's defaults are extract's and distill's own
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="elpv")
-    p.add_argument("--teacher", default="efficientnet_lite0", help="the teacher of every regime but large-teacher")
+    p.add_argument("--data", default=extract_defaults.data)
+    p.add_argument("--teacher", default=extract_defaults.teacher, help="the teacher of every regime but large-teacher")
     p.add_argument("--large-teacher", default="efficientnet_lite2", help="the large-teacher regime's teacher")
     p.add_argument("--cache", default=None, help="--teacher's store (default caches/<data>-<teacher>.zarr)")
     p.add_argument("--large-cache", default=None, help="--large-teacher's store (default likewise)")
-    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--views", type=int, default=extract_defaults.views)
     p.add_argument("--teacher-weights", default=None, help="passed to extract --weights (tests use 'random')")
     p.add_argument("--student", default=None, help="student of the regimes that do not name one (default: distill's)")
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="the report's run folder")
@@ -133,7 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-steps", type=int, default=None, help="distill --min-steps for every run (default: "
                    "distill's; 0 makes --epochs exact on small data)")
     p.add_argument("--image-size", type=int, default=None, help="student resolution (default: distill's default)")
-    p.add_argument("--label-fraction", type=float, default=0.1, help="SSL label budget")
+    p.add_argument("--label-fraction", type=float, default=DEFAULT_LABEL_FRACTION, help="SSL label budget")
     p.add_argument("--parallel", type=int, default=2, help="runs at once; the cores are split between them")
     p.add_argument("--extra", default="", help="more distill flags for every run, e.g. '--lr 1e-3'")
     p.add_argument("--docs", type=Path, default=DOCS, help="where results.md and results/ are written")

@@ -86,3 +86,21 @@ def test_every_setting_has_a_flag_with_the_dataclass_default(command, config_cla
         assert (",".join(expected) if isinstance(expected, tuple) else expected) == default, field.name
     for option in options.values():
         assert option.help, f"--{option.name} has no help text"
+
+
+def test_makefile_names_the_cache_with_extracts_defaults_and_passes_only_what_is_set():
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from featcache.config import ExtractConfig
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    defaults = dict(re.findall(r"^(TEACHER|DATA) \?= (\S+)$", makefile, flags=re.M))
+    assert (defaults["TEACHER"], defaults["DATA"]) == (ExtractConfig().teacher, ExtractConfig().data)
+    assert f"caches/{ExtractConfig().data}-{ExtractConfig().teacher}.zarr" == ExtractConfig().out
+    root = Path(__file__).resolve().parents[2]
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed-x", "distill", "METHOD=kd"], capture_output=True,
+                         text=True, cwd=root).stdout
+    command = " ".join(line.strip(" \\\t") for line in dry.splitlines() if line.strip(" \\\t"))
+    assert "--method kd" in command and "--epochs" not in command and "--student" not in command
