@@ -34,7 +34,7 @@ class BenchConfig:
     store_dim: int = 1024  # … at the D of a ViT-L teacher (DESIGN §4: 2 KiB per view)
     random_reads: int = 400  # single-row reads timed per repetition
     overhead_epochs: int = 3  # epochs per loader mode (fresh / persistent workers); epoch 1 is not measured …
-    overhead_samples: int = 1024  # … of this many (row, view) samples: 16 steps (the embedded default has ≈ 33)
+    overhead_samples: int = 2048  # … of this many (row, view) samples: the embedded default's 2,099 rows, 32 steps
     size_teacher: str = "dinov2_vits"  # teacher_size_cost_ratio: forward at its default vs its native size …
     size_pair: tuple[int, int] | None = None  # … or at these (default, native) sizes
     size_batch: int = 4  # images per timed teacher forward

@@ -5,16 +5,23 @@ Both modes run the trainer's own pieces (:func:`trainer.data.run_loader`, ``trai
 :func:`trainer.distill.run_epoch` does: with persistent workers the next epoch's batches are
 prefetched while this one evaluates, and the evaluation's during the next KD epoch. The modes run one
 after the other, so a prefetch overlaps only its own run's work. An epoch is one KD epoch over
-``overhead_samples`` (row, view) pairs plus one evaluation over the split's held-out rows tiled to a
-quarter of that (at least three batches): a held-out fifth of the images.
+``overhead_samples`` (row, view) pairs — the CPU profile's 2,048 are the embedded default's epoch
+(2,099 training rows) — plus one evaluation over the split's held-out rows tiled to a quarter of that
+(at least three batches), as the default's held-out fifth. Epoch 1 only starts the workers (four
+batches) and is not measured; every measured epoch is a middle one (the next epoch is prefetched).
 
 Overhead of one loader in one epoch: the time from creating the epoch's iterator (``iter(loader)``)
-to the arrival of its *second* batch, minus two steady batch intervals. That covers the worker start,
-the pipeline fill and the first step's excess (after a fork the training process pays copy-on-write
-page faults during its first step); the steady interval is the median of the later batch-to-batch
-intervals of that loader and mode, pooled over the measured epochs. A negative estimate (noise) counts
-as 0. The metric is (train + evaluation overhead) ÷ epoch time, averaged over epochs ≥ 2: epoch 1 starts
-the workers in both modes.
+to the arrival of its *second* batch, minus one steady batch interval (with nothing fixed to pay,
+batch 1 is there at once and batch 2 one step later). That covers the worker start, the pipeline
+fill and the first step's excess (after a fork the training process pays copy-on-write page faults
+during its first step; a batch that reaches the loop is not yet a step done). The steady interval is
+the median of the later batch-to-batch intervals of that loader and mode, pooled over the measured
+epochs; a negative estimate (noise) counts as 0. The metric is (train + evaluation overhead) ÷
+(KD epoch + evaluation time), averaged over epochs ≥ 2.
+
+On 2 CPU cores the persistent workers' remaining "overhead" is mostly loading work moved, not saved:
+the next epoch's prefetch slows the evaluation's first steps, the evaluation's prefetch the KD
+epoch's first steps. With spare cores (a GPU machine) it disappears.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ def later_intervals(marks: dict) -> list[float]:
 
 
 def loader_overhead(marks: dict, steady: float) -> float:
-    """Iterator creation → second batch, minus two steady intervals; at least 0."""
+    """Iterator creation → second batch, minus one steady interval; at least 0."""
     return max(0.0, marks["batches"][1] - marks["created"] - steady)
 
 
@@ -80,7 +87,7 @@ def overhead_fractions(train: list[dict], evaluation: list[dict]) -> dict:
 
 def _clocked_loaders(cfg: BenchConfig, session, persistent: bool, first_batches: list,
                      eval_rows: np.ndarray) -> dict:
-    """A fresh trainee with its training and evaluation loaders (built once, as ``distill`` builds them)."""
+    """A fresh trainee with its training and evaluation loaders, built and started as ``distill.train`` does."""
     from bench.training import build_trainee
     from trainer.data import StudentViews, chunk_batches, run_loader
 
@@ -95,7 +102,7 @@ def _clocked_loaders(cfg: BenchConfig, session, persistent: bool, first_batches:
 
 
 def measure_epoch_overhead(cfg: BenchConfig, store: Path) -> dict:
-    """Both modes, epochs interleaved; each mode's overhead fraction (:func:`overhead_fractions`)."""
+    """Both modes, one after the other; each mode's overhead fraction (:func:`overhead_fractions`)."""
     from bench.training import open_session, quiet_progress
     from trainer.data import chunk_batches
     from trainer.loop import predict, train_epoch
@@ -105,26 +112,27 @@ def measure_epoch_overhead(cfg: BenchConfig, store: Path) -> dict:
     n = cfg.overhead_samples
     rows, views = np.resize(session.rows, n), np.resize(session.views, n)
     eval_rows = np.resize(session.eval_rows, max(n // 4, 3 * cfg.batch_size))
+
+    def batches(epoch: int) -> list:  # epoch 1 only starts the workers (not measured): four batches do that
+        count = 4 * cfg.batch_size if epoch == 0 else n
+        return chunk_batches(rows[:count], views[:count], cfg.batch_size, epoch)
+
     runs = {}
-    for mode, persistent in MODES.items():  # one mode after the other: a prefetch gets only its own epoch's time
-        first = chunk_batches(rows, views, cfg.batch_size, 0)
-        run = runs[mode] = _clocked_loaders(cfg, session, persistent, first, eval_rows)
+    for mode, persistent in MODES.items():
+        run = runs[mode] = _clocked_loaders(cfg, session, persistent, batches(0), eval_rows)
         t, train, evaluation = run["trainee"], run["train"], run["eval"]
         for epoch in range(cfg.overhead_epochs):  # as trainer.distill.run_epoch drives the loaders
-            train.loader.set_batches(chunk_batches(rows, views, cfg.batch_size, epoch))
             train_epoch(t.student, t.method, train, session.row_labels, session.data.features, session.norm,
                         session.probe, t.optimizer, t.scheduler, epoch, session.config.grad_clip, session.device)
-            last = epoch + 1 == cfg.overhead_epochs
-            if not last:
-                train.loader.prefetch(chunk_batches(rows, views, cfg.batch_size, epoch + 1))
+            # every measured epoch is a middle one: the next epoch's batches are prefetched even after the last
+            train.loader.prefetch(batches(epoch + 1))
             predict(t.student, evaluation, session.device)
-            if not last:
-                evaluation.loader.prefetch(evaluation.loader.batch_sampler.batches)
+            evaluation.loader.prefetch(evaluation.loader.batch_sampler.batches)
         train.loader.shutdown()
         evaluation.loader.shutdown()
     raw = {"workers": max(1, cfg.workers), "epochs": cfg.overhead_epochs, "train_samples": n,
            "eval_samples": len(eval_rows), "batch_size": cfg.batch_size,
-           "definition": "(iter() -> 2nd batch - 2 steady intervals) of the train and eval loaders ÷ epoch time, "
+           "definition": "(iter() -> 2nd batch - 1 steady interval) of the train and eval loaders / epoch time, "
                          "mean over epochs >= 2 (bench.epoch_overhead)"}
     for mode, run in runs.items():
         raw[mode] = overhead_fractions(run["train"].epochs, run["eval"].epochs)
