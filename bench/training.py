@@ -92,13 +92,15 @@ def build_trainee(session: Session, method_name: str) -> Trainee:
     import dataclasses
 
     from trainer.distill import make_optimizers, seed_everything
+    from trainer.loop import to_memory_format
     from trainer.methods import MethodContext, create_method
     from trainer.students import create_student
 
     seed_everything(0)
     dcfg = dataclasses.replace(session.config, method=method_name)
     num_classes = len(session.data.classes)
-    student = create_student(dcfg.student, num_classes, dcfg.image_size).to(session.device)
+    student = to_memory_format(create_student(dcfg.student, num_classes, dcfg.image_size).to(session.device),
+                               session.device)  # channels_last for a CNN on CUDA, as distill.setup does
     ctx = MethodContext(session.data.features.shape[-1], student.feature_dim, num_classes, dcfg)
     method = create_method(method_name, ctx).to(session.device)
     optimizer, scheduler, customizer_opt = make_optimizers(dcfg, student, method, SCHEDULE_STEPS)
