@@ -43,7 +43,8 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def run_or_exit(action: Callable[[], T], interrupted: str = "rerun the same command to resume") -> T:
+def run_or_exit(action: Callable[[], T],
+                interrupted: Callable[[], str] = lambda: "rerun the same command to resume") -> T:
     """Run a library call; a UserError becomes ``error: …`` on one line and exit code 2. ``interrupted``: what
     Ctrl-C prints after "interrupted; "."""
     from featcache.errors import UserError
@@ -54,7 +55,7 @@ def run_or_exit(action: Callable[[], T], interrupted: str = "rerun the same comm
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
-        typer.echo(f"interrupted; {interrupted}", err=True)
+        typer.echo(f"\ninterrupted; {interrupted()}", err=True)  # on its own line, after any progress bar
         raise typer.Exit(130) from None
     _leave_process_group()
     return result

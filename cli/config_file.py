@@ -65,6 +65,8 @@ def merge_config_file(ctx: typer.Context, params: dict, path: str | None) -> dic
     options.pop("ctx", None)
     options.pop("return", None)
     replay = _is_run_record(values)
+    if replay and "student_alias" in values:  # config.json's ``student`` is the resolved timm name
+        values["student"] = values["student_alias"]
     merged = dict(params)
     for key, value in values.items():
         name = str(key)

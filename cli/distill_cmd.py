@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
+import sys
 from typing import Annotated
 
 import typer
@@ -19,6 +22,22 @@ from trainer.config import (
     VIEW_SAMPLING,
     DistillConfig,
 )
+
+
+def _resume_hint(out: str | None) -> str:
+    """The exact command that continues an interrupted run."""
+    from pathlib import Path
+
+    from trainer.distill import CHECKPOINT
+
+    args = sys.argv[1:]
+    if "--out" not in args and not any(a.startswith("--out=") for a in args) and out is not None:
+        args += ["--out", out]
+    if out is None or not (Path(out) / CHECKPOINT).is_file():
+        return f"no epoch was saved yet; start again with: customkd {shlex.join(args)}"
+    if "--resume" not in args:
+        args.append("--resume")
+    return f"the run is in {out}; continue it with: customkd {shlex.join(args)}"
 
 
 def _domains(value: str | tuple) -> tuple[str, ...]:
@@ -90,13 +109,16 @@ def distill(
     settings: dict = {}
 
     def action():
+        from trainer.distill import default_run_dir
         from trainer.distill import distill as run_distill
 
         settings.update(merge_config_file(ctx, values, config))
         settings.update(source=_domains(settings["source"]), target=_domains(settings["target"]))
-        return run_distill(DistillConfig(**settings))
+        cfg = DistillConfig(**settings)
+        settings["out"] = cfg.out or default_run_dir(cfg)  # named now, so Ctrl-C can say where to resume
+        return run_distill(dataclasses.replace(cfg, out=settings["out"]))
 
-    result = run_or_exit(action)
+    result = run_or_exit(action, interrupted=lambda: _resume_hint(settings.get("out")))
     if not is_main_process() or quiet:
         return
     final, probe = result.final, result.teacher_probe

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from trainer.features import block_shuffle, feature_stats
 from trainer.methods import MethodContext, create_method, resolve_method
 from trainer.probe import accuracy, fit_teacher_probe
 from trainer.students import create_student, resolve_student
+from trainer.tracking import Tracker, absolute, eta, provenance
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -96,6 +99,7 @@ def check_run_dir(cfg: DistillConfig) -> Path:
 
 
 def _check_same_settings(cfg: DistillConfig, recorded: dict, run: Path) -> None:
+    recorded = {**recorded, "student": recorded.get("student_alias", recorded.get("student"))}  # as it was given
     for key, value in cfg.to_dict().items():
         if key not in RESUME_MAY_CHANGE and recorded.get(key) != value:
             raise UserError(f"--resume of {run} with another {key!r} ({value!r}, the run used {recorded.get(key)!r}); "
@@ -265,9 +269,16 @@ def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Sessio
                    model, optimizer, scheduler, customizer_opt, row_labels)
 
 
-def run_config(s: Session) -> dict:
-    """config.json: every setting, the values actually used, and the store's fingerprint."""
-    return {**s.cfg.to_dict(), "out": str(s.run), "teacher": s.data.manifest["fingerprint"]["teacher"],
+def run_config(s: Session, started: dt.datetime) -> dict:
+    """config.json: every setting, the values actually used, the store's fingerprint, how to preprocess an image
+    for the student, and where the run came from. ``student`` is the timm model name (``timm.create_model``
+    takes it); ``student_alias`` is the name as given."""
+    recipe = s.data.manifest["fingerprint"]["augmentation"]["recipe"]
+    preprocess = {"size": s.cfg.image_size, "mean": list(s.student.mean), "std": list(s.student.std),
+                  "interpolation": "bilinear", "crop": recipe["centre_crop"]}
+    return {**s.cfg.to_dict(), "student": resolve_student(s.cfg.student), "student_alias": s.cfg.student,
+            "preprocess": preprocess, "provenance": provenance(s.cfg.cache, s.cfg.student_weights, started),
+            "out": str(s.run.resolve()), "teacher": s.data.manifest["fingerprint"]["teacher"],
             "store_fingerprint": {k: v["hash"] for k, v in s.data.manifest["fingerprint"].items()},
             "n_train": len(s.split.train), "n_labeled": s.split.n_labeled, "n_eval": len(s.split.eval),
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
@@ -368,37 +379,54 @@ def save_epoch(s: Session, epoch: int) -> None:
     write_metrics_csv(s.run / "metrics.csv", s.history)
 
 
-def train(s: Session) -> dict:
+def save_student(s: Session) -> None:
+    """student.safetensors, written whole (temporary file, then rename) with the umask's permissions."""
+    from safetensors.torch import save_file
+
+    path = s.run / "student.safetensors"
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in s.student.model.state_dict().items()}, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates it 0600; the other run files are 0644
+    os.replace(tmp, path)
+
+
+def train(s: Session, started: dt.datetime) -> dict:
     """Every epoch still to run (customization when due, KD, evaluation, checkpoint); the final metrics."""
     cfg, env = s.cfg, s.env
     eval_ds = StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std)
     train_ds = (StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std, strong_seed=cfg.seed)
                 if cfg.ssl == "fixmatch" else eval_ds)
     if env.main and not cfg.resume:  # a resumed run keeps its record
-        write_json(s.run / "config.json", run_config(s))
+        write_json(s.run / "config.json", run_config(s, started))
     first_epoch = resume(s) if cfg.resume else 0
     # one loader per purpose for the whole run, both started here: persistent workers are forked once,
     # together, so the copy-on-write faults a fork costs the training process fall into the first epoch only
     train_loader = run_loader(train_ds, cfg.workers, s.device).prefetch(epoch_plan(s, first_epoch)[2])
     eval_loader = run_loader(eval_ds, cfg.workers, s.device).prefetch(eval_batches(s))
+    tracker = Tracker(s.run, env.main)
     try:
         for epoch in range(first_epoch, s.epochs):
-            s.history.append(run_epoch(s, epoch, train_loader, eval_loader))
-            record = s.history[-1]
-            log.info("epoch %d/%d  loss %.3f  eval acc %.3f  bal acc %.3f  (%.0f img/s)", epoch + 1, s.epochs,
-                     record["train"]["loss"], record["eval"]["accuracy"], record["eval"]["balanced_accuracy"],
-                     record["train"]["samples_per_s"])
+            epoch_started, lr = time.perf_counter(), s.optimizer.param_groups[0]["lr"]
+            record = run_epoch(s, epoch, train_loader, eval_loader)
+            record.update(lr=lr, epoch_seconds=time.perf_counter() - epoch_started)
+            s.history.append(record)
+            done = [r["epoch_seconds"] for r in s.history if "epoch_seconds" in r]
+            log.info("epoch %d/%d  loss %.3f  eval acc %.3f  bal acc %.3f  (%.0f img/s, %.0fs, ETA %s)", epoch + 1,
+                     s.epochs, record["train"]["loss"], record["eval"]["accuracy"], record["eval"]["balanced_accuracy"],
+                     record["train"]["samples_per_s"], record["epoch_seconds"],
+                     eta(sum(done) / len(done) * (s.epochs - epoch - 1)))
+            tracker.log_epoch(record)
             if env.main:
                 save_epoch(s, epoch)
     finally:
+        tracker.close()
         train_loader.shutdown()
         eval_loader.shutdown()
     final = {k: s.history[-1]["eval"][k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
     if env.main:
-        from safetensors.torch import save_file
-
-        state = {k: v.contiguous() for k, v in s.student.model.state_dict().items()}
-        save_file(state, str(s.run / "student.safetensors"))
+        save_student(s)
         write_json(s.run / "metrics.json", {"epochs": s.history, "final": final, "teacher_probe": s.probe_metrics})
     dist.barrier(env)
     return final
@@ -408,11 +436,12 @@ def distill(cfg: DistillConfig) -> DistillResult:
     """Train one student from a complete store; writes config.json, metrics.json, student.safetensors.
 
     Under torchrun every rank runs this; only rank 0 writes files."""
-    started = time.perf_counter()
+    started, clock = dt.datetime.now(dt.UTC), time.perf_counter()
+    cfg = dataclasses.replace(cfg, cache=absolute(cfg.cache))  # a run is usable from any directory
     env, device = dist.init_distributed(cfg.device)
     try:
         s = setup(cfg, env, device)
-        final = train(s)
+        final = train(s, started)
     finally:
         release_run_dir()
-    return DistillResult(str(s.run), final, s.probe_metrics, time.perf_counter() - started)
+    return DistillResult(str(s.run), final, s.probe_metrics, time.perf_counter() - clock)

@@ -31,7 +31,8 @@ def load_run(run: str) -> tuple[dict, Student]:
     from safetensors.torch import load_file
 
     config = json.loads((run_dir / "config.json").read_text())
-    student = create_student(config["student"], config["num_classes"], config["image_size"])
+    student = create_student(config.get("student_alias", config["student"]), config["num_classes"],
+                             config["image_size"])
     student.model.load_state_dict(load_file(str(run_dir / "student.safetensors")))
     return config, student.eval()
 
@@ -60,7 +61,8 @@ def run_preprocess(config: dict, student: Student) -> dict:
 def config_from_run(config: dict) -> DistillConfig:
     fields = DistillConfig.__dataclass_fields__
     values = {k: v for k, v in config.items() if k in fields}
-    values.update(source=tuple(config["source"]), target=tuple(config["target"]), resume=False)
+    values.update(source=tuple(config["source"]), target=tuple(config["target"]), resume=False,
+                  student=config.get("student_alias", config["student"]))
     return DistillConfig(**values)
 
 

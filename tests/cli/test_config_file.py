@@ -13,7 +13,7 @@ from tests.conftest import TINY_STUDENT, TINY_TEACHER
 
 def _settings(run) -> dict:
     config = json.loads((run / "config.json").read_text())
-    return {k: v for k, v in config.items() if k != "out"}
+    return {k: v for k, v in config.items() if k not in ("out", "provenance")}  # where and when it ran
 
 
 def test_extract_and_distill_from_yaml_then_replay_from_config_json(tiny_folder, tmp_path):

@@ -1,0 +1,105 @@
+"""What a run records besides its metrics: where it came from (provenance) and TensorBoard scalars.
+
+- ``provenance``: library versions, the git commit of the code when it is a checkout, the command line, the
+  start time, and every input file by absolute path with a content hash (the store by its identity hash).
+- ``Tracker``: one TensorBoard event file per run folder (``torch.utils.tensorboard``), a scalar for every
+  numeric loss part, evaluation metric and customization statistic, plus ``lr`` and ``epoch_seconds``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata as md
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from featcache import store as fs
+
+LIBRARIES = ("torch", "torchvision", "timm", "open_clip_torch", "zarr", "numpy", "safetensors", "customkd")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the customkd code that runs, when it runs from a git checkout (``+dirty`` if edited)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (a run can then be used from any directory); URLs unchanged."""
+    return path if fs.remote.is_url(path) else str(Path(path).expanduser().resolve())
+
+
+def provenance(cache: str, student_weights: str | None, started: dt.datetime) -> dict:
+    inputs = {"cache": {"path": absolute(cache), "store_identity": fs.store_identity(cache)}}
+    if student_weights:
+        inputs["student_weights"] = {"path": absolute(student_weights), "sha256": file_sha256(student_weights)}
+    return {"versions": library_versions(), "git_commit": git_commit(), "command": [Path(sys.argv[0]).name,
+            *sys.argv[1:]], "started": started.isoformat(timespec="seconds"), "inputs": inputs}
+
+
+def eta(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def scalars(record: dict, prefix: str = "") -> dict[str, float]:
+    """Every finite number of an epoch record, by slash-joined key (``train/loss``, ``eval/accuracy`` …)."""
+    out = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(scalars(value, f"{name}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and key != "epoch":
+            out[name] = float(value)
+    return out
+
+
+class Tracker:
+    """TensorBoard event files in the run folder (rank 0 only)."""
+
+    def __init__(self, run: Path, enabled: bool) -> None:
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run))
+
+    def log_epoch(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        for name, value in scalars(record).items():
+            self.writer.add_scalar(name, value, global_step=record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
