@@ -99,8 +99,28 @@ def evaluate_run(run: str, data: str | None = None, workers: int = 2, device: st
     return {**classification_metrics(labels[seen], preds, config["num_classes"]), "n": len(seen)}
 
 
+def _takes_any_size(model: torch.nn.Module, size: int) -> bool:
+    """Whether the student runs at another input size (CNNs with global pooling do; ViTs at a fixed size don't)."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size + 32, size + 16))
+    except (RuntimeError, AssertionError, ValueError):
+        return False
+    return True
+
+
+def onnx_metadata(config: dict, preprocess: dict) -> dict[str, str]:
+    """What a deployment needs to feed the ONNX student: classes and preprocessing (strings; JSON for lists)."""
+    return {"classes": json.dumps(config["classes"]), "mean": json.dumps(preprocess["mean"]),
+            "std": json.dumps(preprocess["std"]), "size": str(preprocess["size"]),
+            "interpolation": preprocess["interpolation"], "crop": str(preprocess["crop"]),
+            "input": "RGB, centre square crop of crop x the short side, resized to size, scaled to [0, 1], "
+                     "then (x - mean) / std, NCHW float32", "student": config["student"]}
+
+
 def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
-    """Write the deployable student (backbone + head) to ONNX; returns the max |ONNX − PyTorch| on test inputs."""
+    """Write the deployable student (backbone + head) to ONNX with its classes and preprocessing as metadata, and
+    dynamic height x width where the model allows; returns the max |ONNX - PyTorch| on test inputs."""
     target = Path(onnx_file)
     if not target.parent.is_dir():
         raise UserError(f"cannot write {target}: folder {target.parent} does not exist; create it or choose another path")
@@ -108,23 +128,43 @@ def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
         raise UserError(f"cannot write {target}: folder {target.parent} is not writable; choose another path")
     if target.exists():
         raise UserError(f"{target} already exists; choose a new file name (an export never overwrites a file)")
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("export needs the onnx package: pip install onnx onnxruntime") from None
     config, student = load_run(run)
     size = config["image_size"]
+    dynamic = _takes_any_size(student.model, size)
+    axes = {"images": {0: "batch", **({2: "height", 3: "width"} if dynamic else {})}, "logits": {0: "batch"}}
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    partial = target.with_name(target.name + ".partial")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(student.model, (example,), onnx_file, dynamo=False, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(student.model, (example,), str(partial), dynamo=False, input_names=["images"],
+                          output_names=["logits"], dynamic_axes=axes)
+    model = onnx.load(str(partial))
+    onnx.helper.set_model_props(model, onnx_metadata(config, run_preprocess(config, student)))
+    onnx.save(model, str(partial))
+    error = _check_onnx(str(partial), student, [size, size + 32] if dynamic else [size])
+    if error > atol:
+        partial.unlink()
+        raise UserError(f"ONNX export of {run} differs from PyTorch by {error:.2e} > {atol}; do not deploy it")
+    os.replace(partial, target)
+    return error
+
+
+def _check_onnx(path: str, student: Student, sizes: list[int]) -> float:
+    """Max |ONNX − PyTorch| over random inputs at each size (nan when onnxruntime is missing)."""
     try:
         import onnxruntime
     except ImportError:
-        log.warning("onnxruntime is not installed: wrote %s without checking it", onnx_file)
+        log.warning("onnxruntime is not installed: wrote %s without checking it", path)
         return float("nan")
-    session = onnxruntime.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
-    probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = student.model(probe).numpy()
-    error = float(np.abs(session.run(None, {"images": probe.numpy()})[0] - expected).max())
-    if error > atol:
-        raise UserError(f"ONNX export of {run} differs from PyTorch by {error:.2e} > {atol}; do not deploy it")
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    error = 0.0
+    for size in sizes:
+        probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected = student.model(probe).numpy()
+        error = max(error, float(np.abs(session.run(None, {"images": probe.numpy()})[0] - expected).max()))
     return error

@@ -39,5 +39,38 @@ def test_metrics_csv_has_one_row_per_epoch(finished_run):
 def test_onnx_export_matches_pytorch(finished_run, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx
+    import onnxruntime
+
     error = export_onnx(str(finished_run), str(tmp_path / "student.onnx"))
     assert error <= 1e-4 and (tmp_path / "student.onnx").stat().st_size > 0
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "student.onnx")).metadata_props}
+    assert json.loads(meta["classes"]) == ["class0", "class1", "class2"] and meta["size"] == "32"
+    assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406] and meta["interpolation"] == "bilinear"
+    session = onnxruntime.InferenceSession(str(tmp_path / "student.onnx"), providers=["CPUExecutionProvider"])
+    for height, width in ((32, 32), (48, 40)):  # a CNN student takes any height x width
+        images = np.zeros((1, 3, height, width), np.float32)
+        assert session.run(None, {"images": images})[0].shape == (1, 3)
+
+
+def test_timm_alone_reproduces_evaluate(finished_run):
+    """config.json's student is a timm name: timm plus the saved weights give evaluate's accuracy."""
+    import timm
+    import torch
+    from safetensors.torch import load_file
+
+    from trainer.data import StudentViews, load_cached_data, make_split
+    from trainer.evaluate import config_from_run
+
+    config = json.loads((finished_run / "config.json").read_text())
+    model = timm.create_model(config["student"], num_classes=config["num_classes"]).eval()
+    model.load_state_dict(load_file(str(finished_run / "student.safetensors")))
+    data = load_cached_data(config_from_run(config))
+    rows = make_split(config_from_run(config), data).eval
+    p = config["preprocess"]
+    views = StudentViews(data, p["size"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"])
+    with torch.no_grad():
+        preds = [int(model(views[(int(r), 0)][0][None]).argmax()) for r in rows]
+    accuracy = sum(pred == data.labels[r] for pred, r in zip(preds, rows, strict=True)) / len(rows)
+    assert accuracy == pytest.approx(evaluate_run(str(finished_run), workers=0)["accuracy"], abs=1e-9)
