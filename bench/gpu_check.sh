@@ -64,7 +64,7 @@ echo "extract wall ${SECONDS} s"
 for method in student kd customkd; do
     SECONDS=0
     timeout 100 python3 -m cli distill --cache $STORE --method $method --labels-per-class 8 --workers 8 \
-        --out /tmp/run-$method 2>&1 | tail -2
+        --out /tmp/run-$method 2>&1 | grep -v "^epoch\|img/s]" | tail -12
     echo "distill $method wall ${SECONDS} s"
     python3 -c "import json; m = json.load(open('/tmp/run-$method/metrics.json')); f = m['final']; \
 print('$method', {k: round(v, 4) for k, v in f.items() if isinstance(v, float)}, 'epochs', len(m['epochs']), \

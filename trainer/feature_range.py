@@ -49,7 +49,7 @@ def output_activation(features_fn, model: nn.Module, image_size: int) -> nn.Modu
     try:
         model.eval()
         with torch.no_grad():
-            features_fn(torch.zeros(1, 3, image_size, image_size))
+            features_fn(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
     finally:
         model.train(was_training)
         for hook in hooks:
