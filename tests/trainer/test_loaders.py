@@ -56,10 +56,14 @@ def _outcome(run) -> dict:
     """What a run computed: per-epoch metrics without timings, weights, and the global RNG it left."""
     from safetensors.torch import load_file
 
-    strip = lambda part: {k: v for k, v in part.items() if k not in ("seconds", "samples_per_s")}  # noqa: E731
+    def untimed(record):
+        if not isinstance(record, dict):
+            return record
+        return {k: untimed(v) for k, v in record.items() if "seconds" not in k and not k.endswith("per_s")}
+
     epochs = json.loads((run / "metrics.json").read_text())["epochs"]
     state = torch.load(run / distill_mod.CHECKPOINT, weights_only=True)
-    return {"epochs": [{k: strip(v) if isinstance(v, dict) else v for k, v in e.items()} for e in epochs],
+    return {"epochs": [untimed(e) for e in epochs],
             "weights": {k: v.numpy().tobytes() for k, v in load_file(str(run / "student.safetensors")).items()},
             "rng": state["torch_rng"].numpy().tobytes()}
 
