@@ -50,3 +50,24 @@ def test_flip_is_computed_from_pixels():
     plain = np.asarray(replay_pil(_image(), params, 24, "bilinear"))
     mirrored = np.asarray(replay_pil(_image(), flipped, 24, "bilinear"))
     np.testing.assert_array_equal(mirrored, plain[:, ::-1])
+
+
+def test_view_sampling_is_pinned():
+    """Golden parameters for fixed seeds: a change to view sampling redraws every store, so it must come with a new
+    SEED_SCHEME_VERSION (and these values) rather than silently."""
+    import numpy as np
+
+    from featcache.views import SEED_SCHEME_VERSION, ViewRecipe, draw_views, view_seed
+
+    assert SEED_SCHEME_VERSION == 1
+    assert view_seed(0, 12345, 1) == 14500042757552453904
+    np.testing.assert_allclose(draw_views(300, 200, 12345, 3, ViewRecipe(color_jitter=0.4), 0), [
+        [0.2083333283662796, 0.0625, 0.7916666865348816, 0.9375, 0.0, 1.0, 1.0, 1.0, 0.0],
+        [0.1859532594680786, 0.11477605998516083, 0.7802156805992126, 0.9933757781982422, 0.0, 1.349327564239502,
+         0.7387400269508362, 0.9969470500946045, -0.017998110502958298],
+        [0.1949859857559204, 0.080319844186306, 0.8890688419342041, 0.9651419520378113, 1.0, 1.162764310836792,
+         0.7552611827850342, 0.6642796397209167, -0.005520362872630358]], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(draw_views(64, 64, 2**63 + 7, 2, ViewRecipe(), 5), [
+        [0.0625, 0.0625, 0.9375, 0.9375, 0.0, 1.0, 1.0, 1.0, 0.0],
+        [0.015044712461531162, 0.0505945049226284, 0.9982855916023254, 0.9431517124176025, 0.0, 1.0, 1.0, 1.0, 0.0]],
+        rtol=0, atol=1e-7)
