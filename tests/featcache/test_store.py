@@ -93,3 +93,16 @@ def test_fingerprint_diff_names_components():
     b = fs.make_fingerprint({"n": 1}, {"w": "y"}, {"v": 2}, {"s": 8})
     assert fs.fingerprint_diff(a, a) == []
     assert fs.fingerprint_diff(a, b) == ["teacher"]
+
+
+def test_readme_store_table_matches_the_arrays_written():
+    """The README's store table names every array the store writes, with its dtype."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## The store", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| (\w+) \|", table, flags=re.M))
+    assert list(rows) == list(fs.ARRAYS)
+    assert {name: rows[name] for name in fs.PER_SAMPLE_ARRAYS} == fs.PER_SAMPLE_ARRAYS
+    assert (rows["features"], rows["views"], rows["done"]) == ("float16", "float32", "uint8")
