@@ -7,6 +7,7 @@ The trainer reads the store through :mod:`featcache.store` and replays views thr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -286,76 +287,93 @@ class StudentViews(torch.utils.data.Dataset):
             return RandAugment(num_ops=2, magnitude=10)(crop)
 
 
-class EpochBatches(torch.utils.data.Sampler):
-    """The batch sampler of a loader kept for the whole run: :meth:`set` replaces its batches each epoch.
+class RunBatches(torch.utils.data.Sampler):
+    """The batch sampler of a loader kept for the whole run: every epoch's batches, one epoch after another.
 
-    The DataLoader iterates its batch sampler in the main process, so with persistent workers the same
-    worker processes serve every epoch's new (row, view, epoch) batches."""
+    ``plan(epoch)`` gives an epoch's batches of (row, view, epoch) items, a pure function of the epoch,
+    so the next epoch's batches can be handed out before that epoch starts. The DataLoader iterates
+    this in the main process as it gives batches to its workers."""
 
-    def __init__(self, batches: list[list[tuple]] | None = None) -> None:
-        self.batches = batches or []
+    def __init__(self, plan: Callable[[int], list[list[tuple]]], epochs: range) -> None:
+        self.plan, self.epochs = plan, epochs
+        self._plans: dict[int, list[list[tuple]]] = {}
 
-    def set(self, batches: list[list[tuple]]) -> None:
-        self.batches = batches
+    def batches(self, epoch: int) -> list[list[tuple]]:
+        """``plan(epoch)``, computed once (the two latest epochs are kept)."""
+        if epoch not in self._plans:
+            self._plans = {e: b for e, b in self._plans.items() if e >= epoch - 1}
+            self._plans[epoch] = self.plan(epoch)
+        return self._plans[epoch]
 
     def __iter__(self):
-        return iter(self.batches)
+        for epoch in self.epochs:
+            yield from self.batches(epoch)
 
-    def __len__(self) -> int:
-        return len(self.batches)
+
+class EpochBatches:
+    """One epoch of a :class:`RunLoader`: iterate it for the epoch's batches; ``batch_sampler`` lists them."""
+
+    def __init__(self, loader: RunLoader, epoch: int) -> None:
+        self.loader, self.epoch = loader, epoch
+        self.batch_sampler = loader.batch_sampler.batches(epoch)
+
+    def __iter__(self):
+        return self.loader.iterate(self.epoch, len(self.batch_sampler))
 
 
 class RunLoader(torch.utils.data.DataLoader):
-    """A DataLoader built once per purpose (training, evaluation) and iterated once per epoch.
+    """A DataLoader built once per purpose (training, evaluation) for the run's epochs; :meth:`epoch`
+    is one epoch's batches, in order.
 
-    With persistent workers, :meth:`prefetch` hands the workers the next epoch's batches early, so
-    they load while the main process does something else (evaluates, customizes) and the epoch's
-    first step does not wait for a pipeline fill.
+    With persistent workers one iterator serves the whole run: once an epoch's last batches are handed
+    to the workers, they go on with the next epoch's first ones, so the pipeline never drains and
+    refills at an epoch boundary and evaluation overlaps the next epoch's loading (what timm's
+    ``MultiEpochsDataLoader`` does). Otherwise (``workers=0``, or ``persistent=False``: the behaviour
+    before issue 14) every epoch iterates a new iterator over that epoch's batches.
 
-    Each ``iter()`` of a plain DataLoader draws its workers' base seed from the global torch RNG;
-    reusing persistent workers does not. The draw is repeated at every ``iter()`` (and undone where
-    :meth:`prefetch` starts an iterator early), so the global RNG — and with it every result — stays
-    exactly what one new loader per epoch gave. Workers seed their own augmentation per item."""
+    Every new iterator of a plain DataLoader draws its workers' base seed from the global torch RNG.
+    With the one iterator that draw is made at the start of every epoch instead, and the iterator's
+    own draw undone, so the global RNG — and with it every result — stays exactly what one new loader
+    per epoch gave. The workers seed each item's augmentation themselves."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._prefetched = None  # an iterator :meth:`prefetch` started, handed out by the next iter()
+    def __init__(self, dataset: torch.utils.data.Dataset, plan: Callable[[int], list[list[tuple]]], epochs: range,
+                 **options) -> None:
+        super().__init__(dataset, batch_sampler=RunBatches(plan, epochs), **options)
+        self._run_iterator = None  # the one iterator, with persistent workers
+        self._next_epoch = epochs.start
 
     @property
     def keeps_workers(self) -> bool:
         return self.persistent_workers and self.num_workers > 0
 
-    def __iter__(self):
-        if self.keeps_workers and self._iterator is not None:
-            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-            if self._prefetched is not None:
-                iterator, self._prefetched = self._prefetched, None
-                return iterator
-        return super().__iter__()
-
-    def set_batches(self, batches: list[list[tuple]]) -> RunLoader:
-        """This epoch's batches of (row, view, epoch) items, in order; returns the loader to iterate.
-
-        Batches equal to the prefetched ones keep the prefetch; others start over at ``iter()``."""
-        if self._prefetched is not None and batches != self.batch_sampler.batches:
-            self._prefetched = None
-        self.batch_sampler.set(batches)
+    def start(self) -> RunLoader:
+        """Start the persistent workers now: they begin loading the first epoch's batches."""
+        if self.keeps_workers and self._run_iterator is None:
+            with torch.random.fork_rng(devices=[]):  # the seed draws belong to the epochs
+                self._run_iterator = super().__iter__()
         return self
 
-    def prefetch(self, batches: list[list[tuple]]) -> RunLoader:
-        """:meth:`set_batches`, and with persistent workers start loading them now."""
-        self.set_batches(batches)
-        if self.keeps_workers and self._prefetched is None:
-            with torch.random.fork_rng(devices=[]):  # the seed draw belongs to the epoch's own iter()
-                self._prefetched = super().__iter__()
-        return self
+    def epoch(self, epoch: int) -> EpochBatches:
+        return EpochBatches(self, epoch)
+
+    def iterate(self, epoch: int, count: int):
+        """The ``count`` batches of ``epoch`` (epochs are iterated in order, once each)."""
+        if epoch != self._next_epoch:
+            raise RuntimeError(f"epoch {epoch} iterated, epoch {self._next_epoch} expected")
+        self._next_epoch += 1
+        if not self.keeps_workers:
+            self.batch_sampler.epochs = range(epoch, epoch + 1)
+            return super().__iter__()
+        self.start()
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # a new iterator's seed draw
+        run = self._run_iterator
+        return (next(run) for _ in range(count))
 
     def shutdown(self) -> None:
         """Stop the persistent workers now rather than when the loader is garbage-collected."""
-        self._prefetched = None
-        if self._iterator is not None:
-            self._iterator._shutdown_workers()
-            self._iterator = None
+        if self._run_iterator is not None:
+            self._run_iterator._shutdown_workers()
+            self._run_iterator = self._iterator = None
 
 
 def loader_options(workers: int, device: torch.device | str = "cpu", persistent: bool = True) -> dict:
@@ -367,13 +385,13 @@ def loader_options(workers: int, device: torch.device | str = "cpu", persistent:
     return options
 
 
-def run_loader(dataset: StudentViews, workers: int, device: torch.device | str = "cpu",
-               persistent: bool = True) -> RunLoader:
-    """One loader for the whole run; give it each epoch's batches with :meth:`RunLoader.set_batches`.
+def run_loader(dataset: StudentViews, plan: Callable[[int], list[list[tuple]]], epochs: range, workers: int,
+               device: torch.device | str = "cpu", persistent: bool = True) -> RunLoader:
+    """One loader for the run's ``epochs``; ``plan(epoch)`` gives an epoch's batches.
 
-    ``persistent=False`` forks new workers at every ``iter()`` (the behaviour before issue 14; the
-    bench measures both). Batches, order and augmentation seeds do not depend on it."""
-    return RunLoader(dataset, batch_sampler=EpochBatches(), **loader_options(workers, device, persistent))
+    ``persistent=False`` forks new workers for every epoch (the behaviour before issue 14; the bench
+    measures both). Batches, order and augmentation seeds do not depend on it."""
+    return RunLoader(dataset, plan, epochs, **loader_options(workers, device, persistent))
 
 
 def chunk_batches(rows: np.ndarray, views: np.ndarray, batch_size: int, epoch: int = 0) -> list[list[tuple]]:
@@ -385,5 +403,5 @@ def chunk_batches(rows: np.ndarray, views: np.ndarray, batch_size: int, epoch: i
 def make_loader(dataset: StudentViews, rows: np.ndarray, views: np.ndarray, batch_size: int, workers: int,
                 epoch: int = 0, device: torch.device | str = "cpu"):
     """A one-pass loader of (pixels ``[B,3,S,S]``, rows ``[B]``, views ``[B]``[, strong pixels]) in the given order."""
-    loader = run_loader(dataset, workers, device, persistent=False)
-    return loader.set_batches(chunk_batches(rows, views, batch_size, epoch))
+    return torch.utils.data.DataLoader(dataset, batch_sampler=chunk_batches(rows, views, batch_size, epoch),
+                                       **loader_options(workers, device, persistent=False))

@@ -21,6 +21,7 @@ from trainer import dist, loop
 from trainer.config import DistillConfig
 from trainer.data import (
     CachedData,
+    EpochBatches,
     RunLoader,
     Split,
     StudentViews,
@@ -310,8 +311,8 @@ def eval_batches(s: Session) -> list[list[tuple]]:
     return chunk_batches(rows, np.zeros(len(rows), np.int64), s.cfg.batch_size)
 
 
-def evaluate_epoch(s: Session, loader: RunLoader) -> dict:
-    """Eval metrics over the held-out rows (the loader's fixed batches), each rank predicting its share."""
+def evaluate_epoch(s: Session, loader: EpochBatches) -> dict:
+    """Eval metrics over the held-out rows (the same batches every epoch), each rank predicting its share."""
     parts = dist.all_gather_objects(s.env, loop.predict(s.student, loader, s.device))
     seen, preds = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     return loop.classification_metrics(s.data.labels[seen], preds, s.num_classes)
@@ -337,7 +338,7 @@ def customize(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> d
 
 def epoch_plan(s: Session, epoch: int) -> tuple[np.ndarray, np.ndarray, list, list]:
     """The epoch's row order ``[T]``, views ``[T]``, this rank's batches and their global counts:
-    pure functions of (seed, epoch), so resume replays them and the next epoch's can be prefetched."""
+    pure functions of (seed, epoch), so resume replays them and the loader can start the next epoch early."""
     cfg, data = s.cfg, s.data
     positions = (block_shuffle(s.split.train, data.shard_size, epoch, cfg.seed) if data.streaming
                  else epoch_order(len(s.split.train), epoch, cfg.seed))
@@ -349,23 +350,17 @@ def epoch_plan(s: Session, epoch: int) -> tuple[np.ndarray, np.ndarray, list, li
 
 
 def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunLoader) -> dict:
-    """Customization epoch (when due), KD epoch, evaluation; the loaders live for the whole run, and
-    their workers load the next epoch's first batches while this one finishes."""
+    """Customization epoch (when due), KD epoch, evaluation; the loaders live for the whole run."""
     cfg, data = s.cfg, s.data
     record: dict = {"epoch": epoch + 1}
-    order, views, batches, counts = epoch_plan(s, epoch)
+    order, views, _, counts = epoch_plan(s, epoch)
     if s.method.customizes and cfg.customizes_at(epoch):
         record["customize"] = customize(s, epoch, order, views)
     record["train"] = loop.train_epoch(
-        s.student, s.method, train_loader.set_batches(batches), s.row_labels, data.features, s.norm,
+        s.student, s.method, train_loader.epoch(epoch), s.row_labels, data.features, s.norm,
         s.probe, s.optimizer, s.scheduler, epoch, cfg.grad_clip, s.device,
         (cfg.fixmatch_threshold, cfg.fixmatch_weight) if cfg.ssl == "fixmatch" else None, s.model, counts, s.env)
-    last = epoch + 1 == s.epochs
-    if not last:  # loads while this epoch evaluates and the next one customizes
-        train_loader.prefetch(epoch_plan(s, epoch + 1)[2])
-    record["eval"] = evaluate_epoch(s, eval_loader)
-    if not last:  # loads during the next KD epoch
-        eval_loader.prefetch(eval_loader.batch_sampler.batches)
+    record["eval"] = evaluate_epoch(s, eval_loader.epoch(epoch))
     return record
 
 
@@ -403,8 +398,9 @@ def train(s: Session, started: dt.datetime) -> dict:
     first_epoch = resume(s) if cfg.resume else 0
     # one loader per purpose for the whole run, both started here: persistent workers are forked once,
     # together, so the copy-on-write faults a fork costs the training process fall into the first epoch only
-    train_loader = run_loader(train_ds, cfg.workers, s.device).prefetch(epoch_plan(s, first_epoch)[2])
-    eval_loader = run_loader(eval_ds, cfg.workers, s.device).prefetch(eval_batches(s))
+    epochs, held_out = range(first_epoch, s.epochs), eval_batches(s)
+    train_loader = run_loader(train_ds, lambda epoch: epoch_plan(s, epoch)[2], epochs, cfg.workers, s.device).start()
+    eval_loader = run_loader(eval_ds, lambda epoch: held_out, epochs, cfg.workers, s.device).start()
     tracker = Tracker(s.run, env.main)
     try:
         for epoch in range(first_epoch, s.epochs):

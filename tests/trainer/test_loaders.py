@@ -109,43 +109,42 @@ class _Items(torch.utils.data.Dataset):
         return torch.tensor(item[0]), torch.tensor(item[1]), torch.tensor(item[2])
 
 
+def _plan(epoch: int) -> list[list[tuple]]:
+    rows = np.random.default_rng(epoch).permutation(20) + 100 * epoch
+    return chunk_batches(rows, np.full(20, epoch), 6, epoch)
+
+
 def test_a_run_loader_serves_each_epochs_batches_in_order_and_leaves_the_rng_as_fresh_loaders_do():
-    epochs = [chunk_batches(np.random.default_rng(e).permutation(20), np.full(20, e), 6, e) for e in range(4)]
     torch.manual_seed(0)
-    loader = run_loader(_Items(), workers=2).prefetch(epochs[0])  # its workers start before the first epoch
+    loader = run_loader(_Items(), _plan, range(4), workers=2).start()  # workers start before the first epoch
     served = []
-    for e, batches in enumerate(epochs):
-        if e == 3:  # prefetched batches replaced before the epoch: the new ones are served
-            loader.prefetch(epochs[0])
-        served.append([b[0].tolist() for b in loader.set_batches(batches)])
+    for epoch in range(4):
+        served.append([b[0].tolist() for b in loader.epoch(epoch)])
         torch.rand(1)  # the run's own use of the RNG between epochs
-        if e == 0:
-            loader.prefetch(epochs[1])
-        if e == 1:
-            loader.prefetch(epochs[2])
     loader.shutdown()
     after_persistent = torch.get_rng_state()
     torch.manual_seed(0)
-    fresh = []
-    for batches in epochs:
-        fresh.append([b[0].tolist() for b in run_loader(_Items(), 2, persistent=False).set_batches(batches)])
+    fresh_loader, fresh = run_loader(_Items(), _plan, range(4), 2, persistent=False), []
+    for epoch in range(4):
+        fresh.append([b[0].tolist() for b in fresh_loader.epoch(epoch)])
         torch.rand(1)
-    assert served == fresh == [[[item[0] for item in batch] for batch in batches] for batches in epochs]
+    assert served == fresh == [[[item[0] for item in batch] for batch in _plan(e)] for e in range(4)]
     assert torch.equal(after_persistent, torch.get_rng_state())
 
 
-def test_prefetch_starts_loading_before_the_epoch_iterates(tmp_path):
+def test_the_workers_load_the_next_epoch_before_it_starts(tmp_path):
     log = tmp_path / "loaded.txt"
-    loader = run_loader(_Items(log), workers=2)
-    list(loader.set_batches(chunk_batches(np.arange(8), np.zeros(8, np.int64), 4)))  # the workers exist
-    log.write_text("")
-    loader.prefetch(chunk_batches(np.arange(10, 18), np.zeros(8, np.int64), 4))
-    for _ in range(600):  # wait (up to a minute on a loaded machine) for the workers, without iterating
-        if log.read_text():
+    plan = lambda epoch: chunk_batches(np.arange(8) + 100 * epoch, np.zeros(8, np.int64), 1, epoch)  # noqa: E731
+    loader = run_loader(_Items(log), plan, range(2), workers=2).start()
+    assert [b[0].tolist() for b in loader.epoch(0)] == [[row] for row in range(8)]
+    for _ in range(600):  # wait (up to a minute on a loaded machine) for the workers, without iterating epoch 1
+        if any(int(row) >= 100 for row in log.read_text().split()):
             break
         time.sleep(0.1)
-    assert log.read_text(), "nothing was loaded before iter()"
-    assert [b[0].tolist() for b in loader] == [[10, 11, 12, 13], [14, 15, 16, 17]]
+    assert any(int(row) >= 100 for row in log.read_text().split()), "nothing of epoch 1 loaded before it started"
+    assert [b[0].tolist() for b in loader.epoch(1)] == [[100 + row] for row in range(8)]
+    with pytest.raises(RuntimeError, match="epoch 0 iterated, epoch 2 expected"):
+        list(loader.epoch(0))
     loader.shutdown()
 
 
@@ -181,7 +180,9 @@ def test_the_loop_reads_no_scalar_per_step(tiny_store, tmp_path, monkeypatch):
     cfg = _config(tiny_store, tmp_path / "run", workers=0, customize_warmup=0)  # customizes before KD epoch 1
     session = distill_mod.setup(cfg, dist.DistEnv(), torch.device("cpu"))
     dataset = StudentViews(session.data, cfg.image_size, session.student.mean, session.student.std)
-    loaders = run_loader(dataset, 0), run_loader(dataset, 0).set_batches(distill_mod.eval_batches(session))
+    held_out = distill_mod.eval_batches(session)
+    loaders = (run_loader(dataset, lambda epoch: distill_mod.epoch_plan(session, epoch)[2], range(1), 0),
+               run_loader(dataset, lambda epoch: held_out, range(1), 0))
     reads = []
 
     def counting(real):
@@ -211,7 +212,7 @@ def test_a_killed_run_with_persistent_workers_resumes_to_the_same_result(tiny_st
         real_save(path, state)
         saves["n"] += 1
         if saves["n"] == 1:
-            raise KeyboardInterrupt  # killed after epoch 1's checkpoint, with epoch 2's batches prefetched
+            raise KeyboardInterrupt  # killed after epoch 1's checkpoint, with epoch 2's batches loading
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
