@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,9 +116,18 @@ def test_customization_step_changes_only_the_customizer(head):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_trains_end_to_end(name, tiny_store, tmp_path):
+    import json
+
     from tests.conftest import TINY_STUDENT
     from trainer.distill import distill
+    from trainer.evaluate import evaluate_run
 
     result = distill(DistillConfig(min_steps=0, cache=str(tiny_store), method=name, student=TINY_STUDENT, epochs=1, image_size=32,
-                                   batch_size=8, workers=0, labels_per_class=2, out=str(tmp_path / name)))
-    assert 0 <= result.final["accuracy"] <= 1
+                                   batch_size=8, workers=0, labels_per_class=2, customize_warmup=0, out=str(tmp_path / name)))
+    train = json.loads((tmp_path / name / "metrics.json").read_text())["epochs"][0]["train"]
+    expected = {"student": {"task"}, "fitnet": {"general"}, "kd": {"kd"}, "kd+fitnet": {"kd", "general"},
+                "dkd": {"dkd"}, "customkd": {"general", "specific"}, "customkd+dkd": {"general", "specific", "dkd"}}
+    assert expected[name] <= set(train), (name, sorted(train))  # the method's own terms were trained and recorded
+    assert all(np.isfinite(train[term]) for term in expected[name])
+    # the reported accuracy is the saved student's on the held-out rows, not a number made up along the way
+    assert evaluate_run(str(tmp_path / name), workers=0)["accuracy"] == result.final["accuracy"]

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -36,11 +38,16 @@ def test_uda_run_and_fixmatch_run(domain_store, tmp_path):
     common = {"student": TINY_STUDENT, "epochs": 1, "image_size": 32, "batch_size": 8, "workers": 0}
     uda = distill(DistillConfig(min_steps=0, cache=str(domain_store), setting="uda", source=("Art",), target=("Photo",),
                                 out=str(tmp_path / "uda"), **common))
-    assert 0 <= uda.final["accuracy"] <= 1
+    from trainer.evaluate import evaluate_run
+
+    evaluated = evaluate_run(str(tmp_path / "uda"), workers=0)  # the run's own held-out rows: the target's
+    config = json.loads((tmp_path / "uda" / "config.json").read_text())
+    assert evaluated["accuracy"] == uda.final["accuracy"] and evaluated["n"] == config["n_eval"]
+    data = load_cached_data(DistillConfig(cache=str(domain_store)))
+    photo = data.manifest["domains"].index("Photo")
+    assert config["n_eval"] == int(((data.domain == photo) & (data.split == 1)).sum())
     fixmatch = distill(DistillConfig(min_steps=0, cache=str(domain_store), setting="ssl", labels_per_class=2, ssl="fixmatch",
                                      fixmatch_threshold=0.0, out=str(tmp_path / "fm"), **common))
-    import json
-
     epoch = json.loads((tmp_path / "fm" / "metrics.json").read_text())["epochs"][0]
     assert epoch["train"]["fixmatch"] > 0 and fixmatch.final is not None
 
