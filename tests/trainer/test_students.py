@@ -115,7 +115,8 @@ def test_distill_pretrained_lite0_student_offline_end_to_end(tiny_store, tmp_pat
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     config = json.loads((run / "config.json").read_text())
-    assert config["student"] == "efficientnet_lite0" and config["student_pretrained"] is True
+    assert (config["student"], config["student_alias"]) == ("tf_efficientnet_lite0", "efficientnet_lite0")
+    assert config["student_pretrained"] is True
     assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 1
     assert (run / "student.safetensors").stat().st_size > 0
 
