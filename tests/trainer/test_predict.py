@@ -13,9 +13,9 @@ from tests.conftest import TINY_STUDENT
 @pytest.fixture(scope="module")
 def tiny_run(tiny_store, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "run"
-    done = customkd("distill", "--min-steps", "0", "--cache", str(tiny_store), "--student", TINY_STUDENT, "--method",
+    done = customkd("distill", "--min-steps", "0", "--cache", tiny_store.name, "--student", TINY_STUDENT, "--method",
                     "student", "--setting", "supervised", "--epochs", "2", "--image-size", "32", "--batch-size", "8",
-                    "--workers", "0", "--out", str(run))
+                    "--workers", "0", "--out", str(run), cwd=tiny_store.parent)  # a relative --cache
     assert done.returncode == 0, done.stderr
     return run
 
