@@ -131,3 +131,9 @@ def test_every_method_trains_end_to_end(name, tiny_store, tmp_path):
     assert all(np.isfinite(train[term]) for term in expected[name])
     # the reported accuracy is the saved student's on the held-out rows, not a number made up along the way
     assert evaluate_run(str(tmp_path / name), workers=0)["accuracy"] == result.final["accuracy"]
+
+
+def test_method_names_of_the_command_line_are_the_registry():
+    from trainer.config import METHOD_NAMES
+
+    assert METHOD_NAMES == tuple(METHODS)
