@@ -205,3 +205,13 @@ def test_import_customkd_is_quick_and_exposes_the_library(tmp_path):
     assert result.stdout.split("]")[0] + "]" == str(
         ["DistillConfig", "ExtractConfig", "UserError", "distill", "evaluate", "extract", "predict"])
     assert "featcache.extract trainer.distill evaluate_run predict_images" in result.stdout
+
+
+def test_help_imports_no_torch(tmp_path):
+    code = ("import sys; from typer.testing import CliRunner; from cli.app import app\n"
+            "for args in (['--help'], ['extract', '--help'], ['distill', '--help'], ['predict', '--help']):\n"
+            "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+            "assert 'torch' not in sys.modules and 'timm' not in sys.modules and 'zarr' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.returncode == 0, result.stderr
