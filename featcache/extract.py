@@ -40,14 +40,6 @@ class ExtractResult:
     seconds: float
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for CUDA but no GPU is visible; use --device cpu")
-    return torch.device(device)
-
-
 class ViewImages(torch.utils.data.Dataset):
     """Sample row → (row, images [V,3,S,S], view params [V,P], content hash, error or "").
 
@@ -336,7 +328,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
         raise UserError(f"{fs.display(cfg.out)} exists and is not a customkd store; choose another --out "
                         "(nothing was touched)")
     listing = load_listing("|".join([cfg.data, *(unlabeled_spec(u) for u in cfg.unlabeled)]))
-    device = resolve_device(cfg.device)
+    device = parallel.resolve_device(cfg.device)
     env, device = parallel.init_distributed(str(device) if cfg.device != "auto" else "auto")
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device), size=cfg.teacher_size, tap=cfg.tap)
     precision = resolve_precision(cfg.precision, device)

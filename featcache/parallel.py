@@ -12,6 +12,20 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
+from featcache.errors import UserError
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; CUDA asked for without a GPU is refused.
+    Both processes resolve ``--device`` here."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu" and device != "cuda" and not device.startswith("cuda:"):
+        raise UserError(f"unknown --device {device!r}; known: auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for CUDA but no GPU is visible; use --device cpu")
+    return torch.device(device)
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -79,8 +93,6 @@ def on_main(env: DistEnv, action):
     """Run ``action`` on rank 0 only; its result, or its UserError, reaches every rank.
 
     Without this, a refusal on rank 0 would leave the other ranks waiting at the next collective."""
-    from featcache.errors import UserError
-
     result, error = None, None
     if env.main:
         try:

@@ -14,6 +14,7 @@ import torch
 from featcache import store as fs
 from featcache.datasets import load_listing
 from featcache.errors import UserError
+from featcache.parallel import resolve_device
 from featcache.views import ViewRecipe, centre_view
 from trainer.config import DistillConfig
 from trainer.data import StudentViews, load_cached_data, make_loader, make_split
@@ -35,17 +36,6 @@ def load_run(run: str) -> tuple[dict, Student]:
                              config["image_size"])
     student.model.load_state_dict(load_file(str(run_dir / "student.safetensors")))
     return config, student.eval()
-
-
-def resolve_run_device(device: str) -> torch.device:
-    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; CUDA asked for without a GPU is refused."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
-        raise UserError(f"unknown --device {device!r}; known: auto, cpu, cuda, cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for CUDA but no GPU is visible; use --device cpu")
-    return torch.device(device)
 
 
 def run_preprocess(config: dict, student: Student) -> dict:
@@ -82,7 +72,7 @@ class _AllCentreViews:
 
 def evaluate_run(run: str, data: str | None = None, workers: int = 2, device: str = "auto") -> dict:
     """Accuracy of the saved student on the run's held-out samples, or on every sample of ``data``."""
-    torch_device = resolve_run_device(device)
+    torch_device = resolve_device(device)
     config, student = load_run(run)
     if data is None:
         cfg = config_from_run(config)

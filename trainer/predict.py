@@ -63,7 +63,8 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
                    workers: int = 2) -> int:
     """Write ``out`` (CSV: path, class, one probability per class) for every image of ``images``; returns the
     number of images. Never overwrites a file; an unreadable image is named in one error line."""
-    from trainer.evaluate import load_run, resolve_run_device, run_preprocess
+    from featcache.parallel import resolve_device
+    from trainer.evaluate import load_run, run_preprocess
 
     target = Path(out)
     if target.exists():
@@ -72,7 +73,7 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
         raise UserError(f"cannot write {target}: folder {target.parent} does not exist; create it first")
     files = list_images(images)
     config, student = load_run(run)
-    torch_device = resolve_run_device(device)
+    torch_device = resolve_device(device)
     student = student.to(torch_device)
     loader = torch.utils.data.DataLoader(ImageFiles(files, run_preprocess(config, student)), batch_size=batch_size,
                                          num_workers=workers, pin_memory=torch_device.type == "cuda")
