@@ -83,8 +83,8 @@ report: $(STAMP) ## 3 regimes x methods x 5 seeds (one extraction per teacher): 
 	$(PY) -m bench.compare --cache $(CACHE) --teacher $(TEACHER) --data $(DATA) $(if $(VIEWS),--views $(VIEWS)) $(REPORT_ARGS)
 
 lint: $(STAMP) ## Check style with ruff
-	$(VENV)/bin/ruff check customkd featcache trainer cli tests bench
+	$(VENV)/bin/ruff check customkd common featcache trainer cli tests bench
 
 format: $(STAMP) ## Rewrite style with ruff
-	$(VENV)/bin/ruff check --fix customkd featcache trainer cli tests bench
-	$(VENV)/bin/ruff format customkd featcache trainer cli tests bench
+	$(VENV)/bin/ruff check --fix customkd common featcache trainer cli tests bench
+	$(VENV)/bin/ruff format customkd common featcache trainer cli tests bench

@@ -162,7 +162,7 @@ def run_alignment(run_dir: Path) -> dict:
             return record["metrics"]
     started = time.perf_counter()
     metrics = {**alignment_metrics(run_features(run_dir)), "seconds": round(time.perf_counter() - started, 1)}
-    from trainer.distill import write_json
+    from common.files import write_json
 
     write_json(cached, {"version": ALIGNMENT_VERSION, "student_mtime_ns": stamp, "metrics": metrics})
     log.info("alignment %s: %s", run_dir, json.dumps({k: round(v, 3) for k, v in metrics.items()}))

@@ -35,7 +35,7 @@ from bench import results_page
 from bench.alignment import CUSTOMIZING_METHODS, run_alignment
 from bench.config import GLIBC_TUNABLES
 from bench.results_page import mean_std
-from trainer.distill import write_json
+from common.files import write_json, write_text
 
 log = logging.getLogger("bench.compare")
 
@@ -445,7 +445,7 @@ def copy_run_records(jobs: list[Job], out: Path, dest: Path) -> None:
         rel = job.run_dir.relative_to(out)
         files = sorted(p.name for p in (target / rel).iterdir())
         lines.append(f"- `{rel.as_posix()}`: " + ", ".join(f"[{n}]({rel.as_posix()}/{n})" for n in files))
-    (target / "README.md").write_text("\n".join(lines) + "\n")
+    write_text(target / "README.md", "\n".join(lines) + "\n")
 
 
 def measure_alignment(jobs: list[Job]) -> dict[Path, dict]:
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_docs:
         copy_run_records(jobs, args.out, figure_dir)
         write_json(figure_dir / "summary.json", summary)
-        (args.docs / "results.md").write_text(results_page.render(summary, args))
+        write_text(args.docs / "results.md", results_page.render(summary, args))
         results_page.update_readme(args.readme, summary)
         log.info("wrote %s, %s/ and the headline table in %s", args.docs / "results.md", figure_dir, args.readme)
     log.info("report done in %.0f s (run folder %s)", time.perf_counter() - started, args.out)

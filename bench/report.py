@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from common.files import write_text
+
 DOCS_BEGIN = "<!-- bench:results:begin (written by `make bench`; edit outside this block) -->"
 DOCS_END = "<!-- bench:results:end -->"
 INFO = "info"
@@ -101,8 +103,8 @@ def write_results(result: dict, results_dir: Path, stamp: str) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2, default=str)
     path = results_dir / f"{stamp}.json"
-    path.write_text(text)
-    (results_dir / "latest.json").write_text(text)
+    write_text(path, text)
+    write_text(results_dir / "latest.json", text)
     return path
 
 
@@ -186,8 +188,8 @@ def update_docs(path: Path, block: str) -> None:
     if path.exists() and DOCS_BEGIN in (text := path.read_text()) and DOCS_END in text:
         before, rest = text.split(DOCS_BEGIN, 1)
         after = rest.split(DOCS_END, 1)[1]
-        path.write_text(before + block + after)
+        write_text(path, before + block + after)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Benchmarks\n\nReproduce with `make bench` (CPU) or `make bench DEVICE=cuda`.\n\n"
+    write_text(path, "# Benchmarks\n\nReproduce with `make bench` (CPU) or `make bench DEVICE=cuda`.\n\n"
                     "## Latest results\n\n" + block + "\n")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import write_text
+
 README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
 CUSTOMIZING = ("customkd", "customkd+dkd")
 # Two-sided 95 % Student-t quantiles t_{0.975, ν} for ν = 1..30 (scipy is not a dependency).
@@ -418,4 +420,4 @@ def update_readme(path: Path, summary: dict) -> None:
         raise SystemExit(f"error: {path} has no {README_START} … {README_END} block for the headline table")
     before, rest = text.split(README_START, 1)
     _, after = rest.split(README_END, 1)
-    path.write_text(f"{before}{README_START}\n{headline(summary)}\n{README_END}{after}")
+    write_text(path, f"{before}{README_START}\n{headline(summary)}\n{README_END}{after}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 import statistics
@@ -12,8 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-PACKAGES = ("torch", "torchvision", "timm", "open_clip_torch", "zarr", "numcodecs", "numpy", "pillow", "customkd")
 
 
 def sync(device: torch.device) -> None:
@@ -78,12 +75,9 @@ def machine_info(device: torch.device) -> dict:
 
 def library_versions() -> dict:
     """Installed versions of the libraries the timings depend on, plus the git commit."""
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = "absent"
+    from common.provenance import library_versions as installed
+
+    versions = {"python": platform.python_version(), **installed()}
     versions["git_commit"] = _git("rev-parse", "HEAD")
     versions["git_dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no"))
     return versions

@@ -18,8 +18,8 @@ def info(path: Annotated[str, typer.Argument(help="Store path.")],
          verbose: Verbose = False, quiet: Quiet = False) -> None:
     """Manifest summary: teacher, dataset, N/V/D, views recipe, size, status, fingerprint."""
     setup_logging(verbose, quiet)
-    from featcache.errors import printable
-    from featcache.inspect import store_info
+    from common.errors import printable
+    from featcache.cache_ops import store_info
 
     summary = run_or_exit(lambda: store_info(path))
     if as_json:  # ensure_ascii escapes every control character
@@ -45,8 +45,8 @@ def verify(
     """Every object of every array present and readable (checksums), non-finite features, shard flags, labels
     against the dataset, sample keys, image content hashes; exit 1 on a problem."""
     setup_logging(verbose, quiet)
-    from featcache.errors import printable
-    from featcache.inspect import verify_store
+    from common.errors import printable
+    from featcache.cache_ops import verify_store
 
     problems = run_or_exit(lambda: verify_store(path, data, teacher_check, weights))
     for problem in problems:
@@ -61,7 +61,7 @@ def export(path: Annotated[str, typer.Argument(help="Complete store path.")],
            verbose: Verbose = False, quiet: Quiet = False) -> None:
     """Write a single-file HDF5 copy (same arrays, manifest as an attribute)."""
     setup_logging(verbose, quiet)
-    from featcache.inspect import export_h5
+    from featcache.cache_ops import export_h5
 
     run_or_exit(lambda: export_h5(path, h5))
     typer.echo(f"wrote {h5}")
@@ -73,7 +73,7 @@ def import_(h5: Annotated[str, typer.Argument(help="HDF5 file written by `cache 
             verbose: Verbose = False, quiet: Quiet = False) -> None:
     """Rebuild a Zarr store from an HDF5 export."""
     setup_logging(verbose, quiet)
-    from featcache.inspect import import_h5
+    from featcache.cache_ops import import_h5
 
     run_or_exit(lambda: import_h5(h5, path))
     typer.echo(f"wrote {path}")

@@ -11,6 +11,8 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from common.distributed import is_main_process
+
 T = TypeVar("T")
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")]
@@ -27,27 +29,23 @@ def config_defaults(config_class) -> dict:
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose or os.environ.get("CUSTOMKD_DEBUG") else logging.INFO
     level = logging.WARNING if quiet and not verbose else level
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for everyone
+    if not is_main_process():  # under torchrun, rank 0 speaks for everyone
         level = logging.WARNING
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
                         force=True)
     for handler in logging.getLogger().handlers:  # open_clip logs on the root logger; our errors summarise it
         handler.addFilter(lambda record: record.name != "root")
-    for ours in ("featcache", "trainer", "cli"):
+    for ours in ("common", "featcache", "trainer", "report", "cli"):
         logging.getLogger(ours).setLevel(level)
     for noisy in ("huggingface_hub", "timm", "urllib3", "httpx"):  # retries are summarised in our one-line error
         logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
-def is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def run_or_exit(action: Callable[[], T],
                 interrupted: Callable[[], str] = lambda: "rerun the same command to resume") -> T:
     """Run a library call; a UserError becomes ``error: …`` on one line and exit code 2. ``interrupted``: what
     Ctrl-C prints after "interrupted; "."""
-    from featcache.errors import UserError
+    from common.errors import UserError
 
     try:
         result = action()

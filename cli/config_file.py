@@ -16,7 +16,7 @@ from pathlib import Path
 
 import typer
 
-from featcache.errors import UserError
+from common.errors import UserError
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 NOT_REPLAYED = ("out", "resume")  # a replay writes a new run

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Quiet, Verbose, config_defaults, is_main_process, run_or_exit, setup_logging
+from cli.common import Quiet, Verbose, config_defaults, run_or_exit, setup_logging
 from cli.config_file import merge_config_file
+from common.distributed import is_main_process
 from trainer.config import (
     CUSTOMIZE_TARGETS,
     CUSTOMIZERS,

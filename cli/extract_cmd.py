@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Quiet, Verbose, config_defaults, is_main_process, run_or_exit, setup_logging
+from cli.common import Quiet, Verbose, config_defaults, run_or_exit, setup_logging
 from cli.config_file import merge_config_file
+from common.distributed import is_main_process
 from featcache.config import ExtractConfig
 from featcache.views import ViewRecipe
 
@@ -62,7 +63,7 @@ def extract(
 
 
 def _with_value_errors(action):
-    from featcache.errors import UserError
+    from common.errors import UserError
 
     try:
         return action()

@@ -10,7 +10,7 @@ from cli.common import Quiet, Verbose, setup_logging
 def students(verbose: Verbose = False, quiet: Quiet = False) -> None:
     """List the registered students and where --student-pretrained reads their weights."""
     setup_logging(verbose, quiet)
-    from featcache.weights import BUNDLED_WEIGHTS
+    from common.weights import BUNDLED_WEIGHTS
     from trainer.students import list_students
 
     typer.echo(f"{'name':<19} {'timm model':<24} pretrained")

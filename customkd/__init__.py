@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 
+from common.errors import UserError
 from featcache.config import ExtractConfig
-from featcache.errors import UserError
 from trainer.config import DistillConfig
 
 __version__ = importlib.metadata.version("customkd")

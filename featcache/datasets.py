@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featcache.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -19,16 +19,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featcache import parallel
+from common import distributed
+from common.devices import autocast, resolve_device, resolve_precision
+from common.errors import UserError
+from common.provenance import library_versions
+from featcache import location as where
 from featcache import store as fs
 from featcache.config import ExtractConfig
 from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key, unlabeled_spec
-from featcache.errors import UserError
 from featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS, draw_views, replay
 
 log = logging.getLogger(__name__)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # name → autocast dtype
-AUTO_PRECISION = {"cuda": "bf16", "cpu": "fp32"}  # --precision auto: bf16 autocast on a GPU, exact fp32 on CPU
 
 
 @dataclass(frozen=True)
@@ -101,22 +102,6 @@ class ShardWriter:
                             "and rerun the same command to resume")
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {}
-    for name in ("torch", "timm", "open_clip_torch", "zarr", "numpy", "customkd"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    return AUTO_PRECISION.get(device.type, "fp32") if precision == "auto" else precision
-
-
 def build_fingerprint(listing: DatasetListing, teacher, cfg: ExtractConfig, layout: fs.Layout,
                       precision: str) -> dict:
     dataset = {"kind": listing.spec.split(":")[0], "n": len(listing), "listing_hash": listing.listing_hash(),
@@ -132,8 +117,8 @@ def _prepare_store(cfg: ExtractConfig, layout: fs.Layout, manifest: dict, per_sa
 
     ``--out`` may be a local path or a URL (s3://, gs://, file://); checks and deletes go through
     the store helpers so both behave the same, and messages show URLs redacted."""
-    out = fs.location(cfg.out)
-    name = fs.display(cfg.out)
+    out = where.location(cfg.out)
+    name = where.display(cfg.out)
     if fs.is_foreign(out):
         raise UserError(f"{name} exists and is not a customkd store; choose another --out (nothing was touched)")
     if isinstance(out, Path) and out.is_dir() and not fs.store_exists(out):
@@ -177,21 +162,11 @@ def _create(cfg: ExtractConfig, out, layout: fs.Layout, manifest: dict, per_samp
     return fs.create_store(out, layout, manifest, per_sample)
 
 
-def _autocast(device: torch.device, precision: str):
-    """Autocast for the teacher forward at a resolved precision (fp32 = off)."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return torch.autocast(device.type, enabled=False)
-    if device.type == "cpu" and dtype is torch.float16:
-        raise UserError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
-    return torch.autocast(device.type, dtype=dtype)
-
-
 class RankProgress:
     """One progress bar on rank 0 for every rank: its own images plus, polled every few seconds,
     the images of shards other ranks have flagged done."""
 
-    def __init__(self, env: parallel.DistEnv, group, layout: fs.Layout, pending: list[int], views: int) -> None:
+    def __init__(self, env: distributed.DistEnv, group, layout: fs.Layout, pending: list[int], views: int) -> None:
         from tqdm import tqdm
 
         self.env, self.group, self.layout, self.views = env, group, layout, views
@@ -245,7 +220,7 @@ def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout,
     bad: list[tuple[int, str]] = []
     layout_format = _memory_format(teacher, device)
     try:
-        with torch.inference_mode(), _autocast(device, precision):
+        with torch.inference_mode(), autocast(device, precision):
             for batch_rows, images, params, hashes, errors in loader:
                 b, v = images.shape[:2]
                 pixels = images.flatten(0, 1).to(device, non_blocking=True, memory_format=layout_format)
@@ -286,18 +261,18 @@ def _memory_format(teacher, device: torch.device) -> torch.memory_format:
     return torch.channels_last
 
 
-def _open_everywhere(cfg: ExtractConfig, env: parallel.DistEnv, layout: fs.Layout, manifest: dict,
+def _open_everywhere(cfg: ExtractConfig, env: distributed.DistEnv, layout: fs.Layout, manifest: dict,
                      per_sample: dict):
     """Rank 0 creates, resumes or refuses the store; then every rank opens it. Returns (group, complete)."""
-    complete = parallel.on_main(env, lambda: _prepare_store(cfg, layout, manifest, per_sample)[1])
-    parallel.barrier(env)
-    return fs.open_store(fs.location(cfg.out), mode="r+"), complete
+    complete = distributed.on_main(env, lambda: _prepare_store(cfg, layout, manifest, per_sample)[1])
+    distributed.barrier(env)
+    return fs.open_store(where.location(cfg.out), mode="r+"), complete
 
 
-def _finish(cfg: ExtractConfig, env: parallel.DistEnv, group, bad: list, listing: DatasetListing) -> None:
+def _finish(cfg: ExtractConfig, env: distributed.DistEnv, group, bad: list, listing: DatasetListing) -> None:
     """After every rank is done: name all bad images, or (rank 0) check every flag and mark complete."""
-    bad = [item for rank_bad in parallel.all_gather_objects(env, bad) for item in rank_bad]
-    parallel.barrier(env)
+    bad = [item for rank_bad in distributed.all_gather_objects(env, bad) for item in rank_bad]
+    distributed.barrier(env)
     if bad:
         listed = "; ".join(f"{listing.samples[r].relpath} ({reason})" for r, reason in sorted(bad))
         raise UserError(f"{len(bad)} unreadable image(s): {listed}. Rerun with --skip-bad to record them as invalid "
@@ -306,11 +281,11 @@ def _finish(cfg: ExtractConfig, env: parallel.DistEnv, group, bad: list, listing
 
     def mark() -> None:
         if fs.pending_shards(group):
-            raise UserError(f"store {fs.display(cfg.out)} still has unfinished shards; rerun the same command to resume")
+            raise UserError(f"store {where.display(cfg.out)} still has unfinished shards; rerun the same command to resume")
         fs.remove_partials(cfg.out)
         fs.mark_complete(group)
 
-    parallel.on_main(env, mark)
+    distributed.on_main(env, mark)
 
 
 def shard_size_for(n_samples: int, shard_size: int, chunk_size: int) -> int:
@@ -325,11 +300,11 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
 
     started = dt.datetime.now(dt.UTC)
     if fs.is_foreign(cfg.out):  # before loading anything; also refuses a URL that carries credentials
-        raise UserError(f"{fs.display(cfg.out)} exists and is not a customkd store; choose another --out "
+        raise UserError(f"{where.display(cfg.out)} exists and is not a customkd store; choose another --out "
                         "(nothing was touched)")
     listing = load_listing("|".join([cfg.data, *(unlabeled_spec(u) for u in cfg.unlabeled)]))
-    device = parallel.resolve_device(cfg.device)
-    env, device = parallel.init_distributed(str(device) if cfg.device != "auto" else "auto")
+    device = resolve_device(cfg.device)
+    env, device = distributed.init_distributed(str(device) if cfg.device != "auto" else "auto")
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device), size=cfg.teacher_size, tap=cfg.tap)
     precision = resolve_precision(cfg.precision, device)
     layout = fs.Layout(len(listing), cfg.views, teacher.feature_dim, len(VIEW_PARAMS),
@@ -352,7 +327,7 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     group, complete = _open_everywhere(cfg, env, layout, manifest, per_sample)
     shape = (layout.n_samples, layout.n_views, layout.feature_dim)
     if complete:
-        log.info("store %s is already complete with the same fingerprint: nothing to do", fs.display(cfg.out))
+        log.info("store %s is already complete with the same fingerprint: nothing to do", where.display(cfg.out))
         return ExtractResult(cfg.out, "unchanged", shape, 0, 0.0)
 
     pending = fs.pending_shards(group)
@@ -366,5 +341,5 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     bad = _run_pending(loader, teacher, device, cfg, layout, ShardWriter(group, layout), progress, listing, precision)
     _finish(cfg, env, group, bad, listing)
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
-    log.info("store %s complete: N=%d V=%d D=%d in %.1fs", fs.display(cfg.out), *shape, seconds)
+    log.info("store %s complete: N=%d V=%d D=%d in %.1fs", where.display(cfg.out), *shape, seconds)
     return ExtractResult(cfg.out, fs.STATUS_COMPLETE, shape, len(pending), seconds)

@@ -17,7 +17,7 @@ The manifest lives in the root attrs under ``customkd``. Writes are whole shards
 flag is set. This module is shared by both processes and imports no teacher code.
 
 A store location is a local path or a URL (``s3://…``, ``gs://…``, ``file://…``); remote ones go
-through :mod:`featcache.remote` (fsspec), and messages show them redacted.
+through :mod:`featcache.location` (fsspec), and messages show them redacted.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from featcache import remote
-from featcache.errors import UserError
+from common.errors import UserError
+from featcache import location as where
+from featcache.location import display
 
 # 2: every chunk is written, fill-valued ones too, so a missing chunk is damage (version 1 skipped them)
 SCHEMA_VERSION = 2
@@ -121,37 +122,27 @@ def _codecs(layout: Layout) -> list:
     return [ZstdCodec(level=3), Crc32cCodec()] if layout.compress else [Crc32cCodec()]
 
 
-def location(path: str | Path) -> str | Path:
-    """A local ``Path`` for plain paths and ``file://`` URLs, the URL itself for remote stores."""
-    return str(path) if remote.is_remote(path) else Path(remote.to_local(path))
-
-
-def display(path: str | Path) -> str:
-    """How a location appears in messages and logs: URLs without secrets."""
-    return remote.redact(path) if remote.is_url(path) else str(Path(path))
-
-
 def _storage_errors(path: str | Path):
     """Remote I/O failures become one-line UserErrors; local ones keep their usual exceptions."""
-    return remote.storage_errors(path) if remote.is_remote(path) else contextlib.nullcontext()
+    return where.storage_errors(path) if where.is_remote(path) else contextlib.nullcontext()
 
 
 def open_group(path: str | Path, mode: str):
     import zarr
 
-    if remote.is_remote(path):
-        with remote.storage_errors(path):
-            return zarr.open_group(store=remote.zarr_store(str(path), read_only=mode == "r"), mode=mode,
+    if where.is_remote(path):
+        with where.storage_errors(path):
+            return zarr.open_group(store=where.zarr_store(str(path), read_only=mode == "r"), mode=mode,
                                    zarr_format=3)
-    return zarr.open_group(str(remote.to_local(path)), mode=mode, zarr_format=3)
+    return zarr.open_group(str(where.to_local(path)), mode=mode, zarr_format=3)
 
 
 def _create_group(path: str | Path, attributes: dict):
     import zarr
 
-    if remote.is_remote(path):
-        return zarr.create_group(remote.zarr_store(str(path), read_only=False), zarr_format=3, attributes=attributes)
-    return zarr.create_group(str(remote.to_local(path)), zarr_format=3, attributes=attributes)
+    if where.is_remote(path):
+        return zarr.create_group(where.zarr_store(str(path), read_only=False), zarr_format=3, attributes=attributes)
+    return zarr.create_group(str(where.to_local(path)), zarr_format=3, attributes=attributes)
 
 
 def create_store(path: str | Path, layout: Layout, manifest: dict, per_sample: dict[str, np.ndarray]):
@@ -194,9 +185,9 @@ def remove_partials(path: str | Path) -> int:
     """Delete temporary ``*.partial`` files a killed writer left (zarr writes temp file + rename).
 
     Local stores only: object stores write each object in one PUT and leave no temp files."""
-    if remote.is_remote(path):
+    if where.is_remote(path):
         return 0
-    stray = list(Path(remote.to_local(path)).rglob("*.partial"))
+    stray = list(Path(where.to_local(path)).rglob("*.partial"))
     for file in stray:
         file.unlink(missing_ok=True)
     return len(stray)
@@ -221,27 +212,27 @@ def mark_complete(group) -> None:
 
 
 def store_exists(path: str | Path) -> bool:
-    if remote.is_remote(path):
-        return remote.exists(path, remote.ROOT_METADATA)
-    return (Path(remote.to_local(path)) / "zarr.json").is_file()
+    if where.is_remote(path):
+        return where.exists(path, where.ROOT_METADATA)
+    return (Path(where.to_local(path)) / "zarr.json").is_file()
 
 
 def is_foreign(path: str | Path) -> bool:
     """Something is at ``path`` that is not a customkd store: writers must leave it alone.
 
     An empty directory is not foreign (nothing to lose); a half-copied store is (no manifest yet)."""
-    if remote.is_remote(path):
-        return not store_exists(path) and remote.is_occupied(path)
-    p = Path(remote.to_local(path))
+    if where.is_remote(path):
+        return not store_exists(path) and where.is_occupied(path)
+    p = Path(where.to_local(path))
     return p.exists() and not store_exists(p) and (p.is_file() or any(p.iterdir()))
 
 
 def delete_store(path: str | Path) -> None:
     """Remove a whole store (``--overwrite``, or a store killed while being created)."""
-    if remote.is_remote(path):
-        remote.delete(path)
+    if where.is_remote(path):
+        where.delete(path)
         return
-    local = Path(remote.to_local(path))
+    local = Path(where.to_local(path))
     if local.is_symlink():
         raise UserError(f"{display(path)} is a symbolic link; point --out at the store directory itself "
                         "(nothing was deleted)")
@@ -255,18 +246,18 @@ def delete_store(path: str | Path) -> None:
 def _check_openable(path: str | Path) -> str:
     """Clear errors for a missing location, a single file, or an interrupted push/pull; the display name."""
     name = display(path)
-    if not remote.is_remote(path):
-        p = Path(remote.to_local(path))
+    if not where.is_remote(path):
+        p = Path(where.to_local(path))
         if p.exists() and not p.is_dir():
             raise UserError(f"cache {name} is a regular file, not a Zarr store directory; pass the .zarr directory")
         if p.is_dir():
             list_objects(path)  # refuses links, pipes and devices before zarr opens anything
     if store_exists(path):
         return name
-    if remote.exists(path, remote.COPY_MARKER):
+    if where.exists(path, where.COPY_MARKER):
         raise UserError(f"cache {name} is incomplete: a `customkd cache push/pull` into it was interrupted before "
                         "its manifest was written; rerun the same command to finish the copy")
-    if remote.is_remote(path):
+    if where.is_remote(path):
         raise UserError(f"cache {name} does not exist (or these credentials cannot see it); put a store there with "
                         f"`customkd cache push LOCAL {name}` or `customkd extract --out {name}`")
     raise UserError(f"cache {name} does not exist; run `make extract` (or `customkd extract --out {name}`) first")
@@ -305,7 +296,7 @@ def open_complete_store(path: str | Path):
 
 
 def _reason(exc: BaseException) -> str:
-    return remote.redact(str(exc).split("\n")[0][:160]) or type(exc).__name__
+    return where.redact(str(exc).split("\n")[0][:160]) or type(exc).__name__
 
 
 # ---------------------------------------------------------------- a store is untrusted input (DESIGN §10)
@@ -367,8 +358,8 @@ def _check_data_spec(manifest: dict, path: str | Path) -> None:
         part_kind, _, named = part.partition(":")
         _need(part_kind == "unlabeled" and "=" in named, f"'data_spec' part {part[:40]!r} is not unlabeled:NAME=PATH")
         folders.append(named.partition("=")[2])
-    if not remote.is_remote(path):
-        root = Path(remote.to_local(path)).resolve()
+    if not where.is_remote(path):
+        root = Path(where.to_local(path)).resolve()
         for folder in folders:
             _need(not Path(folder).expanduser().resolve().is_relative_to(root), "'data_spec' points inside the "
                   "store itself (a store holds features, never the dataset it was made from)")
@@ -467,9 +458,9 @@ def list_objects(path: str | Path) -> dict[str, int]:
     For a local store this walks the directory without following links and refuses anything that is
     not a regular file or a directory: a link could point outside the store (or at ``/dev/zero``), a
     named pipe would block every reader. Remote stores are listed through fsspec."""
-    if remote.is_remote(path):
-        return remote.list_objects(path)
-    root = Path(remote.to_local(path))
+    if where.is_remote(path):
+        return where.list_objects(path)
+    root = Path(where.to_local(path))
     found: dict[str, int] = {}
     pending = [root]
     while pending:
@@ -510,12 +501,12 @@ def chunk_problems(group, path: str | Path) -> list[str]:
 
 def store_identity(path: str | Path) -> str:
     """Hash of the root ``zarr.json`` (manifest, fingerprint, completion time): changes when a store is replaced."""
-    if remote.is_remote(path):
-        fs_, root = remote.filesystem(path)
-        with remote.storage_errors(path):
-            blob = fs_.cat_file(f"{root}/{remote.ROOT_METADATA}")
+    if where.is_remote(path):
+        fs_, root = where.filesystem(path)
+        with where.storage_errors(path):
+            blob = fs_.cat_file(f"{root}/{where.ROOT_METADATA}")
     else:
-        meta = Path(remote.to_local(path)) / remote.ROOT_METADATA
+        meta = Path(where.to_local(path)) / where.ROOT_METADATA
         if not meta.is_file() or meta.is_symlink():
             raise UserError(f"cache {display(path)} has no manifest any more (root zarr.json is gone)")
         blob = meta.read_bytes()

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from featcache.errors import UserError
-from featcache.hub import hub_mode
-from featcache.weights import bundled_weights_path, load_efficientnet_lite_state, load_state_dict_file
+from common.errors import UserError
+from common.hub import hub_mode
+from common.weights import bundled_weights_path, load_efficientnet_lite_state, load_state_dict_file
 
 RANDOM_WEIGHTS = "random"
 HF_FILES = ("model.safetensors", "pytorch_model.bin")

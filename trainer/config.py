@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from featcache.errors import UserError
+from common.errors import UserError
 
 SETTINGS = ("supervised", "ssl", "uda")
 METHOD_NAMES = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+dkd")  # = trainer.methods.METHODS

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.errors import UserError
 from featcache import store as fs
 from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key
-from featcache.errors import UserError
 from featcache.views import replay_pil, to_tensor, view_seed
 from trainer.config import DistillConfig
 from trainer.features import ShardedFeatures, open_features
@@ -145,7 +145,7 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     if rows:
         raise UserError(f"cache does not match the dataset (fingerprint component 'dataset': {rows}); "
                         f"{_rebuild_hint(cfg.cache)}")
-    from featcache.inspect import listing_problems
+    from featcache.cache_ops import listing_problems
 
     differ = listing_problems(listing, manifest, arrays["labels"], arrays["domain"], arrays["split"])
     if differ:

@@ -6,7 +6,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -16,8 +15,10 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from featcache.errors import UserError
-from trainer import dist, loop
+from common import distributed
+from common.errors import UserError
+from common.files import atomic_path, write_json
+from trainer import ddp, loop
 from trainer.config import DistillConfig
 from trainer.data import (
     CachedData,
@@ -154,12 +155,6 @@ def make_customizer_optimizer(cfg: DistillConfig, method) -> torch.optim.Optimiz
                              weight_decay=cfg.customizer_weight_decay)
 
 
-def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
-
-
 def flatten(record: dict, prefix: str = "") -> dict:
     """{"train": {"loss": 1}} → {"train/loss": 1}; lists become one column per item."""
     flat = {}
@@ -179,12 +174,10 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
 
     rows = [flatten(record) for record in history]
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as partial, open(partial, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 class EpochFeatures:
@@ -212,7 +205,7 @@ class Session:
     """Everything one training run holds; built once by :func:`setup`, advanced by :func:`run_epoch`."""
 
     cfg: DistillConfig
-    env: dist.DistEnv
+    env: distributed.DistEnv
     device: torch.device
     run: Path
     data: CachedData
@@ -238,10 +231,10 @@ class Session:
         return self.cfg.epochs_for(len(self.split.train))
 
 
-def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Session:
+def setup(cfg: DistillConfig, env: distributed.DistEnv, device: torch.device) -> Session:
     resolve_method(cfg.method)
     resolve_student(cfg.student)
-    run = Path(dist.on_main(env, lambda: str(check_run_dir(cfg))))
+    run = Path(distributed.on_main(env, lambda: str(check_run_dir(cfg))))
     seed_everything(cfg.seed)
     pinned = json.loads((run / "config.json").read_text())["store_fingerprint"] if cfg.resume else None
     data = load_cached_data(cfg, pinned)
@@ -263,7 +256,7 @@ def setup(cfg: DistillConfig, env: dist.DistEnv, device: torch.device) -> Sessio
                                         find_unused_parameters=True)  # the customizer trains outside DDP
     steps = cfg.epochs_for(len(split.train)) * cfg.steps_per_epoch(len(split.train))
     optimizer, scheduler, customizer_opt = make_optimizers(cfg, student, method, steps)
-    dist.on_main(env, lambda: claim_run_dir(cfg, run))  # last: a run refused above leaves nothing behind
+    distributed.on_main(env, lambda: claim_run_dir(cfg, run))  # last: a run refused above leaves nothing behind
     row_labels = np.full(len(data.labels), -1, dtype=np.int64)
     row_labels[split.train] = split.train_labels
     return Session(cfg, env, device, run, data, split, norm, probe.to(device), probe_metrics, student, method,
@@ -283,7 +276,7 @@ def run_config(s: Session, started: dt.datetime) -> dict:
             "store_fingerprint": {k: v["hash"] for k, v in s.data.manifest["fingerprint"].items()},
             "n_train": len(s.split.train), "n_labeled": s.split.n_labeled, "n_eval": len(s.split.eval),
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
-            "world_size": s.env.world, "batch_rule": dist.BATCH_RULE,
+            "world_size": s.env.world, "batch_rule": ddp.BATCH_RULE,
             "effective_epochs": s.epochs, "optimizer_steps": s.epochs * s.cfg.steps_per_epoch(len(s.split.train)),
             "student_activation": type(s.method.ctx.student_activation).__name__,
             "alternation": "after customize_warmup KD epochs, one customization epoch before every "
@@ -313,7 +306,7 @@ def eval_batches(s: Session) -> list[list[tuple]]:
 
 def evaluate_epoch(s: Session, loader: EpochBatches) -> dict:
     """Eval metrics over the held-out rows (the same batches every epoch), each rank predicting its share."""
-    parts = dist.all_gather_objects(s.env, loop.predict(s.student, loader, s.device))
+    parts = distributed.all_gather_objects(s.env, loop.predict(s.student, loader, s.device))
     seen, preds = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     return loop.classification_metrics(s.data.labels[seen], preds, s.num_classes)
 
@@ -332,7 +325,7 @@ def customize(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> d
         s.method, s.student.head, EpochFeatures(data.features, order, views, s.norm, s.device),
         torch.from_numpy(s.row_labels[order]).to(s.device), s.probe, s.customizer_opt, generator,
         batch_size=cfg.batch_size, order=torch.arange(len(order)) if data.streaming else None)
-    dist.broadcast_module(s.env, s.method)
+    ddp.broadcast_module(s.env, s.method)
     return record
 
 
@@ -345,7 +338,7 @@ def epoch_plan(s: Session, epoch: int) -> tuple[np.ndarray, np.ndarray, list, li
     order = s.split.train[positions]
     views = epoch_views(order, data.n_views, epoch, cfg.view_sampling, cfg.seed)
     items = list(zip(order.tolist(), views.tolist(), [epoch] * len(order), strict=True))
-    batches, counts = dist.split_global_batches(items, cfg.batch_size, s.env, s.row_labels)
+    batches, counts = ddp.split_global_batches(items, cfg.batch_size, s.env, s.row_labels)
     return order, views, batches, counts
 
 
@@ -378,13 +371,9 @@ def save_student(s: Session) -> None:
     """student.safetensors, written whole (temporary file, then rename) with the umask's permissions."""
     from safetensors.torch import save_file
 
-    path = s.run / "student.safetensors"
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in s.student.model.state_dict().items()}, str(tmp))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates it 0600; the other run files are 0644
-    os.replace(tmp, path)
+    # safetensors creates its file 0600; the other run files are 0644 under the usual umask
+    with atomic_path(s.run / "student.safetensors", mode=0o666) as partial:
+        save_file({k: v.contiguous() for k, v in s.student.model.state_dict().items()}, str(partial))
 
 
 def train(s: Session, started: dt.datetime) -> dict:
@@ -424,7 +413,7 @@ def train(s: Session, started: dt.datetime) -> dict:
     if env.main:
         save_student(s)
         write_json(s.run / "metrics.json", {"epochs": s.history, "final": final, "teacher_probe": s.probe_metrics})
-    dist.barrier(env)
+    distributed.barrier(env)
     return final
 
 
@@ -434,7 +423,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
     Under torchrun every rank runs this; only rank 0 writes files."""
     started, clock = dt.datetime.now(dt.UTC), time.perf_counter()
     cfg = dataclasses.replace(cfg, cache=absolute(cfg.cache))  # a run is usable from any directory
-    env, device = dist.init_distributed(cfg.device)
+    env, device = distributed.init_distributed(cfg.device)
     try:
         s = setup(cfg, env, device)
         final = train(s, started)

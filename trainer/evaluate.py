@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.devices import resolve_device
+from common.errors import UserError
+from common.files import atomic_path
 from featcache import store as fs
 from featcache.datasets import load_listing
-from featcache.errors import UserError
-from featcache.parallel import resolve_device
 from featcache.views import ViewRecipe, centre_view
 from trainer.config import DistillConfig
 from trainer.data import StudentViews, load_cached_data, make_loader, make_split
@@ -127,19 +128,17 @@ def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
     dynamic = _takes_any_size(student.model, size)
     axes = {"images": {0: "batch", **({2: "height", 3: "width"} if dynamic else {})}, "logits": {0: "batch"}}
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    partial = target.with_name(target.name + ".partial")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(student.model, (example,), str(partial), dynamo=False, input_names=["images"],
-                          output_names=["logits"], dynamic_axes=axes)
-    model = onnx.load(str(partial))
-    onnx.helper.set_model_props(model, onnx_metadata(config, run_preprocess(config, student)))
-    onnx.save(model, str(partial))
-    error = _check_onnx(str(partial), student, [size, size + 32] if dynamic else [size])
-    if error > atol:
-        partial.unlink()
-        raise UserError(f"ONNX export of {run} differs from PyTorch by {error:.2e} > {atol}; do not deploy it")
-    os.replace(partial, target)
+    with atomic_path(target) as partial:  # a refused export leaves nothing behind
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(student.model, (example,), str(partial), dynamo=False, input_names=["images"],
+                              output_names=["logits"], dynamic_axes=axes)
+        model = onnx.load(str(partial))
+        onnx.helper.set_model_props(model, onnx_metadata(config, run_preprocess(config, student)))
+        onnx.save(model, str(partial))
+        error = _check_onnx(str(partial), student, [size, size + 32] if dynamic else [size])
+        if error > atol:
+            raise UserError(f"ONNX export of {run} differs from PyTorch by {error:.2e} > {atol}; do not deploy it")
     return error
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from featcache.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 FEATURE_MODES = ("auto", "ram", "stream")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featcache.errors import UserError
+from common.devices import autocast, resolve_precision
+from common.distributed import is_main_process
+from common.errors import UserError
+from common.files import atomic_path
 from trainer.methods import BatchCounts, Method, StepInputs
 from trainer.students import Student
 
@@ -52,8 +54,8 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
-    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 draws progress
-    return tqdm(total=total, desc=desc, unit="img", leave=False, smoothing=0.1, mininterval=1.0, disable=quiet)
+    return tqdm(total=total, desc=desc, unit="img", leave=False, smoothing=0.1, mininterval=1.0,
+                disable=not is_main_process())  # under torchrun only rank 0 draws progress
 
 
 def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, labels: torch.Tensor,
@@ -87,11 +89,6 @@ def to_device(tensor: torch.Tensor, device: torch.device, channels_last: bool = 
     return pinned.to(device, non_blocking=True, memory_format=layout)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on GPU (mixed precision); plain fp32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 class DistillModule(nn.Module):
     """Student + method as one module, so DistributedDataParallel syncs the student and the adapters."""
 
@@ -102,7 +99,7 @@ class DistillModule(nn.Module):
     def forward(self, pixels: torch.Tensor, strong: torch.Tensor | None, teacher: torch.Tensor, labels: torch.Tensor,
                 probe_logits: torch.Tensor, epoch: int, fixmatch: tuple[float, float] | None,
                 counts: BatchCounts | None = None) -> dict:
-        with _autocast(pixels.device):
+        with autocast(pixels.device, resolve_precision("auto", pixels.device)):
             if strong is not None:
                 both_features, both_logits = self.student(torch.cat([pixels, strong]))
                 student_features, _ = both_features.float().chunk(2)
@@ -149,10 +146,10 @@ def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray
 
     ``fixmatch = (threshold, weight)`` adds the FixMatch term on strong views the loader supplies.
     Under DDP, ``model`` is the wrapped :class:`DistillModule`, ``counts`` the global-batch
-    denominators of :func:`trainer.dist.split_global_batches` and ``env`` reduces the logged sums.
+    denominators of :func:`trainer.ddp.split_global_batches` and ``env`` reduces the logged sums.
     Logged parts are means over the epoch's samples (each global batch weighted by its size). Loss
     parts stay on the device and are read every :data:`SYNC_EVERY` steps, so no step waits for the GPU."""
-    from trainer import dist
+    from common import distributed
 
     model = model if model is not None else DistillModule(student, method)
     model.train()
@@ -193,7 +190,7 @@ def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray
     _add_loss_parts(sums, pending, epoch)
     progress.close()
     seconds = time.perf_counter() - started
-    sums = dist.reduce_sums(env, dict(sums)) if env is not None else dict(sums)
+    sums = distributed.reduce_sums(env, dict(sums)) if env is not None else dict(sums)
     seen, weight = sums.pop("_seen", 0), sums.pop("_weight", 0)
     means = {k: v / max(weight, 1e-9) for k, v in sums.items()}
     if "customized_ms" in means:  # CustomKD: is the customized target on the student's scale?
@@ -244,7 +241,7 @@ def predict(student: Student, loader, device: torch.device) -> tuple[np.ndarray,
     channels_last = prefers_channels_last(student, device)
     rows, preds = [], []
     for pixels, batch_rows, *_ in loader:
-        with _autocast(device):
+        with autocast(device, resolve_precision("auto", device)):
             _, logits = student(to_device(pixels, device, channels_last))
         rows.append(batch_rows.numpy())
         preds.append(logits.argmax(1))
@@ -264,9 +261,8 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: i
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic: a kill while saving never leaves a broken checkpoint under ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as partial:
+        torch.save(state, partial)
 
 
 def load_checkpoint(path: Path) -> dict:

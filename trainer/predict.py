@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from common.errors import UserError
+from common.files import atomic_path
 from featcache.datasets import IMAGE_SUFFIXES, to_8bit
-from featcache.errors import UserError
 from featcache.views import ViewRecipe, centre_view, replay
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
                    workers: int = 2) -> int:
     """Write ``out`` (CSV: path, class, one probability per class) for every image of ``images``; returns the
     number of images. Never overwrites a file; an unreadable image is named in one error line."""
-    from featcache.parallel import resolve_device
+    from common.devices import resolve_device
     from trainer.evaluate import load_run, run_preprocess
 
     target = Path(out)
@@ -86,12 +86,10 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
             bad += [f"{files[i].name} ({e})" for i, e in zip(index.tolist(), errors, strict=True) if e]
     if bad:
         raise UserError(f"{len(bad)} unreadable image(s): {'; '.join(bad[:5])}; remove or fix them and rerun")
-    partial = target.with_name(target.name + ".partial")
-    with open(partial, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(target) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "class", *config["classes"]])
         for file, row in zip(files, probabilities, strict=True):
             writer.writerow([str(file), config["classes"][int(row.argmax())], *(f"{p:.6f}" for p in row)])
-    os.replace(partial, target)  # nothing half-written is left looking complete
     log.info("predicted %d image(s) with %s on %s", len(files), run, torch_device)
     return len(files)

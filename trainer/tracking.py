@@ -9,53 +9,18 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import importlib.metadata as md
 import math
-import subprocess
 import sys
 from pathlib import Path
 
+from common.provenance import file_sha256, git_commit, library_versions
 from featcache import store as fs
-
-LIBRARIES = ("torch", "torchvision", "timm", "open_clip_torch", "zarr", "numpy", "safetensors", "customkd")
-
-
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
-def git_commit() -> str | None:
-    """The commit of the customkd code that runs, when it runs from a git checkout (``+dirty`` if edited)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+from featcache.location import is_url
 
 
 def absolute(path: str) -> str:
     """A local path made absolute (a run can then be used from any directory); URLs unchanged."""
-    return path if fs.remote.is_url(path) else str(Path(path).expanduser().resolve())
+    return path if is_url(path) else str(Path(path).expanduser().resolve())
 
 
 def provenance(cache: str, student_weights: str | None, started: dt.datetime) -> dict:

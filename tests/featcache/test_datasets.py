@@ -5,8 +5,8 @@ import pytest
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
+from common.errors import UserError
 from featcache.datasets import load_listing
-from featcache.errors import UserError
 from featcache.views import ViewRecipe, draw_views, replay
 from tests.conftest import make_image_folder
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import zarr
 
+from common.errors import UserError
+from featcache import location as where
 from featcache import remote
 from featcache import store as fs
-from featcache.errors import UserError
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
 
 BUCKET = "customkd-test"
@@ -43,9 +44,9 @@ def s3(s3_server, monkeypatch, request) -> str:
                         "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
         monkeypatch.setenv(name, value)
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN",
-                 remote.OPTIONS_VARIABLE):
+                 where.OPTIONS_VARIABLE):
         monkeypatch.delenv(name, raising=False)
-    s3fs, _ = remote.filesystem(f"s3://{BUCKET}")
+    s3fs, _ = where.filesystem(f"s3://{BUCKET}")
     if not s3fs.exists(BUCKET):
         s3fs.mkdir(BUCKET)
     return f"s3://{BUCKET}/{request.node.name}"
@@ -69,20 +70,20 @@ def _cli(*args: str):
 
 
 def test_redact_and_options(monkeypatch):
-    assert remote.redact("s3://AKIAEXAMPLE:wJalr/XUt@bucket/c.zarr") == "s3://***@bucket/c.zarr"
-    assert (remote.redact("https://h/c.zarr?versionId=3&X-Amz-Signature=abc&X-Amz-Security-Token=t")
+    assert where.redact("s3://AKIAEXAMPLE:wJalr/XUt@bucket/c.zarr") == "s3://***@bucket/c.zarr"
+    assert (where.redact("https://h/c.zarr?versionId=3&X-Amz-Signature=abc&X-Amz-Security-Token=t")
             == "https://h/c.zarr?versionId=3&X-Amz-Signature=***&X-Amz-Security-Token=***")
-    assert remote.redact("cannot read gs://user:pw@b/c.zarr/zarr.json") == "cannot read gs://***@b/c.zarr/zarr.json"
-    assert remote.redact("s3://bucket/c.zarr") == "s3://bucket/c.zarr"
-    assert remote.is_url("s3://b/c.zarr") and remote.is_url("file:///tmp/c.zarr") and not remote.is_url("caches/c.zarr")
-    assert not remote.is_remote("file:///tmp/c.zarr") and remote.to_local("file:///tmp/c.zarr") == "/tmp/c.zarr"
-    for name in (*remote.S3_ENDPOINT_VARIABLES, remote.OPTIONS_VARIABLE):
+    assert where.redact("cannot read gs://user:pw@b/c.zarr/zarr.json") == "cannot read gs://***@b/c.zarr/zarr.json"
+    assert where.redact("s3://bucket/c.zarr") == "s3://bucket/c.zarr"
+    assert where.is_url("s3://b/c.zarr") and where.is_url("file:///tmp/c.zarr") and not where.is_url("caches/c.zarr")
+    assert not where.is_remote("file:///tmp/c.zarr") and where.to_local("file:///tmp/c.zarr") == "/tmp/c.zarr"
+    for name in (*where.S3_ENDPOINT_VARIABLES, where.OPTIONS_VARIABLE):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:1")
-    assert remote.storage_options_from_env("s3://b/c")["endpoint_url"] == "http://generic:1"
+    assert where.storage_options_from_env("s3://b/c")["endpoint_url"] == "http://generic:1"
     monkeypatch.setenv("CUSTOMKD_S3_ENDPOINT", "http://ours:2")
-    assert remote.storage_options_from_env("s3://b/c")["endpoint_url"] == "http://ours:2"
-    assert "endpoint_url" not in remote.storage_options_from_env("gs://b/c")
+    assert where.storage_options_from_env("s3://b/c")["endpoint_url"] == "http://ours:2"
+    assert "endpoint_url" not in where.storage_options_from_env("gs://b/c")
     with pytest.raises(UserError) as refused:  # never reaches the network, never echoes the secret
         fs.open_complete_store("s3://AKIAEXAMPLE:topsecret@bucket/c.zarr")
     assert "topsecret" not in str(refused.value) and "AWS_SECRET_ACCESS_KEY" in str(refused.value)
@@ -90,7 +91,7 @@ def test_redact_and_options(monkeypatch):
 
 def test_extract_straight_to_s3(tiny_folder, tiny_store, s3):
     from featcache.extract import ExtractConfig, extract
-    from featcache.inspect import store_info, verify_store
+    from featcache.cache_ops import store_info, verify_store
 
     cfg = ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=f"{s3}/c.zarr", views=3,
                         weights="random", workers=0, shard_size=8, chunk_size=4)
@@ -131,14 +132,14 @@ def test_interrupted_copies_are_never_complete_and_resume(tiny_store, s3, monkey
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(remote, "_write_last", killed)
         remote.push(tiny_store, url)
-    assert remote.exists(url, "features/zarr.json") and not fs.store_exists(url)
+    assert where.exists(url, "features/zarr.json") and not fs.store_exists(url)
     with pytest.raises(UserError, match="incomplete"):
         fs.open_complete_store(url)
     resumed = remote.push(tiny_store, url)
     n_objects = len(_files(Path(tiny_store)))
     assert resumed.objects_copied == 1 and resumed.objects_skipped == n_objects - 1  # only the root was missing
     assert fs.read_manifest(fs.open_complete_store(url))["status"] == fs.STATUS_COMPLETE
-    assert not remote.exists(url, remote.COPY_MARKER)
+    assert not where.exists(url, where.COPY_MARKER)
 
     local = tmp_path / "pulled.zarr"
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
@@ -157,11 +158,11 @@ def test_refusals(tiny_store, s3, tmp_path):
     fs.set_status(zarr.open_group(str(half), mode="r+"), fs.STATUS_IN_PROGRESS)
     with pytest.raises(UserError, match="incomplete"):
         remote.push(half, f"{s3}/half.zarr")
-    assert not remote.is_occupied(f"{s3}/half.zarr")
+    assert not where.is_occupied(f"{s3}/half.zarr")
 
     url = f"{s3}/c.zarr"
     remote.push(tiny_store, url)
-    group = zarr.open_group(store=remote.zarr_store(url, read_only=False), mode="r+")
+    group = zarr.open_group(store=where.zarr_store(url, read_only=False), mode="r+")
     manifest = fs.read_manifest(group)
     teacher = {**manifest["fingerprint"]["teacher"], "name": "another_teacher"}  # a store of another teacher
     teacher["hash"] = fs.component_hash({k: v for k, v in teacher.items() if k != "hash"})
@@ -170,7 +171,7 @@ def test_refusals(tiny_store, s3, tmp_path):
     with pytest.raises(UserError, match="different teacher"):
         remote.push(tiny_store, url)
 
-    s3fs, root = remote.filesystem(f"{s3}/mine")
+    s3fs, root = where.filesystem(f"{s3}/mine")
     s3fs.pipe_file(f"{root}/notes.txt", b"keep me")
     with pytest.raises(UserError, match="not a customkd store"):
         remote.push(tiny_store, f"{s3}/mine")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import zarr
 
+from common.errors import UserError
 from featcache import store as fs
-from featcache.errors import UserError
 from featcache.extract import ExtractConfig, extract, shard_size_for
 from tests.conftest import TINY_TEACHER
 

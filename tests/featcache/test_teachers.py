@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from common.errors import UserError
 from featcache import teachers, weights
-from featcache.errors import UserError
 
 
 def test_registry_entries_resolve():

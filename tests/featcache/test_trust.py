@@ -18,11 +18,11 @@ import pytest
 import zarr
 from PIL import Image
 
+from common.errors import UserError
 from featcache import store as fs
 from featcache.datasets import load_listing
-from featcache.errors import UserError
 from featcache.extract import ExtractConfig, extract
-from featcache.inspect import verify_store
+from featcache.cache_ops import verify_store
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder
 from trainer.config import DistillConfig
 from trainer.data import load_cached_data

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from featcache.errors import UserError
+from common.errors import UserError
 from trainer.config import DistillConfig
 from trainer.data import epoch_order, epoch_views, select_labeled
 

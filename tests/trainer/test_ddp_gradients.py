@@ -31,7 +31,8 @@ def _batch() -> dict:
 
 
 def _gradients(name: str, fixmatch: bool, rank: int, world: int) -> dict[str, torch.Tensor]:
-    from trainer import dist
+    from common.distributed import DistEnv
+    from trainer import ddp
     from trainer.config import DistillConfig
     from trainer.feature_range import output_activation
     from trainer.loop import DistillModule
@@ -48,10 +49,10 @@ def _gradients(name: str, fixmatch: bool, rank: int, world: int) -> dict[str, to
         method.rounds += 1  # after one customization round: the task-specific term is on
         torch.nn.init.normal_(method.customizer.weight)
     model = DistillModule(student, method)
-    env = dist.DistEnv(rank, world)
+    env = DistEnv(rank, world)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    (mine,), (counts,) = dist.split_global_batches([(i, 0, 0) for i in range(8)], 8, env, LABELS)
+    (mine,), (counts,) = ddp.split_global_batches([(i, 0, 0) for i in range(8)], 8, env, LABELS)
     rows = [item[0] for item in mine]
     b = _batch()
     parts = model(b["pixels"][rows], b["strong"][rows] if fixmatch else None, b["teacher"][rows],

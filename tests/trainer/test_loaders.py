@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.errors import UserError
+from common.errors import UserError
 from tests.conftest import TINY_STUDENT
 from trainer import distill as distill_mod
 from trainer import loop
@@ -175,10 +175,10 @@ def test_the_loop_reads_no_scalar_per_step(tiny_store, tmp_path, monkeypatch):
     customization epoch, evaluation) reads loss parts and predictions in bulk instead."""
     import sys
 
-    from trainer import dist
+    from common.distributed import DistEnv
 
     cfg = _config(tiny_store, tmp_path / "run", workers=0, customize_warmup=0)  # customizes before KD epoch 1
-    session = distill_mod.setup(cfg, dist.DistEnv(), torch.device("cpu"))
+    session = distill_mod.setup(cfg, DistEnv(), torch.device("cpu"))
     dataset = StudentViews(session.data, cfg.image_size, session.student.mean, session.student.std)
     held_out = distill_mod.eval_batches(session)
     loaders = (run_loader(dataset, lambda epoch: distill_mod.epoch_plan(session, epoch)[2], range(1), 0),

@@ -40,7 +40,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch
 
 
 def test_existing_run_is_not_overwritten(tiny_store, tmp_path):
-    from featcache.errors import UserError
+    from common.errors import UserError
 
     distill_mod.distill(_config(tiny_store, tmp_path / "r", epochs=1))
     with pytest.raises(UserError, match="already holds a run"):

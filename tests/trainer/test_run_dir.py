@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from featcache.errors import UserError
+from common.errors import UserError
 from tests.conftest import TINY_STUDENT
 from trainer import distill as distill_mod
 from trainer.config import DistillConfig

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from featcache.errors import UserError
-from featcache.weights import BUNDLED_WEIGHTS, bundled_weights_path, load_efficientnet_lite_state
+from common.errors import UserError
+from common.weights import BUNDLED_WEIGHTS, bundled_weights_path, load_efficientnet_lite_state
 from tests.conftest import TINY_STUDENT
 from trainer import students
 from trainer.students import create_student

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from featcache.errors import UserError
+from common.errors import UserError
 from trainer.methods.base import BatchCounts, Method, MethodContext, StepInputs
 from trainer.methods.customkd import CustomKD, CustomKDWithDKD
 from trainer.methods.dkd import DKD

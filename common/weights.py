@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from featcache.errors import UserError
+from common.errors import UserError
 
 
 def load_state_dict_file(path: str | Path, flag: str = "--weights") -> dict[str, torch.Tensor]:

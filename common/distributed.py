@@ -1,6 +1,8 @@
 """torchrun process groups for both processes: which rank am I, barriers, small collectives.
 
-Launched without torchrun everything degrades to a single process (world size 1, no-ops).
+Launched without torchrun everything degrades to a single process (world size 1, no-ops). torch is
+imported inside the functions that need it, so the CLI can ask :func:`is_main_process` before any
+heavy import (``--help`` stays instant).
 """
 
 from __future__ import annotations
@@ -8,23 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as torch_dist
+from common.errors import UserError
 
-from featcache.errors import UserError
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; CUDA asked for without a GPU is refused.
-    Both processes resolve ``--device`` here."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device != "cpu" and device != "cuda" and not device.startswith("cuda:"):
-        raise UserError(f"unknown --device {device!r}; known: auto, cpu, cuda, cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for CUDA but no GPU is visible; use --device cpu")
-    return torch.device(device)
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -42,10 +33,23 @@ class DistEnv:
         return self.world > 1
 
 
+def process_env() -> DistEnv:
+    """This process's place under torchrun, read from its environment (rank 0 of 1 without torchrun)."""
+    return DistEnv(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                   int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def is_main_process() -> bool:
+    """Rank 0 speaks for everyone: logs, progress bars, messages. The only rank test in the project."""
+    return process_env().main
+
+
 def init_distributed(device: str) -> tuple[DistEnv, torch.device]:
     """Join the torchrun process group when launched by torchrun; pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    env = DistEnv(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    import torch
+    import torch.distributed as torch_dist
+
+    env = process_env()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     chosen = torch.device(f"cuda:{env.local_rank}") if device == "cuda" else torch.device(device)
@@ -58,12 +62,16 @@ def init_distributed(device: str) -> tuple[DistEnv, torch.device]:
 
 
 def barrier(env: DistEnv) -> None:
+    import torch.distributed as torch_dist
+
     if env.active:
         torch_dist.barrier()
 
 
 def broadcast_object(env: DistEnv, value):
     """Rank 0's ``value`` on every rank."""
+    import torch.distributed as torch_dist
+
     if not env.active:
         return value
     box = [value]
@@ -72,6 +80,8 @@ def broadcast_object(env: DistEnv, value):
 
 
 def all_gather_objects(env: DistEnv, value) -> list:
+    import torch.distributed as torch_dist
+
     if not env.active:
         return [value]
     out = [None] * env.world
@@ -81,6 +91,9 @@ def all_gather_objects(env: DistEnv, value) -> list:
 
 def reduce_sums(env: DistEnv, sums: dict[str, float]) -> dict[str, float]:
     """Sum each named float over ranks (same keys on every rank)."""
+    import torch
+    import torch.distributed as torch_dist
+
     if not env.active:
         return sums
     keys = sorted(sums)

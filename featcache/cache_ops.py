@@ -1,27 +1,28 @@
-"""Reading a store as a person sharing it would: summary, verification, teacher re-check, HDF5 export."""
+"""The `customkd cache` commands: info, verify, HDF5 export/import (the store as one file), and the
+teacher re-check. Copying stores between locations is featcache/remote.py."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 
-from featcache import remote
+from common.errors import UserError
+from common.files import atomic_path
+from featcache import location as where
 from featcache import store as fs
 from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key
-from featcache.errors import UserError
 
 log = logging.getLogger(__name__)
 ARRAYS = fs.ARRAYS
 
 
 def _size_on_disk(path: str) -> int:
-    if remote.is_remote(path):
-        return remote.size_bytes(path)  # one listing instead of a stat per object
-    return sum(p.stat().st_size for p in fs.location(path).rglob("*") if p.is_file())
+    if where.is_remote(path):
+        return where.size_bytes(path)  # one listing instead of a stat per object
+    return sum(p.stat().st_size for p in where.location(path).rglob("*") if p.is_file())
 
 
 def store_info(path: str) -> dict:
@@ -188,17 +189,15 @@ def export_h5(path: str, h5_path: str) -> None:
 
     group = fs.open_complete_store(path)
     manifest = fs.read_manifest(group)
-    tmp = Path(h5_path).with_name(Path(h5_path).name + ".partial")
-    with h5py.File(tmp, "w") as h5:
+    with atomic_path(h5_path) as partial, h5py.File(partial, "w") as h5:
         for name in ARRAYS:
             h5.create_dataset(name, data=np.asarray(group[name][:]))
         h5.attrs[fs.ATTRS_KEY] = json.dumps(manifest)
-    tmp.replace(h5_path)
 
 
 def _replace_unfinished_import(path: str, manifest: dict) -> None:
     """Refuse an existing destination, unless it is an interrupted import of this same store (then start over)."""
-    taken = remote.is_occupied(path) if remote.is_remote(path) else fs.location(path).exists()
+    taken = where.is_occupied(path) if where.is_remote(path) else where.location(path).exists()
     if not (fs.store_exists(path) or taken):
         return
     try:
@@ -207,8 +206,8 @@ def _replace_unfinished_import(path: str, manifest: dict) -> None:
         stored = None
     same = stored is not None and not fs.fingerprint_diff(stored.get("fingerprint", {}), manifest.get("fingerprint", {}))
     if not same or stored.get("status") == fs.STATUS_COMPLETE:
-        raise UserError(f"{fs.display(path)} already exists; choose a new store path for the import")
-    log.warning("%s holds an interrupted import of this store; importing it again", fs.display(path))
+        raise UserError(f"{where.display(path)} already exists; choose a new store path for the import")
+    log.warning("%s holds an interrupted import of this store; importing it again", where.display(path))
     fs.delete_store(path)
 
 

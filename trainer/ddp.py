@@ -18,15 +18,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from featcache.parallel import (  # noqa: F401 - re-exported for the trainer
-    DistEnv,
-    all_gather_objects,
-    barrier,
-    broadcast_object,
-    init_distributed,
-    on_main,
-    reduce_sums,
-)
+from common.distributed import DistEnv
 from trainer.methods.base import BatchCounts
 
 BATCH_RULE = ("fixed global batch: --batch-size is split across ranks, every loss term normalised by its "
