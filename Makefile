@@ -80,11 +80,11 @@ bench: $(STAMP) ## Benchmark suite, ratios measured side by side (CPU; DEVICE=cu
 	$(PY) -m bench.run $(if $(DEVICE),--device $(DEVICE))
 
 report: $(STAMP) ## 3 regimes x methods x 5 seeds (one extraction per teacher): docs/results.md, figures, README table
-	$(PY) -m bench.compare --cache $(CACHE) --teacher $(TEACHER) --data $(DATA) $(if $(VIEWS),--views $(VIEWS)) $(REPORT_ARGS)
+	$(CUSTOMKD) report --cache $(CACHE) --teacher $(TEACHER) --data $(DATA) $(if $(VIEWS),--views $(VIEWS)) $(REPORT_ARGS)
 
 lint: $(STAMP) ## Check style with ruff
-	$(VENV)/bin/ruff check customkd common featcache trainer cli tests bench
+	$(VENV)/bin/ruff check customkd common featcache trainer cli tests bench report
 
 format: $(STAMP) ## Rewrite style with ruff
-	$(VENV)/bin/ruff check --fix customkd common featcache trainer cli tests bench
-	$(VENV)/bin/ruff format customkd common featcache trainer cli tests bench
+	$(VENV)/bin/ruff check --fix customkd common featcache trainer cli tests bench report
+	$(VENV)/bin/ruff format customkd common featcache trainer cli tests bench report

@@ -6,8 +6,6 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-# glibc's default allocator makes PyTorch page-fault heavily on CPU (DESIGN §9); the Makefile exports this.
-GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 RESULTS_DIR = Path("bench/results")
 DOCS_PATH = Path("docs/benchmarks.md")
 

@@ -6,8 +6,9 @@ import logging
 import os
 from pathlib import Path
 
-from bench.config import GLIBC_TUNABLES, BenchConfig
+from bench.config import BenchConfig
 from bench.worker import run_worker
+from common.devices import GLIBC_TUNABLES
 
 log = logging.getLogger(__name__)
 MODES = ("student", "cached", "online")

@@ -10,6 +10,9 @@ if TYPE_CHECKING:
     import torch
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # precision name → autocast dtype
+# glibc's default allocator makes PyTorch page-fault heavily on CPU (docs/design.md §9): keep freed memory. The
+# Makefile exports the same value; the bench and the report pass it to the processes they start.
+GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 AUTO_PRECISION = {"cuda": "bf16", "cpu": "fp32"}  # auto: bf16 autocast on a GPU, exact fp32 on CPU
 
 

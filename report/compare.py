@@ -1,11 +1,11 @@
-"""``python -m bench.compare`` (``make report``): every regime × method × seed on the embedded default.
+"""``customkd report`` (``make report``): every regime × method × seed on the embedded default.
 
 A *regime* is a student and a teacher (:data:`REGIMES`); a *variant* is a method plus the distill flags
 that make it an ablation (:data:`VARIANTS`). The report extracts once per teacher it needs
 (``customkd extract``), then runs each (regime, variant, seed) as a ``customkd distill`` subprocess, as a
 user would type it. It aggregates the runs' ``metrics.json``, measures how each CustomKD-type run's
-student lines up with its customized target (:mod:`bench.alignment`), pairs every method with CustomKD
-seed by seed (:mod:`bench.results_page`), draws the figures (:mod:`bench.figures`) and writes
+student lines up with its customized target (:mod:`report.alignment`), pairs every method with CustomKD
+seed by seed (:mod:`report.results_page`), draws the figures (:mod:`report.figures`) and writes
 ``docs/results.md``, ``docs/results/`` (figures, ``summary.json``, each run's ``config.json``,
 ``metrics.json``, ``timing.json`` and ``alignment.json``) and the README's headline table.
 
@@ -16,7 +16,6 @@ report can be run in parts (``--regimes``, ``--variants``, ``--seeds``) and pick
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -31,17 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import results_page
-from bench.alignment import CUSTOMIZING_METHODS, run_alignment
-from bench.config import GLIBC_TUNABLES
-from bench.results_page import mean_std
+from common.devices import GLIBC_TUNABLES
+from common.errors import UserError
 from common.files import write_json, write_text
+from report import results_page
+from report.alignment import CUSTOMIZING_METHODS, run_alignment
+from report.config import ReportConfig
+from report.results_page import mean_std
 
-log = logging.getLogger("bench.compare")
-
-DOCS = Path("docs")
-README = Path("README.md")
-
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Variant:
@@ -95,8 +92,6 @@ REGIMES: dict[str, Regime] = {r.slug: r for r in (
     Regime("supervised", "Supervised, every label (reference; not in the default report)",
            ("student", "customkd"), setting="supervised"),
 )}
-DEFAULT_REGIMES = "main,pretrained,large-teacher"
-DEFAULT_SEEDS = "0,1,2,3,4"
 # Bump when a change to customkd's defaults or to this report makes finished runs stale.
 REPORT_VERSION = 3
 
@@ -114,69 +109,25 @@ class Job:
         return f"{self.regime.slug}/{self.variant.slug}"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from featcache.config import ExtractConfig
-    from trainer.config import DEFAULT_LABEL_FRACTION
-
-    extract_defaults = ExtractConfig()  # the report's defaults are extract's and distill's own
-    p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=extract_defaults.data)
-    p.add_argument("--teacher", default=extract_defaults.teacher, help="the teacher of every regime but large-teacher")
-    p.add_argument("--large-teacher", default="efficientnet_lite2", help="the large-teacher regime's teacher")
-    p.add_argument("--cache", default=None, help="--teacher's store (default caches/<data>-<teacher>.zarr)")
-    p.add_argument("--large-cache", default=None, help="--large-teacher's store (default likewise)")
-    p.add_argument("--views", type=int, default=extract_defaults.views)
-    p.add_argument("--teacher-weights", default=None, help="passed to extract --weights (tests use 'random')")
-    p.add_argument("--student", default=None, help="student of the regimes that do not name one (default: distill's)")
-    p.add_argument("--out", type=Path, default=Path("runs/report"), help="the report's run folder")
-    p.add_argument("--regimes", default=DEFAULT_REGIMES, help=f"comma-separated, from {', '.join(REGIMES)}")
-    p.add_argument("--variants", default="", help="keep only these variants in every regime (default: all); "
-                   f"from {', '.join(VARIANTS)}")
-    p.add_argument("--seeds", default=DEFAULT_SEEDS, help="comma-separated seeds (each seed also draws its label subset)")
-    p.add_argument("--epochs", type=int, default=None, help="distill --epochs for every run (default: distill's)")
-    p.add_argument("--min-steps", type=int, default=None, help="distill --min-steps for every run (default: "
-                   "distill's; 0 makes --epochs exact on small data)")
-    p.add_argument("--image-size", type=int, default=None, help="student resolution (default: distill's default)")
-    p.add_argument("--label-fraction", type=float, default=DEFAULT_LABEL_FRACTION, help="SSL label budget")
-    p.add_argument("--parallel", type=int, default=2, help="runs at once; the cores are split between them")
-    p.add_argument("--extra", default="", help="more distill flags for every run, e.g. '--lr 1e-3'")
-    p.add_argument("--docs", type=Path, default=DOCS, help="where results.md and results/ are written")
-    p.add_argument("--readme", type=Path, default=README, help="README whose headline block is rewritten")
-    p.add_argument("--no-docs", action="store_true", help="write nothing outside --out")
-    p.add_argument("--quick", action="store_true", help="smoke run: main regime, 1 seed, 1 epoch, 2 variants, no docs")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.regimes, args.seeds, args.epochs, args.no_docs, args.variants = "main", "0", 1, True, "student,customkd"
-        args.min_steps = 0
-    args.cache = args.cache or default_cache(args.data, args.teacher)
-    args.large_cache = args.large_cache or default_cache(args.data, args.large_teacher)
-    return args
-
-
-def default_cache(data: str, teacher: str) -> str:
-    """``caches/<data>-<teacher>.zarr``, the Makefile's CACHE rule (``folder:/x/oh`` → ``oh``)."""
-    return f"caches/{Path(data).name.replace(':', '-')}-{teacher.replace(':', '-')}.zarr"
-
-
 def names(text: str, table: dict, what: str) -> list:
     unknown = [s for s in text.split(",") if s and s not in table]
     if unknown:
-        sys.exit(f"error: unknown {what} {unknown[0]!r}; choose from {', '.join(table)}")
+        raise UserError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(table)}")
     return [table[s] for s in text.split(",") if s]
 
 
-def teacher_of(regime: Regime, args: argparse.Namespace) -> tuple[str, str]:
+def teacher_of(regime: Regime, cfg: ReportConfig) -> tuple[str, str]:
     """(teacher name, store path) of a regime."""
-    return (args.large_teacher, args.large_cache) if regime.teacher == "large" else (args.teacher, args.cache)
+    return (cfg.large_teacher, cfg.large_cache) if regime.teacher == "large" else (cfg.teacher, cfg.cache)
 
 
-def plan(args: argparse.Namespace) -> list[Job]:
+def plan(cfg: ReportConfig) -> list[Job]:
     """Every run of the report, regime by regime in seed-major order so partial reports are balanced;
     a regime's ``compare_to`` runs are added once where they are not planned already."""
-    seeds = [int(s) for s in args.seeds.split(",")]
-    keep = {v.slug for v in names(args.variants, VARIANTS, "variant")} or set(VARIANTS)
+    seeds = [int(s) for s in cfg.seeds.split(",")]
+    keep = {v.slug for v in names(cfg.variants, VARIANTS, "variant")} or set(VARIANTS)
     wanted: list[tuple[Regime, list[Variant]]] = []
-    for regime in names(args.regimes, REGIMES, "regime"):
+    for regime in names(cfg.regimes, REGIMES, "regime"):
         variants = [VARIANTS[s] for s in regime.variants if s in keep]
         wanted.append((regime, variants))
         if regime.compare_to and variants:
@@ -185,22 +136,22 @@ def plan(args: argparse.Namespace) -> list[Job]:
     for regime, variants in wanted:
         for seed in seeds:
             for v in variants:
-                job = make_job(regime, v, seed, args)
+                job = make_job(regime, v, seed, cfg)
                 jobs.setdefault(job.run_dir, job)
     if not jobs:
-        sys.exit("error: no runs planned; check --regimes, --variants and --seeds")
+        raise UserError("no runs planned; check --regimes, --variants and --seeds")
     return list(jobs.values())
 
 
-def make_job(regime: Regime, variant: Variant, seed: int, args: argparse.Namespace) -> Job:
-    student = regime.student_flags or (("--student", args.student) if args.student else ())
-    budget = ("--label-fraction", str(args.label_fraction)) if regime.setting == "ssl" else ()
-    run_dir = args.out / regime.slug / variant.slug / f"seed{seed}"
-    argv = ("distill", "--cache", teacher_of(regime, args)[1], "--method", variant.method, "--setting",
+def make_job(regime: Regime, variant: Variant, seed: int, cfg: ReportConfig) -> Job:
+    student = regime.student_flags or (("--student", cfg.student) if cfg.student else ())
+    budget = ("--label-fraction", str(cfg.label_fraction)) if regime.setting == "ssl" else ()
+    run_dir = cfg.out / regime.slug / variant.slug / f"seed{seed}"
+    argv = ("distill", "--cache", teacher_of(regime, cfg)[1], "--method", variant.method, "--setting",
             regime.setting, *budget, "--seed", str(seed), *variant.flags, *student,
-            *(["--epochs", str(args.epochs)] if args.epochs else []),
-            *(["--min-steps", str(args.min_steps)] if args.min_steps is not None else []),
-            *(["--image-size", str(args.image_size)] if args.image_size else []), *args.extra.split(),
+            *(["--epochs", str(cfg.epochs)] if cfg.epochs else []),
+            *(["--min-steps", str(cfg.min_steps)] if cfg.min_steps is not None else []),
+            *(["--image-size", str(cfg.image_size)] if cfg.image_size else []), *cfg.extra.split(),
             "--workers", "1", "--out", str(run_dir))
     return Job(regime, variant, seed, run_dir, argv)
 
@@ -218,18 +169,18 @@ def store_state(cache: str) -> str:
     return "complete" if fs.read_manifest(fs.open_store(cache)).get("status") == fs.STATUS_COMPLETE else "partial"
 
 
-def extract(teacher: str, cache: str, args: argparse.Namespace) -> dict:
+def extract(teacher: str, cache: str, cfg: ReportConfig) -> dict:
     """Run (or confirm) one teacher's extraction and say how long it took: timed here when it ran here,
     else the store's own completed − created stamps."""
     from featcache import store as fs
 
     before = store_state(cache)
-    argv = cli_argv("extract", "--teacher", teacher, "--data", args.data, "--out", cache, "--views", str(args.views),
-                    *(["--weights", args.teacher_weights] if args.teacher_weights else []))
+    argv = cli_argv("extract", "--teacher", teacher, "--data", cfg.data, "--out", cache, "--views", str(cfg.views),
+                    *(["--weights", cfg.teacher_weights] if cfg.teacher_weights else []))
     log.info("extract (store %s): %s", before, " ".join(argv[2:]))
     started = time.perf_counter()
     if subprocess.run(argv, env={**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES}).returncode != 0:
-        sys.exit(f"error: the extraction with teacher {teacher} failed (its message is above); fix it and rerun "
+        raise UserError(f"the extraction with teacher {teacher} failed (its message is above); fix it and rerun "
                  "make report")
     seconds = time.perf_counter() - started
     group = fs.open_complete_store(cache)
@@ -252,10 +203,10 @@ def extract(teacher: str, cache: str, args: argparse.Namespace) -> dict:
             "measured": "the store already existed: its own created → completed stamps"}
 
 
-def extract_all(jobs: list[Job], args: argparse.Namespace) -> dict[str, dict]:
+def extract_all(jobs: list[Job], cfg: ReportConfig) -> dict[str, dict]:
     """One extraction per teacher the planned runs need, keyed by the store path their argv names."""
-    stores = dict.fromkeys(teacher_of(job.regime, args) for job in jobs)
-    return {cache: extract(teacher, cache, args) for teacher, cache in stores}
+    stores = dict.fromkeys(teacher_of(job.regime, cfg) for job in jobs)
+    return {cache: extract(teacher, cache, cfg) for teacher, cache in stores}
 
 
 def job_cache(job: Job) -> str:
@@ -316,6 +267,10 @@ def record_finished(job: Job, seconds: float, threads: int, parallel: int) -> No
              final["balanced_accuracy"], seconds)
 
 
+def _terminated(*_) -> None:
+    raise UserError("the report was terminated; rerun it to continue (finished runs are kept)")
+
+
 def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, dict]) -> int:
     """Run the jobs not already finished, ``parallel`` at a time, each with ``cores // parallel`` threads;
     returns how many ran. On any failure or signal the running children are stopped before this returns."""
@@ -326,7 +281,7 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, d
              len(todo), parallel)
     threads = max(1, len(os.sched_getaffinity(0)) // parallel)
     running: dict[subprocess.Popen, tuple[Job, float]] = {}
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: make report was terminated; rerun it to continue"))
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         while todo or running:
             while todo and len(running) < parallel:
@@ -337,8 +292,9 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, d
                 job, began = running.pop(proc)
                 if proc.returncode != 0:
                     tail = "\n".join(log_path(job, logs).read_text(errors="replace").splitlines()[-15:])
-                    sys.exit(f"{tail}\nerror: {job.key} seed {job.seed} failed (exit "
-                             f"{proc.returncode}); its log is {log_path(job, logs)}; rerun make report to continue")
+                    print(tail, file=sys.stderr)
+                    raise UserError(f"{job.key} seed {job.seed} failed (exit {proc.returncode}); its log is "
+                                    f"{log_path(job, logs)} (last lines above); rerun the report to continue")
                 record_finished(job, time.perf_counter() - began, threads, parallel)
     finally:
         stop(running)
@@ -403,24 +359,24 @@ def regime_configs(jobs: list[Job]) -> dict[str, dict]:
         first, reference = configs.setdefault(job.regime.slug, (job.run_dir, config))
         differ = [k for k in SHARED_KEYS if config.get(k) != reference.get(k)]
         if differ:
-            sys.exit(f"error: {job.run_dir} differs from {first} in {', '.join(differ)}; delete the report's run "
+            raise UserError(f"{job.run_dir} differs from {first} in {', '.join(differ)}; delete the report's run "
                      "folder (or the odd run) and rerun make report")
     return {slug: {k: config.get(k) for k in CONFIG_KEYS} for slug, (_, config) in configs.items()}
 
 
 def summarize(jobs: list[Job], extractions: dict[str, dict], alignments: dict[Path, dict],
-              args: argparse.Namespace) -> dict:
+              cfg: ReportConfig) -> dict:
     """Everything the page shows: per-row numbers, per-regime setup, paired comparisons, budget inputs."""
     configs = regime_configs(jobs)
     regimes = {}
     for job in jobs:
         if job.regime.slug not in regimes:
-            teacher, cache = teacher_of(job.regime, args)
+            teacher, cache = teacher_of(job.regime, cfg)
             regimes[job.regime.slug] = {"title": job.regime.title, "teacher": teacher, "cache": cache,
                                         "setting": job.regime.setting, "compare_to": job.regime.compare_to,
                                         "config": configs[job.regime.slug]}
     timing = [json.loads((j.run_dir / "timing.json").read_text()) for j in jobs]
-    summary = {"generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "data": args.data,
+    summary = {"generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "data": cfg.data,
                "extractions": extractions, "regimes": regimes, "rows": collect(jobs, alignments),
                "run_threads": [{"threads": t, "concurrent_runs": c}
                                for t, c in sorted({(r["threads"], r["concurrent_runs"]) for r in timing})]}
@@ -449,12 +405,12 @@ def copy_run_records(jobs: list[Job], out: Path, dest: Path) -> None:
 
 
 def measure_alignment(jobs: list[Job]) -> dict[Path, dict]:
-    """:func:`bench.alignment.run_alignment` for every CustomKD-type run (cached per run)."""
+    """:func:`report.alignment.run_alignment` for every CustomKD-type run (cached per run)."""
     return {job.run_dir: run_alignment(job.run_dir) for job in jobs if job.variant.method in CUSTOMIZING_METHODS}
 
 
 def draw_figures(summary: dict, jobs: list[Job], figure_dir: Path) -> dict:
-    from bench import figures
+    from report import figures
 
     seed = min(job.seed for job in jobs)
     heads = [j for j in jobs if j.regime.slug == "main" and j.seed == seed and j.variant.slug in
@@ -463,33 +419,30 @@ def draw_figures(summary: dict, jobs: list[Job], figure_dir: Path) -> dict:
             "feature_space": figures.feature_space(heads, figure_dir / "feature_space.png")}
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args = parse_args(argv)
+def make_report(cfg: ReportConfig, command: str = "customkd report") -> dict:
+    """Plan, extract, run, collect, align, draw and write; returns the summary (also ``<out>/summary.json``)."""
+    cfg = cfg.resolved()
     started = time.perf_counter()
-    jobs = plan(args)
-    extractions = extract_all(jobs, args)
-    ran = run_all(jobs, args.parallel, args.out / "logs", extractions)
+    jobs = plan(cfg)
+    extractions = extract_all(jobs, cfg)
+    ran = run_all(jobs, cfg.parallel, cfg.out / "logs", extractions)
     aligned = time.perf_counter()
     alignments = measure_alignment(jobs)
-    summary = summarize(jobs, extractions, alignments, args)
-    summary["command"] = "python -m bench.compare " + " ".join(argv if argv is not None else sys.argv[1:])
-    summary["parallel"], summary["runs_run_here"] = args.parallel, ran
+    summary = summarize(jobs, extractions, alignments, cfg)
+    summary["command"] = command
+    summary["parallel"], summary["runs_run_here"] = cfg.parallel, ran
     summary["alignment_seconds"] = round(time.perf_counter() - aligned, 1)
-    figure_dir = args.out / "figures" if args.no_docs else args.docs / "results"
+    figure_dir = cfg.out / "figures" if cfg.no_docs else cfg.docs / "results"
     figure_dir.mkdir(parents=True, exist_ok=True)
     summary["figures"] = draw_figures(summary, jobs, figure_dir)
     summary["invocation_seconds"] = round(time.perf_counter() - started, 1)
     summary["budget"] = results_page.budget(summary)
-    write_json(args.out / "summary.json", summary)
-    if not args.no_docs:
-        copy_run_records(jobs, args.out, figure_dir)
+    write_json(cfg.out / "summary.json", summary)
+    if not cfg.no_docs:
+        copy_run_records(jobs, cfg.out, figure_dir)
         write_json(figure_dir / "summary.json", summary)
-        write_text(args.docs / "results.md", results_page.render(summary, args))
-        results_page.update_readme(args.readme, summary)
-        log.info("wrote %s, %s/ and the headline table in %s", args.docs / "results.md", figure_dir, args.readme)
-    log.info("report done in %.0f s (run folder %s)", time.perf_counter() - started, args.out)
-
-
-if __name__ == "__main__":
-    main()
+        write_text(cfg.docs / "results.md", results_page.render(summary, cfg))
+        results_page.update_readme(cfg.readme, summary)
+        log.info("wrote %s, %s/ and the headline table in %s", cfg.docs / "results.md", figure_dir, cfg.readme)
+    log.info("report done in %.0f s (run folder %s)", time.perf_counter() - started, cfg.out)
+    return summary

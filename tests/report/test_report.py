@@ -1,4 +1,4 @@
-"""`make report` (bench.compare): alignment and interval arithmetic on hand-checkable arrays, the plan as
+"""`make report` (`customkd report`, report/): alignment and interval arithmetic on hand-checkable arrays, the plan as
 data, the ignore rule for the committed run records, and a whole report on a tiny dataset through the CLI."""
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import compare, results_page
-from bench.alignment import best_scale, centred_cosine, linear_cka, logit_r2, rms_ratio, row_space_share, scaled_mse
+from common.errors import UserError
+from report import compare, results_page
+from report.alignment import best_scale, centred_cosine, linear_cka, logit_r2, rms_ratio, row_space_share, scaled_mse
+from report.config import ReportConfig
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
 from trainer.config import DistillConfig
 
@@ -134,7 +136,7 @@ def test_the_verdict_is_generated_from_the_paired_interval():
 
 
 def test_the_default_plan_covers_every_regime_with_five_seeds(tmp_path):
-    jobs = compare.plan(compare.parse_args(["--out", str(tmp_path)]))
+    jobs = compare.plan(ReportConfig(out=tmp_path).resolved())
     assert {job.seed for job in jobs} == {0, 1, 2, 3, 4}
     keys = {job.key for job in jobs}
     assert {f"main/{v}" for v in ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+dkd",
@@ -151,16 +153,15 @@ def test_the_default_plan_covers_every_regime_with_five_seeds(tmp_path):
 
 
 def test_a_reduced_plan_adds_the_runs_a_regime_is_compared_to(tmp_path):
-    args = compare.parse_args(["--out", str(tmp_path), "--regimes", "large-teacher", "--variants", "customkd",
-                               "--seeds", "0,1", "--epochs", "2"])
-    jobs = compare.plan(args)
+    cfg = ReportConfig(out=tmp_path, regimes="large-teacher", variants="customkd", seeds="0,1", epochs=2)
+    jobs = compare.plan(cfg.resolved())
     assert sorted((job.key, job.seed) for job in jobs) == [("large-teacher/customkd", 0), ("large-teacher/customkd", 1),
                                                           ("main/customkd", 0), ("main/customkd", 1)]
     assert all(job.argv[job.argv.index("--epochs") + 1] == "2" and "--min-steps" not in job.argv for job in jobs)
-    with pytest.raises(SystemExit, match="unknown variant 'nope'"):
-        compare.plan(compare.parse_args(["--variants", "customkd,nope"]))
-    with pytest.raises(SystemExit, match="no runs planned"):
-        compare.plan(compare.parse_args(["--regimes", "pretrained", "--variants", "dkd"]))
+    with pytest.raises(UserError, match="unknown variant 'nope'"):
+        compare.plan(ReportConfig(variants="customkd,nope").resolved())
+    with pytest.raises(UserError, match="no runs planned"):
+        compare.plan(ReportConfig(regimes="pretrained", variants="dkd").resolved())
 
 
 def test_the_committed_run_records_are_not_ignored():
@@ -176,7 +177,7 @@ def test_report_end_to_end_on_a_tiny_dataset(tiny_folder, tmp_path):
     docs.mkdir()
     readme.write_text("# x\n\n<!-- report:start -->\nSTALE-MARKER-7\n<!-- report:end -->\n\nrest\n")
     out = tmp_path / "report"
-    argv = [sys.executable, "-m", "bench.compare", "--data", f"folder:{tiny_folder}", "--teacher", TINY_TEACHER,
+    argv = [sys.executable, "-m", "cli", "report", "--data", f"folder:{tiny_folder}", "--teacher", TINY_TEACHER,
             "--large-teacher", "timm:test_vit2", "--teacher-weights", "random", "--student", TINY_STUDENT,
             "--image-size", "32", "--epochs", "1", "--seeds", "0,1", "--regimes", "main,large-teacher",
             "--variants", "student,customkd,customkd-random-head", "--label-fraction", "0.5",

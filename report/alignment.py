@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("bench.alignment")
+log = logging.getLogger(__name__)
 
 ALIGNMENT_VERSION = 2  # bump when a metric or the features it reads change; cached alignment.json is redone
 CUSTOMIZING_METHODS = ("customkd", "customkd+dkd")

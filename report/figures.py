@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.alignment import linear_cka, run_features
+from report.alignment import linear_cka, run_features
 
 __all__ = ["embed", "feature_space", "learning_curves", "linear_cka"]
 
-log = logging.getLogger("bench.figures")
+log = logging.getLogger(__name__)
 
 
 def _pyplot():

@@ -1,0 +1,66 @@
+"""What ``customkd report`` runs: one frozen dataclass, light to import (the CLI's ``--help`` reads it)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import UserError
+from featcache.config import ExtractConfig
+from trainer.config import DEFAULT_LABEL_FRACTION
+
+_EXTRACT = ExtractConfig()  # the report's defaults are extract's and distill's own
+DEFAULT_REGIMES = "main,pretrained,large-teacher"
+DEFAULT_SEEDS = "0,1,2,3,4"
+
+
+def default_cache(data: str, teacher: str) -> str:
+    """``caches/<data>-<teacher>.zarr``, the Makefile's CACHE rule (``folder:/x/oh`` → ``oh``)."""
+    return f"caches/{Path(data).name.replace(':', '-')}-{teacher.replace(':', '-')}.zarr"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Every option of ``customkd report``; ``None`` means "the default of the command the report runs"."""
+
+    data: str = _EXTRACT.data
+    teacher: str = _EXTRACT.teacher  # the teacher of every regime but large-teacher
+    large_teacher: str = "efficientnet_lite2"
+    cache: str | None = None  # --teacher's store (default caches/<data>-<teacher>.zarr)
+    large_cache: str | None = None
+    views: int = _EXTRACT.views
+    teacher_weights: str | None = None  # passed to extract --weights (tests use 'random')
+    student: str | None = None  # student of the regimes that do not name one
+    out: Path = Path("runs/report")
+    regimes: str = DEFAULT_REGIMES
+    variants: str = ""  # keep only these variants in every regime ("" = all)
+    seeds: str = DEFAULT_SEEDS
+    epochs: int | None = None
+    min_steps: int | None = None
+    image_size: int | None = None
+    label_fraction: float = DEFAULT_LABEL_FRACTION
+    parallel: int = 2  # runs at once; the cores are split between them
+    extra: str = ""  # more distill flags for every run, e.g. '--lr 1e-3'
+    docs: Path = Path("docs")
+    readme: Path = Path("README.md")
+    no_docs: bool = False
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1:
+            raise UserError(f"--parallel must be at least 1, got {self.parallel}")
+        try:
+            [int(s) for s in self.seeds.split(",")]
+        except ValueError:
+            raise UserError(f"--seeds must be comma-separated integers, got {self.seeds!r}") from None
+
+    def resolved(self) -> ReportConfig:
+        """``--quick`` applied and the stores' default paths filled in."""
+        cfg = self
+        if cfg.quick:
+            cfg = dataclasses.replace(cfg, regimes="main", seeds="0", epochs=1, no_docs=True,
+                                      variants="student,customkd", min_steps=0)
+        return dataclasses.replace(cfg, out=Path(cfg.out), docs=Path(cfg.docs), readme=Path(cfg.readme),
+                                   cache=cfg.cache or default_cache(cfg.data, cfg.teacher),
+                                   large_cache=cfg.large_cache or default_cache(cfg.data, cfg.large_teacher))
