@@ -27,14 +27,11 @@ log = logging.getLogger(__name__)
 class FeatureNorm:
     """Normalises cached teacher features ``[..., D]`` (fp16) to float32 tensors.
 
-    ``standardize`` uses per-dimension mean/std of the training features (every view)."""
+    ``standardize`` uses ``stats``: per-dimension mean and std ``([D], [D])`` of the training features, every
+    view (:func:`trainer.features.feature_stats` reads them from the store in one streaming pass)."""
 
-    def __init__(self, mode: str, train_features: np.ndarray | None = None, *,
-                 stats: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def __init__(self, mode: str, *, stats: tuple[np.ndarray, np.ndarray]) -> None:
         self.mode = mode
-        if stats is None:
-            flat = train_features.reshape(-1, train_features.shape[-1]).astype(np.float32)
-            stats = (flat.mean(0), flat.std(0))
         self.mean = torch.from_numpy(np.asarray(stats[0], dtype=np.float32))
         self.std = torch.from_numpy(np.asarray(stats[1], dtype=np.float32) + 1e-6)
 
