@@ -12,6 +12,7 @@ import torch
 import zarr
 
 from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from trainer.evaluate import evaluate_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,10 +43,16 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
                            "--setting", "ssl", "--labels-per-class", "2", "--epochs", "2", "--image-size", "32",
                            "--batch-size", "8", "--workers", "1", "--out", str(run))
         assert trained.returncode == 0, trained.stderr
-        assert "student accuracy" in trained.stdout.splitlines()[-2]
         metrics = json.loads((run / "metrics.json").read_text())
-        assert 0 <= metrics["final"]["accuracy"] <= 1 and len(metrics["epochs"]) == 2
-        assert metrics["teacher_probe"]["accuracy"] is not None
+        final = metrics["final"]
+        assert f"student accuracy {final['accuracy']:.4f}  balanced accuracy {final['balanced_accuracy']:.4f}" in \
+            trained.stdout.splitlines()[-2]
+        assert len(metrics["epochs"]) == 2 and {k: metrics["epochs"][-1]["eval"][k] for k in final} == final
+        evaluated = evaluate_run(str(run), workers=0)  # the saved student is the one that was reported
+        assert {k: evaluated[k] for k in final} == final
+        probe = metrics["teacher_probe"]
+        assert probe["n_labeled"] == 6 and f"teacher probe accuracy {probe['accuracy']:.4f} (6 labeled" in trained.stdout
+        assert probe["accuracy"] == _refit_teacher_probe(run)["accuracy"]  # θ^c_t on the run's own split and features
         config = json.loads((run / "config.json").read_text())
         assert config["method"] == method and config["n_labeled"] == 6 and config["lambda_general"] == 1.0
         assert (run / "student.safetensors").stat().st_size > 0
@@ -56,6 +63,21 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
             assert metrics["epochs"][1]["train"]["rms_ratio"] > 0
         else:
             assert "customize" not in metrics["epochs"][0]
+
+
+def _refit_teacher_probe(run: Path) -> dict:
+    """The teacher probe's metrics refitted in this process from the run's config.json."""
+    from trainer.data import load_cached_data, make_split
+    from trainer.distill import fit_probe
+    from trainer.evaluate import config_from_run
+    from trainer.features import feature_stats
+    from trainer.loop import FeatureNorm
+
+    cfg = config_from_run(json.loads((run / "config.json").read_text()))
+    data = load_cached_data(cfg)
+    split = make_split(cfg, data)
+    norm = FeatureNorm(cfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
+    return fit_probe(data, split, norm, cfg.seed)[1]
 
 
 def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):

@@ -11,8 +11,8 @@ from PIL import Image
 
 from common.errors import UserError
 from featcache import store as fs
-from featcache.extract import ExtractConfig, extract
 from featcache.cache_ops import export_h5, import_h5, store_info, verify_store
+from featcache.extract import ExtractConfig, extract
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder
 from trainer.config import DistillConfig
 from trainer.data import load_cached_data, make_split

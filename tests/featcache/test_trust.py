@@ -20,9 +20,9 @@ from PIL import Image
 
 from common.errors import UserError
 from featcache import store as fs
+from featcache.cache_ops import verify_store
 from featcache.datasets import load_listing
 from featcache.extract import ExtractConfig, extract
-from featcache.cache_ops import verify_store
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder
 from trainer.config import DistillConfig
 from trainer.data import load_cached_data

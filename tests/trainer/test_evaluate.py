@@ -24,9 +24,31 @@ def test_evaluate_reproduces_the_final_metrics(finished_run):
     assert metrics["balanced_accuracy"] == final["balanced_accuracy"]
 
 
-def test_evaluate_on_another_dataset_spec(finished_run, tiny_folder):
+def test_evaluate_on_another_dataset_spec(finished_run, tiny_folder, tmp_path):
+    """A folder of exactly the run's held-out images gives the run's own final metrics; the whole folder counts
+    every image once: its correct predictions are the held-out ones plus the rest's."""
+    import shutil
+
+    from trainer.data import load_cached_data, make_split
+    from trainer.evaluate import config_from_run
+
+    cfg = config_from_run(json.loads((finished_run / "config.json").read_text()))
+    data = load_cached_data(cfg)
+    held_out = set(make_split(cfg, data).eval.tolist())
+    for row, sample in enumerate(data.listing.samples):
+        copy = tmp_path / ("held_out" if row in held_out else "rest") / sample.relpath
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tiny_folder / sample.relpath, copy)
+
+    final = json.loads((finished_run / "metrics.json").read_text())["final"]
+    held = evaluate_run(str(finished_run), data=f"folder:{tmp_path / 'held_out'}", workers=0)
+    assert held["n"] == len(held_out) > 0
+    assert {k: held[k] for k in final} == final
+    rest = evaluate_run(str(finished_run), data=f"folder:{tmp_path / 'rest'}", workers=0)
     metrics = evaluate_run(str(finished_run), data=f"folder:{tiny_folder}", workers=0)
-    assert metrics["n"] == 30 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["n"] == 30 == held["n"] + rest["n"]
+    correct = lambda m: round(m["accuracy"] * m["n"])  # noqa: E731
+    assert correct(metrics) == correct(held) + correct(rest)
 
 
 def test_metrics_csv_has_one_row_per_epoch(finished_run):
