@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from common.files import atomic_path
 from featcache import store
 from featcache.location import (
     COPY_MARKER,
@@ -68,8 +69,8 @@ def _write_last(dst, path: str, data: bytes) -> None:
     from fsspec.implementations.local import LocalFileSystem
 
     if isinstance(dst, LocalFileSystem):
-        dst.pipe_file(path + ".partial", data)
-        dst.mv(path + ".partial", path)
+        with atomic_path(path) as partial:
+            partial.write_bytes(data)
     else:
         dst.pipe_file(path, data)  # an object PUT is atomic
 
