@@ -1,0 +1,145 @@
+"""The layout the repository promises (docs/design.md §3), read from the code's own imports and calls.
+
+Each package has one job and imports only the layers below it:
+
+    common      infrastructure both processes share      imports nothing of ours
+    featcache   process 1: teacher → store               common
+    trainer     process 2: store + images → student      common, featcache's contract modules
+    report      customkd report: runs → results page     common, featcache, trainer
+    bench       make bench: speed ratios                 common, featcache, trainer
+    cli         the Typer commands                       everything but bench
+    customkd    the library entry point                  common, featcache, trainer
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = {
+    "common": set(),
+    "featcache": {"common"},
+    "trainer": {"common", "featcache"},
+    "report": {"common", "featcache", "trainer"},
+    "bench": {"common", "featcache", "trainer"},
+    "cli": {"common", "featcache", "trainer", "report"},
+    "customkd": {"common", "featcache", "trainer"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in LAYERS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imported(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (``from a import b`` counts a and a.b)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return names
+
+
+GRAPH = {name: {m for m in _imported(path) if m in MODULES and m != name} for name, path in MODULES.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            if component:
+                cycles.append(sorted([v, *component]))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_the_import_graph_finds_every_package():
+    assert {name.split(".")[0] for name in MODULES} == set(LAYERS)
+    assert "featcache.store" in GRAPH["trainer.data"] and "common.errors" in GRAPH["featcache.store"]
+
+
+def test_no_module_imports_itself_back():
+    assert _cycles(GRAPH) == []
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]  # the check itself sees a cycle
+
+
+def test_each_package_imports_only_the_layers_below_it():
+    wrong = sorted(f"{a} -> {b}" for a, targets in GRAPH.items() for b in targets
+                   if b.split(".")[0] != a.split(".")[0] and b.split(".")[0] not in LAYERS[a.split(".")[0]])
+    assert wrong == []
+
+
+def _private_uses(path: Path) -> list[str]:
+    """``from project.module import _name`` and ``module._name`` on a project module, in one file."""
+    tree = ast.parse(path.read_text())
+    aliases = {}  # local name -> project module
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LAYERS:
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"{node.module}.{alias.name}")
+                elif f"{node.module}.{alias.name}" in MODULES:
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in LAYERS:
+                    aliases[alias.asname or alias.name] = alias.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name) and node.value.id in aliases):
+            found.append(f"{aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_bench_and_report_use_public_names_and_patch_nothing():
+    package_of = {name: name.split(".")[0] for name in MODULES}
+    for name, path in MODULES.items():
+        if package_of[name] not in ("bench", "report"):
+            continue
+        foreign = [p for p in _private_uses(path) if p.split(".")[0] != package_of[name]]
+        assert foreign == [], f"{path.relative_to(ROOT)} uses private names {foreign}"
+        text = path.read_text()
+        assert not re.search(r"\bsetattr\(|monkeypatch|^\s*(?!self\.)[\w.]+\.(forward|_\w+)\s*=[^=]", text, re.M), (
+            f"{path.relative_to(ROOT)} patches another module")
+    assert _private_uses(Path(__file__)) == []  # this file uses only public names itself
+
+
+def test_one_atomic_write_helper():
+    """Files appear whole or not at all through common.files.atomic_path; nobody else renames into place."""
+    renames = re.compile(r"\bos\.(replace|rename)\(|\.rename\(|\btmp\.replace\(|\.mv\(")
+    offenders = [str(path.relative_to(ROOT)) for name, path in MODULES.items()
+                 if name != "common.files" and renames.search(path.read_text())]
+    assert offenders == []
+    assert renames.search(MODULES["common.files"].read_text())
