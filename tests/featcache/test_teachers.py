@@ -196,7 +196,7 @@ def test_bundled_teachers_classify_natural_images(name, at_least):
     Measured 2026-11-30, skimage 0.26 images: Lite0 (224 px) 5/5 — tiger cat, espresso, missile, moped, tripod.
     Lite2 (260 px) 4/5 — Egyptian cat, espresso, drilling platform (0.094; missile 0.081 second), moped, tripod.
     With ImageNet mean/std instead Lite2 gets 5/5, but the stored BatchNorm statistics match mean = std = 0.5
-    (featcache/weights.py), so timm's config is kept."""
+    (common/weights.py), so timm's config is kept."""
     import os
     from pathlib import Path
 
