@@ -12,6 +12,14 @@ TINY_TEACHER = "timm:test_vit"
 TINY_STUDENT = "test_efficientnet"
 
 
+def store_bytes(store: Path, *, manifest: bool = False) -> dict[str, bytes]:
+    """Every file of a store, byte for byte, keyed by its path inside it; without the root ``zarr.json`` (whose
+    manifest holds the creation time, so two equal extractions differ there) unless ``manifest``."""
+    root = Path(store)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and (manifest or p.relative_to(root) != Path("zarr.json"))}
+
+
 def make_image_folder(root: Path, classes: int = 3, per_class: int = 10, domains: tuple[str, ...] = ()) -> Path:
     """``root/<class>/<img>.png`` (or ``root/<domain>/<class>/…``): coloured noise, one hue per class."""
     rng = np.random.default_rng(0)

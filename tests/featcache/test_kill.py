@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import TINY_TEACHER, make_image_folder
+from tests.conftest import TINY_TEACHER, make_image_folder, store_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,11 +23,6 @@ def _command(folder: Path, out: Path) -> list[str]:
 def _run(folder: Path, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(_command(folder, out), check=True, capture_output=True, env=env, cwd=ROOT, timeout=300)
-
-
-def _store_bytes(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and p.relative_to(path) != Path("zarr.json")}
 
 
 def _kill_when_done_flags(folder: Path, out: Path, flags: int, extra_delay: float) -> int:
@@ -51,7 +46,7 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=16)  # 48 images → 8 shards of 6
     reference = tmp_path / "reference.zarr"
     _run(folder, reference)
-    expected = _store_bytes(reference)
+    expected = store_bytes(reference)
     rng = np.random.default_rng(1)
     killed_mid_way = 0
     for trial in range(3):
@@ -65,6 +60,6 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
                 part = f"features/c/{shard}/0/0"
                 assert (out / part).read_bytes() == expected[part], f"trial {trial}: shard {shard} done without data"
         _run(folder, out)
-        assert _store_bytes(out) == expected, f"trial {trial} differs after resume"
+        assert store_bytes(out) == expected, f"trial {trial} differs after resume"
         assert not list(out.rglob("*.partial")), "temporary files left behind"
     assert killed_mid_way >= 1, "no trial was killed mid-way; the test did not exercise resume"

@@ -13,7 +13,7 @@ from common.errors import UserError
 from featcache import store as fs
 from featcache.cache_ops import export_h5, import_h5, store_info, verify_store
 from featcache.extract import ExtractConfig, extract
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder, store_bytes
 from trainer.config import DistillConfig
 from trainer.data import load_cached_data, make_split
 
@@ -21,12 +21,6 @@ from trainer.data import load_cached_data, make_split
 def _cfg(folder: Path, out: Path, **kw) -> ExtractConfig:
     settings = {"views": 3, "weights": "random", "workers": 0, "shard_size": 8, "chunk_size": 4, **kw}
     return ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{folder}", out=str(out), **settings)
-
-
-def _array_bytes(path: Path) -> dict[str, bytes]:
-    """Every file of the store except the root manifest (which holds the creation time)."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and p.relative_to(path) != Path("zarr.json")}
 
 
 @pytest.fixture
@@ -96,7 +90,7 @@ def test_write_failure_leaves_a_resumable_store(folder, tmp_path, monkeypatch):
     assert fs.read_manifest(zarr.open_group(str(out), mode="r"))["status"] == "in_progress"
     monkeypatch.setattr(fs, "write_shard", real_write)
     extract(_cfg(folder, out))
-    assert _array_bytes(out) == _array_bytes(reference)
+    assert store_bytes(out) == store_bytes(reference)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -138,7 +132,7 @@ def test_teacher_check_and_h5_round_trip(tiny_store, tmp_path):
     assert verify_store(str(tiny_store), teacher_check=12) == []
     export_h5(str(tiny_store), str(tmp_path / "s.h5"))
     import_h5(str(tmp_path / "s.h5"), str(tmp_path / "back.zarr"))
-    assert _array_bytes(tmp_path / "back.zarr") == _array_bytes(tiny_store)
+    assert store_bytes(tmp_path / "back.zarr") == store_bytes(tiny_store)
     assert fs.read_manifest(zarr.open_group(str(tmp_path / "back.zarr"), mode="r"))["status"] == "complete"
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from common.errors import UserError
 from featcache import location as where
 from featcache import remote
 from featcache import store as fs
-from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, store_bytes
 
 BUCKET = "customkd-test"
 ARRAYS = ("features", "views", "labels", "domain", "split", "sample_key", "content_hash", "valid", "done")
@@ -55,10 +54,6 @@ def s3(s3_server, monkeypatch, request) -> str:
 def _arrays(location) -> dict[str, np.ndarray]:
     group = fs.open_complete_store(location)
     return {name: np.asarray(group[name][:]) for name in ARRAYS}
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _cli(*args: str):
@@ -115,7 +110,7 @@ def test_push_then_pull_is_byte_identical(tiny_store, s3, tmp_path):
     assert again.status == "unchanged" and again.objects_copied == 0
     result = remote.pull(url, tmp_path / "pulled.zarr")
     assert result.status == "copied" and result.objects_skipped == 0
-    original, pulled = _files(Path(tiny_store)), _files(tmp_path / "pulled.zarr")
+    original, pulled = store_bytes(tiny_store, manifest=True), store_bytes(tmp_path / "pulled.zarr", manifest=True)
     assert pulled.keys() == original.keys()
     assert all(pulled[key] == original[key] for key in original)  # every object, byte for byte
     reference = _arrays(tiny_store)
@@ -136,7 +131,7 @@ def test_interrupted_copies_are_never_complete_and_resume(tiny_store, s3, monkey
     with pytest.raises(UserError, match="incomplete"):
         fs.open_complete_store(url)
     resumed = remote.push(tiny_store, url)
-    n_objects = len(_files(Path(tiny_store)))
+    n_objects = len(store_bytes(tiny_store, manifest=True))
     assert resumed.objects_copied == 1 and resumed.objects_skipped == n_objects - 1  # only the root was missing
     assert fs.read_manifest(fs.open_complete_store(url))["status"] == fs.STATUS_COMPLETE
     assert not where.exists(url, where.COPY_MARKER)

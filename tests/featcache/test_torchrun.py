@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import TINY_TEACHER, make_image_folder
+from tests.conftest import TINY_TEACHER, make_image_folder, store_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,18 +18,13 @@ def _extract(folder: Path, out: Path, nproc: int, extra_env: dict | None = None)
     return subprocess.run(launcher + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 
-def _store_bytes(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and p.relative_to(path) != Path("zarr.json")}
-
-
 def test_two_ranks_write_the_same_store_as_one(tmp_path):
     folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=7)  # 21 images → 5 shards
     one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
     for out, nproc in ((one, 1), (two, 2)):
         result = _extract(folder, out, nproc)
         assert result.returncode == 0, result.stderr[-2000:]
-    assert _store_bytes(two) == _store_bytes(one)
+    assert store_bytes(two) == store_bytes(one)
     assert result.stdout.count("N=21 V=3") == 1  # only rank 0 reports
 
     # a store left half-done by a crashed run completes with another number of ranks
@@ -42,4 +37,4 @@ def test_two_ranks_write_the_same_store_as_one(tmp_path):
     fs.set_status(group, fs.STATUS_IN_PROGRESS)
     result = _extract(folder, two, 1)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert _store_bytes(two) == _store_bytes(one)
+    assert store_bytes(two) == store_bytes(one)
