@@ -1,11 +1,14 @@
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import trainer.methods
 from trainer.config import DistillConfig
-from trainer.methods import METHODS, MethodContext, StepInputs, create_method
+from trainer.methods import METHOD_PARAMS, METHODS, MethodContext, MethodDims, StepInputs, create_method, method_params
 from trainer.methods.customkd import customization_targets
 from trainer.methods.dkd import dkd_loss
 from trainer.methods.kd import soft_target_loss
@@ -27,15 +30,40 @@ def _step(epoch: int = 3) -> StepInputs:
     )
 
 
-# Golden totals on the fixed tensors above, adapters initialised with torch.manual_seed(0).
+# Options every method reads, moved off their defaults (so a swapped or dropped mapping changes a golden value):
+# dkd_warmup=5 scales DKD by 0.8 at epoch 3, pseudo_threshold=0.35 admits a second pseudo-label. The other choices of
+# customize_target change no parameter mapping and are left to the tests of customization_targets.
+SHIFTED = dict(kd_temperature=2.5, kd_weight=0.7, lambda_general=0.6, lambda_specific=1.3, dkd_alpha=0.9, dkd_beta=6.0,
+               dkd_warmup=5, customizer="mlp", customizer_activation="none", customize_head="random-trained",
+               customize_smoothing=0.2, pseudo_threshold=0.35)
+CONFIGS = {"defaults": {}, "shifted": SHIFTED}
+
+# Loss parts on _step() after one customization round, adapters initialised under torch.manual_seed(0), student
+# activation Hardswish; "customization" is L_cus through a head drawn under torch.manual_seed(1). Computed with the code of
+# b9c5bfe, when methods still read the whole DistillConfig: moving to per-method params changed no value.
 GOLDEN = {
-    "student": {"loss": 2.2645, "task": 2.2645},
-    "fitnet": {"loss": 4.1718, "task": 2.2645, "general": 1.9073},
-    "kd": {"loss": 3.0760, "task": 2.2645, "kd": 0.8115},
-    "kd+fitnet": {"loss": 4.9833, "task": 2.2645, "general": 1.9073, "kd": 0.8115},
-    "dkd": {"loss": 3.4596, "task": 2.2645, "dkd": 1.1951},
-    "customkd": {"loss": 5.5406, "task": 2.2645, "general": 1.2616, "specific": 2.0145},
-    "customkd+dkd": {"loss": 6.7357, "task": 2.2645, "general": 1.2616, "specific": 2.0145, "dkd": 1.1951},
+    "defaults": {
+        "student": {"loss": 2.26448, "task": 2.26448},
+        "fitnet": {"loss": 4.171755, "task": 2.26448, "general": 1.907275},
+        "kd": {"loss": 3.076003, "task": 2.26448, "kd": 0.811523},
+        "kd+fitnet": {"loss": 4.983278, "task": 2.26448, "general": 1.907275, "kd": 0.811523},
+        "dkd": {"loss": 3.459619, "task": 2.26448, "dkd": 1.195139},
+        "customkd": {"loss": 4.99518, "task": 2.26448, "general": 1.261595, "specific": 1.469106,
+                     "customization": 1.131387},
+        "customkd+dkd": {"loss": 6.19032, "task": 2.26448, "general": 1.261595, "specific": 1.469106, "dkd": 1.195139,
+                         "customization": 1.131387},
+    },
+    "shifted": {
+        "student": {"loss": 2.26448, "task": 2.26448},
+        "fitnet": {"loss": 3.408845, "task": 2.26448, "general": 1.907275},
+        "kd": {"loss": 2.828393, "task": 2.26448, "kd": 0.805591},
+        "kd+fitnet": {"loss": 3.972759, "task": 2.26448, "general": 1.907275, "kd": 0.805591},
+        "dkd": {"loss": 3.071357, "task": 2.26448, "dkd": 0.806878},
+        "customkd": {"loss": 4.574321, "task": 2.26448, "general": 1.620234, "specific": 1.029001,
+                     "customization": 1.084163},
+        "customkd+dkd": {"loss": 5.381199, "task": 2.26448, "general": 1.620234, "specific": 1.029001, "dkd": 0.806878,
+                         "customization": 1.084163},
+    },
 }
 
 
@@ -46,12 +74,42 @@ def _customized(method):
     return method
 
 
+@pytest.mark.parametrize("config", sorted(CONFIGS))
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_golden_losses(name):
+def test_golden_losses(name, config):
+    cfg = DistillConfig(cache="x", method=name, **CONFIGS[config])
+    params = method_params(name, cfg)
     torch.manual_seed(0)
-    parts = {k: float(v.detach()) for k, v in _customized(create_method(name, _ctx()))(_step()).items()}
-    parts = {k: v for k, v in parts.items() if k not in ("specific_unreachable", "customized_ms", "student_ms")}
-    assert parts == pytest.approx(GOLDEN[name], abs=1e-4)
+    method = METHODS[name](MethodDims(6, 5, 3, torch.nn.Hardswish()), params)
+    parts = {}
+    if method.customizes:
+        step = _step()
+        torch.manual_seed(1)
+        head = torch.nn.Linear(5, 3)
+        parts["customization"] = float(method.customization_loss(step.teacher_features, step.labels,
+                                                                 step.probe_logits, head)["loss"].detach())
+    parts.update((k, float(v.detach())) for k, v in _customized(method)(_step()).items()
+                 if k not in ("specific_unreachable", "customized_ms", "student_ms"))
+    assert parts == pytest.approx(GOLDEN[config][name], abs=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_create_method_hands_the_method_its_params_from_the_config(name):
+    cfg = DistillConfig(cache="x", method=name, **SHIFTED)
+    activation = torch.nn.Hardswish()
+    method = create_method(name, MethodContext(6, 5, 3, cfg, activation))
+    params = method_params(name, cfg)
+    assert dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen
+    assert method.params == params and type(method.params) is type(params)
+    assert method.ctx.student_activation is activation  # trainer/distill.py records its name in config.json
+    assert not any(isinstance(getattr(method.params, f.name), DistillConfig) for f in dataclasses.fields(params))
+
+
+def test_every_method_has_params_and_no_method_module_sees_the_config():
+    assert tuple(METHOD_PARAMS) == tuple(METHODS)
+    for path in sorted(Path(trainer.methods.__file__).parent.glob("*.py")):
+        if path.name != "__init__.py":  # the one place where the config becomes params
+            assert "DistillConfig" not in path.read_text() and "trainer.config" not in path.read_text(), path.name
 
 
 def test_task_and_kd_match_the_formulas_by_hand():

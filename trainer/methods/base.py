@@ -4,7 +4,7 @@ Every loss term is a *sum* over the samples it concerns divided by that kind's c
 **global** batch (:class:`BatchCounts`), never by a per-rank count. Under torchrun each rank holds
 a slice of the global batch; with global denominators, DDP's gradient average over ranks equals the
 single-process gradient of the whole global batch for every term, however the labeled and
-unlabeled samples fall across ranks (DESIGN §10).
+unlabeled samples fall across ranks (docs/design.md §10).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from trainer.config import DistillConfig
 
 
 @dataclass(frozen=True)
@@ -46,11 +44,13 @@ class BatchCounts:
 
 
 @dataclass(frozen=True)
-class MethodContext:
+class MethodDims:
+    """The two feature spaces a method connects. Its loss weights and options are its own params
+    (one frozen dataclass per method, beside its formula), never the run's whole config."""
+
     teacher_dim: int  # D
     student_dim: int  # d_s
     num_classes: int  # C
-    config: DistillConfig
     # The student's output activation (e.g. Hardswish for MobileNetV3): f_s lies in its range, so
     # the customized target does too (see trainer.feature_range). Identity when f_s is unbounded.
     student_activation: nn.Module = field(default_factory=nn.Identity)
@@ -88,14 +88,23 @@ def feature_mse(prediction: torch.Tensor, target: torch.Tensor, counts: BatchCou
 
 
 class Method(nn.Module):
-    """Base: ``forward(StepInputs) -> {"loss": total, <named parts>}``."""
+    """Base: ``forward(StepInputs) -> {"loss": total, <named parts>}``; ``params`` is the method's own
+    frozen params dataclass (built from the run's config by ``trainer.methods.method_params``)."""
 
     uses_teacher = True
     customizes = False
 
-    def __init__(self, ctx: MethodContext) -> None:
+    params: object  # each method narrows it to its own params class
+
+    def __init__(self, dims: MethodDims, params: object) -> None:
         super().__init__()
-        self.ctx = ctx
+        self.dims = dims
+        self.params = params
+
+    @property
+    def ctx(self) -> MethodDims:
+        """Former name of :attr:`dims`, still read as ``method.ctx.student_activation`` by trainer/distill.py."""
+        return self.dims
 
     def student_side_parameters(self) -> list[nn.Parameter]:
         """Adapters trained with the student (projectors); excludes the customizer."""

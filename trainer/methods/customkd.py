@@ -1,4 +1,4 @@
-"""``customkd``: CustomKD (Lee et al., CVPR 2025), see DESIGN §2 and §10.
+"""``customkd``: CustomKD (Lee et al., CVPR 2025), see docs/design.md §2 and §10.
 
 Two stages alternate, customization first once the head means something (one customization epoch
 before every ``alternate_every``-th KD epoch, starting after ``customize_warmup`` KD epochs):
@@ -9,7 +9,7 @@ before every ``alternate_every``-th KD epoch, starting after ``customize_warmup`
 2. Distillation — student and P_s train, θ^h_t frozen:
    L = L_task + λ_g · MSE(P_s(f_s), f_t) + λ_s · MSE(f_s, a(θ^h_t(f_t))).
 
-Why ``a`` and the bounded scale (DESIGN §10): f_s leaves the student through an activation
+Why ``a`` and the bounded scale (docs/design.md §10): f_s leaves the student through an activation
 (MobileNetV3: Hardswish, so f_s ≥ −0.375). An unconstrained θ^h_t put 34 % of its entries below
 that bound, and 45 % of the task-specific MSE was out of any student's reach; CE through a small
 head also rewards ever larger outputs, so its RMS drifted to 2.4× the student's. ``a`` is the
@@ -27,13 +27,27 @@ training.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainer.feature_range import activation_range, unreachable
-from trainer.methods.base import Method, MethodContext, StepInputs, feature_mse, task_loss
-from trainer.methods.dkd import dkd_term
+from trainer.methods.base import Method, MethodDims, StepInputs, feature_mse, task_loss
+from trainer.methods.dkd import DKDParams, dkd_term
+
+
+@dataclass(frozen=True)
+class CustomKDParams:
+    customizer: str  # θ^h_t: "linear" or "mlp"
+    customizer_activation: str  # a: "student" (the student's output activation) or "none"
+    customize_head: str  # the head L_cus goes through: "student", "random" or "random-trained"
+    customize_target: str  # L_cus's targets: "labels+pseudo", "labels" or "soft" (KL to the probe)
+    pseudo_threshold: float  # probe confidence from which an unlabeled sample gets a pseudo-label
+    customize_smoothing: float  # label smoothing of L_cus, in [0, 1)
+    lambda_general: float  # λ_g
+    lambda_specific: float  # λ_s
 
 
 def make_customizer(kind: str, teacher_dim: int, student_dim: int) -> nn.Module:
@@ -56,18 +70,18 @@ def customization_targets(labels: torch.Tensor, probe_logits: torch.Tensor, mode
 
 class CustomKD(Method):
     customizes = True
+    params: CustomKDParams
 
-    def __init__(self, ctx: MethodContext) -> None:
-        super().__init__(ctx)
-        cfg = ctx.config
-        self.customizer = make_customizer(cfg.customizer, ctx.teacher_dim, ctx.student_dim)
-        self.activation = ctx.student_activation if cfg.customizer_activation == "student" else nn.Identity()
-        self.student_range = activation_range(ctx.student_activation)  # where f_s can go, for the log
-        self.projector = nn.Linear(ctx.student_dim, ctx.teacher_dim)
+    def __init__(self, dims: MethodDims, params: CustomKDParams) -> None:
+        super().__init__(dims, params)
+        self.customizer = make_customizer(params.customizer, dims.teacher_dim, dims.student_dim)
+        self.activation = dims.student_activation if params.customizer_activation == "student" else nn.Identity()
+        self.student_range = activation_range(dims.student_activation)  # where f_s can go, for the log
+        self.projector = nn.Linear(dims.student_dim, dims.teacher_dim)
         self.random_head = None
-        if cfg.customize_head in ("random", "random-trained"):
-            self.random_head = nn.Linear(ctx.student_dim, ctx.num_classes)
-            self.random_head.requires_grad_(cfg.customize_head == "random-trained")
+        if params.customize_head in ("random", "random-trained"):
+            self.random_head = nn.Linear(dims.student_dim, dims.num_classes)
+            self.random_head.requires_grad_(params.customize_head == "random-trained")
         # customization rounds done: no task-specific term before the first one (nothing customized yet)
         self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
 
@@ -76,7 +90,7 @@ class CustomKD(Method):
 
     def customizer_parameters(self) -> list[nn.Parameter]:
         """What the customization stage trains: θ^h_t, and the random head when it is trained jointly."""
-        head = list(self.random_head.parameters()) if self.ctx.config.customize_head == "random-trained" else []
+        head = list(self.random_head.parameters()) if self.params.customize_head == "random-trained" else []
         return list(self.customizer.parameters()) + head
 
     def customized(self, teacher_features: torch.Tensor) -> torch.Tensor:
@@ -86,26 +100,26 @@ class CustomKD(Method):
     def customization_loss(self, teacher_features: torch.Tensor, labels: torch.Tensor,
                            probe_logits: torch.Tensor, head: nn.Linear) -> dict:
         """L_cus for features ``[B, D]``; gradients reach θ^h_t (and a jointly trained random head) only."""
-        cfg = self.ctx.config
-        if cfg.customize_head == "random-trained":
+        params = self.params
+        if params.customize_head == "random-trained":
             logits = self.random_head(self.customized(teacher_features))
         else:
             head = self.random_head if self.random_head is not None else head
             logits = F.linear(self.customized(teacher_features), head.weight.detach(), head.bias.detach())
-        if cfg.customize_target == "soft":
+        if params.customize_target == "soft":
             loss = F.kl_div(F.log_softmax(logits, 1), F.softmax(probe_logits, 1), reduction="batchmean")
             used = torch.ones_like(labels, dtype=torch.bool)
             targets = probe_logits.argmax(1)
         else:
-            targets = customization_targets(labels, probe_logits, cfg.customize_target, cfg.pseudo_threshold)
+            targets = customization_targets(labels, probe_logits, params.customize_target, params.pseudo_threshold)
             used = targets >= 0
-            loss = (F.cross_entropy(logits[used], targets[used], label_smoothing=cfg.customize_smoothing)
+            loss = (F.cross_entropy(logits[used], targets[used], label_smoothing=params.customize_smoothing)
                     if used.any() else logits.sum() * 0.0)
         correct = (logits.argmax(1) == targets)[used].float().sum()
         return {"loss": loss, "correct": correct, "used": used.sum()}
 
     def forward(self, step: StepInputs) -> dict:
-        cfg, counts = self.ctx.config, step.counts
+        params, counts = self.params, step.counts
         task = task_loss(step.logits, step.labels, counts)
         general = feature_mse(self.projector(step.student_features), step.teacher_features, counts)
         parts = {"task": task, "general": general}
@@ -119,14 +133,23 @@ class CustomKD(Method):
                 parts["student_ms"] = counts.mean(f_s.square().mean(1).sum())
             parts["specific"] = feature_mse(step.student_features, customized, counts)
         specific = parts.get("specific", general * 0.0)
-        loss = task + cfg.lambda_general * general + cfg.lambda_specific * specific
+        loss = task + params.lambda_general * general + params.lambda_specific * specific
         return {"loss": loss, **parts}
+
+
+@dataclass(frozen=True)
+class CustomKDDKDParams(CustomKDParams):
+    """CustomKD's params, plus the DKD term's."""
+
+    dkd: DKDParams
 
 
 class CustomKDWithDKD(CustomKD):
     """``customkd+dkd``: CustomKD plus the decoupled KD term on the teacher probe's logits."""
 
+    params: CustomKDDKDParams
+
     def forward(self, step: StepInputs) -> dict:
         parts = super().forward(step)
-        dkd = dkd_term(step, self.ctx.config)
+        dkd = dkd_term(step, self.params.dkd)
         return {**parts, "loss": parts["loss"] + dkd, "dkd": dkd}

@@ -7,6 +7,8 @@ DKD = α · T² · KL(b_T ‖ b_S) + β · T² · KL(p̂_T ‖ p̂_S), scaled by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -29,15 +31,26 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target:
     return alpha * tckd + beta * nckd
 
 
-def dkd_term(step: StepInputs, cfg) -> torch.Tensor:
+@dataclass(frozen=True)
+class DKDParams:
+    alpha: float  # α, weight of the target-class term (TCKD)
+    beta: float  # β, weight of the non-target term (NCKD)
+    temperature: float  # T, > 0 (the run's KD temperature)
+    warmup: int  # epochs until full weight; <= 0: full weight from the start
+
+
+def dkd_term(step: StepInputs, params: DKDParams) -> torch.Tensor:
+    """The warmed-up DKD term against the teacher probe, targets = labels, else the probe's argmax."""
     target = torch.where(step.labels >= 0, step.labels, step.probe_logits.argmax(1))
-    warmup = min((step.epoch + 1) / cfg.dkd_warmup, 1.0) if cfg.dkd_warmup > 0 else 1.0
-    return warmup * dkd_loss(step.logits, step.probe_logits, target, cfg.dkd_alpha, cfg.dkd_beta, cfg.kd_temperature,
+    warmup = min((step.epoch + 1) / params.warmup, 1.0) if params.warmup > 0 else 1.0
+    return warmup * dkd_loss(step.logits, step.probe_logits, target, params.alpha, params.beta, params.temperature,
                              step.counts)
 
 
 class DKD(Method):
+    params: DKDParams
+
     def forward(self, step: StepInputs) -> dict:
         task = task_loss(step.logits, step.labels, step.counts)
-        dkd = dkd_term(step, self.ctx.config)
+        dkd = dkd_term(step, self.params)
         return {"loss": task + dkd, "task": task, "dkd": dkd}

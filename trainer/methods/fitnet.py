@@ -5,17 +5,26 @@ L = L_task + λ_g · MSE(P_s(f_s), f_t), with P_s a learnable linear projector d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
-from trainer.methods.base import Method, MethodContext, StepInputs, feature_mse, task_loss
+from trainer.methods.base import Method, MethodDims, StepInputs, feature_mse, task_loss
+
+
+@dataclass(frozen=True)
+class FitNetParams:
+    lambda_general: float  # λ_g, the weight of the feature term
 
 
 class FitNet(Method):
-    def __init__(self, ctx: MethodContext) -> None:
-        super().__init__(ctx)
-        self.projector = nn.Linear(ctx.student_dim, ctx.teacher_dim)
+    params: FitNetParams
+
+    def __init__(self, dims: MethodDims, params: FitNetParams) -> None:
+        super().__init__(dims, params)
+        self.projector = nn.Linear(dims.student_dim, dims.teacher_dim)
 
     def forward(self, step: StepInputs) -> dict:
         task = task_loss(step.logits, step.labels, step.counts)
         general = feature_mse(self.projector(step.student_features), step.teacher_features, step.counts)
-        return {"loss": task + self.ctx.config.lambda_general * general, "task": task, "general": general}
+        return {"loss": task + self.params.lambda_general * general, "task": task, "general": general}

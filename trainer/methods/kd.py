@@ -6,6 +6,8 @@ L = L_task + w · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)), over every s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -21,9 +23,16 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return counts.mean(F.kl_div(log_p_s, p_t, reduction="sum")) * temperature**2
 
 
+@dataclass(frozen=True)
+class KDParams:
+    temperature: float  # T, > 0
+    weight: float  # w, the weight of the KD term
+
+
 class HintonKD(Method):
+    params: KDParams
+
     def forward(self, step: StepInputs) -> dict:
-        cfg = self.ctx.config
         task = task_loss(step.logits, step.labels, step.counts)
-        kd = soft_target_loss(step.logits, step.probe_logits, cfg.kd_temperature, step.counts)
-        return {"loss": task + cfg.kd_weight * kd, "task": task, "kd": kd}
+        kd = soft_target_loss(step.logits, step.probe_logits, self.params.temperature, step.counts)
+        return {"loss": task + self.params.weight * kd, "task": task, "kd": kd}

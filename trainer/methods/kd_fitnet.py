@@ -6,14 +6,24 @@ and raw teacher features together, without the customized (task-specific) term.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from trainer.methods.base import StepInputs
-from trainer.methods.fitnet import FitNet
-from trainer.methods.kd import soft_target_loss
+from trainer.methods.fitnet import FitNet, FitNetParams
+from trainer.methods.kd import KDParams, soft_target_loss
+
+
+@dataclass(frozen=True)
+class KDFitNetParams(FitNetParams):
+    """FitNet's λ_g, plus the KD term's T and w."""
+
+    kd: KDParams
 
 
 class KDWithFitNet(FitNet):
+    params: KDFitNetParams
+
     def forward(self, step: StepInputs) -> dict:
-        cfg = self.ctx.config
         parts = super().forward(step)
-        kd = soft_target_loss(step.logits, step.probe_logits, cfg.kd_temperature, step.counts)
-        return {**parts, "loss": parts["loss"] + cfg.kd_weight * kd, "kd": kd}
+        kd = soft_target_loss(step.logits, step.probe_logits, self.params.kd.temperature, step.counts)
+        return {**parts, "loss": parts["loss"] + self.params.kd.weight * kd, "kd": kd}
