@@ -85,32 +85,31 @@ def overhead_fractions(train: list[dict], evaluation: list[dict]) -> dict:
             "epoch_1_train_until_second_batch_s": first}
 
 
-def _started_loaders(cfg: BenchConfig, session, persistent: bool, plan, eval_rows: np.ndarray) -> dict:
+def _started_loaders(cfg: BenchConfig, work, persistent: bool, plan, eval_rows: np.ndarray) -> dict:
     """A fresh trainee with its training and evaluation loaders, built and started as ``distill.train`` does."""
-    from bench.training import build_trainee
+    from bench.training import new_trainee
     from trainer.data import StudentViews, chunk_batches, run_loader
 
-    trainee = build_trainee(session, "customkd")
-    dataset = StudentViews(session.data, cfg.image_size, trainee.student.mean, trainee.student.std)
+    trainee = new_trainee(work, "customkd")
+    dataset = StudentViews(work.inputs.data, cfg.image_size, trainee.student.mean, trainee.student.std)
     workers = max(1, cfg.workers)  # the overhead is the workers' start: without workers there is none to measure
     held_out = chunk_batches(eval_rows, np.zeros(len(eval_rows), np.int64), cfg.batch_size)
     epochs = range(cfg.overhead_epochs + 1)  # one more than measured: every measured epoch is a middle one
-    train = run_loader(dataset, plan, epochs, workers, session.device, persistent).start()
-    evaluation = run_loader(dataset, lambda epoch: held_out, epochs, workers, session.device, persistent).start()
+    train = run_loader(dataset, plan, epochs, workers, work.device, persistent).start()
+    evaluation = run_loader(dataset, lambda epoch: held_out, epochs, workers, work.device, persistent).start()
     return {"trainee": trainee, "train": train, "eval": evaluation, "train_marks": [], "eval_marks": []}
 
 
 def measure_epoch_overhead(cfg: BenchConfig, store: Path) -> dict:
     """Both modes, one after the other; each mode's overhead fraction (:func:`overhead_fractions`)."""
-    from bench.training import open_session, quiet_progress
+    from bench.training import open_workload, quiet_step
     from trainer.data import chunk_batches
     from trainer.loop import predict, train_epoch
 
-    quiet_progress()
-    session = open_session(cfg, store)
-    n = cfg.overhead_samples
-    rows, views = np.resize(session.rows, n), np.resize(session.views, n)
-    eval_rows = np.resize(session.eval_rows, max(n // 4, 3 * cfg.batch_size))
+    work = open_workload(cfg, store)
+    n, device = cfg.overhead_samples, work.device
+    rows, views = np.resize(work.rows, n), np.resize(work.views, n)
+    eval_rows = np.resize(work.inputs.split.eval, max(n // 4, 3 * cfg.batch_size))
 
     def plan(epoch: int) -> list:  # epoch 1 only starts the workers (not measured): four batches do that
         count = 4 * cfg.batch_size if epoch == 0 else n
@@ -118,13 +117,11 @@ def measure_epoch_overhead(cfg: BenchConfig, store: Path) -> dict:
 
     runs = {}
     for mode, persistent in MODES.items():
-        run = runs[mode] = _started_loaders(cfg, session, persistent, plan, eval_rows)
-        t = run["trainee"]
+        run = runs[mode] = _started_loaders(cfg, work, persistent, plan, eval_rows)
+        step = quiet_step(work, run["trainee"])
         for epoch in range(cfg.overhead_epochs):  # as trainer.distill.run_epoch iterates the loaders
-            train = TimedEpoch(run["train"].epoch(epoch), run["train_marks"], session.device)
-            train_epoch(t.student, t.method, train, session.row_labels, session.data.features, session.norm,
-                        session.probe, t.optimizer, t.scheduler, epoch, session.config.grad_clip, session.device)
-            predict(t.student, TimedEpoch(run["eval"].epoch(epoch), run["eval_marks"], session.device), session.device)
+            train_epoch(step, TimedEpoch(run["train"].epoch(epoch), run["train_marks"], device), epoch)
+            predict(step.student, TimedEpoch(run["eval"].epoch(epoch), run["eval_marks"], device), device)
         run["train"].shutdown()
         run["eval"].shutdown()
     raw = {"workers": max(1, cfg.workers), "epochs": cfg.overhead_epochs, "train_samples": n,

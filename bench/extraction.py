@@ -14,49 +14,36 @@ hashing the teacher, creating the store and starting the workers).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import shutil
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from bench.config import BenchConfig
 from bench.contention import clean, cpu_snapshot, foreign_cpu_share
-from bench.timing import summary, sync, timed
+from bench.timing import summary, timed
 
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def first_forward_clock(device: torch.device) -> Iterator[dict]:
-    """Record when each teacher forward of an ``extract()`` call starts and when the first one returns
-    (a hook the library lacks).
+class BatchClock:
+    """``extract()``'s batch observer: when each teacher batch starts, and when the first one ends (its
+    features on the host) with its size."""
 
-    Patches ``Teacher.forward`` on the class, so it works however ``extract`` imports the teacher.
-    """
-    from featcache.teachers import Teacher
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.first_end: float | None = None
+        self.first_images = 0
 
-    clock: dict = {"first_end": None, "first_images": 0, "starts": []}
-    original = Teacher.forward
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        clock["starts"].append(time.perf_counter())
-        out = original(self, images)
-        if clock["first_end"] is None:
-            sync(device)
-            clock["first_end"], clock["first_images"] = time.perf_counter(), len(images)
-        return out
-
-    Teacher.forward = forward
-    try:
-        yield clock
-    finally:
-        Teacher.forward = original
+    def __call__(self, event: str, images: int) -> None:
+        if event == "start":
+            self.starts.append(time.perf_counter())
+        elif self.first_end is None:
+            self.first_end, self.first_images = time.perf_counter(), images
 
 
 def run_extract(cfg: BenchConfig, folder: Path, out: Path) -> dict:
@@ -66,21 +53,20 @@ def run_extract(cfg: BenchConfig, folder: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     config = ExtractConfig(teacher=cfg.teacher, data=f"folder:{folder}", out=str(out), views=cfg.views,
                            batch_size=cfg.extract_batch, workers=cfg.workers, device=cfg.device, weights="random")
-    device = torch.device(cfg.device)
-    with first_forward_clock(device) as clock:
-        started = time.perf_counter()
-        result = extract(config)
-        ended = time.perf_counter()
+    clock = BatchClock()
+    started = time.perf_counter()
+    result = extract(config, observe=clock)
+    ended = time.perf_counter()
     images = result.shape[0] * result.shape[1]
-    steady_images = images - clock["first_images"]
-    starts = [*clock["starts"], ended]
+    steady_images = images - clock.first_images
+    starts = [*clock.starts, ended]
     intervals = [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
     return {
         "images": images,
         "end_to_end_img_s": images / (ended - started),
-        "steady_img_s": steady_images / max(ended - clock["first_end"], 1e-9),
-        "batch_interval_median_img_s": clock["first_images"] / statistics.median(intervals),
-        "until_first_batch_s": clock["first_end"] - started,
+        "steady_img_s": steady_images / max(ended - clock.first_end, 1e-9),
+        "batch_interval_median_img_s": clock.first_images / statistics.median(intervals),
+        "until_first_batch_s": clock.first_end - started,
         "seconds": ended - started,
     }
 

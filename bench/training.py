@@ -1,9 +1,9 @@
 """Training cost: the student alone, CustomKD from the cache, and CustomKD with the teacher online.
 
-All three use the trainer's own pieces (``load_cached_data``, ``make_split``, ``feature_stats``,
-``FeatureNorm``, ``fit_probe``, ``create_student``, ``create_method``, ``make_optimizers``,
-``StudentViews``, ``make_loader``, ``train_epoch``, ``customize_epoch``) on the store the extraction
-section wrote; the online mode is :mod:`bench.online`.
+All three use the trainer's own pieces (:func:`trainer.assemble.load_inputs` and
+:func:`~trainer.assemble.build_trainee` as ``distill`` builds a run, ``StudentViews``, ``make_loader``,
+``train_epoch``, ``customize_epoch``) on the store the extraction section wrote; the online mode is
+:mod:`bench.online`.
 
 Timing. A shared 2-core machine sees bursts from other processes that last seconds, so the
 configurations run in interleaved *rounds* (student, customization + cached KD, online KD, teacher
@@ -18,6 +18,7 @@ kept in the raw record too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -31,80 +32,49 @@ from bench.config import BenchConfig
 from bench.contention import clean, cpu_snapshot, foreign_cpu_share
 from bench.online import OnlineBatches, OnlineFeatures, OnlineViews
 from bench.timing import summary, sync, timed
+from trainer.assemble import Inputs, Trainee
+from trainer.config import DistillConfig
 from trainer.data import StudentViews
 
 log = logging.getLogger(__name__)
 SCHEDULE_STEPS = 10_000  # the cosine schedule's length; irrelevant to speed, long enough not to end
 
 
-@dataclass
-class Session:
-    """The store read once, split, normalised, probed; plus the fixed (row, view) order of a timed epoch."""
+@dataclass(frozen=True)
+class Workload:
+    """A run's inputs, read once as ``distill`` reads them, plus the fixed (row, view) order of a timed epoch."""
 
-    config: object  # trainer.config.DistillConfig
-    data: object  # trainer.data.CachedData
-    norm: object  # trainer.loop.FeatureNorm
-    probe: torch.nn.Linear
-    row_labels: np.ndarray  # [N] label or -1
+    config: DistillConfig
+    inputs: Inputs
     rows: np.ndarray  # [n] training rows, tiled to the longest timed epoch
     views: np.ndarray  # [n] view of each row
-    eval_rows: np.ndarray  # held-out rows of the split
     device: torch.device
 
 
-@dataclass
-class Trainee:
-    """One student with its method and optimisers."""
-
-    student: torch.nn.Module
-    method: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    customizer_opt: torch.optim.Optimizer | None
-
-
-def open_session(cfg: BenchConfig, store: Path, method: str = "customkd") -> Session:
+def open_workload(cfg: BenchConfig, store: Path, method: str = "customkd") -> Workload:
     """Read the store exactly as ``distill`` does, for the SSL default setting."""
-    from trainer.config import DistillConfig
-    from trainer.data import epoch_views, load_cached_data, make_split
-    from trainer.distill import fit_probe, seed_everything
-    from trainer.features import feature_stats
-    from trainer.loop import FeatureNorm
+    from trainer.assemble import load_inputs, seed_everything
+    from trainer.data import epoch_views
 
     seed_everything(0)
     dcfg = DistillConfig(cache=str(store), student=cfg.student, method=method, image_size=cfg.image_size,
                          batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device)
     device = torch.device(cfg.device)
-    data = load_cached_data(dcfg)
-    split = make_split(dcfg, data)
-    norm = FeatureNorm(dcfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
-    probe, _ = fit_probe(data, split, norm, dcfg.seed)
-    row_labels = np.full(len(data.labels), -1, dtype=np.int64)
-    row_labels[split.train] = split.train_labels
+    inputs = load_inputs(dcfg, device)
     longest = max(cfg.train_samples, cfg.online_samples, 2 * cfg.batch_size)
-    tiled = np.resize(np.random.default_rng(0).permutation(split.train), longest)
-    views = epoch_views(tiled, data.n_views, 0, dcfg.view_sampling, dcfg.seed)
-    return Session(dcfg, data, norm, probe.to(device), row_labels, tiled, views, split.eval, device)
+    tiled = np.resize(np.random.default_rng(0).permutation(inputs.split.train), longest)
+    views = epoch_views(tiled, inputs.data.n_views, 0, dcfg.view_sampling, dcfg.seed)
+    return Workload(dcfg, inputs, tiled, views, device)
 
 
-def build_trainee(session: Session, method_name: str) -> Trainee:
-    """A fresh, seeded student + method + optimisers, as ``distill`` builds them."""
-    import dataclasses
-
-    from trainer.distill import make_optimizers, seed_everything
-    from trainer.loop import to_memory_format
-    from trainer.methods import MethodContext, create_method
-    from trainer.students import create_student
+def new_trainee(work: Workload, method_name: str) -> Trainee:
+    """A fresh trainee seeded alike for every configuration, as ``distill`` builds it (its cosine schedule is
+    long enough never to end)."""
+    from trainer.assemble import build_trainee, seed_everything
 
     seed_everything(0)
-    dcfg = dataclasses.replace(session.config, method=method_name)
-    num_classes = len(session.data.classes)
-    student = to_memory_format(create_student(dcfg.student, num_classes, dcfg.image_size).to(session.device),
-                               session.device)  # channels_last for a CNN on CUDA, as distill.setup does
-    ctx = MethodContext(session.data.features.shape[-1], student.feature_dim, num_classes, dcfg)
-    method = create_method(method_name, ctx).to(session.device)
-    optimizer, scheduler, customizer_opt = make_optimizers(dcfg, student, method, SCHEDULE_STEPS)
-    return Trainee(student, method, optimizer, scheduler, customizer_opt)
+    return build_trainee(dataclasses.replace(work.config, method=method_name), work.inputs, work.device,
+                         steps=SCHEDULE_STEPS)
 
 
 class StepClock:
@@ -136,57 +106,62 @@ def epoch_rates(clock: StepClock, started: float, end: dict, n_samples: int) -> 
             "epoch": n_samples / (end["wall"] - started), "seconds": end["wall"] - started}
 
 
-def _train(session: Session, trainee: Trainee, loader, features, n_samples: int) -> dict:
+def quiet_step(work: Workload, trainee: Trainee, features=None):
+    """``train_epoch``'s step parts for the bench: no progress bar, features from the store unless given."""
+    from trainer.assemble import kd_step
+
+    step = kd_step(work.config, work.inputs, trainee, work.device, progress=False)
+    return step if features is None else dataclasses.replace(step, features=features)
+
+
+def _train(work: Workload, trainee: Trainee, loader, features, n_samples: int) -> dict:
     from trainer.loop import train_epoch
 
-    clock = StepClock(loader, session.device)
-    sync(session.device)
+    clock = StepClock(loader, work.device)
+    sync(work.device)
     started = time.perf_counter()
-    train_epoch(trainee.student, trainee.method, clock, session.row_labels, features, session.norm,
-                session.probe, trainee.optimizer, trainee.scheduler, 0, session.config.grad_clip, session.device)
-    sync(session.device)
+    train_epoch(quiet_step(work, trainee, features), clock, 0)
+    sync(work.device)
     return epoch_rates(clock, started, cpu_snapshot(), n_samples)
 
 
-def cached_epoch(session: Session, trainee: Trainee, n_samples: int) -> dict:
+def cached_epoch(work: Workload, trainee: Trainee, n_samples: int) -> dict:
     """Throughputs of one ``train_epoch`` over ``n_samples`` reading cached features from RAM."""
     from trainer.data import make_loader
 
     s = trainee.student
-    dataset = StudentViews(session.data, session.config.image_size, s.mean, s.std)
-    rows, views = session.rows[:n_samples], session.views[:n_samples]
-    loader = make_loader(dataset, rows, views, session.config.batch_size, session.config.workers,
-                         device=session.device)
-    return _train(session, trainee, loader, session.data.features, n_samples)
+    dataset = StudentViews(work.inputs.data, work.config.image_size, s.mean, s.std)
+    rows, views = work.rows[:n_samples], work.views[:n_samples]
+    loader = make_loader(dataset, rows, views, work.config.batch_size, work.config.workers, device=work.device)
+    return _train(work, trainee, loader, None, n_samples)
 
 
-def customization_seconds(session: Session, trainee: Trainee, n_samples: int) -> float:
+def customization_seconds(work: Workload, trainee: Trainee, n_samples: int) -> float:
     """Seconds of one ``customize_epoch`` over the same ``n_samples`` (row, view) features, as ``distill`` calls it."""
     from trainer.distill import EpochFeatures
     from trainer.loop import customize_epoch
 
-    rows, views = session.rows[:n_samples], session.views[:n_samples]
-    device = session.device
+    rows, views, inputs, device = work.rows[:n_samples], work.views[:n_samples], work.inputs, work.device
 
     def run() -> None:
-        features = EpochFeatures(session.data.features, rows, views, session.norm, device)
-        labels = torch.from_numpy(session.row_labels[rows]).to(device)
-        customize_epoch(trainee.method, trainee.student.head, features, labels, session.probe,
+        features = EpochFeatures(inputs.data.features, rows, views, inputs.norm, device)
+        labels = torch.from_numpy(inputs.row_labels[rows]).to(device)
+        customize_epoch(trainee.method, trainee.student.head, features, labels, inputs.probe,
                         trainee.customizer_opt, torch.Generator().manual_seed(0))
 
     return timed(run, device)
 
 
-def online_epoch(session: Session, trainee: Trainee, teacher, n_samples: int) -> dict:
+def online_epoch(work: Workload, trainee: Trainee, teacher, n_samples: int) -> dict:
     """Throughputs of the same ``train_epoch`` with the teacher run on every replayed view."""
     from trainer.data import make_loader
 
     s = trainee.student
-    dataset = OnlineViews(session.data, session.config.image_size, s.mean, s.std, teacher.preprocess)
-    rows, views = session.rows[:n_samples], session.views[:n_samples]
-    batches = OnlineBatches(make_loader(dataset, rows, views, session.config.batch_size, session.config.workers,
-                                        device=session.device))
-    return _train(session, trainee, batches, OnlineFeatures(teacher, batches, session.device), n_samples)
+    dataset = OnlineViews(work.inputs.data, work.config.image_size, s.mean, s.std, teacher.preprocess)
+    rows, views = work.rows[:n_samples], work.views[:n_samples]
+    batches = OnlineBatches(make_loader(dataset, rows, views, work.config.batch_size, work.config.workers,
+                                        device=work.device))
+    return _train(work, trainee, batches, OnlineFeatures(teacher, batches, work.device), n_samples)
 
 
 def teacher_steps(teacher, device: torch.device, batch: int, batches: int) -> dict:
@@ -209,40 +184,29 @@ def make_teacher(cfg: BenchConfig):
     return create_teacher(cfg.teacher, weights="random", device=cfg.device)
 
 
-def quiet_progress() -> None:
-    """Silence ``train_epoch``'s progress bar (it passes ``disable=`` itself, so ``TQDM_DISABLE`` cannot)."""
-    from tqdm import tqdm
-
-    from trainer import loop
-
-    if hasattr(loop, "_progress"):
-        loop._progress = lambda total, desc: tqdm(total=total, desc=desc, disable=True)
-
-
-def training_round(session: Session, trainees: dict[str, Trainee], teacher, n: int, n_online: int) -> dict:
+def training_round(work: Workload, trainees: dict[str, Trainee], teacher, n: int, n_online: int) -> dict:
     """One interleaved round: student, customization + cached CustomKD, online KD, teacher alone (one batch)."""
-    return {"student": cached_epoch(session, trainees["student"], n),
-            "customize_s": customization_seconds(session, trainees["cached"], n),
-            "cached": cached_epoch(session, trainees["cached"], n),
-            "online": online_epoch(session, trainees["online"], teacher, n_online),
-            "teacher": teacher_steps(teacher, session.device, session.config.batch_size, 1)}
+    return {"student": cached_epoch(work, trainees["student"], n),
+            "customize_s": customization_seconds(work, trainees["cached"], n),
+            "cached": cached_epoch(work, trainees["cached"], n),
+            "online": online_epoch(work, trainees["online"], teacher, n_online),
+            "teacher": teacher_steps(teacher, work.device, work.config.batch_size, 1)}
 
 
 def measure_training(cfg: BenchConfig, store: Path) -> dict:
     """A one-batch warm-up round, then ``train_rounds`` timed rounds (:func:`training_round`)."""
-    quiet_progress()
-    session = open_session(cfg, store)
-    trainees = {name: build_trainee(session, method) for name, method in
+    work = open_workload(cfg, store)
+    trainees = {name: new_trainee(work, method) for name, method in
                 (("student", "student"), ("cached", "customkd"), ("online", "customkd"))}
     teacher = make_teacher(cfg)
-    training_round(session, trainees, teacher, cfg.batch_size, cfg.batch_size)
+    training_round(work, trainees, teacher, cfg.batch_size, cfg.batch_size)
     rounds = []
     for rep in range(cfg.train_rounds):
-        rounds.append(training_round(session, trainees, teacher, cfg.train_samples, cfg.online_samples))
+        rounds.append(training_round(work, trainees, teacher, cfg.train_samples, cfg.online_samples))
         rates = {k: cfg.batch_size / statistics.median(rounds[-1][k]["steps"]) for k in ("student", "cached", "online")}
         log.info("train round %d: student %.1f, cached %.1f, online %.1f samples/s", rep, rates["student"],
                  rates["cached"], rates["online"])
-    return _training_raw(cfg, session, rounds)
+    return _training_raw(cfg, work, rounds)
 
 
 def pooled_rate(batch: int, records: list[dict]) -> tuple[float, dict]:
@@ -253,7 +217,7 @@ def pooled_rate(batch: int, records: list[dict]) -> tuple[float, dict]:
     return batch / statistics.median(used), {**info, "step_s": summary(steps)}
 
 
-def _training_raw(cfg: BenchConfig, session: Session, rounds: list[dict]) -> dict:
+def _training_raw(cfg: BenchConfig, work: Workload, rounds: list[dict]) -> dict:
     """Pooled clean step medians (the metrics), per-round and whole-epoch values (cross-checks)."""
     batch = cfg.batch_size
 
@@ -267,7 +231,7 @@ def _training_raw(cfg: BenchConfig, session: Session, rounds: list[dict]) -> dic
     return {
         "student": cfg.student, "method": "customkd", "image_size": cfg.image_size, "batch_size": batch,
         "workers": cfg.workers, "samples_per_epoch": cfg.train_samples, "online_samples_per_epoch": cfg.online_samples,
-        "teacher_dim": int(session.data.features.shape[-1]), "n_train_rows": len(set(session.rows.tolist())),
+        "teacher_dim": work.inputs.teacher_dim, "n_train_rows": len(set(work.rows.tolist())),
         "rate": "batch / median step time pooled over rounds, clean steps only when enough (bench.training)",
         **{f"{k}_samples_s": rate[k] for k in configs},
         "teacher_alone_img_s_at_train_batch": rate["teacher"],
@@ -287,19 +251,18 @@ def _training_raw(cfg: BenchConfig, session: Session, rounds: list[dict]) -> dic
 
 def epoch_throughput(cfg: BenchConfig, store: Path, mode: str, epochs: int, samples: int, warmup: bool) -> dict:
     """One configuration (student / cached / online) in this process: optional warm-up batch, timed epochs."""
-    quiet_progress()
-    session = open_session(cfg, store)
-    trainee = build_trainee(session, "student" if mode == "student" else "customkd")
+    work = open_workload(cfg, store)
+    trainee = new_trainee(work, "student" if mode == "student" else "customkd")
     teacher = make_teacher(cfg) if mode == "online" else None
     records = []
     for epoch in range(-1 if warmup else 0, epochs):
         size = cfg.batch_size if epoch < 0 else samples
         if mode == "online":
-            rates = online_epoch(session, trainee, teacher, size)
+            rates = online_epoch(work, trainee, teacher, size)
         else:
             if mode == "cached":
-                customization_seconds(session, trainee, size)
-            rates = cached_epoch(session, trainee, size)
+                customization_seconds(work, trainee, size)
+            rates = cached_epoch(work, trainee, size)
         if epoch >= 0:
             records.append(rates)
     rate, info = pooled_rate(cfg.batch_size, records)

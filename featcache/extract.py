@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -214,7 +215,8 @@ def _check_finite(features: np.ndarray, valid: np.ndarray, shard: int, rows: sli
 
 
 def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout, writer: ShardWriter,
-                 progress: RankProgress, listing: DatasetListing, precision: str) -> list[tuple[int, str]]:
+                 progress: RankProgress, listing: DatasetListing, precision: str,
+                 observe: BatchObserver | None = None) -> list[tuple[int, str]]:
     """Teacher forward over the loader; hands each finished shard to the writer. Returns bad rows."""
     buffers: dict[int, dict[int, tuple]] = {}
     bad: list[tuple[int, str]] = []
@@ -224,7 +226,11 @@ def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout,
             for batch_rows, images, params, hashes, errors in loader:
                 b, v = images.shape[:2]
                 pixels = images.flatten(0, 1).to(device, non_blocking=True, memory_format=layout_format)
+                if observe is not None:
+                    observe("start", b * v)
                 feats = teacher(pixels).float().view(b, v, -1).cpu().numpy()
+                if observe is not None:
+                    observe("end", b * v)  # the batch's features are on the host: the device is done with it
                 hashes = hashes.numpy().view(np.uint64)
                 for i, row in enumerate(batch_rows.tolist()):
                     if errors[i]:
@@ -293,9 +299,18 @@ def shard_size_for(n_samples: int, shard_size: int, chunk_size: int) -> int:
     return min(shard_size, -(-n_samples // chunk_size) * chunk_size)
 
 
-def extract(cfg: ExtractConfig) -> ExtractResult:
+# called as observe("start", images) just before each teacher forward and observe("end", images) once that
+# batch's features are on the host; images = samples x views of the batch
+BatchObserver = Callable[[str, int], None]
+
+
+def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> ExtractResult:
     """Run the whole extraction; idempotent and resumable. Under torchrun, rank k writes the shards
-    k, k + world, …; the store is the same whatever the number of ranks."""
+    k, k + world, …; the store is the same whatever the number of ranks.
+
+    ``observe`` (optional, e.g. a benchmark's clock) is told when each teacher batch starts and ends on
+    this rank: ``observe("start", images)`` before the forward, ``observe("end", images)`` once its features
+    are on the host. It changes nothing the extraction computes."""
     from featcache.teachers import create_teacher
 
     started = dt.datetime.now(dt.UTC)
@@ -338,7 +353,8 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
         num_workers=cfg.workers, pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers else None,
     )
     progress = RankProgress(env, group, layout, pending, cfg.views)
-    bad = _run_pending(loader, teacher, device, cfg, layout, ShardWriter(group, layout), progress, listing, precision)
+    bad = _run_pending(loader, teacher, device, cfg, layout, ShardWriter(group, layout), progress, listing, precision,
+                       observe)
     _finish(cfg, env, group, bad, listing)
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
     log.info("store %s complete: N=%d V=%d D=%d in %.1fs", where.display(cfg.out), *shape, seconds)

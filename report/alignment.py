@@ -117,38 +117,24 @@ def run_features(run_dir: Path) -> dict:
     """For a finished customkd-type run, on its held-out rows (centre view): the standardised teacher
     features f_t, z = θ^h_t(f_t) (``method.customized`` when the method has it, which includes any output
     activation; else ``method.customizer``), the student's f_s as its method sees it, the student's head
-    weight, and the teacher probe's logits (the probe is refitted: it is seeded and deterministic)."""
+    weight, and the teacher probe's logits (:func:`trainer.assemble.load_trained` rebuilds the run)."""
     import torch
 
-    from trainer.data import StudentViews, load_cached_data, make_loader, make_split
-    from trainer.distill import fit_probe
-    from trainer.evaluate import config_from_run, load_run
-    from trainer.feature_range import output_activation
-    from trainer.features import feature_stats
-    from trainer.loop import FeatureNorm, load_checkpoint
-    from trainer.methods import MethodContext, create_method
+    from trainer.assemble import load_trained
+    from trainer.data import StudentViews, make_loader
 
-    config, student = load_run(str(run_dir))
-    cfg = config_from_run(config)
-    data = load_cached_data(cfg)
-    split = make_split(cfg, data)
-    norm = FeatureNorm(cfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
-    teacher = norm(data.features[split.eval, 0])
-    activation = output_activation(student.features, student, cfg.image_size)  # as in training: z = a(θ^h_t(f_t))
-    method = create_method(cfg.method, MethodContext(teacher.shape[-1], student.feature_dim, len(data.classes), cfg,
-                                                     activation))
-    method.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["method"])
-    method.eval()
+    run = load_trained(run_dir)
+    data, split, student, method = run.inputs.data, run.inputs.split, run.trainee.student, run.trainee.method
+    teacher = run.inputs.norm(data.features[split.eval, 0])
     customize = getattr(method, "customized", None) or method.customizer
-    probe, _ = fit_probe(data, split, norm, cfg.seed)
-    loader = make_loader(StudentViews(data, cfg.image_size, student.mean, student.std), split.eval,
-                         np.zeros(len(split.eval), np.int64), cfg.batch_size, workers=1)
+    loader = make_loader(StudentViews(data, run.cfg.image_size, student.mean, student.std), split.eval,
+                         np.zeros(len(split.eval), np.int64), run.cfg.batch_size, workers=1)
     with torch.no_grad():
         student_features = torch.cat([student(pixels)[0].float() for pixels, *_ in loader])
         return {"teacher": teacher.numpy(), "customized": customize(teacher).float().numpy(),
                 "student": student_features.numpy(), "labels": data.labels[split.eval], "classes": data.classes,
-                "head": config["customize_head"], "head_weight": student.head.weight.detach().numpy(),
-                "probe_logits": probe(teacher).numpy()}
+                "head": run.config["customize_head"], "head_weight": student.head.weight.detach().numpy(),
+                "probe_logits": run.inputs.probe(teacher).numpy()}
 
 
 def run_alignment(run_dir: Path) -> dict:

@@ -6,42 +6,36 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from common import distributed
 from common.errors import UserError
 from common.files import atomic_path, write_json
 from trainer import ddp, loop
-from trainer.config import DistillConfig
-from trainer.data import (
-    CachedData,
-    EpochBatches,
-    RunLoader,
-    Split,
-    StudentViews,
-    chunk_batches,
-    epoch_order,
-    epoch_views,
-    load_cached_data,
-    make_split,
-    run_loader,
+from trainer.assemble import (
+    CHECKPOINT,
+    Inputs,
+    Trainee,
+    build_trainee,
+    epoch_plan,
+    eval_batches,
+    kd_step,
+    load_inputs,
+    make_customizer_optimizer,
+    seed_everything,
 )
-from trainer.feature_range import output_activation
-from trainer.features import block_shuffle, feature_stats
-from trainer.methods import MethodContext, create_method, resolve_method
-from trainer.probe import accuracy, fit_teacher_probe
-from trainer.students import create_student, resolve_student
+from trainer.config import DistillConfig
+from trainer.data import CachedData, EpochBatches, RunLoader, Split, StudentViews, run_loader
+from trainer.methods import resolve_method
+from trainer.students import Student, resolve_student
 from trainer.tracking import Tracker, absolute, eta, provenance
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -50,12 +44,6 @@ class DistillResult:
     final: dict
     teacher_probe: dict
     seconds: float
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def default_run_dir(cfg: DistillConfig) -> str:
@@ -138,23 +126,6 @@ def lock_run_dir(run: Path) -> None:
     _HELD_LOCKS[str(run)] = handle
 
 
-def make_optimizers(cfg: DistillConfig, student, method, steps: int):
-    params = list(student.parameters()) + method.student_side_parameters()
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.effective_lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
-    return optimizer, loop.cosine_schedule(optimizer, steps), make_customizer_optimizer(cfg, method)
-
-
-def make_customizer_optimizer(cfg: DistillConfig, method) -> torch.optim.Optimizer | None:
-    """AdamW on θ^h_t (and a jointly trained random head); its weight decay bounds θ^h_t's scale."""
-    if not method.customizes:
-        return None
-    return torch.optim.AdamW(method.customizer_parameters(), lr=cfg.customizer_lr,
-                             weight_decay=cfg.customizer_weight_decay)
-
-
 def flatten(record: dict, prefix: str = "") -> dict:
     """{"train": {"loss": 1}} → {"train/loss": 1}; lists become one column per item."""
     flat = {}
@@ -191,40 +162,38 @@ class EpochFeatures:
         return loop.to_device(self.norm(self.source[self.rows[p], self.views[p]]), self.device)
 
 
-def fit_probe(data: CachedData, split: Split, norm: loop.FeatureNorm, seed: int):
-    """θ^c_t on centre-view features of labeled training samples; accuracy on the eval rows."""
-    labeled = split.train[split.train_labels >= 0]
-    centre = norm(data.features[labeled, 0])
-    probe, val_acc = fit_teacher_probe(centre, torch.from_numpy(data.labels[labeled]), len(data.classes), seed)
-    eval_acc = accuracy(probe, norm(data.features[split.eval, 0]), torch.from_numpy(data.labels[split.eval]))
-    return probe, {"accuracy": eval_acc, "heldout_labeled_accuracy": val_acc, "n_labeled": len(labeled)}
-
-
 @dataclass
 class Session:
-    """Everything one training run holds; built once by :func:`setup`, advanced by :func:`run_epoch`."""
+    """One training run: its inputs and trainee (:mod:`trainer.assemble`), where it writes, what it has done.
+    Built once by :func:`setup`, advanced by :func:`run_epoch`."""
 
     cfg: DistillConfig
     env: distributed.DistEnv
     device: torch.device
     run: Path
-    data: CachedData
-    split: Split
-    norm: loop.FeatureNorm
-    probe: torch.nn.Linear
-    probe_metrics: dict
-    student: torch.nn.Module
-    method: torch.nn.Module
-    model: torch.nn.Module  # DistillModule, DDP-wrapped under torchrun
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    customizer_opt: torch.optim.Optimizer | None
-    row_labels: np.ndarray
+    inputs: Inputs
+    trainee: Trainee
     history: list = field(default_factory=list)
 
     @property
+    def data(self) -> CachedData:
+        return self.inputs.data
+
+    @property
+    def split(self) -> Split:
+        return self.inputs.split
+
+    @property
+    def student(self) -> Student:
+        return self.trainee.student
+
+    @property
+    def method(self) -> torch.nn.Module:
+        return self.trainee.method
+
+    @property
     def num_classes(self) -> int:
-        return len(self.data.classes)
+        return self.inputs.num_classes
 
     @property
     def epochs(self) -> int:
@@ -232,35 +201,18 @@ class Session:
 
 
 def setup(cfg: DistillConfig, env: distributed.DistEnv, device: torch.device) -> Session:
+    """Check the run folder, read the inputs, build the trainee, then claim the folder (seeded once, up front)."""
     resolve_method(cfg.method)
     resolve_student(cfg.student)
     run = Path(distributed.on_main(env, lambda: str(check_run_dir(cfg))))
     seed_everything(cfg.seed)
     pinned = json.loads((run / "config.json").read_text())["store_fingerprint"] if cfg.resume else None
-    data = load_cached_data(cfg, pinned)
-    split = make_split(cfg, data)
-    if cfg.epochs > 4 * max(data.n_views - 1, 1):
-        log.warning("%d epochs over %d cached views per sample: views repeat often", cfg.epochs, data.n_views)
-    norm = loop.FeatureNorm(cfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
-    probe, probe_metrics = fit_probe(data, split, norm, cfg.seed)
-    student = loop.to_memory_format(create_student(cfg.student, len(data.classes), cfg.image_size,
-                                                   cfg.student_pretrained, cfg.student_weights).to(device), device)
-    activation = output_activation(student.features, student, cfg.image_size)
-    method = create_method(cfg.method, MethodContext(data.features.shape[-1], student.feature_dim,
-                                                     len(data.classes), cfg, activation)).to(device)
-    model = loop.DistillModule(student, method)
-    if env.active:
-        if device.type == "cuda":  # per-rank BatchNorm statistics would make results depend on the rank count
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                        find_unused_parameters=True)  # the customizer trains outside DDP
-    steps = cfg.epochs_for(len(split.train)) * cfg.steps_per_epoch(len(split.train))
-    optimizer, scheduler, customizer_opt = make_optimizers(cfg, student, method, steps)
+    inputs = load_inputs(cfg, device, pinned)
+    if cfg.epochs > 4 * max(inputs.data.n_views - 1, 1):
+        log.warning("%d epochs over %d cached views per sample: views repeat often", cfg.epochs, inputs.data.n_views)
+    trainee = build_trainee(cfg, inputs, device, env)
     distributed.on_main(env, lambda: claim_run_dir(cfg, run))  # last: a run refused above leaves nothing behind
-    row_labels = np.full(len(data.labels), -1, dtype=np.int64)
-    row_labels[split.train] = split.train_labels
-    return Session(cfg, env, device, run, data, split, norm, probe.to(device), probe_metrics, student, method,
-                   model, optimizer, scheduler, customizer_opt, row_labels)
+    return Session(cfg, env, device, run, inputs, trainee)
 
 
 def run_config(s: Session, started: dt.datetime) -> dict:
@@ -285,23 +237,17 @@ def run_config(s: Session, started: dt.datetime) -> dict:
 
 def resume(s: Session) -> int:
     """Load the run's checkpoint into the session; returns the first epoch still to run."""
-    state = loop.load_checkpoint(s.run / CHECKPOINT)
-    s.student.load_state_dict(state["student"])
-    s.method.load_state_dict(state["method"])
-    s.optimizer.load_state_dict(state["optimizer"])
-    s.scheduler.load_state_dict(state["scheduler"])
-    if s.customizer_opt is not None:
-        s.customizer_opt.load_state_dict(state["customizer_optimizer"])
+    state, t = loop.load_checkpoint(s.run / CHECKPOINT), s.trainee
+    t.student.load_state_dict(state["student"])
+    t.method.load_state_dict(state["method"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    if t.customizer_opt is not None:
+        t.customizer_opt.load_state_dict(state["customizer_optimizer"])
     torch.set_rng_state(state["torch_rng"])
     s.history = json.loads(state["history"])
     log.info("resuming %s after epoch %d", s.run, state["epoch"] + 1)
     return state["epoch"] + 1
-
-
-def eval_batches(s: Session) -> list[list[tuple]]:
-    """This rank's share of the held-out rows, centre views, the same every epoch."""
-    rows = s.split.eval[s.env.rank :: s.env.world]
-    return chunk_batches(rows, np.zeros(len(rows), np.int64), s.cfg.batch_size)
 
 
 def evaluate_epoch(s: Session, loader: EpochBatches) -> dict:
@@ -313,57 +259,42 @@ def evaluate_epoch(s: Session, loader: EpochBatches) -> dict:
 
 def customize(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> dict:
     """One customization epoch on this epoch's views; θ^h_t then equals rank 0's on every rank."""
-    cfg, data = s.cfg, s.data
+    cfg, inputs, t = s.cfg, s.inputs, s.trainee
     if cfg.customizer_reset:
         torch.manual_seed(cfg.seed * 1000 + epoch)
-        for module in s.method.customizer.modules():
+        for module in t.method.customizer.modules():
             if isinstance(module, torch.nn.Linear):
                 module.reset_parameters()
-        s.customizer_opt = make_customizer_optimizer(cfg, s.method)
+        t.customizer_opt = make_customizer_optimizer(cfg, t.method)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     record = loop.customize_epoch(
-        s.method, s.student.head, EpochFeatures(data.features, order, views, s.norm, s.device),
-        torch.from_numpy(s.row_labels[order]).to(s.device), s.probe, s.customizer_opt, generator,
-        batch_size=cfg.batch_size, order=torch.arange(len(order)) if data.streaming else None)
-    ddp.broadcast_module(s.env, s.method)
+        t.method, t.student.head, EpochFeatures(inputs.data.features, order, views, inputs.norm, s.device),
+        torch.from_numpy(inputs.row_labels[order]).to(s.device), inputs.probe, t.customizer_opt, generator,
+        batch_size=cfg.batch_size, order=torch.arange(len(order)) if inputs.data.streaming else None)
+    ddp.broadcast_module(s.env, t.method)
     return record
-
-
-def epoch_plan(s: Session, epoch: int) -> tuple[np.ndarray, np.ndarray, list, list]:
-    """The epoch's row order ``[T]``, views ``[T]``, this rank's batches and their global counts:
-    pure functions of (seed, epoch), so resume replays them and the loader can start the next epoch early."""
-    cfg, data = s.cfg, s.data
-    positions = (block_shuffle(s.split.train, data.shard_size, epoch, cfg.seed) if data.streaming
-                 else epoch_order(len(s.split.train), epoch, cfg.seed))
-    order = s.split.train[positions]
-    views = epoch_views(order, data.n_views, epoch, cfg.view_sampling, cfg.seed)
-    items = list(zip(order.tolist(), views.tolist(), [epoch] * len(order), strict=True))
-    batches, counts = ddp.split_global_batches(items, cfg.batch_size, s.env, s.row_labels)
-    return order, views, batches, counts
 
 
 def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunLoader) -> dict:
     """Customization epoch (when due), KD epoch, evaluation; the loaders live for the whole run."""
-    cfg, data = s.cfg, s.data
     record: dict = {"epoch": epoch + 1}
-    order, views, _, counts = epoch_plan(s, epoch)
-    if s.method.customizes and cfg.customizes_at(epoch):
-        record["customize"] = customize(s, epoch, order, views)
-    record["train"] = loop.train_epoch(
-        s.student, s.method, train_loader.epoch(epoch), s.row_labels, data.features, s.norm,
-        s.probe, s.optimizer, s.scheduler, epoch, cfg.grad_clip, s.device,
-        (cfg.fixmatch_threshold, cfg.fixmatch_weight) if cfg.ssl == "fixmatch" else None, s.model, counts, s.env)
+    plan = epoch_plan(s.cfg, s.inputs, epoch, s.env)
+    if s.method.customizes and s.cfg.customizes_at(epoch):
+        record["customize"] = customize(s, epoch, plan.order, plan.views)
+    record["train"] = loop.train_epoch(kd_step(s.cfg, s.inputs, s.trainee, s.device, s.env),
+                                       train_loader.epoch(epoch), epoch, plan.counts)
     record["eval"] = evaluate_epoch(s, eval_loader.epoch(epoch))
     return record
 
 
 def save_epoch(s: Session, epoch: int) -> None:
+    t = s.trainee
     loop.save_checkpoint(s.run / CHECKPOINT, {
-        "epoch": epoch, "student": s.student.state_dict(), "method": s.method.state_dict(),
-        "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-        "customizer_optimizer": s.customizer_opt.state_dict() if s.customizer_opt else {},
+        "epoch": epoch, "student": t.student.state_dict(), "method": t.method.state_dict(),
+        "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+        "customizer_optimizer": t.customizer_opt.state_dict() if t.customizer_opt else {},
         "torch_rng": torch.get_rng_state(), "history": json.dumps(s.history)})
-    write_json(s.run / "metrics.json", {"epochs": s.history, "teacher_probe": s.probe_metrics})
+    write_json(s.run / "metrics.json", {"epochs": s.history, "teacher_probe": s.inputs.probe_metrics})
     write_metrics_csv(s.run / "metrics.csv", s.history)
 
 
@@ -387,13 +318,14 @@ def train(s: Session, started: dt.datetime) -> dict:
     first_epoch = resume(s) if cfg.resume else 0
     # one loader per purpose for the whole run, both started here: persistent workers are forked once,
     # together, so the copy-on-write faults a fork costs the training process fall into the first epoch only
-    epochs, held_out = range(first_epoch, s.epochs), eval_batches(s)
-    train_loader = run_loader(train_ds, lambda epoch: epoch_plan(s, epoch)[2], epochs, cfg.workers, s.device).start()
+    epochs, held_out = range(first_epoch, s.epochs), eval_batches(cfg, s.inputs, env)
+    train_loader = run_loader(train_ds, lambda epoch: epoch_plan(cfg, s.inputs, epoch, env).batches, epochs,
+                              cfg.workers, s.device).start()
     eval_loader = run_loader(eval_ds, lambda epoch: held_out, epochs, cfg.workers, s.device).start()
     tracker = Tracker(s.run, env.main)
     try:
         for epoch in range(first_epoch, s.epochs):
-            epoch_started, lr = time.perf_counter(), s.optimizer.param_groups[0]["lr"]
+            epoch_started, lr = time.perf_counter(), s.trainee.optimizer.param_groups[0]["lr"]
             record = run_epoch(s, epoch, train_loader, eval_loader)
             record.update(lr=lr, epoch_seconds=time.perf_counter() - epoch_started)
             s.history.append(record)
@@ -412,7 +344,8 @@ def train(s: Session, started: dt.datetime) -> dict:
     final = {k: s.history[-1]["eval"][k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
     if env.main:
         save_student(s)
-        write_json(s.run / "metrics.json", {"epochs": s.history, "final": final, "teacher_probe": s.probe_metrics})
+        write_json(s.run / "metrics.json", {"epochs": s.history, "final": final,
+                                            "teacher_probe": s.inputs.probe_metrics})
     distributed.barrier(env)
     return final
 
@@ -429,4 +362,4 @@ def distill(cfg: DistillConfig) -> DistillResult:
         final = train(s, started)
     finally:
         release_run_dir()
-    return DistillResult(str(s.run), final, s.probe_metrics, time.perf_counter() - clock)
+    return DistillResult(str(s.run), final, s.inputs.probe_metrics, time.perf_counter() - clock)

@@ -17,26 +17,12 @@ from common.files import atomic_path
 from featcache import store as fs
 from featcache.datasets import load_listing
 from featcache.views import ViewRecipe, centre_view
-from trainer.config import DistillConfig
+from trainer.assemble import config_from_run, load_student
 from trainer.data import StudentViews, load_cached_data, make_loader, make_split
 from trainer.loop import classification_metrics, predict
-from trainer.students import Student, create_student
+from trainer.students import Student
 
 log = logging.getLogger(__name__)
-
-
-def load_run(run: str) -> tuple[dict, Student]:
-    """The run's config and its student with the saved weights (eval mode)."""
-    run_dir = Path(run)
-    if not (run_dir / "config.json").is_file() or not (run_dir / "student.safetensors").is_file():
-        raise UserError(f"{run} is not a finished run (needs config.json and student.safetensors)")
-    from safetensors.torch import load_file
-
-    config = json.loads((run_dir / "config.json").read_text())
-    student = create_student(config.get("student_alias", config["student"]), config["num_classes"],
-                             config["image_size"])
-    student.model.load_state_dict(load_file(str(run_dir / "student.safetensors")))
-    return config, student.eval()
 
 
 def run_preprocess(config: dict, student: Student) -> dict:
@@ -47,14 +33,6 @@ def run_preprocess(config: dict, student: Student) -> dict:
     manifest = fs.read_manifest(fs.open_complete_store(config["cache"]))
     return {"size": config["image_size"], "mean": list(student.mean), "std": list(student.std),
             "interpolation": "bilinear", "crop": manifest["fingerprint"]["augmentation"]["recipe"]["centre_crop"]}
-
-
-def config_from_run(config: dict) -> DistillConfig:
-    fields = DistillConfig.__dataclass_fields__
-    values = {k: v for k, v in config.items() if k in fields}
-    values.update(source=tuple(config["source"]), target=tuple(config["target"]), resume=False,
-                  student=config.get("student_alias", config["student"]))
-    return DistillConfig(**values)
 
 
 class _AllCentreViews:
@@ -74,7 +52,7 @@ class _AllCentreViews:
 def evaluate_run(run: str, data: str | None = None, workers: int = 2, device: str = "auto") -> dict:
     """Accuracy of the saved student on the run's held-out samples, or on every sample of ``data``."""
     torch_device = resolve_device(device)
-    config, student = load_run(run)
+    config, student = load_student(run)
     if data is None:
         cfg = config_from_run(config)
         cached = load_cached_data(cfg)
@@ -123,7 +101,7 @@ def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
         import onnx
     except ImportError:
         raise UserError("export needs the onnx package: pip install onnx onnxruntime") from None
-    config, student = load_run(run)
+    config, student = load_student(run)
     size = config["image_size"]
     dynamic = _takes_any_size(student.model, size)
     axes = {"images": {0: "batch", **({2: "height", 3: "width"} if dynamic else {})}, "logits": {0: "batch"}}

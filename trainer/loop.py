@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.devices import autocast, resolve_precision
-from common.distributed import is_main_process
+from common.distributed import DistEnv, is_main_process
 from common.errors import UserError
 from common.files import atomic_path
 from trainer.methods import BatchCounts, Method, StepInputs
@@ -48,11 +49,11 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str, enabled: bool = True):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", leave=False, smoothing=0.1, mininterval=1.0,
-                disable=not is_main_process())  # under torchrun only rank 0 draws progress
+                disable=not (enabled and is_main_process()))  # under torchrun only rank 0 draws progress
 
 
 def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, labels: torch.Tensor,
@@ -135,50 +136,78 @@ def _add_loss_parts(sums: dict[str, float], pending: list, epoch: int) -> None:
     pending.clear()
 
 
-def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray, features: np.ndarray,
-                norm: FeatureNorm, probe: nn.Linear, optimizer, scheduler, epoch: int, grad_clip: float,
-                device: torch.device, fixmatch: tuple[float, float] | None = None, model: nn.Module | None = None,
-                counts: list[BatchCounts] | None = None, env=None) -> dict:
+@dataclass(frozen=True)
+class KDStep:
+    """What every KD step of an epoch uses: the model being trained, its optimiser, and where its inputs come from.
+
+    ``model`` is the :class:`DistillModule` around ``student`` (DDP-wrapped under torchrun);
+    ``norm(features[rows, views])`` gives the teacher features ``[B, D]`` of a batch; ``row_labels [N]`` holds
+    each row's label or -1; ``probe`` (θ^c_t, frozen) maps ``[B, D]`` to ``[B, C]``. ``fixmatch = (threshold,
+    weight)`` adds the FixMatch term on strong views the loader supplies; ``env`` reduces the logged sums over
+    ranks; ``progress`` draws a progress bar (on rank 0 only)."""
+
+    student: Student
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    features: object  # np.ndarray [N, V, D] or a reader indexed the same way
+    norm: FeatureNorm
+    probe: nn.Linear
+    row_labels: np.ndarray
+    device: torch.device
+    grad_clip: float = 0.0
+    fixmatch: tuple[float, float] | None = None
+    env: DistEnv | None = None
+    progress: bool = True
+
+
+def _kd_update(kd: KDStep, batch: list, epoch: int, counts: BatchCounts | None,
+               channels_last: bool) -> tuple[dict, BatchCounts]:
+    """One optimiser step on a batch ``(pixels [B, 3, S, S], rows [B], views [B][, strong [B, 3, S, S]])``;
+    returns its loss parts (still on the device) and its counts."""
+    pixels, rows, views = batch[:3]
+    rows_np, views_np = rows.numpy(), views.numpy()
+    teacher = to_device(kd.norm(kd.features[rows_np, views_np]), kd.device)
+    batch_labels = torch.from_numpy(kd.row_labels[rows_np])
+    labels = to_device(batch_labels, kd.device)
+    with torch.no_grad():
+        probe_logits = kd.probe(teacher)
+    strong = to_device(batch[3], kd.device, channels_last) if kd.fixmatch is not None else None
+    # counted on the host: BatchCounts.of on device labels would wait for the GPU
+    counts = counts if counts is not None else BatchCounts.of(batch_labels)
+    parts = kd.model(to_device(pixels, kd.device, channels_last), strong, teacher, labels, probe_logits, epoch,
+                     kd.fixmatch, counts)
+    kd.optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    if kd.grad_clip > 0:
+        nn.utils.clip_grad_norm_([p for g in kd.optimizer.param_groups for p in g["params"]], kd.grad_clip)
+    kd.optimizer.step()
+    kd.scheduler.step()
+    return parts, counts
+
+
+def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None = None) -> dict:
     """One KD epoch over the loader's (row, view) batches; returns mean loss parts and samples/s.
 
-    ``fixmatch = (threshold, weight)`` adds the FixMatch term on strong views the loader supplies.
-    Under DDP, ``model`` is the wrapped :class:`DistillModule`, ``counts`` the global-batch
-    denominators of :func:`trainer.ddp.split_global_batches` and ``env`` reduces the logged sums.
+    Under DDP ``counts`` are the global-batch denominators of :func:`trainer.ddp.split_global_batches`.
     Logged parts are means over the epoch's samples (each global batch weighted by its size). Loss
     parts stay on the device and are read every :data:`SYNC_EVERY` steps, so no step waits for the GPU."""
     from common import distributed
 
-    model = model if model is not None else DistillModule(student, method)
-    model.train()
-    channels_last = prefers_channels_last(student, device)
+    kd.model.train()
+    channels_last = prefers_channels_last(kd.student, kd.device)
     sums: dict[str, float] = defaultdict(float)
     pending: list = []
     started = time.perf_counter()
-    progress = _progress(sum(len(b) for b in loader.batch_sampler), f"epoch {epoch + 1}")
+    progress = _progress(sum(len(b) for b in loader.batch_sampler), f"epoch {epoch + 1}", kd.progress)
     for step, batch in enumerate(loader):
-        pixels, rows, views = batch[:3]
-        rows_np, views_np = rows.numpy(), views.numpy()
-        teacher = to_device(norm(features[rows_np, views_np]), device)
-        batch_labels = torch.from_numpy(row_labels[rows_np])
-        labels = to_device(batch_labels, device)
-        with torch.no_grad():
-            probe_logits = probe(teacher)
-        strong = to_device(batch[3], device, channels_last) if fixmatch is not None else None
-        # counted on the host: BatchCounts.of on device labels would wait for the GPU
-        batch_counts = counts[step] if counts is not None else BatchCounts.of(batch_labels)
-        parts = model(to_device(pixels, device, channels_last), strong, teacher, labels, probe_logits, epoch,
-                      fixmatch, batch_counts)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
-        optimizer.step()
-        scheduler.step()
+        parts, batch_counts = _kd_update(kd, batch, epoch, counts[step] if counts is not None else None,
+                                         channels_last)
         names = sorted(parts, key=lambda name: name == "loss")  # name a term before the total
         pending.append((step, batch_counts, names, torch.stack([parts[n].detach().double() for n in names])))
-        n = len(rows_np) if batch_counts.active else 0
+        n = len(batch[1]) if batch_counts.active else 0
         sums["_seen"] += n  # rank 0 (never a filler) counts the global batch once
-        sums["_weight"] += batch_counts.samples if env is None or env.rank == 0 else 0
+        sums["_weight"] += batch_counts.samples if kd.env is None or kd.env.rank == 0 else 0
         progress.update(n)
         if (step + 1) % SYNC_EVERY == 0:
             _add_loss_parts(sums, pending, epoch)
@@ -187,7 +216,7 @@ def train_epoch(student: Student, method: Method, loader, row_labels: np.ndarray
     _add_loss_parts(sums, pending, epoch)
     progress.close()
     seconds = time.perf_counter() - started
-    sums = distributed.reduce_sums(env, dict(sums)) if env is not None else dict(sums)
+    sums = distributed.reduce_sums(kd.env, dict(sums)) if kd.env is not None else dict(sums)
     seen, weight = sums.pop("_seen", 0), sums.pop("_weight", 0)
     means = {k: v / max(weight, 1e-9) for k, v in sums.items()}
     if "customized_ms" in means:  # CustomKD: is the customized target on the student's scale?

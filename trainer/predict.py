@@ -64,7 +64,8 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
     """Write ``out`` (CSV: path, class, one probability per class) for every image of ``images``; returns the
     number of images. Never overwrites a file; an unreadable image is named in one error line."""
     from common.devices import resolve_device
-    from trainer.evaluate import load_run, run_preprocess
+    from trainer.assemble import load_student
+    from trainer.evaluate import run_preprocess
 
     target = Path(out)
     if target.exists():
@@ -72,7 +73,7 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
     if not target.parent.is_dir():
         raise UserError(f"cannot write {target}: folder {target.parent} does not exist; create it first")
     files = list_images(images)
-    config, student = load_run(run)
+    config, student = load_student(run)
     torch_device = resolve_device(device)
     student = student.to(torch_device)
     loader = torch.utils.data.DataLoader(ImageFiles(files, run_preprocess(config, student)), batch_size=batch_size,

@@ -13,8 +13,8 @@ import torch
 
 from common.errors import UserError
 from tests.conftest import TINY_STUDENT
+from trainer import assemble, loop
 from trainer import distill as distill_mod
-from trainer import loop
 from trainer.config import DistillConfig
 from trainer.data import StudentViews, chunk_batches, loader_options, run_loader
 
@@ -180,15 +180,16 @@ def test_the_loop_reads_no_scalar_per_step(tiny_store, tmp_path, monkeypatch):
     cfg = _config(tiny_store, tmp_path / "run", workers=0, customize_warmup=0)  # customizes before KD epoch 1
     session = distill_mod.setup(cfg, DistEnv(), torch.device("cpu"))
     dataset = StudentViews(session.data, cfg.image_size, session.student.mean, session.student.std)
-    held_out = distill_mod.eval_batches(session)
-    loaders = (run_loader(dataset, lambda epoch: distill_mod.epoch_plan(session, epoch)[2], range(1), 0),
+    held_out = assemble.eval_batches(cfg, session.inputs, session.env)
+    loaders = (run_loader(dataset, lambda epoch: assemble.epoch_plan(cfg, session.inputs, epoch, session.env).batches,
+                          range(1), 0),
                run_loader(dataset, lambda epoch: held_out, range(1), 0))
     reads = []
 
     def counting(real):
         def read(tensor, *args, **kwargs):
             caller = sys._getframe(1).f_code.co_filename
-            if caller.endswith(("trainer/loop.py", "trainer/distill.py")):
+            if caller.endswith(("trainer/loop.py", "trainer/distill.py", "trainer/assemble.py")):
                 reads.append(caller)
             return real(tensor, *args, **kwargs)
         return read
