@@ -1,0 +1,73 @@
+"""trainer.assemble: one way to build a run, the same draws every time; a finished run loads back as it trained."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from common.distributed import DistEnv
+from tests.conftest import TINY_STUDENT
+from trainer.assemble import build_trainee, epoch_plan, kd_step, load_inputs, load_trained, seed_everything
+from trainer.config import DistillConfig
+from trainer.data import StudentViews, make_loader
+from trainer.distill import distill
+from trainer.loop import train_epoch
+
+CPU = torch.device("cpu")
+
+
+def _config(store, **overrides) -> DistillConfig:
+    values = dict(min_steps=0, cache=str(store), student=TINY_STUDENT, method="customkd", epochs=2, image_size=32,
+                  batch_size=8, workers=0, labels_per_class=2, customize_warmup=0)
+    return DistillConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "r"
+    distill(_config(tiny_store, out=str(out)))
+    return out
+
+
+def test_load_trained_gives_back_the_runs_weights_and_probe(finished_run):
+    from safetensors.torch import load_file
+
+    run = load_trained(finished_run)
+    student = run.trainee.student.model.state_dict()
+    assert all(torch.equal(student[k], v) for k, v in load_file(str(finished_run / "student.safetensors")).items())
+    method = run.trainee.method.state_dict()
+    saved = torch.load(finished_run / "checkpoint.pt", weights_only=True)["method"]
+    assert saved and all(torch.equal(method[k], v) for k, v in saved.items())
+    # the probe is refitted from the run's own store: seeded, so the same probe with the same accuracy
+    assert run.inputs.probe_metrics == json.loads((finished_run / "metrics.json").read_text())["teacher_probe"]
+    assert not run.trainee.student.training and not run.trainee.method.training
+    assert run.cfg.method == "customkd" and run.config["out"] == str(finished_run.resolve())
+
+
+def _fresh(cfg: DistillConfig):
+    seed_everything(cfg.seed)
+    inputs = load_inputs(cfg, CPU)
+    return inputs, build_trainee(cfg, inputs, CPU)
+
+
+def test_building_a_run_twice_draws_the_same(tiny_store):
+    (inputs, first), (_, second) = _fresh(_config(tiny_store)), _fresh(_config(tiny_store))
+    for a, b in ((first.student, second.student), (first.method, second.method)):
+        pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        assert all(torch.equal(x, y) for x, y in pairs)
+    assert inputs.row_labels.shape == (len(inputs.data.labels),) and (inputs.row_labels >= 0).any()
+
+
+def test_train_epoch_draws_a_progress_bar_only_when_asked(tiny_store, capsys):
+    cfg = _config(tiny_store)
+    inputs, trainee = _fresh(cfg)
+    plan = epoch_plan(cfg, inputs, 0, DistEnv())
+    dataset = StudentViews(inputs.data, cfg.image_size, trainee.student.mean, trainee.student.std)
+    for progress in (False, True):
+        capsys.readouterr()
+        loader = make_loader(dataset, plan.order, plan.views, cfg.batch_size, workers=0)
+        record = train_epoch(kd_step(cfg, inputs, trainee, CPU, progress=progress), loader, 0, plan.counts)
+        assert record["samples"] == len(inputs.split.train)
+        assert ("epoch 1" in capsys.readouterr().err) is progress
