@@ -20,8 +20,10 @@ def store_bytes(store: Path, *, manifest: bool = False) -> dict[str, bytes]:
             if p.is_file() and (manifest or p.relative_to(root) != Path("zarr.json"))}
 
 
-def make_image_folder(root: Path, classes: int = 3, per_class: int = 10, domains: tuple[str, ...] = ()) -> Path:
-    """``root/<class>/<img>.png`` (or ``root/<domain>/<class>/…``): coloured noise, one hue per class."""
+def make_tiny_hue_folder(root: Path, classes: int = 3, per_class: int = 10, domains: tuple[str, ...] = ()) -> Path:
+    """``root/<class>/<img>.png`` (or ``root/<domain>/<class>/…``): tiny (about 40 x 48 px) PNGs of coloured noise,
+    one hue per class, so a student learns the classes in a few steps. Not bench.fixtures.make_image_folder, which
+    makes photo-sized JPEGs without a class signal, for realistic decode cost."""
     rng = np.random.default_rng(0)
     for domain in domains or ("",):
         for c in range(classes):
@@ -36,7 +38,7 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 10, domains
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("data") / "tiny")
+    return make_tiny_hue_folder(tmp_path_factory.mktemp("data") / "tiny")
 
 
 @pytest.fixture(scope="session")

@@ -82,9 +82,9 @@ def _refit_teacher_probe(run: Path) -> dict:
 
 def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
     """`extract --teacher dinov2_vits --weights random` runs at 224 px, not 518, and the store says so."""
-    from tests.conftest import make_image_folder
+    from tests.conftest import make_tiny_hue_folder
 
-    folder = make_image_folder(tmp_path / "images", classes=2, per_class=2)
+    folder = make_tiny_hue_folder(tmp_path / "images", classes=2, per_class=2)
     for tap, dim in (("cls", 384), ("cls+mean", 768)):
         out = tmp_path / f"{tap}.zarr"
         result = customkd("extract", "--teacher", "dinov2_vits", "--weights", "random", "--data", f"folder:{folder}",

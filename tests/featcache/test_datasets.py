@@ -8,11 +8,11 @@ from PIL import Image, ImageFilter
 from common.errors import UserError
 from featcache.datasets import load_listing
 from featcache.views import ViewRecipe, draw_views, replay
-from tests.conftest import make_image_folder
+from tests.conftest import make_tiny_hue_folder
 
 
 def test_folder_with_domains(tmp_path):
-    root = make_image_folder(tmp_path / "oh", classes=2, per_class=5, domains=("Art", "Clipart"))
+    root = make_tiny_hue_folder(tmp_path / "oh", classes=2, per_class=5, domains=("Art", "Clipart"))
     listing = load_listing(f"folder:{root}")
     assert listing.domains == ("Art", "Clipart") and listing.classes == ("class0", "class1")
     assert len(listing) == 20
@@ -23,8 +23,8 @@ def test_folder_with_domains(tmp_path):
 
 
 def test_folder_keeps_train_test_dirs(tmp_path):
-    make_image_folder(tmp_path / "d" / "train", classes=2, per_class=4)
-    make_image_folder(tmp_path / "d" / "test", classes=2, per_class=2)
+    make_tiny_hue_folder(tmp_path / "d" / "train", classes=2, per_class=4)
+    make_tiny_hue_folder(tmp_path / "d" / "test", classes=2, per_class=2)
     listing = load_listing(f"folder:{tmp_path / 'd'}")
     assert listing.classes == ("class0", "class1")
     assert [s.split for s in listing.samples].count(1) == 4
@@ -53,7 +53,7 @@ def test_cifar100_python_release(tmp_path):
 def test_paths_never_escape_the_root(tmp_path):
     from dataclasses import replace
 
-    root = make_image_folder(tmp_path / "x", classes=1, per_class=1)
+    root = make_tiny_hue_folder(tmp_path / "x", classes=1, per_class=1)
     listing = load_listing(f"folder:{root}")
     hostile = replace(listing, samples=(replace(listing.samples[0], relpath="../../etc/passwd"),))
     with pytest.raises(UserError, match="escapes the dataset root"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import TINY_TEACHER, make_image_folder, store_bytes
+from tests.conftest import TINY_TEACHER, make_tiny_hue_folder, store_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def _kill_when_done_flags(folder: Path, out: Path, flags: int, extra_delay: floa
 
 
 def test_sigkill_then_rerun_is_byte_identical(tmp_path):
-    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=16)  # 48 images → 8 shards of 6
+    folder = make_tiny_hue_folder(tmp_path / "imgs", classes=3, per_class=16)  # 48 images → 8 shards of 6
     reference = tmp_path / "reference.zarr"
     _run(folder, reference)
     expected = store_bytes(reference)

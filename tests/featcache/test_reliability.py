@@ -13,7 +13,7 @@ from common.errors import UserError
 from featcache import store as fs
 from featcache.cache_ops import export_h5, import_h5, store_info, verify_store
 from featcache.extract import ExtractConfig, extract
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder, store_bytes
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder, store_bytes
 from trainer.config import DistillConfig
 from trainer.data import load_cached_data, make_split
 
@@ -25,7 +25,7 @@ def _cfg(folder: Path, out: Path, **kw) -> ExtractConfig:
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    return make_image_folder(tmp_path / "imgs")
+    return make_tiny_hue_folder(tmp_path / "imgs")
 
 
 def _break_images(folder: Path) -> list[str]:
@@ -111,7 +111,7 @@ def test_damaged_shard_is_located_and_refused(tiny_store, tmp_path, damage):
 
 
 def test_stale_dataset_is_named_and_refused(tmp_path):
-    folder = make_image_folder(tmp_path / "imgs")
+    folder = make_tiny_hue_folder(tmp_path / "imgs")
     out = tmp_path / "s.zarr"
     extract(_cfg(folder, out))
     edited = folder / "class2" / "img04.png"
@@ -159,7 +159,7 @@ def test_pinned_or_resumed_fingerprint_names_the_component(tmp_path):
     from featcache.teachers import create_teacher
     from trainer.distill import distill
 
-    folder = make_image_folder(tmp_path / "imgs")
+    folder = make_tiny_hue_folder(tmp_path / "imgs")
     out = tmp_path / "s.zarr"
     extract(_cfg(folder, out))
     teacher_hash = fs.read_manifest(zarr.open_group(str(out), mode="r"))["fingerprint"]["teacher"]["hash"]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import TINY_TEACHER, make_image_folder, store_bytes
+from tests.conftest import TINY_TEACHER, make_tiny_hue_folder, store_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ def _extract(folder: Path, out: Path, nproc: int, extra_env: dict | None = None)
 
 
 def test_two_ranks_write_the_same_store_as_one(tmp_path):
-    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=7)  # 21 images → 5 shards
+    folder = make_tiny_hue_folder(tmp_path / "imgs", classes=3, per_class=7)  # 21 images → 5 shards
     one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
     for out, nproc in ((one, 1), (two, 2)):
         result = _extract(folder, out, nproc)

@@ -23,7 +23,7 @@ from featcache import store as fs
 from featcache.cache_ops import verify_store
 from featcache.datasets import load_listing
 from featcache.extract import ExtractConfig, extract
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder
 from trainer.config import DistillConfig
 from trainer.data import load_cached_data
 
@@ -295,7 +295,7 @@ def _cfg(folder: Path, out: Path, **kw) -> ExtractConfig:
 def test_non_finite_teacher_features_are_refused(tmp_path, monkeypatch, scale, needle):
     from featcache.teachers import Teacher
 
-    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=4)
+    folder = make_tiny_hue_folder(tmp_path / "imgs", classes=2, per_class=4)
     real = Teacher.forward
     monkeypatch.setattr(Teacher, "forward", lambda self, images: real(self, images) * scale)
     out = tmp_path / "s.zarr"
@@ -319,7 +319,7 @@ def test_verify_reports_inf_features(copy):
 # ------------------------------------------------------------------ images and dead ends
 
 def test_hidden_folders_and_files_are_not_data(tmp_path):
-    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=3)
+    folder = make_tiny_hue_folder(tmp_path / "imgs", classes=2, per_class=3)
     (folder / ".ipynb_checkpoints").mkdir()
     shutil.copy(folder / "class0" / "img00.png", folder / ".ipynb_checkpoints" / "img00-checkpoint.png")
     (folder / "class1" / ".thumbs").mkdir()
@@ -341,7 +341,7 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
 
 
 def test_decompression_bomb_is_a_bad_image_skippable(tmp_path, monkeypatch):
-    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=4)
+    folder = make_tiny_hue_folder(tmp_path / "imgs", classes=2, per_class=4)
     Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(folder / "class1" / "img99.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200 x 200 > 2 x limit: PIL raises the bomb error
     out = tmp_path / "s.zarr"
@@ -371,7 +371,7 @@ def test_half_created_store_has_a_way_out(copy, tmp_path):
 
 
 def test_non_utf8_file_name_is_named(tmp_path):
-    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    folder = make_tiny_hue_folder(tmp_path / "imgs", classes=2, per_class=2)
     bad = os.fsencode(str(folder / "class0")) + b"/caf\xe9.png"
     shutil.copy(folder / "class0" / "img00.png", bad)
     with pytest.raises(UserError, match=r"file name b'class0/caf\\xe9.png' .* is not valid UTF-8"):

@@ -9,16 +9,16 @@ import pytest
 import zarr
 
 from tests.cli.test_cli import _one_line_exit_2, customkd
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder
 
 
 @pytest.fixture(scope="module")
 def mixed_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
-    labeled = make_image_folder(root / "labeled", classes=3, per_class=6)
+    labeled = make_tiny_hue_folder(root / "labeled", classes=3, per_class=6)
     flat = root / "camera_roll"
     (flat / "day2").mkdir(parents=True)
-    for i, image in enumerate(sorted(make_image_folder(root / "source", classes=3, per_class=3).rglob("*.png"))):
+    for i, image in enumerate(sorted(make_tiny_hue_folder(root / "source", classes=3, per_class=3).rglob("*.png"))):
         shutil.copy(image, (flat if i % 2 else flat / "day2") / f"shot{i:02d}.png")  # flat, and one level below
     (flat / ".thumbs").mkdir()
     (flat / ".thumbs" / "x.png").write_bytes(b"hidden")

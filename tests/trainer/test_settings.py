@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from featcache.extract import ExtractConfig, extract
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_image_folder
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder
 from trainer.config import DistillConfig
 from trainer.data import StudentViews, load_cached_data, make_split
 from trainer.distill import distill
@@ -15,7 +15,7 @@ from trainer.loop import fixmatch_loss
 @pytest.fixture(scope="module")
 def domain_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("uda")
-    folder = make_image_folder(root / "imgs", classes=2, per_class=6, domains=("Art", "Clipart", "Photo"))
+    folder = make_tiny_hue_folder(root / "imgs", classes=2, per_class=6, domains=("Art", "Clipart", "Photo"))
     out = root / "d.zarr"
     extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{folder}", out=str(out), views=2, weights="random",
                           workers=0, shard_size=8))
