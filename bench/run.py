@@ -72,7 +72,7 @@ def run_sections(cfg: BenchConfig, work: Path) -> dict:
     raw["teacher_size"] = section("teacher_size", lambda: measure_teacher_size(cfg))
     raw["memory"] = section("memory", lambda: measure_memory(cfg, store))
     raw["allocator"] = section("allocator", lambda: measure_allocator(cfg, store))
-    manifest = fs.read_manifest(fs.open_group(store, mode="r"))
+    manifest = fs.read_manifest(fs.open_group(store, mode="r"), store)
     raw["storage"] = section("storage", lambda: measure_storage(cfg, manifest, store, work))
     raw["store_read"] = section("store_read", lambda: measure_reads(cfg, work / "synthetic-default.zarr"))
     return raw

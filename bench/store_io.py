@@ -1,7 +1,7 @@
 """Store read throughput and bytes on disk per view.
 
 Both use a synthetic store shaped like a real one (N, V, D of the config; the default layout of
-``extract``; the manifest of the store the extraction section wrote), created by
+``extract``; the manifest of the store the extraction section wrote, resized), created by
 :func:`featcache.store.create_store` and filled shard by shard as ``write_shard`` fills it. Its
 features are Gaussian float16 with per-dimension scales, which compress about as badly as real
 teacher features do.
@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.config import BenchConfig
 from bench.timing import repeat
+from featcache.schema import Fingerprint, Layout, Manifest, shard_size_for
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +34,29 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def default_layout(n: int, v: int, d: int, compress: bool):
+def default_layout(n: int, v: int, d: int, compress: bool) -> Layout:
     """The layout ``extract`` would use for this shape (defaults read from ``ExtractConfig``)."""
-    from featcache import store as fs
-    from featcache.extract import ExtractConfig
+    from featcache.config import ExtractConfig
     from featcache.views import VIEW_PARAMS
 
     defaults = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
-    return fs.Layout(n_samples=n, n_views=v, feature_dim=d, n_params=len(VIEW_PARAMS),
-                     shard_size=min(defaults["shard_size"], n), chunk_size=defaults["chunk_size"], compress=compress)
+    return Layout(n_samples=n, n_views=v, feature_dim=d, n_params=len(VIEW_PARAMS),
+                  shard_size=shard_size_for(n, defaults["shard_size"], defaults["chunk_size"]),
+                  chunk_size=defaults["chunk_size"], compress=compress)
 
 
-def write_synthetic_store(path: Path, cfg: BenchConfig, manifest: dict, compress: bool, dim: int | None = None) -> Path:
+def synthetic_manifest(manifest: Manifest, layout: Layout) -> Manifest:
+    """``manifest`` (of a real store) resized to ``layout``: shape, shard count and the fingerprint's dataset
+    size, views and layout agree with the synthetic arrays, so the store opens as any other."""
+    fp = manifest.fingerprint
+    fingerprint = Fingerprint.make({**fp.dataset.body, "n": layout.n_samples}, dict(fp.teacher.body),
+                                   {**fp.augmentation.body, "views": layout.n_views}, layout.to_dict())
+    return dataclasses.replace(manifest, fingerprint=fingerprint, n_shards=layout.n_shards,
+                               shape=(layout.n_samples, layout.n_views, layout.feature_dim))
+
+
+def write_synthetic_store(path: Path, cfg: BenchConfig, manifest: Manifest, compress: bool,
+                          dim: int | None = None) -> Path:
     """A complete store of ``store_rows × store_views × dim`` (default ``store_dim``) Gaussian features."""
     from featcache import store as fs
 
@@ -54,8 +66,7 @@ def write_synthetic_store(path: Path, cfg: BenchConfig, manifest: dict, compress
     per_sample = {"labels": (np.arange(n) % 4).astype(np.int32), "domain": np.zeros(n, np.int8),
                   "split": (np.arange(n) % 5 == 0).astype(np.int16),
                   "sample_key": rng.integers(0, 2**63, n, dtype=np.uint64)}
-    shaped = {**manifest, "shape": [n, v, d], "n_shards": layout.n_shards}
-    group = fs.create_store(path, layout, shaped, per_sample)
+    group = fs.create_store(path, layout, synthetic_manifest(manifest, layout), per_sample)
     scale = np.exp(rng.normal(0, 0.5, d)).astype(np.float32)
     for shard in range(layout.n_shards):
         rows = layout.shard_rows(shard)
@@ -73,7 +84,7 @@ def bytes_per_view_ratio(path: Path, n: int, v: int, d: int) -> dict:
     return {"bytes": total, "bytes_per_view": total / (n * v), "ratio_vs_2d": total / (n * v) / (2 * d)}
 
 
-def measure_storage(cfg: BenchConfig, manifest: dict, extracted: Path, work: Path) -> dict:
+def measure_storage(cfg: BenchConfig, manifest: Manifest, extracted: Path, work: Path) -> dict:
     """Bytes on disk per view ÷ (2·D): the synthetic store, default and ``--compress`` (the metrics); the same
     at the benchmark teacher's D; and the small store the extraction section wrote."""
     n, v, d = cfg.store_rows, cfg.store_views, cfg.store_dim
@@ -82,7 +93,7 @@ def measure_storage(cfg: BenchConfig, manifest: dict, extracted: Path, work: Pat
     for name, compress in (("default", False), ("compress", True)):
         path = write_synthetic_store(work / f"synthetic-{name}.zarr", cfg, manifest, compress)
         raw[name] = bytes_per_view_ratio(path, n, v, d)
-    en, ev, ed = manifest["shape"]
+    en, ev, ed = manifest.shape
     if ed != d:
         for name, compress in (("default", False), ("compress", True)):
             path = write_synthetic_store(work / f"synthetic-d{ed}-{name}.zarr", cfg, manifest, compress, ed)
@@ -128,7 +139,7 @@ def measure_reads(cfg: BenchConfig, store: Path) -> dict:
 
     group = fs.open_group(store, mode="r")
     n, v, _ = group["features"].shape
-    shard = int(fs.read_manifest(group)["fingerprint"]["layout"]["shard_size"])
+    shard = fs.read_manifest(group, store).layout.shard_size
     valid = np.ones(n, dtype=bool)
     started = time.perf_counter()
     in_ram = open_features(group, "ram", shard, valid)

@@ -26,11 +26,10 @@ def info(path: Annotated[str, typer.Argument(help="Store path.")],
         typer.echo(json.dumps(summary["manifest"], indent=2, ensure_ascii=True))
         return
     for key, value in summary.items():
-        if key != "manifest":
+        if key not in ("manifest", "components"):
             typer.echo(f"{key:<16} {printable(value)}")
-    for name, component in summary["manifest"].get("fingerprint", {}).items():
-        body = json.dumps({k: v for k, v in component.items() if k != "hash"}, ensure_ascii=True)
-        typer.echo(f"  {printable(name):<14} {body[:150]}")
+    for name, body in summary["components"].items():
+        typer.echo(f"  {printable(name):<14} {json.dumps(body, ensure_ascii=True)[:150]}")
 
 
 @app.command()

@@ -3,7 +3,8 @@ unlabeled images: ``<labeled spec>|unlabeled:NAME=PATH|…``.
 
 A dataset is a :class:`DatasetListing`: a sorted, immutable list of samples (relative path,
 label, domain, split) plus a way to read each sample's bytes and image. Sample order is
-deterministic (sorted relative paths) so a store row always means the same sample. Unlabeled
+deterministic (sorted relative paths) so a store row always means the same sample; the spec
+grammar, row keys and staleness check are the store contract (:mod:`featcache.schema`). Unlabeled
 images (any tree, or a flat folder) come after the labeled rows, with label -1, in the training
 split, in a domain named NAME (the folder's name unless given): SSL trains on them as unlabeled,
 UDA takes them as an unlabeled target domain.
@@ -11,7 +12,6 @@ UDA takes them as an unlabeled target domain.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import pickle
@@ -23,12 +23,18 @@ import numpy as np
 from PIL import Image
 
 from common.errors import UserError
+from featcache.schema import (
+    UNLABELED,
+    DataSpecError,
+    listing_hash,
+    parse_data_spec,
+    unlabeled_part,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 SPLITS = ("train", "test")
-UNLABELED = -1  # the label of an image nobody labeled
 UNLABELED_PREFIX = "unlabeled/"  # relative paths of unlabeled rows: unlabeled/<domain>/<path in its folder>
 HOLDOUT_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -79,12 +85,8 @@ class DatasetListing:
         return to_8bit(image)
 
     def listing_hash(self) -> str:
-        """Hash of sorted relative paths, sizes, labels, domains and splits."""
-        h = hashlib.sha256()
-        for s in self.samples:
-            h.update(f"{s.relpath}\t{s.size}\t{s.label}\t{s.domain}\t{s.split}\n".encode())
-        h.update(("|".join(self.classes) + "#" + "|".join(self.domains)).encode())
-        return h.hexdigest()
+        """Hash of sorted relative paths, sizes, labels, domains and splits (:func:`featcache.schema.listing_hash`)."""
+        return listing_hash(self.samples, self.classes, self.domains)
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
@@ -96,16 +98,6 @@ def to_8bit(image: Image.Image) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
     return image
-
-
-def sample_key(relpath: str) -> int:
-    """uint64 key of a sample's relative path (row ↔ image check)."""
-    return int.from_bytes(hashlib.blake2b(relpath.encode(), digest_size=8).digest(), "little")
-
-
-def content_hash(data: bytes) -> int:
-    """uint64 hash of a sample's bytes (staleness check)."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def stratified_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -339,27 +331,21 @@ def unlabeled_spec(value: str) -> str:
         raise UserError(f"--unlabeled {value}: folder {folder} does not exist; pass --unlabeled folder:PATH")
     if "|" in str(folder.resolve()) or "|" in name:
         raise UserError(f"--unlabeled {value}: '|' in a name or path is not supported; rename or link the folder")
-    return f"unlabeled:{name or folder.resolve().name}={folder.resolve()}"
+    return unlabeled_part(name or folder.resolve().name, str(folder.resolve()))
 
 
-def _unlabeled_parts(parts: list[str]) -> list[tuple[str, Path]]:
-    out = []
-    for part in parts:
-        kind, _, arg = part.partition(":")
-        name, _, where = arg.partition("=")
-        if kind != "unlabeled" or not name or not where:
-            raise UserError(f"data spec part {part!r} is not unlabeled:NAME=PATH")
+def _unlabeled_folders(parts: tuple[tuple[str, str], ...]) -> list[tuple[str, Path]]:
+    for _, where in parts:
         if not Path(where).is_dir():
             raise UserError(f"unlabeled folder {where} does not exist; pass --data with the spec of where the "
                             "images are now")
-        out.append((name, Path(where)))
-    return out
+    return [(name, Path(where)) for name, where in parts]
 
 
-def _with_unlabeled(listing: DatasetListing, spec: str, parts: list[str]) -> DatasetListing:
+def _with_unlabeled(listing: DatasetListing, spec: str, parts: tuple[tuple[str, str], ...]) -> DatasetListing:
     """``listing`` followed by every image of the unlabeled folders (label -1, training split)."""
     domains, samples, sources = list(listing.domains), list(listing.samples), {}
-    for name, folder in _unlabeled_parts(parts):
+    for name, folder in _unlabeled_folders(parts):
         if name not in domains:
             domains.append(name)
         files = _image_files(folder)
@@ -385,14 +371,17 @@ def _with_unlabeled(listing: DatasetListing, spec: str, parts: list[str]) -> Dat
 
 def load_listing(spec: str) -> DatasetListing:
     """Resolve a data spec (``elpv``, ``folder:PATH``, ``cifar100:PATH``, each optionally followed by
-    ``|unlabeled:NAME=PATH`` parts) into its listing."""
-    base, *unlabeled = spec.split("|")
-    kind, _, arg = base.partition(":")
-    if kind not in DATASETS:
-        raise UserError(f"unknown dataset {spec!r}; known: elpv, folder:PATH, cifar100:PATH")
-    listing = DATASETS[kind](arg)
-    if unlabeled:
-        listing = _with_unlabeled(listing, "|".join([listing.spec, *unlabeled]), unlabeled)
+    ``|unlabeled:NAME=PATH`` parts, :func:`featcache.schema.parse_data_spec`) into its listing."""
+    try:
+        parsed = parse_data_spec(spec)
+    except DataSpecError as exc:
+        if exc.part is None:
+            raise UserError(f"unknown dataset {spec!r}; known: elpv, folder:PATH, cifar100:PATH") from None
+        raise UserError(f"data spec part {exc.part!r} is not unlabeled:NAME=PATH") from None
+    listing = DATASETS[parsed.kind](parsed.arg)
+    if parsed.unlabeled:
+        parts = [unlabeled_part(name, folder) for name, folder in parsed.unlabeled]
+        listing = _with_unlabeled(listing, "|".join([listing.spec, *parts]), parsed.unlabeled)
     log.info("dataset %s: %d samples (%d unlabeled), %d classes", listing.spec, len(listing),
              sum(s.label == UNLABELED for s in listing.samples), len(listing.classes))
     return listing

@@ -27,7 +27,16 @@ from common.provenance import library_versions
 from featcache import location as where
 from featcache import store as fs
 from featcache.config import ExtractConfig
-from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key, unlabeled_spec
+from featcache.datasets import DatasetListing, load_listing, unlabeled_spec
+from featcache.schema import (
+    Fingerprint,
+    Layout,
+    Manifest,
+    content_hash,
+    listing_arrays,
+    parse_data_spec,
+    shard_size_for,
+)
 from featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS, draw_views, replay
 
 log = logging.getLogger(__name__)
@@ -73,7 +82,7 @@ class ViewImages(torch.utils.data.Dataset):
 class ShardWriter:
     """Writes finished shards in a background thread so teacher compute and I/O overlap."""
 
-    def __init__(self, group, layout: fs.Layout) -> None:
+    def __init__(self, group, layout: Layout) -> None:
         self.group, self.layout = group, layout
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
@@ -103,17 +112,27 @@ class ShardWriter:
                             "and rerun the same command to resume")
 
 
-def build_fingerprint(listing: DatasetListing, teacher, cfg: ExtractConfig, layout: fs.Layout,
-                      precision: str) -> dict:
-    dataset = {"kind": listing.spec.split(":")[0], "n": len(listing), "listing_hash": listing.listing_hash(),
+def build_fingerprint(listing: DatasetListing, teacher, cfg: ExtractConfig, layout: Layout,
+                      precision: str) -> Fingerprint:
+    dataset = {"kind": parse_data_spec(listing.spec).kind, "n": len(listing), "listing_hash": listing.listing_hash(),
                "classes": list(listing.classes), "domains": list(listing.domains)}
     augmentation = {"recipe": cfg.recipe.to_dict(), "views": cfg.views, "base_seed": cfg.seed,
                     "seed_scheme": SEED_SCHEME_VERSION, "view_params": list(VIEW_PARAMS)}
-    return fs.make_fingerprint(dataset, {**teacher.identity(), "precision": precision}, augmentation,
-                               layout.to_dict())
+    return Fingerprint.make(dataset, {**teacher.identity(), "precision": precision}, augmentation, layout.to_dict())
 
 
-def _prepare_store(cfg: ExtractConfig, layout: fs.Layout, manifest: dict, per_sample: dict):
+def build_manifest(listing: DatasetListing, fingerprint: Fingerprint, layout: Layout, cfg: ExtractConfig,
+                   started: dt.datetime) -> Manifest:
+    return Manifest(
+        fingerprint=fingerprint, data_spec=listing.spec, classes=tuple(listing.classes),
+        domains=tuple(listing.domains), splits=tuple(listing.splits), view_params=tuple(VIEW_PARAMS),
+        shape=(layout.n_samples, layout.n_views, layout.feature_dim), n_shards=layout.n_shards,
+        versions=library_versions(), created=started.isoformat(),
+        extract_config={**asdict(cfg), "recipe": cfg.recipe.to_dict()},
+    )
+
+
+def _prepare_store(cfg: ExtractConfig, layout: Layout, manifest: Manifest, per_sample: dict):
     """Create the store, resume it, or refuse; returns (group, already_complete).
 
     ``--out`` may be a local path or a URL (s3://, gs://, file://); checks and deletes go through
@@ -133,13 +152,13 @@ def _prepare_store(cfg: ExtractConfig, layout: fs.Layout, manifest: dict, per_sa
             log.warning("replacing store %s, which cannot be used as it is (--overwrite)", name)
             fs.delete_store(out)
             return _create(cfg, out, layout, manifest, per_sample), False
-        stored = fs.read_manifest(group)
-        if stored.get("status") == fs.STATUS_CREATING:  # killed while creating: nothing written yet
+        if fs.read_status(group, out) == fs.STATUS_CREATING:  # killed while creating: nothing written yet
             log.warning("store %s was interrupted while being created; creating it again", name)
             fs.delete_store(out)
             return fs.create_store(out, layout, manifest, per_sample), False
-        differs = fs.fingerprint_diff(stored.get("fingerprint", {}), manifest["fingerprint"])
-        complete = stored.get("status") == fs.STATUS_COMPLETE
+        stored = fs.read_manifest(group, out)
+        differs = stored.fingerprint.diff(manifest.fingerprint)
+        complete = stored.status == fs.STATUS_COMPLETE
         if not differs and not (complete and cfg.overwrite):
             if not complete and fs.remove_partials(out):
                 log.info("removed temporary files left by an interrupted run")
@@ -153,7 +172,7 @@ def _prepare_store(cfg: ExtractConfig, layout: fs.Layout, manifest: dict, per_sa
     return _create(cfg, out, layout, manifest, per_sample), False
 
 
-def _create(cfg: ExtractConfig, out, layout: fs.Layout, manifest: dict, per_sample: dict):
+def _create(cfg: ExtractConfig, out, layout: Layout, manifest: Manifest, per_sample: dict):
     if isinstance(out, Path):
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +186,7 @@ class RankProgress:
     """One progress bar on rank 0 for every rank: its own images plus, polled every few seconds,
     the images of shards other ranks have flagged done."""
 
-    def __init__(self, env: distributed.DistEnv, group, layout: fs.Layout, pending: list[int], views: int) -> None:
+    def __init__(self, env: distributed.DistEnv, group, layout: Layout, pending: list[int], views: int) -> None:
         from tqdm import tqdm
 
         self.env, self.group, self.layout, self.views = env, group, layout, views
@@ -214,7 +233,7 @@ def _check_finite(features: np.ndarray, valid: np.ndarray, shard: int, rows: sli
                     "the store stays unfinished")
 
 
-def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout, writer: ShardWriter,
+def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: Layout, writer: ShardWriter,
                  progress: RankProgress, listing: DatasetListing, precision: str,
                  observe: BatchObserver | None = None) -> list[tuple[int, str]]:
     """Teacher forward over the loader; hands each finished shard to the writer. Returns bad rows."""
@@ -236,7 +255,7 @@ def _run_pending(loader, teacher, device, cfg: ExtractConfig, layout: fs.Layout,
                     if errors[i]:
                         bad.append((row, errors[i]))
                         feats[i] = np.nan
-                    shard = row // layout.shard_size
+                    shard = layout.shard_of(row)
                     buffers.setdefault(shard, {})[row] = (feats[i], params[i].numpy(), int(hashes[i]), not errors[i])
                     rows_in_shard = layout.shard_rows(shard)
                     if len(buffers[shard]) == rows_in_shard.stop - rows_in_shard.start:
@@ -267,7 +286,7 @@ def _memory_format(teacher, device: torch.device) -> torch.memory_format:
     return torch.channels_last
 
 
-def _open_everywhere(cfg: ExtractConfig, env: distributed.DistEnv, layout: fs.Layout, manifest: dict,
+def _open_everywhere(cfg: ExtractConfig, env: distributed.DistEnv, layout: Layout, manifest: Manifest,
                      per_sample: dict):
     """Rank 0 creates, resumes or refuses the store; then every rank opens it. Returns (group, complete)."""
     complete = distributed.on_main(env, lambda: _prepare_store(cfg, layout, manifest, per_sample)[1])
@@ -294,11 +313,6 @@ def _finish(cfg: ExtractConfig, env: distributed.DistEnv, group, bad: list, list
     distributed.on_main(env, mark)
 
 
-def shard_size_for(n_samples: int, shard_size: int, chunk_size: int) -> int:
-    """Samples per shard: ``shard_size``, or fewer for a small dataset, always a multiple of the inner chunk."""
-    return min(shard_size, -(-n_samples // chunk_size) * chunk_size)
-
-
 # called as observe("start", images) just before each teacher forward and observe("end", images) once that
 # batch's features are on the host; images = samples x views of the batch
 BatchObserver = Callable[[str, int], None]
@@ -322,23 +336,12 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     env, device = distributed.init_distributed(str(device) if cfg.device != "auto" else "auto")
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device), size=cfg.teacher_size, tap=cfg.tap)
     precision = resolve_precision(cfg.precision, device)
-    layout = fs.Layout(len(listing), cfg.views, teacher.feature_dim, len(VIEW_PARAMS),
-                       shard_size_for(len(listing), cfg.shard_size, cfg.chunk_size), cfg.chunk_size, cfg.compress)
-    keys = np.array([sample_key(s.relpath) for s in listing.samples], dtype=np.uint64)
-    manifest = {
-        "fingerprint": build_fingerprint(listing, teacher, cfg, layout, precision),
-        "data_spec": listing.spec, "classes": list(listing.classes), "domains": list(listing.domains),
-        "splits": list(listing.splits), "view_params": list(VIEW_PARAMS),
-        "shape": [layout.n_samples, layout.n_views, layout.feature_dim],
-        "n_shards": layout.n_shards, "versions": library_versions(), "created": started.isoformat(),
-        "extract_config": {**asdict(cfg), "recipe": cfg.recipe.to_dict()},
-    }
-    per_sample = {
-        "labels": np.array([s.label for s in listing.samples], np.int32),
-        "domain": np.array([s.domain for s in listing.samples], np.int8),
-        "split": np.array([s.split for s in listing.samples], np.int16),
-        "sample_key": keys,
-    }
+    layout = Layout(len(listing), cfg.views, teacher.feature_dim, len(VIEW_PARAMS),
+                    shard_size_for(len(listing), cfg.shard_size, cfg.chunk_size), cfg.chunk_size, cfg.compress)
+    manifest = build_manifest(listing, build_fingerprint(listing, teacher, cfg, layout, precision), layout, cfg,
+                              started)
+    per_sample = listing_arrays(listing)
+    keys = per_sample["sample_key"]
     group, complete = _open_everywhere(cfg, env, layout, manifest, per_sample)
     shape = (layout.n_samples, layout.n_views, layout.feature_dim)
     if complete:

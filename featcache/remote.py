@@ -31,6 +31,7 @@ from featcache.location import (
     redact,
     storage_errors,
 )
+from featcache.schema import STATUS_COMPLETE, Fingerprint, fingerprint_diff
 
 log = logging.getLogger(__name__)
 
@@ -97,21 +98,21 @@ def pull(url: str, local: str | Path) -> CopyResult:
     return copy_store(url, local)
 
 
-def _destination_state(dest: str | Path, fingerprint: dict) -> str:
+def _destination_state(dest: str | Path, fingerprint: Fingerprint) -> str:
     """``"complete"`` (same fingerprint), ``"resume"`` (our unfinished copy) or ``"empty"``; refuses the rest."""
     name = redact(dest)
     if store.store_exists(dest):
-        stored = store.read_manifest(store.open_store(dest))
-        differs = store.fingerprint_diff(stored.get("fingerprint", {}), fingerprint)
+        stored = store.read_manifest(store.open_store(dest), dest)
+        differs = stored.fingerprint.diff(fingerprint)
         if differs:
             raise UserError(f"{name} already holds a store with a different {', '.join(differs)}; a complete store "
                             "is never overwritten: delete it first or choose another destination")
-        if stored.get("status") != store.STATUS_COMPLETE:
+        if stored.status != STATUS_COMPLETE:
             raise UserError(f"{name} holds an unfinished extraction of the same store; finish it with `customkd "
                             "extract` or delete it, then copy again")
         return "complete"
     if exists(dest, COPY_MARKER):
-        differs = store.fingerprint_diff(read_json(dest, COPY_MARKER).get("fingerprint", {}), fingerprint)
+        differs = fingerprint_diff(read_json(dest, COPY_MARKER).get("fingerprint", {}), fingerprint.to_dict())
         if differs:
             raise UserError(f"{name} holds an interrupted copy of a different store (other {', '.join(differs)}); "
                             "delete it or choose another destination")
@@ -124,9 +125,8 @@ def _destination_state(dest: str | Path, fingerprint: dict) -> str:
 def _verify_copy(source_group, dest: str | Path) -> None:
     """Re-open the destination as a reader would; its fingerprint and array shapes must equal the source's."""
     copy = store.open_complete_store(dest)
-    wanted = store.read_manifest(source_group)["fingerprint"]
-    problems = [f"fingerprint component {c}" for c in store.fingerprint_diff(store.read_manifest(copy)["fingerprint"],
-                                                                          wanted)]
+    wanted = store.read_manifest(source_group).fingerprint
+    problems = [f"fingerprint component {c}" for c in store.read_manifest(copy, dest).fingerprint.diff(wanted)]
     for name in sorted(source_group.array_keys()):
         if name not in copy or copy[name].shape != source_group[name].shape:
             problems.append(f"array {name}")
@@ -135,7 +135,8 @@ def _verify_copy(source_group, dest: str | Path) -> None:
                         "copy again")
 
 
-def _send_data(source: str | Path, dest: str | Path, state: str, fingerprint: dict) -> tuple[dict[str, int], list[str]]:
+def _send_data(source: str | Path, dest: str | Path, state: str,
+               fingerprint: Fingerprint) -> tuple[dict[str, int], list[str]]:
     """Every object but the root ``zarr.json``, skipping those already there with the same size.
 
     Returns (source object sizes, names copied); raises unless every object arrived with its size."""
@@ -146,7 +147,7 @@ def _send_data(source: str | Path, dest: str | Path, state: str, fingerprint: di
     with storage_errors(dest):
         present = objects_under(dst, dst_root)
         if state == "empty":  # claim the destination for this fingerprint before the first data object
-            marker = {"fingerprint": fingerprint, "started": dt.datetime.now(dt.UTC).isoformat()}
+            marker = {"fingerprint": fingerprint.to_dict(), "started": dt.datetime.now(dt.UTC).isoformat()}
             dst.pipe_file(f"{dst_root}/{COPY_MARKER}", json.dumps(marker).encode())
     todo = sorted(n for n, size in objects.items() if n != ROOT_METADATA and present.get(n) != size)
     log.info("copying %d of %d objects to %s", len(todo), len(objects) - 1, redact(dest))
@@ -182,7 +183,7 @@ def _send_root(source: str | Path, dest: str | Path, group) -> int:
 def copy_store(source: str | Path, dest: str | Path) -> CopyResult:
     """Copy a complete store between any two locations: data first, root ``zarr.json`` last, then verify."""
     group = store.open_complete_store(source)
-    fingerprint = store.read_manifest(group)["fingerprint"]
+    fingerprint = store.read_manifest(group, source).fingerprint
     state = _destination_state(dest, fingerprint)
     if state == "complete":
         _verify_copy(group, dest)

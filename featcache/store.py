@@ -1,20 +1,11 @@
-"""The feature store (format version 1): schema, create/open helpers, manifest and fingerprint.
+"""The feature store on storage: create, open, validate, write shards, list and check its objects.
 
-One Zarr v3 group per cache (see DESIGN §4)::
-
-    features      (N, V, D) float16   teacher feature per view, NaN where unwritten
-    views         (N, V, P) float32   replay parameters per view (names in attrs)
-    labels        (N,)      int32     class index, -1 when unknown
-    domain        (N,)      int8      domain id
-    split         (N,)      int16     split id
-    sample_key    (N,)      uint64    hash of the relative path
-    content_hash  (N,)      uint64    hash of the image bytes read at extraction
-    valid         (N,)      uint8     1 = image was readable (0 only with --skip-bad)
-    done          (n_shards,) uint8   one completion flag per shard, one storage object each
-
-The manifest lives in the root attrs under ``customkd``. Writes are whole shards; a shard's
-``done`` flag is written after its data, and ``status`` becomes ``complete`` only when every
-flag is set. This module is shared by both processes and imports no teacher code.
+What a store holds — its arrays, layout, manifest and fingerprint — is :mod:`featcache.schema`, the
+written contract between the two processes; this module puts it on storage (one Zarr v3 group per
+cache, see docs/design.md §4) and reads it back. The manifest lives in the root attrs under ``customkd``.
+Writes are whole shards; a shard's ``done`` flag is written after its data, and ``status`` becomes
+``complete`` only when every flag is set. This module is shared by both processes and imports no
+teacher code.
 
 A store location is a local path or a URL (``s3://…``, ``gs://…``, ``file://…``); remote ones go
 through :mod:`featcache.location` (fsspec), and messages show them redacted.
@@ -26,12 +17,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import itertools
-import json
 import math
 import os
 import shutil
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,79 +29,20 @@ import numpy as np
 from common.errors import UserError
 from featcache import location as where
 from featcache.location import display
-
-# 2: every chunk is written, fill-valued ones too, so a missing chunk is damage (version 1 skipped them)
-SCHEMA_VERSION = 2
-ATTRS_KEY = "customkd"
-STATUS_CREATING = "creating"  # arrays not all created yet: safe to delete and start over
-STATUS_IN_PROGRESS = "in_progress"
-STATUS_COMPLETE = "complete"
-FINGERPRINT_COMPONENTS = ("dataset", "teacher", "augmentation", "layout", "schema")
-PER_SAMPLE_ARRAYS = {
-    "labels": "int32",
-    "domain": "int8",
-    "split": "int16",
-    "sample_key": "uint64",
-    "content_hash": "uint64",
-    "valid": "uint8",  # 0 = unreadable image skipped with --skip-bad (features stay NaN)
-}
-ARRAYS = ("features", "views", *PER_SAMPLE_ARRAYS, "done")
-STATUSES = (STATUS_CREATING, STATUS_IN_PROGRESS, STATUS_COMPLETE)
-DATA_KINDS = ("elpv", "folder", "cifar100")
-# Bounds on what a manifest may claim, checked before anything is allocated from it.
-MAX_SAMPLES = 10**9
-MAX_VIEWS = 1024
-MAX_FEATURE_DIM = 65536
-MAX_VIEW_PARAMS = 256
-MAX_SHARDS = 2**20
-MAX_NAMES = 100_000
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How the arrays are chunked on storage (part of the fingerprint)."""
-
-    n_samples: int
-    n_views: int
-    feature_dim: int
-    n_params: int
-    shard_size: int = 256
-    chunk_size: int = 16
-    compress: bool = False
-
-    @property
-    def n_shards(self) -> int:
-        return math.ceil(self.n_samples / self.shard_size)
-
-    def shard_rows(self, shard: int) -> slice:
-        return slice(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n_samples))
-
-    def to_dict(self) -> dict:
-        return {
-            "shard_size": self.shard_size,
-            "chunk_size": self.chunk_size,
-            "compress": self.compress,
-            "features_dtype": "float16",
-            "checksums": "crc32c",
-        }
-
-
-def component_hash(component: dict) -> str:
-    """Short stable hash of one fingerprint component (canonical JSON)."""
-    blob = json.dumps(component, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def make_fingerprint(dataset: dict, teacher: dict, augmentation: dict, layout: dict) -> dict:
-    """Fingerprint with separate components, each carrying its own ``hash``."""
-    parts = {"dataset": dataset, "teacher": teacher, "augmentation": augmentation, "layout": layout,
-             "schema": {"version": SCHEMA_VERSION}}
-    return {name: {**part, "hash": component_hash(part)} for name, part in parts.items()}
-
-
-def fingerprint_diff(stored: dict, wanted: dict, components: tuple[str, ...] = FINGERPRINT_COMPONENTS) -> list[str]:
-    """Names of the components whose hashes differ."""
-    return [c for c in components if stored.get(c, {}).get("hash") != wanted.get(c, {}).get("hash")]
+from featcache.schema import (
+    ARRAYS,
+    ATTRS_KEY,
+    SCHEMA_VERSION,
+    SHARD_ARRAYS,
+    STATUS_COMPLETE,
+    STATUS_CREATING,
+    STATUS_IN_PROGRESS,
+    Layout,
+    Manifest,
+    ManifestError,
+    OtherSchemaVersion,
+    check_header,
+)
 
 
 def _codecs(layout: Layout) -> list:
@@ -145,8 +75,8 @@ def _create_group(path: str | Path, attributes: dict):
     return zarr.create_group(str(where.to_local(path)), zarr_format=3, attributes=attributes)
 
 
-def create_store(path: str | Path, layout: Layout, manifest: dict, per_sample: dict[str, np.ndarray]):
-    """Create an empty store and write the per-sample listing arrays.
+def create_store(path: str | Path, layout: Layout, manifest: Manifest, per_sample: dict[str, np.ndarray]):
+    """Create an empty store and write the per-sample listing arrays (:data:`featcache.schema.LISTING_ARRAYS`).
 
     The group is born with ``status = creating``; only when every array exists and the listing
     arrays are written does it become ``in_progress`` (resumable). A kill in between leaves a
@@ -156,22 +86,26 @@ def create_store(path: str | Path, layout: Layout, manifest: dict, per_sample: d
         return _create_arrays(path, layout, manifest, per_sample)
 
 
-def _create_arrays(path: str | Path, layout: Layout, manifest: dict, per_sample: dict[str, np.ndarray]):
-    base = {**manifest, "schema_version": SCHEMA_VERSION}
-    group = _create_group(path, {ATTRS_KEY: {**base, "status": STATUS_CREATING}})
-    n, v, d, p = layout.n_samples, layout.n_views, layout.feature_dim, layout.n_params
-    s, c = layout.shard_size, min(layout.chunk_size, layout.shard_size)
-    common = {"compressors": _codecs(layout), "fill_value": float("nan")}
-    group.create_array("features", shape=(n, v, d), dtype="float16", chunks=(c, v, d), shards=(s, v, d), **common)
-    group.create_array("views", shape=(n, v, p), dtype="float32", chunks=(c, v, p), shards=(s, v, p), **common)
-    for name, dtype in PER_SAMPLE_ARRAYS.items():
-        fill = 1 if name == "valid" else 0
-        group.create_array(name, shape=(n,), dtype=dtype, chunks=(s,), compressors=_codecs(layout), fill_value=fill)
-    group.create_array("done", shape=(layout.n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
-                       compressors=None)
+def _array_options(layout: Layout, name: str) -> dict:
+    """Zarr chunking of one array: a storage object per shard (inner chunks of ``chunk_size`` rows for the
+    per-view arrays), crc32c checksums; the ``done`` flags are one bare object each."""
+    shape, block = layout.shape(name), layout.storage_block(name)
+    if name == "done":
+        return {"chunks": block, "compressors": None}
+    if len(shape) > 1:
+        return {"chunks": (min(layout.chunk_size, layout.shard_size), *shape[1:]), "shards": block,
+                "compressors": _codecs(layout)}
+    return {"chunks": block, "compressors": _codecs(layout)}
+
+
+def _create_arrays(path: str | Path, layout: Layout, manifest: Manifest, per_sample: dict[str, np.ndarray]):
+    group = _create_group(path, {ATTRS_KEY: manifest.with_status(STATUS_CREATING).to_attrs()})
+    for name, spec in ARRAYS.items():
+        group.create_array(name, shape=layout.shape(name), dtype=spec.dtype, fill_value=spec.fill,
+                           **_array_options(layout, name))
     for name, values in per_sample.items():
         _writable(group, name)[:] = values
-    group.attrs[ATTRS_KEY] = {**base, "status": STATUS_IN_PROGRESS}
+    group.attrs[ATTRS_KEY] = manifest.with_status(STATUS_IN_PROGRESS).to_attrs()
     return group
 
 
@@ -193,21 +127,53 @@ def remove_partials(path: str | Path) -> int:
     return len(stray)
 
 
-def read_manifest(group) -> dict:
-    manifest = group.attrs.get(ATTRS_KEY)
-    if not isinstance(manifest, dict):
+def read_attrs(group) -> dict:
+    """The manifest as stored (raw JSON attrs); readers use :func:`read_manifest`."""
+    attrs = group.attrs.get(ATTRS_KEY)
+    if not isinstance(attrs, dict):
         raise UserError("this Zarr group is not a customkd feature store (no 'customkd' attrs)")
-    return manifest
+    return attrs
+
+
+def _manifest_error(path: str | Path | None, exc: ManifestError) -> UserError:
+    name = display(path) if path is not None else "(opened store)"
+    if isinstance(exc, OtherSchemaVersion):
+        return UserError(f"cache {name} has store schema version {exc.found!r}, this customkd reads version "
+                         f"{SCHEMA_VERSION}; rebuild it with this version (`customkd extract ... --overwrite`)")
+    return UserError(f"cache {name} has a malformed manifest: {exc}; it was damaged or edited after extraction: "
+                     "get a fresh copy or re-extract it with --overwrite")
+
+
+def _local_root(path: str | Path | None) -> Path | None:
+    return None if path is None or where.is_remote(path) else Path(where.to_local(path)).resolve()
+
+
+def read_status(group, path: str | Path | None = None) -> str:
+    """The store's status (format version checked): all that is known of a store still being created."""
+    try:
+        return check_header(read_attrs(group))
+    except ManifestError as exc:
+        raise _manifest_error(path, exc) from None
+
+
+def read_manifest(group, path: str | Path | None = None) -> Manifest:
+    """The store's manifest, typed and checked (:meth:`featcache.schema.Manifest.from_attrs`).
+
+    ``path`` names the store in messages and, for a local store, keeps its data spec out of it."""
+    try:
+        return Manifest.from_attrs(read_attrs(group), store_root=_local_root(path))
+    except ManifestError as exc:
+        raise _manifest_error(path, exc) from None
 
 
 def set_status(group, status: str) -> None:
-    group.attrs[ATTRS_KEY] = {**read_manifest(group), "status": status}
+    group.attrs[ATTRS_KEY] = {**read_attrs(group), "status": status}
 
 
 def mark_complete(group) -> None:
     """The last write of an extraction: every shard is done; record how many samples are invalid."""
     n_invalid = int((np.asarray(group["valid"][:]) == 0).sum())
-    group.attrs[ATTRS_KEY] = {**read_manifest(group), "status": STATUS_COMPLETE, "n_invalid": n_invalid,
+    group.attrs[ATTRS_KEY] = {**read_attrs(group), "status": STATUS_COMPLETE, "n_invalid": n_invalid,
                               "completed": dt.datetime.now(dt.UTC).isoformat()}
 
 
@@ -282,11 +248,11 @@ def open_store(path: str | Path, mode: str = "r"):
 def open_complete_store(path: str | Path):
     """Open a store for reading, refusing one whose extraction has not completed."""
     group = open_store(path, mode="r")
-    manifest = read_manifest(group)
-    if manifest["status"] == STATUS_CREATING:
+    status = read_status(group, path)
+    if status == STATUS_CREATING:
         raise UserError(f"cache {display(path)} was interrupted while being created; rerun the same extract command "
                         "(it creates the store again)")
-    if manifest["status"] != STATUS_COMPLETE:
+    if status != STATUS_COMPLETE:
         done = np.asarray(group["done"][:])
         raise UserError(
             f"cache {display(path)} is incomplete ({int(done.sum())}/{len(done)} shards done); rerun the same "
@@ -299,139 +265,41 @@ def _reason(exc: BaseException) -> str:
     return where.redact(str(exc).split("\n")[0][:160]) or type(exc).__name__
 
 
-# ---------------------------------------------------------------- a store is untrusted input (DESIGN §10)
+# ---------------------------------------------------------------- a store is untrusted input (docs/design.md §10)
 
-class _Malformed(Exception):
-    """One thing wrong with a manifest; :func:`validate_manifest` turns it into a UserError."""
-
-
-def _is_int(value: Any, low: int, high: int) -> bool:
-    return type(value) is int and low <= value <= high
-
-
-def _need(condition: bool, what: str) -> None:
-    if not condition:
-        raise _Malformed(what)
-
-
-def _names(manifest: dict, key: str) -> list[str]:
-    names = manifest.get(key)
-    _need(isinstance(names, list) and 1 <= len(names) <= MAX_NAMES and all(isinstance(n, str) for n in names),
-          f"'{key}' must be a non-empty list of strings (at most {MAX_NAMES})")
-    _need(len(set(names)) == len(names), f"'{key}' has duplicate names")
-    return names
-
-
-def _check_fingerprint(manifest: dict, n: int, v: int) -> dict:
-    fp = manifest.get("fingerprint")
-    _need(isinstance(fp, dict), "'fingerprint' is missing or not an object")
-    for component in FINGERPRINT_COMPONENTS:
-        part = fp.get(component)
-        _need(isinstance(part, dict) and isinstance(part.get("hash"), str),
-              f"fingerprint component '{component}' is missing or has no hash")
-        body = {k: x for k, x in part.items() if k != "hash"}
-        _need(component_hash(body) == part["hash"], f"fingerprint component '{component}' does not match its hash "
-              "(it was edited after extraction)")
-    dataset, layout, teacher, aug = fp["dataset"], fp["layout"], fp["teacher"], fp["augmentation"]
-    _need(dataset.get("n") == n, f"fingerprint dataset n={dataset.get('n')!r} differs from shape N={n}")
-    _need(isinstance(dataset.get("listing_hash"), str), "fingerprint dataset has no listing_hash")
-    _need(dataset.get("classes") == manifest.get("classes"), "'classes' differs from the fingerprint's dataset classes")
-    _need(dataset.get("domains") == manifest.get("domains"), "'domains' differs from the fingerprint's dataset domains")
-    for key in ("shard_size", "chunk_size"):
-        _need(_is_int(layout.get(key), 1, MAX_SAMPLES), f"layout {key} must be a positive integer, got "
-              f"{layout.get(key)!r}")
-    _need(isinstance(teacher.get("name"), str), "fingerprint teacher has no name")
-    _need(aug.get("views") == v, f"fingerprint augmentation views={aug.get('views')!r} differs from shape V={v}")
-    crop = aug.get("recipe", {}).get("centre_crop") if isinstance(aug.get("recipe"), dict) else None
-    _need(type(crop) in (int, float) and 0 < crop <= 1, "augmentation recipe has no centre_crop in (0, 1]")
-    return fp
-
-
-def _check_data_spec(manifest: dict, path: str | Path) -> None:
-    spec = manifest.get("data_spec")
-    _need(isinstance(spec, str) and "\x00" not in spec, "'data_spec' must be a string")
-    base, *unlabeled = spec.split("|")
-    kind, _, arg = base.partition(":")
-    _need(kind in DATA_KINDS, f"'data_spec' kind {kind!r} is not one of {', '.join(DATA_KINDS)}")
-    folders = [arg] if kind != "elpv" else []
-    for part in unlabeled:
-        part_kind, _, named = part.partition(":")
-        _need(part_kind == "unlabeled" and "=" in named, f"'data_spec' part {part[:40]!r} is not unlabeled:NAME=PATH")
-        folders.append(named.partition("=")[2])
-    if not where.is_remote(path):
-        root = Path(where.to_local(path)).resolve()
-        for folder in folders:
-            _need(not Path(folder).expanduser().resolve().is_relative_to(root), "'data_spec' points inside the "
-                  "store itself (a store holds features, never the dataset it was made from)")
-
-
-def _manifest_problem(manifest: dict, path: str | Path) -> tuple[int, int, int] | None:
-    """Checks every key readers use; returns (N, V, D), or None for a store still being created."""
-    _need(manifest.get("status") in STATUSES, f"'status' {manifest.get('status')!r} is not one of {', '.join(STATUSES)}")
-    if manifest["status"] == STATUS_CREATING:
-        return None
-    shape = manifest.get("shape")
-    _need(isinstance(shape, list) and len(shape) == 3, "'shape' must be [N, V, D]")
-    n, v, d = shape
-    _need(_is_int(n, 1, MAX_SAMPLES) and _is_int(v, 1, MAX_VIEWS) and _is_int(d, 1, MAX_FEATURE_DIM),
-          f"'shape' {shape} is out of range (N 1..{MAX_SAMPLES}, V 1..{MAX_VIEWS}, D 1..{MAX_FEATURE_DIM})")
-    for key in ("classes", "domains", "splits"):
-        _names(manifest, key)
-    params = _names(manifest, "view_params")
-    _need(len(params) <= MAX_VIEW_PARAMS, f"'view_params' has more than {MAX_VIEW_PARAMS} names")
-    fp = _check_fingerprint(manifest, n, v)
-    n_shards = math.ceil(n / fp["layout"]["shard_size"])
-    _need(n_shards <= MAX_SHARDS, f"{n_shards} shards is more than {MAX_SHARDS}")
-    _need(manifest.get("n_shards", n_shards) == n_shards, f"'n_shards' {manifest.get('n_shards')!r} is not "
-          f"ceil(N / shard_size) = {n_shards}")
-    _need(_is_int(manifest.get("n_invalid", 0), 0, n), "'n_invalid' must be an integer in 0..N")
-    for key in ("created", "completed"):
-        _need(isinstance(manifest.get(key, ""), str), f"'{key}' must be a string")
-    _check_data_spec(manifest, path)
-    return n, v, d
-
-
-def _array_problem(group, manifest: dict, shape: tuple[int, int, int]) -> None:
+def _array_problem(group, manifest: Manifest) -> None:
     """Every array exists with the shape, dtype and storage chunking the manifest implies."""
-    n, v, d = shape
-    shard_size = manifest["fingerprint"]["layout"]["shard_size"]
-    n_shards = math.ceil(n / shard_size)
-    p = len(manifest["view_params"])
-    wanted = {"features": ((n, v, d), "float16", (shard_size, v, d)), "views": ((n, v, p), "float32", (shard_size, v, p)),
-              **{name: ((n,), dtype, (shard_size,)) for name, dtype in PER_SAMPLE_ARRAYS.items()},
-              "done": ((n_shards,), "uint8", (1,))}
-    for name, (shape_, dtype, storage) in wanted.items():
+    layout = manifest.layout
+    for name, spec in ARRAYS.items():
+        shape, storage = layout.shape(name), layout.storage_block(name)
         try:
             array = group.get(name)
             found = None if array is None else (tuple(array.shape), str(array.dtype), storage_chunks(array))
         except Exception as exc:  # noqa: BLE001 - malformed array metadata
-            raise _Malformed(f"array '{name}' has unreadable metadata ({_reason(exc)})") from None
-        _need(found is not None, f"array '{name}' is missing")
-        _need(found[0] == shape_, f"array '{name}' has shape {found[0]}, the manifest implies {shape_}")
-        _need(found[1] == dtype, f"array '{name}' has dtype {found[1]}, not {dtype}")
-        _need(found[2] == storage, f"array '{name}' is stored in blocks of {found[2]}, the layout implies {storage}")
+            raise ManifestError(f"array '{name}' has unreadable metadata ({_reason(exc)})") from None
+        if found is None:
+            raise ManifestError(f"array '{name}' is missing")
+        if found[0] != shape:
+            raise ManifestError(f"array '{name}' has shape {found[0]}, the manifest implies {shape}")
+        if found[1] != spec.dtype:
+            raise ManifestError(f"array '{name}' has dtype {found[1]}, not {spec.dtype}")
+        if found[2] != storage:
+            raise ManifestError(f"array '{name}' is stored in blocks of {found[2]}, the layout implies {storage}")
 
 
-def validate_manifest(group, path: str | Path) -> dict:
-    """The store's manifest, after checking every key readers act on; one UserError naming the first problem.
-
-    Types and ranges of shape, names, fingerprint (each component present and matching its hash),
-    layout, status and data spec (a known kind, never a path inside the store), then each array's
-    shape, dtype and chunking against them. Nothing is allocated from a size before it passed here."""
-    name = display(path)
-    manifest = read_manifest(group)
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(
-            f"cache {name} has store schema version {manifest.get('schema_version')!r}, this customkd reads "
-            f"version {SCHEMA_VERSION}; rebuild it with this version (`customkd extract ... --overwrite`)"
-        )
+def validate_manifest(group, path: str | Path) -> Manifest | None:
+    """The store's manifest after checking every key readers act on (:meth:`Manifest.from_attrs`: types and
+    ranges of shape, names, fingerprint, layout, status and data spec — a known kind, never a path inside the
+    store), then each array's shape, dtype and chunking against it; one UserError naming the first problem.
+    None for a store still being created (only its status is known). Nothing is allocated from a size
+    before it passed here."""
+    if read_status(group, path) == STATUS_CREATING:
+        return None
+    manifest = read_manifest(group, path)
     try:
-        shape = _manifest_problem(manifest, path)
-        if shape is not None:
-            _array_problem(group, manifest, shape)
-    except _Malformed as exc:
-        raise UserError(f"cache {name} has a malformed manifest: {exc}; it was damaged or edited after extraction: "
-                        "get a fresh copy or re-extract it with --overwrite") from None
+        _array_problem(group, manifest)
+    except ManifestError as exc:
+        raise _manifest_error(path, exc) from None
     return manifest
 
 
@@ -485,17 +353,14 @@ def chunk_problems(group, path: str | Path) -> list[str]:
     Writers store every chunk (``write_empty_chunks``), so a missing one is damage — e.g. an interrupted
     ``rsync`` — that would otherwise read as the fill value (labels 0, features NaN)."""
     objects = list_objects(path)
-    shard_size = read_manifest(group)["fingerprint"]["layout"]["shard_size"]
-    n = group["labels"].shape[0]
+    layout = read_manifest(group, path).layout
     problems = []
     for name in ARRAYS:
-        for index, key in chunk_keys(group, name):
+        for shard, key in chunk_keys(group, name):
             if objects.get(key, 0) > 0:
                 continue
-            shard = index
-            rows = f"rows {shard * shard_size}-{min((shard + 1) * shard_size, n) - 1}"
             state = "is missing" if key not in objects else "is empty"
-            problems.append(f"array {name}: shard {shard} ({rows}) {state} (object {key})")
+            problems.append(f"array {name}: shard {shard} ({layout.shard_span(shard)}) {state} (object {key})")
     return problems
 
 
@@ -529,28 +394,18 @@ def write_shard(group, layout: Layout, shard: int, features: np.ndarray, views: 
                 hashes: np.ndarray, valid: np.ndarray) -> None:
     """Write one whole shard, then (and only then) its ``done`` flag."""
     rows = layout.shard_rows(shard)
-    _writable(group, "features")[rows] = features.astype(np.float16)
-    _writable(group, "views")[rows] = views.astype(np.float32)
-    _writable(group, "content_hash")[rows] = hashes.astype(np.uint64)
-    _writable(group, "valid")[rows] = valid.astype(np.uint8)
+    for name, values in zip(SHARD_ARRAYS, (features, views, hashes, valid), strict=True):
+        _writable(group, name)[rows] = values.astype(ARRAYS[name].dtype)
     group["done"][shard] = 1
 
 
-def short_fingerprint(manifest: dict) -> str:
-    fp = manifest.get("fingerprint", {})
-    return " ".join(f"{c}={fp.get(c, {}).get('hash', '?')[:8]}" for c in FINGERPRINT_COMPONENTS)
-
-
-def manifest_summary(manifest: dict) -> dict[str, Any]:
-    fp = manifest.get("fingerprint", {})
-    teacher = fp.get("teacher", {})
-    aug = fp.get("augmentation", {})
+def manifest_summary(manifest: Manifest) -> dict[str, Any]:
     return {
-        "status": manifest.get("status"),
-        "teacher": teacher.get("name"),
-        "dataset": manifest.get("data_spec"),
-        "shape": manifest.get("shape"),
-        "views_recipe": aug.get("recipe"),
-        "fingerprint": short_fingerprint(manifest),
-        "invalid_samples": manifest.get("n_invalid", 0),
+        "status": manifest.status,
+        "teacher": manifest.fingerprint.teacher.name,
+        "dataset": manifest.data_spec,
+        "shape": list(manifest.shape),
+        "views_recipe": manifest.fingerprint.augmentation.recipe,
+        "fingerprint": manifest.fingerprint.short(),
+        "invalid_samples": manifest.n_invalid or 0,
     }

@@ -166,7 +166,7 @@ def store_state(cache: str) -> str:
 
     if not fs.store_exists(cache):
         return "absent"
-    return "complete" if fs.read_manifest(fs.open_store(cache)).get("status") == fs.STATUS_COMPLETE else "partial"
+    return "complete" if fs.read_status(fs.open_store(cache), cache) == fs.STATUS_COMPLETE else "partial"
 
 
 def extract(teacher: str, cache: str, cfg: ReportConfig) -> dict:
@@ -184,21 +184,21 @@ def extract(teacher: str, cache: str, cfg: ReportConfig) -> dict:
                  "make report")
     seconds = time.perf_counter() - started
     group = fs.open_complete_store(cache)
-    manifest = fs.read_manifest(group)
+    manifest = fs.read_manifest(group, cache)
     held_out = np.asarray(group["labels"][:])[(np.asarray(group["split"][:]) == 1) & (np.asarray(group["valid"][:]) > 0)]
     record = {"teacher": teacher, "cache": cache, "command": " ".join(["customkd", *argv[3:]]),
-              "shape": manifest["shape"],
+              "shape": list(manifest.shape),
               "majority_class_eval": float(np.bincount(held_out).max() / len(held_out)) if len(held_out) else 0.0,
-              "fingerprint": {k: v["hash"] for k, v in manifest["fingerprint"].items()},
-              "created": manifest.get("created"), "completed": manifest.get("completed")}
+              "fingerprint": manifest.fingerprint.hashes(),
+              "created": manifest.created, "completed": manifest.completed}
     if before == "absent":
         return {**record, "seconds": round(seconds, 1), "measured": "timed by this report, from an empty cache path"}
     if before == "partial":
         return {**record, "seconds": round(seconds, 1), "measured": "timed by this report, resuming a partial store"}
-    if not manifest.get("completed"):
+    if not manifest.completed:
         return {**record, "seconds": None, "measured": "not measured: the store already existed, from a version of "
                 "customkd that did not stamp completion; delete it to time a fresh extraction"}
-    stored = dt.datetime.fromisoformat(manifest["completed"]) - dt.datetime.fromisoformat(manifest["created"])
+    stored = dt.datetime.fromisoformat(manifest.completed) - dt.datetime.fromisoformat(manifest.created)
     return {**record, "seconds": round(stored.total_seconds(), 1),
             "measured": "the store already existed: its own created → completed stamps"}
 

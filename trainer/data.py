@@ -1,7 +1,8 @@
 """Cached features + images for the student: open the store, check it, split it, load views.
 
-The trainer reads the store through :mod:`featcache.store` and replays views through
-:mod:`featcache.views` (the shared contract); it never touches teacher code.
+The trainer reads the store through :mod:`featcache.store`, checks it against the dataset with the
+contract's one staleness check (:func:`featcache.schema.compare_listing`) and replays views through
+:mod:`featcache.views`; it never touches teacher code.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 
 from common.errors import UserError
 from featcache import store as fs
-from featcache.datasets import DatasetListing, content_hash, load_listing, sample_key
+from featcache.datasets import DatasetListing, load_listing
+from featcache.schema import STALENESS_ARRAYS, ListingDiff, Manifest, compare_listing
 from featcache.views import replay_pil, to_tensor, view_seed
 from trainer.config import DistillConfig
 from trainer.features import ShardedFeatures, open_features
@@ -33,7 +35,7 @@ class CachedData:
     labels: np.ndarray  # int64 [N]
     domain: np.ndarray  # int64 [N]
     split: np.ndarray  # int64 [N]
-    manifest: dict
+    manifest: Manifest
     listing: DatasetListing
 
     @property
@@ -42,7 +44,7 @@ class CachedData:
 
     @property
     def shard_size(self) -> int:
-        return int(self.manifest["fingerprint"]["layout"]["shard_size"])
+        return self.manifest.layout.shard_size
 
     @property
     def streaming(self) -> bool:
@@ -50,48 +52,31 @@ class CachedData:
 
     @property
     def classes(self) -> list[str]:
-        return self.manifest["classes"]
-
-
-def _hash_or_none(listing: DatasetListing, index: int) -> int | None:
-    try:
-        return content_hash(listing.read_bytes(index))
-    except OSError:
-        return None  # unreadable now: reported as changed
-
-
-def dataset_problem(listing: DatasetListing, manifest: dict, keys: np.ndarray, hashes: np.ndarray,
-                    valid: np.ndarray) -> str | None:
-    """What differs between the images on disk and the store's dataset component, or None."""
-    stored = manifest["fingerprint"]["dataset"]
-    changed = [i for i in np.flatnonzero(valid) if _hash_or_none(listing, int(i)) != hashes[i]]
-    if changed:
-        return f"{len(changed)} image(s) changed since extraction, e.g. {listing.samples[changed[0]].relpath}"
-    if listing.listing_hash() != stored["listing_hash"]:
-        return "file sizes, labels or splits differ"
-    return None
-
-
-def _rows_problem(listing: DatasetListing, manifest: dict, keys: np.ndarray) -> str | None:
-    """Rows that no longer mean the same image: no --allow-stale can make such a store usable."""
-    n = manifest["shape"][0]
-    if len(listing) != n:
-        return f"{len(listing)} images on disk vs {n} in the store (images added or removed)"
-    on_disk = np.array([sample_key(s.relpath) for s in listing.samples], dtype=np.uint64)
-    if (on_disk != keys).any():
-        first = int(np.flatnonzero(on_disk != keys)[0])
-        return f"{int((on_disk != keys).sum())} sample paths differ, e.g. {listing.samples[first].relpath}"
-    return None
+        return list(self.manifest.classes)
 
 
 def _rebuild_hint(cache: str) -> str:
     return f"rebuild it in place with the same `customkd extract ... --out {cache} --overwrite`"
 
 
-def check_dataset(listing: DatasetListing, manifest: dict, keys: np.ndarray, hashes: np.ndarray,
-                  valid: np.ndarray, allow_stale: bool, cache: str = "") -> None:
-    """Refuse a store whose dataset component differs from the images it is pointed at."""
-    problem = dataset_problem(listing, manifest, keys, hashes, valid)
+def check_listing(diff: ListingDiff, allow_stale: bool, cache: str = "") -> None:
+    """Refuse a store whose rows no longer mean the dataset's images, whose stored labels, domains or splits
+    differ from the listing, or (unless ``allow_stale``) whose images changed since extraction."""
+    rows = None
+    if diff.count_differs:
+        rows = f"{diff.listing_rows} images on disk vs {diff.stored_rows} in the store (images added or removed)"
+    elif diff.moved:
+        rows = f"{len(diff.moved)} sample paths differ, e.g. {diff.moved[0][1]}"
+    if rows:  # no --allow-stale can make such a store usable
+        raise UserError(f"cache does not match the dataset (fingerprint component 'dataset': {rows}); "
+                        f"{_rebuild_hint(cache or 'CACHE')}")
+    differ = [*diff.names, *diff.relabeled]
+    if differ:
+        raise UserError(f"cache {cache} does not match its dataset: {differ[0]}; run `customkd cache verify "
+                        f"{cache}`, then copy it again or re-extract it")
+    stale = diff.stale
+    problem = (f"{len(stale)} image(s) changed since extraction, e.g. {stale[0][1]}" if stale else
+               "file sizes, labels or splits differ" if diff.listing_hash_differs else None)
     if problem:
         message = (f"cache does not match the dataset (fingerprint component 'dataset': {problem}); "
                    f"{_rebuild_hint(cache or 'CACHE')}, or pass --allow-stale to train anyway")
@@ -100,9 +85,9 @@ def check_dataset(listing: DatasetListing, manifest: dict, keys: np.ndarray, has
         log.warning("%s — continuing because --allow-stale was given", message)
 
 
-def check_expected_fingerprint(manifest: dict, expected: dict[str, str], cache: str) -> None:
+def check_expected_fingerprint(manifest: Manifest, expected: dict[str, str], cache: str) -> None:
     """Refuse a store whose fingerprint components differ from the ones the user (or a resumed run) pinned."""
-    stored = {name: part.get("hash", "") for name, part in manifest["fingerprint"].items()}
+    stored = manifest.fingerprint.hashes()
     for name, value in expected.items():
         if not stored.get(name, "").startswith(value):
             raise UserError(f"cache {cache} differs in fingerprint component '{name}' ({stored.get(name, '')[:8]} "
@@ -110,7 +95,7 @@ def check_expected_fingerprint(manifest: dict, expected: dict[str, str], cache: 
                             "store or drop the pin")
 
 
-PER_SAMPLE_NAMES = ("sample_key", "content_hash", "valid", "views", "labels", "domain", "split")
+PER_SAMPLE_NAMES = (*STALENESS_ARRAYS, "views")
 
 
 def _read_per_sample(group, cache: str) -> dict[str, np.ndarray]:
@@ -134,27 +119,16 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     splits that differ from the dataset listing, and (streaming) a store replaced while it is read."""
     group = fs.open_complete_store(cfg.cache)
     identity = fs.store_identity(cfg.cache)
-    manifest = fs.read_manifest(group)
+    manifest = fs.read_manifest(group, cfg.cache)
     check_expected_fingerprint(manifest, {**cfg.expected_hashes, **(expected or {})}, cfg.cache)
-    listing = load_listing(cfg.data or manifest["data_spec"])
-    if len(listing) != manifest["shape"][0]:  # before anything of size N is read
-        raise UserError(f"cache does not match the dataset (fingerprint component 'dataset': "
-                        f"{_rows_problem(listing, manifest, np.zeros(0, np.uint64))}); {_rebuild_hint(cfg.cache)}")
+    listing = load_listing(cfg.data or manifest.data_spec)
+    counted = compare_listing(listing, manifest)  # before anything of size N is read
+    if counted.count_differs:
+        check_listing(counted, cfg.allow_stale, cfg.cache)
     arrays = _read_per_sample(group, cfg.cache)
-    rows = _rows_problem(listing, manifest, arrays["sample_key"])
-    if rows:
-        raise UserError(f"cache does not match the dataset (fingerprint component 'dataset': {rows}); "
-                        f"{_rebuild_hint(cfg.cache)}")
-    from featcache.cache_ops import listing_problems
-
-    differ = listing_problems(listing, manifest, arrays["labels"], arrays["domain"], arrays["split"])
-    if differ:
-        raise UserError(f"cache {cfg.cache} does not match its dataset: {differ[0]}; run `customkd cache verify "
-                        f"{cfg.cache}`, then copy it again or re-extract it")
+    check_listing(compare_listing(listing, manifest, arrays), cfg.allow_stale, cfg.cache)
     valid = arrays["valid"].astype(bool)
-    check_dataset(listing, manifest, arrays["sample_key"], arrays["content_hash"], valid, cfg.allow_stale, cfg.cache)
-    shard_size = int(manifest["fingerprint"]["layout"]["shard_size"])
-    features = open_features(group, cfg.features, shard_size, valid,
+    features = open_features(group, cfg.features, manifest.layout.shard_size, valid,
                              still_same=lambda: fs.check_same_store(cfg.cache, identity))
     fs.check_same_store(cfg.cache, identity)
     return CachedData(
@@ -182,7 +156,7 @@ class Split:
         return int((self.train_labels >= 0).sum())
 
 
-def _domain_ids(names: tuple[str, ...], domains: list[str]) -> list[int]:
+def _domain_ids(names: tuple[str, ...], domains: tuple[str, ...]) -> list[int]:
     unknown = [n for n in names if n not in domains]
     if unknown:
         raise UserError(f"unknown domain {unknown[0]!r}; this cache has domains: {', '.join(domains)}")
@@ -216,8 +190,8 @@ def make_split(cfg: DistillConfig, data: CachedData) -> Split:
         if both:
             raise UserError(f"domain {both[0]!r} is both --source and --target; the target must stay unlabeled, "
                             "so name different domains")
-        source = np.isin(data.domain, _domain_ids(cfg.source, data.manifest["domains"]))
-        target = np.isin(data.domain, _domain_ids(cfg.target, data.manifest["domains"]))
+        source = np.isin(data.domain, _domain_ids(cfg.source, data.manifest.domains))
+        target = np.isin(data.domain, _domain_ids(cfg.target, data.manifest.domains))
         rows = np.flatnonzero(train & (source | target))
         labels = np.where(source[rows], data.labels[rows], -1)
         eval_rows = np.flatnonzero(test & target)

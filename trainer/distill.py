@@ -219,13 +219,13 @@ def run_config(s: Session, started: dt.datetime) -> dict:
     """config.json: every setting, the values actually used, the store's fingerprint, how to preprocess an image
     for the student, and where the run came from. ``student`` is the timm model name (``timm.create_model``
     takes it); ``student_alias`` is the name as given."""
-    recipe = s.data.manifest["fingerprint"]["augmentation"]["recipe"]
+    fingerprint = s.data.manifest.fingerprint
     preprocess = {"size": s.cfg.image_size, "mean": list(s.student.mean), "std": list(s.student.std),
-                  "interpolation": "bilinear", "crop": recipe["centre_crop"]}
+                  "interpolation": "bilinear", "crop": fingerprint.augmentation.centre_crop}
     return {**s.cfg.to_dict(), "student": resolve_student(s.cfg.student), "student_alias": s.cfg.student,
             "preprocess": preprocess, "provenance": provenance(s.cfg.cache, s.cfg.student_weights, started),
-            "out": str(s.run.resolve()), "teacher": s.data.manifest["fingerprint"]["teacher"],
-            "store_fingerprint": {k: v["hash"] for k, v in s.data.manifest["fingerprint"].items()},
+            "out": str(s.run.resolve()), "teacher": fingerprint.teacher.to_dict(),
+            "store_fingerprint": fingerprint.hashes(),
             "n_train": len(s.split.train), "n_labeled": s.split.n_labeled, "n_eval": len(s.split.eval),
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
             "world_size": s.env.world, "batch_rule": ddp.BATCH_RULE,

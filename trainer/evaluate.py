@@ -30,9 +30,9 @@ def run_preprocess(config: dict, student: Student) -> dict:
     config.json; for older runs, rebuilt from the student and the store's view recipe."""
     if "preprocess" in config:
         return config["preprocess"]
-    manifest = fs.read_manifest(fs.open_complete_store(config["cache"]))
+    manifest = fs.read_manifest(fs.open_complete_store(config["cache"]), config["cache"])
     return {"size": config["image_size"], "mean": list(student.mean), "std": list(student.std),
-            "interpolation": "bilinear", "crop": manifest["fingerprint"]["augmentation"]["recipe"]["centre_crop"]}
+            "interpolation": "bilinear", "crop": manifest.fingerprint.augmentation.centre_crop}
 
 
 class _AllCentreViews:
@@ -59,8 +59,8 @@ def evaluate_run(run: str, data: str | None = None, workers: int = 2, device: st
         rows = make_split(cfg, cached).eval
         labels = cached.labels
     else:
-        manifest = fs.read_manifest(fs.open_complete_store(config["cache"]))
-        cached = _AllCentreViews(data, config["classes"], manifest["fingerprint"]["augmentation"]["recipe"]["centre_crop"])
+        manifest = fs.read_manifest(fs.open_complete_store(config["cache"]), config["cache"])
+        cached = _AllCentreViews(data, config["classes"], manifest.fingerprint.augmentation.centre_crop)
         rows, labels = np.arange(len(cached.labels)), cached.labels
     dataset = StudentViews(cached, config["image_size"], student.mean, student.std)
     loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), config["batch_size"], workers)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from common.errors import UserError
+from featcache.schema import Layout
 
 log = logging.getLogger(__name__)
 FEATURE_MODES = ("auto", "ram", "stream")
@@ -40,6 +41,7 @@ class ShardedFeatures:
         self.array, self.shard_size, self.valid = array, shard_size, valid
         self.still_same = still_same  # raises when the store was replaced since it was opened
         self.shape, self.dtype = tuple(array.shape), np.float16
+        self.layout = Layout(*self.shape, n_params=0, shard_size=shard_size)  # the views array is not read here
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.cache_blocks = cache_blocks
         self.blocks_read = 0
@@ -49,7 +51,7 @@ class ShardedFeatures:
         if shard in self.cache:
             self.cache.move_to_end(shard)
             return self.cache[shard]
-        rows = slice(shard * self.shard_size, min((shard + 1) * self.shard_size, self.shape[0]))
+        rows = self.layout.shard_rows(shard)
         try:
             block = np.asarray(self.array[rows])
         except Exception as exc:  # noqa: BLE001 - checksum failures surface as codec errors
@@ -70,10 +72,10 @@ class ShardedFeatures:
         rows = np.asarray(rows)
         views = np.broadcast_to(np.asarray(views), rows.shape)
         out = np.empty((*rows.shape, self.shape[-1]), dtype=self.dtype)
-        shards = rows // self.shard_size
+        shards = self.layout.shard_of(rows)
         for shard in np.unique(shards):
             pick = shards == shard
-            out[pick] = self.block(int(shard))[rows[pick] - shard * self.shard_size, views[pick]]
+            out[pick] = self.block(int(shard))[rows[pick] - self.layout.shard_rows(int(shard)).start, views[pick]]
         return out
 
 

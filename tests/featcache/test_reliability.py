@@ -87,7 +87,7 @@ def test_write_failure_leaves_a_resumable_store(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(fs, "write_shard", disk_full)
     with pytest.raises(UserError, match="No space left on device.*rerun the same command to resume"):
         extract(_cfg(folder, out))
-    assert fs.read_manifest(zarr.open_group(str(out), mode="r"))["status"] == "in_progress"
+    assert fs.read_manifest(zarr.open_group(str(out), mode="r")).status == "in_progress"
     monkeypatch.setattr(fs, "write_shard", real_write)
     extract(_cfg(folder, out))
     assert store_bytes(out) == store_bytes(reference)
@@ -133,7 +133,7 @@ def test_teacher_check_and_h5_round_trip(tiny_store, tmp_path):
     export_h5(str(tiny_store), str(tmp_path / "s.h5"))
     import_h5(str(tmp_path / "s.h5"), str(tmp_path / "back.zarr"))
     assert store_bytes(tmp_path / "back.zarr") == store_bytes(tiny_store)
-    assert fs.read_manifest(zarr.open_group(str(tmp_path / "back.zarr"), mode="r"))["status"] == "complete"
+    assert fs.read_manifest(zarr.open_group(str(tmp_path / "back.zarr"), mode="r")).status == "complete"
 
 
 def test_teacher_check_detects_other_weights(tiny_store, tmp_path):
@@ -162,7 +162,7 @@ def test_pinned_or_resumed_fingerprint_names_the_component(tmp_path):
     folder = make_tiny_hue_folder(tmp_path / "imgs")
     out = tmp_path / "s.zarr"
     extract(_cfg(folder, out))
-    teacher_hash = fs.read_manifest(zarr.open_group(str(out), mode="r"))["fingerprint"]["teacher"]["hash"]
+    teacher_hash = fs.read_manifest(zarr.open_group(str(out), mode="r")).fingerprint.teacher.hash
     run = tmp_path / "run"
     settings = {"student": TINY_STUDENT, "epochs": 1, "image_size": 32, "batch_size": 8, "workers": 0,
                 "labels_per_class": 2}

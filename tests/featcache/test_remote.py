@@ -16,10 +16,10 @@ from common.errors import UserError
 from featcache import location as where
 from featcache import remote
 from featcache import store as fs
+from featcache.schema import ARRAYS, component_hash
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, store_bytes
 
 BUCKET = "customkd-test"
-ARRAYS = ("features", "views", "labels", "domain", "split", "sample_key", "content_hash", "valid", "done")
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_interrupted_copies_are_never_complete_and_resume(tiny_store, s3, monkey
     resumed = remote.push(tiny_store, url)
     n_objects = len(store_bytes(tiny_store, manifest=True))
     assert resumed.objects_copied == 1 and resumed.objects_skipped == n_objects - 1  # only the root was missing
-    assert fs.read_manifest(fs.open_complete_store(url))["status"] == fs.STATUS_COMPLETE
+    assert fs.read_manifest(fs.open_complete_store(url)).status == fs.STATUS_COMPLETE
     assert not where.exists(url, where.COPY_MARKER)
 
     local = tmp_path / "pulled.zarr"
@@ -158,9 +158,9 @@ def test_refusals(tiny_store, s3, tmp_path):
     url = f"{s3}/c.zarr"
     remote.push(tiny_store, url)
     group = zarr.open_group(store=where.zarr_store(url, read_only=False), mode="r+")
-    manifest = fs.read_manifest(group)
+    manifest = fs.read_attrs(group)
     teacher = {**manifest["fingerprint"]["teacher"], "name": "another_teacher"}  # a store of another teacher
-    teacher["hash"] = fs.component_hash({k: v for k, v in teacher.items() if k != "hash"})
+    teacher["hash"] = component_hash({k: v for k, v in teacher.items() if k != "hash"})
     manifest["fingerprint"]["teacher"] = teacher
     group.attrs[fs.ATTRS_KEY] = manifest
     with pytest.raises(UserError, match="different teacher"):
@@ -202,4 +202,4 @@ def test_distill_from_s3(tiny_store, s3, tmp_path):
     assert (tmp_path / "run" / "student.safetensors").read_bytes() == (tmp_path / "local" / "student.safetensors").read_bytes()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["cache"] == url and config["store_fingerprint"] == {
-        name: part["hash"] for name, part in fs.read_manifest(fs.open_store(tiny_store))["fingerprint"].items()}
+        name: part["hash"] for name, part in fs.read_attrs(fs.open_store(tiny_store))["fingerprint"].items()}

@@ -4,25 +4,32 @@ import zarr
 
 from common.errors import UserError
 from featcache import store as fs
-from featcache.extract import ExtractConfig, extract, shard_size_for
+from featcache.extract import ExtractConfig, extract
+from featcache.schema import (
+    ARRAYS,
+    FINGERPRINT_COMPONENTS,
+    SCHEMA_VERSION,
+    fingerprint_diff,
+    make_fingerprint,
+    shard_size_for,
+)
 from tests.conftest import TINY_TEACHER
 
 
 def _arrays(path):
     group = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(group[name][:]) for name in ("features", "views", "labels", "domain", "split",
-                                                           "sample_key", "content_hash", "done")}
+    return {name: np.asarray(group[name][:]) for name in ARRAYS}
 
 
 def test_store_layout_and_manifest(tiny_store):
     group = zarr.open_group(str(tiny_store), mode="r")
     manifest = group.attrs["customkd"]
-    assert manifest["status"] == "complete" and manifest["schema_version"] == fs.SCHEMA_VERSION
+    assert manifest["status"] == "complete" and manifest["schema_version"] == SCHEMA_VERSION
     assert group["features"].shape == (30, 3, 64) and group["features"].dtype == np.float16
     assert group["views"].shape == (30, 3, len(manifest["view_params"]))
     assert not np.isnan(group["features"][:]).any()
     assert group["done"][:].tolist() == [1, 1, 1, 1]
-    assert set(manifest["fingerprint"]) == set(fs.FINGERPRINT_COMPONENTS)
+    assert set(manifest["fingerprint"]) == set(FINGERPRINT_COMPONENTS)
     assert manifest["classes"] == ["class0", "class1", "class2"]
     assert sorted(set(group["split"][:].tolist())) == [0, 1]
 
@@ -89,20 +96,21 @@ def test_out_path_that_is_not_a_store_is_left_alone(tiny_folder, tmp_path):
 
 
 def test_fingerprint_diff_names_components():
-    a = fs.make_fingerprint({"n": 1}, {"w": "x"}, {"v": 2}, {"s": 8})
-    b = fs.make_fingerprint({"n": 1}, {"w": "y"}, {"v": 2}, {"s": 8})
-    assert fs.fingerprint_diff(a, a) == []
-    assert fs.fingerprint_diff(a, b) == ["teacher"]
+    a = make_fingerprint({"n": 1}, {"w": "x"}, {"v": 2}, {"s": 8})
+    b = make_fingerprint({"n": 1}, {"w": "y"}, {"v": 2}, {"s": 8})
+    assert fingerprint_diff(a, a) == []
+    assert fingerprint_diff(a, b) == ["teacher"]
 
 
-def test_readme_store_table_matches_the_arrays_written():
-    """The README's store table names every array the store writes, with its dtype."""
+def test_readme_store_table_is_the_schema_array_table():
+    """The README's store table lists the contract's arrays (featcache/schema.py), in order, with their shapes and
+    dtypes; the store writes exactly those."""
     import re
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme.split("## The store", 1)[1].split("\n## ", 1)[0]
-    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| (\w+) \|", table, flags=re.M))
-    assert list(rows) == list(fs.ARRAYS)
-    assert {name: rows[name] for name in fs.PER_SAMPLE_ARRAYS} == fs.PER_SAMPLE_ARRAYS
-    assert (rows["features"], rows["views"], rows["done"]) == ("float16", "float32", "uint8")
+    rows = {name: (shape, dtype) for name, shape, dtype in
+            re.findall(r"^\| `(\w+)` \| ([^|]+?) \| (\w+) \|", table, flags=re.M)}
+    assert rows == {name: (spec.shape_text, spec.dtype) for name, spec in ARRAYS.items()}
+    assert list(rows) == list(ARRAYS)

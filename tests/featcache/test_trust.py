@@ -23,6 +23,7 @@ from featcache import store as fs
 from featcache.cache_ops import verify_store
 from featcache.datasets import load_listing
 from featcache.extract import ExtractConfig, extract
+from featcache.schema import PER_SAMPLE_ARRAYS, component_hash
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder
 from trainer.config import DistillConfig
 from trainer.data import load_cached_data
@@ -63,7 +64,7 @@ def edit_manifest(store: Path, change, rehash: bool = False) -> None:
     change(manifest)
     if rehash and isinstance(manifest.get("fingerprint"), dict):
         for part in manifest["fingerprint"].values():
-            part["hash"] = fs.component_hash({k: v for k, v in part.items() if k != "hash"})
+            part["hash"] = component_hash({k: v for k, v in part.items() if k != "hash"})
     group.attrs["customkd"] = manifest
 
 
@@ -221,7 +222,7 @@ def test_only_regular_files_inside_the_store_are_read(copy, tmp_path, alarm, ent
 # ------------------------------------------------------------------ every chunk of every array, and the listing
 
 CHUNK = {"features": "features/c/1/0/0", "views": "views/c/1/0/0", "done": "done/c/1",
-         **{name: f"{name}/c/1" for name in fs.PER_SAMPLE_ARRAYS}}
+         **{name: f"{name}/c/1" for name in PER_SAMPLE_ARRAYS}}
 
 
 @pytest.mark.parametrize("array", sorted(CHUNK))
@@ -301,7 +302,7 @@ def test_non_finite_teacher_features_are_refused(tmp_path, monkeypatch, scale, n
     out = tmp_path / "s.zarr"
     with pytest.raises(UserError, match=f"teacher {TINY_TEACHER} produced non-finite features .* shard 0.*{needle}"):
         extract(_cfg(folder, out))
-    assert fs.read_manifest(zarr.open_group(str(out), mode="r"))["status"] == fs.STATUS_IN_PROGRESS
+    assert fs.read_manifest(zarr.open_group(str(out), mode="r")).status == fs.STATUS_IN_PROGRESS
     with pytest.raises(UserError, match="incomplete"):
         fs.open_complete_store(out)
 
@@ -348,7 +349,7 @@ def test_decompression_bomb_is_a_bad_image_skippable(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="class1/img99.png.*--skip-bad"):
         extract(_cfg(folder, out))
     extract(_cfg(folder, out, skip_bad=True))
-    assert fs.read_manifest(fs.open_complete_store(out))["n_invalid"] == 1
+    assert fs.read_manifest(fs.open_complete_store(out)).n_invalid == 1
 
 
 def test_overwrite_rebuilds_a_complete_store_in_place(copy, tiny_folder):

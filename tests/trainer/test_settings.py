@@ -26,7 +26,7 @@ def test_uda_split_labels_source_only_and_evaluates_on_target(domain_store):
     cfg = DistillConfig(min_steps=0, cache=str(domain_store), setting="uda", source=("Art", "Photo"), target=("Clipart",))
     data = load_cached_data(cfg)
     split = make_split(cfg, data)
-    clipart = data.manifest["domains"].index("Clipart")
+    clipart = data.manifest.domains.index("Clipart")
     assert (data.domain[split.eval] == clipart).all() and (data.split[split.eval] == 1).all()
     labeled = split.train[split.train_labels >= 0]
     assert (data.domain[labeled] != clipart).all()
@@ -44,7 +44,7 @@ def test_uda_run_and_fixmatch_run(domain_store, tmp_path):
     config = json.loads((tmp_path / "uda" / "config.json").read_text())
     assert evaluated["accuracy"] == uda.final["accuracy"] and evaluated["n"] == config["n_eval"]
     data = load_cached_data(DistillConfig(cache=str(domain_store)))
-    photo = data.manifest["domains"].index("Photo")
+    photo = data.manifest.domains.index("Photo")
     assert config["n_eval"] == int(((data.domain == photo) & (data.split == 1)).sum())
     fixmatch = distill(DistillConfig(min_steps=0, cache=str(domain_store), setting="ssl", labels_per_class=2, ssl="fixmatch",
                                      fixmatch_threshold=0.0, out=str(tmp_path / "fm"), **common))

@@ -1,0 +1,594 @@
+"""The written contract between the two processes: what a feature store holds and what its manifest says.
+
+``featcache`` (extract) writes stores and ``trainer`` (distill) reads them; this module is the only
+place the store's shape is described, and it is light (NumPy and the standard library) so both sides
+can import it. It holds
+
+- :data:`ARRAYS`: every array of a store — shape, dtype, fill value, meaning;
+- :class:`Layout`: how the arrays are cut into shards (the only :meth:`Layout.shard_rows`);
+- the fingerprint: five components, each hashed on its own (:class:`Fingerprint`);
+- :class:`Manifest`: the root attrs, typed. :meth:`Manifest.from_attrs` checks every key readers act
+  on — a store is untrusted input — and :meth:`Manifest.to_attrs` gives back exactly the stored dict;
+- the dataset-listing contract: the data-spec grammar (:func:`parse_data_spec`), row keys
+  (:func:`sample_key`, :func:`content_hash`, :func:`listing_hash`) and the one staleness check
+  (:func:`compare_listing`).
+
+Rows are the dataset listing's samples in order: labeled samples sorted by relative path, then the
+images of each ``unlabeled:NAME=PATH`` part (label -1, training split, domain NAME).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+# 2: every chunk is written, fill-valued ones too, so a missing chunk is damage (version 1 skipped them)
+SCHEMA_VERSION = 2
+ATTRS_KEY = "customkd"  # the root attrs key that holds the manifest
+STATUS_CREATING = "creating"  # arrays not all created yet: safe to delete and start over
+STATUS_IN_PROGRESS = "in_progress"
+STATUS_COMPLETE = "complete"
+STATUSES = (STATUS_CREATING, STATUS_IN_PROGRESS, STATUS_COMPLETE)
+UNLABELED = -1  # the label of an image nobody labeled
+
+# ---------------------------------------------------------------- the arrays
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a store. ``dims`` names its shape: N samples, V views, D feature dimension,
+    P view parameters (their names in the manifest's ``view_params``), n_shards shards."""
+
+    dims: tuple[str, ...]
+    dtype: str
+    fill: float
+    meaning: str
+
+    @property
+    def shape_text(self) -> str:
+        return f"({', '.join(self.dims)}{',' if len(self.dims) == 1 else ''})"
+
+
+ARRAYS: dict[str, ArraySpec] = {
+    "features": ArraySpec(("N", "V", "D"), "float16", math.nan, "teacher feature per view; unwritten rows read as NaN"),
+    "views": ArraySpec(("N", "V", "P"), "float32", math.nan, "replay parameters per view (names in `view_params`)"),
+    "labels": ArraySpec(("N",), "int32", 0, "class index; -1 for an unlabeled image"),
+    "domain": ArraySpec(("N",), "int8", 0, "domain id (names in the manifest)"),
+    "split": ArraySpec(("N",), "int16", 0, "split id: 0 train, 1 test (names in the manifest)"),
+    "sample_key": ArraySpec(("N",), "uint64", 0, "hash of the sample's relative path (`sample_key`)"),
+    "content_hash": ArraySpec(("N",), "uint64", 0, "hash of the image bytes read at extraction (`content_hash`)"),
+    "valid": ArraySpec(("N",), "uint8", 1, "0 for an unreadable image skipped with `--skip-bad` (features stay NaN)"),
+    "done": ArraySpec(("n_shards",), "uint8", 0, "one completion flag per shard, one storage object each"),
+}
+PER_SAMPLE_ARRAYS = {name: spec.dtype for name, spec in ARRAYS.items() if spec.dims == ("N",)}
+LISTING_ARRAYS = ("labels", "domain", "split", "sample_key")  # written from the dataset listing at creation
+SHARD_ARRAYS = ("features", "views", "content_hash", "valid")  # written shard by shard, then the shard's done flag
+STALENESS_ARRAYS = (*LISTING_ARRAYS, "content_hash", "valid")  # what compare_listing checks a listing against
+
+# ---------------------------------------------------------------- the layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the arrays are cut into shards and chunks (the ``layout`` fingerprint component)."""
+
+    n_samples: int
+    n_views: int
+    feature_dim: int
+    n_params: int
+    shard_size: int = 256
+    chunk_size: int = 16
+    compress: bool = False
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_samples / self.shard_size)
+
+    def shard_rows(self, shard: int) -> slice:
+        """The rows of one shard (the last one may be short)."""
+        return slice(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n_samples))
+
+    def shard_of(self, rows):
+        """The shard holding each row (an int, or an array of rows)."""
+        return rows // self.shard_size
+
+    def shard_span(self, shard: int) -> str:
+        rows = self.shard_rows(shard)
+        return f"rows {rows.start}-{rows.stop - 1}"
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        sizes = {"N": self.n_samples, "V": self.n_views, "D": self.feature_dim, "P": self.n_params,
+                 "n_shards": self.n_shards}
+        return tuple(sizes[dim] for dim in ARRAYS[name].dims)
+
+    def storage_block(self, name: str) -> tuple[int, ...]:
+        """Shape of one storage object of an array: a whole shard of rows, or one ``done`` flag."""
+        return (1,) if ARRAYS[name].dims == ("n_shards",) else (self.shard_size, *self.shape(name)[1:])
+
+    def to_dict(self) -> dict:
+        return {"shard_size": self.shard_size, "chunk_size": self.chunk_size, "compress": self.compress,
+                "features_dtype": ARRAYS["features"].dtype, "checksums": "crc32c"}
+
+
+def shard_size_for(n_samples: int, shard_size: int, chunk_size: int) -> int:
+    """Samples per shard: ``shard_size``, or fewer for a small dataset, always a multiple of the inner chunk."""
+    return min(shard_size, -(-n_samples // chunk_size) * chunk_size)
+
+
+# ---------------------------------------------------------------- the fingerprint
+
+FINGERPRINT_COMPONENTS = ("dataset", "teacher", "augmentation", "layout", "schema")
+
+
+def component_hash(component: Mapping) -> str:
+    """Short stable hash of one fingerprint component (canonical JSON)."""
+    blob = json.dumps(component, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def make_fingerprint(dataset: dict, teacher: dict, augmentation: dict, layout: dict) -> dict:
+    """Fingerprint (stored form) with separate components, each carrying its own ``hash``."""
+    parts = {"dataset": dataset, "teacher": teacher, "augmentation": augmentation, "layout": layout,
+             "schema": {"version": SCHEMA_VERSION}}
+    return {name: {**part, "hash": component_hash(part)} for name, part in parts.items()}
+
+
+def fingerprint_diff(stored: Mapping, wanted: Mapping,
+                     components: tuple[str, ...] = FINGERPRINT_COMPONENTS) -> list[str]:
+    """Names of the components whose hashes differ (stored forms)."""
+    return [c for c in components if stored.get(c, {}).get("hash") != wanted.get(c, {}).get("hash")]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One fingerprint component: ``body`` is what is hashed, exactly as stored; the typed fields of a
+    subclass are read from it (``None`` where a key is absent)."""
+
+    body: Mapping[str, Any] = field(repr=False)
+    hash: str
+
+    @classmethod
+    def from_dict(cls, part: Mapping) -> Component:
+        body = copy.deepcopy({k: v for k, v in part.items() if k != "hash"})
+        typed = {f.name: _frozen(body.get(f.name)) for f in fields(cls) if f.name not in ("body", "hash")}
+        return cls(body=body, hash=part["hash"], **typed)
+
+    def to_dict(self) -> dict:
+        return {**copy.deepcopy(dict(self.body)), "hash": self.hash}
+
+
+def _frozen(value: Any) -> Any:
+    """A stored value as a field: lists become tuples, objects are copied (the manifest never shares them)."""
+    return tuple(value) if isinstance(value, list) else copy.deepcopy(value)
+
+
+@dataclass(frozen=True)
+class DatasetComponent(Component):
+    kind: str
+    n: int
+    listing_hash: str
+    classes: tuple[str, ...]
+    domains: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TeacherComponent(Component):
+    name: str
+    library: str
+    tap: str
+    size: int | None
+    weights: str
+    weights_hash: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class AugmentationComponent(Component):
+    recipe: dict
+    views: int
+    base_seed: int
+    seed_scheme: int
+
+    @property
+    def centre_crop(self) -> float:
+        """The crop fraction of view 0 (and of every image at evaluation)."""
+        return self.recipe["centre_crop"]
+
+
+@dataclass(frozen=True)
+class LayoutComponent(Component):
+    shard_size: int
+    chunk_size: int
+    compress: bool
+
+
+@dataclass(frozen=True)
+class SchemaComponent(Component):
+    version: int
+
+
+_COMPONENT_TYPES = {"dataset": DatasetComponent, "teacher": TeacherComponent, "augmentation": AugmentationComponent,
+                    "layout": LayoutComponent, "schema": SchemaComponent}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a store was made from: a change of any component makes it another store."""
+
+    dataset: DatasetComponent
+    teacher: TeacherComponent
+    augmentation: AugmentationComponent
+    layout: LayoutComponent
+    schema: SchemaComponent
+
+    @classmethod
+    def make(cls, dataset: dict, teacher: dict, augmentation: dict, layout: dict) -> Fingerprint:
+        return cls.from_dict(make_fingerprint(dataset, teacher, augmentation, layout))
+
+    @classmethod
+    def from_dict(cls, fingerprint: Mapping) -> Fingerprint:
+        """The stored form, each component present and matching its hash (else :class:`ManifestError`)."""
+        _need(isinstance(fingerprint, Mapping), "'fingerprint' is missing or not an object")
+        for component in FINGERPRINT_COMPONENTS:
+            part = fingerprint.get(component)
+            _need(isinstance(part, Mapping) and isinstance(part.get("hash"), str),
+                  f"fingerprint component '{component}' is missing or has no hash")
+            body = {k: x for k, x in part.items() if k != "hash"}
+            _need(component_hash(body) == part["hash"], f"fingerprint component '{component}' does not match its "
+                  "hash (it was edited after extraction)")
+        return cls(**{name: kind.from_dict(fingerprint[name]) for name, kind in _COMPONENT_TYPES.items()})
+
+    def components(self) -> dict[str, Component]:
+        return {name: getattr(self, name) for name in FINGERPRINT_COMPONENTS}
+
+    def hashes(self) -> dict[str, str]:
+        return {name: part.hash for name, part in self.components().items()}
+
+    def to_dict(self) -> dict:
+        return {name: part.to_dict() for name, part in self.components().items()}
+
+    def diff(self, other: Fingerprint) -> list[str]:
+        """Names of the components whose hashes differ."""
+        return [name for name, value in self.hashes().items() if other.hashes()[name] != value]
+
+    def short(self) -> str:
+        return " ".join(f"{name}={value[:8]}" for name, value in self.hashes().items())
+
+
+# ---------------------------------------------------------------- the manifest (a store is untrusted input)
+
+# Bounds on what a manifest may claim, checked before anything is allocated from it.
+MAX_SAMPLES = 10**9
+MAX_VIEWS = 1024
+MAX_FEATURE_DIM = 65536
+MAX_VIEW_PARAMS = 256
+MAX_SHARDS = 2**20
+MAX_NAMES = 100_000
+
+
+class ManifestError(ValueError):
+    """One thing wrong with a manifest; the store names the store and says what to do."""
+
+
+class OtherSchemaVersion(ManifestError):
+    """A store written in another format version (``found``: its ``schema_version``)."""
+
+    def __init__(self, found: Any) -> None:
+        super().__init__(f"store schema version {found!r}")
+        self.found = found
+
+
+def _need(condition: bool, what: str) -> None:
+    if not condition:
+        raise ManifestError(what)
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _names(attrs: Mapping, key: str) -> list[str]:
+    names = attrs.get(key)
+    _need(isinstance(names, list) and 1 <= len(names) <= MAX_NAMES and all(isinstance(n, str) for n in names),
+          f"'{key}' must be a non-empty list of strings (at most {MAX_NAMES})")
+    _need(len(set(names)) == len(names), f"'{key}' has duplicate names")
+    return names
+
+
+def check_header(attrs: Mapping) -> str:
+    """The format version and the status, the keys that say whether anything else can be read; the status."""
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise OtherSchemaVersion(attrs.get("schema_version"))
+    status = attrs.get("status")
+    _need(status in STATUSES, f"'status' {status!r} is not one of {', '.join(STATUSES)}")
+    return status
+
+
+def _check_fingerprint(attrs: Mapping, n: int, v: int) -> Fingerprint:
+    fp = Fingerprint.from_dict(attrs.get("fingerprint"))
+    dataset, layout, teacher, aug = (fp.dataset.body, fp.layout.body, fp.teacher.body, fp.augmentation.body)
+    _need(dataset.get("n") == n, f"fingerprint dataset n={dataset.get('n')!r} differs from shape N={n}")
+    _need(isinstance(dataset.get("listing_hash"), str), "fingerprint dataset has no listing_hash")
+    _need(dataset.get("classes") == attrs.get("classes"), "'classes' differs from the fingerprint's dataset classes")
+    _need(dataset.get("domains") == attrs.get("domains"), "'domains' differs from the fingerprint's dataset domains")
+    for key in ("shard_size", "chunk_size"):
+        _need(_is_int(layout.get(key), 1, MAX_SAMPLES), f"layout {key} must be a positive integer, got "
+              f"{layout.get(key)!r}")
+    _need(isinstance(teacher.get("name"), str), "fingerprint teacher has no name")
+    _need(aug.get("views") == v, f"fingerprint augmentation views={aug.get('views')!r} differs from shape V={v}")
+    crop = aug.get("recipe", {}).get("centre_crop") if isinstance(aug.get("recipe"), dict) else None
+    _need(type(crop) in (int, float) and 0 < crop <= 1, "augmentation recipe has no centre_crop in (0, 1]")
+    return fp
+
+
+def _check_data_spec(attrs: Mapping, store_root: Path | None) -> DataSpec:
+    spec = attrs.get("data_spec")
+    _need(isinstance(spec, str) and "\x00" not in spec, "'data_spec' must be a string")
+    try:
+        parsed = parse_data_spec(spec)
+    except DataSpecError as exc:
+        _need(exc.part is not None, f"'data_spec' kind {exc.kind!r} is not one of {', '.join(DATA_KINDS)}")
+        raise ManifestError(f"'data_spec' part {exc.part[:40]!r} is not unlabeled:NAME=PATH") from None
+    if store_root is not None:
+        for folder in parsed.folders:
+            _need(not Path(folder).expanduser().resolve().is_relative_to(store_root), "'data_spec' points inside "
+                  "the store itself (a store holds features, never the dataset it was made from)")
+    return parsed
+
+
+_KEYS = ("fingerprint", "data_spec", "classes", "domains", "splits", "view_params", "shape", "n_shards", "versions",
+         "created", "extract_config", "schema_version", "status", "n_invalid", "completed")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The root attrs of a store (under ``customkd``), typed. Optional keys are ``None`` when absent;
+    ``extra`` keeps keys this version does not know, so :meth:`to_attrs` gives back the stored dict."""
+
+    fingerprint: Fingerprint
+    data_spec: str
+    classes: tuple[str, ...]
+    domains: tuple[str, ...]
+    splits: tuple[str, ...]
+    view_params: tuple[str, ...]
+    shape: tuple[int, int, int]  # N, V, D
+    n_shards: int | None = None
+    versions: dict | None = None  # library versions at extraction
+    created: str | None = None
+    extract_config: dict | None = None
+    schema_version: int = SCHEMA_VERSION
+    status: str = STATUS_CREATING
+    n_invalid: int | None = None  # set when the store is complete
+    completed: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping, store_root: Path | None = None) -> Manifest:
+        """Check every key readers act on, in the order a reader would trip over them; the first problem is a
+        :class:`ManifestError`. With ``store_root`` (a local store, resolved) the data spec may not point inside it."""
+        _need(isinstance(attrs, Mapping), "the manifest is not an object")
+        check_header(attrs)
+        shape = attrs.get("shape")
+        _need(isinstance(shape, list) and len(shape) == 3, "'shape' must be [N, V, D]")
+        n, v, d = shape
+        _need(_is_int(n, 1, MAX_SAMPLES) and _is_int(v, 1, MAX_VIEWS) and _is_int(d, 1, MAX_FEATURE_DIM),
+              f"'shape' {shape} is out of range (N 1..{MAX_SAMPLES}, V 1..{MAX_VIEWS}, D 1..{MAX_FEATURE_DIM})")
+        for key in ("classes", "domains", "splits"):
+            _names(attrs, key)
+        params = _names(attrs, "view_params")
+        _need(len(params) <= MAX_VIEW_PARAMS, f"'view_params' has more than {MAX_VIEW_PARAMS} names")
+        fp = _check_fingerprint(attrs, n, v)
+        n_shards = math.ceil(n / fp.layout.shard_size)
+        _need(n_shards <= MAX_SHARDS, f"{n_shards} shards is more than {MAX_SHARDS}")
+        _need(attrs.get("n_shards", n_shards) == n_shards, f"'n_shards' {attrs.get('n_shards')!r} is not "
+              f"ceil(N / shard_size) = {n_shards}")
+        _need(_is_int(attrs.get("n_invalid", 0), 0, n), "'n_invalid' must be an integer in 0..N")
+        for key in ("created", "completed"):
+            _need(isinstance(attrs.get(key, ""), str), f"'{key}' must be a string")
+        _check_data_spec(attrs, store_root)
+        typed = {key: _frozen(attrs[key]) for key in _KEYS if key in attrs and key != "fingerprint"}
+        extra = {key: value for key, value in attrs.items() if key not in _KEYS}
+        for key in ("versions", "extract_config"):  # not checked: kept as stored, whatever it is
+            if key in typed and not isinstance(typed[key], dict):
+                extra[key] = typed.pop(key)
+        return cls(fingerprint=fp, **copy.deepcopy(typed), extra=copy.deepcopy(extra))
+
+    def to_attrs(self) -> dict:
+        """The stored form (JSON types), keys in the order extraction writes them."""
+        values = {"fingerprint": self.fingerprint.to_dict(), **{key: getattr(self, key) for key in _KEYS[1:]}}
+        attrs = {key: list(value) if isinstance(value, tuple) else copy.deepcopy(value)
+                 for key, value in values.items() if value is not None}
+        return {**attrs, **copy.deepcopy(self.extra)}
+
+    def with_status(self, status: str) -> Manifest:
+        return replace(self, status=status)
+
+    @property
+    def n_samples(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_views(self) -> int:
+        return self.shape[1]
+
+    @property
+    def layout(self) -> Layout:
+        fp = self.fingerprint.layout
+        return Layout(*self.shape, len(self.view_params), fp.shard_size, fp.chunk_size, bool(fp.compress))
+
+
+# ---------------------------------------------------------------- the dataset listing
+
+DATA_KINDS = ("elpv", "folder", "cifar100")
+
+
+class DataSpecError(ValueError):
+    """A data spec outside the grammar: an unknown ``kind``, or a ``part`` after ``|`` that is not
+    ``unlabeled:NAME=PATH`` (then ``part`` is set)."""
+
+    def __init__(self, kind: str, part: str | None = None) -> None:
+        super().__init__(f"kind {kind!r}" if part is None else f"part {part!r}")
+        self.kind, self.part = kind, part
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """``KIND[:ARG]`` (``elpv``, ``folder:PATH``, ``cifar100:PATH``) then ``|unlabeled:NAME=PATH`` parts."""
+
+    kind: str
+    arg: str
+    unlabeled: tuple[tuple[str, str], ...] = ()  # (domain name, folder)
+
+    @property
+    def folders(self) -> list[str]:
+        """Every folder the spec reads images from."""
+        return ([self.arg] if self.kind != "elpv" else []) + [folder for _, folder in self.unlabeled]
+
+
+def unlabeled_part(name: str, folder: str) -> str:
+    return f"unlabeled:{name}={folder}"
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """The one parser of data specs (``extract --data``, a manifest's ``data_spec``); :class:`DataSpecError`."""
+    base, *parts = spec.split("|")
+    kind, _, arg = base.partition(":")
+    if kind not in DATA_KINDS:
+        raise DataSpecError(kind)
+    unlabeled = []
+    for part in parts:
+        part_kind, _, named = part.partition(":")
+        name, _, folder = named.partition("=")
+        if part_kind != "unlabeled" or not name or not folder:
+            raise DataSpecError(kind, part)
+        unlabeled.append((name, folder))
+    return DataSpec(kind, arg, tuple(unlabeled))
+
+
+def sample_key(relpath: str) -> int:
+    """uint64 key of a sample's relative path (row ↔ image check)."""
+    return int.from_bytes(hashlib.blake2b(relpath.encode(), digest_size=8).digest(), "little")
+
+
+def content_hash(data: bytes) -> int:
+    """uint64 hash of a sample's bytes (staleness check)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+class ListedSample(Protocol):
+    relpath: str
+    label: int
+    domain: int
+    split: int
+    size: int
+
+
+class Listing(Protocol):
+    """What the contract needs of a dataset listing (:class:`featcache.datasets.DatasetListing`)."""
+
+    samples: Sequence[ListedSample]
+    classes: tuple[str, ...]
+    domains: tuple[str, ...]
+
+    def __len__(self) -> int: ...
+    def read_bytes(self, index: int) -> bytes: ...
+
+
+def listing_hash(samples: Sequence[ListedSample], classes: Sequence[str], domains: Sequence[str]) -> str:
+    """Hash of the rows' relative paths, sizes, labels, domains and splits, and the names (fingerprint dataset)."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(f"{s.relpath}\t{s.size}\t{s.label}\t{s.domain}\t{s.split}\n".encode())
+    h.update(("|".join(classes) + "#" + "|".join(domains)).encode())
+    return h.hexdigest()
+
+
+_SAMPLE_FIELD = {"labels": "label", "domain": "domain", "split": "split"}  # array -> field of a listed sample
+
+
+def listing_arrays(listing: Listing) -> dict[str, np.ndarray]:
+    """The :data:`LISTING_ARRAYS` of a dataset listing, as a store holds them."""
+    columns = {name: [getattr(s, field_) for s in listing.samples] for name, field_ in _SAMPLE_FIELD.items()}
+    columns["sample_key"] = [sample_key(s.relpath) for s in listing.samples]
+    return {name: np.array(columns[name], dtype=ARRAYS[name].dtype) for name in LISTING_ARRAYS}
+
+
+@dataclass(frozen=True)
+class ListingDiff:
+    """How a dataset listing differs from what a store recorded about it; rows are store rows."""
+
+    listing_rows: int
+    stored_rows: int
+    names: tuple[str, ...] = ()  # class or domain names that differ, one line each
+    relabeled: tuple[str, ...] = ()  # labels / domain / split rows that differ, one line per array
+    moved: tuple[tuple[int, str], ...] = ()  # (row, relative path now): the row means another image
+    changed: tuple[tuple[int, str], ...] = ()  # (row, relative path): a valid row whose bytes changed
+    unreadable: tuple[tuple[int, str, str], ...] = ()  # (row, relative path, error): cannot be read now
+    listing_hash_differs: bool = False  # file sizes, labels or splits differ from the fingerprint's
+
+    @property
+    def count_differs(self) -> bool:
+        return self.listing_rows != self.stored_rows
+
+    @property
+    def stale(self) -> list[tuple[int, str]]:
+        """Valid rows whose image is not the one extracted (changed or unreadable), in row order."""
+        return sorted([*self.changed, *((row, relpath) for row, relpath, _ in self.unreadable)])
+
+    def problems(self) -> list[str]:
+        """Every difference, one line each (``cache verify``)."""
+        if self.count_differs:
+            return [f"dataset has {self.listing_rows} samples, store has {self.stored_rows} (images added or removed)"]
+        per_row = {row: f"sample {row}: path {relpath} does not match the store's row" for row, relpath in self.moved}
+        per_row |= {row: f"sample {row}: {relpath} changed since extraction (content hash differs)"
+                    for row, relpath in self.changed}
+        per_row |= {row: f"sample {row}: {relpath} cannot be read ({error})" for row, relpath, error in self.unreadable}
+        return [*self.names, *self.relabeled, *(per_row[row] for row in sorted(per_row))]
+
+
+def compare_listing(listing: Listing, manifest: Manifest,
+                    stored: Mapping[str, np.ndarray] | None = None) -> ListingDiff:
+    """The one staleness check: a dataset listing against a store's names and per-row arrays.
+
+    ``stored`` holds the store's :data:`STALENESS_ARRAYS`; without it (or when the row counts differ) only the
+    counts and names are compared, so nothing of size N is read. The bytes of every valid row whose path still
+    matches are hashed again."""
+    names = tuple(f"the store's {key} differ from the dataset's ({len(ours)} vs {len(theirs)} names)"
+                  for key, ours, theirs in (("classes", manifest.classes, listing.classes),
+                                            ("domains", manifest.domains, listing.domains))
+                  if tuple(theirs) != ours)
+    diff = ListingDiff(len(listing), manifest.n_samples, names)
+    if stored is None or diff.count_differs:
+        return diff
+    expected = {name: [getattr(s, _SAMPLE_FIELD[name]) for s in listing.samples] for name in _SAMPLE_FIELD}
+    relabeled = []
+    for name in _SAMPLE_FIELD:
+        values = stored[name]
+        differ = np.flatnonzero(np.asarray(expected[name], dtype=np.int64) != np.asarray(values, dtype=np.int64))
+        if len(differ):
+            first = int(differ[0])
+            relabeled.append(f"array {name} differs from the dataset listing in {len(differ)} row(s), e.g. row {first} "
+                             f"({listing.samples[first].relpath}: stored {int(values[first])}, dataset "
+                             f"{expected[name][first]})")
+    moved, changed, unreadable = [], [], []
+    valid = np.asarray(stored["valid"]).astype(bool)
+    for row, sample in enumerate(listing.samples):
+        if sample_key(sample.relpath) != stored["sample_key"][row]:
+            moved.append((row, sample.relpath))
+        elif valid[row]:
+            try:
+                if content_hash(listing.read_bytes(row)) != stored["content_hash"][row]:
+                    changed.append((row, sample.relpath))
+            except OSError as exc:
+                unreadable.append((row, sample.relpath, type(exc).__name__))
+    now = listing_hash(listing.samples, listing.classes, listing.domains)
+    return replace(diff, relabeled=tuple(relabeled), moved=tuple(moved), changed=tuple(changed),
+                   unreadable=tuple(unreadable), listing_hash_differs=now != manifest.fingerprint.dataset.listing_hash)
