@@ -1,7 +1,8 @@
 """The extract process: datasets, teachers, view sampling, and the Zarr feature store.
 
-Only :mod:`featcache.store`, :mod:`featcache.views`, :mod:`featcache.datasets` and
-:mod:`common.errors` are shared with the trainer; teacher code stays on this side.
+The trainer uses only the contract — :mod:`featcache.schema` (what a store holds), :mod:`featcache.store`
+and :mod:`featcache.location` (reading it), :mod:`featcache.views` (view replay) and
+:mod:`featcache.datasets` (the images) — and :mod:`common`; teacher code stays on this side.
 Nothing is imported here so that ``import featcache.store`` stays light.
 """
 
