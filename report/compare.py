@@ -181,7 +181,7 @@ def extract(teacher: str, cache: str, cfg: ReportConfig) -> dict:
     started = time.perf_counter()
     if subprocess.run(argv, env={**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES}).returncode != 0:
         raise UserError(f"the extraction with teacher {teacher} failed (its message is above); fix it and rerun "
-                 "make report")
+                        "make report")
     seconds = time.perf_counter() - started
     group = fs.open_complete_store(cache)
     manifest = fs.read_manifest(group, cache)
@@ -189,7 +189,7 @@ def extract(teacher: str, cache: str, cfg: ReportConfig) -> dict:
     record = {"teacher": teacher, "cache": cache, "command": " ".join(["customkd", *argv[3:]]),
               "shape": list(manifest.shape),
               "majority_class_eval": float(np.bincount(held_out).max() / len(held_out)) if len(held_out) else 0.0,
-              "fingerprint": manifest.fingerprint.hashes(),
+              "store_fingerprint": manifest.fingerprint.hashes(),  # as a run's config.json records it
               "created": manifest.created, "completed": manifest.completed}
     if before == "absent":
         return {**record, "seconds": round(seconds, 1), "measured": "timed by this report, from an empty cache path"}
@@ -275,7 +275,7 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, d
     """Run the jobs not already finished, ``parallel`` at a time, each with ``cores // parallel`` threads;
     returns how many ran. On any failure or signal the running children are stopped before this returns."""
     logs.mkdir(parents=True, exist_ok=True)
-    todo = [j for j in jobs if not reusable(j, extractions[job_cache(j)]["fingerprint"])]
+    todo = [j for j in jobs if not reusable(j, extractions[job_cache(j)]["store_fingerprint"])]
     ran = len(todo)
     log.info("%d runs planned, %d already finished, %d to run, %d at a time", len(jobs), len(jobs) - len(todo),
              len(todo), parallel)

@@ -230,7 +230,7 @@ def run_config(s: Session, started: dt.datetime) -> dict:
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
             "world_size": s.env.world, "batch_rule": ddp.BATCH_RULE,
             "effective_epochs": s.epochs, "optimizer_steps": s.epochs * s.cfg.steps_per_epoch(len(s.split.train)),
-            "student_activation": type(s.method.ctx.student_activation).__name__,
+            "student_activation": type(s.method.dims.student_activation).__name__,
             "alternation": "after customize_warmup KD epochs, one customization epoch before every "
                            "alternate_every-th KD epoch"}
 

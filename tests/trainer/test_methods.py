@@ -101,7 +101,7 @@ def test_create_method_hands_the_method_its_params_from_the_config(name):
     params = method_params(name, cfg)
     assert dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen
     assert method.params == params and type(method.params) is type(params)
-    assert method.ctx.student_activation is activation  # trainer/distill.py records its name in config.json
+    assert method.dims.student_activation is activation  # trainer/distill.py records its name in config.json
     assert not any(isinstance(getattr(method.params, f.name), DistillConfig) for f in dataclasses.fields(params))
 
 

@@ -101,11 +101,6 @@ class Method(nn.Module):
         self.dims = dims
         self.params = params
 
-    @property
-    def ctx(self) -> MethodDims:
-        """Former name of :attr:`dims`, still read as ``method.ctx.student_activation`` by trainer/distill.py."""
-        return self.dims
-
     def student_side_parameters(self) -> list[nn.Parameter]:
         """Adapters trained with the student (projectors); excludes the customizer."""
         return list(self.parameters())
