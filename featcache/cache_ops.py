@@ -13,6 +13,7 @@ from common.files import atomic_path
 from featcache import location as where
 from featcache import store as fs
 from featcache.datasets import DatasetListing, load_listing
+from featcache.listing import compare_listing
 from featcache.schema import (
     ARRAYS,
     ATTRS_KEY,
@@ -21,7 +22,6 @@ from featcache.schema import (
     Manifest,
     ManifestError,
     TeacherComponent,
-    compare_listing,
 )
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _read_problems(group, manifest: Manifest) -> list[str]:
 
 
 def _dataset_problems(group, manifest: Manifest, listing: DatasetListing) -> list[str]:
-    """The dataset listing against the store (:func:`featcache.schema.compare_listing`), one line per problem."""
+    """The dataset listing against the store (:func:`featcache.listing.compare_listing`), one line per problem."""
     if len(listing) != manifest.n_samples:
         return compare_listing(listing, manifest).problems()
     try:

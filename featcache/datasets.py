@@ -23,13 +23,8 @@ import numpy as np
 from PIL import Image
 
 from common.errors import UserError
-from featcache.schema import (
-    UNLABELED,
-    DataSpecError,
-    listing_hash,
-    parse_data_spec,
-    unlabeled_part,
-)
+from featcache.listing import listing_hash
+from featcache.schema import UNLABELED, DataSpecError, parse_data_spec, unlabeled_part
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +80,7 @@ class DatasetListing:
         return to_8bit(image)
 
     def listing_hash(self) -> str:
-        """Hash of sorted relative paths, sizes, labels, domains and splits (:func:`featcache.schema.listing_hash`)."""
+        """Hash of sorted relative paths, sizes, labels, domains and splits (:func:`featcache.listing.listing_hash`)."""
         return listing_hash(self.samples, self.classes, self.domains)
 
 

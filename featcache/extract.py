@@ -28,15 +28,8 @@ from featcache import location as where
 from featcache import store as fs
 from featcache.config import ExtractConfig
 from featcache.datasets import DatasetListing, load_listing, unlabeled_spec
-from featcache.schema import (
-    Fingerprint,
-    Layout,
-    Manifest,
-    content_hash,
-    listing_arrays,
-    parse_data_spec,
-    shard_size_for,
-)
+from featcache.listing import content_hash, listing_arrays
+from featcache.schema import Fingerprint, Layout, Manifest, parse_data_spec, shard_size_for
 from featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS, draw_views, replay
 
 log = logging.getLogger(__name__)

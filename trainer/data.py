@@ -1,7 +1,7 @@
 """Cached features + images for the student: open the store, check it, split it, load views.
 
 The trainer reads the store through :mod:`featcache.store`, checks it against the dataset with the
-contract's one staleness check (:func:`featcache.schema.compare_listing`) and replays views through
+contract's one staleness check (:func:`featcache.listing.compare_listing`) and replays views through
 :mod:`featcache.views`; it never touches teacher code.
 """
 
@@ -17,7 +17,8 @@ import torch
 from common.errors import UserError
 from featcache import store as fs
 from featcache.datasets import DatasetListing, load_listing
-from featcache.schema import STALENESS_ARRAYS, ListingDiff, Manifest, compare_listing
+from featcache.listing import ListingDiff, compare_listing
+from featcache.schema import STALENESS_ARRAYS, Manifest
 from featcache.views import replay_pil, to_tensor, view_seed
 from trainer.config import DistillConfig
 from trainer.features import ShardedFeatures, open_features

@@ -12,6 +12,7 @@ import zarr
 
 from featcache import store as fs
 from featcache.datasets import DATASETS, load_listing
+from featcache.listing import compare_listing, listing_arrays
 from featcache.schema import (
     ARRAYS,
     ATTRS_KEY,
@@ -21,8 +22,6 @@ from featcache.schema import (
     Layout,
     Manifest,
     ManifestError,
-    compare_listing,
-    listing_arrays,
     parse_data_spec,
 )
 
