@@ -143,3 +143,13 @@ def test_one_atomic_write_helper():
                  if name != "common.files" and renames.search(path.read_text())]
     assert offenders == []
     assert renames.search(MODULES["common.files"].read_text())
+
+
+def test_the_manifest_is_read_through_the_contract():
+    """Outside featcache/schema.py nobody walks the manifest dict by string paths (``["fingerprint"]["layout"]``):
+    readers take :class:`featcache.schema.Manifest` attributes, so a renamed key is one change, in one file."""
+    string_paths = re.compile(r"""\[["'](fingerprint|augmentation|recipe)["']\]|\bmanifest\[|\bmanifest\.get\(""")
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for name, path in MODULES.items() if name != "featcache.schema"
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if string_paths.search(line)]
+    assert offenders == []
+    assert string_paths.search('recipe = manifest["fingerprint"]["augmentation"]["recipe"]')
