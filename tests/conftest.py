@@ -1,7 +1,12 @@
-"""Shared fixtures: a tiny generated image folder and a tiny store built by a random-weight timm teacher."""
+"""Shared test helpers: a tiny generated image folder and a tiny store built by a random-weight timm teacher, the
+command line in a real process (``customkd``, ``torchrun``) or in-process (``invoke``), what a refusal must look
+like, and store bytes for byte-for-byte comparisons."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +15,52 @@ from PIL import Image
 
 TINY_TEACHER = "timm:test_vit"
 TINY_STUDENT = "test_efficientnet"
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess that runs this checkout's code: ours first on the import path, plus ``extra``."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def customkd(*args, cwd: Path = ROOT, env: dict[str, str] | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess:
+    """``customkd ARGS`` as a user runs it: a real process (``python -m cli``), stdout and stderr captured as text;
+    ``env`` adds variables to the environment."""
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=cli_env(**(env or {})), timeout=timeout)
+
+
+def torchrun(nproc: int, *args, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=NPROC -m cli ARGS`` on CPU (gloo), one thread per rank."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.run([*launcher, "-m", "cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          env=cli_env(OMP_NUM_THREADS="1", **(env or {})), timeout=timeout)
+
+
+def invoke(*args):
+    """The same app in-process (fast, typer's CliRunner); an unexpected exception propagates instead of becoming
+    an exit code."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_error_line(result, needle: str, code: int = 2) -> str:
+    """A refusal as the command line must give it: exit ``code``, no traceback, exactly one ``error:`` line, on
+    stderr, holding ``needle``; returns that line. ``result`` comes from :func:`customkd` or :func:`invoke`."""
+    if isinstance(result, subprocess.CompletedProcess):
+        exit_code, everything = result.returncode, result.stdout + result.stderr
+    else:
+        exit_code, everything = result.exit_code, result.output
+    assert exit_code == code, (exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in everything, everything
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert [line for line in everything.splitlines() if line.startswith("error:")] == errors, everything
+    return errors[0]
 
 
 def store_bytes(store: Path, *, manifest: bool = False) -> dict[str, bytes]:

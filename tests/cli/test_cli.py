@@ -1,7 +1,6 @@
 """The CLI as a user runs it: real subprocesses, tiny generated data, a tiny random-weight teacher."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +10,8 @@ import pytest
 import torch
 import zarr
 
-from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, cli_env, customkd, invoke, make_tiny_hue_folder, one_error_line
 from trainer.evaluate import evaluate_run
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def customkd(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
 
 
 def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
@@ -66,24 +57,14 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
 
 
 def _refit_teacher_probe(run: Path) -> dict:
-    """The teacher probe's metrics refitted in this process from the run's config.json."""
-    from trainer.data import load_cached_data, make_split
-    from trainer.distill import fit_probe
-    from trainer.evaluate import config_from_run
-    from trainer.features import feature_stats
-    from trainer.loop import FeatureNorm
+    """The teacher probe's metrics refitted in this process from the finished run (its store, split and seed)."""
+    from trainer.assemble import load_trained
 
-    cfg = config_from_run(json.loads((run / "config.json").read_text()))
-    data = load_cached_data(cfg)
-    split = make_split(cfg, data)
-    norm = FeatureNorm(cfg.feature_norm, stats=feature_stats(data.features, split.train, data.n_views))
-    return fit_probe(data, split, norm, cfg.seed)[1]
+    return load_trained(run).inputs.probe_metrics
 
 
 def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
     """`extract --teacher dinov2_vits --weights random` runs at 224 px, not 518, and the store says so."""
-    from tests.conftest import make_tiny_hue_folder
-
     folder = make_tiny_hue_folder(tmp_path / "images", classes=2, per_class=2)
     for tap, dim in (("cls", 384), ("cls+mean", 768)):
         out = tmp_path / f"{tap}.zarr"
@@ -94,14 +75,6 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
         teacher = json.loads((out / "zarr.json").read_text())["attributes"]["customkd"]["fingerprint"]["teacher"]
         assert (teacher["size"], teacher["native_size"], teacher["tap"], teacher["precision"]) == (224, 518, tap, "fp32")
         assert teacher["preprocess"]["size"] == 224
-
-
-def _one_line_exit_2(result, needle: str) -> None:
-    code = result.returncode if hasattr(result, "returncode") else result.exit_code
-    assert code == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and needle in errors[0], result.stderr
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -141,7 +114,7 @@ def _one_line_exit_2(result, needle: str) -> None:
     (["extract", "--teacher", TINY_TEACHER, "--weights", "{truncated}", "--data", "elpv", "--out", "{tmp}/x.zarr"],
      "not a readable safetensors file"),
 ])
-def test_bad_input_is_one_line_exit_2(args, needle, tiny_store, tmp_path):
+def test_bad_input_isone_error_line(args, needle, tiny_store, tmp_path):
     (tmp_path / "f.zarr").write_text("not a store")
     from safetensors.torch import save_file
 
@@ -149,20 +122,11 @@ def test_bad_input_is_one_line_exit_2(args, needle, tiny_store, tmp_path):
     truncated = tmp_path / "w.safetensors"
     truncated.write_bytes(truncated.read_bytes()[:40])  # an interrupted copy
     filled = [a.format(tmp=tmp_path, store=tiny_store, file=tmp_path / "f.zarr", truncated=truncated) for a in args]
-    _one_line_exit_2(invoke(*filled), needle)
-
-
-def invoke(*args: str):
-    """The same app in-process (fast); test_bad_input_in_a_real_process covers the real process."""
-    from typer.testing import CliRunner
-
-    from cli.app import app
-
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+    one_error_line(invoke(*filled), needle)  # in-process (fast); test_bad_input_in_a_real_process: a real one
 
 
 def test_bad_input_in_a_real_process(tmp_path):
-    _one_line_exit_2(customkd("distill", "--min-steps", "0", "--cache", str(tmp_path / "none.zarr")), "does not exist")
+    one_error_line(customkd("distill", "--min-steps", "0", "--cache", str(tmp_path / "none.zarr")), "does not exist")
 
 
 def test_incomplete_cache_is_refused(tiny_store, tmp_path):
@@ -175,7 +139,7 @@ def test_incomplete_cache_is_refused(tiny_store, tmp_path):
     group = zarr.open_group(str(copy), mode="r+")
     group["done"][2] = 0
     fs.set_status(group, fs.STATUS_IN_PROGRESS)
-    _one_line_exit_2(invoke("distill", "--min-steps", "0", "--cache", str(copy)), "incomplete (3/4 shards done)")
+    one_error_line(invoke("distill", "--min-steps", "0", "--cache", str(copy)), "incomplete (3/4 shards done)")
 
 
 def test_help_lists_commands():
@@ -222,7 +186,7 @@ def test_import_customkd_is_quick_and_exposes_the_library(tmp_path):
             "print(sorted(customkd.__all__), customkd.extract.__module__, customkd.distill.__module__, "
             "customkd.evaluate.__name__, customkd.predict.__name__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                            env=cli_env(), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("]")[0] + "]" == str(
         ["DistillConfig", "ExtractConfig", "UserError", "distill", "evaluate", "extract", "predict"])
@@ -235,5 +199,5 @@ def test_help_imports_no_torch(tmp_path):
             "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
             "assert 'torch' not in sys.modules and 'timm' not in sys.modules and 'zarr' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                            env=cli_env(), timeout=120)
     assert result.returncode == 0, result.stderr

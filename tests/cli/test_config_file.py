@@ -7,8 +7,7 @@ import json
 import pytest
 import typer.main
 
-from tests.cli.test_cli import _one_line_exit_2, customkd
-from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.conftest import ROOT, TINY_STUDENT, TINY_TEACHER, customkd, one_error_line
 
 
 def _settings(run) -> dict:
@@ -49,18 +48,18 @@ def test_extract_and_distill_from_yaml_then_replay_from_config_json(tiny_folder,
 def test_toml_config_and_its_errors(tiny_store, tmp_path):
     (tmp_path / "bad.toml").write_text('labels_per_clas = 4\n')
     result = customkd("distill", "--cache", str(tiny_store), "--config", str(tmp_path / "bad.toml"))
-    _one_line_exit_2(result, "unknown key 'labels_per_clas' in --config")
+    one_error_line(result, "unknown key 'labels_per_clas' in --config")
     assert "labels_per_class" in result.stderr  # the known keys are listed
     (tmp_path / "type.yaml").write_text("epochs: many\n")
-    _one_line_exit_2(customkd("distill", "--cache", str(tiny_store), "--config", str(tmp_path / "type.yaml")),
+    one_error_line(customkd("distill", "--cache", str(tiny_store), "--config", str(tmp_path / "type.yaml")),
                      "epochs must be an integer, got 'many'")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    _one_line_exit_2(customkd("distill", "--config", str(tmp_path / "list.yaml")), "must hold a mapping")
-    _one_line_exit_2(customkd("extract", "--config", str(tmp_path / "absent.yaml")), "does not exist")
+    one_error_line(customkd("distill", "--config", str(tmp_path / "list.yaml")), "must hold a mapping")
+    one_error_line(customkd("extract", "--config", str(tmp_path / "absent.yaml")), "does not exist")
     (tmp_path / "broken.toml").write_text("epochs = [\n")
-    _one_line_exit_2(customkd("extract", "--config", str(tmp_path / "broken.toml")), "cannot be parsed")
+    one_error_line(customkd("extract", "--config", str(tmp_path / "broken.toml")), "cannot be parsed")
     (tmp_path / "code.yaml").write_text("teacher: !!python/object/apply:os.system ['echo pwned']\n")
-    _one_line_exit_2(customkd("extract", "--config", str(tmp_path / "code.yaml")), "cannot be parsed")
+    one_error_line(customkd("extract", "--config", str(tmp_path / "code.yaml")), "cannot be parsed")
 
 
 @pytest.mark.parametrize("command, config_class", [("distill", "trainer.config.DistillConfig"),
@@ -91,16 +90,14 @@ def test_every_setting_has_a_flag_with_the_dataclass_default(command, config_cla
 def test_makefile_names_the_cache_with_extracts_defaults_and_passes_only_what_is_set():
     import re
     import subprocess
-    from pathlib import Path
 
     from featcache.config import ExtractConfig
 
-    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
     defaults = dict(re.findall(r"^(TEACHER|DATA) \?= (\S+)$", makefile, flags=re.M))
     assert (defaults["TEACHER"], defaults["DATA"]) == (ExtractConfig().teacher, ExtractConfig().data)
     assert f"caches/{ExtractConfig().data}-{ExtractConfig().teacher}.zarr" == ExtractConfig().out
-    root = Path(__file__).resolve().parents[2]
     dry = subprocess.run(["make", "-n", "-o", ".venv/.installed-x", "distill", "METHOD=kd"], capture_output=True,
-                         text=True, cwd=root).stdout
+                         text=True, cwd=ROOT).stdout
     command = " ".join(line.strip(" \\\t") for line in dry.splitlines() if line.strip(" \\\t"))
     assert "--method kd" in command and "--epochs" not in command and "--student" not in command

@@ -1,6 +1,5 @@
 """SIGKILL the real CLI at random moments of an extraction; rerunning must give the same bytes."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -9,27 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import TINY_TEACHER, make_tiny_hue_folder, store_bytes
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, TINY_TEACHER, cli_env, customkd, make_tiny_hue_folder, store_bytes
 
 
-def _command(folder: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "cli", "extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data",
-            f"folder:{folder}", "--out", str(out), "--views", "4", "--shard-size", "6", "--batch-size", "8",
-            "--workers", "0"]
+def _args(folder: Path, out: Path) -> list[str]:
+    return ["extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{folder}", "--out",
+            str(out), "--views", "4", "--shard-size", "6", "--batch-size", "8", "--workers", "0"]
 
 
 def _run(folder: Path, out: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(_command(folder, out), check=True, capture_output=True, env=env, cwd=ROOT, timeout=300)
+    done = customkd(*_args(folder, out))
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def _kill_when_done_flags(folder: Path, out: Path, flags: int, extra_delay: float) -> int:
     """Start an extraction and SIGKILL it once ``flags`` shards are done (plus a random delay)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(_command(folder, out), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *_args(folder, out)], env=cli_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_dir = out / "done" / "c"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

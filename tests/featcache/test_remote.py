@@ -17,7 +17,7 @@ from featcache import location as where
 from featcache import remote
 from featcache import store as fs
 from featcache.schema import ARRAYS, component_hash
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, store_bytes
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, invoke, store_bytes
 
 BUCKET = "customkd-test"
 
@@ -54,14 +54,6 @@ def s3(s3_server, monkeypatch, request) -> str:
 def _arrays(location) -> dict[str, np.ndarray]:
     group = fs.open_complete_store(location)
     return {name: np.asarray(group[name][:]) for name in ARRAYS}
-
-
-def _cli(*args: str):
-    from typer.testing import CliRunner
-
-    from cli.app import app
-
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
 def test_redact_and_options(monkeypatch):
@@ -104,7 +96,7 @@ def test_extract_straight_to_s3(tiny_folder, tiny_store, s3):
 
 def test_push_then_pull_is_byte_identical(tiny_store, s3, tmp_path):
     url = f"{s3}/c.zarr"
-    pushed = _cli("cache", "push", str(tiny_store), url)
+    pushed = invoke("cache", "push", str(tiny_store), url)
     assert pushed.exit_code == 0 and "fingerprint verified" in pushed.stdout, pushed.output
     again = remote.push(tiny_store, url)
     assert again.status == "unchanged" and again.objects_copied == 0
@@ -181,7 +173,7 @@ def test_cli_errors_are_one_line(tiny_store, s3, tmp_path):
         (("cache", "push", str(tiny_store), "nosuchscheme://b/c.zarr"), "Protocol not known"),
     ]
     for args, needle in cases:
-        result = _cli(*args)
+        result = invoke(*args)
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output

@@ -13,7 +13,7 @@ from featcache.schema import (
     make_fingerprint,
     shard_size_for,
 )
-from tests.conftest import TINY_TEACHER
+from tests.conftest import ROOT, TINY_TEACHER
 
 
 def _arrays(path):
@@ -106,9 +106,8 @@ def test_readme_store_table_is_the_schema_array_table():
     """The README's store table lists the contract's arrays (featcache/schema.py), in order, with their shapes and
     dtypes; the store writes exactly those."""
     import re
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     table = readme.split("## The store", 1)[1].split("\n## ", 1)[0]
     rows = {name: (shape, dtype) for name, shape, dtype in
             re.findall(r"^\| `(\w+)` \| ([^|]+?) \| (\w+) \|", table, flags=re.M)}

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+from common import weights
 from common.errors import UserError
-from featcache import teachers, weights
+from featcache import teachers
+from tests.conftest import invoke
 
 
 def test_registry_entries_resolve():
@@ -221,11 +223,7 @@ def test_bundled_teachers_classify_natural_images(name, at_least):
 
 
 def test_teachers_command_lists_the_offline_teachers():
-    from typer.testing import CliRunner
-
-    from cli.app import app
-
-    listed = CliRunner().invoke(app, ["teachers"])
+    listed = invoke("teachers")
     assert listed.exit_code == 0
     rows = {line.split()[0]: line.split()[1:6] for line in listed.stdout.splitlines()}
     assert rows["efficientnet_lite0"] == ["1280", "224", "224", "pooled", "timm_offline:tf_efficientnet_lite0"]

@@ -1,21 +1,14 @@
 """Extraction under torchrun (gloo, CPU): two ranks give the same bytes as one; a crash resumes with any count."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import TINY_TEACHER, make_tiny_hue_folder, store_bytes
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import TINY_TEACHER, make_tiny_hue_folder, store_bytes, torchrun
 
 
-def _extract(folder: Path, out: Path, nproc: int, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    args = ["-m", "cli", "extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{folder}",
-            "--out", str(out), "--views", "3", "--shard-size", "5", "--workers", "0"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    return subprocess.run(launcher + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+def _extract(folder: Path, out: Path, nproc: int) -> subprocess.CompletedProcess:
+    return torchrun(nproc, "extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{folder}",
+                    "--out", out, "--views", "3", "--shard-size", "5", "--workers", "0")
 
 
 def test_two_ranks_write_the_same_store_as_one(tmp_path):

@@ -24,25 +24,9 @@ from featcache.cache_ops import verify_store
 from featcache.datasets import load_listing
 from featcache.extract import ExtractConfig, extract
 from featcache.schema import PER_SAMPLE_ARRAYS, component_hash
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, invoke, make_tiny_hue_folder, one_error_line
 from trainer.config import DistillConfig
 from trainer.data import load_cached_data
-
-
-def invoke(*args: str):
-    from typer.testing import CliRunner
-
-    from cli.app import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(result, needle: str, code: int = 2) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and needle in errors[0], result.output
-    return errors[0]
 
 
 def distill_args(store: Path, tmp_path: Path) -> list:

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.cli.test_cli import _one_line_exit_2, customkd
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, customkd, make_tiny_hue_folder, one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +64,10 @@ def test_uda_takes_an_unlabeled_target_domain(mixed_store, tmp_path):
 
 
 def test_unlabeled_folder_errors(tmp_path, tiny_folder):
-    _one_line_exit_2(customkd("extract", "--teacher", TINY_TEACHER, "--data", f"folder:{tiny_folder}", "--unlabeled",
+    one_error_line(customkd("extract", "--teacher", TINY_TEACHER, "--data", f"folder:{tiny_folder}", "--unlabeled",
                               f"folder:{tmp_path}/nope", "--out", str(tmp_path / "x.zarr")), "does not exist")
     (tmp_path / "empty").mkdir()
-    _one_line_exit_2(customkd("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data",
+    one_error_line(customkd("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data",
                               f"folder:{tiny_folder}", "--unlabeled", f"folder:{tmp_path}/empty", "--out",
                               str(tmp_path / "y.zarr")), "no images under unlabeled folder")
     assert not (tmp_path / "y.zarr").exists()

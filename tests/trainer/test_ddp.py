@@ -6,25 +6,21 @@ student as one process up to float summation order; test_ddp_gradients proves on
 whole run (sharding, loss normalisation, step count, schedule, evaluation gathered over ranks)."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import torchrun
+
 NO_BATCHNORM_STUDENT = "test_efficientnet_gn"  # TINY_STUDENT with GroupNorm in place of BatchNorm
 TIMING = ("seconds", "samples_per_s")
 
 
 def _distill(store: Path, out: Path, nproc: int) -> subprocess.CompletedProcess:
-    args = ["-m", "cli", "distill", "--min-steps", "0", "--cache", str(store), "--student", NO_BATCHNORM_STUDENT,
-            "--epochs", "2", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--labels-per-class", "2",
-            "--out", str(out), "--customize-warmup", "0"]  # customize before any KD step: both see the same head
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(launcher + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    return torchrun(nproc, "distill", "--min-steps", "0", "--cache", store, "--student", NO_BATCHNORM_STUDENT,
+                    "--epochs", "2", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--labels-per-class",
+                    "2", "--out", out, "--customize-warmup", "0")  # customize before any KD step: the same head
 
 
 def test_two_ranks_train_the_single_process_student(tiny_store, tmp_path):

@@ -3,15 +3,15 @@
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT
 
 # What of featcache the trainer may load, and why; anything else (teachers, extraction, cache commands) is the
 # other process's business.
 ALLOWED = {
     "featcache",  # the package itself (its __init__ imports nothing)
-    "featcache.schema",  # the contract: arrays, layout, manifest, fingerprint, data-spec grammar, staleness check
+    "featcache.schema",  # the contract: arrays, layout, manifest, fingerprint, data-spec grammar
+    "featcache.listing",  # the contract's dataset side: row keys and the one staleness check
     "featcache.store",  # opening, validating and reading a store on storage
     "featcache.location",  # where a store lives (path or URL); the store layer reads through it
     "featcache.views",  # replaying the stored views at the student's resolution

@@ -6,8 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.cli.test_cli import _one_line_exit_2, customkd
-from tests.conftest import TINY_STUDENT
+from tests.conftest import TINY_STUDENT, customkd, one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +45,11 @@ def test_predict_writes_one_row_per_image_matching_evaluate(tiny_run, tiny_folde
     accuracy = float(evaluated.stdout.split("accuracy ")[1].split()[0])
     assert accuracy == pytest.approx(predicted_accuracy, abs=1e-4)  # the same preprocessing, the same student
 
-    _one_line_exit_2(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(out)), "already exists")
-    _one_line_exit_2(customkd("predict", str(tiny_run), "--images", str(tmp_path / "none"), "--out",
+    one_error_line(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(out)), "already exists")
+    one_error_line(customkd("predict", str(tiny_run), "--images", str(tmp_path / "none"), "--out",
                               str(tmp_path / "p.csv")), "does not exist")
-    _one_line_exit_2(customkd("evaluate", str(tiny_run), "--device", "tpu"), "unknown --device 'tpu'")
+    one_error_line(customkd("evaluate", str(tiny_run), "--device", "tpu"), "unknown --device 'tpu'")
     (flat / "broken.png").write_bytes(b"\x89PNG truncated")
-    _one_line_exit_2(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(tmp_path / "q.csv"),
+    one_error_line(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(tmp_path / "q.csv"),
                               "--workers", "0"), "unreadable image(s): broken.png")
     assert not (tmp_path / "q.csv").exists() and not (tmp_path / "q.csv.partial").exists()

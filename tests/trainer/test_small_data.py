@@ -11,16 +11,15 @@ Slow (a few minutes on 2 CPU cores): run with ``pytest -m slow``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import customkd
+
 DIGITS = (3, 5, 8)
 
 
@@ -39,9 +38,7 @@ def make_digits_folder(root: Path, per_class: int = 100, size: int = 64) -> Path
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=1800)
+    return customkd(*args, env={"HF_HUB_OFFLINE": "1"}, timeout=1800)
 
 
 @pytest.mark.slow

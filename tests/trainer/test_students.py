@@ -2,10 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +10,9 @@ from safetensors.torch import save_file
 
 from common.errors import UserError
 from common.weights import BUNDLED_WEIGHTS, bundled_weights_path, load_efficientnet_lite_state
-from tests.conftest import TINY_STUDENT
+from tests.conftest import TINY_STUDENT, customkd, invoke
 from trainer import students
 from trainer.students import create_student
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_task_head_starts_small_and_first_loss_is_near_ln_c():
@@ -107,12 +101,10 @@ def test_student_weights_keep_a_trained_head_when_the_classes_match(tmp_path):
 
 def test_distill_pretrained_lite0_student_offline_end_to_end(tiny_store, tmp_path):
     """`customkd distill --student efficientnet_lite0 --student-pretrained` with the hub switched off."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     run = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "cli", "distill", "--cache", str(tiny_store), "--student",
-                           "efficientnet_lite0", "--student-pretrained", "--method", "customkd", "--epochs", "1", "--min-steps", "1",
-                           "--image-size", "32", "--batch-size", "8", "--workers", "0", "--out", str(run)],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    done = customkd("distill", "--cache", str(tiny_store), "--student", "efficientnet_lite0", "--student-pretrained",
+                    "--method", "customkd", "--epochs", "1", "--min-steps", "1", "--image-size", "32", "--batch-size",
+                    "8", "--workers", "0", "--out", str(run), env={"HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     config = json.loads((run / "config.json").read_text())
     assert (config["student"], config["student_alias"]) == ("tf_efficientnet_lite0", "efficientnet_lite0")
@@ -122,11 +114,7 @@ def test_distill_pretrained_lite0_student_offline_end_to_end(tiny_store, tmp_pat
 
 
 def test_students_command_lists_the_registry():
-    from typer.testing import CliRunner
-
-    from cli.app import app
-
-    listed = CliRunner().invoke(app, ["students"])
+    listed = invoke("students")
     assert listed.exit_code == 0
     for name, spec in students.STUDENTS.items():
         assert any(line.split()[:2] == [name, spec.model] for line in listed.stdout.splitlines()), name

@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from tests.cli.test_cli import ROOT, customkd
-from tests.conftest import TINY_STUDENT
+from tests.conftest import ROOT, TINY_STUDENT, cli_env, customkd
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +70,7 @@ def test_ctrl_c_says_exactly_how_to_continue(tiny_store, tmp_path):
     args = ["distill", "--min-steps", "0", "--cache", str(tiny_store), "--student", TINY_STUDENT, "--method", "kd",
             "--epochs", "8", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--out", str(run)]
     process = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+                               env=cli_env())
     deadline = time.monotonic() + 240
     while not (run / "checkpoint.pt").is_file() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
