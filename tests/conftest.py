@@ -16,6 +16,25 @@ from PIL import Image
 TINY_TEACHER = "timm:test_vit"
 TINY_STUDENT = "test_efficientnet"
 ROOT = Path(__file__).resolve().parents[1]  # the repository
+# a seconds-long CPU run: TINY_STUDENT at 32 px, batches of 8, two labels per class, two epochs, no minimum step
+# count, no loader workers
+TINY_RUN = {"min_steps": 0, "student": TINY_STUDENT, "epochs": 2, "image_size": 32, "batch_size": 8, "workers": 0,
+            "labels_per_class": 2}
+TIMING = ("seconds", "samples_per_s", "epoch_seconds")  # wall-clock fields of metrics.json's epoch records
+
+
+def tiny_config(store, out=None, **overrides):
+    """The DistillConfig of a :data:`TINY_RUN` on ``store`` (a path or URL), writing to ``out`` if given;
+    ``overrides`` replace any setting."""
+    from trainer.config import DistillConfig
+
+    return DistillConfig(**{"cache": str(store), **TINY_RUN, **({} if out is None else {"out": str(out)}), **overrides})
+
+
+def without_timing(epochs: list[dict]) -> list[dict]:
+    """metrics.json's epoch records without wall-clock fields: what two runs of the same work must share exactly."""
+    return [{key: {k: v for k, v in value.items() if k not in TIMING} if isinstance(value, dict) else value
+             for key, value in record.items() if key not in TIMING} for record in epochs]
 
 
 def cli_env(**extra: str) -> dict[str, str]:

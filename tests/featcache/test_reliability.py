@@ -13,7 +13,7 @@ from common.errors import UserError
 from featcache import store as fs
 from featcache.cache_ops import export_h5, import_h5, store_info, verify_store
 from featcache.extract import ExtractConfig, extract
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder, store_bytes
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder, store_bytes, tiny_config
 from trainer.config import DistillConfig
 from trainer.data import load_cached_data, make_split
 
@@ -164,16 +164,14 @@ def test_pinned_or_resumed_fingerprint_names_the_component(tmp_path):
     extract(_cfg(folder, out))
     teacher_hash = fs.read_manifest(zarr.open_group(str(out), mode="r")).fingerprint.teacher.hash
     run = tmp_path / "run"
-    settings = {"student": TINY_STUDENT, "epochs": 1, "image_size": 32, "batch_size": 8, "workers": 0,
-                "labels_per_class": 2}
-    distill(DistillConfig(min_steps=0, cache=str(out), out=str(run), expect_fingerprint=f"teacher={teacher_hash[:8]}", **settings))
+    distill(tiny_config(out, run, epochs=1, expect_fingerprint=f"teacher={teacher_hash[:8]}"))
 
     # the store is re-extracted in place with other teacher weights
     state = {k: v * 0.5 for k, v in create_teacher(TINY_TEACHER, weights="random").model.state_dict().items()}
     save_file(state, str(tmp_path / "w.safetensors"))
     extract(_cfg(folder, out, weights=str(tmp_path / "w.safetensors"), overwrite=True))
     with pytest.raises(UserError, match="fingerprint component 'teacher'"):
-        distill(DistillConfig(min_steps=0, cache=str(out), out=str(run), resume=True, **settings))
+        distill(tiny_config(out, run, epochs=1, resume=True))
     with pytest.raises(UserError, match="fingerprint component 'teacher'"):
         load_cached_data(DistillConfig(min_steps=0, cache=str(out), expect_fingerprint=f"teacher={teacher_hash[:8]}"))
 

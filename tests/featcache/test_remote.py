@@ -17,7 +17,7 @@ from featcache import location as where
 from featcache import remote
 from featcache import store as fs
 from featcache.schema import ARRAYS, component_hash
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, invoke, store_bytes
+from tests.conftest import TINY_TEACHER, invoke, store_bytes, tiny_config
 
 BUCKET = "customkd-test"
 
@@ -181,15 +181,12 @@ def test_cli_errors_are_one_line(tiny_store, s3, tmp_path):
 
 
 def test_distill_from_s3(tiny_store, s3, tmp_path):
-    from trainer.config import DistillConfig
     from trainer.distill import distill
 
     url = f"{s3}/c.zarr"
     remote.push(tiny_store, url)
-    settings = {"min_steps": 0, "student": TINY_STUDENT, "epochs": 1, "image_size": 32, "batch_size": 8, "workers": 0,
-                "labels_per_class": 2}
-    result = distill(DistillConfig(cache=url, out=str(tmp_path / "run"), **settings))
-    local = distill(DistillConfig(cache=str(tiny_store), out=str(tmp_path / "local"), **settings))
+    result = distill(tiny_config(url, tmp_path / "run", epochs=1))
+    local = distill(tiny_config(tiny_store, tmp_path / "local", epochs=1))
     assert result.final == local.final  # the same features, read over S3: the same student
     assert (tmp_path / "run" / "student.safetensors").read_bytes() == (tmp_path / "local" / "student.safetensors").read_bytes()
     config = json.loads((tmp_path / "run" / "config.json").read_text())

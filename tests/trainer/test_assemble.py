@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from common.distributed import DistEnv
-from tests.conftest import TINY_STUDENT
+from tests.conftest import tiny_config
 from trainer.assemble import build_trainee, epoch_plan, kd_step, load_inputs, load_trained, seed_everything
 from trainer.config import DistillConfig
 from trainer.data import StudentViews, make_loader
@@ -19,9 +19,7 @@ CPU = torch.device("cpu")
 
 
 def _config(store, **overrides) -> DistillConfig:
-    values = dict(min_steps=0, cache=str(store), student=TINY_STUDENT, method="customkd", epochs=2, image_size=32,
-                  batch_size=8, workers=0, labels_per_class=2, customize_warmup=0)
-    return DistillConfig(**{**values, **overrides})
+    return tiny_config(store, **{"method": "customkd", "customize_warmup": 0, **overrides})
 
 
 @pytest.fixture(scope="module")

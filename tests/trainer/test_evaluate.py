@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-from tests.conftest import TINY_STUDENT
-from trainer.config import DistillConfig
+from tests.conftest import tiny_config
 from trainer.distill import distill
 from trainer.evaluate import evaluate_run, export_onnx
 
@@ -12,8 +11,7 @@ from trainer.evaluate import evaluate_run, export_onnx
 @pytest.fixture(scope="module")
 def finished_run(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "r"
-    distill(DistillConfig(min_steps=0, cache=str(tiny_store), student=TINY_STUDENT, epochs=2, image_size=32, batch_size=8,
-                          workers=0, labels_per_class=2, out=str(out)))
+    distill(tiny_config(tiny_store, out))
     return out
 
 

@@ -4,8 +4,7 @@ import json
 import numpy as np
 import zarr
 
-from tests.conftest import TINY_STUDENT
-from trainer.config import DistillConfig
+from tests.conftest import tiny_config, without_timing
 from trainer.data import CachedData, load_cached_data, make_split
 from trainer.distill import distill
 from trainer.features import ShardedFeatures, block_shuffle, feature_stats
@@ -52,8 +51,7 @@ def test_training_from_streamed_features(tiny_store, tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(ShardedFeatures, "__getitem__", recorded)
-    cfg = DistillConfig(min_steps=0, cache=str(tiny_store), student=TINY_STUDENT, epochs=2, image_size=32, batch_size=8,
-                        workers=0, labels_per_class=2, out=str(tmp_path / "r"), features="stream")
+    cfg = tiny_config(tiny_store, tmp_path / "r", features="stream")
     assert load_cached_data(cfg).streaming
     streamed = distill(cfg)
     assert reads
@@ -69,8 +67,5 @@ def test_training_from_streamed_features(tiny_store, tmp_path, monkeypatch):
     in_ram = distill(ram_cfg)
     assert streamed.final == in_ram.final
     assert (tmp_path / "r" / "student.safetensors").read_bytes() == (tmp_path / "ram" / "student.safetensors").read_bytes()
-    timing = ("seconds", "samples_per_s", "epoch_seconds")
-    strip = lambda record: {k: {m: v for m, v in record[k].items() if m not in timing}  # noqa: E731
-                            if isinstance(record[k], dict) else record[k] for k in record if k not in timing}
     epochs = [json.loads((tmp_path / run / "metrics.json").read_text())["epochs"] for run in ("r", "ram")]
-    assert [strip(e) for e in epochs[0]] == [strip(e) for e in epochs[1]]
+    assert without_timing(epochs[0]) == without_timing(epochs[1])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from tests.conftest import TINY_STUDENT
+from tests.conftest import tiny_config
 from trainer import assemble, loop
 from trainer import distill as distill_mod
 from trainer.config import DistillConfig
@@ -20,9 +20,8 @@ from trainer.data import StudentViews, chunk_batches, loader_options, run_loader
 
 
 def _config(store, out, **overrides) -> DistillConfig:
-    values = dict(min_steps=0, cache=str(store), student=TINY_STUDENT, method="customkd", setting="ssl",
-                  labels_per_class=3, epochs=3, image_size=32, batch_size=8, workers=2, out=str(out))
-    return DistillConfig(**{**values, **overrides})
+    return tiny_config(store, out, **{"method": "customkd", "setting": "ssl", "labels_per_class": 3, "epochs": 3,
+                                      "workers": 2, **overrides})
 
 
 def _record_worker_pids(monkeypatch, log_file) -> None:

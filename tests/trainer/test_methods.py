@@ -176,12 +176,11 @@ def test_customization_step_changes_only_the_customizer(head):
 def test_every_method_trains_end_to_end(name, tiny_store, tmp_path):
     import json
 
-    from tests.conftest import TINY_STUDENT
+    from tests.conftest import tiny_config
     from trainer.distill import distill
     from trainer.evaluate import evaluate_run
 
-    result = distill(DistillConfig(min_steps=0, cache=str(tiny_store), method=name, student=TINY_STUDENT, epochs=1, image_size=32,
-                                   batch_size=8, workers=0, labels_per_class=2, customize_warmup=0, out=str(tmp_path / name)))
+    result = distill(tiny_config(tiny_store, tmp_path / name, method=name, epochs=1, customize_warmup=0))
     train = json.loads((tmp_path / name / "metrics.json").read_text())["epochs"][0]["train"]
     expected = {"student": {"task"}, "fitnet": {"general"}, "kd": {"kd"}, "kd+fitnet": {"kd", "general"},
                 "dkd": {"dkd"}, "customkd": {"general", "specific"}, "customkd+dkd": {"general", "specific", "dkd"}}

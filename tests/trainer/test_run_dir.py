@@ -8,15 +8,13 @@ import json
 import pytest
 
 from common.errors import UserError
-from tests.conftest import TINY_STUDENT
+from tests.conftest import tiny_config
 from trainer import distill as distill_mod
 from trainer.config import DistillConfig
 
 
 def _config(store, out, **overrides) -> DistillConfig:
-    values = dict(min_steps=0, cache=str(store), student=TINY_STUDENT, method="kd", epochs=1, image_size=32,
-                  batch_size=8, workers=0, labels_per_class=2, out=str(out))
-    return DistillConfig(**{**values, **overrides})
+    return tiny_config(store, out, **{"method": "kd", "epochs": 1, **overrides})
 
 
 def test_a_folder_with_other_files_is_refused_and_left_untouched(tiny_store, tmp_path):
