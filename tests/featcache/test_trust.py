@@ -1,4 +1,4 @@
-"""A store is untrusted input (DESIGN §10): injected attacks and damage, each refused with one line.
+"""A store is untrusted input (docs/design.md §10): injected attacks and damage, each refused with one line.
 
 Every test edits a copy of the session's tiny store the way a hostile or careless sender would,
 then runs the reader a receiver runs (the real Typer app in-process, or the library call behind it).
