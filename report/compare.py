@@ -40,6 +40,7 @@ from report.results_page import mean_std
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Variant:
     """One row of a table: a method plus the distill flags that make it an ablation."""
