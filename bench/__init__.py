@@ -11,7 +11,7 @@ on the same machine, because absolute times on a shared machine are noise. The m
   effect of ``GLIBC_TUNABLES``, each in a fresh subprocess;
 - :mod:`bench.store_io` — feature read throughput and bytes on disk per view;
 - :mod:`bench.contention` — how much CPU other processes took while something was timed;
-- :mod:`bench.report` — metrics, the printed table, ``bench/results/*.json`` and ``docs/benchmarks.md``.
+- :mod:`bench.tables` — metrics, the printed table, ``bench/results/*.json`` and ``docs/benchmarks.md``.
 
 Entry point: ``python -m bench.run`` (``make bench``; ``DEVICE=cuda`` on a GPU machine).
 """

@@ -82,7 +82,7 @@ def run_bench(cfg: BenchConfig, results_dir: Path, docs: Path | None) -> dict:
     """Run the suite; write ``results_dir/<stamp>.json`` + ``latest.json`` (and the docs block); return the result."""
     import torch
 
-    from bench import report
+    from bench import tables
     from bench.timing import library_versions, machine_info
 
     started = time.perf_counter()
@@ -97,13 +97,13 @@ def run_bench(cfg: BenchConfig, results_dir: Path, docs: Path | None) -> dict:
     raw["wall_seconds"] = round(time.perf_counter() - started, 1)
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result = {"machine": machine, "versions": library_versions(),
-              "metrics": report.build_metrics(raw, cfg.device.startswith("cuda")), "raw": raw}
-    path = report.write_results(result, results_dir, stamp)
+              "metrics": tables.build_metrics(raw, cfg.device.startswith("cuda")), "raw": raw}
+    path = tables.write_results(result, results_dir, stamp)
     if docs is not None:
-        report.update_docs(docs, report.docs_block(result, stamp))
+        tables.update_docs(docs, tables.docs_block(result, stamp))
     print(f"\ncustomkd bench ({'quick, ' if cfg.quick else ''}{cfg.device}) — {stamp}, {raw['wall_seconds']:.0f} s\n")
-    print(report.text_table(result["metrics"]))
-    contended = [n for n in report.contention_notes(raw) if "CONTENDED" in n]
+    print(tables.text_table(result["metrics"]))
+    contended = [n for n in tables.contention_notes(raw) if "CONTENDED" in n]
     if contended:
         print("\nwarning: other processes were busy during " + "; ".join(contended) + " — rerun on a quieter machine")
     print(f"\nresults: {path} (and {results_dir / 'latest.json'})" + (f"; docs: {docs}" if docs else ""))

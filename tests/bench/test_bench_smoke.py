@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import report
+from bench import tables
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS = {
@@ -34,7 +34,7 @@ def _numbers(tree):
 
 def test_quick_bench_writes_results_table_and_docs(tmp_path):
     results, docs = tmp_path / "results", tmp_path / "benchmarks.md"
-    docs.write_text(f"# hand-written intro\n\n{report.DOCS_BEGIN}\nSTALE-BLOCK-9f3\n{report.DOCS_END}\n\nhand-written notes\n")
+    docs.write_text(f"# hand-written intro\n\n{tables.DOCS_BEGIN}\nSTALE-BLOCK-9f3\n{tables.DOCS_END}\n\nhand-written notes\n")
     run = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--results-dir", str(results),
                           "--docs", str(docs)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -59,8 +59,8 @@ def test_quick_bench_writes_results_table_and_docs(tmp_path):
 
 
 def test_shortfall_says_by_how_much():
-    low = report.metric("x", 0.81, ">=", 0.9)
-    high = report.metric("y", 1.26, "<=", 1.05)
-    assert low["pass"] is False and "10.0 % short" in report.shortfall(low)
-    assert high["pass"] is False and "20.0 % over" in report.shortfall(high)
-    assert report.metric("z", 3.0, ">=", None)["pass"] is None
+    low = tables.metric("x", 0.81, ">=", 0.9)
+    high = tables.metric("y", 1.26, "<=", 1.05)
+    assert low["pass"] is False and "10.0 % short" in tables.shortfall(low)
+    assert high["pass"] is False and "20.0 % over" in tables.shortfall(high)
+    assert tables.metric("z", 3.0, ">=", None)["pass"] is None

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench import report
+from bench import tables
 from bench.config import profile
 from bench.epoch_overhead import later_intervals, loader_overhead, overhead_fractions
 from bench.teacher_size import teacher_sizes
@@ -37,7 +37,7 @@ def test_fraction_leaves_out_epoch_one_and_adds_train_and_eval_overhead():
 def test_new_metrics_have_their_targets():
     raw = {"epoch_overhead": {"persistent": {"fraction": 0.01}, "fresh": {"fraction": 0.2}},
            "teacher_size": {"ratio_default_vs_native": 0.15}}
-    rows = {m["name"]: m for m in report.build_metrics({**_minimal_raw(), **raw}, gpu=False)}
+    rows = {m["name"]: m for m in tables.build_metrics({**_minimal_raw(), **raw}, gpu=False)}
     assert rows["epoch_overhead_fraction"]["target"] == "<= 0.03" and rows["epoch_overhead_fraction"]["pass"]
     assert rows["epoch_overhead_fraction_fresh_workers"]["pass"] is None  # the old behaviour, for comparison
     assert rows["teacher_size_cost_ratio"]["target"] == "<= 0.2" and rows["teacher_size_cost_ratio"]["pass"]
