@@ -4,11 +4,10 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 from bench import tables
+from tests.conftest import ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 METRICS = {
     "extraction_efficiency", "extraction_efficiency_end_to_end", "cached_kd_vs_student_throughput",
     "cached_vs_online_throughput", "online_ideal_ratio", "peak_memory_cached_vs_student",
@@ -36,7 +35,7 @@ def test_quick_bench_writes_results_table_and_docs(tmp_path):
     results, docs = tmp_path / "results", tmp_path / "benchmarks.md"
     docs.write_text(f"# hand-written intro\n\n{tables.DOCS_BEGIN}\nSTALE-BLOCK-9f3\n{tables.DOCS_END}\n\nhand-written notes\n")
     run = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--results-dir", str(results),
-                          "--docs", str(docs)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+                          "--docs", str(docs)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
 
     result = json.loads((results / "latest.json").read_text())

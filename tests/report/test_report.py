@@ -17,10 +17,8 @@ from common.errors import UserError
 from report import compare, results_page
 from report.alignment import best_scale, centred_cosine, linear_cka, logit_r2, rms_ratio, row_space_share, scaled_mse
 from report.config import ReportConfig
-from tests.conftest import TINY_STUDENT, TINY_TEACHER
+from tests.conftest import ROOT, TINY_STUDENT, TINY_TEACHER
 from trainer.config import DistillConfig
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_linear_cka_is_one_for_rotated_scaled_copies_and_low_for_unrelated_features():
@@ -165,11 +163,11 @@ def test_a_reduced_plan_adds_the_runs_a_regime_is_compared_to(tmp_path):
 
 
 def test_the_committed_run_records_are_not_ignored():
-    if not (REPO / ".git").exists():
+    if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    record = subprocess.run(["git", "check-ignore", "-q", "docs/results/runs/main/customkd/seed0/config.json"], cwd=REPO)
+    record = subprocess.run(["git", "check-ignore", "-q", "docs/results/runs/main/customkd/seed0/config.json"], cwd=ROOT)
     assert record.returncode == 1, "docs/results/runs/ must be committed; anchor the runs/ rule in .gitignore"
-    assert subprocess.run(["git", "check-ignore", "-q", "runs/report/main/x"], cwd=REPO).returncode == 0
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/report/main/x"], cwd=ROOT).returncode == 0
 
 
 def test_report_end_to_end_on_a_tiny_dataset(tiny_folder, tmp_path):
