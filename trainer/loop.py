@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.devices import autocast, resolve_precision
-from common.distributed import DistEnv, is_main_process
+from common.distributed import DistEnv, is_main_process, reduce_sums
 from common.errors import UserError
 from common.files import atomic_path
 from trainer.methods import BatchCounts, Method, StepInputs
@@ -192,8 +192,6 @@ def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None
     Under DDP ``counts`` are the global-batch denominators of :func:`trainer.ddp.split_global_batches`.
     Logged parts are means over the epoch's samples (each global batch weighted by its size). Loss
     parts stay on the device and are read every :data:`SYNC_EVERY` steps, so no step waits for the GPU."""
-    from common import distributed
-
     kd.model.train()
     channels_last = prefers_channels_last(kd.student, kd.device)
     sums: dict[str, float] = defaultdict(float)
@@ -216,7 +214,7 @@ def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None
     _add_loss_parts(sums, pending, epoch)
     progress.close()
     seconds = time.perf_counter() - started
-    sums = distributed.reduce_sums(kd.env, dict(sums)) if kd.env is not None else dict(sums)
+    sums = reduce_sums(kd.env, dict(sums)) if kd.env is not None else dict(sums)
     seen, weight = sums.pop("_seen", 0), sums.pop("_weight", 0)
     means = {k: v / max(weight, 1e-9) for k, v in sums.items()}
     if "customized_ms" in means:  # CustomKD: is the customized target on the student's scale?
