@@ -38,6 +38,8 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if self.views < 1:
             raise UserError(f"--views must be >= 1 (view 0 is the centre view), got {self.views}")
+        if not 0 <= self.seed < 2**32:  # the same range as distill's --seed
+            raise UserError(f"--seed must be >= 0 and < 2**32 (4294967296), got {self.seed}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers < 0:

@@ -85,8 +85,14 @@ class DistillConfig:
                             ("--customizer-weight-decay", self.customizer_weight_decay)):
             if value < 0:
                 raise UserError(f"{flag} must be >= 0, got {value}")
-        if self.seed < 0:
-            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**32:  # np.random.seed (seed_everything) takes 32-bit seeds
+            raise UserError(f"--seed must be >= 0 and < 2**32 (4294967296), got {self.seed}")
+        for flag, value in (("--fixmatch-weight", self.fixmatch_weight), ("--dkd-alpha", self.dkd_alpha),
+                            ("--dkd-beta", self.dkd_beta)):
+            if value < 0:
+                raise UserError(f"{flag} must be >= 0, got {value}")
+        if not 0 <= self.fixmatch_threshold <= 1:
+            raise UserError(f"--fixmatch-threshold must be in [0, 1], got {self.fixmatch_threshold}")
         if self.image_size > 2048:
             raise UserError(f"--image-size {self.image_size} is larger than 2048; the student trains at its own, "
                             "small resolution (default 96)")
