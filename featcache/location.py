@@ -200,6 +200,20 @@ def objects_under(filesys, root: str) -> dict[str, int]:
     return {name[len(root) + 1:]: int(info["size"]) for name, info in found.items() if name.startswith(root + "/")}
 
 
+def contained_key(path: str | Path, key: str) -> bool:
+    """Whether object ``key`` lands inside the location: a plain relative key (no empty, ``.`` or ``..`` part, no
+    leading ``/``, backslash or NUL) that, under a local location, also resolves inside it (links followed).
+
+    Object keys come from whoever wrote the bucket: ``store.zarr/../../home/.bashrc`` is a valid S3 key."""
+    parts = key.split("/")
+    if not key or "\\" in key or "\x00" in key or any(part in ("", ".", "..") for part in parts):
+        return False
+    if is_remote(path):
+        return True
+    root = Path(to_local(path)).resolve()
+    return (root / key).resolve().is_relative_to(root)
+
+
 def list_objects(path: str | Path) -> dict[str, int]:
     """Relative key → size of every object of a remote store (one listing)."""
     filesys, root = filesystem(path)

