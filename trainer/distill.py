@@ -52,6 +52,7 @@ def default_run_dir(cfg: DistillConfig) -> str:
 
 
 LOCK = ".lock"
+RUN_MARKER = ".customkd-run"  # written when distill creates a run folder: only such a folder is its to write or resume
 # settings a resumed run may change: where and how it runs, not what it computes
 RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_stale", "data", "expect_fingerprint")
 _HELD_LOCKS: dict[str, object] = {}
@@ -67,17 +68,21 @@ def _inside_store(run: Path) -> Path | None:
 def check_run_dir(cfg: DistillConfig) -> Path:
     """The run directory, checked but not created: a run refused later leaves nothing behind.
 
-    A folder belongs to one run: a folder holding other files is refused, a finished or checkpointed
-    run needs --resume, and --resume must not change what the run computes."""
+    A folder belongs to one run: only an empty folder or one distill created (:data:`RUN_MARKER`) is
+    written, so files the tool did not write are never overwritten; a finished or checkpointed run
+    needs --resume, and --resume must not change what the run computes."""
     run = Path(cfg.out or default_run_dir(cfg))
     if run.exists() and not run.is_dir():
         raise UserError(f"run directory {run} is a file; choose another --out")
     store = _inside_store(run)
     if store is not None:
         raise UserError(f"--out {run} is inside the feature store {store}; choose a folder outside it")
-    has_config, has_checkpoint = (run / "config.json").is_file(), (run / CHECKPOINT).is_file()
-    if run.is_dir() and not has_config and any(p.name != LOCK for p in run.iterdir()):
-        raise UserError(f"{run} holds files that are not a customkd run; choose a new or empty --out")
+    if run.is_dir() and not (run / RUN_MARKER).is_file():
+        stranger = next((p.name for p in sorted(run.iterdir()) if p.name != LOCK), None)
+        if stranger is not None:
+            raise UserError(f"--out {run} holds files that are not a customkd run (e.g. {stranger}; distill marks the "
+                            f"folders it creates with {RUN_MARKER}); choose a new or empty --out")
+    has_checkpoint = (run / CHECKPOINT).is_file()
     if cfg.resume and not has_checkpoint:
         raise UserError(f"--resume needs {run / CHECKPOINT}; that run stopped before its first checkpoint: "
                         "rerun the same command without --resume to start it over")
@@ -104,13 +109,16 @@ def release_run_dir() -> None:
 
 
 def claim_run_dir(cfg: DistillConfig, run: Path) -> None:
-    """Create the run folder, lock it, and check it again under the lock (another run may have won)."""
+    """Create the run folder, lock it, check it again under the lock (another run may have won), and mark it as
+    distill's own."""
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create run directory {run} ({exc.strerror}); choose a writable --out") from None
     lock_run_dir(run)
     check_run_dir(cfg)
+    if not (run / RUN_MARKER).is_file():
+        write_json(run / RUN_MARKER, {"created_by": "customkd distill", "created": dt.datetime.now(dt.UTC).isoformat()})
 
 
 def lock_run_dir(run: Path) -> None:
@@ -267,10 +275,11 @@ def customize(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> d
                 module.reset_parameters()
         t.customizer_opt = make_customizer_optimizer(cfg, t.method)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    record = loop.customize_epoch(
-        t.method, t.student.head, EpochFeatures(inputs.data.features, order, views, inputs.norm, s.device),
-        torch.from_numpy(inputs.row_labels[order]).to(s.device), inputs.probe, t.customizer_opt, generator,
-        batch_size=cfg.batch_size, order=torch.arange(len(order)) if inputs.data.streaming else None)
+    for _ in range(cfg.customize_epochs):  # one generator: each pass draws its own batch order
+        record = loop.customize_epoch(
+            t.method, t.student.head, EpochFeatures(inputs.data.features, order, views, inputs.norm, s.device),
+            torch.from_numpy(inputs.row_labels[order]).to(s.device), inputs.probe, t.customizer_opt, generator,
+            batch_size=cfg.batch_size, order=torch.arange(len(order)) if inputs.data.streaming else None)
     ddp.broadcast_module(s.env, t.method)
     return record
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from common.errors import UserError
-from tests.conftest import tiny_config
+from tests.conftest import TINY_RUN, invoke, one_error_line, tiny_config
 from trainer import distill as distill_mod
 from trainer.config import DistillConfig
 
@@ -24,6 +24,27 @@ def test_a_folder_with_other_files_is_refused_and_left_untouched(tiny_store, tmp
     with pytest.raises(UserError, match="not a customkd run"):
         distill_mod.distill(_config(tiny_store, out))
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
+
+
+def test_a_folder_holding_the_users_own_config_json_is_refused(tiny_store, tmp_path):
+    """A folder that looks like a run (a config.json) but was not made by distill: refused through the command line,
+    with and without --resume, naming the folder; the user's file is left byte for byte."""
+    out = tmp_path / "experiment"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "own settings"}')
+    args = ["distill", "--cache", tiny_store, "--out", out, *(f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items())]
+    for extra in ([], ["--resume"]):
+        line = one_error_line(invoke(*args, *extra), "not a customkd run")
+        assert str(out) in line and "choose a new or empty --out" in line
+    assert [p.name for p in out.iterdir()] == ["config.json"]
+    assert (out / "config.json").read_text() == '{"my": "own settings"}'
+
+
+def test_a_folder_distill_created_is_marked_and_resumable(tiny_store, tmp_path):
+    out = tmp_path / "r"
+    distill_mod.distill(_config(tiny_store, out))
+    assert (out / distill_mod.RUN_MARKER).is_file()
+    distill_mod.distill(_config(tiny_store, out, resume=True))
 
 
 def test_out_inside_a_store_is_refused(tiny_store):
@@ -56,7 +77,8 @@ def test_resume_with_other_settings_is_refused_and_the_record_kept(tiny_store, t
 def test_a_run_killed_before_its_first_checkpoint_restarts_without_resume(tiny_store, tmp_path):
     out = tmp_path / "early"
     out.mkdir()
-    (out / "config.json").write_text(json.dumps({"method": "kd"}))  # what a kill in epoch 1 leaves
+    (out / distill_mod.RUN_MARKER).write_text("{}")  # what a kill in epoch 1 leaves: distill's own folder,
+    (out / "config.json").write_text(json.dumps({"method": "kd"}))  # its record, no checkpoint
     with pytest.raises(UserError, match="without --resume to start it over"):
         distill_mod.distill(_config(tiny_store, out, resume=True))
     distill_mod.distill(_config(tiny_store, out))
