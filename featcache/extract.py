@@ -29,7 +29,7 @@ from featcache import store as fs
 from featcache.config import ExtractConfig
 from featcache.datasets import DatasetListing, load_listing, unlabeled_spec
 from featcache.listing import content_hash, listing_arrays
-from featcache.schema import Fingerprint, Layout, Manifest, parse_data_spec, shard_size_for
+from featcache.schema import DataSpecError, Fingerprint, Layout, Manifest, parse_data_spec, shard_size_for
 from featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS, draw_views, replay
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,25 @@ def build_manifest(listing: DatasetListing, fingerprint: Fingerprint, layout: La
     )
 
 
+def _check_data_outside_out(spec: str, out: str) -> None:
+    """Refuse a dataset folder that is, lies inside or contains ``--out``: replacing the store would delete the
+    images it reads, and a store never holds its dataset (a manifest pointing inside its store is refused too)."""
+    if where.is_remote(out):
+        return
+    store = Path(where.to_local(out)).expanduser().resolve()
+    try:
+        folders = parse_data_spec(spec).folders
+    except DataSpecError:
+        return  # load_listing names the problem
+    for folder in folders:
+        images = Path(folder).expanduser().resolve()
+        relation = ("is" if images == store else "lies inside" if store in images.parents
+                    else "contains" if images in store.parents else None)
+        if relation:
+            raise UserError(f"dataset folder {folder} {relation} --out {where.display(out)}; replacing the store would "
+                            "delete images it reads: choose an --out outside the dataset folders (nothing was touched)")
+
+
 def _prepare_store(cfg: ExtractConfig, layout: Layout, manifest: Manifest, per_sample: dict):
     """Create the store, resume it, or refuse; returns (group, already_complete).
 
@@ -136,6 +155,8 @@ def _prepare_store(cfg: ExtractConfig, layout: Layout, manifest: Manifest, per_s
         raise UserError(f"{name} exists and is not a customkd store; choose another --out (nothing was touched)")
     if isinstance(out, Path) and out.is_dir() and not fs.store_exists(out):
         out.rmdir()  # empty: zarr creates it again
+    if cfg.overwrite and fs.store_exists(out):
+        fs.check_removable(out)  # before anything says the store is being replaced
     if fs.store_exists(out):
         try:
             group = fs.open_store(out, mode="r+")
@@ -324,7 +345,9 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     if fs.is_foreign(cfg.out):  # before loading anything; also refuses a URL that carries credentials
         raise UserError(f"{where.display(cfg.out)} exists and is not a customkd store; choose another --out "
                         "(nothing was touched)")
-    listing = load_listing("|".join([cfg.data, *(unlabeled_spec(u) for u in cfg.unlabeled)]))
+    spec = "|".join([cfg.data, *(unlabeled_spec(u) for u in cfg.unlabeled)])
+    _check_data_outside_out(spec, cfg.out)
+    listing = load_listing(spec)
     device = resolve_device(cfg.device)
     env, device = distributed.init_distributed(str(device) if cfg.device != "auto" else "auto")
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device), size=cfg.teacher_size, tap=cfg.tap)

@@ -22,6 +22,7 @@ from typing import Any
 from common.errors import UserError
 
 ROOT_METADATA = "zarr.json"
+MAX_METADATA_BYTES = 64 * 2**20  # a zarr.json larger than this is not one customkd wrote
 COPY_MARKER = ".customkd-copy.json"  # present only while a copy into the location is unfinished
 S3_ENDPOINT_VARIABLES = ("CUSTOMKD_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 OPTIONS_VARIABLE = "CUSTOMKD_STORAGE_OPTIONS"  # JSON object merged into the fsspec storage options

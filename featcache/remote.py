@@ -29,6 +29,7 @@ from common.files import atomic_path
 from featcache import store
 from featcache.location import (
     COPY_MARKER,
+    MAX_METADATA_BYTES,
     ROOT_METADATA,
     contained_key,
     exists,
@@ -44,7 +45,6 @@ from featcache.schema import ARRAYS, STATUS_COMPLETE, Fingerprint, fingerprint_d
 log = logging.getLogger(__name__)
 
 COPY_BATCH_BYTES = 64 * 2**20  # bytes held in memory per concurrent copy batch
-MAX_METADATA_BYTES = 64 * 2**20  # a zarr.json larger than this is not one customkd wrote
 
 
 def _batches(names: list[str], sizes: dict[str, int]) -> Iterator[list[str]]:

@@ -17,8 +17,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import itertools
+import json
 import math
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -193,15 +195,96 @@ def is_foreign(path: str | Path) -> bool:
     return p.exists() and not store_exists(p) and (p.is_file() or any(p.iterdir()))
 
 
-def delete_store(path: str | Path) -> None:
-    """Remove a whole store (``--overwrite``, or a store killed while being created)."""
+# What a store consists of, by relative path: the root and array ``zarr.json``, chunk folders ``ARRAY/c/0/…`` of
+# numbered objects, zarr's temporary ``NAME.<uuid hex>.partial`` files of a killed write, and a copy's marker.
+_TEMP = r"\.[0-9a-f]{32}\.partial"
+_STORE_FILE = re.compile(rf"(zarr{_TEMP}|{re.escape(where.COPY_MARKER)}|(?P<array>\w+)/(zarr\.json|zarr{_TEMP}|"
+                         rf"c(/[0-9]+)*/[0-9]+({_TEMP})?))")
+_STORE_FOLDER = re.compile(r"(?P<array>\w+)(/c(/[0-9]+)*)?")
+
+
+def _is_store_entry(key: str, folder: bool) -> bool:
+    """Whether the file (or ``folder``) at relative path ``key`` is one a store holds."""
+    match = (_STORE_FOLDER if folder else _STORE_FILE).fullmatch(key)
+    return key == where.ROOT_METADATA or (match is not None and match["array"] in (None, *ARRAYS))
+
+
+def _foreign_entry(path: str | Path) -> str | None:
+    """The first entry of a store location that is not part of a store (a link or special file is not), or None."""
     if where.is_remote(path):
+        return next((key for key in sorted(where.list_objects(path)) if not _is_store_entry(key, folder=False)), None)
+    root = Path(where.to_local(path))
+    pending = [root]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                key = Path(entry.path).relative_to(root).as_posix()
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode) and _is_store_entry(key, folder=True):
+                    pending.append(Path(entry.path))
+                elif not (stat.S_ISREG(mode) and _is_store_entry(key, folder=False)):
+                    return key + ("/" if stat.S_ISDIR(mode) else "")
+    return None
+
+
+def _root_metadata(path: str | Path) -> bytes:
+    """At most ``MAX_METADATA_BYTES`` + 1 bytes of the root ``zarr.json`` (empty unless a regular file or object)."""
+    if where.is_remote(path):
+        if not where.exists(path, where.ROOT_METADATA):
+            return b""
+        filesys, root = where.filesystem(path)
+        return filesys.cat_file(f"{root}/{where.ROOT_METADATA}", start=0, end=where.MAX_METADATA_BYTES + 1)
+    meta = Path(where.to_local(path)) / where.ROOT_METADATA
+    if not (meta.is_file() and not meta.is_symlink()):
+        return b""
+    with open(meta, "rb") as file:
+        return file.read(where.MAX_METADATA_BYTES + 1)
+
+
+def _has_customkd_manifest(path: str | Path) -> bool:
+    """Whether the root ``zarr.json`` is a Zarr v3 group whose attrs hold a customkd manifest (any version or
+    status: an old or half-created store is still ours to replace)."""
+    blob = _root_metadata(path)
+    try:
+        document = json.loads(blob) if len(blob) <= where.MAX_METADATA_BYTES else None
+    except ValueError:  # not JSON
+        return False
+    attrs = document.get("attributes") if isinstance(document, dict) else None
+    manifest = attrs.get(ATTRS_KEY) if isinstance(attrs, dict) else None
+    return (document.get("zarr_format") == 3 and document.get("node_type") == "group" and isinstance(manifest, dict)
+            and "schema_version" in manifest)
+
+
+def check_removable(path: str | Path) -> None:
+    """Refuse to delete anything but a store customkd made: a customkd manifest at the root, and nothing in it but
+    what a store holds (:func:`_is_store_entry`). A user's own file there, or someone else's Zarr group, survives."""
+    name = display(path)
+    if not _has_customkd_manifest(path):
+        raise UserError(f"{name} is not a customkd store (its {where.ROOT_METADATA} holds no customkd manifest); "
+                        "nothing was deleted: choose another --out")
+    try:
+        foreign = _foreign_entry(path)
+    except OSError as exc:
+        raise UserError(f"cannot read {name} ({exc.strerror or type(exc).__name__}: {exc.filename}); nothing was "
+                        "deleted: fix the permissions or choose another --out") from None
+    if foreign is not None:
+        raise UserError(f"{name} holds {foreign}, which is not part of a customkd store; nothing was deleted: move "
+                        "it out of the store (or delete the store yourself), or choose another --out")
+
+
+def delete_store(path: str | Path) -> None:
+    """Remove a whole store (``--overwrite``, or a store killed while being created), only after
+    :func:`check_removable`."""
+    if where.is_remote(path):
+        with where.storage_errors(path):
+            check_removable(path)
         where.delete(path)
         return
     local = Path(where.to_local(path))
     if local.is_symlink():
         raise UserError(f"{display(path)} is a symbolic link; point --out at the store directory itself "
                         "(nothing was deleted)")
+    check_removable(local)
     try:
         shutil.rmtree(local)
     except OSError as exc:

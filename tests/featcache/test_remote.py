@@ -250,3 +250,17 @@ def test_pull_streams_large_objects_and_refuses_one_that_grew(tiny_store, s3, tm
         monkeypatch.setattr(remote, "objects_under", understated)
         with pytest.raises(UserError, match=f"object {key} of .* is not the {sizes[key] - 1} bytes its listing"):
             remote.pull(url, tmp_path / f"grew-{key.replace('/', '-')}.zarr")
+
+
+def test_overwrite_on_s3_deletes_only_store_objects(tiny_folder, s3):
+    from featcache.extract import ExtractConfig, extract
+
+    cfg = ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=f"{s3}/c.zarr", views=2,
+                        weights="random", workers=0, shard_size=8, chunk_size=4)
+    extract(cfg)
+    s3fs, root = where.filesystem(cfg.out)
+    s3fs.pipe_file(f"{root}/features/notes.txt", b"keep me")
+    before = where.list_objects(cfg.out)
+    with pytest.raises(UserError, match="holds features/notes.txt, which is not part of a customkd store"):
+        extract(ExtractConfig(**{**cfg.__dict__, "views": 3, "overwrite": True}))
+    assert where.list_objects(cfg.out) == before

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import zarr
@@ -13,7 +15,7 @@ from featcache.schema import (
     make_fingerprint,
     shard_size_for,
 )
-from tests.conftest import ROOT, TINY_TEACHER
+from tests.conftest import ROOT, TINY_TEACHER, invoke, one_error_line, store_bytes
 
 
 def _arrays(path):
@@ -93,6 +95,53 @@ def test_out_path_that_is_not_a_store_is_left_alone(tiny_folder, tmp_path):
         extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=str(precious),
                               weights="random", workers=0, overwrite=True))
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def _overwrite(out, data, *extra):
+    """``customkd extract --overwrite`` of the tiny teacher onto ``out``, in-process."""
+    return invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--workers", "0", "--data", data,
+                  "--out", out, "--overwrite", *extra)
+
+
+def test_overwrite_deletes_only_a_store_customkd_made_of_store_files_only(tiny_folder, tiny_store, tmp_path):
+    """--overwrite deletes a folder only when its zarr.json is a customkd manifest and everything in it is a store's
+    (zarr.json files, chunk folders of the arrays); otherwise one line names the stranger and nothing is deleted."""
+    other = tmp_path / "other.zarr"  # someone else's Zarr group, holding their data
+    zarr.create_group(str(other), zarr_format=3, attributes={"project": "not ours"})
+    (other / "my_data.npy").write_bytes(b"precious")
+    line = one_error_line(_overwrite(other, f"folder:{tiny_folder}"), "not a customkd store")
+    assert "nothing was deleted" in line
+    assert (other / "my_data.npy").read_bytes() == b"precious" and (other / "zarr.json").is_file()
+
+    for stranger, named in (("notes.txt", "notes.txt"), ("features/notes.txt", "features/notes.txt"),
+                            ("labels/c/notes.txt", "labels/c/notes.txt"), ("extra/zarr.json", "extra/")):
+        out = tmp_path / f"with-{stranger.replace('/', '-')}.zarr"
+        shutil.copytree(tiny_store, out)
+        (out / stranger).parent.mkdir(parents=True, exist_ok=True)
+        (out / stranger).write_text("mine")
+        before = store_bytes(out, manifest=True)
+        one_error_line(_overwrite(out, f"folder:{tiny_folder}", "--views", "2"), f"holds {named},")
+        assert store_bytes(out, manifest=True) == before, stranger
+
+    out = tmp_path / "plain.zarr"
+    shutil.copytree(tiny_store, out)
+    assert _overwrite(out, f"folder:{tiny_folder}", "--views", "2").exit_code == 0  # a store of store files only
+    assert fs.open_complete_store(out)["features"].shape[1] == 2
+
+
+def test_a_dataset_folder_inside_equal_to_or_containing_out_is_refused(tiny_folder, tiny_store, tmp_path):
+    """``--unlabeled folder:STORE/imgs --out STORE --overwrite`` would delete the images it reads: refused first."""
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    shutil.copytree(tiny_folder, out / "imgs")
+    shutil.copytree(tiny_folder, tmp_path / "data")
+    before = store_bytes(out, manifest=True)
+    for data, unlabeled in ((f"folder:{tiny_folder}", f"folder:{out / 'imgs'}"), (f"folder:{out / 'imgs'}", None),
+                            (f"folder:{out}", None), (f"folder:{tmp_path}", None),
+                            (f"folder:{tiny_folder}", f"NAME=folder:{out}")):
+        extra = ("--unlabeled", unlabeled) if unlabeled else ()
+        assert str(out) in one_error_line(_overwrite(out, data, *extra), "choose an --out outside")
+        assert store_bytes(out, manifest=True) == before, (data, unlabeled)
 
 
 def test_fingerprint_diff_names_components():
