@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -152,10 +153,22 @@ def recheck_teacher(group, manifest: Manifest, n: int, weights: str | None, data
     return float(torch.nn.functional.cosine_similarity(fresh, cached, dim=1).min()), ""
 
 
+def _check_export_target(path: str, h5_path: str) -> None:
+    """Refuse an export that would replace a file (the user's, or one of the store's) or write into the store."""
+    target = Path(h5_path)
+    if target.exists() or target.is_symlink():
+        raise UserError(f"--h5 {h5_path} already exists; export never overwrites a file: choose a new file name")
+    if not where.is_remote(path) and target.resolve().is_relative_to(Path(where.to_local(path)).resolve()):
+        raise UserError(f"--h5 {h5_path} is inside the store {where.display(path)}; a store holds only its own "
+                        "objects: choose a file outside it")
+
+
 def export_h5(path: str, h5_path: str) -> None:
-    """Single-file HDF5 copy: the same arrays, the manifest as a JSON attribute."""
+    """Single-file HDF5 copy: the same arrays, the manifest as a JSON attribute. Written under a temporary name and
+    renamed at the end, never over an existing file."""
     import h5py
 
+    _check_export_target(path, h5_path)
     group = fs.open_complete_store(path)
     manifest = fs.read_manifest(group, path)
     with atomic_path(h5_path) as partial, h5py.File(partial, "w") as h5:

@@ -13,7 +13,15 @@ from common.errors import UserError
 from featcache import store as fs
 from featcache.cache_ops import export_h5, import_h5, store_info, verify_store
 from featcache.extract import ExtractConfig, extract
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder, store_bytes, tiny_config
+from tests.conftest import (
+    TINY_STUDENT,
+    TINY_TEACHER,
+    invoke,
+    make_tiny_hue_folder,
+    one_error_line,
+    store_bytes,
+    tiny_config,
+)
 from trainer.config import DistillConfig
 from trainer.data import load_cached_data, make_split
 
@@ -134,6 +142,22 @@ def test_teacher_check_and_h5_round_trip(tiny_store, tmp_path):
     import_h5(str(tmp_path / "s.h5"), str(tmp_path / "back.zarr"))
     assert store_bytes(tmp_path / "back.zarr") == store_bytes(tiny_store)
     assert fs.read_manifest(zarr.open_group(str(tmp_path / "back.zarr"), mode="r")).status == "complete"
+
+
+def test_export_never_overwrites_a_file_nor_writes_into_the_store(tiny_store, tmp_path):
+    """``cache export --h5 FILE``: an existing FILE (the user's, or the store's own zarr.json) and a FILE inside the
+    store are refused in one line; nothing changes. A new FILE appears whole, with no temporary file left."""
+    mine = tmp_path / "mine.h5"
+    mine.write_bytes(b"my own data")
+    store = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, store)
+    before = store_bytes(store, manifest=True)
+    for target, needle in ((mine, "already exists"), (store / "zarr.json", "already exists"),
+                           (store / "export.h5", "inside the store")):
+        assert str(target) in one_error_line(invoke("cache", "export", store, "--h5", target), needle)
+    assert mine.read_bytes() == b"my own data" and store_bytes(store, manifest=True) == before
+    assert invoke("cache", "export", store, "--h5", tmp_path / "new.h5").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.h5", "new.h5", "s.zarr"]
 
 
 def test_teacher_check_detects_other_weights(tiny_store, tmp_path):
