@@ -249,10 +249,11 @@ def _has_customkd_manifest(path: str | Path) -> bool:
         document = json.loads(blob) if len(blob) <= where.MAX_METADATA_BYTES else None
     except ValueError:  # not JSON
         return False
-    attrs = document.get("attributes") if isinstance(document, dict) else None
+    if not (isinstance(document, dict) and document.get("zarr_format") == 3 and document.get("node_type") == "group"):
+        return False
+    attrs = document.get("attributes")
     manifest = attrs.get(ATTRS_KEY) if isinstance(attrs, dict) else None
-    return (document.get("zarr_format") == 3 and document.get("node_type") == "group" and isinstance(manifest, dict)
-            and "schema_version" in manifest)
+    return isinstance(manifest, dict) and "schema_version" in manifest
 
 
 def check_removable(path: str | Path) -> None:

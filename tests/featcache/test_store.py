@@ -112,6 +112,9 @@ def test_overwrite_deletes_only_a_store_customkd_made_of_store_files_only(tiny_f
     line = one_error_line(_overwrite(other, f"folder:{tiny_folder}"), "not a customkd store")
     assert "nothing was deleted" in line
     assert (other / "my_data.npy").read_bytes() == b"precious" and (other / "zarr.json").is_file()
+    (other / "zarr.json").write_text("[1]")  # not even a Zarr group
+    one_error_line(_overwrite(other, f"folder:{tiny_folder}"), "not a customkd store")
+    assert (other / "my_data.npy").read_bytes() == b"precious"
 
     for stranger, named in (("notes.txt", "notes.txt"), ("features/notes.txt", "features/notes.txt"),
                             ("labels/c/notes.txt", "labels/c/notes.txt"), ("extra/zarr.json", "extra/")):
