@@ -19,7 +19,7 @@ R = config_defaults(ViewRecipe)
 def extract(
     ctx: typer.Context,
     teacher: Annotated[str, typer.Option(help="Teacher name (see `customkd teachers`), timm:<model> or open_clip:<arch>:<tag>.")] = D["teacher"],
-    data: Annotated[str, typer.Option(help="Dataset: elpv, folder:PATH or cifar100:PATH.")] = D["data"],
+    data: Annotated[str, typer.Option(help="Dataset: elpv, digits, folder:PATH or cifar100:PATH.")] = D["data"],
     unlabeled: Annotated[list[str] | None, typer.Option(help="Images nobody labeled, stored beside the dataset with label -1: folder:PATH (a flat folder or any tree) or NAME=folder:PATH to name their domain; repeatable.")] = None,
     out: Annotated[str, typer.Option(help="Store path (a .zarr directory) or URL (s3://, gs://, file://).")] = D["out"],
     config: Annotated[str | None, typer.Option(help="YAML/TOML file of settings (keys = option names with underscores); flags override it.")] = None,

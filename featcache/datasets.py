@@ -1,4 +1,4 @@
-"""Datasets named by a spec string: ``elpv``, ``folder:PATH``, ``cifar100:PATH``, optionally followed by
+"""Datasets named by a spec string: ``elpv``, ``digits``, ``folder:PATH``, ``cifar100:PATH``, optionally followed by
 unlabeled images: ``<labeled spec>|unlabeled:NAME=PATH|…``.
 
 A dataset is a :class:`DatasetListing`: a sorted, immutable list of samples (relative path,
@@ -131,6 +131,52 @@ def _list_elpv(arg: str) -> DatasetListing:
     )
     classes = ("p0", "p1/3", "p2/3", "p1")
     return DatasetListing("elpv", root, samples, classes, ("mono", "poly"))
+
+
+DIGITS_SIZE = 32  # px of the stored digit images (8×8 originals, bicubic); views are resized from these
+
+
+def _digit_pgm(pixels: np.ndarray) -> bytes:
+    """One 8×8 digit (values 0..16) as an 8-bit grayscale binary PGM of ``DIGITS_SIZE`` px: an uncompressed
+    format, so the bytes (and the store's content hashes) do not depend on the zlib that Pillow was built with."""
+    image = Image.fromarray(np.rint(pixels / 16.0 * 255).astype(np.uint8), mode="L")
+    buffer = io.BytesIO()
+    image.resize((DIGITS_SIZE, DIGITS_SIZE), Image.Resampling.BICUBIC).save(buffer, format="PPM")
+    return buffer.getvalue()
+
+
+_DIGITS_CACHE: dict[str, tuple[bytes, ...]] = {}
+
+
+def _digits_images() -> tuple[bytes, ...]:
+    if "pgm" not in _DIGITS_CACHE:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as exc:
+            raise UserError("the digits dataset needs scikit-learn: pip install scikit-learn") from exc
+        _DIGITS_CACHE["pgm"] = tuple(_digit_pgm(image) for image in load_digits().images)
+    return _DIGITS_CACHE["pgm"]
+
+
+def _digits_reader(listing: DatasetListing, index: int) -> bytes:
+    return _digits_images()[int(listing.samples[index].relpath.removesuffix(".pgm"))]
+
+
+def _list_digits(arg: str) -> DatasetListing:
+    """scikit-learn's bundled copy of the UCI handwritten digits: 1,797 real 8×8 images, 10 classes, offline.
+
+    A regime where a pretrained teacher has a lot to teach a small student with few labels; the held-out
+    20 % is a fixed stratified split (seed ``SPLIT_SEED``): 1,438 training rows, 359 evaluation rows."""
+    if arg:
+        raise UserError("the digits dataset takes no path: use DATA=digits")
+    import sklearn.datasets
+
+    images = _digits_images()
+    labels = np.asarray(sklearn.datasets.load_digits().target)
+    split = stratified_holdout(labels, np.zeros_like(labels), HOLDOUT_FRACTION, SPLIT_SEED)
+    samples = tuple(Sample(f"{i:04d}.pgm", int(labels[i]), 0, int(split[i]), len(images[i])) for i in range(len(labels)))
+    root = Path(sklearn.datasets.__file__).parent / "data"
+    return DatasetListing("digits", root, samples, tuple(str(c) for c in range(10)), ("all",), reader=_digits_reader)
 
 
 def _hidden(path: Path, below: Path) -> bool:
@@ -311,6 +357,7 @@ def _list_cifar100(arg: str) -> DatasetListing:
 
 DATASETS: dict[str, Callable[[str], DatasetListing]] = {
     "elpv": _list_elpv,
+    "digits": _list_digits,
     "folder": _list_folder,
     "cifar100": _list_cifar100,
 }
@@ -371,7 +418,7 @@ def load_listing(spec: str) -> DatasetListing:
         parsed = parse_data_spec(spec)
     except DataSpecError as exc:
         if exc.part is None:
-            raise UserError(f"unknown dataset {spec!r}; known: elpv, folder:PATH, cifar100:PATH") from None
+            raise UserError(f"unknown dataset {spec!r}; known: elpv, digits, folder:PATH, cifar100:PATH") from None
         raise UserError(f"data spec part {exc.part!r} is not unlabeled:NAME=PATH") from None
     listing = DATASETS[parsed.kind](parsed.arg)
     if parsed.unlabeled:

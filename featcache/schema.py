@@ -426,7 +426,7 @@ class Manifest:
 
 # ---------------------------------------------------------------- the dataset listing
 
-DATA_KINDS = ("elpv", "folder", "cifar100")
+DATA_KINDS = ("elpv", "digits", "folder", "cifar100")
 
 
 class DataSpecError(ValueError):
@@ -440,7 +440,7 @@ class DataSpecError(ValueError):
 
 @dataclass(frozen=True)
 class DataSpec:
-    """``KIND[:ARG]`` (``elpv``, ``folder:PATH``, ``cifar100:PATH``) then ``|unlabeled:NAME=PATH`` parts."""
+    """``KIND[:ARG]`` (``elpv``, ``digits``, ``folder:PATH``, ``cifar100:PATH``) then ``|unlabeled:NAME=PATH`` parts."""
 
     kind: str
     arg: str
@@ -449,7 +449,7 @@ class DataSpec:
     @property
     def folders(self) -> list[str]:
         """Every folder the spec reads images from."""
-        return ([self.arg] if self.kind != "elpv" else []) + [folder for _, folder in self.unlabeled]
+        return ([self.arg] if self.kind not in ("elpv", "digits") else []) + [folder for _, folder in self.unlabeled]
 
 
 def unlabeled_part(name: str, folder: str) -> str:

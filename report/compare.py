@@ -35,7 +35,7 @@ from common.errors import UserError
 from common.files import write_json, write_text
 from report import results_page
 from report.alignment import CUSTOMIZING_METHODS, run_alignment
-from report.config import ReportConfig
+from report.config import ReportConfig, default_cache
 from report.results_page import mean_std
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ VARIANTS: dict[str, Variant] = {v.slug: v for v in (
     Variant("kd+fitnet", "kd+fitnet", "kd+fitnet"),
     Variant("dkd", "dkd", "dkd"),
     Variant("customkd", "customkd", "customkd"),
+    Variant("customkd+kd", "customkd+kd", "customkd+kd"),
     Variant("customkd+dkd", "customkd+dkd", "customkd+dkd"),
     Variant("customkd, random head", "customkd-random-head", "customkd", ("--customize-head", "random")),
     Variant("customkd, jointly trained random head", "customkd-random-trained", "customkd",
@@ -67,34 +68,61 @@ VARIANTS: dict[str, Variant] = {v.slug: v for v in (
 
 
 @dataclass(frozen=True)
+class Store:
+    """A regime's own teacher store: dataset, teacher and extract flags (``None`` in a regime = the
+    report's ``--data`` / ``--teacher`` store)."""
+
+    data: str
+    teacher: str
+    flags: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> str:
+        size = self.flags[self.flags.index("--teacher-size") + 1] if "--teacher-size" in self.flags else ""
+        return default_cache(self.data, self.teacher).removesuffix(".zarr") + (f"-{size}px" if size else "") + ".zarr"
+
+
+# digits, efficientnet_lite2 at 128 px (its ImageNet probe on digits is within a point of 260 px), 8 views
+DIGITS_LITE2 = Store("digits", "efficientnet_lite2", ("--teacher-size", "128", "--views", "8"))
+ALL_VARIANTS = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+kd", "customkd+dkd",
+                "customkd-random-head", "customkd-random-trained", "customkd-no-specific")
+
+
+@dataclass(frozen=True)
 class Regime:
-    """One table: a student (``student_flags``; empty = ``--student`` or distill's default), a teacher
-    (``base`` = ``--teacher``, ``large`` = ``--large-teacher``), a setting and its variants. ``compare_to``
-    names a regime whose runs of the same variants and seeds this one is read against (and are planned too)."""
+    """One table: a teacher store (``store``; ``None`` = the report's ``--data`` with ``base`` = ``--teacher`` or
+    ``large`` = ``--large-teacher``), a student (``student_flags``; empty = ``--student`` or distill's default),
+    a setting, the regime's own distill flags (label budget, resolution, schedule; the report's ``--epochs``,
+    ``--min-steps`` and ``--image-size`` override them) and its variants. ``compare_to`` names a regime whose
+    runs of the same variants and seeds this one is read against (and are planned too)."""
 
     slug: str
     title: str
     variants: tuple[str, ...]
     teacher: str = "base"
+    store: Store | None = None
     student_flags: tuple[str, ...] = ()
+    distill_flags: tuple[str, ...] = ()
     setting: str = "ssl"
     compare_to: str | None = None
 
 
 REGIMES: dict[str, Regime] = {r.slug: r for r in (
-    Regime("main", "Main regime: a randomly initialised student",
-           ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+dkd", "customkd-random-head",
-            "customkd-random-trained", "customkd-no-specific")),
-    Regime("pretrained", "An ImageNet-pretrained edge student",
-           ("student", "kd", "kd+fitnet", "customkd", "customkd-random-head"),
-           student_flags=("--student", "efficientnet_lite0", "--student-pretrained")),
-    Regime("large-teacher", "A larger teacher, same student as the main regime",
+    Regime("headroom", "Headroom: digits, a small student from random initialisation", ALL_VARIANTS,
+           store=DIGITS_LITE2, student_flags=("--student", "mobilenetv3_small_050"),
+           distill_flags=("--labels-per-class", "10", "--image-size", "32", "--epochs", "30", "--min-steps", "0")),
+    Regime("pretrained", "Pretrained: digits, the ImageNet-pretrained efficientnet_lite0 student", ALL_VARIANTS,
+           store=DIGITS_LITE2, student_flags=("--student", "efficientnet_lite0", "--student-pretrained"),
+           distill_flags=("--labels-per-class", "10", "--image-size", "64", "--epochs", "15", "--min-steps", "0")),
+    Regime("main", "Main regime: the embedded default, a randomly initialised student",
+           ("student", "kd", "customkd", "customkd+kd")),
+    Regime("large-teacher", "A larger teacher, same student as the main regime (not in the default report)",
            ("kd", "customkd"), teacher="large", compare_to="main"),
     Regime("supervised", "Supervised, every label (reference; not in the default report)",
            ("student", "customkd"), setting="supervised"),
 )}
 # Bump when a change to customkd's defaults or to this report makes finished runs stale.
-REPORT_VERSION = 3
+REPORT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -117,9 +145,20 @@ def names(text: str, table: dict, what: str) -> list:
     return [table[s] for s in text.split(",") if s]
 
 
-def teacher_of(regime: Regime, cfg: ReportConfig) -> tuple[str, str]:
-    """(teacher name, store path) of a regime."""
-    return (cfg.large_teacher, cfg.large_cache) if regime.teacher == "large" else (cfg.teacher, cfg.cache)
+def store_of(regime: Regime, cfg: ReportConfig) -> Store:
+    """The teacher store a regime's runs read (its own, or the report's ``--data`` with its teacher)."""
+    if regime.store is not None:
+        return regime.store
+    if regime.teacher == "large":
+        return Store(cfg.data, cfg.large_teacher, ("--views", str(cfg.views)))
+    return Store(cfg.data, cfg.teacher, ("--views", str(cfg.views)))
+
+
+def cache_of(regime: Regime, cfg: ReportConfig) -> str:
+    """The store path: ``--cache`` / ``--large-cache`` for the report's own data, else the regime store's."""
+    if regime.store is not None:
+        return regime.store.path
+    return cfg.large_cache if regime.teacher == "large" else cfg.cache
 
 
 def plan(cfg: ReportConfig) -> list[Job]:
@@ -146,13 +185,15 @@ def plan(cfg: ReportConfig) -> list[Job]:
 
 def make_job(regime: Regime, variant: Variant, seed: int, cfg: ReportConfig) -> Job:
     student = regime.student_flags or (("--student", cfg.student) if cfg.student else ())
-    budget = ("--label-fraction", str(cfg.label_fraction)) if regime.setting == "ssl" else ()
+    has_budget = "--labels-per-class" in regime.distill_flags or "--label-fraction" in regime.distill_flags
+    budget = ("--label-fraction", str(cfg.label_fraction)) if regime.setting == "ssl" and not has_budget else ()
     run_dir = cfg.out / regime.slug / variant.slug / f"seed{seed}"
-    argv = ("distill", "--cache", teacher_of(regime, cfg)[1], "--method", variant.method, "--setting",
-            regime.setting, *budget, "--seed", str(seed), *variant.flags, *student,
+    argv = ("distill", "--cache", cache_of(regime, cfg), "--method", variant.method, "--setting",
+            regime.setting, *budget, *regime.distill_flags, "--seed", str(seed), *variant.flags, *student,
             *(["--epochs", str(cfg.epochs)] if cfg.epochs else []),
             *(["--min-steps", str(cfg.min_steps)] if cfg.min_steps is not None else []),
-            *(["--image-size", str(cfg.image_size)] if cfg.image_size else []), *cfg.extra.split(),
+            *(["--image-size", str(cfg.image_size)] if cfg.image_size else []),
+            *(["--eval-split", cfg.eval_split] if cfg.eval_split != "test" else []), *cfg.extra.split(),
             "--workers", "1", "--out", str(run_dir))
     return Job(regime, variant, seed, run_dir, argv)
 
@@ -170,13 +211,14 @@ def store_state(cache: str) -> str:
     return "complete" if fs.read_status(fs.open_store(cache), cache) == fs.STATUS_COMPLETE else "partial"
 
 
-def extract(teacher: str, cache: str, cfg: ReportConfig) -> dict:
+def extract(store: Store, cache: str, cfg: ReportConfig) -> dict:
     """Run (or confirm) one teacher's extraction and say how long it took: timed here when it ran here,
     else the store's own completed − created stamps."""
     from featcache import store as fs
 
     before = store_state(cache)
-    argv = cli_argv("extract", "--teacher", teacher, "--data", cfg.data, "--out", cache, "--views", str(cfg.views),
+    teacher = store.teacher
+    argv = cli_argv("extract", "--teacher", teacher, "--data", store.data, "--out", cache, *store.flags,
                     *(["--weights", cfg.teacher_weights] if cfg.teacher_weights else []))
     log.info("extract (store %s): %s", before, " ".join(argv[2:]))
     started = time.perf_counter()
@@ -187,7 +229,7 @@ def extract(teacher: str, cache: str, cfg: ReportConfig) -> dict:
     group = fs.open_complete_store(cache)
     manifest = fs.read_manifest(group, cache)
     held_out = np.asarray(group["labels"][:])[(np.asarray(group["split"][:]) == 1) & (np.asarray(group["valid"][:]) > 0)]
-    record = {"teacher": teacher, "cache": cache, "command": " ".join(["customkd", *argv[3:]]),
+    record = {"teacher": teacher, "data": store.data, "cache": cache, "command": " ".join(["customkd", *argv[3:]]),
               "shape": list(manifest.shape),
               "majority_class_eval": float(np.bincount(held_out).max() / len(held_out)) if len(held_out) else 0.0,
               "store_fingerprint": manifest.fingerprint.hashes(),  # as a run's config.json records it
@@ -206,8 +248,8 @@ def extract(teacher: str, cache: str, cfg: ReportConfig) -> dict:
 
 def extract_all(jobs: list[Job], cfg: ReportConfig) -> dict[str, dict]:
     """One extraction per teacher the planned runs need, keyed by the store path their argv names."""
-    stores = dict.fromkeys(teacher_of(job.regime, cfg) for job in jobs)
-    return {cache: extract(teacher, cache, cfg) for teacher, cache in stores}
+    stores = {cache_of(job.regime, cfg): store_of(job.regime, cfg) for job in jobs}
+    return {cache: extract(store, cache, cfg) for cache, store in stores.items()}
 
 
 def job_cache(job: Job) -> str:
@@ -305,7 +347,7 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, d
 SHARED_KEYS = ("student", "student_pretrained", "student_weights", "epochs", "image_size", "batch_size", "optimizer",
                "effective_lr", "weight_decay", "lambda_general", "customizer", "customizer_lr", "pseudo_threshold",
                "alternate_every", "kd_temperature", "feature_norm", "device", "n_train", "n_eval", "classes", "teacher")
-CONFIG_KEYS = (*SHARED_KEYS, "lambda_specific", "customize_warmup", "customizer_activation", "customizer_weight_decay",
+CONFIG_KEYS = (*SHARED_KEYS, "labels_per_class", "lambda_specific", "customize_warmup", "customizer_activation", "customizer_weight_decay",
                "customize_smoothing", "customizer_reset", "min_steps", "setting", "effective_label_fraction")
 
 
@@ -335,6 +377,7 @@ def collect(jobs: list[Job], alignments: dict[Path, dict]) -> dict[str, dict]:
             "label_fraction": config["effective_label_fraction"]})
         row["seeds"].append(job.seed)
         row["accuracy"].append(metrics["final"]["accuracy"])
+        row.setdefault("per_class", []).append(metrics["final"].get("per_class_accuracy"))
         row["balanced_accuracy"].append(metrics["final"]["balanced_accuracy"])
         row["probe_accuracy"].append(metrics["teacher_probe"]["accuracy"])
         row["curves"].append([e["eval"]["accuracy"] for e in metrics["epochs"]])
@@ -372,12 +415,13 @@ def summarize(jobs: list[Job], extractions: dict[str, dict], alignments: dict[Pa
     regimes = {}
     for job in jobs:
         if job.regime.slug not in regimes:
-            teacher, cache = teacher_of(job.regime, cfg)
-            regimes[job.regime.slug] = {"title": job.regime.title, "teacher": teacher, "cache": cache,
+            store, cache = store_of(job.regime, cfg), cache_of(job.regime, cfg)
+            regimes[job.regime.slug] = {"title": job.regime.title, "teacher": store.teacher, "data": store.data,
+                                        "cache": cache, "majority_class_eval": extractions[cache]["majority_class_eval"],
                                         "setting": job.regime.setting, "compare_to": job.regime.compare_to,
                                         "config": configs[job.regime.slug]}
     timing = [json.loads((j.run_dir / "timing.json").read_text()) for j in jobs]
-    summary = {"generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "data": cfg.data,
+    summary = {"generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "eval_split": cfg.eval_split,
                "extractions": extractions, "regimes": regimes, "rows": collect(jobs, alignments),
                "run_threads": [{"threads": t, "concurrent_runs": c}
                                for t, c in sorted({(r["threads"], r["concurrent_runs"]) for r in timing})]}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from common.errors import UserError
 from featcache.config import ExtractConfig
-from trainer.config import DEFAULT_LABEL_FRACTION
+from trainer.config import DEFAULT_LABEL_FRACTION, EVAL_SPLITS
 
 _EXTRACT = ExtractConfig()  # the report's defaults are extract's and distill's own
-DEFAULT_REGIMES = "main,pretrained,large-teacher"
+DEFAULT_REGIMES = "headroom,pretrained,main"
 DEFAULT_SEEDS = "0,1,2,3,4"
 
 
@@ -41,6 +41,7 @@ class ReportConfig:
     image_size: int | None = None
     label_fraction: float = DEFAULT_LABEL_FRACTION
     parallel: int = 2  # runs at once; the cores are split between them
+    eval_split: str = "test"  # "dev": score on a fixed part of the training rows (choosing settings), never the test rows
     extra: str = ""  # more distill flags for every run, e.g. '--lr 1e-3'
     docs: Path = Path("docs")
     readme: Path = Path("README.md")
@@ -48,6 +49,8 @@ class ReportConfig:
     quick: bool = False
 
     def __post_init__(self) -> None:
+        if self.eval_split not in EVAL_SPLITS:
+            raise UserError(f"unknown --eval-split {self.eval_split!r}; known: {', '.join(EVAL_SPLITS)}")
         if self.parallel < 1:
             raise UserError(f"--parallel must be at least 1, got {self.parallel}")
         try:

@@ -16,7 +16,6 @@ from common.files import write_text
 from report.config import ReportConfig
 
 README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
-CUSTOMIZING = ("customkd", "customkd+dkd")
 # Two-sided 95 % Student-t quantiles t_{0.975, ν} for ν = 1..30 (scipy is not a dependency).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -57,20 +56,69 @@ def by_seed(row: dict, metric: str) -> dict[int, float]:
     return dict(zip(row["seeds"], row[metric], strict=True))
 
 
+# Written before any number of this report version was seen: what the page answers first (primary,
+# uncorrected 95 % intervals) and what it checks next (secondary, Holm-corrected within each regime).
+PRIMARY = (("customkd", "kd"), ("customkd+dkd", "dkd"), ("customkd", "fitnet"))
+SECONDARY = (("customkd+kd", "kd"), ("customkd", "customkd-no-specific"), ("customkd", "customkd-random-head"),
+             ("customkd", "customkd-random-trained"), ("customkd", "student"))
+ALPHA = 0.05
+
+
+def t_quantile(probability: float, dof: int) -> float:
+    """Student-t quantile (scipy's)."""
+    from scipy.stats import t
+
+    return float(t.ppf(probability, dof))
+
+
+def p_value(stats: dict) -> float:
+    """Two-sided paired t-test p-value of the mean difference (NaN with fewer than 2 seeds or no spread)."""
+    from scipy.stats import t
+
+    n, diffs = stats["n"], np.asarray(stats["per_seed"])
+    if n < 2 or diffs.std(ddof=1) == 0:
+        return float("nan")
+    statistic = diffs.mean() / (diffs.std(ddof=1) / math.sqrt(n))
+    return float(2 * t.sf(abs(statistic), n - 1))
+
+
+def holm(found: list[dict]) -> None:
+    """Holm's step-down correction over ``found`` (one family), in place, on accuracy: the adjusted p-value and
+    the interval at the level of the comparison's step, mean ± t_{1 − α / (2 (m − k)), n − 1} · s / √n for the
+    k-th smallest p (0-based); an interval that excludes 0 is a rejection at family-wise level α."""
+    ranked = sorted(found, key=lambda c: (math.isnan(c["accuracy"]["p"]), c["accuracy"]["p"]))
+    m, running = len(ranked), 0.0
+    for k, c in enumerate(ranked):
+        stats = c["accuracy"]
+        running = max(running, min(1.0, (m - k) * stats["p"])) if not math.isnan(stats["p"]) else float("nan")
+        level = ALPHA / (m - k)
+        stats["p_holm"], stats["level"] = running, level
+        if stats["n"] > 1:
+            half = t_quantile(1 - level / 2, stats["n"] - 1) * np.std(stats["per_seed"], ddof=1) / math.sqrt(stats["n"])
+            stats["low"], stats["high"] = stats["mean"] - half, stats["mean"] + half
+
+
 def comparisons(summary: dict) -> list[dict]:
-    """Every comparison against CustomKD (customkd − other, per regime) and, for a regime with
-    ``compare_to``, each variant against the same variant of that regime (this regime − that one)."""
+    """The pre-registered comparisons (:data:`PRIMARY`, :data:`SECONDARY`; ``a − b`` within a regime, where both
+    rows exist) and, for a regime with ``compare_to``, each variant against the same variant of that regime."""
     rows, found = summary["rows"], []
     for slug, regime in summary["regimes"].items():
         mine = {r["slug"]: (key, r) for key, r in rows.items() if r["regime"] == slug}
-        pairs = [(mine["customkd"], other) for s, other in mine.items() if s != "customkd"] if "customkd" in mine else []
+        pairs = [(kind, mine[a], mine[b]) for kind, table in (("primary", PRIMARY), ("secondary", SECONDARY))
+                 for a, b in table if a in mine and b in mine]
         other_regime = regime.get("compare_to")
         if other_regime:
-            pairs += [(mine[s], (f"{other_regime}/{s}", rows[f"{other_regime}/{s}"])) for s in mine
+            pairs += [("secondary", mine[s], (f"{other_regime}/{s}", rows[f"{other_regime}/{s}"])) for s in mine
                       if f"{other_regime}/{s}" in rows]
-        for (key_a, a), (key_b, b) in pairs:
-            found.append({"regime": slug, "a": key_a, "b": key_b,
-                          **{m: paired(by_seed(a, m), by_seed(b, m)) for m in ("accuracy", "balanced_accuracy")}})
+        secondary = []
+        for kind, (key_a, a), (key_b, b) in pairs:
+            c = {"regime": slug, "kind": kind, "a": key_a, "b": key_b,
+                 **{m: paired(by_seed(a, m), by_seed(b, m)) for m in ("accuracy", "balanced_accuracy")}}
+            c["accuracy"]["p"] = p_value(c["accuracy"])
+            found.append(c)
+            if kind == "secondary":
+                secondary.append(c)
+        holm(secondary)
     return found
 
 
@@ -115,41 +163,39 @@ def comparison_table(summary: dict, regime: str) -> str:
     found = [c for c in summary["comparisons"] if c["regime"] == regime]
     if not found:
         return ""
-    lines = ["| difference (points) | accuracy: mean | 95 % CI | per seed | ahead on | balanced accuracy: mean | 95 % CI |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| comparison | difference (points) | accuracy: mean | 95 % CI | p | per seed | ahead on | "
+             "balanced accuracy: mean |", "|---|---|---|---|---|---|---|---|"]
     for c in found:
         cross = summary["rows"][c["a"]]["regime"] != summary["rows"][c["b"]]["regime"]
         name_a, name_b = (label(summary, c["a"]), label(summary, c["b"])) if cross else (
             summary["rows"][c["a"]]["variant"], summary["rows"][c["b"]]["variant"])
         acc, bal = c["accuracy"], c["balanced_accuracy"]
-        lines.append(f"| {name_a} − {name_b} | {acc['mean']:+.1f} | {interval(acc)} | "
-                     f"{', '.join(f'{d:+.1f}' for d in acc['per_seed'])} | {acc['wins']} of {acc['n']} | "
-                     f"{bal['mean']:+.1f} | {interval(bal)} |")
+        kind = c["kind"] + (" (Holm)" if "p_holm" in acc else "")
+        p = acc.get("p_holm", acc.get("p", float("nan")))
+        lines.append(f"| {kind} | {name_a} − {name_b} | {acc['mean']:+.1f} | {interval(acc)} | "
+                     f"{'–' if math.isnan(p) else f'{p:.3f}'} | {', '.join(f'{d:+.1f}' for d in acc['per_seed'])} | "
+                     f"{acc['wins']} of {acc['n']} | {bal['mean']:+.1f} |")
     return "\n".join(lines)
 
 
-def best_baseline(summary: dict, regime: str) -> dict | None:
-    baselines = [r for r in regime_rows(summary, regime) if r["method"] not in CUSTOMIZING]
-    return max(baselines, key=lambda r: r["accuracy_mean"]) if baselines else None
+def outcome(stats: dict) -> str:
+    """``ahead``, ``behind`` or ``inconclusive``: by whether the interval excludes 0, whatever the mean's sign."""
+    if stats["n"] < 2 or math.isnan(stats["low"]):
+        return "inconclusive"
+    return "ahead" if stats["low"] > 0 else "behind" if stats["high"] < 0 else "inconclusive"
 
 
 def verdict(summary: dict, regime: str) -> str:
-    """One generated sentence: does CustomKD beat this regime's best baseline, by the paired 95 % interval?"""
-    best = best_baseline(summary, regime)
-    if best is None or f"{regime}/customkd" not in summary["rows"]:
-        return ""
-    stats = next(c["accuracy"] for c in summary["comparisons"]
-                 if c["a"] == f"{regime}/customkd" and c["b"] == f"{regime}/{best['slug']}")
-    name, n = f"`{best['variant']}`", stats["n"]
-    detail = f"{stats['mean']:+.1f} points, 95 % CI {interval(stats)}, ahead on {stats['wins']} of {n} seeds"
-    if n < 2:
-        return f"With one seed there is no interval: CustomKD − the best baseline {name} = {detail}."
-    if stats["low"] > 0:
-        return f"**CustomKD beats the best baseline, {name}** ({detail})."
-    if stats["mean"] > 0:
-        return (f"**CustomKD does not beat the best baseline, {name}**: it is ahead on average but the interval "
-                f"includes 0 ({detail}).")
-    return f"**CustomKD does not beat the best baseline, {name}** ({detail})."
+    """Generated sentences on the pre-registered primary comparisons of this regime."""
+    said = []
+    for c in (c for c in summary["comparisons"] if c["regime"] == regime and c["kind"] == "primary"):
+        a, b = (summary["rows"][k]["variant"] for k in (c["a"], c["b"]))
+        stats = c["accuracy"]
+        word = {"ahead": f"**`{a}` is ahead of `{b}`**", "behind": f"**`{a}` is behind `{b}`**",
+                "inconclusive": f"**`{a}` vs `{b}`: inconclusive**"}[outcome(stats)]
+        said.append(f"{word} ({stats['mean']:+.1f} points, 95 % CI {interval(stats)}, ahead on {stats['wins']} of "
+                    f"{stats['n']} seeds).")
+    return " ".join(said)
 
 
 def mean_of(row: dict | None, group: str, metric: str) -> float | None:
@@ -280,15 +326,19 @@ def probe_line(summary: dict, regime: str) -> str:
             f"{pct(mean, std)} %")
 
 
-def majority(summary: dict) -> str:
-    return f"{100 * next(iter(summary['extractions'].values()))['majority_class_eval']:.1f} %"
+def majority(summary: dict, regime: str) -> str:
+    return f"{100 * summary['regimes'][regime]['majority_class_eval']:.1f} %"
 
 
 def regime_setup(summary: dict, slug: str) -> str:
     regime, cfg = summary["regimes"][slug], summary["regimes"][slug]["config"]
-    budget_text = (f"{100 * cfg['effective_label_fraction']:.0f} % of the training labels"
-                   if regime["setting"] == "ssl" else "every label")
-    return (f"`{regime['setting']}` with {budget_text}; teacher `{regime['teacher']}`; student `{cfg['student']}` "
+    if regime["setting"] != "ssl":
+        budget_text = "every label"
+    elif cfg.get("labels_per_class"):
+        budget_text = f"{cfg['labels_per_class']} labels per class"
+    else:
+        budget_text = f"{100 * cfg['effective_label_fraction']:.0f} % of the training labels"
+    return (f"data `{regime['data']}`, `{regime['setting']}` with {budget_text}; teacher `{regime['teacher']}`; student `{cfg['student']}` "
             f"{student_init(cfg)} at {cfg['image_size']} px; {epochs_run(summary, slug)} KD epochs")
 
 
@@ -299,19 +349,22 @@ def epochs_run(summary: dict, regime: str) -> str:
 
 
 def headline(summary: dict) -> str:
-    slug = "main" if "main" in summary["regimes"] else next(iter(summary["regimes"]))
-    rows = regime_rows(summary, slug)
-    return "\n".join([
-        f"`{summary['data']}`, {regime_setup(summary, slug)}; mean ± sample std over {plural(len(rows[0]['seeds']), 'seed')} "
-        f"(`make report`, device `{summary['regimes'][slug]['config']['device']}`):",
-        "",
-        table(summary, slug, with_time=False),
-        "",
-        " ".join(s for s in (f"{probe_line(summary, slug)}; majority class {majority(summary)}.",
-                             verdict(summary, slug)) if s)
-        + " Every regime, paired differences with 95 % intervals, alignment metrics and every run's config: "
-        "[docs/results.md](docs/results.md).",
-    ])
+    parts = []
+    for slug in summary["regimes"]:
+        rows = regime_rows(summary, slug)
+        parts += [
+            f"**{summary['regimes'][slug]['title']}**: {regime_setup(summary, slug)}; mean ± sample std over "
+            f"{plural(len(rows[0]['seeds']), 'seed')} (`make report`, device "
+            f"`{summary['regimes'][slug]['config']['device']}`):",
+            "",
+            table(summary, slug, with_time=False),
+            "",
+            " ".join(s for s in (f"{probe_line(summary, slug)}; majority class {majority(summary, slug)}.",
+                                 verdict(summary, slug)) if s),
+            "",
+        ]
+    return "\n".join(parts + ["Paired differences with 95 % intervals (Holm-corrected where secondary), per-class "
+                              "recall, alignment metrics and every run's config: [docs/results.md](docs/results.md)."])
 
 
 def setup_section(summary: dict) -> list[str]:
@@ -326,9 +379,11 @@ def setup_section(summary: dict) -> list[str]:
     return [
         "## Setup",
         "",
-        f"- Data: `{summary['data']}`, {cfg['n_train']} training and {cfg['n_eval']} held-out images, classes "
-        f"{', '.join(cfg['classes'])}. The majority class is {majority(summary)} of the held-out images, so "
-        "balanced accuracy (mean per-class recall) is reported beside accuracy.",
+        *[f"- Data of `{slug}`: `{r['data']}`, {r['config']['n_train']} training and {r['config']['n_eval']} "
+          f"{'development (carved from the training rows)' if summary.get('eval_split') == 'dev' else 'held-out'} "
+          f"images, classes {', '.join(r['config']['classes'])}; the majority class is {majority(summary, slug)} of "
+          "the held-out images." for slug, r in summary["regimes"].items()],
+        "- Balanced accuracy (mean per-class recall) and each class's recall are reported beside accuracy.",
         *stores,
         f"- Training recipe shared by every run: batch {cfg['batch_size']}, {cfg['optimizer']} lr "
         f"{cfg['effective_lr']} (weight decay {cfg['weight_decay']}), λ_g = {cfg['lambda_general']}, "
@@ -356,6 +411,7 @@ def regime_section(summary: dict, slug: str) -> list[str]:
     regime = summary["regimes"][slug]
     parts = [f"## {regime['title']}", "", f"{regime_setup(summary, slug)}.", "", table(summary, slug), "",
              probe_line(summary, slug) + ".", ""]
+    parts += recall_table(summary, slug)
     found = comparison_table(summary, slug)
     if found:
         parts += ["Paired per-seed differences:", "", found, ""]
@@ -404,10 +460,40 @@ def reproduce_section(summary: dict, cfg: ReportConfig) -> list[str]:
     ]
 
 
+def preregistered_section() -> list[str]:
+    def pairs(table: tuple) -> str:
+        return "; ".join(f"`{a}` − `{b}`" for a, b in table)
+
+    return [
+        "## Comparisons, fixed before the numbers",
+        "",
+        f"- Primary, in every regime that has both rows (95 % paired t-intervals over seeds): {pairs(PRIMARY)}.",
+        f"- Secondary (Holm-corrected within each regime, family-wise α = {ALPHA}): {pairs(SECONDARY)}.",
+        "- A comparison is called *ahead* or *behind* only when its interval excludes 0; otherwise it is "
+        "*inconclusive*, whatever the sign of the mean.",
+        "",
+    ]
+
+
+def recall_table(summary: dict, regime: str) -> list[str]:
+    """Each class's recall (mean over seeds) per variant."""
+    rows = [r for r in regime_rows(summary, regime) if r.get("per_class")]
+    if not rows:
+        return []
+    classes = summary["regimes"][regime]["config"]["classes"]
+    lines = ["| variant | " + " | ".join(f"recall `{c}` %" for c in classes) + " |", "|" + "---|" * (len(classes) + 1)]
+    for r in rows:
+        per_class = np.array([[np.nan if v is None else v for v in seed] for seed in r["per_class"]], dtype=float)
+        lines.append(f"| {r['variant']} | " + " | ".join(
+            "–" if np.isnan(v) else f"{100 * v:.0f}" for v in np.nanmean(per_class, axis=0)) + " |")
+    return ["Per-class recall (mean over seeds):", "", *lines, ""]
+
+
 def render(summary: dict, cfg: ReportConfig) -> str:
-    parts = ["# Results on the embedded default", "",
+    split = " — development split (training rows), not the test rows" if summary.get("eval_split") == "dev" else ""
+    parts = [f"# Results{split}", "",
              f"_Generated by `make report` (`customkd report`, report/) at {summary['generated']}; do not edit by hand._", "",
-             *budget_section(summary), *setup_section(summary)]
+             *budget_section(summary), *preregistered_section(), *setup_section(summary)]
     for slug in summary["regimes"]:
         parts += regime_section(summary, slug)
     parts += [*figures_section(summary), *reproduce_section(summary, cfg)]

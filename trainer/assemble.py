@@ -117,6 +117,9 @@ def make_customizer_optimizer(cfg: DistillConfig, method: Method) -> torch.optim
     """AdamW on θ^h_t (and a jointly trained random head); its weight decay bounds θ^h_t's scale."""
     if not method.customizes:
         return None
+    if cfg.customizer_optimizer == "sgd":  # updates stay in the span of L_cus's gradients (the head's rows)
+        return torch.optim.SGD(method.customizer_parameters(), lr=cfg.customizer_lr, momentum=0.9,
+                               weight_decay=cfg.customizer_weight_decay)
     return torch.optim.AdamW(method.customizer_parameters(), lr=cfg.customizer_lr,
                              weight_decay=cfg.customizer_weight_decay)
 

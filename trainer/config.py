@@ -9,14 +9,19 @@ from dataclasses import dataclass
 from common.errors import UserError
 
 SETTINGS = ("supervised", "ssl", "uda")
-METHOD_NAMES = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+dkd")  # = trainer.methods.METHODS
+METHOD_NAMES = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+kd", "customkd+dkd")  # = trainer.methods.METHODS
 OPTIMIZERS = {"adamw": 2e-3, "sgd": 0.05}  # name → default learning rate
 CUSTOMIZERS = ("linear", "mlp")
 CUSTOMIZE_HEADS = ("student", "random", "random-trained")
 CUSTOMIZER_ACTIVATIONS = ("student", "none")
 CUSTOMIZE_TARGETS = ("labels+pseudo", "labels", "soft")
 FEATURE_NORMS = ("none", "l2", "standardize")
+SPECIFIC_SPACES = ("full", "head")
+SPECIFIC_LOSSES = ("mse", "cosine")
+CUSTOMIZER_INITS = ("default", "zero")
+CUSTOMIZER_OPTIMIZERS = ("adamw", "sgd")
 VIEW_SAMPLING = ("cycle", "random")
+EVAL_SPLITS = ("test", "dev")  # dev: a fixed part of the training rows, for choosing settings without the test rows
 DEFAULT_LABEL_FRACTION = 0.1
 
 
@@ -54,6 +59,11 @@ class DistillConfig:
     customizer_activation: str = "student"  # a(·) on θ^h_t's output: the student's own output activation
     customizer_weight_decay: float = 0.05  # AdamW decay on θ^h_t: keeps its scale from drifting
     customizer_reset: bool = False  # re-initialise θ^h_t and its optimiser before every customization
+    customizer_init: str = "default"  # "zero": θ^h_t's output layer starts at 0 (no random directions in the target)
+    customizer_optimizer: str = "adamw"  # "sgd": θ^h_t's updates stay in the span of L_cus's gradients
+    customize_epochs: int = 1  # customization epochs per round
+    specific_space: str = "full"  # "head": the task-specific term only in the head's row space
+    specific_loss: str = "mse"  # "cosine": a scale-free task-specific term
     customize_smoothing: float = 0.1  # label smoothing on L_cus: CE with a finite optimum
     customize_warmup: int = 1  # KD epochs before the first customization (the head must mean something)
     customize_head: str = "student"
@@ -71,6 +81,7 @@ class DistillConfig:
     allow_stale: bool = False
     expect_fingerprint: str = ""  # "teacher=4f498eb6 augmentation=761081aa" (as printed by `cache info`)
     data: str | None = None
+    eval_split: str = "test"
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -106,12 +117,18 @@ class DistillConfig:
         self._check_choice("--customizer-activation", self.customizer_activation, CUSTOMIZER_ACTIVATIONS)
         self._check_choice("--customize-target", self.customize_target, CUSTOMIZE_TARGETS)
         self._check_choice("--feature-norm", self.feature_norm, FEATURE_NORMS)
+        self._check_choice("--specific-space", self.specific_space, SPECIFIC_SPACES)
+        self._check_choice("--specific-loss", self.specific_loss, SPECIFIC_LOSSES)
+        self._check_choice("--customizer-init", self.customizer_init, CUSTOMIZER_INITS)
+        self._check_choice("--customizer-optimizer", self.customizer_optimizer, CUSTOMIZER_OPTIMIZERS)
         self._check_choice("--view-sampling", self.view_sampling, VIEW_SAMPLING)
         self._check_choice("--features", self.features, ("auto", "ram", "stream"))
+        self._check_choice("--eval-split", self.eval_split, EVAL_SPLITS)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"unknown --device {self.device!r}; known: auto, cpu, cuda, cuda:N")
         for flag, value in (("--epochs", self.epochs), ("--image-size", self.image_size),
-                            ("--batch-size", self.batch_size), ("--alternate-every", self.alternate_every)):
+                            ("--batch-size", self.batch_size), ("--alternate-every", self.alternate_every),
+                            ("--customize-epochs", self.customize_epochs)):
             if value < 1:
                 raise UserError(f"{flag} must be >= 1, got {value}")
         for flag, value in (("--min-steps", self.min_steps), ("--customize-warmup", self.customize_warmup)):

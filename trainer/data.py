@@ -177,6 +177,24 @@ def select_labeled(labels: np.ndarray, cfg: DistillConfig) -> np.ndarray:
     return mask
 
 
+DEV_FRACTION = 0.2
+DEV_SEED = 20261206  # fixed: every run of every method is scored on the same development rows
+
+
+def carve_dev(train: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Boolean mask ``[N]``: ``DEV_FRACTION`` of each class's labeled training rows, a fixed seeded choice.
+
+    ``--eval-split dev`` evaluates on these rows and leaves them out of training entirely (labels and
+    images), so settings are chosen without the held-out test rows."""
+    rng = np.random.default_rng(DEV_SEED)
+    dev = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels[train & (labels >= 0)]):
+        members = np.flatnonzero(train & (labels == c))
+        members = members[rng.permutation(len(members))]
+        dev[members[: int(round(DEV_FRACTION * len(members)))]] = True
+    return dev
+
+
 def make_split(cfg: DistillConfig, data: CachedData) -> Split:
     """Training rows with their labels (-1 = unlabeled) and held-out rows of the setting.
 
@@ -185,6 +203,9 @@ def make_split(cfg: DistillConfig, data: CachedData) -> Split:
     budget (``--labels-per-class`` / ``--label-fraction``) simulates scarce labels for benchmarks."""
     train = (data.split == 0) & data.valid
     test = (data.split == 1) & data.valid & (data.labels >= 0)
+    if cfg.eval_split == "dev":
+        test = carve_dev(train, data.labels)
+        train &= ~test
     stored_unlabeled = bool((data.labels[train] < 0).any())
     if cfg.setting == "uda":
         both = sorted(set(cfg.source) & set(cfg.target))

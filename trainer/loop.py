@@ -104,7 +104,8 @@ class DistillModule(nn.Module):
                 logits, strong_logits = both_logits.float().chunk(2)
             else:
                 student_features, logits = (t.float() for t in self.student(pixels))
-        step = StepInputs(student_features, logits, labels, teacher, probe_logits, epoch, counts)
+        step = StepInputs(student_features, logits, labels, teacher, probe_logits, epoch, counts,
+                          head_weight=self.student.head.weight)
         parts = self.method(step)
         if strong is not None:
             parts["fixmatch"] = fixmatch_loss(logits, strong_logits, labels, fixmatch[0], step.counts)

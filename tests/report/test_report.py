@@ -123,31 +123,57 @@ def synthetic_summary(customkd: list[float], kd: list[float]) -> dict:
 
 
 def test_the_verdict_is_generated_from_the_paired_interval():
-    behind = synthetic_summary([0.60, 0.62, 0.61], [0.63, 0.64, 0.66])
-    assert {(c["a"], c["b"]) for c in behind["comparisons"]} == {("main/customkd", "main/kd"),
-                                                                   ("main/customkd", "main/student")}
-    assert "does not beat the best baseline, `kd`" in results_page.verdict(behind, "main")
+    behind = synthetic_summary([0.60, 0.615, 0.60], [0.63, 0.64, 0.635])
+    assert {(c["a"], c["b"], c["kind"]) for c in behind["comparisons"]} == {
+        ("main/customkd", "main/kd", "primary"), ("main/customkd", "main/student", "secondary")}
+    assert "**`customkd` is behind `kd`**" in results_page.verdict(behind, "main")
     ahead = synthetic_summary([0.70, 0.72, 0.71], [0.63, 0.64, 0.66])
-    assert "**CustomKD beats the best baseline, `kd`**" in results_page.verdict(ahead, "main")
-    unsure = synthetic_summary([0.70, 0.60, 0.66], [0.63, 0.64, 0.66])
-    assert "includes 0" in results_page.verdict(unsure, "main")
+    assert "**`customkd` is ahead of `kd`**" in results_page.verdict(ahead, "main")
+    unsure = synthetic_summary([0.70, 0.60, 0.66], [0.63, 0.64, 0.66])  # mean +1.0, interval contains 0
+    assert "inconclusive" in results_page.verdict(unsure, "main")
+    negative = synthetic_summary([0.62, 0.66, 0.62], [0.63, 0.64, 0.66])  # mean −1.0, interval contains 0
+    assert "inconclusive" in results_page.verdict(negative, "main")
+
+
+def test_holm_widens_secondary_intervals_by_step_and_adjusts_p_values():
+    found = [{"accuracy": results_page.paired({0: a, 1: a + 0.02, 2: a + 0.01, 3: a, 4: a + 0.03},
+                                               {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5})} for a in (0.6, 0.52, 0.49)]
+    for c in found:
+        c["accuracy"]["p"] = results_page.p_value(c["accuracy"])
+    raw = [c["accuracy"]["p"] for c in found]
+    plain_half = [c["accuracy"]["high"] - c["accuracy"]["mean"] for c in found]
+    results_page.holm(found)
+    order = sorted(range(3), key=lambda i: raw[i])
+    adjusted = [min(1.0, (3 - k) * raw[i]) for k, i in enumerate(order)]
+    adjusted = [max(adjusted[: k + 1]) for k in range(3)]  # step-down: monotone
+    assert [found[i]["accuracy"]["p_holm"] for i in order] == pytest.approx(adjusted)
+    assert [found[i]["accuracy"]["level"] for i in order] == pytest.approx([0.05 / 3, 0.05 / 2, 0.05])
+    smallest = order[0]  # the first step uses t_{1 − 0.05/6, 4} = 3.9608 instead of t_{0.975, 4} = 2.7764
+    widened = found[smallest]["accuracy"]["high"] - found[smallest]["accuracy"]["mean"]
+    assert widened / plain_half[smallest] == pytest.approx(3.9608 / 2.7764, rel=1e-3)
 
 
 def test_the_default_plan_covers_every_regime_with_five_seeds(tmp_path):
     jobs = compare.plan(ReportConfig(out=tmp_path).resolved())
     assert {job.seed for job in jobs} == {0, 1, 2, 3, 4}
     keys = {job.key for job in jobs}
-    assert {f"main/{v}" for v in ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+dkd",
-                                  "customkd-random-head", "customkd-random-trained", "customkd-no-specific")} <= keys
-    assert {f"pretrained/{v}" for v in ("student", "kd", "kd+fitnet", "customkd", "customkd-random-head")} <= keys
-    assert {"large-teacher/kd", "large-teacher/customkd"} <= keys and len(jobs) == 5 * (10 + 5 + 2)
+    every = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+kd", "customkd+dkd",
+             "customkd-random-head", "customkd-random-trained", "customkd-no-specific")
+    assert {f"{regime}/{v}" for regime in ("headroom", "pretrained") for v in every} <= keys
+    assert {"main/student", "main/kd", "main/customkd", "main/customkd+kd"} <= keys
+    assert len(jobs) == 5 * (11 + 11 + 4)
     by_key = {(job.key, job.seed): job.argv for job in jobs}
     pretrained = " ".join(by_key["pretrained/customkd", 0])
     assert "--student efficientnet_lite0 --student-pretrained" in pretrained
-    assert "caches/elpv-efficientnet_lite0.zarr" in pretrained
-    assert "caches/elpv-efficientnet_lite2.zarr" in by_key["large-teacher/kd", 3]
-    joint = by_key["main/customkd-random-trained", 1]
-    assert joint[joint.index("--customize-head") + 1] == "random-trained" and "--student" not in joint
+    assert "caches/digits-efficientnet_lite2-128px.zarr" in pretrained and "--labels-per-class 10" in pretrained
+    assert "--label-fraction" not in pretrained and "--eval-split" not in pretrained
+    assert "caches/elpv-efficientnet_lite0.zarr" in by_key["main/kd", 3]
+    joint = by_key["headroom/customkd-random-trained", 1]
+    assert joint[joint.index("--customize-head") + 1] == "random-trained"
+    assert joint[joint.index("--student") + 1] == "mobilenetv3_small_050"
+    dev = compare.plan(ReportConfig(out=tmp_path, regimes="headroom", eval_split="dev", epochs=3).resolved())
+    assert all(j.argv[j.argv.index("--eval-split") + 1] == "dev" for j in dev)
+    assert all(j.argv[len(j.argv) - 1 - j.argv[::-1].index("--epochs") + 1] == "3" for j in dev)  # the last one wins
 
 
 def test_a_reduced_plan_adds_the_runs_a_regime_is_compared_to(tmp_path):
@@ -159,7 +185,7 @@ def test_a_reduced_plan_adds_the_runs_a_regime_is_compared_to(tmp_path):
     with pytest.raises(UserError, match="unknown variant 'nope'"):
         compare.plan(ReportConfig(variants="customkd,nope").resolved())
     with pytest.raises(UserError, match="no runs planned"):
-        compare.plan(ReportConfig(regimes="pretrained", variants="dkd").resolved())
+        compare.plan(ReportConfig(regimes="large-teacher", variants="dkd").resolved())
 
 
 def test_the_committed_run_records_are_not_ignored():
@@ -178,7 +204,7 @@ def test_report_end_to_end_on_a_tiny_dataset(tiny_folder, tmp_path):
     argv = [sys.executable, "-m", "cli", "report", "--data", f"folder:{tiny_folder}", "--teacher", TINY_TEACHER,
             "--large-teacher", "timm:test_vit2", "--teacher-weights", "random", "--student", TINY_STUDENT,
             "--image-size", "32", "--epochs", "1", "--seeds", "0,1", "--regimes", "main,large-teacher",
-            "--variants", "student,customkd,customkd-random-head", "--label-fraction", "0.5",
+            "--variants", "student,kd,customkd", "--label-fraction", "0.5",
             "--cache", str(tmp_path / "c.zarr"), "--large-cache", str(tmp_path / "c2.zarr"), "--out", str(out),
             "--docs", str(docs), "--readme", str(readme)]
     if "min_steps" in DistillConfig.__dataclass_fields__:  # 1 epoch means 1 epoch on 30 images
@@ -187,7 +213,7 @@ def test_report_end_to_end_on_a_tiny_dataset(tiny_folder, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     summary = json.loads((docs / "results" / "summary.json").read_text())
-    assert set(summary["rows"]) == {"main/student", "main/customkd", "main/customkd-random-head",
+    assert set(summary["rows"]) == {"main/student", "main/kd", "main/customkd", "large-teacher/kd",
                                     "large-teacher/customkd"}
     assert len(summary["extractions"]) == 2
     for key, row in summary["rows"].items():
@@ -197,21 +223,21 @@ def test_report_end_to_end_on_a_tiny_dataset(tiny_folder, tmp_path):
             assert config["setting"] == "ssl" and config["epochs"] == 1
             assert (docs / "results" / "runs" / key / f"seed{config['seed']}" / "config.json").is_file()
             assert (docs / "results" / "runs" / key / f"seed{config['seed']}" / "metrics.json").is_file()
-    assert json.loads((Path(summary["rows"]["main/customkd-random-head"]["runs"][0]) / "config.json").read_text())[
-        "customize_head"] == "random"
-    for key in ("main/customkd", "main/customkd-random-head", "large-teacher/customkd"):
+    assert json.loads((Path(summary["rows"]["main/kd"]["runs"][0]) / "config.json").read_text())["method"] == "kd"
+    for key in ("main/customkd", "large-teacher/customkd"):
         alignment = summary["rows"][key]["alignment"]
         assert len(alignment["cosine"]) == 2 and all(-1 <= c <= 1 for c in alignment["cosine"])
         assert all(0 <= s <= 1 + 1e-9 for s in alignment["head_row_space_share"])
         assert all(0 <= c <= 1 + 1e-9 for c in alignment["cka_customized_vs_student"])
         assert (docs / "results" / "runs" / key / "seed1" / "alignment.json").is_file()
     assert summary["rows"]["main/student"]["alignment"] == {}
-    pairs = {(c["a"], c["b"]) for c in summary["comparisons"]}
-    assert pairs == {("main/customkd", "main/student"), ("main/customkd", "main/customkd-random-head"),
-                     ("large-teacher/customkd", "main/customkd")}
+    pairs = {(c["a"], c["b"], c["kind"]) for c in summary["comparisons"]}
+    assert pairs == {("main/customkd", "main/kd", "primary"), ("main/customkd", "main/student", "secondary"),
+                     ("large-teacher/customkd", "large-teacher/kd", "primary"),
+                     ("large-teacher/kd", "main/kd", "secondary"), ("large-teacher/customkd", "main/customkd", "secondary")}
     for c in summary["comparisons"]:
         assert c["accuracy"]["n"] == 2 and c["accuracy"]["low"] <= c["accuracy"]["mean"] <= c["accuracy"]["high"]
-    assert summary["budget"]["runs"] == 8 and summary["budget"]["runs_run_here"] == 8
+    assert summary["budget"]["runs"] == 10 and summary["budget"]["runs_run_here"] == 10
     assert (docs / "results" / "learning_curves.png").stat().st_size > 10_000
     assert (docs / "results" / "feature_space.png").stat().st_size > 10_000
 
@@ -223,11 +249,13 @@ def test_report_end_to_end_on_a_tiny_dataset(tiny_folder, tmp_path):
         assert (docs / "results" / "runs" / target).is_file(), target
     acc = summary["rows"]["main/customkd"]
     assert f"{100 * acc['accuracy_mean']:.1f} ± {100 * acc['accuracy_std']:.1f}" in page
-    assert "## Budget (measured)" in page and re.search(r"beats? the best baseline, `student`", page)
+    assert "## Budget (measured)" in page and "## Comparisons, fixed before the numbers" in page
+    assert re.search(r"\*\*`customkd` (is ahead of|is behind|vs) `kd`", page) and "secondary (Holm)" in page
     assert "share in head row space" in page and "customkd (teacher `timm:test_vit2`)" in page
+    assert "Per-class recall" in page
     text = readme.read_text()
     assert "STALE-MARKER-7" not in text and text.endswith("\n\nrest\n")
-    assert "customkd, random head" in text and re.search(r"\| (\*\*)?customkd(\*\*)? \|", text)
+    assert "Main regime" in text and re.search(r"\| (\*\*)?customkd(\*\*)? \|", text)
 
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)  # finished runs are reused
     assert again.returncode == 0 and re.search(r"\b0 to run", again.stderr), again.stderr[-2000:]

@@ -52,6 +52,9 @@ GOLDEN = {
                      "customization": 1.131387},
         "customkd+dkd": {"loss": 6.19032, "task": 2.26448, "general": 1.261595, "specific": 1.469106, "dkd": 1.195139,
                          "customization": 1.131387},
+        # customkd's parts plus the kd row's term: 4.99518 + 0.811523
+        "customkd+kd": {"loss": 5.806703, "task": 2.26448, "general": 1.261595, "specific": 1.469106, "kd": 0.811523,
+                        "customization": 1.131387},
     },
     "shifted": {
         "student": {"loss": 2.26448, "task": 2.26448},
@@ -63,8 +66,49 @@ GOLDEN = {
                      "customization": 1.084163},
         "customkd+dkd": {"loss": 5.381199, "task": 2.26448, "general": 1.620234, "specific": 1.029001, "dkd": 0.806878,
                          "customization": 1.084163},
+        # 4.574321 + kd_weight 0.7 × 0.805591 (T = 2.5)
+        "customkd+kd": {"loss": 5.138235, "task": 2.26448, "general": 1.620234, "specific": 1.029001, "kd": 0.805591,
+                        "customization": 1.084163},
     },
 }
+
+
+def test_the_head_space_term_is_the_mse_of_the_difference_projected_on_the_head_rows():
+    from trainer.methods.base import BatchCounts
+    from trainer.methods.customkd import specific_term
+
+    g = torch.Generator().manual_seed(3)
+    f_s, target, weight = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g), torch.randn(3, 5, generator=g)
+    projection = weight.T @ torch.linalg.inv(weight @ weight.T) @ weight  # P = Wᵀ(WWᵀ)⁻¹W, [5, 5]
+    params = method_params("customkd", DistillConfig(cache="x", specific_space="head"))
+    # ‖P d‖² over the C = 3 coordinates of the row space, averaged over samples
+    by_hand = float(((f_s - target) @ projection).square().sum(1).mean() / 3)
+    assert float(specific_term(f_s, target, params, weight, BatchCounts.of(torch.zeros(4)))) == pytest.approx(by_hand)
+    # a difference orthogonal to the head's rows costs nothing
+    orthogonal = (f_s - target) - (f_s - target) @ projection
+    assert float(specific_term(target + orthogonal, target, params, weight, BatchCounts.of(torch.zeros(4)))) < 1e-10
+    cosine = method_params("customkd", DistillConfig(cache="x", specific_loss="cosine"))
+    by_hand = float((1 - torch.nn.functional.cosine_similarity(f_s, target)).mean())
+    assert float(specific_term(f_s, target, cosine, None, BatchCounts.of(torch.zeros(4)))) == pytest.approx(by_hand)
+    assert float(specific_term(f_s, 7.0 * target, cosine, None, BatchCounts.of(torch.zeros(4)))) == pytest.approx(by_hand)
+
+
+def test_a_zero_initialised_customizer_moves_only_inside_the_head_row_space_under_sgd():
+    cfg = DistillConfig(cache="x", customizer_init="zero", customizer_activation="none", customize_smoothing=0.0)
+    torch.manual_seed(0)
+    method = create_method("customkd", MethodContext(6, 5, 3, cfg))
+    assert not method.customizer.weight.detach().any() and not method.customizer.bias.detach().any()
+    head = torch.nn.Linear(5, 3)
+    optimizer = torch.optim.SGD(method.customizer_parameters(), lr=0.5)
+    step = _step()
+    for _ in range(5):
+        optimizer.zero_grad()
+        method.customization_loss(step.teacher_features, step.labels, step.probe_logits, head)["loss"].backward()
+        optimizer.step()
+    output = method.customized(step.teacher_features)
+    projection = head.weight.T @ torch.linalg.inv(head.weight @ head.weight.T) @ head.weight
+    assert float(output.abs().max()) > 1e-3  # it moved
+    assert torch.allclose(output @ projection, output, atol=1e-5)  # and only where L_cus can see
 
 
 def _customized(method):
@@ -183,7 +227,8 @@ def test_every_method_trains_end_to_end(name, tiny_store, tmp_path):
     result = distill(tiny_config(tiny_store, tmp_path / name, method=name, epochs=1, customize_warmup=0))
     train = json.loads((tmp_path / name / "metrics.json").read_text())["epochs"][0]["train"]
     expected = {"student": {"task"}, "fitnet": {"general"}, "kd": {"kd"}, "kd+fitnet": {"kd", "general"},
-                "dkd": {"dkd"}, "customkd": {"general", "specific"}, "customkd+dkd": {"general", "specific", "dkd"}}
+                "dkd": {"dkd"}, "customkd": {"general", "specific", "head_share"},
+                "customkd+kd": {"general", "specific", "kd"}, "customkd+dkd": {"general", "specific", "dkd"}}
     assert expected[name] <= set(train), (name, sorted(train))  # the method's own terms were trained and recorded
     assert all(np.isfinite(train[term]) for term in expected[name])
     # the reported accuracy is the saved student's on the held-out rows, not a number made up along the way

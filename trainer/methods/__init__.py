@@ -15,7 +15,14 @@ from torch import nn
 from common.errors import UserError
 from trainer.config import DistillConfig
 from trainer.methods.base import BatchCounts, Method, MethodDims, StepInputs
-from trainer.methods.customkd import CustomKD, CustomKDDKDParams, CustomKDParams, CustomKDWithDKD
+from trainer.methods.customkd import (
+    CustomKD,
+    CustomKDDKDParams,
+    CustomKDKDParams,
+    CustomKDParams,
+    CustomKDWithDKD,
+    CustomKDWithKD,
+)
 from trainer.methods.dkd import DKD, DKDParams
 from trainer.methods.fitnet import FitNet, FitNetParams
 from trainer.methods.kd import HintonKD, KDParams
@@ -29,6 +36,7 @@ METHODS: dict[str, type[Method]] = {
     "kd+fitnet": KDWithFitNet,
     "dkd": DKD,
     "customkd": CustomKD,
+    "customkd+kd": CustomKDWithKD,
     "customkd+dkd": CustomKDWithDKD,
 }
 
@@ -57,7 +65,13 @@ def customkd_params(cfg: DistillConfig) -> CustomKDParams:
     return CustomKDParams(customizer=cfg.customizer, customizer_activation=cfg.customizer_activation,
                           customize_head=cfg.customize_head, customize_target=cfg.customize_target,
                           pseudo_threshold=cfg.pseudo_threshold, customize_smoothing=cfg.customize_smoothing,
-                          lambda_general=cfg.lambda_general, lambda_specific=cfg.lambda_specific)
+                          lambda_general=cfg.lambda_general, lambda_specific=cfg.lambda_specific,
+                          specific_space=cfg.specific_space, specific_loss=cfg.specific_loss,
+                          customizer_init=cfg.customizer_init)
+
+
+def customkd_kd_params(cfg: DistillConfig) -> CustomKDKDParams:
+    return CustomKDKDParams(**dataclasses.asdict(customkd_params(cfg)), kd=kd_params(cfg))
 
 
 def customkd_dkd_params(cfg: DistillConfig) -> CustomKDDKDParams:
@@ -72,6 +86,7 @@ METHOD_PARAMS: dict[str, Callable[[DistillConfig], object]] = {
     "kd+fitnet": kd_fitnet_params,
     "dkd": dkd_params,
     "customkd": customkd_params,
+    "customkd+kd": customkd_kd_params,
     "customkd+dkd": customkd_dkd_params,
 }
 

@@ -67,6 +67,7 @@ class StepInputs:
     probe_logits: torch.Tensor  # θ^c_t(f_t) [B, C]
     epoch: int
     counts: BatchCounts | None = None  # global-batch denominators; None = this batch is the global batch
+    head_weight: torch.Tensor | None = None  # θ^c_s's weight [C, d_s]; CustomKD reads the space L_cus determines
 
     def __post_init__(self) -> None:
         if self.counts is None:

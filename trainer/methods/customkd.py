@@ -36,6 +36,7 @@ from torch import nn
 from trainer.feature_range import activation_range, unreachable
 from trainer.methods.base import Method, MethodDims, StepInputs, feature_mse, task_loss
 from trainer.methods.dkd import DKDParams, dkd_term
+from trainer.methods.kd import KDParams, soft_target_loss
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,48 @@ class CustomKDParams:
     customize_smoothing: float  # label smoothing of L_cus, in [0, 1)
     lambda_general: float  # λ_g
     lambda_specific: float  # λ_s
+    specific_space: str  # "full": all d_s dims of f_s; "head": only the head's row space (what L_cus sets)
+    specific_loss: str  # "mse" or "cosine" (1 - cos, scale-free) between f_s and the customized target
+    customizer_init: str  # "default" (PyTorch's Linear init) or "zero" (no random directions)
 
 
-def make_customizer(kind: str, teacher_dim: int, student_dim: int) -> nn.Module:
-    """θ^h_t: D → d_s, linear or a 2-layer MLP."""
+def make_customizer(kind: str, teacher_dim: int, student_dim: int, init: str = "default") -> nn.Module:
+    """θ^h_t: D → d_s, linear or a 2-layer MLP. ``init="zero"`` zeroes the output layer, so every direction
+    of the target that L_cus never moves stays 0 instead of a random projection of f_t."""
     if kind == "linear":
-        return nn.Linear(teacher_dim, student_dim)
-    hidden = max(teacher_dim, student_dim)
-    return nn.Sequential(nn.Linear(teacher_dim, hidden), nn.GELU(), nn.Linear(hidden, student_dim))
+        customizer = nn.Linear(teacher_dim, student_dim)
+        output = customizer
+    else:
+        hidden = max(teacher_dim, student_dim)
+        customizer = nn.Sequential(nn.Linear(teacher_dim, hidden), nn.GELU(), nn.Linear(hidden, student_dim))
+        output = customizer[-1]
+    if init == "zero":
+        nn.init.zeros_(output.weight)
+        nn.init.zeros_(output.bias)
+    return customizer
+
+
+def head_basis(head_weight: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis ``[d_s, C]`` of the head's row space: the directions of f_s its logits depend on."""
+    basis, _ = torch.linalg.qr(head_weight.detach().float().T)
+    return basis
+
+
+def specific_term(student_features: torch.Tensor, target: torch.Tensor, params: CustomKDParams,
+                  head_weight: torch.Tensor | None, counts) -> torch.Tensor:
+    """The task-specific term between f_s ``[B, d_s]`` and a(θ^h_t(f_t)) ``[B, d_s]``.
+
+    ``specific_space="head"`` compares both only inside the head's row space (coordinates in
+    :func:`head_basis`, ``[B, C]``): L_cus determines the target there and nowhere else.
+    ``specific_loss="cosine"``: 1 - cos(f_s, target) per sample, blind to the target's scale."""
+    if params.specific_space == "head":
+        if head_weight is None:
+            raise ValueError("specific_space='head' needs the student head's weight in StepInputs")
+        basis = head_basis(head_weight)
+        student_features, target = student_features @ basis, target @ basis
+    if params.specific_loss == "cosine":
+        return counts.mean((1 - F.cosine_similarity(student_features, target, dim=1)).sum())
+    return feature_mse(student_features, target, counts)
 
 
 def customization_targets(labels: torch.Tensor, probe_logits: torch.Tensor, mode: str,
@@ -74,7 +109,7 @@ class CustomKD(Method):
 
     def __init__(self, dims: MethodDims, params: CustomKDParams) -> None:
         super().__init__(dims, params)
-        self.customizer = make_customizer(params.customizer, dims.teacher_dim, dims.student_dim)
+        self.customizer = make_customizer(params.customizer, dims.teacher_dim, dims.student_dim, params.customizer_init)
         self.activation = dims.student_activation if params.customizer_activation == "student" else nn.Identity()
         self.student_range = activation_range(dims.student_activation)  # where f_s can go, for the log
         self.projector = nn.Linear(dims.student_dim, dims.teacher_dim)
@@ -131,7 +166,11 @@ class CustomKD(Method):
                 # mean squares of both sides; the trainer logs RMS(θ^h_t(f_t)) / RMS(f_s) from them
                 parts["customized_ms"] = counts.mean(customized.square().mean(1).sum())
                 parts["student_ms"] = counts.mean(f_s.square().mean(1).sum())
-            parts["specific"] = feature_mse(step.student_features, customized, counts)
+                if step.head_weight is not None:  # share of the target's centred variance that L_cus determines
+                    centred = customized - customized.mean(0, keepdim=True)
+                    inside = (centred @ head_basis(step.head_weight)).square().sum()
+                    parts["head_share"] = inside / centred.square().sum().clamp_min(1e-12)
+            parts["specific"] = specific_term(step.student_features, customized, params, step.head_weight, counts)
         specific = parts.get("specific", general * 0.0)
         loss = task + params.lambda_general * general + params.lambda_specific * specific
         return {"loss": loss, **parts}
@@ -153,3 +192,21 @@ class CustomKDWithDKD(CustomKD):
         parts = super().forward(step)
         dkd = dkd_term(step, self.params.dkd)
         return {**parts, "loss": parts["loss"] + dkd, "dkd": dkd}
+
+
+@dataclass(frozen=True)
+class CustomKDKDParams(CustomKDParams):
+    """CustomKD's params, plus the Hinton KD term's."""
+
+    kd: KDParams
+
+
+class CustomKDWithKD(CustomKD):
+    """``customkd+kd``: CustomKD plus Hinton's soft-target term on the teacher probe's logits."""
+
+    params: CustomKDKDParams
+
+    def forward(self, step: StepInputs) -> dict:
+        parts = super().forward(step)
+        kd = soft_target_loss(step.logits, step.probe_logits, self.params.kd.temperature, step.counts)
+        return {**parts, "loss": parts["loss"] + self.params.kd.weight * kd, "kd": kd}
