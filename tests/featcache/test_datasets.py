@@ -72,3 +72,19 @@ def test_teacher_and_student_see_the_same_crop():
     same = (down - student_view).abs().mean()
     other = (F.interpolate(replay(image, views[2], 224, mean, std)[None], size=64, mode="area")[0] - student_view)
     assert same < 0.05 < other.abs().mean()
+
+
+def test_digits_is_the_bundled_uci_digits_with_a_fixed_split_and_stable_bytes():
+    import hashlib
+
+    from featcache.datasets import load_listing
+
+    listing = load_listing("digits")
+    assert len(listing) == 1797 and listing.classes == tuple(str(c) for c in range(10))
+    assert sum(s.split == 0 for s in listing.samples) == 1438 and sum(s.split == 1 for s in listing.samples) == 359
+    image = listing.load_image(0)
+    assert image.size == (32, 32) and image.mode == "L"
+    # uncompressed PGM bytes: the same on every machine, so stores extracted by teammates agree
+    digest = hashlib.sha256(b"".join(listing.read_bytes(i) for i in range(len(listing)))).hexdigest()
+    assert digest == "105ea76ff86dc4b2b71f428e396ee58103ff53311bc4bdb8409ed7d0a7bc0183"
+    assert listing.listing_hash() == "b2fa0dc41e501726f8c856529cbc3b77157a108eb98e6d9fdbd144886adb8545"

@@ -66,3 +66,16 @@ def test_strong_views_are_seeded_and_differ_from_weak(domain_store):
     weak, _, _, strong = ds[(3, 1, 0)]
     assert torch.equal(strong, ds[(3, 1, 0)][3]) and not torch.equal(weak, strong)
     assert not torch.equal(strong, ds[(3, 1, 1)][3])  # another epoch, another augmentation
+
+
+def test_the_dev_split_is_carved_from_training_rows_only_and_left_out_of_training(domain_store):
+    data = load_cached_data(DistillConfig(cache=str(domain_store)))
+    test = make_split(DistillConfig(cache=str(domain_store), setting="supervised"), data)
+    dev = make_split(DistillConfig(cache=str(domain_store), setting="supervised", eval_split="dev"), data)
+    assert set(dev.eval) <= set(test.train) and not set(dev.eval) & set(test.eval)  # never a test row
+    assert not set(dev.eval) & set(dev.train) and set(dev.train) | set(dev.eval) == set(test.train)
+    for c in np.unique(data.labels[test.train]):  # 20 % of every class, the same rows for every seed
+        members = (data.labels[test.train] == c).sum()
+        assert (data.labels[dev.eval] == c).sum() == round(0.2 * members)
+    other_seed = make_split(DistillConfig(cache=str(domain_store), setting="supervised", eval_split="dev", seed=5), data)
+    assert np.array_equal(other_seed.eval, dev.eval)
