@@ -429,10 +429,17 @@ def summarize(jobs: list[Job], extractions: dict[str, dict], alignments: dict[Pa
     return summary
 
 
+RUNS_INDEX_TITLE = "# Run records of `make report`"
+
+
 def copy_run_records(jobs: list[Job], out: Path, dest: Path) -> None:
     """Each run's config, metrics, timing (and alignment) JSON next to the table (checkpoints stay in ``out``)."""
     target = dest / "runs"
+    index = target / "README.md"
     if target.exists():
+        if not index.is_file() or not index.read_text(errors="replace").startswith(RUNS_INDEX_TITLE):
+            raise UserError(f"{target} exists and is not the report's run-record folder (no {RUNS_INDEX_TITLE!r} "
+                            "index); pass --docs DIR for another folder")
         shutil.rmtree(target)
     for job in jobs:
         to = target / job.run_dir.relative_to(out)
@@ -441,7 +448,7 @@ def copy_run_records(jobs: list[Job], out: Path, dest: Path) -> None:
             if (job.run_dir / name).is_file():
                 shutil.copy2(job.run_dir / name, to / name)
     # an index the page links to: a folder link is not a file a clone can check
-    lines = ["# Run records of `make report`", "", "Generated with docs/results.md; do not edit by hand.", ""]
+    lines = [RUNS_INDEX_TITLE, "", "Generated with docs/results.md; do not edit by hand.", ""]
     for job in jobs:
         rel = job.run_dir.relative_to(out)
         files = sorted(p.name for p in (target / rel).iterdir())
@@ -469,6 +476,8 @@ def make_report(cfg: ReportConfig, command: str = "customkd report") -> dict:
     cfg = cfg.resolved()
     started = time.perf_counter()
     jobs = plan(cfg)
+    if not cfg.no_docs:
+        results_page.check_writable(cfg)
     extractions = extract_all(jobs, cfg)
     ran = run_all(jobs, cfg.parallel, cfg.out / "logs", extractions)
     aligned = time.perf_counter()
@@ -487,7 +496,9 @@ def make_report(cfg: ReportConfig, command: str = "customkd report") -> dict:
         copy_run_records(jobs, cfg.out, figure_dir)
         write_json(figure_dir / "summary.json", summary)
         write_text(cfg.docs / "results.md", results_page.render(summary, cfg))
-        results_page.update_readme(cfg.readme, summary)
-        log.info("wrote %s, %s/ and the headline table in %s", cfg.docs / "results.md", figure_dir, cfg.readme)
+        if cfg.readme is not None:
+            results_page.update_readme(cfg.readme, summary)
+        log.info("wrote %s and %s/%s", cfg.docs / "results.md", figure_dir,
+                 f", and the headline table in {cfg.readme}" if cfg.readme is not None else "")
     log.info("report done in %.0f s (run folder %s)", time.perf_counter() - started, cfg.out)
     return summary

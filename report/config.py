@@ -15,6 +15,20 @@ DEFAULT_REGIMES = "headroom,pretrained,main"
 DEFAULT_SEEDS = "0,1,2,3,4"
 
 
+README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
+
+
+def is_this_project(folder: Path) -> bool:
+    """The customkd repository (its pyproject names the project and its README has the report block): the only
+    place where the report writes docs/ and README.md without being told to."""
+    try:
+        pyproject = (folder / "pyproject.toml").read_text(errors="replace")
+        readme = (folder / "README.md").read_text(errors="replace")
+    except OSError:
+        return False
+    return 'name = "customkd"' in pyproject and README_START in readme and README_END in readme
+
+
 def default_cache(data: str, teacher: str) -> str:
     """``caches/<data>-<teacher>.zarr``, the Makefile's CACHE rule (``folder:/x/oh`` → ``oh``)."""
     return f"caches/{Path(data).name.replace(':', '-')}-{teacher.replace(':', '-')}.zarr"
@@ -43,8 +57,8 @@ class ReportConfig:
     parallel: int = 2  # runs at once; the cores are split between them
     eval_split: str = "test"  # "dev": score on a fixed part of the training rows (choosing settings), never the test rows
     extra: str = ""  # more distill flags for every run, e.g. '--lr 1e-3'
-    docs: Path = Path("docs")
-    readme: Path = Path("README.md")
+    docs: Path | None = None  # default: docs/ in the customkd repository, else --out
+    readme: Path | None = None  # default: README.md in the customkd repository, else none
     no_docs: bool = False
     quick: bool = False
 
@@ -64,6 +78,9 @@ class ReportConfig:
         if cfg.quick:
             cfg = dataclasses.replace(cfg, regimes="main", seeds="0", epochs=1, no_docs=True,
                                       variants="student,customkd", min_steps=0)
-        return dataclasses.replace(cfg, out=Path(cfg.out), docs=Path(cfg.docs), readme=Path(cfg.readme),
+        here = is_this_project(Path.cwd())
+        docs = Path(cfg.docs) if cfg.docs is not None else Path("docs") if here else Path(cfg.out)
+        readme = Path(cfg.readme) if cfg.readme is not None else Path("README.md") if here else None
+        return dataclasses.replace(cfg, out=Path(cfg.out), docs=docs, readme=readme,
                                    cache=cfg.cache or default_cache(cfg.data, cfg.teacher),
                                    large_cache=cfg.large_cache or default_cache(cfg.data, cfg.large_teacher))
