@@ -23,6 +23,7 @@ CUSTOMIZER_OPTIMIZERS = ("adamw", "sgd")
 VIEW_SAMPLING = ("cycle", "random")
 EVAL_SPLITS = ("test", "dev")  # dev: a fixed part of the training rows, for choosing settings without the test rows
 DEFAULT_LABEL_FRACTION = 0.1
+DEFAULT_EPOCHS = 8
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class DistillConfig:
     fixmatch_weight: float = 1.0
     source: tuple[str, ...] = ()
     target: tuple[str, ...] = ()
-    epochs: int = 8
-    min_steps: int = 250  # small datasets: more epochs until at least this many optimizer steps
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, extended to min_steps optimizer steps; a number is exact
+    min_steps: int = 250  # without --epochs: more epochs on small datasets until this many optimizer steps
     image_size: int = 96
     batch_size: int = 64
     out: str = ""
@@ -126,7 +127,7 @@ class DistillConfig:
         self._check_choice("--eval-split", self.eval_split, EVAL_SPLITS)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"unknown --device {self.device!r}; known: auto, cpu, cuda, cuda:N")
-        for flag, value in (("--epochs", self.epochs), ("--image-size", self.image_size),
+        for flag, value in (("--epochs", 1 if self.epochs is None else self.epochs), ("--image-size", self.image_size),
                             ("--batch-size", self.batch_size), ("--alternate-every", self.alternate_every),
                             ("--customize-epochs", self.customize_epochs)):
             if value < 1:
@@ -172,9 +173,11 @@ class DistillConfig:
         return max(-(-n_train // self.batch_size), 1)
 
     def epochs_for(self, n_train: int) -> int:
-        """KD epochs actually run: ``--epochs``, extended on small datasets until ``--min-steps``
-        optimizer steps are reached (8 epochs of 240 samples would be 32 steps: nothing is learned)."""
-        return max(self.epochs, -(-self.min_steps // self.steps_per_epoch(n_train)))
+        """KD epochs actually run: exactly ``--epochs`` when given; otherwise ``DEFAULT_EPOCHS``, extended on
+        small datasets until ``--min-steps`` optimizer steps (8 epochs of 240 samples would be 32 steps)."""
+        if self.epochs is not None:
+            return self.epochs
+        return max(DEFAULT_EPOCHS, -(-self.min_steps // self.steps_per_epoch(n_train)))
 
     def customizes_at(self, epoch: int) -> bool:
         """Whether a customization epoch runs before KD epoch ``epoch`` (0-based)."""

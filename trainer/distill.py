@@ -29,7 +29,7 @@ from trainer.assemble import (
     make_customizer_optimizer,
     seed_everything,
 )
-from trainer.config import DistillConfig
+from trainer.config import DEFAULT_EPOCHS, DistillConfig
 from trainer.data import CachedData, EpochBatches, RunLoader, Split, StudentViews, run_loader
 from trainer.methods import resolve_method
 from trainer.students import Student, resolve_student
@@ -216,8 +216,12 @@ def setup(cfg: DistillConfig, env: distributed.DistEnv, device: torch.device) ->
     seed_everything(cfg.seed)
     pinned = json.loads((run / "config.json").read_text())["store_fingerprint"] if cfg.resume else None
     inputs = load_inputs(cfg, device, pinned)
-    if cfg.epochs > 4 * max(inputs.data.n_views - 1, 1):
-        log.warning("%d epochs over %d cached views per sample: views repeat often", cfg.epochs, inputs.data.n_views)
+    epochs = cfg.epochs_for(len(inputs.split.train))
+    if cfg.epochs is None:
+        log.info("no --epochs given: %d KD epochs (at least %d, extended to --min-steps %d optimizer steps); pass "
+                 "--epochs N to run exactly N", epochs, DEFAULT_EPOCHS, cfg.min_steps)
+    if epochs > 4 * max(inputs.data.n_views - 1, 1):
+        log.warning("%d epochs over %d cached views per sample: views repeat often", epochs, inputs.data.n_views)
     trainee = build_trainee(cfg, inputs, device, env)
     distributed.on_main(env, lambda: claim_run_dir(cfg, run))  # last: a run refused above leaves nothing behind
     return Session(cfg, env, device, run, inputs, trainee)

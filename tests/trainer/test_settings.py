@@ -79,3 +79,11 @@ def test_the_dev_split_is_carved_from_training_rows_only_and_left_out_of_trainin
         assert (data.labels[dev.eval] == c).sum() == round(0.2 * members)
     other_seed = make_split(DistillConfig(cache=str(domain_store), setting="supervised", eval_split="dev", seed=5), data)
     assert np.array_equal(other_seed.eval, dev.eval)
+
+
+def test_an_explicit_epoch_count_is_exact_and_only_the_default_is_extended_to_min_steps():
+    assert DistillConfig(epochs=2, min_steps=250, batch_size=64).epochs_for(36) == 2  # a YAML `epochs: 2` is 2
+    assert DistillConfig(min_steps=250, batch_size=64).epochs_for(36) == 250  # no --epochs: 1 step an epoch
+    assert DistillConfig(min_steps=250, batch_size=64).epochs_for(64 * 100) == 8  # large data: the default 8
+    with pytest.raises(Exception, match="--epochs must be >= 1"):
+        DistillConfig(epochs=0)
