@@ -220,6 +220,8 @@ def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None
     means = {k: v / max(weight, 1e-9) for k, v in sums.items()}
     if "customized_ms" in means:  # CustomKD: is the customized target on the student's scale?
         means["rms_ratio"] = math.sqrt(means["customized_ms"] / max(means["student_ms"], 1e-12))
+    if "customized_head_ms" in means:  # share of θ^h_t(f_t)'s mean square in the head's row space (what L_cus sets)
+        means["head_share"] = means["customized_head_ms"] / max(means["customized_ms"], 1e-12)
     return {**means, "samples": int(seen),
             "samples_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
 

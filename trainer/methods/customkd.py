@@ -166,10 +166,9 @@ class CustomKD(Method):
                 # mean squares of both sides; the trainer logs RMS(θ^h_t(f_t)) / RMS(f_s) from them
                 parts["customized_ms"] = counts.mean(customized.square().mean(1).sum())
                 parts["student_ms"] = counts.mean(f_s.square().mean(1).sum())
-                if step.head_weight is not None:  # share of the target's centred variance that L_cus determines
-                    centred = customized - customized.mean(0, keepdim=True)
-                    inside = (centred @ head_basis(step.head_weight)).square().sum()
-                    parts["head_share"] = inside / centred.square().sum().clamp_min(1e-12)
+                if step.head_weight is not None:  # the part of the mean square inside the head's row space
+                    inside = (customized @ head_basis(step.head_weight)).square().sum(1) / customized.shape[1]
+                    parts["customized_head_ms"] = counts.mean(inside.sum())
             parts["specific"] = specific_term(step.student_features, customized, params, step.head_weight, counts)
         specific = parts.get("specific", general * 0.0)
         loss = task + params.lambda_general * general + params.lambda_specific * specific
