@@ -121,7 +121,7 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
     (["extract", "--teacher", TINY_TEACHER, "--weights", "{truncated}", "--data", "elpv", "--out", "{tmp}/x.zarr"],
      "not a readable safetensors file"),
 ])
-def test_bad_input_isone_error_line(args, needle, tiny_store, tmp_path):
+def test_bad_input_is_one_line_exit_2(args, needle, tiny_store, tmp_path):
     (tmp_path / "f.zarr").write_text("not a store")
     from safetensors.torch import save_file
 
