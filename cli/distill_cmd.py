@@ -87,7 +87,7 @@ def distill(
     customizer: Annotated[str, typer.Option(help=f"{' or '.join(CUSTOMIZERS)}.")] = D["customizer"],
     customizer_lr: Annotated[float, typer.Option(help="Learning rate of θ^h_t during customization.")] = D["customizer_lr"],
     customizer_activation: Annotated[str, typer.Option(help="student (θ^h_t's output through the student's output activation: reachable targets) or none.")] = D["customizer_activation"],
-    customizer_weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on θ^h_t (bounds its scale).")] = D["customizer_weight_decay"],
+    customizer_weight_decay: Annotated[float, typer.Option(help="Weight decay on θ^h_t.")] = D["customizer_weight_decay"],
     customizer_reset: Annotated[bool, typer.Option(help="Re-initialise θ^h_t before every customization epoch.")] = D["customizer_reset"],
     customizer_init: Annotated[str, typer.Option(help=f"{' or '.join(CUSTOMIZER_INITS)}: θ^h_t's initial output layer (zero: directions L_cus never sets stay 0).")] = D["customizer_init"],
     customizer_optimizer: Annotated[str, typer.Option(help=f"{' or '.join(CUSTOMIZER_OPTIMIZERS)} for θ^h_t (sgd: momentum 0.9, --customizer-lr).")] = D["customizer_optimizer"],
