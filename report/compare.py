@@ -465,8 +465,9 @@ def draw_figures(summary: dict, jobs: list[Job], figure_dir: Path) -> dict:
     from report import figures
 
     seed = min(job.seed for job in jobs)
-    heads = [j for j in jobs if j.regime.slug == "main" and j.seed == seed and j.variant.slug in
-             ("customkd", "customkd-random-head", "customkd-random-trained")]
+    panels = ("customkd", "customkd-random-head", "customkd-random-trained")
+    regime = next((j.regime.slug for j in jobs if j.variant.slug in panels), None)  # the first planned regime with them
+    heads = [j for j in jobs if j.regime.slug == regime and j.seed == seed and j.variant.slug in panels]
     return {"learning_curves": str(figures.learning_curves(summary, figure_dir / "learning_curves.png")),
             "feature_space": figures.feature_space(heads, figure_dir / "feature_space.png")}
 

@@ -69,7 +69,7 @@ def feature_space(jobs: list, path: Path) -> dict:
         return {}
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(jobs), figsize=(6 * len(jobs), 5.2), squeeze=False)
-    record: dict = {"path": str(path), "seed": jobs[0].seed}
+    record: dict = {"path": str(path), "seed": jobs[0].seed, "regime": jobs[0].regime.slug}
     for ax, job in zip(axes[0], jobs, strict=True):
         features = run_features(job.run_dir)
         cka = {"customized_vs_student": linear_cka(features["customized"], features["student"]),

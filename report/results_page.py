@@ -434,7 +434,7 @@ def figures_section(summary: dict) -> list[str]:
         "",
         "![t-SNE of customized teacher features and student features](results/feature_space.png)",
         "",
-        f"Seed-{space['seed']} runs of the main regime, held-out images, centre view. Linear CKA cannot tell these "
+        f"Seed-{space['seed']} runs of the `{space.get('regime', 'main')}` regime, held-out images, centre view. Linear CKA cannot tell these "
         "panels apart by construction (it ignores rotations); the alignment tables above can.",
         "",
     ]
