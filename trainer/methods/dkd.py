@@ -2,7 +2,7 @@
 
 With target class t (ground truth when labeled, the probe's argmax otherwise), binary
 probabilities b = [p_t, 1 − p_t] and non-target distributions p̂ (softmax over classes ≠ t):
-DKD = α · T² · KL(b_T ‖ b_S) + β · T² · KL(p̂_T ‖ p̂_S), scaled by min(epoch / warm-up, 1).
+DKD = α · T² · KL(b_T ‖ b_S) + β · T² · KL(p̂_T ‖ p̂_S), scaled by min((epoch + 1) / warm-up, 1) (epoch 0-based: the first epoch already has 1/warm-up).
 """
 
 from __future__ import annotations
