@@ -21,6 +21,8 @@ from common.errors import UserError
 SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 NOT_REPLAYED = ("out", "resume")  # a replay writes a new run
 NOT_SETTINGS = ("config", "verbose", "quiet")  # how the command runs, not what it computes
+MAX_CONFIG_BYTES = 1 << 20  # a config holds a few dozen numbers and names; more is not a config
+MAX_SHOWN_CHARS = 200  # how much of a file's key or value an error line quotes
 
 
 def read_config_file(path: str) -> dict:
@@ -30,7 +32,11 @@ def read_config_file(path: str) -> dict:
         raise UserError(f"--config {path}: expected a {', '.join(SUFFIXES)} file")
     if not file.is_file():
         raise UserError(f"--config {path} does not exist; pass a YAML or TOML file, or a run's config.json")
-    text = file.read_text(encoding="utf-8", errors="replace")
+    with file.open("rb") as stream:  # read at most one byte past the bound, whatever the file claims
+        data = stream.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(f"--config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config holds option values")
+    text = data.decode("utf-8", errors="replace")
     try:
         if file.suffix == ".toml":
             import tomllib
@@ -39,9 +45,10 @@ def read_config_file(path: str) -> dict:
         elif file.suffix == ".json":
             values = json.loads(text)
         else:
-            import yaml
-
-            values = yaml.safe_load(text)  # plain data only: no tags, nothing constructed
+            values = _load_plain_yaml(text)
+    except _AliasRefused:
+        raise UserError(f"--config {path} uses YAML anchors or aliases (&name, *name); write each value out") \
+            from None
     except Exception as exc:  # noqa: BLE001 - each parser raises its own error type
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--config {path} cannot be parsed ({first})") from None
@@ -50,6 +57,37 @@ def read_config_file(path: str) -> dict:
     if not isinstance(values, dict):
         raise UserError(f"--config {path} must hold a mapping of option names to values")
     return values
+
+
+class _AliasRefused(Exception):
+    """A YAML anchor or alias, refused before the node it names is composed."""
+
+
+def _load_plain_yaml(text: str):
+    """YAML's plain data (safe_load: no tags, nothing constructed) without anchors or aliases.
+
+    An alias repeats a node without copying it, so nested aliases (the "billion laughs") make a file of a few
+    hundred bytes stand for billions of values that converting or quoting them would then build."""
+    import yaml
+
+    class PlainLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise _AliasRefused
+            return super().compose_node(parent, index)
+
+    loader = PlainLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` cut to :data:`MAX_SHOWN_CHARS`, for quoting a file's key or value in an error line."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + f"... ({len(text)} characters)"
 
 
 def _is_run_record(values: dict) -> bool:
@@ -73,7 +111,7 @@ def merge_config_file(ctx: typer.Context, params: dict, path: str | None) -> dic
         if replay and (name not in options or name in NOT_REPLAYED):
             continue  # what the run recorded rather than chose, or where it wrote
         if name not in options or name in NOT_SETTINGS:
-            raise UserError(f"unknown key {name!r} in --config {path}; known: {_known(options)}")
+            raise UserError(f"unknown key {_shown(name)} in --config {path}; known: {_known(options)}")
         if ctx.get_parameter_source(name).name == "COMMANDLINE":
             continue  # a flag typed on the command line wins
         merged[name] = _convert(options[name], value, name, path)
@@ -103,7 +141,7 @@ def _convert(hint, value, name: str, path: str):
             return str(value)
     except ValueError:
         pass
-    raise UserError(f"--config {path}: {name} must be {_KIND_WORDS.get(kind, kind.__name__)}, got {value!r}")
+    raise UserError(f"--config {path}: {name} must be {_KIND_WORDS.get(kind, kind.__name__)}, got {_shown(value)}")
 
 
 _KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

@@ -7,7 +7,8 @@ import json
 import pytest
 import typer.main
 
-from tests.conftest import ROOT, TINY_STUDENT, TINY_TEACHER, customkd, one_error_line
+from common.errors import UserError
+from tests.conftest import ROOT, TINY_STUDENT, TINY_TEACHER, customkd, invoke, one_error_line
 
 
 def _settings(run) -> dict:
@@ -101,3 +102,34 @@ def test_makefile_names_the_cache_with_extracts_defaults_and_passes_only_what_is
                          text=True, cwd=ROOT).stdout
     command = " ".join(line.strip(" \\\t") for line in dry.splitlines() if line.strip(" \\\t"))
     assert "--method kd" in command and "--epochs" not in command and "--student" not in command
+
+
+BILLION_LAUGHS = "\n".join(
+    ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    + ["teacher: *i", ""])
+
+
+def test_alias_bombs_and_huge_values_are_refused_in_bounded_time_and_output(tmp_path):
+    from cli.config_file import read_config_file
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BILLION_LAUGHS)  # ~450 bytes that expand to 9**9 strings
+    with pytest.raises(UserError, match="anchors or aliases"):
+        read_config_file(str(bomb))
+    (tmp_path / "anchor.yaml").write_text("epochs: &e 3\n")
+    with pytest.raises(UserError, match="anchors or aliases"):
+        read_config_file(str(tmp_path / "anchor.yaml"))
+
+    large = tmp_path / "large.yaml"
+    large.write_text("epochs: 1\n" + "#" * (2 << 20) + "\n")
+    with pytest.raises(UserError, match="larger than"):
+        read_config_file(str(large))
+
+    # A value or key that is long but within the size bound is echoed shortened, not in full.
+    (tmp_path / "long.yaml").write_text(f"epochs: [{', '.join(['many'] * 20000)}]\n")
+    line = one_error_line(invoke("distill", "--config", tmp_path / "long.yaml"), "epochs must be an integer")
+    assert len(line) < 600, len(line)
+    (tmp_path / "key.json").write_text(json.dumps({"k" * 100000: 1}))
+    line = one_error_line(invoke("distill", "--config", tmp_path / "key.json"), "unknown key")
+    assert len(line) < 2000, len(line)
