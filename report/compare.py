@@ -113,7 +113,7 @@ REGIMES: dict[str, Regime] = {r.slug: r for r in (
            distill_flags=("--labels-per-class", "10", "--image-size", "32", "--epochs", "30", "--min-steps", "0")),
     Regime("pretrained", "Pretrained: digits, the ImageNet-pretrained efficientnet_lite0 student", ALL_VARIANTS,
            store=DIGITS_LITE2, student_flags=("--student", "efficientnet_lite0", "--student-pretrained"),
-           distill_flags=("--labels-per-class", "10", "--image-size", "64", "--epochs", "15", "--min-steps", "0")),
+           distill_flags=("--labels-per-class", "10", "--image-size", "48", "--epochs", "12", "--min-steps", "0")),
     Regime("main", "Main regime: the embedded default, a randomly initialised student",
            ("student", "kd", "customkd", "customkd+kd")),
     Regime("large-teacher", "A larger teacher, same student as the main regime (not in the default report)",
@@ -344,11 +344,15 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, d
     return ran
 
 
+# What makes a regime one setup (every run of it must agree); method options may differ between variants.
 SHARED_KEYS = ("student", "student_pretrained", "student_weights", "epochs", "image_size", "batch_size", "optimizer",
-               "effective_lr", "weight_decay", "lambda_general", "customizer", "customizer_lr", "pseudo_threshold",
-               "alternate_every", "kd_temperature", "feature_norm", "device", "n_train", "n_eval", "classes", "teacher")
-CONFIG_KEYS = (*SHARED_KEYS, "labels_per_class", "lambda_specific", "customize_warmup", "customizer_activation", "customizer_weight_decay",
-               "customize_smoothing", "customizer_reset", "min_steps", "setting", "effective_label_fraction")
+               "effective_lr", "weight_decay", "feature_norm", "device", "n_train", "n_eval", "classes", "teacher",
+               "labels_per_class", "setting", "effective_label_fraction", "eval_split")
+# What the page prints of a regime: the setup, and the method options as its customkd run used them.
+CONFIG_KEYS = (*SHARED_KEYS, "lambda_general", "lambda_specific", "specific_space", "specific_loss", "customizer",
+               "customizer_lr", "customizer_init", "customizer_optimizer", "customize_epochs", "pseudo_threshold",
+               "alternate_every", "kd_temperature", "kd_weight", "customize_warmup", "customizer_activation",
+               "customizer_weight_decay", "customize_smoothing", "customizer_reset", "min_steps")
 
 
 def train_mechanism(metrics: dict) -> dict:
@@ -405,6 +409,8 @@ def regime_configs(jobs: list[Job]) -> dict[str, dict]:
         if differ:
             raise UserError(f"{job.run_dir} differs from {first} in {', '.join(differ)}; delete the report's run "
                      "folder (or the odd run) and rerun make report")
+        if job.variant.slug == "customkd":
+            configs[job.regime.slug] = (first, config)
     return {slug: {k: config.get(k) for k in CONFIG_KEYS} for slug, (_, config) in configs.items()}
 
 

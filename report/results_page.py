@@ -367,7 +367,7 @@ def headline(summary: dict) -> str:
 
 
 def setup_section(summary: dict) -> list[str]:
-    slug = "main" if "main" in summary["regimes"] else next(iter(summary["regimes"]))
+    slug = next(iter(summary["regimes"]))
     cfg = summary["regimes"][slug]["config"]
     threads = "; ".join(f"{t['concurrent_runs']} runs at a time with {t['threads']} CPU thread(s) each"
                         for t in summary["run_threads"])
@@ -384,9 +384,13 @@ def setup_section(summary: dict) -> list[str]:
           "the held-out images." for slug, r in summary["regimes"].items()],
         "- Balanced accuracy (mean per-class recall) and each class's recall are reported beside accuracy.",
         *stores,
-        f"- Training recipe shared by every run: batch {cfg['batch_size']}, {cfg['optimizer']} lr "
+        f"- Training recipe of the `{slug}` regime (the others differ only in the student and its resolution, "
+        f"schedule and label budget shown in their sections; every run's options are in its config.json): batch {cfg['batch_size']}, {cfg['optimizer']} lr "
         f"{cfg['effective_lr']} (weight decay {cfg['weight_decay']}), λ_g = {cfg['lambda_general']}, "
-        f"λ_s = {cfg['lambda_specific']}, {cfg['customizer']} θ^h_t with lr {cfg['customizer_lr']}"
+        f"λ_s = {cfg['lambda_specific']}"
+        + (f" (task-specific term: {cfg['specific_loss']} in the head's row space)" if cfg.get("specific_space") == "head"
+           else f" (task-specific term: {cfg.get('specific_loss', 'mse')} over all of f_s)")
+        + f", {cfg['customizer']} θ^h_t with lr {cfg['customizer_lr']}"
         + (f" and weight decay {cfg['customizer_weight_decay']}" if cfg.get("customizer_weight_decay") is not None
            else "")
         + (f", output activation `{cfg['customizer_activation']}`" if cfg.get("customizer_activation") else "")
