@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.errors import UserError
+from common.errors import UserError, printable
 from featcache.listing import listing_hash
 from featcache.schema import UNLABELED, DataSpecError, parse_data_spec, unlabeled_part
 
@@ -179,13 +180,14 @@ def _list_digits(arg: str) -> DatasetListing:
     return DatasetListing("digits", root, samples, tuple(str(c) for c in range(10)), ("all",), reader=_digits_reader)
 
 
-def _hidden(path: Path, below: Path) -> bool:
-    """A dot-file or anything under a dot-folder (``.ipynb_checkpoints``, ``.git``, ``.DS_Store``)."""
-    return any(part.startswith(".") for part in path.relative_to(below).parts)
-
-
-def _subdirs(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _subdirs(directory: Path, links: set[Path]) -> list[Path]:
+    """The folders in ``directory`` that are not hidden; a link to a folder is added to ``links``, not followed."""
+    folders = []
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        (links.add if path.is_symlink() else folders.append)(path)
+    return folders
 
 
 def _relpath(path: Path, root: Path) -> str:
@@ -200,9 +202,35 @@ def _relpath(path: Path, root: Path) -> str:
     return relpath
 
 
-def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, directory) and p.is_file())
+def _image_files(directory: Path, links: set[Path]) -> list[Path]:
+    """The image files anywhere under ``directory``, hidden files and folders skipped.
+
+    Links (to images or folders) are added to ``links`` and not followed: one pointing back into the tree
+    (``c -> .``) repeats its images under another name, possibly as another class, and one pointing out of
+    it makes files outside the dataset part of it."""
+    files = []
+    for folder, dirnames, filenames in os.walk(directory):  # os.walk does not descend into linked folders
+        here = Path(folder)
+        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+        links.update(here / name for name in dirnames if (here / name).is_symlink())
+        for name in filenames:
+            path = here / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.is_symlink():
+                links.add(path)
+            elif path.is_file():
+                files.append(path)
+    return sorted(files)
+
+
+def _warn_links(links: set[Path], root: Path) -> None:
+    """One warning naming the links a listing of ``root`` skipped."""
+    if links:
+        names = sorted(printable(link.relative_to(root).as_posix()) for link in links)
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        log.warning("skipped %d symbolic link(s) under %s, which a dataset folder does not follow (they would "
+                    "repeat images or reach outside it): %s", len(names), printable(root), shown)
 
 
 def _list_folder(arg: str) -> DatasetListing:
@@ -214,23 +242,25 @@ def _list_folder(arg: str) -> DatasetListing:
     root = Path(arg).expanduser()
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist; pass DATA=folder:PATH with an existing directory")
-    top = _subdirs(root)
+    links: set[Path] = set()
+    top = _subdirs(root, links)
     preset_split = {p.name for p in top} >= {"train", "test"} or {p.name for p in top} >= {"train", "val"}
     split_dirs = [p for p in top if p.name in ("train", "test", "val")] if preset_split else [root]
     entries = []  # (relpath, class, domain, split or -1)
     for split_dir in split_dirs:
         split_id = (0 if split_dir.name == "train" else 1) if preset_split else -1
-        for class_or_domain in _subdirs(split_dir):
-            subdirs = _subdirs(class_or_domain)
+        for class_or_domain in _subdirs(split_dir, links):
+            subdirs = _subdirs(class_or_domain, links)
             direct = [p for p in class_or_domain.iterdir()
-                      if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+                      if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.is_symlink()]
             if subdirs and not direct:  # domain level
                 for class_dir in subdirs:
-                    for f in _image_files(class_dir):
+                    for f in _image_files(class_dir, links):
                         entries.append((_relpath(f, root), class_dir.name, class_or_domain.name, split_id))
             else:
-                for f in _image_files(class_or_domain):
+                for f in _image_files(class_or_domain, links):
                     entries.append((_relpath(f, root), class_or_domain.name, "", split_id))
+    _warn_links(links, root)
     if not entries:
         raise UserError(f"no images found under {root}; expected PATH/<class>/<image> or PATH/<domain>/<class>/<image>")
     entries.sort()
@@ -384,13 +414,28 @@ def _unlabeled_folders(parts: tuple[tuple[str, str], ...]) -> list[tuple[str, Pa
     return [(name, Path(where)) for name, where in parts]
 
 
+def _labeled_files(listing: DatasetListing) -> dict[tuple[int, int], str]:
+    """(device, inode) → relative path of each labeled image stored as a file; empty when the images are read
+    from elsewhere (archives, a bundled array). Identities, not paths, so a hard link is the same image too."""
+    if listing.reader is not None:
+        return {}
+    identities = {}
+    for sample in listing.samples:
+        stat = (listing.root / sample.relpath).stat()
+        identities[stat.st_dev, stat.st_ino] = sample.relpath
+    return identities
+
+
 def _with_unlabeled(listing: DatasetListing, spec: str, parts: tuple[tuple[str, str], ...]) -> DatasetListing:
     """``listing`` followed by every image of the unlabeled folders (label -1, training split)."""
     domains, samples, sources = list(listing.domains), list(listing.samples), {}
+    labeled = _labeled_files(listing)
     for name, folder in _unlabeled_folders(parts):
         if name not in domains:
             domains.append(name)
-        files = _image_files(folder)
+        links: set[Path] = set()
+        files = _image_files(folder, links)
+        _warn_links(links, folder)
         if not files:
             raise UserError(f"no images under unlabeled folder {folder} (looked for {', '.join(IMAGE_SUFFIXES)})")
         for file in files:
@@ -398,8 +443,13 @@ def _with_unlabeled(listing: DatasetListing, spec: str, parts: tuple[tuple[str, 
             if relpath in sources:
                 raise UserError(f"two unlabeled folders named {name!r} hold {_relpath(file, folder)}; name them "
                                 "apart with --unlabeled NAME=folder:PATH")
+            stat = file.stat()
+            if (stat.st_dev, stat.st_ino) in labeled:
+                raise UserError(f"unlabeled folder {folder} holds {labeled[stat.st_dev, stat.st_ino]} of the labeled "
+                                f"dataset (as {file.name}); pass a folder of other images: held-out images would be "
+                                "trained on")
             sources[relpath] = file
-            samples.append(Sample(relpath, UNLABELED, domains.index(name), 0, file.stat().st_size))
+            samples.append(Sample(relpath, UNLABELED, domains.index(name), 0, stat.st_size))
     base_reader = listing.reader
 
     def read(composed: DatasetListing, index: int) -> bytes:

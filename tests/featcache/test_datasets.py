@@ -8,7 +8,7 @@ from PIL import Image, ImageFilter
 from common.errors import UserError
 from featcache.datasets import load_listing
 from featcache.views import ViewRecipe, draw_views, replay
-from tests.conftest import make_tiny_hue_folder
+from tests.conftest import TINY_TEACHER, invoke, make_tiny_hue_folder, one_error_line
 
 
 def test_folder_with_domains(tmp_path):
@@ -88,3 +88,44 @@ def test_digits_is_the_bundled_uci_digits_with_a_fixed_split_and_stable_bytes():
     digest = hashlib.sha256(b"".join(listing.read_bytes(i) for i in range(len(listing)))).hexdigest()
     assert digest == "105ea76ff86dc4b2b71f428e396ee58103ff53311bc4bdb8409ed7d0a7bc0183"
     assert listing.listing_hash() == "b2fa0dc41e501726f8c856529cbc3b77157a108eb98e6d9fdbd144886adb8545"
+
+
+def test_links_in_a_data_folder_are_skipped_with_one_warning(tmp_path, caplog):
+    """A link back into the tree (``c -> .``) would repeat images and invent a class; a link out of it would
+    read files outside the dataset. Neither is followed, and one warning names them."""
+    root = make_tiny_hue_folder(tmp_path / "data", classes=2, per_class=5)
+    plain = load_listing(f"folder:{root}")
+    outside = make_tiny_hue_folder(tmp_path / "elsewhere", classes=1, per_class=2)
+    (root / "c").symlink_to(".")
+    (root / "class0" / "loop").symlink_to("..")
+    (root / "class1" / "out").symlink_to(outside / "class0")
+    (root / "class1" / "copy.png").symlink_to(root / "class0" / "img00.png")
+    (root / "class1" / "far.png").symlink_to(outside / "class0" / "img00.png")
+    (root / "linked_class").symlink_to(outside / "class0")
+    with caplog.at_level("WARNING", logger="featcache.datasets"):
+        listing = load_listing(f"folder:{root}")
+    assert listing.samples == plain.samples and listing.classes == plain.classes
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    for name in ("c", "class0/loop", "class1/out", "class1/copy.png", "class1/far.png", "linked_class"):
+        assert name in warnings[0], warnings[0]
+
+
+def test_unlabeled_images_that_are_labeled_images_are_refused(tmp_path):
+    """``--unlabeled`` naming the labeled folder, a folder inside it or one holding it would put held-out
+    images into training."""
+    from featcache.schema import unlabeled_part
+
+    root = make_tiny_hue_folder(tmp_path / "data", classes=2, per_class=5)
+    for folder in (root, root / "class1", tmp_path):
+        with pytest.raises(UserError, match="labeled dataset"):
+            load_listing(f"folder:{root}|{unlabeled_part('u', str(folder))}")
+    other = make_tiny_hue_folder(tmp_path / "other", classes=1, per_class=2)
+    (other / "class0" / "hard.png").hardlink_to(root / "class0" / "img01.png")
+    with pytest.raises(UserError, match="class0/img01.png"):
+        load_listing(f"folder:{root}|{unlabeled_part('u', str(other))}")
+    (other / "class0" / "hard.png").unlink()
+    assert len(load_listing(f"folder:{root}|{unlabeled_part('u', str(other))}")) == 12
+    one_error_line(invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{root}",
+                          "--unlabeled", f"folder:{root}", "--out", tmp_path / "x.zarr"), "of the labeled dataset")
+    assert not (tmp_path / "x.zarr").exists()
