@@ -24,6 +24,7 @@ from featcache.schema import (
     ManifestError,
     TeacherComponent,
 )
+from featcache.views import view_problem
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ def store_info(path: str) -> dict:
 
 
 def _read_problems(group, manifest: Manifest) -> list[str]:
-    """Read every shard of every array (crc32c catches altered bytes); non-finite features, NaN views."""
-    layout = manifest.layout
+    """Read every shard of every array (crc32c catches altered bytes); non-finite features, NaN views and views
+    outside what the recipe draws (:func:`featcache.views.view_problem`)."""
+    layout, recipe = manifest.layout, manifest.fingerprint.augmentation.recipe
     problems = []
     try:
         valid = np.asarray(group["valid"][:]).astype(bool)
@@ -76,6 +78,8 @@ def _read_problems(group, manifest: Manifest) -> list[str]:
                 problems.append(f"array features: shard {shard} ({span}) has {kind} features for valid samples")
             elif name == "views" and np.isnan(block[valid[rows]]).any():
                 problems.append(f"array views: shard {shard} ({span}) has NaN view parameters for valid samples")
+            elif name == "views" and (problem := view_problem(block, valid[rows], recipe, rows.start)):
+                problems.append(problem)
             elif name == "done" and not block:
                 problems.append(f"array done: shard {shard} ({span}) is not done")
     return problems

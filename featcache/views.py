@@ -113,6 +113,44 @@ def draw_views(
     return np.stack(views)
 
 
+VIEW_PARAM_TOLERANCE = 1e-5  # float32 rounding of parameters drawn in float64
+
+
+def view_problem(views: np.ndarray, valid: np.ndarray, recipe: dict, first_row: int = 0) -> str | None:
+    """The first stored view that :func:`random_view` or :func:`centre_view` could not have drawn, as one line
+    naming the row and view; ``None`` when every view of a valid sample is legal.
+
+    ``views`` ``[n, V, P]`` holds rows ``first_row..first_row + n - 1``, ``valid`` ``[n]`` which of them have
+    features (an unreadable image's views are NaN). A store is someone else's file: replaying a crop box of 1e6
+    widths or hue 5 would train the student on pictures the teacher never saw, or fail in a loader worker."""
+    if views.ndim != 3 or views.shape[-1] != len(VIEW_PARAMS):
+        return f"array views: {views.shape[-1]} parameters per view, not the {len(VIEW_PARAMS)} replay reads"
+    jitter = recipe.get("color_jitter", 0.0) if isinstance(recipe, dict) else None
+    if type(jitter) not in (int, float) or not 0 <= jitter <= 1:
+        return f"augmentation recipe color_jitter {str(jitter)[:40]} is not a number in [0, 1]"
+    x0, y0, x1, y1, flip, brightness, contrast, saturation, hue = np.moveaxis(views[valid], -1, 0)  # each [n', V]
+    eps = VIEW_PARAM_TOLERANCE
+    box = (x0 >= -eps) & (y0 >= -eps) & (x1 <= 1 + eps) & (y1 <= 1 + eps) & (x0 < x1) & (y0 < y1)
+    legal = [  # (name, [n', V] mask of legal values, values shown, range in words); NaN is never legal
+        ("crop box", box, np.stack([x0, y0, x1, y1], -1), "inside [0, 1] with x0 < x1 and y0 < y1"),
+        ("flip", (flip == 0) | (flip == 1), flip, "0 or 1"),
+        *((name, np.abs(factor - 1) <= jitter + eps, factor, f"in [{1 - jitter:g}, {1 + jitter:g}]")
+          for name, factor in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation))),
+        ("hue", np.abs(hue) <= jitter / 4 + eps, hue, f"in [{0 - jitter / 4:g}, {jitter / 4:g}]"),
+    ]
+    rows = first_row + np.flatnonzero(valid)
+    for name, ok, values, words in legal:
+        bad = np.argwhere(~ok)
+        if len(bad):
+            row, view = bad[0]
+            shown = ", ".join(f"{float(value):.6g}" for value in np.atleast_1d(values[row, view]))
+            shown = f"({shown})" if "," in shown else shown
+            more = f" ({len(bad)} views in all)" if len(bad) > 1 else ""
+            return (f"array views: row {rows[row]} view {view}: {name} {shown} is not {words}, which the "
+                    f"extraction recipe cannot draw{more}")
+    return None
+
+
 def replay_pil(image: Image.Image, params: np.ndarray, size: int, interpolation: str) -> Image.Image:
     """The view's pixels as an RGB PIL image of ``size``×``size``."""
     from torchvision.transforms import functional as tvf

@@ -19,7 +19,7 @@ from featcache import store as fs
 from featcache.datasets import DatasetListing, load_listing
 from featcache.listing import ListingDiff, compare_listing
 from featcache.schema import STALENESS_ARRAYS, Manifest
-from featcache.views import replay_pil, to_tensor, view_seed
+from featcache.views import replay_pil, to_tensor, view_problem, view_seed
 from trainer.config import DistillConfig
 from trainer.features import ShardedFeatures, open_features
 
@@ -113,6 +113,19 @@ def _read_per_sample(group, cache: str) -> dict[str, np.ndarray]:
                         f"{cache}` to locate the shard, then re-extract") from None
 
 
+VIEW_CHECK_ROWS = 65536  # rows checked at once, so the check never copies all of a large views array
+
+
+def _check_views(views: np.ndarray, valid: np.ndarray, manifest: Manifest, cache: str) -> None:
+    """Refuse stored views ``[N, V, P]`` that the store's recipe cannot draw (:func:`featcache.views.view_problem`)."""
+    recipe = manifest.fingerprint.augmentation.recipe
+    for start in range(0, len(views), VIEW_CHECK_ROWS):
+        rows = slice(start, start + VIEW_CHECK_ROWS)
+        problem = view_problem(views[rows], valid[rows], recipe, start)
+        if problem:
+            raise UserError(f"cache {cache}: {problem}; run `customkd cache verify {cache}`, then re-extract it")
+
+
 def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None) -> CachedData:
     """Open, check and load a complete store; sizes come from the validated manifest and the dataset agreeing.
 
@@ -129,6 +142,7 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     arrays = _read_per_sample(group, cfg.cache)
     check_listing(compare_listing(listing, manifest, arrays), cfg.allow_stale, cfg.cache)
     valid = arrays["valid"].astype(bool)
+    _check_views(arrays["views"], valid, manifest, cfg.cache)
     features = open_features(group, cfg.features, manifest.layout.shard_size, valid,
                              still_same=lambda: fs.check_same_store(cfg.cache, identity))
     fs.check_same_store(cfg.cache, identity)

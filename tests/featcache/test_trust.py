@@ -301,6 +301,26 @@ def test_verify_reports_inf_features(copy):
         load_cached_data(DistillConfig(cache=str(copy)))
 
 
+@pytest.mark.parametrize(("row", "view", "column", "value", "named"), [
+    (17, 1, 2, 1e6, "crop box"),  # x1: a crop far outside the image
+    (3, 0, 0, 0.9, "crop box"),  # x0 > x1: a box of negative width
+    (9, 1, 4, 0.5, "flip"),
+    (20, 1, 5, -3.0, "brightness"),
+    (4, 1, 8, 5.0, "hue"),
+])
+def test_view_parameters_outside_what_the_recipe_draws_are_refused(copy, row, view, column, value, named):
+    """Replaying a forged view (a crop of 1e6 widths, hue 5) would train on pictures the teacher never saw."""
+    group = zarr.open_group(str(copy), mode="r+")
+    views = np.asarray(group["views"][:])
+    views[row, view, column] = value
+    group["views"][:] = views
+    problems = verify_store(str(copy))
+    assert len(problems) == 1 and f"array views: row {row} view {view}" in problems[0] and named in problems[0], \
+        problems
+    with pytest.raises(UserError, match=f"array views: row {row} view {view}: {named}"):
+        load_cached_data(DistillConfig(cache=str(copy)))
+
+
 # ------------------------------------------------------------------ images and dead ends
 
 def test_hidden_folders_and_files_are_not_data(tmp_path):

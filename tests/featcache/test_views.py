@@ -1,7 +1,16 @@
 import numpy as np
 from PIL import Image
 
-from featcache.views import VIEW_PARAMS, ViewRecipe, centre_view, draw_views, replay, replay_pil, view_seed
+from featcache.views import (
+    VIEW_PARAMS,
+    ViewRecipe,
+    centre_view,
+    draw_views,
+    replay,
+    replay_pil,
+    view_problem,
+    view_seed,
+)
 
 
 def _image() -> Image.Image:
@@ -71,3 +80,16 @@ def test_view_sampling_is_pinned():
         [0.0625, 0.0625, 0.9375, 0.9375, 0.0, 1.0, 1.0, 1.0, 0.0],
         [0.015044712461531162, 0.0505945049226284, 0.9982855916023254, 0.9431517124176025, 0.0, 1.0, 1.0, 1.0, 0.0]],
         rtol=0, atol=1e-7)
+
+
+def test_every_view_the_recipe_draws_passes_the_view_check():
+    """:func:`view_problem` bounds what a store may hold; nothing extraction draws may fall outside it."""
+    for recipe in (ViewRecipe(), ViewRecipe(color_jitter=1.0, scale=(0.01, 1.0)), ViewRecipe(flip=False)):
+        views = np.stack([draw_views(w, h, key, 16, recipe, 0) for key, (w, h) in
+                          enumerate([(1, 1), (7, 3000), (3000, 7), (640, 480)] * 50)])
+        assert view_problem(views, np.ones(len(views), bool), recipe.to_dict()) is None
+    forged = views.copy()
+    forged[5, 2, 5] = -3.0
+    assert view_problem(forged, np.ones(len(views), bool), recipe.to_dict(), 100).startswith(
+        "array views: row 105 view 2: brightness -3 is not in [1, 1]")
+    assert view_problem(forged, np.arange(len(views)) != 5, recipe.to_dict()) is None  # invalid rows are not replayed
