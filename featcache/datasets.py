@@ -474,6 +474,6 @@ def load_listing(spec: str) -> DatasetListing:
     if parsed.unlabeled:
         parts = [unlabeled_part(name, folder) for name, folder in parsed.unlabeled]
         listing = _with_unlabeled(listing, "|".join([listing.spec, *parts]), parsed.unlabeled)
-    log.info("dataset %s: %d samples (%d unlabeled), %d classes", listing.spec, len(listing),
+    log.info("dataset %s: %d samples (%d unlabeled), %d classes", printable(listing.spec), len(listing),
              sum(s.label == UNLABELED for s in listing.samples), len(listing.classes))
     return listing

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, printable
 from featcache import store as fs
 from featcache.datasets import DatasetListing, load_listing
 from featcache.listing import ListingDiff, compare_listing
@@ -83,7 +83,7 @@ def check_listing(diff: ListingDiff, allow_stale: bool, cache: str = "") -> None
                    f"{_rebuild_hint(cache or 'CACHE')}, or pass --allow-stale to train anyway")
         if not allow_stale:
             raise UserError(message)
-        log.warning("%s — continuing because --allow-stale was given", message)
+        log.warning("%s — continuing because --allow-stale was given", printable(message))  # quotes a sample path
 
 
 def check_expected_fingerprint(manifest: Manifest, expected: dict[str, str], cache: str) -> None:

@@ -129,3 +129,15 @@ def test_unlabeled_images_that_are_labeled_images_are_refused(tmp_path):
     one_error_line(invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{root}",
                           "--unlabeled", f"folder:{root}", "--out", tmp_path / "x.zarr"), "of the labeled dataset")
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_names_reach_the_log_escaped(tmp_path, caplog):
+    """A folder or spec named with an escape sequence (a store's ``data_spec``, a dataset someone sent) must not
+    drive the terminal that shows the log."""
+    root = make_tiny_hue_folder(tmp_path / "data\x1b[2J\u202e", classes=2, per_class=3)
+    (root / "class0" / "back").symlink_to("..")
+    with caplog.at_level("INFO", logger="featcache.datasets"):
+        load_listing(f"folder:{root}")
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2 and all("\\x1b[2J\\u202e" in message for message in messages), messages
+    assert not any("\x1b" in message or "\u202e" in message for message in messages), messages

@@ -36,3 +36,15 @@ def test_epoch_order_and_views_are_pure_functions():
 def test_config_validation(kwargs, message):
     with pytest.raises(UserError, match=message):
         DistillConfig(cache="x", **kwargs)
+
+
+def test_allow_stale_warning_names_paths_escaped(caplog):
+    """The warning quotes a sample path, which a store or dataset folder chose: escape sequences stay text."""
+    from featcache.listing import ListingDiff
+    from trainer.data import check_listing
+
+    diff = ListingDiff(listing_rows=1, stored_rows=1, changed=((0, "class0/\x1b]0;title\x07.png"),))
+    with caplog.at_level("WARNING", logger="trainer.data"):
+        check_listing(diff, allow_stale=True, cache="c.zarr")
+    [message] = [record.getMessage() for record in caplog.records]
+    assert "\\x1b]0;title\\x07.png" in message and "\x1b" not in message and "\x07" not in message
