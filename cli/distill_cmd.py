@@ -82,7 +82,7 @@ def distill(
     lr: Annotated[float | None, typer.Option(help=f"Learning rate (default {', '.join(f'{k} {v:g}' for k, v in OPTIMIZERS.items())}).")] = D["lr"],
     weight_decay: Annotated[float, typer.Option(help="Weight decay of the student's optimizer.")] = D["weight_decay"],
     grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = D["grad_clip"],
-    lambda_general: Annotated[float, typer.Option(help="λ_g, weight of MSE(P_s(f_s), f_t).")] = D["lambda_general"],
+    lambda_general: Annotated[float | None, typer.Option(help="λ_g, weight of MSE(P_s(f_s), f_t) (default: 1 for fitnet and kd+fitnet, 0.1 for the customkd methods).")] = D["lambda_general"],
     lambda_specific: Annotated[float, typer.Option(help="λ_s, weight of MSE(f_s, θ^h_t(f_t)).")] = D["lambda_specific"],
     customizer: Annotated[str, typer.Option(help=f"{' or '.join(CUSTOMIZERS)}.")] = D["customizer"],
     customizer_lr: Annotated[float, typer.Option(help="Learning rate of θ^h_t during customization.")] = D["customizer_lr"],

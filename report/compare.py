@@ -349,7 +349,7 @@ SHARED_KEYS = ("student", "student_pretrained", "student_weights", "epochs", "im
                "effective_lr", "weight_decay", "feature_norm", "device", "n_train", "n_eval", "classes", "teacher",
                "labels_per_class", "setting", "effective_label_fraction", "eval_split")
 # What the page prints of a regime: the setup, and the method options as its customkd run used them.
-CONFIG_KEYS = (*SHARED_KEYS, "lambda_general", "lambda_specific", "specific_space", "specific_loss", "customizer",
+CONFIG_KEYS = (*SHARED_KEYS, "effective_lambda_general", "lambda_specific", "specific_space", "specific_loss", "customizer",
                "customizer_lr", "customizer_init", "customizer_optimizer", "customize_epochs", "pseudo_threshold",
                "alternate_every", "kd_temperature", "kd_weight", "customize_warmup", "customizer_activation",
                "customizer_weight_decay", "customize_smoothing", "customizer_reset", "min_steps")

@@ -45,7 +45,8 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
         assert probe["n_labeled"] == 6 and f"teacher probe accuracy {probe['accuracy']:.4f} (6 labeled" in trained.stdout
         assert probe["accuracy"] == _refit_teacher_probe(run)["accuracy"]  # θ^c_t on the run's own split and features
         config = json.loads((run / "config.json").read_text())
-        assert config["method"] == method and config["n_labeled"] == 6 and config["lambda_general"] == 1.0
+        assert config["method"] == method and config["n_labeled"] == 6 and config["lambda_general"] is None
+        assert config["effective_lambda_general"] == {"customkd": 0.1, "student": 1.0}[method]
         assert (run / "student.safetensors").stat().st_size > 0
         if method == "customkd":
             assert "customize" not in metrics["epochs"][0]  # warm-up: one KD epoch before the first customization

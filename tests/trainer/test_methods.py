@@ -27,6 +27,7 @@ def _step(epoch: int = 3) -> StepInputs:
         teacher_features=torch.randn(4, 6, generator=g),
         probe_logits=torch.randn(4, 3, generator=g),
         epoch=epoch,
+        head_weight=torch.randn(3, 5, generator=g),  # θ^c_s's weight: the head-space term projects on its rows
     )
 
 
@@ -36,13 +37,29 @@ def _step(epoch: int = 3) -> StepInputs:
 SHIFTED = dict(kd_temperature=2.5, kd_weight=0.7, lambda_general=0.6, lambda_specific=1.3, dkd_alpha=0.9, dkd_beta=6.0,
                dkd_warmup=5, customizer="mlp", customizer_activation="none", customize_head="random-trained",
                customize_smoothing=0.2, pseudo_threshold=0.35)
-CONFIGS = {"defaults": {}, "shifted": SHIFTED}
+CONFIGS = {"defaults": {}, "shifted": SHIFTED, "full-space": dict(specific_space="full", lambda_general=1.0)}
 
 # Loss parts on _step() after one customization round, adapters initialised under torch.manual_seed(0), student
-# activation Hardswish; "customization" is L_cus through a head drawn under torch.manual_seed(1). Computed with the code of
-# b9c5bfe, when methods still read the whole DistillConfig: moving to per-method params changed no value.
+# activation Hardswish; "customization" is L_cus through a head drawn under torch.manual_seed(1). "full-space" and the
+# baselines are the values pinned when methods still read the whole DistillConfig; the head-space defaults are checked
+# against a projection computed by hand in test_the_head_space_term_is_the_mse_of_the_difference_projected_on_the_head_rows.
 GOLDEN = {
     "defaults": {
+        "student": {"loss": 2.26448, "task": 2.26448},
+        "fitnet": {"loss": 4.171755, "task": 2.26448, "general": 1.907275},
+        "kd": {"loss": 3.076003, "task": 2.26448, "kd": 0.811523},
+        "kd+fitnet": {"loss": 4.983278, "task": 2.26448, "general": 1.907275, "kd": 0.811523},
+        "dkd": {"loss": 3.459619, "task": 2.26448, "dkd": 1.195139},
+        # head-space term, λ_g = 0.1: 2.26448 + 0.1 × 1.261595 + 1.649066
+        "customkd": {"loss": 4.039705, "task": 2.26448, "general": 1.261595, "specific": 1.649066,
+                     "customization": 1.131387},
+        "customkd+dkd": {"loss": 5.234844, "task": 2.26448, "general": 1.261595, "specific": 1.649066, "dkd": 1.195139,
+                         "customization": 1.131387},
+        "customkd+kd": {"loss": 4.851228, "task": 2.26448, "general": 1.261595, "specific": 1.649066, "kd": 0.811523,
+                        "customization": 1.131387},
+    },
+    # the full-space MSE with λ_g = 1 for every method: the values of the previous defaults, unchanged
+    "full-space": {
         "student": {"loss": 2.26448, "task": 2.26448},
         "fitnet": {"loss": 4.171755, "task": 2.26448, "general": 1.907275},
         "kd": {"loss": 3.076003, "task": 2.26448, "kd": 0.811523},
@@ -62,12 +79,11 @@ GOLDEN = {
         "kd": {"loss": 2.828393, "task": 2.26448, "kd": 0.805591},
         "kd+fitnet": {"loss": 3.972759, "task": 2.26448, "general": 1.907275, "kd": 0.805591},
         "dkd": {"loss": 3.071357, "task": 2.26448, "dkd": 0.806878},
-        "customkd": {"loss": 4.574321, "task": 2.26448, "general": 1.620234, "specific": 1.029001,
+        "customkd": {"loss": 4.655945, "task": 2.26448, "general": 1.620234, "specific": 1.091788,
                      "customization": 1.084163},
-        "customkd+dkd": {"loss": 5.381199, "task": 2.26448, "general": 1.620234, "specific": 1.029001, "dkd": 0.806878,
+        "customkd+dkd": {"loss": 5.462823, "task": 2.26448, "general": 1.620234, "specific": 1.091788, "dkd": 0.806878,
                          "customization": 1.084163},
-        # 4.574321 + kd_weight 0.7 × 0.805591 (T = 2.5)
-        "customkd+kd": {"loss": 5.138235, "task": 2.26448, "general": 1.620234, "specific": 1.029001, "kd": 0.805591,
+        "customkd+kd": {"loss": 5.219859, "task": 2.26448, "general": 1.620234, "specific": 1.091788, "kd": 0.805591,
                         "customization": 1.084163},
     },
 }
@@ -87,7 +103,7 @@ def test_the_head_space_term_is_the_mse_of_the_difference_projected_on_the_head_
     # a difference orthogonal to the head's rows costs nothing
     orthogonal = (f_s - target) - (f_s - target) @ projection
     assert float(specific_term(target + orthogonal, target, params, weight, BatchCounts.of(torch.zeros(4)))) < 1e-10
-    cosine = method_params("customkd", DistillConfig(cache="x", specific_loss="cosine"))
+    cosine = method_params("customkd", DistillConfig(cache="x", specific_space="full", specific_loss="cosine"))
     by_hand = float((1 - torch.nn.functional.cosine_similarity(f_s, target)).mean())
     assert float(specific_term(f_s, target, cosine, None, BatchCounts.of(torch.zeros(4)))) == pytest.approx(by_hand)
     assert float(specific_term(f_s, 7.0 * target, cosine, None, BatchCounts.of(torch.zeros(4)))) == pytest.approx(by_hand)
@@ -133,7 +149,7 @@ def test_golden_losses(name, config):
         parts["customization"] = float(method.customization_loss(step.teacher_features, step.labels,
                                                                  step.probe_logits, head)["loss"].detach())
     parts.update((k, float(v.detach())) for k, v in _customized(method)(_step()).items()
-                 if k not in ("specific_unreachable", "customized_ms", "student_ms"))
+                 if k not in ("specific_unreachable", "customized_ms", "student_ms", "customized_head_ms"))
     assert parts == pytest.approx(GOLDEN[config][name], abs=1e-5)
 
 

@@ -46,7 +46,7 @@ def student_params(cfg: DistillConfig) -> StudentParams:
 
 
 def fitnet_params(cfg: DistillConfig) -> FitNetParams:
-    return FitNetParams(lambda_general=cfg.lambda_general)
+    return FitNetParams(lambda_general=cfg.effective_lambda_general)
 
 
 def kd_params(cfg: DistillConfig) -> KDParams:
@@ -65,7 +65,7 @@ def customkd_params(cfg: DistillConfig) -> CustomKDParams:
     return CustomKDParams(customizer=cfg.customizer, customizer_activation=cfg.customizer_activation,
                           customize_head=cfg.customize_head, customize_target=cfg.customize_target,
                           pseudo_threshold=cfg.pseudo_threshold, customize_smoothing=cfg.customize_smoothing,
-                          lambda_general=cfg.lambda_general, lambda_specific=cfg.lambda_specific,
+                          lambda_general=cfg.effective_lambda_general, lambda_specific=cfg.lambda_specific,
                           specific_space=cfg.specific_space, specific_loss=cfg.specific_loss,
                           customizer_init=cfg.customizer_init)
 
