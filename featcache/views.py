@@ -31,6 +31,7 @@ _INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
+INTERPOLATIONS: tuple[str, ...] = tuple(_INTERPOLATIONS)  # the names replay accepts
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from common.distributed import DistEnv
 from common.errors import UserError
 from trainer import ddp, loop
-from trainer.config import DistillConfig
+from trainer.config import MAX_IMAGE_SIZE, DistillConfig
 from trainer.data import CachedData, Split, chunk_batches, epoch_order, epoch_views, load_cached_data, make_split
 from trainer.feature_range import output_activation
 from trainer.features import block_shuffle, feature_stats
@@ -219,8 +219,11 @@ def _load_student_weights(student: Student, run_dir: str | Path) -> Student:
 def load_student(run_dir: str | Path) -> tuple[dict, Student]:
     """A finished run's config.json and its student with the saved weights (CPU, eval mode); no store needed."""
     config = read_run_config(run_dir)
-    student = create_student(config.get("student_alias", config["student"]), config["num_classes"],
-                             config["image_size"])
+    size = config.get("image_size")
+    if type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE:  # config.json is a file someone may have sent
+        raise UserError(f"run {run_dir}: config.json image_size {str(size)[:40]} is not an integer in "
+                        f"1..{MAX_IMAGE_SIZE}; restore the run's config.json or train the run again")
+    student = create_student(config.get("student_alias", config["student"]), config["num_classes"], size)
     return config, _load_student_weights(student, run_dir)
 
 

@@ -24,6 +24,7 @@ VIEW_SAMPLING = ("cycle", "random")
 EVAL_SPLITS = ("test", "dev")  # dev: a fixed part of the training rows, for choosing settings without the test rows
 DEFAULT_LABEL_FRACTION = 0.1
 DEFAULT_EPOCHS = 8
+MAX_IMAGE_SIZE = 2048  # px; a student's input side, for training and for a run's recorded preprocessing
 # λ_g when --lambda-general is not given: FitNet's usual weight for the feature-imitation methods; 0.1 for the
 # CustomKD methods, chosen on the digits development split (docs/tuning.md), where λ_g = 1 cost them 4–5 points.
 LAMBDA_GENERAL_DEFAULTS = {"fitnet": 1.0, "kd+fitnet": 1.0, "customkd": 0.1, "customkd+kd": 0.1, "customkd+dkd": 0.1}
@@ -108,8 +109,8 @@ class DistillConfig:
                 raise UserError(f"{flag} must be >= 0, got {value}")
         if not 0 <= self.fixmatch_threshold <= 1:
             raise UserError(f"--fixmatch-threshold must be in [0, 1], got {self.fixmatch_threshold}")
-        if self.image_size > 2048:
-            raise UserError(f"--image-size {self.image_size} is larger than 2048; the student trains at its own, "
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise UserError(f"--image-size {self.image_size} is larger than {MAX_IMAGE_SIZE}; the student trains at its own, "
                             "small resolution (default 96)")
         self._check_choice("--setting", self.setting, SETTINGS)
         self._check_choice("--ssl", self.ssl, ("none", "fixmatch"))

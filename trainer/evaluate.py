@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -16,8 +17,9 @@ from common.errors import UserError
 from common.files import atomic_path
 from featcache import store as fs
 from featcache.datasets import load_listing
-from featcache.views import ViewRecipe, centre_view
+from featcache.views import INTERPOLATIONS, ViewRecipe, centre_view
 from trainer.assemble import config_from_run, load_student
+from trainer.config import MAX_IMAGE_SIZE
 from trainer.data import StudentViews, load_cached_data, make_loader, make_split
 from trainer.loop import classification_metrics, predict
 from trainer.students import Student
@@ -25,14 +27,43 @@ from trainer.students import Student
 log = logging.getLogger(__name__)
 
 
-def run_preprocess(config: dict, student: Student) -> dict:
+def run_preprocess(config: dict, student: Student, run: str | Path = "RUN") -> dict:
     """How the run's student sees an image: size, mean, std, interpolation and centre-crop fraction. Recorded in
-    config.json; for older runs, rebuilt from the student and the store's view recipe."""
+    config.json (checked by :func:`check_preprocess`); for older runs, rebuilt from the student and the store's
+    view recipe."""
     if "preprocess" in config:
-        return config["preprocess"]
+        return check_preprocess(config["preprocess"], run)
     manifest = fs.read_manifest(fs.open_complete_store(config["cache"]), config["cache"])
     return {"size": config["image_size"], "mean": list(student.mean), "std": list(student.std),
             "interpolation": "bilinear", "crop": manifest.fingerprint.augmentation.centre_crop}
+
+
+def _is_number(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def check_preprocess(preprocess: object, run: str | Path) -> dict:
+    """A run's recorded ``preprocess``, refused in one line unless every value is one replay can use at a size a
+    student trains at: a run folder is a file someone may send, and a size of 6000 px would be used as it is."""
+    def refuse(problem: str) -> UserError:
+        return UserError(f"run {run}: config.json preprocess {problem}; restore the run's config.json or train "
+                         "the run again")
+
+    if not isinstance(preprocess, dict):
+        raise refuse("is not an object")
+    size, crop, interpolation = (preprocess.get(key) for key in ("size", "crop", "interpolation"))
+    if type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise refuse(f"size {repr(size)[:40]} is not an integer in 1..{MAX_IMAGE_SIZE}")
+    if not _is_number(crop) or not 0 < crop <= 1:
+        raise refuse(f"crop {repr(crop)[:40]} is not a number in (0, 1]")
+    if interpolation not in INTERPOLATIONS:
+        raise refuse(f"interpolation {repr(interpolation)[:40]} is not one of {', '.join(INTERPOLATIONS)}")
+    for key in ("mean", "std"):
+        values = preprocess.get(key)
+        if not (isinstance(values, list) and len(values) == 3 and all(_is_number(v) for v in values)) or \
+                (key == "std" and min(values) <= 0):
+            raise refuse(f"{key} {repr(values)[:60]} is not three finite numbers{' > 0' if key == 'std' else ''}")
+    return preprocess
 
 
 class _AllCentreViews:
@@ -112,7 +143,7 @@ def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
             torch.onnx.export(student.model, (example,), str(partial), dynamo=False, input_names=["images"],
                               output_names=["logits"], dynamic_axes=axes)
         model = onnx.load(str(partial))
-        onnx.helper.set_model_props(model, onnx_metadata(config, run_preprocess(config, student)))
+        onnx.helper.set_model_props(model, onnx_metadata(config, run_preprocess(config, student, run)))
         onnx.save(model, str(partial))
         error = _check_onnx(str(partial), student, [size, size + 32] if dynamic else [size])
         if error > atol:

@@ -76,7 +76,7 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
     config, student = load_student(run)
     torch_device = resolve_device(device)
     student = student.to(torch_device)
-    loader = torch.utils.data.DataLoader(ImageFiles(files, run_preprocess(config, student)), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(ImageFiles(files, run_preprocess(config, student, run)), batch_size=batch_size,
                                          num_workers=workers, pin_memory=torch_device.type == "cuda")
     probabilities = np.zeros((len(files), config["num_classes"]), dtype=np.float32)
     bad: list[str] = []

@@ -53,3 +53,32 @@ def test_predict_writes_one_row_per_image_matching_evaluate(tiny_run, tiny_folde
     one_error_line(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(tmp_path / "q.csv"),
                               "--workers", "0"), "unreadable image(s): broken.png")
     assert not (tmp_path / "q.csv").exists() and not (tmp_path / "q.csv.partial").exists()
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    ({"preprocess": {"size": 6000}}, "preprocess size 6000"),
+    ({"preprocess": {"size": 2049}}, "preprocess size 2049"),
+    ({"preprocess": {"size": "32"}}, "preprocess size '32'"),
+    ({"preprocess": {"crop": 5}}, "preprocess crop 5"),
+    ({"preprocess": {"interpolation": "cubic"}}, "preprocess interpolation 'cubic'"),
+    ({"preprocess": {"std": [0.5, 0.0, 0.5]}}, "preprocess std"),
+    ({"image_size": 6000}, "image_size 6000"),
+])
+def test_a_run_config_with_absurd_preprocessing_is_refused(tiny_run, tiny_folder, tmp_path, edit, named):
+    """A run folder is a file someone may send: its config.json must not make predict work at 6000 px (or fail in
+    a loader worker on an interpolation that does not exist)."""
+    import json
+
+    from tests.conftest import invoke
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    for key, value in edit.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (run / "config.json").write_text(json.dumps(config))
+    image = sorted(tiny_folder.rglob("*.png"))[0]
+    line = one_error_line(invoke("predict", run, "--images", image, "--out", tmp_path / "p.csv", "--device", "cpu",
+                                 "--workers", "0", "--batch-size", "1"), named)
+    assert str(run) in line
+    assert not (tmp_path / "p.csv").exists()
