@@ -171,7 +171,7 @@ def epoch_plan(cfg: DistillConfig, inputs: Inputs, epoch: int, env: DistEnv) -> 
     data, train = inputs.data, inputs.split.train
     positions = (block_shuffle(train, data.shard_size, epoch, cfg.seed) if data.streaming
                  else epoch_order(len(train), epoch, cfg.seed))
-    order = train[positions]
+    order = train[positions][: cfg.samples_per_epoch(len(train))]
     views = epoch_views(order, data.n_views, epoch, cfg.view_sampling, cfg.seed)
     items = list(zip(order.tolist(), views.tolist(), [epoch] * len(order), strict=True))
     batches, counts = ddp.split_global_batches(items, cfg.batch_size, env, inputs.row_labels)

@@ -174,7 +174,12 @@ class DistillConfig:
         return dict(pin.split("=", 1) for pin in self.expect_fingerprint.split())
 
     def steps_per_epoch(self, n_train: int) -> int:
-        return max(-(-n_train // self.batch_size), 1)
+        return max(-(-self.samples_per_epoch(n_train) // self.batch_size), 1)
+
+    def samples_per_epoch(self, n_train: int) -> int:
+        """Training samples an epoch uses: all, less one when it would be alone in the last batch (BatchNorm cannot
+        train on a batch of 1); the shuffle changes every epoch, so no sample is left out for good."""
+        return n_train - 1 if n_train > 1 and n_train % self.batch_size == 1 else n_train
 
     def epochs_for(self, n_train: int) -> int:
         """KD epochs actually run: exactly ``--epochs`` when given; otherwise ``DEFAULT_EPOCHS``, extended on

@@ -87,3 +87,23 @@ def test_an_explicit_epoch_count_is_exact_and_only_the_default_is_extended_to_mi
     assert DistillConfig(min_steps=250, batch_size=64).epochs_for(64 * 100) == 8  # large data: the default 8
     with pytest.raises(Exception, match="--epochs must be >= 1"):
         DistillConfig(epochs=0)
+
+
+def test_a_last_batch_of_one_is_left_to_the_next_epoch_instead_of_crashing_batchnorm(domain_store, tmp_path):
+    from trainer.assemble import load_inputs
+
+    probe = DistillConfig(min_steps=0, cache=str(domain_store), setting="supervised", student=TINY_STUDENT)
+    n_train = len(make_split(probe, load_cached_data(probe)).train)
+    cfg = DistillConfig(min_steps=0, cache=str(domain_store), setting="supervised", student=TINY_STUDENT,
+                        batch_size=n_train - 1, epochs=2, image_size=32, workers=0, out=str(tmp_path / "run"))
+    assert cfg.samples_per_epoch(n_train) == n_train - 1 and cfg.steps_per_epoch(n_train) == 1
+    assert DistillConfig(batch_size=n_train).samples_per_epoch(n_train) == n_train
+    inputs = load_inputs(cfg, torch.device("cpu"))
+    from common.distributed import DistEnv
+    from trainer.assemble import epoch_plan
+
+    plans = [epoch_plan(cfg, inputs, epoch, DistEnv()) for epoch in (0, 1)]
+    assert [sum(len(b) for b in p.batches) for p in plans] == [n_train - 1] * 2
+    assert set(plans[0].order) != set(plans[1].order)  # a different sample waits each epoch
+    result = distill(cfg)  # with a batch of 1 this raised BatchNorm's "Expected more than 1 value per channel"
+    assert 0 <= result.final["accuracy"] <= 1
