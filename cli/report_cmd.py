@@ -29,6 +29,7 @@ def report(
     regimes: Annotated[str, typer.Option(help="Comma-separated regimes: headroom, pretrained, main, large-teacher, supervised.")] = D["regimes"],
     variants: Annotated[str, typer.Option(help="Keep only these variants in every regime (default: all).")] = D["variants"],
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (each seed also draws its label subset).")] = D["seeds"],
+    regime_seeds: Annotated[str, typer.Option(help="Per-regime seeds overriding --seeds, e.g. 'pretrained=0,1,2' (separate regimes with ';').")] = D["regime_seeds"],
     epochs: Annotated[int | None, typer.Option(help="distill --epochs for every run (default: distill's).")] = None,
     min_steps: Annotated[int | None, typer.Option(help="distill --min-steps for every run (0 makes --epochs exact on small data).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Student resolution (default: distill's).")] = None,

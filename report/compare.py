@@ -165,7 +165,6 @@ def cache_of(regime: Regime, cfg: ReportConfig) -> str:
 def plan(cfg: ReportConfig) -> list[Job]:
     """Every run of the report, regime by regime in seed-major order so partial reports are balanced;
     a regime's ``compare_to`` runs are added once where they are not planned already."""
-    seeds = [int(s) for s in cfg.seeds.split(",")]
     keep = {v.slug for v in names(cfg.variants, VARIANTS, "variant")} or set(VARIANTS)
     wanted: list[tuple[Regime, list[Variant]]] = []
     for regime in names(cfg.regimes, REGIMES, "regime"):
@@ -175,7 +174,7 @@ def plan(cfg: ReportConfig) -> list[Job]:
             wanted.append((REGIMES[regime.compare_to], variants))
     jobs: dict[Path, Job] = {}
     for regime, variants in wanted:
-        for seed in seeds:
+        for seed in cfg.seeds_of(regime.slug):
             for v in variants:
                 job = make_job(regime, v, seed, cfg)
                 jobs.setdefault(job.run_dir, job)

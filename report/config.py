@@ -50,6 +50,7 @@ class ReportConfig:
     regimes: str = DEFAULT_REGIMES
     variants: str = ""  # keep only these variants in every regime ("" = all)
     seeds: str = DEFAULT_SEEDS
+    regime_seeds: str = ""  # per-regime override of --seeds, e.g. "pretrained=0,1,2" (a report built over sittings)
     epochs: int | None = None
     min_steps: int | None = None
     image_size: int | None = None
@@ -69,8 +70,19 @@ class ReportConfig:
             raise UserError(f"--parallel must be at least 1, got {self.parallel}")
         try:
             [int(s) for s in self.seeds.split(",")]
+            for part in (p for p in self.regime_seeds.split(";") if p):
+                regime, sep, seeds = part.partition("=")
+                if not sep or not regime:
+                    raise ValueError(part)
+                [int(s) for s in seeds.split(",")]
         except ValueError:
-            raise UserError(f"--seeds must be comma-separated integers, got {self.seeds!r}") from None
+            raise UserError(f"--seeds must be comma-separated integers and --regime-seeds REGIME=SEEDS[;REGIME=SEEDS], "
+                            f"got {self.seeds!r} and {self.regime_seeds!r}") from None
+
+    def seeds_of(self, regime: str) -> list[int]:
+        """The seeds a regime runs: its ``--regime-seeds`` entry, else ``--seeds``."""
+        overrides = dict(part.split("=", 1) for part in self.regime_seeds.split(";") if part)
+        return [int(s) for s in overrides.get(regime, self.seeds).split(",")]
 
     def resolved(self) -> ReportConfig:
         """``--quick`` applied and the stores' default paths filled in."""

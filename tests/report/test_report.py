@@ -292,3 +292,12 @@ def test_outside_the_repository_the_report_writes_only_into_its_own_folders(tmp_
     monkeypatch.chdir(ROOT)
     here = ReportConfig().resolved()
     assert here.docs == Path("docs") and here.readme == Path("README.md")
+
+
+def test_a_regime_can_run_its_own_seeds(tmp_path):
+    cfg = ReportConfig(out=tmp_path, regimes="headroom,pretrained", variants="kd", regime_seeds="pretrained=0,2")
+    jobs = compare.plan(cfg.resolved())
+    assert sorted((j.key, j.seed) for j in jobs) == [("headroom/kd", s) for s in range(5)] + [
+        ("pretrained/kd", 0), ("pretrained/kd", 2)]
+    with pytest.raises(UserError, match="--regime-seeds"):
+        ReportConfig(regime_seeds="pretrained=a")
