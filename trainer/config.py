@@ -90,6 +90,13 @@ class DistillConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        self._check_numbers()
+        self._check_choices()
+        self._check_ranges()
+        self._check_setting()
+
+    def _check_numbers(self) -> None:
+        """Finite numbers, positive rates, non-negative weights, seeds numpy takes, a sane resolution."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -112,6 +119,9 @@ class DistillConfig:
         if self.image_size > MAX_IMAGE_SIZE:
             raise UserError(f"--image-size {self.image_size} is larger than {MAX_IMAGE_SIZE}; the student trains at its own, "
                             "small resolution (default 96)")
+
+    def _check_choices(self) -> None:
+        """Every named option is one of its known values."""
         self._check_choice("--setting", self.setting, SETTINGS)
         self._check_choice("--ssl", self.ssl, ("none", "fixmatch"))
         if self.ssl == "fixmatch" and self.setting == "supervised":
@@ -129,6 +139,9 @@ class DistillConfig:
         self._check_choice("--view-sampling", self.view_sampling, VIEW_SAMPLING)
         self._check_choice("--features", self.features, ("auto", "ram", "stream"))
         self._check_choice("--eval-split", self.eval_split, EVAL_SPLITS)
+
+    def _check_ranges(self) -> None:
+        """Counts, fractions and thresholds in their ranges."""
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"unknown --device {self.device!r}; known: auto, cpu, cuda, cuda:N")
         for flag, value in (("--epochs", 1 if self.epochs is None else self.epochs), ("--image-size", self.image_size),
@@ -143,6 +156,9 @@ class DistillConfig:
             raise UserError(f"--customize-smoothing must be in [0, 1), got {self.customize_smoothing}")
         if self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
+
+    def _check_setting(self) -> None:
+        """The label budget, domains, loss weights and fingerprint pins fit the setting."""
         if self.labels_per_class is not None and self.label_fraction is not None:
             raise UserError("give either --labels-per-class or --label-fraction, not both")
         if self.labels_per_class is not None and self.labels_per_class < 1:

@@ -75,7 +75,7 @@ def test_workers_persist_across_epochs_and_results_equal_fresh_workers(tiny_stor
     assert train[0] == train[1] == train[2] and len(train[0]) == 2  # the same two processes every epoch
     assert len(evaluation) == 2 and not evaluation & train[0]  # the eval loader's own two, kept too
 
-    # the behaviour before issue 14: new workers for every epoch and every evaluation
+    # non-persistent loaders start new workers for every epoch and every evaluation; the result must not change
     _record_worker_pids(monkeypatch, tmp_path / "fresh.log")
     monkeypatch.setattr(distill_mod, "run_loader", functools.partial(run_loader, persistent=False))
     distill_mod.distill(_config(tiny_store, tmp_path / "fresh", batch_size=4))
