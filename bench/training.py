@@ -2,7 +2,7 @@
 
 All three use the trainer's own pieces (:func:`trainer.assemble.load_inputs` and
 :func:`~trainer.assemble.build_trainee` as ``distill`` builds a run, ``StudentViews``, ``make_loader``,
-``train_epoch``, ``customize_epoch``) on the store the extraction section wrote; the online mode is
+``train_epoch``, ``CustomKD.customize_epoch``) on the store the extraction section wrote; the online mode is
 :mod:`bench.online`.
 
 Timing. A shared 2-core machine sees bursts from other processes that last seconds, so the
@@ -137,17 +137,19 @@ def cached_epoch(work: Workload, trainee: Trainee, n_samples: int) -> dict:
 
 
 def customization_seconds(work: Workload, trainee: Trainee, n_samples: int) -> float:
-    """Seconds of one ``customize_epoch`` over the same ``n_samples`` (row, view) features, as ``distill`` calls it."""
+    """Seconds of one ``CustomKD.customize_epoch`` over the same ``n_samples`` (row, view) features, on the
+    context ``distill`` gives the method's epoch stage."""
     from trainer.distill import EpochFeatures
-    from trainer.loop import customize_epoch
+    from trainer.methods import EpochContext
 
     rows, views, inputs, device = work.rows[:n_samples], work.views[:n_samples], work.inputs, work.device
 
     def run() -> None:
-        features = EpochFeatures(inputs.data.features, rows, views, inputs.norm, device)
-        labels = torch.from_numpy(inputs.row_labels[rows]).to(device)
-        customize_epoch(trainee.method, trainee.student.head, features, labels, inputs.probe,
-                        trainee.customizer_opt, torch.Generator().manual_seed(0))
+        ctx = EpochContext(0, work.config.seed, trainee.student.head,
+                           EpochFeatures(inputs.data.features, rows, views, inputs.norm, device),
+                           torch.from_numpy(inputs.row_labels[rows]).to(device), inputs.probe, 256,
+                           block_local=False)
+        trainee.method.customize_epoch(ctx, torch.Generator().manual_seed(0))
 
     return timed(run, device)
 

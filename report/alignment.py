@@ -28,7 +28,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ALIGNMENT_VERSION = 2  # bump when a metric or the features it reads change; cached alignment.json is redone
-CUSTOMIZING_METHODS = ("customkd", "customkd+kd", "customkd+dkd")  # the methods whose Method.customizes is True
 
 
 def _f64(x: np.ndarray) -> np.ndarray:

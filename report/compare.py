@@ -34,7 +34,7 @@ from common.devices import GLIBC_TUNABLES
 from common.errors import UserError
 from common.files import write_json, write_text
 from report import results_page
-from report.alignment import CUSTOMIZING_METHODS, run_alignment
+from report.alignment import run_alignment
 from report.config import ReportConfig, default_cache
 from report.results_page import mean_std
 
@@ -463,8 +463,11 @@ def copy_run_records(jobs: list[Job], out: Path, dest: Path) -> None:
 
 
 def measure_alignment(jobs: list[Job]) -> dict[Path, dict]:
-    """:func:`report.alignment.run_alignment` for every CustomKD-type run (cached per run)."""
-    return {job.run_dir: run_alignment(job.run_dir) for job in jobs if job.variant.method in CUSTOMIZING_METHODS}
+    """:func:`report.alignment.run_alignment` for every run whose method declares θ^h_t (cached per run)."""
+    from trainer.methods import method_class
+
+    return {job.run_dir: run_alignment(job.run_dir) for job in jobs
+            if method_class(job.variant.method).customizes}
 
 
 def draw_figures(summary: dict, jobs: list[Job], figure_dir: Path) -> dict:

@@ -153,3 +153,15 @@ def test_the_manifest_is_read_through_the_contract():
                  for number, line in enumerate(path.read_text().splitlines(), 1) if string_paths.search(line)]
     assert offenders == []
     assert string_paths.search('recipe = manifest["fingerprint"]["augmentation"]["recipe"]')
+
+
+# The run's flat option list (trainer/config.py) still declares CustomKD's flags beside every other flag.
+PROTOCOL_EXEMPT = {"config.py"}
+
+
+def test_the_trainer_outside_its_methods_never_names_customization():
+    """CustomKD's protocol (schedule, θ^h_t's optimiser and reset, its epoch, broadcast, metrics) lives in
+    trainer/methods/customkd.py: the loop, the driver and the assembly go through Method's hooks."""
+    found = [f"{path.name}:{number}" for path in sorted((ROOT / "trainer").glob("*.py")) if path.name not in PROTOCOL_EXEMPT
+             for number, line in enumerate(path.read_text().splitlines(), 1) if "customiz" in line.lower()]
+    assert not found, found

@@ -86,14 +86,13 @@ def load_inputs(cfg: DistillConfig, device: torch.device, pinned: dict[str, str]
 
 @dataclass
 class Trainee:
-    """One student being trained, with its method and optimisers (``customizer_opt`` is replaced when θ^h_t is reset)."""
+    """One student being trained, with its method and the optimiser they share (a method may keep others of its own)."""
 
     student: Student
     method: Method
     model: nn.Module  # DistillModule(student, method), DDP-wrapped under torchrun
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    customizer_opt: torch.optim.Optimizer | None
 
 
 def make_student(cfg: DistillConfig, num_classes: int, device: torch.device) -> Student:
@@ -103,25 +102,13 @@ def make_student(cfg: DistillConfig, num_classes: int, device: torch.device) -> 
 
 
 def make_optimizers(cfg: DistillConfig, student: Student, method: Method, steps: int):
-    """(optimiser of the student and the method's student-side parameters, cosine schedule over ``steps``,
-    customizer optimiser or None)."""
+    """(optimiser of the student and the method's student-side parameters, cosine schedule over ``steps``)."""
     params = list(student.parameters()) + method.student_side_parameters()
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.effective_lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
-    return optimizer, loop.cosine_schedule(optimizer, steps), make_customizer_optimizer(cfg, method)
-
-
-def make_customizer_optimizer(cfg: DistillConfig, method: Method) -> torch.optim.Optimizer | None:
-    """AdamW on θ^h_t (and a jointly trained random head); its weight decay bounds θ^h_t's scale."""
-    if not method.customizes:
-        return None
-    if cfg.customizer_optimizer == "sgd":  # updates stay in the span of L_cus's gradients (the head's rows)
-        return torch.optim.SGD(method.customizer_parameters(), lr=cfg.customizer_lr, momentum=0.9,
-                               weight_decay=cfg.customizer_weight_decay)
-    return torch.optim.AdamW(method.customizer_parameters(), lr=cfg.customizer_lr,
-                             weight_decay=cfg.customizer_weight_decay)
+    return optimizer, loop.cosine_schedule(optimizer, steps)
 
 
 def wrap_model(student: Student, method: Method, env: DistEnv, device: torch.device) -> nn.Module:
@@ -132,7 +119,7 @@ def wrap_model(student: Student, method: Method, env: DistEnv, device: torch.dev
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                        find_unused_parameters=True)  # the customizer trains outside DDP
+                                        find_unused_parameters=True)  # modules a method trains in its epoch stage get no KD gradient
     return model
 
 
@@ -151,9 +138,8 @@ def build_trainee(cfg: DistillConfig, inputs: Inputs, device: torch.device, env:
     method = create_method(cfg.method, MethodContext(inputs.teacher_dim, student.feature_dim,
                                                      inputs.num_classes, cfg, activation)).to(device)
     model = wrap_model(student, method, env or DistEnv(), device)
-    optimizer, scheduler, customizer_opt = make_optimizers(
-        cfg, student, method, steps if steps is not None else total_steps(cfg, inputs))
-    return Trainee(student, method, model, optimizer, scheduler, customizer_opt)
+    optimizer, scheduler = make_optimizers(cfg, student, method, steps if steps is not None else total_steps(cfg, inputs))
+    return Trainee(student, method, model, optimizer, scheduler)
 
 
 @dataclass(frozen=True)
@@ -188,7 +174,7 @@ def kd_step(cfg: DistillConfig, inputs: Inputs, trainee: Trainee, device: torch.
             progress: bool = True) -> loop.KDStep:
     """What :func:`trainer.loop.train_epoch` needs, from the run's inputs and trainee (features from the store)."""
     fixmatch = (cfg.fixmatch_threshold, cfg.fixmatch_weight) if cfg.ssl == "fixmatch" else None
-    return loop.KDStep(trainee.student, trainee.model, trainee.optimizer, trainee.scheduler, inputs.data.features,
+    return loop.KDStep(trainee.student, trainee.method, trainee.model, trainee.optimizer, trainee.scheduler, inputs.data.features,
                        inputs.norm, inputs.probe, inputs.row_labels, device, cfg.grad_clip, fixmatch, env, progress)
 
 
@@ -240,8 +226,8 @@ class TrainedRun:
 
 def load_trained(run_dir: str | Path, device: torch.device | None = None) -> TrainedRun:
     """Rebuild a finished run from its own store (pinned to the fingerprint it trained on): the inputs (the probe
-    is refitted: it is seeded and deterministic), the student from student.safetensors, the method's adapters and
-    customizer from the final checkpoint."""
+    is refitted: it is seeded and deterministic), the student from student.safetensors, the method's modules from
+    the final checkpoint."""
     device = device or torch.device("cpu")
     config = read_run_config(run_dir)
     cfg = config_from_run(config)

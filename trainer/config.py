@@ -204,10 +204,6 @@ class DistillConfig:
             return self.epochs
         return max(DEFAULT_EPOCHS, -(-self.min_steps // self.steps_per_epoch(n_train)))
 
-    def customizes_at(self, epoch: int) -> bool:
-        """Whether a customization epoch runs before KD epoch ``epoch`` (0-based)."""
-        return epoch >= self.customize_warmup and (epoch - self.customize_warmup) % self.alternate_every == 0
-
     @property
     def effective_lr(self) -> float:
         return self.lr if self.lr is not None else OPTIMIZERS[self.optimizer]

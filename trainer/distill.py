@@ -26,12 +26,11 @@ from trainer.assemble import (
     eval_batches,
     kd_step,
     load_inputs,
-    make_customizer_optimizer,
     seed_everything,
 )
 from trainer.config import DEFAULT_EPOCHS, DistillConfig
 from trainer.data import CachedData, EpochBatches, RunLoader, Split, StudentViews, run_loader
-from trainer.methods import resolve_method
+from trainer.methods import EpochContext, resolve_method
 from trainer.students import Student, resolve_student
 from trainer.tracking import Tracker, absolute, eta, provenance
 
@@ -242,9 +241,7 @@ def run_config(s: Session, started: dt.datetime) -> dict:
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
             "world_size": s.env.world, "batch_rule": ddp.BATCH_RULE,
             "effective_epochs": s.epochs, "optimizer_steps": s.epochs * s.cfg.steps_per_epoch(len(s.split.train)),
-            "student_activation": type(s.method.dims.student_activation).__name__,
-            "alternation": "after customize_warmup KD epochs, one customization epoch before every "
-                           "alternate_every-th KD epoch"}
+            "student_activation": type(s.method.dims.student_activation).__name__}
 
 
 def resume(s: Session) -> int:
@@ -254,8 +251,7 @@ def resume(s: Session) -> int:
     t.method.load_state_dict(state["method"])
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
-    if t.customizer_opt is not None:
-        t.customizer_opt.load_state_dict(state["customizer_optimizer"])
+    t.method.load_optimizer_states(state["method_optimizers"])
     torch.set_rng_state(state["torch_rng"])
     s.history = json.loads(state["history"])
     log.info("resuming %s after epoch %d", s.run, state["epoch"] + 1)
@@ -269,31 +265,27 @@ def evaluate_epoch(s: Session, loader: EpochBatches) -> dict:
     return loop.classification_metrics(s.data.labels[seen], preds, s.num_classes)
 
 
-def customize(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> dict:
-    """One customization epoch on this epoch's views; θ^h_t then equals rank 0's on every rank."""
-    cfg, inputs, t = s.cfg, s.inputs, s.trainee
-    if cfg.customizer_reset:
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        for module in t.method.customizer.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.reset_parameters()
-        t.customizer_opt = make_customizer_optimizer(cfg, t.method)
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    for _ in range(cfg.customize_epochs):  # one generator: each pass draws its own batch order
-        record = loop.customize_epoch(
-            t.method, t.student.head, EpochFeatures(inputs.data.features, order, views, inputs.norm, s.device),
-            torch.from_numpy(inputs.row_labels[order]).to(s.device), inputs.probe, t.customizer_opt, generator,
-            batch_size=cfg.batch_size, order=torch.arange(len(order)) if inputs.data.streaming else None)
-    ddp.broadcast_module(s.env, t.method)
+def epoch_stage(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> dict | None:
+    """The method's work before this KD epoch, on this epoch's (row, view) pairs; when it ran, the method is then
+    made equal to rank 0's on every rank."""
+    inputs = s.inputs
+    ctx = EpochContext(epoch, s.cfg.seed, s.student.head, EpochFeatures(inputs.data.features, order, views,
+                                                                        inputs.norm, s.device),
+                       torch.from_numpy(inputs.row_labels[order]).to(s.device), inputs.probe, s.cfg.batch_size,
+                       inputs.data.streaming)
+    record = s.method.epoch_stage(ctx)
+    if record is not None:
+        ddp.broadcast_module(s.env, s.method)
     return record
 
 
 def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunLoader) -> dict:
-    """Customization epoch (when due), KD epoch, evaluation; the loaders live for the whole run."""
+    """The method's epoch stage (when it has one due), KD epoch, evaluation; the loaders live for the whole run."""
     record: dict = {"epoch": epoch + 1}
     plan = epoch_plan(s.cfg, s.inputs, epoch, s.env)
-    if s.method.customizes and s.cfg.customizes_at(epoch):
-        record["customize"] = customize(s, epoch, plan.order, plan.views)
+    stage = epoch_stage(s, epoch, plan.order, plan.views)
+    if stage is not None:
+        record[s.method.stage_name] = stage
     record["train"] = loop.train_epoch(kd_step(s.cfg, s.inputs, s.trainee, s.device, s.env),
                                        train_loader.epoch(epoch), epoch, plan.counts)
     record["eval"] = evaluate_epoch(s, eval_loader.epoch(epoch))
@@ -305,7 +297,7 @@ def save_epoch(s: Session, epoch: int) -> None:
     loop.save_checkpoint(s.run / CHECKPOINT, {
         "epoch": epoch, "student": t.student.state_dict(), "method": t.method.state_dict(),
         "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
-        "customizer_optimizer": t.customizer_opt.state_dict() if t.customizer_opt else {},
+        "method_optimizers": t.method.optimizer_states(),
         "torch_rng": torch.get_rng_state(), "history": json.dumps(s.history)})
     write_json(s.run / "metrics.json", {"epochs": s.history, "teacher_probe": s.inputs.probe_metrics})
     write_metrics_csv(s.run / "metrics.csv", s.history)
@@ -321,7 +313,7 @@ def save_student(s: Session) -> None:
 
 
 def train(s: Session, started: dt.datetime) -> dict:
-    """Every epoch still to run (customization when due, KD, evaluation, checkpoint); the final metrics."""
+    """Every epoch still to run (the method's stage when due, KD, evaluation, checkpoint); the final metrics."""
     cfg, env = s.cfg, s.env
     eval_ds = StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std)
     train_ds = (StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std, strong_seed=cfg.seed)

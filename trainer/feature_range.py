@@ -1,7 +1,7 @@
 """Where the student's feature f_s can go: the output activation of its pre-logits path and its range.
 
-CustomKD compares f_s with the customized teacher feature θ^h_t(f_t) by MSE, so that target must
-lie where f_s can reach (docs/design.md §10). timm students end their pre-logits path in an elementwise
+CustomKD compares f_s with a(θ^h_t(f_t)), the teacher feature mapped into the student's space, by MSE,
+so that target must lie where f_s can reach (docs/design.md §10). timm students end their pre-logits path in an elementwise
 activation followed only by pooling/flattening (MobileNetV3: Hardswish, ≥ −0.375; EfficientNet-Lite:
 ReLU6, in [0, 6]; ResNet: ReLU, ≥ 0), and pooling keeps the activation's range. The activation is
 found by running the student once and reading which modules ran, not by the model's name.

@@ -1,5 +1,5 @@
-"""The named pieces of the training loop: one KD epoch, one customization epoch, evaluation,
-feature normalisation, checkpoints."""
+"""The named pieces of the training loop: one KD epoch, evaluation, feature normalisation, checkpoints.
+What a method does between KD epochs is the method's own (:meth:`trainer.methods.Method.epoch_stage`)."""
 
 from __future__ import annotations
 
@@ -141,13 +141,14 @@ def _add_loss_parts(sums: dict[str, float], pending: list, epoch: int) -> None:
 class KDStep:
     """What every KD step of an epoch uses: the model being trained, its optimiser, and where its inputs come from.
 
-    ``model`` is the :class:`DistillModule` around ``student`` (DDP-wrapped under torchrun);
+    ``model`` is the :class:`DistillModule` around ``student`` and ``method`` (DDP-wrapped under torchrun);
     ``norm(features[rows, views])`` gives the teacher features ``[B, D]`` of a batch; ``row_labels [N]`` holds
     each row's label or -1; ``probe`` (θ^c_t, frozen) maps ``[B, D]`` to ``[B, C]``. ``fixmatch = (threshold,
     weight)`` adds the FixMatch term on strong views the loader supplies; ``env`` reduces the logged sums over
     ranks; ``progress`` draws a progress bar (on rank 0 only)."""
 
     student: Student
+    method: Method
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -218,47 +219,9 @@ def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None
     sums = reduce_sums(kd.env, dict(sums)) if kd.env is not None else dict(sums)
     seen, weight = sums.pop("_seen", 0), sums.pop("_weight", 0)
     means = {k: v / max(weight, 1e-9) for k, v in sums.items()}
-    if "customized_ms" in means:  # CustomKD: is the customized target on the student's scale?
-        means["rms_ratio"] = math.sqrt(means["customized_ms"] / max(means["student_ms"], 1e-12))
-    if "customized_head_ms" in means:  # share of θ^h_t(f_t)'s mean square in the head's row space (what L_cus sets)
-        means["head_share"] = means["customized_head_ms"] / max(means["customized_ms"], 1e-12)
+    means.update(kd.method.epoch_metrics(means))
     return {**means, "samples": int(seen),
             "samples_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
-
-
-def customize_epoch(method: Method, head: nn.Linear, train_features, labels: torch.Tensor,
-                    probe: nn.Linear, optimizer, generator: torch.Generator, batch_size: int = 256,
-                    order: torch.Tensor | None = None) -> dict:
-    """One customization epoch over cached features only: θ^h_t trains, nothing else.
-
-    ``train_features[idx]`` gives normalised features ``[B, D]`` (a tensor ``[T, D]`` or a lazy
-    reader); ``order`` (default: a random permutation) lets a streaming reader stay block-local."""
-    method.train()
-    started = time.perf_counter()
-    order = torch.randperm(len(labels), generator=generator) if order is None else order
-    steps = []  # per batch: (loss, correct, used) float64 on the device, read once after the epoch
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        features = train_features[idx]
-        with torch.no_grad():
-            probe_logits = probe(features)
-        parts = method.customization_loss(features, labels[idx], probe_logits, head)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        optimizer.step()
-        steps.append(torch.stack([parts[k].detach().double() for k in ("loss", "correct", "used")]))
-    loss_sum, correct, used = 0.0, 0.0, 0.0
-    sizes = [min(batch_size, len(order) - start) for start in range(0, len(order), batch_size)]
-    for (loss, right, kept), size in zip(torch.stack(steps).cpu().tolist() if steps else [], sizes, strict=True):
-        loss_sum += loss * size
-        correct += right
-        used += kept
-    if not math.isfinite(loss_sum):
-        raise UserError(f"the customization loss became {loss_sum} (round {int(method.rounds) + 1}); check "
-                        "--customizer-lr and the teacher features (`customkd cache verify`)")
-    method.rounds += 1
-    return {"loss": loss_sum / max(len(order), 1), "accuracy": correct / max(used, 1.0),
-            "used_fraction": used / max(len(order), 1), "seconds": time.perf_counter() - started}
 
 
 @torch.no_grad()

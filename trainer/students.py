@@ -137,7 +137,7 @@ def init_head(head: nn.Module, std: float = 0.01) -> None:
     features that gives logits of ±10 and a first cross-entropy of ≈ 7, which AdamW then chased up to
     ≈ 30 on ELPV (docs/tuning.md). A small head is the usual choice (timm's ``head_init_scale``)."""
     if not isinstance(head, nn.Linear):
-        raise UserError(f"the student's classifier is a {type(head).__name__}, not a linear head; CustomKD customizes "
+        raise UserError(f"the student's classifier is a {type(head).__name__}, not a linear head; CustomKD trains θ^h_t "
                         "through the student's linear head, so choose a timm model whose get_classifier() is nn.Linear")
     nn.init.trunc_normal_(head.weight, std=std)
     nn.init.zeros_(head.bias)

@@ -3,7 +3,7 @@
 - ``provenance``: library versions, the git commit of the code when it is a checkout, the command line, the
   start time, and every input file by absolute path with a content hash (the store by its identity hash).
 - ``Tracker``: one TensorBoard event file per run folder (``torch.utils.tensorboard``), a scalar for every
-  numeric loss part, evaluation metric and customization statistic, plus ``lr`` and ``epoch_seconds``.
+  numeric loss part, evaluation metric and method statistic (``Method.epoch_metrics``, a stage's record), plus ``lr`` and ``epoch_seconds``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch
 
 import trainer.methods
 from trainer.config import DistillConfig
-from trainer.methods import METHOD_PARAMS, METHODS, MethodContext, MethodDims, StepInputs, create_method, method_params
+from trainer.methods import BASES, METHODS, TERMS, MethodContext, Recipe, StepInputs, create_method, method_params
 from trainer.methods.customkd import customization_targets
 from trainer.methods.dkd import dkd_loss
 from trainer.methods.kd import soft_target_loss
@@ -138,9 +138,8 @@ def _customized(method):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_golden_losses(name, config):
     cfg = DistillConfig(cache="x", method=name, **CONFIGS[config])
-    params = method_params(name, cfg)
     torch.manual_seed(0)
-    method = METHODS[name](MethodDims(6, 5, 3, torch.nn.Hardswish()), params)
+    method = create_method(name, MethodContext(6, 5, 3, cfg, torch.nn.Hardswish()))
     parts = {}
     if method.customizes:
         step = _step()
@@ -163,10 +162,11 @@ def test_create_method_hands_the_method_its_params_from_the_config(name):
     assert method.params == params and type(method.params) is type(params)
     assert method.dims.student_activation is activation  # trainer/distill.py records its name in config.json
     assert not any(isinstance(getattr(method.params, f.name), DistillConfig) for f in dataclasses.fields(params))
+    assert [t.params for t in method.terms] == [TERMS[term][0](cfg) for term in METHODS[name].terms]
 
 
 def test_every_method_has_params_and_no_method_module_sees_the_config():
-    assert tuple(METHOD_PARAMS) == tuple(METHODS)
+    assert all(recipe.base in BASES and set(recipe.terms) <= set(TERMS) for recipe in METHODS.values())
     for path in sorted(Path(trainer.methods.__file__).parent.glob("*.py")):
         if path.name != "__init__.py":  # the one place where the config becomes params
             assert "DistillConfig" not in path.read_text() and "trainer.config" not in path.read_text(), path.name
@@ -255,3 +255,56 @@ def test_method_names_of_the_command_line_are_the_registry():
     from trainer.config import METHOD_NAMES
 
     assert METHOD_NAMES == tuple(METHODS)
+
+
+def test_a_combined_method_is_its_base_plus_the_weighted_registered_terms(monkeypatch):
+    monkeypatch.setitem(METHODS, "fitnet+dkd", Recipe("fitnet", ("dkd",)))
+    cfg = DistillConfig(cache="x", **SHIFTED)
+    torch.manual_seed(0)
+    combined = {k: v.detach() for k, v in create_method("fitnet+dkd", MethodContext(6, 5, 3, cfg))(_step()).items()}
+    torch.manual_seed(0)
+    fitnet = {k: v.detach() for k, v in create_method("fitnet", MethodContext(6, 5, 3, cfg))(_step()).items()}
+    dkd = create_method("dkd", MethodContext(6, 5, 3, cfg))(_step())
+    assert float(combined["general"]) == float(fitnet["general"]) and float(combined["dkd"]) == float(dkd["dkd"])
+    assert float(combined["loss"]) == pytest.approx(float(fitnet["loss"]) + float(dkd["dkd"]), abs=1e-6)
+    kd = create_method("kd", MethodContext(6, 5, 3, cfg))(_step())  # a weighted term: w = 0.7 from SHIFTED
+    assert float(kd["loss"]) == pytest.approx(float(kd["task"]) + 0.7 * float(kd["kd"]), abs=1e-6)
+
+
+def _stage_context(epoch: int, seed: int = 0):
+    from trainer.methods import EpochContext
+
+    g = torch.Generator().manual_seed(5)
+    features, labels = torch.randn(12, 6, generator=g), torch.tensor([0, 1, 2, -1] * 3)
+    return EpochContext(epoch, seed, torch.nn.Linear(5, 3), features, labels, torch.nn.Linear(6, 3), batch_size=5,
+                        block_local=False)
+
+
+def test_customkd_owns_its_schedule_rounds_and_optimiser_state():
+    cfg = DistillConfig(cache="x", customize_warmup=2, alternate_every=3, customize_epochs=2)
+    torch.manual_seed(0)
+    method = create_method("customkd", MethodContext(6, 5, 3, cfg))
+    due = [epoch for epoch in range(9) if method.epoch_stage(_stage_context(epoch)) is not None]
+    assert due == [2, 5, 8] and int(method.rounds) == 2 * 3  # each round is customize_epochs passes
+    saved = method.optimizer_states()
+    torch.manual_seed(0)
+    fresh = create_method("customkd", MethodContext(6, 5, 3, cfg))
+    fresh.load_optimizer_states(saved)
+    restored = fresh.optimizer_states()["customizer"]["state"]
+    assert restored.keys() == saved["customizer"]["state"].keys() and all(
+        torch.equal(restored[k]["exp_avg"], v["exp_avg"]) for k, v in saved["customizer"]["state"].items())
+    assert create_method("kd", MethodContext(6, 5, 3, cfg)).epoch_stage(_stage_context(2)) is None
+
+
+def test_customizer_reset_redraws_theta_from_the_seed_and_epoch_and_restarts_its_optimiser():
+    cfg = DistillConfig(cache="x", customizer_reset=True, customize_warmup=0)
+    torch.manual_seed(0)
+    method = create_method("customkd", MethodContext(6, 5, 3, cfg))
+    method.epoch_stage(_stage_context(0, seed=3))
+    first = method.optimizer
+    torch.manual_seed(3 * 1000 + 1)
+    expected = torch.nn.Linear(6, 5).weight.detach().clone()  # the draw a reset before epoch 1 makes
+    method.epoch_stage(_stage_context(1, seed=3))
+    assert method.optimizer is not first
+    trained = method.customizer.weight.detach()
+    assert not torch.equal(trained, expected) and float((trained - expected).abs().max()) < 0.05  # reset, one pass

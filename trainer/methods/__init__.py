@@ -1,12 +1,13 @@
-"""Distillation methods: one explicit name → class table, and one name → params table.
+"""Distillation methods: one table of methods, each a base (the modules it trains beside the student, with
+its own params) plus registered logit terms, and one place where the run's options become params.
 
-:data:`METHOD_PARAMS` is the one place where the run's options (``DistillConfig``, the CLI flags)
-become a method's own params; methods never see the config.
+:data:`BASES` and :data:`TERMS` are where the run's options (``DistillConfig``, the CLI flags) become a base's or a
+term's params; methods never see the config. A combined method (``kd+fitnet``, ``customkd+dkd``) is a base plus
+terms, its loss their weighted sum: adding a combination is one line of :data:`METHODS`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,31 +15,12 @@ from torch import nn
 
 from common.errors import UserError
 from trainer.config import DistillConfig
-from trainer.methods.base import BatchCounts, Method, MethodDims, StepInputs
-from trainer.methods.customkd import (
-    CustomKD,
-    CustomKDDKDParams,
-    CustomKDKDParams,
-    CustomKDParams,
-    CustomKDWithDKD,
-    CustomKDWithKD,
-)
-from trainer.methods.dkd import DKD, DKDParams
+from trainer.methods.base import BatchCounts, EpochContext, Method, MethodDims, StepInputs, Term
+from trainer.methods.customkd import CustomKD, CustomKDParams
+from trainer.methods.dkd import DKDParams, dkd
 from trainer.methods.fitnet import FitNet, FitNetParams
-from trainer.methods.kd import HintonKD, KDParams
-from trainer.methods.kd_fitnet import KDFitNetParams, KDWithFitNet
+from trainer.methods.kd import KDParams, kd_term
 from trainer.methods.student import StudentOnly, StudentParams
-
-METHODS: dict[str, type[Method]] = {
-    "student": StudentOnly,
-    "fitnet": FitNet,
-    "kd": HintonKD,
-    "kd+fitnet": KDWithFitNet,
-    "dkd": DKD,
-    "customkd": CustomKD,
-    "customkd+kd": CustomKDWithKD,
-    "customkd+dkd": CustomKDWithDKD,
-}
 
 
 def student_params(cfg: DistillConfig) -> StudentParams:
@@ -53,10 +35,6 @@ def kd_params(cfg: DistillConfig) -> KDParams:
     return KDParams(temperature=cfg.kd_temperature, weight=cfg.kd_weight)
 
 
-def kd_fitnet_params(cfg: DistillConfig) -> KDFitNetParams:
-    return KDFitNetParams(**dataclasses.asdict(fitnet_params(cfg)), kd=kd_params(cfg))
-
-
 def dkd_params(cfg: DistillConfig) -> DKDParams:
     return DKDParams(alpha=cfg.dkd_alpha, beta=cfg.dkd_beta, temperature=cfg.kd_temperature, warmup=cfg.dkd_warmup)
 
@@ -67,27 +45,42 @@ def customkd_params(cfg: DistillConfig) -> CustomKDParams:
                           pseudo_threshold=cfg.pseudo_threshold, customize_smoothing=cfg.customize_smoothing,
                           lambda_general=cfg.effective_lambda_general, lambda_specific=cfg.lambda_specific,
                           specific_space=cfg.specific_space, specific_loss=cfg.specific_loss,
-                          customizer_init=cfg.customizer_init)
+                          customizer_init=cfg.customizer_init, customizer_optimizer=cfg.customizer_optimizer,
+                          customizer_lr=cfg.customizer_lr, customizer_weight_decay=cfg.customizer_weight_decay,
+                          customizer_reset=cfg.customizer_reset, customize_epochs=cfg.customize_epochs,
+                          customize_warmup=cfg.customize_warmup, alternate_every=cfg.alternate_every)
 
 
-def customkd_kd_params(cfg: DistillConfig) -> CustomKDKDParams:
-    return CustomKDKDParams(**dataclasses.asdict(customkd_params(cfg)), kd=kd_params(cfg))
+# base name -> (class, how its params are read from the run's config)
+BASES: dict[str, tuple[type[Method], Callable[[DistillConfig], object]]] = {
+    "student": (StudentOnly, student_params),
+    "fitnet": (FitNet, fitnet_params),
+    "customkd": (CustomKD, customkd_params),
+}
+# term name -> (how its params are read from the run's config, the term of those params)
+TERMS: dict[str, tuple[Callable[[DistillConfig], object], Callable[[object], Term]]] = {
+    "kd": (kd_params, kd_term),
+    "dkd": (dkd_params, dkd),
+}
 
 
-def customkd_dkd_params(cfg: DistillConfig) -> CustomKDDKDParams:
-    return CustomKDDKDParams(**dataclasses.asdict(customkd_params(cfg)), dkd=dkd_params(cfg))
+@dataclass(frozen=True)
+class Recipe:
+    """A method: its base and the registered terms added to the base's loss, in this order."""
+
+    base: str
+    terms: tuple[str, ...] = ()
 
 
-# Same names as METHODS: how each method's params are read from the run's config.
-METHOD_PARAMS: dict[str, Callable[[DistillConfig], object]] = {
-    "student": student_params,
-    "fitnet": fitnet_params,
-    "kd": kd_params,
-    "kd+fitnet": kd_fitnet_params,
-    "dkd": dkd_params,
-    "customkd": customkd_params,
-    "customkd+kd": customkd_kd_params,
-    "customkd+dkd": customkd_dkd_params,
+METHODS: dict[str, Recipe] = {
+    "student": Recipe("student"),
+    "fitnet": Recipe("fitnet"),
+    "kd": Recipe("student", ("kd",)),
+    "kd+fitnet": Recipe("fitnet", ("kd",)),
+    "dkd": Recipe("student", ("dkd",)),
+    "customkd": Recipe("customkd"),
+    "customkd+kd": Recipe("customkd", ("kd",)),
+    "customkd+dkd": Recipe("customkd", ("dkd",)),
 }
 
 
@@ -107,21 +100,31 @@ class MethodContext:
         return MethodDims(self.teacher_dim, self.student_dim, self.num_classes, self.student_activation)
 
 
-def resolve_method(name: str) -> type[Method]:
+def resolve_method(name: str) -> Recipe:
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
     return METHODS[name]
 
 
+def method_class(name: str) -> type[Method]:
+    """The class of method ``name``: what it declares (``customizes``, ``stage_name``) without building it."""
+    return BASES[resolve_method(name).base][0]
+
+
 def method_params(name: str, cfg: DistillConfig) -> object:
-    """The params of method ``name`` taken from the run's config (``KDParams`` for ``kd``, ...)."""
-    resolve_method(name)
-    return METHOD_PARAMS[name](cfg)
+    """The params of method ``name``'s base taken from the run's config (``FitNetParams`` for ``kd+fitnet``, ...)."""
+    return BASES[resolve_method(name).base][1](cfg)
+
+
+def method_terms(name: str, cfg: DistillConfig) -> tuple[Term, ...]:
+    """The registered terms of method ``name``, their params taken from the run's config."""
+    return tuple(TERMS[term][1](TERMS[term][0](cfg)) for term in resolve_method(name).terms)
 
 
 def create_method(name: str, ctx: MethodContext) -> Method:
-    return resolve_method(name)(ctx.dims, method_params(name, ctx.config))
+    return method_class(name)(ctx.dims, method_params(name, ctx.config), method_terms(name, ctx.config))
 
 
-__all__ = ["METHODS", "METHOD_PARAMS", "BatchCounts", "Method", "MethodContext", "MethodDims", "StepInputs",
-           "create_method", "method_params", "resolve_method"]
+__all__ = ["BASES", "METHODS", "TERMS", "BatchCounts", "EpochContext", "Method", "MethodContext", "MethodDims",
+           "Recipe", "StepInputs", "Term", "create_method", "method_class", "method_params", "method_terms",
+           "resolve_method"]

@@ -9,6 +9,7 @@ unlabeled samples fall across ranks (docs/design.md §10).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -88,20 +89,80 @@ def feature_mse(prediction: torch.Tensor, target: torch.Tensor, counts: BatchCou
     return counts.mean((prediction - target).square().mean(1).sum())
 
 
+@dataclass(frozen=True)
+class Term:
+    """A registered loss term without modules of its own (on the student's and the teacher probe's logits),
+    added to a method's loss as ``weight · value(step)`` and logged under ``name``."""
+
+    name: str
+    value: Callable[[StepInputs], torch.Tensor]
+    weight: float
+    params: object  # the term's own frozen params (KDParams, DKDParams)
+
+
+@dataclass(frozen=True)
+class EpochContext:
+    """What a method's epoch stage (:meth:`Method.epoch_stage`) may use: this epoch's cached (row, view) pairs,
+    read by position, and the frozen pieces around them. T positions, D teacher dimensions."""
+
+    epoch: int  # 0-based KD epoch the stage runs before
+    seed: int  # the run's seed
+    head: nn.Linear  # θ^c_s, the student's head (read, never trained by a stage)
+    features: object  # positions [B] -> normalised teacher features [B, D] on the device
+    labels: torch.Tensor  # [T] each position's label, -1 = none, on the device
+    probe: nn.Linear  # θ^c_t, frozen
+    batch_size: int
+    block_local: bool  # the features stream from the store: visit positions in order
+
+
 class Method(nn.Module):
-    """Base: ``forward(StepInputs) -> {"loss": total, <named parts>}``; ``params`` is the method's own
-    frozen params dataclass (built from the run's config by ``trainer.methods.method_params``)."""
+    """A method: the modules it trains beside the student, its own loss parts (:meth:`own_parts`) and the
+    registered :class:`Term` s it adds (``kd`` and ``dkd`` terms on logits), one weighted sum.
+    ``forward(StepInputs) -> {"loss": total, <named parts>}``; ``params`` is the method's own frozen params
+    dataclass (built from the run's config by ``trainer.methods.method_params``).
 
-    uses_teacher = True
-    customizes = False
+    Its protocol beyond the KD step is its own too: :meth:`epoch_stage` runs before a KD epoch (the trainer
+    then makes the method equal rank 0's on every rank), :meth:`optimizer_states` travel in the checkpoint,
+    and :meth:`epoch_metrics` derives logged statistics from an epoch's mean loss parts."""
 
+    customizes = False  # declares θ^h_t: the report reads the customized feature of such methods
     params: object  # each method narrows it to its own params class
+    stage_name = "stage"  # the epoch record's key for what epoch_stage returns
 
-    def __init__(self, dims: MethodDims, params: object) -> None:
+    def __init__(self, dims: MethodDims, params: object, terms: tuple[Term, ...] = ()) -> None:
         super().__init__()
         self.dims = dims
         self.params = params
+        self.terms = terms
+
+    def own_parts(self, step: StepInputs) -> dict:
+        """``{"loss": L_task + this method's own weighted terms, <named parts>}``."""
+        task = task_loss(step.logits, step.labels, step.counts)
+        return {"loss": task, "task": task}
+
+    def forward(self, step: StepInputs) -> dict:
+        parts = self.own_parts(step)
+        for term in self.terms:
+            value = term.value(step)
+            parts[term.name] = value
+            parts["loss"] = parts["loss"] + term.weight * value
+        return parts
 
     def student_side_parameters(self) -> list[nn.Parameter]:
-        """Adapters trained with the student (projectors); excludes the customizer."""
+        """Adapters trained with the student (projectors), by the student's optimiser."""
         return list(self.parameters())
+
+    def epoch_stage(self, ctx: EpochContext) -> dict | None:
+        """Work before KD epoch ``ctx.epoch`` outside the KD step; its record, or None when nothing ran."""
+        return None
+
+    def optimizer_states(self) -> dict:
+        """The state of optimisers the method keeps for itself, for the checkpoint."""
+        return {}
+
+    def load_optimizer_states(self, states: dict) -> None:
+        """Restore what :meth:`optimizer_states` returned."""
+
+    def epoch_metrics(self, means: dict) -> dict:
+        """Statistics derived from an epoch's mean loss parts (reduced over ranks), logged beside them."""
+        return {}

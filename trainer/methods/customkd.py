@@ -1,7 +1,10 @@
 """``customkd``: CustomKD (Lee et al., CVPR 2025), see docs/design.md §2 and §10.
 
-Two stages alternate, customization first once the head means something (one customization epoch
-before every ``alternate_every``-th KD epoch, starting after ``customize_warmup`` KD epochs):
+Two stages alternate, customization first once the head means something (one customization round
+before every ``alternate_every``-th KD epoch, starting after ``customize_warmup`` KD epochs). The protocol is
+this module's: the round is :meth:`CustomKD.epoch_stage` (``customize_epochs`` passes over the epoch's cached
+views, θ^h_t's own optimiser, optionally re-initialised first), its optimiser's state travels in the checkpoint,
+and :meth:`CustomKD.epoch_metrics` logs whether the customized target is on the student's scale.
 
 1. Customization — only θ^h_t trains, through the student's frozen, shared head θ^c_s:
    L_cus = CE(θ^c_s(a(θ^h_t(f_t))), y), y = labels + confident teacher-probe pseudo-labels
@@ -20,6 +23,8 @@ activation (``customizer_activation=student``, found by :mod:`trainer.feature_ra
 where f_s can go; label smoothing gives L_cus a finite optimum. The AdamW weight decay on θ^h_t is nearly
 inert (lr × wd = 5e-5 a step: under 1 % over a run) and does not bound the target's scale.
 
+``customkd+kd`` and ``customkd+dkd`` add the registered KD or DKD term (trainer/methods/__init__.py).
+
 Heads customized through (``customize_head``): ``student`` (the method), ``random`` (a fixed random
 head, the paper's ablation as a frozen head) and ``random-trained`` (a random-init head θ^c_t trained
 jointly with θ^h_t, the paper's ablation as described). θ^h_t, P_s and the heads are dropped after
@@ -28,16 +33,17 @@ training.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import UserError
 from trainer.feature_range import activation_range, unreachable
-from trainer.methods.base import Method, MethodDims, StepInputs, feature_mse, task_loss
-from trainer.methods.dkd import DKDParams, dkd_term
-from trainer.methods.kd import KDParams, soft_target_loss
+from trainer.methods.base import EpochContext, Method, MethodDims, StepInputs, Term, feature_mse, task_loss
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,13 @@ class CustomKDParams:
     specific_space: str  # "full": all d_s dims of f_s; "head": only the head's row space (what L_cus sets)
     specific_loss: str  # "mse" or "cosine" (1 - cos, scale-free) between f_s and the customized target
     customizer_init: str  # "default" (PyTorch's Linear init) or "zero" (no random directions)
+    customizer_optimizer: str  # θ^h_t's optimiser: "adamw" or "sgd" (momentum 0.9: updates stay in L_cus's span)
+    customizer_lr: float
+    customizer_weight_decay: float
+    customizer_reset: bool  # re-initialise θ^h_t and its optimiser before every round
+    customize_epochs: int  # passes over the epoch's cached views per round
+    customize_warmup: int  # KD epochs before the first round (the head must mean something)
+    alternate_every: int  # one round before every alternate_every-th KD epoch after the warm-up
 
 
 def make_customizer(kind: str, teacher_dim: int, student_dim: int, init: str = "default") -> nn.Module:
@@ -104,12 +117,21 @@ def customization_targets(labels: torch.Tensor, probe_logits: torch.Tensor, mode
     return torch.where(labels >= 0, labels, pseudo)
 
 
+def make_customizer_optimizer(params: CustomKDParams, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """θ^h_t's own optimiser (and a jointly trained random head's)."""
+    if params.customizer_optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=params.customizer_lr, momentum=0.9,
+                               weight_decay=params.customizer_weight_decay)
+    return torch.optim.AdamW(parameters, lr=params.customizer_lr, weight_decay=params.customizer_weight_decay)
+
+
 class CustomKD(Method):
     customizes = True
+    stage_name = "customize"
     params: CustomKDParams
 
-    def __init__(self, dims: MethodDims, params: CustomKDParams) -> None:
-        super().__init__(dims, params)
+    def __init__(self, dims: MethodDims, params: CustomKDParams, terms: tuple[Term, ...] = ()) -> None:
+        super().__init__(dims, params, terms)
         self.customizer = make_customizer(params.customizer, dims.teacher_dim, dims.student_dim, params.customizer_init)
         self.activation = dims.student_activation if params.customizer_activation == "student" else nn.Identity()
         self.student_range = activation_range(dims.student_activation)  # where f_s can go, for the log
@@ -120,6 +142,7 @@ class CustomKD(Method):
             self.random_head.requires_grad_(params.customize_head == "random-trained")
         # customization rounds done: no task-specific term before the first one (nothing customized yet)
         self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
+        self.optimizer: torch.optim.Optimizer | None = None  # made on first use, after the method moved to its device
 
     def student_side_parameters(self) -> list[nn.Parameter]:
         return list(self.projector.parameters())
@@ -128,6 +151,77 @@ class CustomKD(Method):
         """What the customization stage trains: θ^h_t, and the random head when it is trained jointly."""
         head = list(self.random_head.parameters()) if self.params.customize_head == "random-trained" else []
         return list(self.customizer.parameters()) + head
+
+    def customizer_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            self.optimizer = make_customizer_optimizer(self.params, self.customizer_parameters())
+        return self.optimizer
+
+    def optimizer_states(self) -> dict:
+        return {"customizer": self.customizer_optimizer().state_dict()}
+
+    def load_optimizer_states(self, states: dict) -> None:
+        self.customizer_optimizer().load_state_dict(states["customizer"])
+
+    def customizes_at(self, epoch: int) -> bool:
+        """Whether a customization round runs before KD epoch ``epoch`` (0-based)."""
+        warmup, every = self.params.customize_warmup, self.params.alternate_every
+        return epoch >= warmup and (epoch - warmup) % every == 0
+
+    def epoch_stage(self, ctx: EpochContext) -> dict | None:
+        """One customization round before this KD epoch when one is due: ``customize_epochs`` passes over the
+        epoch's cached views (one generator, so each pass draws its own order); the last pass's record."""
+        if not self.customizes_at(ctx.epoch):
+            return None
+        if self.params.customizer_reset:
+            torch.manual_seed(ctx.seed * 1000 + ctx.epoch)
+            for module in self.customizer.modules():
+                if isinstance(module, nn.Linear):
+                    module.reset_parameters()
+            self.optimizer = None
+        generator = torch.Generator().manual_seed(ctx.seed * 1000 + ctx.epoch)
+        for _ in range(self.params.customize_epochs):
+            record = self.customize_epoch(ctx, generator)
+        return record
+
+    def customize_epoch(self, ctx: EpochContext, generator: torch.Generator) -> dict:
+        """One pass of L_cus over the epoch's cached features, only θ^h_t training; in ``ctx.batch_size`` batches,
+        in a random order (in order when the features stream: block-local reads). Sums stay on the device and are
+        read once after the pass."""
+        self.train()
+        optimizer, started, total = self.customizer_optimizer(), time.perf_counter(), len(ctx.labels)
+        order = torch.arange(total) if ctx.block_local else torch.randperm(total, generator=generator)
+        steps = []  # per batch: (loss, correct, used) float64 on the device
+        for start in range(0, total, ctx.batch_size):
+            idx = order[start : start + ctx.batch_size]
+            features = ctx.features[idx]
+            with torch.no_grad():
+                probe_logits = ctx.probe(features)
+            parts = self.customization_loss(features, ctx.labels[idx], probe_logits, ctx.head)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            steps.append(torch.stack([parts[k].detach().double() for k in ("loss", "correct", "used")]))
+        loss_sum, correct, used = 0.0, 0.0, 0.0
+        sizes = [min(ctx.batch_size, total - start) for start in range(0, total, ctx.batch_size)]
+        for (loss, right, kept), size in zip(torch.stack(steps).cpu().tolist() if steps else [], sizes, strict=True):
+            loss_sum, correct, used = loss_sum + loss * size, correct + right, used + kept
+        if not math.isfinite(loss_sum):
+            raise UserError(f"the customization loss became {loss_sum} (round {int(self.rounds) + 1}); check "
+                            "--customizer-lr and the teacher features (`customkd cache verify`)")
+        self.rounds += 1
+        return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(used, 1.0),
+                "used_fraction": used / max(total, 1), "seconds": time.perf_counter() - started}
+
+    def epoch_metrics(self, means: dict) -> dict:
+        """``rms_ratio``: RMS(a(θ^h_t(f_t))) / RMS(f_s), is the target on the student's scale; ``head_share``: the
+        share of its mean square inside the head's row space (what L_cus sets). From the epoch's global means."""
+        metrics = {}
+        if "customized_ms" in means:
+            metrics["rms_ratio"] = math.sqrt(means["customized_ms"] / max(means["student_ms"], 1e-12))
+        if "customized_head_ms" in means:
+            metrics["head_share"] = means["customized_head_ms"] / max(means["customized_ms"], 1e-12)
+        return metrics
 
     def customized(self, teacher_features: torch.Tensor) -> torch.Tensor:
         """a(θ^h_t(f_t)): ``[B, D] -> [B, d_s]``."""
@@ -154,7 +248,7 @@ class CustomKD(Method):
         correct = (logits.argmax(1) == targets)[used].float().sum()
         return {"loss": loss, "correct": correct, "used": used.sum()}
 
-    def forward(self, step: StepInputs) -> dict:
+    def own_parts(self, step: StepInputs) -> dict:
         params, counts = self.params, step.counts
         task = task_loss(step.logits, step.labels, counts)
         general = feature_mse(self.projector(step.student_features), step.teacher_features, counts)
@@ -174,39 +268,3 @@ class CustomKD(Method):
         specific = parts.get("specific", general * 0.0)
         loss = task + params.lambda_general * general + params.lambda_specific * specific
         return {"loss": loss, **parts}
-
-
-@dataclass(frozen=True)
-class CustomKDDKDParams(CustomKDParams):
-    """CustomKD's params, plus the DKD term's."""
-
-    dkd: DKDParams
-
-
-class CustomKDWithDKD(CustomKD):
-    """``customkd+dkd``: CustomKD plus the decoupled KD term on the teacher probe's logits."""
-
-    params: CustomKDDKDParams
-
-    def forward(self, step: StepInputs) -> dict:
-        parts = super().forward(step)
-        dkd = dkd_term(step, self.params.dkd)
-        return {**parts, "loss": parts["loss"] + dkd, "dkd": dkd}
-
-
-@dataclass(frozen=True)
-class CustomKDKDParams(CustomKDParams):
-    """CustomKD's params, plus the Hinton KD term's."""
-
-    kd: KDParams
-
-
-class CustomKDWithKD(CustomKD):
-    """``customkd+kd``: CustomKD plus Hinton's soft-target term on the teacher probe's logits."""
-
-    params: CustomKDKDParams
-
-    def forward(self, step: StepInputs) -> dict:
-        parts = super().forward(step)
-        kd = soft_target_loss(step.logits, step.probe_logits, self.params.kd.temperature, step.counts)
-        return {**parts, "loss": parts["loss"] + self.params.kd.weight * kd, "kd": kd}

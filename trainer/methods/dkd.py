@@ -3,6 +3,7 @@
 With target class t (ground truth when labeled, the probe's argmax otherwise), binary
 probabilities b = [p_t, 1 − p_t] and non-target distributions p̂ (softmax over classes ≠ t):
 DKD = α · T² · KL(b_T ‖ b_S) + β · T² · KL(p̂_T ‖ p̂_S), scaled by min((epoch + 1) / warm-up, 1) (epoch 0-based: the first epoch already has 1/warm-up).
+The term is registered (:func:`dkd`): ``dkd`` is the student's task loss plus it, ``customkd+dkd`` adds it to CustomKD's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trainer.methods.base import BatchCounts, Method, StepInputs, task_loss
+from trainer.methods.base import BatchCounts, StepInputs, Term
 
 
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -47,10 +48,6 @@ def dkd_term(step: StepInputs, params: DKDParams) -> torch.Tensor:
                              step.counts)
 
 
-class DKD(Method):
-    params: DKDParams
-
-    def forward(self, step: StepInputs) -> dict:
-        task = task_loss(step.logits, step.labels, step.counts)
-        dkd = dkd_term(step, self.params)
-        return {"loss": task + dkd, "task": task, "dkd": dkd}
+def dkd(params: DKDParams) -> Term:
+    """The DKD term at weight 1 (α and β weigh its two parts; the warm-up scales it)."""
+    return Term("dkd", lambda step: dkd_term(step, params), 1.0, params)

@@ -1,7 +1,8 @@
 """``kd``: Hinton et al., "Distilling the Knowledge in a Neural Network" (2015).
 
 The teacher's logits are the teacher probe's θ^c_t(f_t) on the cached feature of the same view:
-L = L_task + w · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)), over every sample.
+L = L_task + w · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)), over every sample. The term is registered
+(:func:`kd_term`): ``kd`` is the student's task loss plus it, ``kd+fitnet`` and ``customkd+kd`` add it to theirs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trainer.methods.base import BatchCounts, Method, StepInputs, task_loss
+from trainer.methods.base import BatchCounts, StepInputs, Term
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
@@ -29,10 +30,10 @@ class KDParams:
     weight: float  # w, the weight of the KD term
 
 
-class HintonKD(Method):
-    params: KDParams
+def kd_term(params: KDParams) -> Term:
+    """Hinton's soft-target term against the teacher probe, weighted ``w``."""
 
-    def forward(self, step: StepInputs) -> dict:
-        task = task_loss(step.logits, step.labels, step.counts)
-        kd = soft_target_loss(step.logits, step.probe_logits, self.params.temperature, step.counts)
-        return {"loss": task + self.params.weight * kd, "task": task, "kd": kd}
+    def value(step: StepInputs) -> torch.Tensor:
+        return soft_target_loss(step.logits, step.probe_logits, params.temperature, step.counts)
+
+    return Term("kd", value, params.weight, params)

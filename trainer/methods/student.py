@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainer.methods.base import Method, StepInputs, task_loss
+from trainer.methods.base import Method
 
 
 @dataclass(frozen=True)
@@ -13,9 +13,6 @@ class StudentParams:
 
 
 class StudentOnly(Method):
-    uses_teacher = False
-    params: StudentParams
+    """The task loss alone (:meth:`Method.own_parts`); with registered terms it is ``kd`` or ``dkd``."""
 
-    def forward(self, step: StepInputs) -> dict:
-        task = task_loss(step.logits, step.labels, step.counts)
-        return {"loss": task, "task": task}
+    params: StudentParams
