@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 import typer
 
 from common.distributed import is_main_process
+from common.options import field_hints
 
 T = TypeVar("T")
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
@@ -69,3 +72,31 @@ def _leave_process_group() -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
         torch_dist.destroy_process_group()
+
+
+def _as_option(field: dataclasses.Field, hint) -> inspect.Parameter:
+    """A config field as a typer option: its type (a tuple of names is typed as one comma-separated string), its
+    default, its help and its panel."""
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    if typing.get_origin(hint) is tuple:
+        hint, default = str, ",".join(default)
+    info = typer.Option(help=field.metadata.get("help"), rich_help_panel=field.metadata.get("group") or None)
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[hint, info])
+
+
+def config_command(config_class, skip: tuple[str, ...] = ()):
+    """Give a command one option per field of ``config_class`` (:func:`common.options.option` declares each), after
+    its own parameters; the command receives them as ``**settings``. ``skip``: fields the command declares itself."""
+
+    def decorate(command: Callable) -> Callable:
+        own = [p if p.name == "ctx" else p.replace(kind=p.KEYWORD_ONLY)
+               for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        generated = [_as_option(f, hint) for f, hint in field_hints(config_class) if f.name not in skip]
+        last = ("verbose", "quiet")  # the shared switches close the list, as on every command
+        command.__signature__ = inspect.Signature(
+            [*(p for p in own if p.name not in last), *generated, *(p for p in own if p.name in last)])
+        command.__annotations__ = {**{p.name: p.annotation for p in generated}, **command.__annotations__}
+        return command
+
+    return decorate

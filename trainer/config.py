@@ -1,4 +1,7 @@
-"""The distill process's configuration: one frozen dataclass, validated on construction."""
+"""The distill process's configuration: one frozen dataclass, validated on construction.
+
+Each field is declared once, with its help text and known values (:func:`common.options.option`): ``customkd distill``'s options,
+the keys of ``--config`` files and ``DistillConfig.from_file`` are all derived from these fields."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from common.errors import UserError
+from common.options import field_hints, option
 
 SETTINGS = ("supervised", "ssl", "uda")
 METHOD_NAMES = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+kd", "customkd+dkd")  # = trainer.methods.METHODS
@@ -28,66 +32,99 @@ MAX_IMAGE_SIZE = 2048  # px; a student's input side, for training and for a run'
 # λ_g when --lambda-general is not given: FitNet's usual weight for the feature-imitation methods; 0.1 for the
 # CustomKD methods, chosen on the digits development split (docs/tuning.md), where λ_g = 1 cost them 4–5 points.
 LAMBDA_GENERAL_DEFAULTS = {"fitnet": 1.0, "kd+fitnet": 1.0, "customkd": 0.1, "customkd+kd": 0.1, "customkd+dkd": 0.1}
+# the help panels of the methods' own options (``distill --help``)
+FEATURE_TERM, CUSTOMKD = "Feature terms (fitnet, kd+fitnet, customkd…)", "CustomKD (customkd, customkd+kd, customkd+dkd)"
+LOGIT_TERMS, DKD = "Logit terms (kd, dkd and their combinations)", "DKD (dkd, customkd+dkd)"
+
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    cache: str = "caches/elpv-efficientnet_lite0.zarr"
-    student: str = "mobilenetv3"
-    student_pretrained: bool = False
-    student_weights: str | None = None
-    method: str = "customkd"
-    setting: str = "ssl"
-    labels_per_class: int | None = None
-    label_fraction: float | None = None
-    ssl: str = "none"  # "fixmatch" adds FixMatch's unlabeled objective to L_task
-    fixmatch_threshold: float = 0.95
-    fixmatch_weight: float = 1.0
-    source: tuple[str, ...] = ()
-    target: tuple[str, ...] = ()
-    epochs: int | None = None  # None: DEFAULT_EPOCHS, extended to min_steps optimizer steps; a number is exact
-    min_steps: int = 250  # without --epochs: more epochs on small datasets until this many optimizer steps
-    image_size: int = 96
-    batch_size: int = 64
-    out: str = ""
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"
-    optimizer: str = "adamw"
-    lr: float | None = None
-    weight_decay: float = 0.05
-    grad_clip: float = 5.0
-    lambda_general: float | None = None  # None: the method's own default (LAMBDA_GENERAL_DEFAULTS)
-    lambda_specific: float = 1.0
-    customizer: str = "linear"
-    customizer_lr: float = 1e-3
-    customizer_activation: str = "student"  # a(·) on θ^h_t's output: the student's own output activation
-    customizer_weight_decay: float = 0.05  # AdamW decay on θ^h_t (nearly inert at lr 1e-3: < 1 % over a run)
-    customizer_reset: bool = False  # re-initialise θ^h_t and its optimiser before every customization
-    customizer_init: str = "default"  # "zero": θ^h_t's output layer starts at 0 (no random directions in the target)
-    customizer_optimizer: str = "adamw"  # "sgd": θ^h_t's updates stay in the span of L_cus's gradients
-    customize_epochs: int = 1  # customization epochs per round
-    specific_space: str = "head"  # the task-specific term in the head's row space ("full": every dimension)
-    specific_loss: str = "mse"  # "cosine": a scale-free task-specific term
-    customize_smoothing: float = 0.1  # label smoothing on L_cus: CE with a finite optimum
-    customize_warmup: int = 1  # KD epochs before the first customization (the head must mean something)
-    customize_head: str = "student"
-    customize_target: str = "labels+pseudo"
-    pseudo_threshold: float = 0.8
-    alternate_every: int = 1
-    kd_temperature: float = 4.0
-    kd_weight: float = 1.0
-    dkd_alpha: float = 1.0
-    dkd_beta: float = 8.0
-    dkd_warmup: int = 2
-    feature_norm: str = "standardize"
-    view_sampling: str = "cycle"
-    features: str = "auto"  # auto: RAM when they fit in half the free memory, else stream shard blocks
-    allow_stale: bool = False
-    expect_fingerprint: str = ""  # "teacher=4f498eb6 augmentation=761081aa" (as printed by `cache info`)
-    data: str | None = None
-    eval_split: str = "test"
-    resume: bool = False
+    cache: str = option("caches/elpv-efficientnet_lite0.zarr", "Feature store written by `customkd extract`.")
+    student: str = option("mobilenetv3", "Student: an alias from `customkd students` or any timm model name.")
+    student_pretrained: bool = option(False, "Start from timm's pretrained student weights (hub).")
+    student_weights: str | None = option(None, "Start from a local student weights file.")
+    method: str = option("customkd", f"{', '.join(METHOD_NAMES)}.")
+    setting: str = option("ssl", f"{', '.join(SETTINGS)}.", choices=SETTINGS)
+    labels_per_class: int | None = option(None, "SSL: labeled samples per class.")
+    label_fraction: float | None = option(
+        None, f"SSL: fraction of training labels kept (default {DEFAULT_LABEL_FRACTION}).")
+    ssl: str = option("none", "none or fixmatch (unlabeled objective in L_task).", choices=("none", "fixmatch"))
+    fixmatch_threshold: float = option(0.95, "FixMatch confidence threshold τ.")
+    fixmatch_weight: float = option(1.0, "Weight of FixMatch's unlabeled loss.")
+    source: tuple[str, ...] = option((), "UDA: labeled source domain(s), comma-separated.")
+    target: tuple[str, ...] = option((), "UDA: unlabeled target domain(s), comma-separated.")
+    epochs: int | None = option(
+        None, f"Student (KD) epochs, exactly (default: {DEFAULT_EPOCHS}, extended on small data to --min-steps).")
+    min_steps: int = option(250, "Without --epochs: add epochs until this many optimizer steps.")
+    image_size: int = option(96, "Student input resolution in px.")
+    batch_size: int = option(64, "Samples per optimizer step (all ranks together).")
+    out: str = option("", "Run directory (default runs/<method>-<student>-<time>).")
+    seed: int = option(0, "Seed of the label budget, initialisation, batch order and views.")
+    workers: int = option(2, "DataLoader workers replaying views.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    optimizer: str = option("adamw", f"{' or '.join(OPTIMIZERS)}.", choices=tuple(OPTIMIZERS))
+    lr: float | None = option(
+        None, f"Learning rate (default {', '.join(f'{k} {v:g}' for k, v in OPTIMIZERS.items())}).")
+    weight_decay: float = option(0.05, "Weight decay of the student's optimizer.")
+    grad_clip: float = option(5.0, "Clip the gradient norm to this (0 = off).")
+    lambda_general: float | None = option(
+        None, "λ_g, weight of MSE(P_s(f_s), f_t) (default: 1 for fitnet and kd+fitnet, 0.1 for the customkd methods).",
+        group=FEATURE_TERM)
+    lambda_specific: float = option(1.0, "λ_s, weight of MSE(f_s, θ^h_t(f_t)).", group=CUSTOMKD)
+    customizer: str = option("linear", f"{' or '.join(CUSTOMIZERS)}.", choices=CUSTOMIZERS, group=CUSTOMKD)
+    customizer_lr: float = option(1e-3, "Learning rate of θ^h_t during customization.", group=CUSTOMKD)
+    customizer_activation: str = option(
+        "student", "student (θ^h_t's output through the student's output activation: reachable targets) or none.",
+        choices=CUSTOMIZER_ACTIVATIONS, group=CUSTOMKD)
+    customizer_weight_decay: float = option(0.05, "Weight decay on θ^h_t.", group=CUSTOMKD)
+    customizer_reset: bool = option(False, "Re-initialise θ^h_t before every customization epoch.", group=CUSTOMKD)
+    customizer_init: str = option(
+        "default", f"{' or '.join(CUSTOMIZER_INITS)}: θ^h_t's initial output layer (zero: directions L_cus never sets "
+        f"stay 0).",
+        choices=CUSTOMIZER_INITS, group=CUSTOMKD)
+    customizer_optimizer: str = option(
+        "adamw", f"{' or '.join(CUSTOMIZER_OPTIMIZERS)} for θ^h_t (sgd: momentum 0.9, --customizer-lr).",
+        choices=CUSTOMIZER_OPTIMIZERS, group=CUSTOMKD)
+    customize_epochs: int = option(1, "Customization epochs per round.", group=CUSTOMKD)
+    specific_space: str = option(
+        "head", f"{' or '.join(SPECIFIC_SPACES)}: compare f_s with θ^h_t(f_t) in all dims, or only in the head's row "
+        f"space.",
+        choices=SPECIFIC_SPACES, group=CUSTOMKD)
+    specific_loss: str = option(
+        "mse", f"{' or '.join(SPECIFIC_LOSSES)}: the task-specific term's distance.",
+        choices=SPECIFIC_LOSSES, group=CUSTOMKD)
+    customize_smoothing: float = option(0.1, "Label smoothing of the customization loss.", group=CUSTOMKD)
+    customize_warmup: int = option(1, "KD epochs before the first customization epoch.", group=CUSTOMKD)
+    customize_head: str = option(
+        "student", "student, random (fixed random head, ablation) or random-trained (random head trained with θ^h_t, "
+        "ablation).",
+        choices=CUSTOMIZE_HEADS, group=CUSTOMKD)
+    customize_target: str = option(
+        "labels+pseudo", f"{', '.join(CUSTOMIZE_TARGETS)}.",
+        choices=CUSTOMIZE_TARGETS, group=CUSTOMKD)
+    pseudo_threshold: float = option(0.8, "Teacher-probe confidence needed to use a pseudo-label.", group=CUSTOMKD)
+    alternate_every: int = option(1, "One customization epoch every K KD epochs.", group=CUSTOMKD)
+    kd_temperature: float = option(4.0, "Temperature T of the soft targets (kd, dkd).", group=LOGIT_TERMS)
+    kd_weight: float = option(
+        1.0, "w, weight of the KD term (kd, kd+fitnet, customkd+kd; dkd weighs its parts by α and β).",
+        group=LOGIT_TERMS)
+    dkd_alpha: float = option(1.0, "DKD: weight α of the target-class term.", group=DKD)
+    dkd_beta: float = option(8.0, "DKD: weight β of the non-target-class term.", group=DKD)
+    dkd_warmup: int = option(2, "DKD: epochs over which its weight ramps up.", group=DKD)
+    feature_norm: str = option("standardize", f"{', '.join(FEATURE_NORMS)} (teacher features).", choices=FEATURE_NORMS)
+    view_sampling: str = option("cycle", f"{' or '.join(VIEW_SAMPLING)}.", choices=VIEW_SAMPLING)
+    features: str = option(
+        "auto", "auto, ram or stream (read teacher features by shard blocks).",
+        choices=("auto", "ram", "stream"))
+    allow_stale: bool = option(False, "Train even if the dataset no longer matches the store.")
+    expect_fingerprint: str = option("", "Refuse the cache unless its components match, e.g. 'teacher=4f498eb6'.")
+    data: str | None = option(None, "Dataset spec if the images moved since extraction.")
+    eval_split: str = option(
+        "test", f"{' or '.join(EVAL_SPLITS)}: evaluate on the held-out test rows, or on a fixed 20 % of the training "
+        f"rows (left out of training) to choose settings without touching the test rows.",
+        choices=EVAL_SPLITS)
+    resume: bool = option(False, "Continue the run in --out from its last checkpoint.")
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -121,24 +158,12 @@ class DistillConfig:
                             "small resolution (default 96)")
 
     def _check_choices(self) -> None:
-        """Every named option is one of its known values."""
-        self._check_choice("--setting", self.setting, SETTINGS)
-        self._check_choice("--ssl", self.ssl, ("none", "fixmatch"))
+        """Every named option is one of its known values (its ``choices``)."""
+        for f in dataclasses.fields(self):
+            if f.metadata.get("choices"):
+                self._check_choice(f"--{f.name.replace('_', '-')}", getattr(self, f.name), f.metadata["choices"])
         if self.ssl == "fixmatch" and self.setting == "supervised":
             raise UserError("--ssl fixmatch needs unlabeled samples: use --setting ssl or uda")
-        self._check_choice("--optimizer", self.optimizer, tuple(OPTIMIZERS))
-        self._check_choice("--customizer", self.customizer, CUSTOMIZERS)
-        self._check_choice("--customize-head", self.customize_head, CUSTOMIZE_HEADS)
-        self._check_choice("--customizer-activation", self.customizer_activation, CUSTOMIZER_ACTIVATIONS)
-        self._check_choice("--customize-target", self.customize_target, CUSTOMIZE_TARGETS)
-        self._check_choice("--feature-norm", self.feature_norm, FEATURE_NORMS)
-        self._check_choice("--specific-space", self.specific_space, SPECIFIC_SPACES)
-        self._check_choice("--specific-loss", self.specific_loss, SPECIFIC_LOSSES)
-        self._check_choice("--customizer-init", self.customizer_init, CUSTOMIZER_INITS)
-        self._check_choice("--customizer-optimizer", self.customizer_optimizer, CUSTOMIZER_OPTIMIZERS)
-        self._check_choice("--view-sampling", self.view_sampling, VIEW_SAMPLING)
-        self._check_choice("--features", self.features, ("auto", "ram", "stream"))
-        self._check_choice("--eval-split", self.eval_split, EVAL_SPLITS)
 
     def _check_ranges(self) -> None:
         """Counts, fractions and thresholds in their ranges."""
@@ -220,6 +245,15 @@ class DistillConfig:
             return DEFAULT_LABEL_FRACTION
         return self.label_fraction
 
+    @classmethod
+    def from_file(cls, path: str, **overrides) -> DistillConfig:
+        """The config of a YAML or TOML file of settings, or of a run's config.json (replayed: what the run
+        measured, where it wrote and ``resume`` are left out); ``overrides`` win over the file."""
+        from common.config_file import settings_from_file
+
+        values = settings_from_file(path, {f.name: hint for f, hint in field_hints(cls)})
+        return cls(**{**values, **overrides})
+
     def to_dict(self) -> dict:
         """Every setting including defaults, plus the values actually used."""
         values = dataclasses.asdict(self)
@@ -227,3 +261,4 @@ class DistillConfig:
                       effective_lambda_general=self.effective_lambda_general,
                       effective_label_fraction=self.effective_label_fraction)
         return values
+

@@ -111,7 +111,7 @@ BILLION_LAUGHS = "\n".join(
 
 
 def test_alias_bombs_and_huge_values_are_refused_in_bounded_time_and_output(tmp_path):
-    from cli.config_file import read_config_file
+    from common.config_file import read_config_file
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(BILLION_LAUGHS)  # ~450 bytes that expand to 9**9 strings
@@ -133,3 +133,50 @@ def test_alias_bombs_and_huge_values_are_refused_in_bounded_time_and_output(tmp_
     (tmp_path / "key.json").write_text(json.dumps({"k" * 100000: 1}))
     line = one_error_line(invoke("distill", "--config", tmp_path / "key.json"), "unknown key")
     assert len(line) < 2000, len(line)
+
+
+def test_a_declared_option_reaches_the_command_line_the_config_file_and_the_run_record(tmp_path):
+    """One field added to the config (here in a subclass) is a flag with its help and panel, a config-file key
+    converted to its type, and a key of the run's record, with no other edit."""
+    import dataclasses
+
+    import typer
+    from typer.testing import CliRunner
+
+    from cli.common import config_command
+    from common.options import option
+    from trainer.config import CUSTOMKD, DistillConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(DistillConfig):
+        customizer_momentum: float = option(0.9, "Momentum of θ^h_t's SGD (a new knob).", group=CUSTOMKD)
+
+    app, seen = typer.Typer(), {}
+
+    @app.command()
+    @config_command(Extended)
+    def run(ctx: typer.Context, **values) -> None:
+        seen.update(values)
+
+    help_text = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    assert "--customizer-momentum" in help_text and "a new knob" in help_text and CUSTOMKD in help_text
+    assert CliRunner().invoke(app, ["--customizer-momentum", "0.5"]).exit_code == 0 and seen["customizer_momentum"] == 0.5
+    (tmp_path / "c.yaml").write_text("customizer_momentum: 0.25\nlabels_per_class: 3\n")
+    cfg = Extended.from_file(str(tmp_path / "c.yaml"), cache="x")
+    assert cfg.customizer_momentum == 0.25 and cfg.labels_per_class == 3
+    assert cfg.to_dict()["customizer_momentum"] == 0.25  # config.json is to_dict() plus what the run measured
+
+
+def test_the_library_loads_a_config_file_and_replays_a_run_record(tmp_path):
+    import customkd
+
+    (tmp_path / "x.yaml").write_text("method: kd\nsource: [a, b]\nsetting: uda\ntarget: c\n")
+    cfg = customkd.DistillConfig.from_file(str(tmp_path / "x.yaml"))
+    assert (cfg.method, cfg.source, cfg.target) == ("kd", ("a", "b"), ("c",))
+    record = {**cfg.to_dict(), "store_fingerprint": {}, "effective_epochs": 8, "n_train": 10, "out": "/elsewhere",
+              "student": "mobilenetv3_large_100", "student_alias": "mobilenetv3"}
+    (tmp_path / "config.json").write_text(__import__("json").dumps(record))
+    assert customkd.DistillConfig.from_file(str(tmp_path / "config.json")) == dataclasses.replace(cfg, out="")
+    (tmp_path / "bad.yaml").write_text("no_such_option: 1\n")
+    with pytest.raises(customkd.UserError, match="unknown key 'no_such_option'"):
+        customkd.DistillConfig.from_file(str(tmp_path / "bad.yaml"))
