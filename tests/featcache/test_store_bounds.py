@@ -126,10 +126,15 @@ def test_settings_whose_store_no_reader_accepts_are_refused_before_creating_it(t
 
 # ------------------------------------------------------------------ export and import refuse what verify refuses
 
-def test_export_refuses_a_store_missing_its_labels_chunk(copy, tmp_path):
-    (copy / "labels" / "c" / "0").unlink()  # rows 0-7 would be exported as class 0
-    one_error_line(invoke("cache", "export", copy, "--h5", tmp_path / "x.h5"),
-                   "array labels: shard 0 (rows 0-7) is missing")
+@pytest.mark.parametrize("damage, needle", [("missing", "array labels: shard 0 (rows 0-7) is missing"),
+                                            ("flipped", "array labels: shard 0 (rows 0-7) is damaged")])
+def test_export_refuses_a_store_missing_its_labels_chunk(copy, tmp_path, damage, needle):
+    chunk = copy / "labels" / "c" / "0"
+    if damage == "missing":
+        chunk.unlink()  # rows 0-7 would be exported as class 0
+    else:
+        chunk.write_bytes(bytes([chunk.read_bytes()[0] ^ 0xFF]) + chunk.read_bytes()[1:])
+    one_error_line(invoke("cache", "export", copy, "--h5", tmp_path / "x.h5"), needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.zarr"]
 
 
