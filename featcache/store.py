@@ -414,23 +414,27 @@ CRC_BYTES = 4  # the crc32c codec's checksum after every chunk (and after a shar
 INDEX_ENTRY_BYTES = 16  # a shard index holds an offset and a length (uint64 each) per inner chunk
 
 
-def object_size_range(layout: Layout, name: str) -> tuple[int, int]:
-    """Fewest and most bytes one storage object of array ``name`` holds as :func:`_array_options` writes it.
+def object_size_range(layout: Layout, name: str, shard: int) -> tuple[int, int]:
+    """Fewest and most bytes storage object ``shard`` of array ``name`` holds as :func:`_array_options` writes it.
 
     Every chunk is written (``write_empty_chunks``), so an uncompressed object has exactly one size: its inner
-    chunks' bytes plus a checksum each, plus (sharded arrays) the shard index. A zstd frame is at least a byte and
-    at most zstd's bound on incompressible input (``raw + raw/256 + 64`` plus a frame header; doubled here)."""
+    chunks' bytes plus a checksum each, plus (sharded arrays) the shard index, which has an entry for every inner
+    chunk although those wholly past the last row are never written. A zstd frame is at least a byte and at most
+    zstd's bound on incompressible input (``raw + raw/256 + 64`` plus a frame header; twice that margin here)."""
     itemsize = np.dtype(ARRAYS[name].dtype).itemsize
     block = layout.storage_block(name)
     if name == "done":  # no codecs: the bare flag
         return math.prod(block) * itemsize, math.prod(block) * itemsize
     options = _array_options(layout, name)
     inner = options["chunks"]
-    n_inner = math.prod(math.ceil(b / c) for b, c in zip(block, inner, strict=True))
     raw = math.prod(inner) * itemsize
     fewest, most = (1, raw + raw // 128 + 1024) if layout.compress else (raw, raw)
-    index = n_inner * INDEX_ENTRY_BYTES + CRC_BYTES if "shards" in options else 0
-    return index + n_inner * (fewest + CRC_BYTES), index + n_inner * (most + CRC_BYTES)
+    if "shards" not in options:
+        return fewest + CRC_BYTES, most + CRC_BYTES
+    rows = layout.shard_rows(shard)
+    n_inner, written = math.ceil(block[0] / inner[0]), math.ceil((rows.stop - rows.start) / inner[0])
+    index = n_inner * INDEX_ENTRY_BYTES + CRC_BYTES
+    return index + written * (fewest + CRC_BYTES), index + written * (most + CRC_BYTES)
 
 
 def object_limits(group, manifest: Manifest) -> dict[str, tuple[int, int]]:
@@ -440,8 +444,7 @@ def object_limits(group, manifest: Manifest) -> dict[str, tuple[int, int]]:
     limits = {where.ROOT_METADATA: (1, where.MAX_METADATA_BYTES)}
     for name in ARRAYS:
         limits[f"{name}/{where.ROOT_METADATA}"] = (1, where.MAX_METADATA_BYTES)
-        sizes = object_size_range(layout, name)
-        limits.update((key, sizes) for _, key in chunk_keys(group, name))
+        limits.update((key, object_size_range(layout, name, shard)) for shard, key in chunk_keys(group, name))
     return limits
 
 

@@ -212,3 +212,31 @@ def test_a_teacher_name_that_is_no_timm_tag_is_one_escaped_line(copy):
     result = invoke("cache", "verify", "--teacher-check", "2", copy)
     one_error_line(result, "timm model 'test_vit' has no pretrained tag 'bogus\\x1b[2J'")
     assert "\x1b" not in result.output
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("n, shard_size, chunk_size", [(1, 8, 4), (27, 8, 4), (33, 16, 16), (5, 4, 8), (17, 12, 4)])
+def test_object_sizes_are_what_zarr_writes(tmp_path, n, shard_size, chunk_size, compress):
+    """Every object of a store written by the store helpers has a size within ``object_size_range`` (exactly it,
+    uncompressed), also in a last shard whose trailing inner chunks lie past the last row and are never written."""
+    from featcache import store as fs
+    from featcache.schema import ARRAYS, Layout, shard_size_for
+
+    layout = Layout(n, 2, 5, 9, shard_size_for(n, shard_size, chunk_size), chunk_size, compress)
+    group = zarr.create_group(str(tmp_path / "s.zarr"), zarr_format=3)
+    for name, spec in ARRAYS.items():
+        group.create_array(name, shape=layout.shape(name), dtype=spec.dtype, fill_value=spec.fill,
+                           **fs._array_options(layout, name))
+    rng = np.random.default_rng(0)
+    for name in ("labels", "domain", "split", "sample_key"):
+        fs._writable(group, name)[:] = 0
+    for shard in range(layout.n_shards):
+        k = len(range(*layout.shard_rows(shard).indices(n)))
+        valid = (np.arange(k) > 0).astype(np.uint8)  # one unreadable image: NaN features, written all the same
+        fs.write_shard(group, layout, shard, rng.standard_normal((k, 2, 5)), rng.random((k, 2, 9)),
+                       np.zeros(k, np.uint64), valid)
+    objects = fs.list_objects(tmp_path / "s.zarr")
+    for name in ARRAYS:
+        for shard, key in fs.chunk_keys(group, name):
+            fewest, most = fs.object_size_range(layout, name, shard)
+            assert fewest <= objects[key] <= most and (compress or objects[key] == fewest), (key, objects[key])
