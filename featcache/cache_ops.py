@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,6 @@ def _read_problems(group, manifest: Manifest) -> list[str]:
 
 def _dataset_problems(group, manifest: Manifest, listing: DatasetListing) -> list[str]:
     """The dataset listing against the store (:func:`featcache.listing.compare_listing`), one line per problem."""
-    if len(listing) != manifest.n_samples:
-        return compare_listing(listing, manifest).problems()
     try:
         stored = {name: np.asarray(group[name][:]) for name in STALENESS_ARRAYS}
     except Exception:  # noqa: BLE001 - already named per shard by _read_problems
@@ -107,8 +106,9 @@ def verify_store(path: str, data: str | None = None, teacher_check: int = 0, wei
         return [f"status is {status!r}, not complete; rerun the extract command to finish it"]
     manifest = fs.read_manifest(group, path)
     listing = load_listing(data or manifest.data_spec)
-    problems = fs.chunk_problems(group, path) + _read_problems(group, manifest)
-    problems += _dataset_problems(group, manifest, listing)
+    if len(listing) != manifest.n_samples:  # N is bounded by the listing before anything N-sized is read
+        return compare_listing(listing, manifest).problems()
+    problems = store_problems(group, path) + _dataset_problems(group, manifest, listing)
     if teacher_check > 0 and not problems:
         cosine, detail = recheck_teacher(group, manifest, teacher_check, weights, data)
         log.info("teacher check: min cosine %.6f over %d views", cosine, teacher_check)
@@ -158,27 +158,61 @@ def recheck_teacher(group, manifest: Manifest, n: int, weights: str | None, data
 
 
 def _check_export_target(path: str, h5_path: str) -> None:
-    """Refuse an export that would replace a file (the user's, or one of the store's) or write into the store."""
+    """Refuse, before anything is read, an export that would replace a file (the user's, or one of the store's),
+    land on a directory, write into the store, or write where it cannot."""
     target = Path(h5_path)
+    if target.is_dir() and not target.is_symlink():
+        raise UserError(f"--h5 {h5_path} is a directory; name a new file, e.g. --h5 {target / 'store.h5'}")
     if target.exists() or target.is_symlink():
         raise UserError(f"--h5 {h5_path} already exists; export never overwrites a file: choose a new file name")
     if not where.is_remote(path) and target.resolve().is_relative_to(Path(where.to_local(path)).resolve()):
         raise UserError(f"--h5 {h5_path} is inside the store {where.display(path)}; a store holds only its own "
                         "objects: choose a file outside it")
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        raise UserError(f"--h5 {h5_path}: folder {folder} does not exist; create it or choose another place")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--h5 {h5_path}: cannot write in {folder} (permission denied); choose a writable place")
+
+
+def store_problems(group, path: str) -> list[str]:
+    """What ``cache verify`` finds in the store itself, without the dataset: every object present and whole, every
+    shard readable, finite features and drawable views for valid samples, every shard done."""
+    return fs.chunk_problems(group, path) + _read_problems(group, fs.read_manifest(group, path))
+
+
+def _refuse_problems(what: str, problems: list[str], advice: str) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"{what}: {problems[0]}{more}; {advice}")
 
 
 def export_h5(path: str, h5_path: str) -> None:
-    """Single-file HDF5 copy: the same arrays, the manifest as a JSON attribute. Written under a temporary name and
-    renamed at the end, never over an existing file."""
+    """Single-file HDF5 copy: the same arrays, the manifest as a JSON attribute. Refuses a store ``verify`` would
+    fault; copies it shard by shard, under a temporary name renamed at the end, never over an existing file."""
     import h5py
 
     _check_export_target(path, h5_path)
     group = fs.open_complete_store(path)
     manifest = fs.read_manifest(group, path)
-    with atomic_path(h5_path) as partial, h5py.File(partial, "w") as h5:
-        for name in ARRAYS:
-            h5.create_dataset(name, data=np.asarray(group[name][:]))
-        h5.attrs[ATTRS_KEY] = json.dumps(manifest.to_attrs())
+    _refuse_problems(f"cache {where.display(path)} is damaged", store_problems(group, path),
+                     f"nothing was exported: run `customkd cache verify {path}`, then copy it again or re-extract it")
+    layout = manifest.layout
+    try:
+        with atomic_path(h5_path) as partial, h5py.File(partial, "w") as h5:
+            for name, spec in ARRAYS.items():
+                dataset = h5.create_dataset(name, shape=layout.shape(name), dtype=spec.dtype)
+                for shard in range(layout.n_shards):
+                    rows = shard if name == "done" else layout.shard_rows(shard)
+                    dataset[rows] = np.asarray(group[name][rows])
+            h5.attrs[ATTRS_KEY] = json.dumps(manifest.to_attrs())
+    except OSError as exc:
+        raise UserError(f"writing --h5 {h5_path} failed ({exc.strerror or _first_line(exc)}); nothing was left "
+                        "behind: free space or choose another place") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split("\n")[0][:160] or type(exc).__name__
 
 
 def _replace_unfinished_import(path: str, manifest: Manifest) -> None:
@@ -197,29 +231,80 @@ def _replace_unfinished_import(path: str, manifest: Manifest) -> None:
     fs.delete_store(path)
 
 
-def _h5_manifest(h5_path: str, stored: str) -> Manifest:
-    """The manifest of an HDF5 export, checked as a store's is (the file is untrusted input too)."""
+def _h5_manifest(h5, h5_path: str) -> Manifest:
+    """The manifest of an HDF5 export, checked as a store's is (the file is untrusted input too); its size is
+    bounded before it is read."""
+    attribute = h5.attrs.get_id(ATTRS_KEY) if ATTRS_KEY in h5.attrs else None
+    if attribute is None or attribute.get_storage_size() > where.MAX_METADATA_BYTES:
+        raise UserError(f"{h5_path} has no customkd manifest (attribute '{ATTRS_KEY}'); it was not written by "
+                        "`customkd cache export`: export the store again")
+    stored = h5.attrs[ATTRS_KEY]
     try:
         return Manifest.from_attrs(json.loads(stored))
-    except (ManifestError, ValueError) as exc:
+    except (ManifestError, ValueError, TypeError) as exc:
         raise UserError(f"{h5_path} has a malformed manifest ({exc}); export the store again") from None
 
 
-def import_h5(h5_path: str, path: str) -> None:
-    """Rebuild a Zarr store from an HDF5 export (same layout, attrs last)."""
+def _check_h5_arrays(h5, h5_path: str, manifest: Manifest) -> None:
+    """Every array of the manifest is a plain dataset (no filters, no external or virtual storage) of its shape and
+    dtype whose bytes are all in the file: a declared shape is bounded by what the file really holds, so a few
+    kilobytes cannot stand for hundreds of megabytes of fill values. Every shard is flagged done."""
     import h5py
 
-    with h5py.File(h5_path, "r") as h5:
-        manifest = _h5_manifest(h5_path, h5.attrs[ATTRS_KEY])
+    layout = manifest.layout
+    for name, spec in ARRAYS.items():
+        dataset = h5.get(name)
+        problem = None
+        if not isinstance(dataset, h5py.Dataset):
+            problem = "is missing" if dataset is None else "is not a dataset"
+        elif dataset.shape != layout.shape(name) or dataset.dtype != np.dtype(spec.dtype):
+            problem = (f"is {dataset.dtype}{list(dataset.shape)}, the manifest implies "
+                       f"{spec.dtype}{list(layout.shape(name))}")
+        else:
+            plist = dataset.id.get_create_plist()
+            nbytes = dataset.size * dataset.dtype.itemsize
+            if plist.get_layout() not in (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED, h5py.h5d.COMPACT) or \
+                    plist.get_external_count() or plist.get_nfilters():
+                problem = "is stored filtered, virtual or in external files, which `cache export` never writes"
+            elif dataset.id.get_storage_size() < nbytes:
+                problem = f"holds {dataset.id.get_storage_size()} bytes in the file for {nbytes} declared"
+        if problem:
+            raise UserError(f"{h5_path}: dataset '{name}' {problem}; it was not written by `customkd cache export` "
+                            "(or was damaged): export the store again")
+    if not np.asarray(h5["done"][:]).all():
+        raise UserError(f"{h5_path}: not every shard is flagged done; export the complete store again")
+
+
+def _open_h5(h5_path: str):
+    import h5py
+
+    if not Path(h5_path).is_file():
+        raise UserError(f"{h5_path} is not a file; pass the .h5 file written by `customkd cache export`")
+    try:
+        return h5py.File(h5_path, "r")
+    except OSError as exc:
+        raise UserError(f"{h5_path} is not an HDF5 file ({_first_line(exc)}); pass the file written by "
+                        "`customkd cache export`") from None
+
+
+def import_h5(h5_path: str, path: str) -> None:
+    """Rebuild a Zarr store from an HDF5 export (same layout, attrs last). The file is checked like a store before
+    anything is written, and the new store like ``verify`` checks one before it is marked complete; a store that
+    fails is deleted again."""
+    with _open_h5(h5_path) as h5:
+        manifest = _h5_manifest(h5, h5_path)
+        _check_h5_arrays(h5, h5_path, manifest)
         _replace_unfinished_import(path, manifest)
         layout = manifest.layout
-        if any(h5[name].shape != layout.shape(name) for name in ARRAYS):
-            raise UserError(f"{h5_path} has arrays whose shapes differ from its manifest's {list(manifest.shape)}; "
-                            "export the store again")
         per_sample = {name: h5[name][:] for name in LISTING_ARRAYS}
         group = fs.create_store(path, layout, manifest, per_sample)
         for shard in range(layout.n_shards):
             rows = layout.shard_rows(shard)
             fs.write_shard(group, layout, shard, h5["features"][rows], h5["views"][rows], h5["content_hash"][rows],
                            h5["valid"][rows])
+    problems = _read_problems(group, manifest)
+    if problems:
+        fs.delete_store(path)
+    _refuse_problems(f"{h5_path} holds a store `cache verify` would refuse", problems,
+                     "nothing was imported: export the store again from a copy that verifies")
     fs.mark_complete(group)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.errors import UserError
+from featcache.schema import MAX_SHARD_ROWS, MAX_VIEWS
 from featcache.views import ViewRecipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 autocast on a GPU, fp32 on CPU
@@ -36,8 +37,8 @@ class ExtractConfig:
     recipe: ViewRecipe = field(default_factory=ViewRecipe)
 
     def __post_init__(self) -> None:
-        if self.views < 1:
-            raise UserError(f"--views must be >= 1 (view 0 is the centre view), got {self.views}")
+        if not 1 <= self.views <= MAX_VIEWS:
+            raise UserError(f"--views must be between 1 and {MAX_VIEWS} (view 0 is the centre view), got {self.views}")
         if not 0 <= self.seed < 2**32:  # the same range as distill's --seed
             raise UserError(f"--seed must be >= 0 and < 2**32 (4294967296), got {self.seed}")
         if self.batch_size < 1:
@@ -46,7 +47,8 @@ class ExtractConfig:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown --precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
-        if self.shard_size < 1 or self.chunk_size < 1:
-            raise UserError("--shard-size and --chunk-size must be >= 1")
+        for flag, rows in (("--shard-size", self.shard_size), ("--chunk-size", self.chunk_size)):
+            if not 1 <= rows <= MAX_SHARD_ROWS:  # a reader holds a whole shard of rows at once
+                raise UserError(f"{flag} must be between 1 and {MAX_SHARD_ROWS} samples, got {rows}")
         if self.shard_size > self.chunk_size and self.shard_size % self.chunk_size:
             raise UserError(f"--shard-size ({self.shard_size}) must be a multiple of --chunk-size ({self.chunk_size})")

@@ -29,7 +29,15 @@ from featcache import store as fs
 from featcache.config import ExtractConfig
 from featcache.datasets import DatasetListing, load_listing, unlabeled_spec
 from featcache.listing import content_hash, listing_arrays
-from featcache.schema import DataSpecError, Fingerprint, Layout, Manifest, parse_data_spec, shard_size_for
+from featcache.schema import (
+    DataSpecError,
+    Fingerprint,
+    Layout,
+    Manifest,
+    ManifestError,
+    parse_data_spec,
+    shard_size_for,
+)
 from featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS, draw_views, replay
 
 log = logging.getLogger(__name__)
@@ -123,6 +131,17 @@ def build_manifest(listing: DatasetListing, fingerprint: Fingerprint, layout: La
         versions=library_versions(), created=started.isoformat(),
         extract_config={**asdict(cfg), "recipe": cfg.recipe.to_dict()},
     )
+
+
+def _check_readable(manifest: Manifest) -> None:
+    """Refuse, before the store is created, settings whose store no reader would open (the bounds a manifest is
+    checked against, :meth:`featcache.schema.Manifest.from_attrs`), e.g. more views of the teacher's dimension
+    than a sample may hold."""
+    try:
+        Manifest.from_attrs(manifest.to_attrs())
+    except ManifestError as exc:
+        raise UserError(f"these settings would make a store that no reader accepts ({exc}); lower --views or "
+                        "--shard-size (nothing was written)") from None
 
 
 def _check_data_outside_out(spec: str, out: str) -> None:
@@ -356,6 +375,7 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
                     shard_size_for(len(listing), cfg.shard_size, cfg.chunk_size), cfg.chunk_size, cfg.compress)
     manifest = build_manifest(listing, build_fingerprint(listing, teacher, cfg, layout, precision), layout, cfg,
                               started)
+    _check_readable(manifest)
     per_sample = listing_arrays(listing)
     keys = per_sample["sample_key"]
     group, complete = _open_everywhere(cfg, env, layout, manifest, per_sample)

@@ -17,19 +17,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from common.errors import UserError, printable
 from common.files import atomic_path
 from featcache import store
 from featcache.location import (
     COPY_MARKER,
-    MAX_METADATA_BYTES,
     ROOT_METADATA,
     contained_key,
     exists,
@@ -40,7 +36,7 @@ from featcache.location import (
     redact,
     storage_errors,
 )
-from featcache.schema import ARRAYS, STATUS_COMPLETE, Fingerprint, fingerprint_diff
+from featcache.schema import STATUS_COMPLETE, Fingerprint, fingerprint_diff
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +173,6 @@ def _verify_copy(source_group, dest: str | Path) -> None:
                         "copy again")
 
 
-def _object_limits(group) -> dict[str, int]:
-    """Key → the most bytes the manifest allows, for every object a store consists of: the metadata documents
-    (``zarr.json``) and one storage object per shard of each array in :data:`featcache.schema.ARRAYS`."""
-    limits = {ROOT_METADATA: MAX_METADATA_BYTES}
-    for name, spec in ARRAYS.items():
-        limits[f"{name}/{ROOT_METADATA}"] = MAX_METADATA_BYTES
-        raw = math.prod(store.storage_chunks(group[name])) * np.dtype(spec.dtype).itemsize
-        bound = 2 * raw + 2**20  # zstd on incompressible data, crc32c and the shard index add far less
-        limits.update((key, bound) for _, key in store.chunk_keys(group, name))
-    return limits
-
-
 def _plan(source: str | Path, dest: str | Path, objects: dict[str, int], group) -> dict[str, int]:
     """The objects to copy (key → size): the store's own, each checked to land inside ``dest`` and to be no larger
     than the manifest allows, before anything is written. Other objects are not part of the store and stay behind."""
@@ -197,7 +181,7 @@ def _plan(source: str | Path, dest: str | Path, objects: dict[str, int], group) 
             raise UserError(f"{redact(source)} holds the object key {key!r}, which would be written outside "
                             f"{redact(dest)}; refused (nothing was written): the source is damaged or hostile, "
                             "get the store from someone you trust")
-    limits = _object_limits(group)
+    limits = {key: most for key, (_, most) in store.object_limits(group, store.read_manifest(group)).items()}
     for key, size in sorted(objects.items()):
         if size > limits.get(key, size):
             raise UserError(f"object {key} of {redact(source)} is {size} bytes, more than the {limits[key]} its "

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # 2: every chunk is written, fill-valued ones too, so a missing chunk is damage (version 1 skipped them)
 SCHEMA_VERSION = 2
 ATTRS_KEY = "customkd"  # the root attrs key that holds the manifest
@@ -270,7 +272,10 @@ MAX_VIEWS = 1024
 MAX_FEATURE_DIM = 65536
 MAX_VIEW_PARAMS = 256
 MAX_SHARDS = 2**20
+MAX_SHARD_ROWS = 2**20  # samples per shard or inner chunk (a reader holds a whole shard)
 MAX_NAMES = 100_000
+MAX_FEATURES_PER_SAMPLE = 2**22  # V x D: 8 MiB of float16 per sample (e.g. 1024 views of 4096 dimensions)
+MAX_BLOCK_BYTES = 2**31  # decoded bytes of one storage object, what a reader holds at once
 
 
 class ManifestError(ValueError):
@@ -311,7 +316,7 @@ def check_header(attrs: Mapping) -> str:
     return status
 
 
-def _check_fingerprint(attrs: Mapping, n: int, v: int) -> Fingerprint:
+def _check_fingerprint(attrs: Mapping, n: int, v: int, d: int) -> Fingerprint:
     fp = Fingerprint.from_dict(attrs.get("fingerprint"))
     dataset, layout, teacher, aug = (fp.dataset.body, fp.layout.body, fp.teacher.body, fp.augmentation.body)
     _need(dataset.get("n") == n, f"fingerprint dataset n={dataset.get('n')!r} differs from shape N={n}")
@@ -319,13 +324,23 @@ def _check_fingerprint(attrs: Mapping, n: int, v: int) -> Fingerprint:
     _need(dataset.get("classes") == attrs.get("classes"), "'classes' differs from the fingerprint's dataset classes")
     _need(dataset.get("domains") == attrs.get("domains"), "'domains' differs from the fingerprint's dataset domains")
     for key in ("shard_size", "chunk_size"):
-        _need(_is_int(layout.get(key), 1, MAX_SAMPLES), f"layout {key} must be a positive integer, got "
-              f"{layout.get(key)!r}")
+        _need(_is_int(layout.get(key), 1, MAX_SHARD_ROWS), f"layout {key} must be a positive integer, got "
+              f"{layout.get(key)!r} (at most {MAX_SHARD_ROWS})")
     _need(isinstance(teacher.get("name"), str), "fingerprint teacher has no name")
+    _need(teacher.get("feature_dim", d) == d, f"fingerprint teacher feature_dim={teacher.get('feature_dim')!r} "
+          f"differs from shape D={d}")
     _need(aug.get("views") == v, f"fingerprint augmentation views={aug.get('views')!r} differs from shape V={v}")
     crop = aug.get("recipe", {}).get("centre_crop") if isinstance(aug.get("recipe"), dict) else None
     _need(type(crop) in (int, float) and 0 < crop <= 1, "augmentation recipe has no centre_crop in (0, 1]")
     return fp
+
+
+def _check_block_bytes(layout: Layout) -> None:
+    """No storage object decodes to more than :data:`MAX_BLOCK_BYTES`: a reader holds one whole."""
+    for name, spec in ARRAYS.items():
+        nbytes = math.prod(layout.storage_block(name)) * np.dtype(spec.dtype).itemsize
+        _need(nbytes <= MAX_BLOCK_BYTES, f"one shard of array '{name}' decodes to {nbytes} bytes (shard_size "
+              f"{layout.shard_size}), more than {MAX_BLOCK_BYTES}")
 
 
 def _check_data_spec(attrs: Mapping, store_root: Path | None) -> DataSpec:
@@ -384,7 +399,10 @@ class Manifest:
             _names(attrs, key)
         params = _names(attrs, "view_params")
         _need(len(params) <= MAX_VIEW_PARAMS, f"'view_params' has more than {MAX_VIEW_PARAMS} names")
-        fp = _check_fingerprint(attrs, n, v)
+        _need(v * d <= MAX_FEATURES_PER_SAMPLE, f"'shape' {shape} declares {v * d} features per sample (V x D), "
+              f"more than {MAX_FEATURES_PER_SAMPLE}")
+        fp = _check_fingerprint(attrs, n, v, d)
+        _check_block_bytes(Layout(n, v, d, len(params), fp.layout.shard_size))
         n_shards = math.ceil(n / fp.layout.shard_size)
         _need(n_shards <= MAX_SHARDS, f"{n_shards} shards is more than {MAX_SHARDS}")
         _need(attrs.get("n_shards", n_shards) == n_shards, f"'n_shards' {attrs.get('n_shards')!r} is not "

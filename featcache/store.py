@@ -293,17 +293,19 @@ def delete_store(path: str | Path) -> None:
                         "fix the permissions or choose another --out") from None
 
 
-def _check_openable(path: str | Path) -> str:
-    """Clear errors for a missing location, a single file, or an interrupted push/pull; the display name."""
+def _check_openable(path: str | Path) -> tuple[str, dict[str, int]]:
+    """Clear errors for a missing location, a single file, or an interrupted push/pull; the display name and the
+    store's objects (key → size, :func:`list_objects`)."""
     name = display(path)
+    objects: dict[str, int] = {}
     if not where.is_remote(path):
         p = Path(where.to_local(path))
         if p.exists() and not p.is_dir():
             raise UserError(f"cache {name} is a regular file, not a Zarr store directory; pass the .zarr directory")
         if p.is_dir():
-            list_objects(path)  # refuses links, pipes and devices before zarr opens anything
+            objects = list_objects(path)  # refuses links, pipes and devices before zarr opens anything
     if store_exists(path):
-        return name
+        return name, list_objects(path) if where.is_remote(path) else objects
     if where.exists(path, where.COPY_MARKER):
         raise UserError(f"cache {name} is incomplete: a `customkd cache push/pull` into it was interrupted before "
                         "its manifest was written; rerun the same command to finish the copy")
@@ -314,10 +316,16 @@ def _check_openable(path: str | Path) -> str:
 
 
 def open_store(path: str | Path, mode: str = "r"):
-    """Open an existing store and validate its manifest (:func:`validate_manifest`) before anyone uses it.
+    """Open an existing store and validate it before anyone uses it: its metadata documents are bounded in size
+    before zarr parses them, then the manifest (:func:`validate_manifest`), then every object's size against what
+    the manifest allows (:func:`check_object_sizes`), so no read is larger than a valid store's would be.
 
     Local stores are first walked: only regular files may be in them (see :func:`list_objects`)."""
-    name = _check_openable(path)
+    name, objects = _check_openable(path)
+    for key, size in sorted(objects.items()):
+        if key.rsplit("/", 1)[-1] == where.ROOT_METADATA and size > where.MAX_METADATA_BYTES:
+            raise UserError(f"cache {name}: {key} is {size} bytes, more than the {where.MAX_METADATA_BYTES} a "
+                            "metadata document may have; nothing was read: get a fresh copy or re-extract it")
     try:
         group = open_group(path, mode=mode)
     except UserError:
@@ -325,7 +333,9 @@ def open_store(path: str | Path, mode: str = "r"):
     except Exception as exc:  # noqa: BLE001 - zarr raises many types for malformed metadata
         raise UserError(f"cache {name} is not a readable Zarr v3 store ({_reason(exc)}); get a fresh copy or "
                         "re-extract it") from None
-    validate_manifest(group, path)
+    manifest = validate_manifest(group, path)
+    if manifest is not None:
+        check_object_sizes(group, manifest, objects, path)
     return group
 
 
@@ -400,6 +410,63 @@ def chunk_keys(group, name: str) -> list[tuple[int, str]]:
             for coords in itertools.product(*(range(g) for g in grid))]
 
 
+CRC_BYTES = 4  # the crc32c codec's checksum after every chunk (and after a shard's index)
+INDEX_ENTRY_BYTES = 16  # a shard index holds an offset and a length (uint64 each) per inner chunk
+
+
+def object_size_range(layout: Layout, name: str, shard: int) -> tuple[int, int]:
+    """Fewest and most bytes storage object ``shard`` of array ``name`` holds as :func:`_array_options` writes it.
+
+    Every chunk is written (``write_empty_chunks``), so an uncompressed object has exactly one size: its inner
+    chunks' bytes plus a checksum each, plus (sharded arrays) the shard index, which has an entry for every inner
+    chunk although those wholly past the last row are never written. A zstd frame is at least a byte and at most
+    zstd's bound on incompressible input (``raw + raw/256 + 64`` plus a frame header; twice that margin here)."""
+    itemsize = np.dtype(ARRAYS[name].dtype).itemsize
+    block = layout.storage_block(name)
+    if name == "done":  # no codecs: the bare flag
+        return math.prod(block) * itemsize, math.prod(block) * itemsize
+    options = _array_options(layout, name)
+    inner = options["chunks"]
+    raw = math.prod(inner) * itemsize
+    fewest, most = (1, raw + raw // 128 + 1024) if layout.compress else (raw, raw)
+    if "shards" not in options:
+        return fewest + CRC_BYTES, most + CRC_BYTES
+    rows = layout.shard_rows(shard)
+    n_inner, written = math.ceil(block[0] / inner[0]), math.ceil((rows.stop - rows.start) / inner[0])
+    index = n_inner * INDEX_ENTRY_BYTES + CRC_BYTES
+    return index + written * (fewest + CRC_BYTES), index + written * (most + CRC_BYTES)
+
+
+def object_limits(group, manifest: Manifest) -> dict[str, tuple[int, int]]:
+    """Key → (fewest, most) bytes, for every object a store consists of: the metadata documents (``zarr.json``)
+    and one storage object per shard of each array in :data:`featcache.schema.ARRAYS`."""
+    layout = manifest.layout
+    limits = {where.ROOT_METADATA: (1, where.MAX_METADATA_BYTES)}
+    for name in ARRAYS:
+        limits[f"{name}/{where.ROOT_METADATA}"] = (1, where.MAX_METADATA_BYTES)
+        limits.update((key, object_size_range(layout, name, shard)) for shard, key in chunk_keys(group, name))
+    return limits
+
+
+def check_object_sizes(group, manifest: Manifest, objects: dict[str, int], path: str | Path) -> None:
+    """Refuse, before anything is read, an object larger than its array's shard can be (a sparse 20 GB file in
+    place of a shard would be read whole), and an array whose objects hold less than half the bytes its declared
+    shape needs (a forged shape on a tiny store: readers would allocate and exporters write the declared size)."""
+    name, limits = display(path), object_limits(group, manifest)
+    for key, size in sorted(objects.items()):
+        if key in limits and size > limits[key][1]:
+            raise UserError(f"cache {name}: object {key} is {size} bytes, more than the {limits[key][1]} its array's "
+                            "shard can be; nothing was read: get a fresh copy of the store or re-extract it")
+    for array, spec in ARRAYS.items():
+        present = [key for _, key in chunk_keys(group, array) if key in objects]
+        held, needed = sum(objects[key] for key in present), sum(limits[key][0] for key in present)
+        if held * 2 < needed:
+            shape = manifest.layout.shape(array)
+            raise UserError(f"cache {name}: array '{array}' declares shape {shape} ({spec.dtype}), but its "
+                            f"{len(present)} object(s) hold {held} bytes where that shape needs at least {needed}; "
+                            "the shape was forged or the data lost; nothing was read: get a fresh copy or re-extract")
+
+
 _FILE_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
                (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
 
@@ -432,18 +499,22 @@ def list_objects(path: str | Path) -> dict[str, int]:
 
 
 def chunk_problems(group, path: str | Path) -> list[str]:
-    """Every storage object a complete store must have but lacks (or has empty), named by array and shard.
+    """Every storage object a complete store must have but lacks, has empty or has cut short (fewer bytes than its
+    layout writes), named by array and shard.
 
     Writers store every chunk (``write_empty_chunks``), so a missing one is damage — e.g. an interrupted
     ``rsync`` — that would otherwise read as the fill value (labels 0, features NaN)."""
     objects = list_objects(path)
-    layout = read_manifest(group, path).layout
+    manifest = read_manifest(group, path)
+    layout, limits = manifest.layout, object_limits(group, manifest)
     problems = []
     for name in ARRAYS:
         for shard, key in chunk_keys(group, name):
-            if objects.get(key, 0) > 0:
+            size, fewest = objects.get(key, 0), limits[key][0]
+            if size >= fewest:
                 continue
-            state = "is missing" if key not in objects else "is empty"
+            state = ("is missing" if key not in objects else "is empty" if not size else
+                     f"is cut short ({size} bytes, fewer than the {fewest} its layout writes)")
             problems.append(f"array {name}: shard {shard} ({layout.shard_span(shard)}) {state} (object {key})")
     return problems
 

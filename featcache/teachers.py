@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from common.errors import UserError
+from common.errors import UserError, printable
 from common.hub import hub_reachable  # noqa: F401 - part of this module's API (tests skip on it)
 from common.weights import load_state_dict_file  # noqa: F401 - part of this module's API
 from featcache import teacher_weights
@@ -190,9 +190,16 @@ def _check_size(name: str, size: int, patch: int) -> int:
 def _create_timm(name: str, spec: TeacherSpec, weights: str | None, size: int | None, tap: str | None) -> Teacher:
     import timm
     from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg, split_model_name_tag
 
-    if not timm.is_model(spec.model.split(".")[0]):
+    arch, tag = split_model_name_tag(spec.model)
+    if not timm.is_model(arch):
         raise UserError(f"timm has no model {spec.model!r}; see timm.list_models() for names")
+    try:
+        get_pretrained_cfg(spec.model)
+    except RuntimeError:  # the architecture exists, the tag does not
+        known = ", ".join(timm.list_pretrained(f"{arch}.*")[:20]) or "none"
+        raise UserError(f"timm model {arch!r} has no pretrained tag {tag!r}; its tags: {known}") from None
     with torch.device("meta"):  # what kind of model it is, without allocating it
         probe = timm.create_model(spec.model, pretrained=False, num_classes=0)
     tokens = hasattr(probe, "patch_embed") and hasattr(probe, "num_prefix_tokens")
@@ -253,6 +260,6 @@ def create_teacher(name: str, weights: str | None = None, device: str = "cpu", s
     spec = resolve_spec(name)
     torch.manual_seed(0)  # random-weight teachers are reproducible
     teacher = _CREATORS[spec.library](name, spec, weights, size, tap)
-    log.info("teacher %s: D=%d (%s), input %dpx (native %s), weights %s", name, teacher.feature_dim, teacher.tap,
-             teacher.preprocess.size, spec.native_size or "?", teacher.weights_source)
+    log.info("teacher %s: D=%d (%s), input %dpx (native %s), weights %s", printable(name), teacher.feature_dim,
+             teacher.tap, teacher.preprocess.size, spec.native_size or "?", printable(teacher.weights_source))
     return teacher.to(device)
