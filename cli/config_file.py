@@ -17,6 +17,8 @@ from pathlib import Path
 import typer
 
 from common.errors import UserError
+from trainer.run_folder import CONFIG as RUN_CONFIG
+from trainer.run_folder import as_given
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 NOT_REPLAYED = ("out", "resume")  # a replay writes a new run
@@ -31,7 +33,7 @@ def read_config_file(path: str) -> dict:
     if file.suffix not in SUFFIXES:
         raise UserError(f"--config {path}: expected a {', '.join(SUFFIXES)} file")
     if not file.is_file():
-        raise UserError(f"--config {path} does not exist; pass a YAML or TOML file, or a run's config.json")
+        raise UserError(f"--config {path} does not exist; pass a YAML or TOML file, or a run's {RUN_CONFIG}")
     with file.open("rb") as stream:  # read at most one byte past the bound, whatever the file claims
         data = stream.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
@@ -103,8 +105,8 @@ def merge_config_file(ctx: typer.Context, params: dict, path: str | None) -> dic
     options.pop("ctx", None)
     options.pop("return", None)
     replay = _is_run_record(values)
-    if replay and "student_alias" in values:  # config.json's ``student`` is the resolved timm name
-        values["student"] = values["student_alias"]
+    if replay:  # config.json's ``student`` is the resolved timm name
+        values = as_given(values)
     merged = dict(params)
     for key, value in values.items():
         name = str(key)

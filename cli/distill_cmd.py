@@ -29,18 +29,18 @@ from trainer.config import (
     VIEW_SAMPLING,
     DistillConfig,
 )
+from trainer.run_folder import CONFIG as RUN_CONFIG
+from trainer.run_folder import has_checkpoint
 
 
 def _resume_hint(out: str | None) -> str:
     """The exact command that continues an interrupted run."""
     from pathlib import Path
 
-    from trainer.distill import CHECKPOINT
-
     args = sys.argv[1:]
     if "--out" not in args and not any(a.startswith("--out=") for a in args) and out is not None:
         args += ["--out", out]
-    if out is None or not (Path(out) / CHECKPOINT).is_file():
+    if out is None or not has_checkpoint(Path(out)):
         return f"no epoch was saved yet; start again with: customkd {shlex.join(args)}"
     if "--resume" not in args:
         args.append("--resume")
@@ -57,7 +57,7 @@ D = config_defaults(DistillConfig)
 def distill(
     ctx: typer.Context,
     cache: Annotated[str, typer.Option(help="Feature store written by `customkd extract`.")] = D["cache"],
-    config: Annotated[str | None, typer.Option(help="YAML/TOML file of settings (keys = option names with underscores), or a run's config.json to replay it; flags override it.")] = None,
+    config: Annotated[str | None, typer.Option(help=f"YAML/TOML file of settings (keys = option names with underscores), or a run's {RUN_CONFIG} to replay it; flags override it.")] = None,
     student: Annotated[str, typer.Option(help="Student: an alias from `customkd students` or any timm model name.")] = D["student"],
     student_pretrained: Annotated[bool, typer.Option(help="Start from timm's pretrained student weights (hub).")] = D["student_pretrained"],
     student_weights: Annotated[str | None, typer.Option(help="Start from a local student weights file.")] = D["student_weights"],
