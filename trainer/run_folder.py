@@ -65,6 +65,7 @@ FILES: dict[str, RunFile] = {
     ALIGNMENT: RunFile("report", "alignment metrics of a CustomKD-type run, cached"),
 }
 RECORDS = (CONFIG, METRICS, TIMING, ALIGNMENT)  # the JSON records a report copies next to its page
+MAX_RECORD_BYTES = 64 << 20  # a JSON record of a run: kilobytes per epoch, far below this
 
 
 def _refuse(run: str | Path, name: str, problem: str) -> UserError:
@@ -91,8 +92,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _read_json(run: str | Path, name: str) -> Any:
+    path = Path(run) / name
     try:
-        return json.loads((Path(run) / name).read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_RECORD_BYTES:  # checked before reading: the file may be sparse or forged
+            raise _refuse(run, name, f"is larger than {MAX_RECORD_BYTES >> 20} MiB, more than any run records")
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"run {run} has no {name}; pass a run folder written by `customkd distill`") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

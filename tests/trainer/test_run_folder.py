@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 
+from common.errors import UserError
 from tests.conftest import ROOT, TINY_RUN, customkd, invoke, one_error_line, tiny_config
 from trainer import run_folder
 from trainer.distill import distill
@@ -122,6 +123,14 @@ def test_resume_with_a_damaged_run_file_is_one_line(finished_run, tiny_store, tm
     line = one_error_line(invoke(*_resume_args(run, tiny_store)), needle)
     assert str(run) in line and "restore the run's" in line
     assert _snapshot(run) == before  # nothing rewritten
+
+
+def test_a_record_larger_than_any_run_writes_is_refused_unread(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    with open(run / run_folder.METRICS, "r+b") as handle:  # sparse: no disk used, but a read would take it all
+        handle.truncate(run_folder.MAX_RECORD_BYTES + 1)
+    with pytest.raises(UserError, match="metrics.json is larger than 64 MiB"):
+        run_folder.read_metrics(run)
 
 
 def test_resume_never_runs_a_pickle_in_place_of_the_checkpoint(finished_run, tiny_store, tmp_path):
