@@ -7,6 +7,7 @@ import typing
 import typer
 
 from common.config_file import settings_from_file
+from trainer.run_folder import as_given
 
 
 def merge_config_file(ctx: typer.Context, params: dict, path: str | None) -> dict:
@@ -17,6 +18,6 @@ def merge_config_file(ctx: typer.Context, params: dict, path: str | None) -> dic
     options = typing.get_type_hints(ctx.command.callback, include_extras=True)
     options.pop("ctx", None)
     options.pop("return", None)
-    from_file = settings_from_file(path, options)
+    from_file = settings_from_file(path, options, as_given)
     return {**params, **{name: value for name, value in from_file.items()
                          if ctx.get_parameter_source(name).name != "COMMANDLINE"}}  # a flag typed wins

@@ -13,18 +13,18 @@ from cli.common import Quiet, Verbose, config_command, run_or_exit, setup_loggin
 from cli.config_file import merge_config_file
 from common.distributed import is_main_process
 from trainer.config import DistillConfig
+from trainer.run_folder import CONFIG as RUN_CONFIG
+from trainer.run_folder import has_checkpoint
 
 
 def _resume_hint(out: str | None) -> str:
     """The exact command that continues an interrupted run."""
     from pathlib import Path
 
-    from trainer.distill import CHECKPOINT
-
     args = sys.argv[1:]
     if "--out" not in args and not any(a.startswith("--out=") for a in args) and out is not None:
         args += ["--out", out]
-    if out is None or not (Path(out) / CHECKPOINT).is_file():
+    if out is None or not has_checkpoint(Path(out)):
         return f"no epoch was saved yet; start again with: customkd {shlex.join(args)}"
     if "--resume" not in args:
         args.append("--resume")
@@ -38,7 +38,7 @@ def _domains(value: str | tuple) -> tuple[str, ...]:
 @config_command(DistillConfig)
 def distill(
     ctx: typer.Context,
-    config: Annotated[str | None, typer.Option(help="YAML/TOML file of settings (keys = option names with underscores), or a run's config.json to replay it; flags override it.")] = None,
+    config: Annotated[str | None, typer.Option(help=f"YAML/TOML file of settings (keys = option names with underscores), or a run's {RUN_CONFIG} to replay it; flags override it.")] = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
     **values,

@@ -94,11 +94,14 @@ def _is_run_record(values: dict) -> bool:
     return "store_fingerprint" in values and "effective_epochs" in values
 
 
-def settings_from_file(path: str, hints: dict[str, object]) -> dict:
+def settings_from_file(path: str, hints: dict[str, object], as_given=None) -> dict:
     """The settings a file gives, converted to ``hints`` (setting name → type, e.g. a config dataclass's fields)
     as a flag of that name would be; a run's config.json is replayed (its records, ``out`` and ``resume`` left
-    out). One error line for an unknown key or a value of the wrong kind."""
-    values, replay = replayable(read_config_file(path))
+    out; ``as_given`` turns its values into the settings as they were given, ``trainer.run_folder.as_given``).
+    One error line for an unknown key or a value of the wrong kind."""
+    values = read_config_file(path)
+    replay = _is_run_record(values)
+    values = as_given(values) if replay and as_given is not None else values
     settings = {}
     for key, value in values.items():
         name = str(key)
@@ -108,15 +111,6 @@ def settings_from_file(path: str, hints: dict[str, object]) -> dict:
             raise UserError(f"unknown key {_shown(name)} in --config {path}; known: {known(hints)}")
         settings[name] = convert(hints[name], value, name, path)
     return settings
-
-
-def replayable(values: dict) -> tuple[dict, bool]:
-    """(the file's values, whether they are a run's config.json); a run's ``student`` becomes the name it was given
-    (config.json's ``student`` is the resolved timm name, ``student_alias`` the name as given)."""
-    replay = _is_run_record(values)
-    if replay and "student_alias" in values:
-        values = {**values, "student": values["student_alias"]}
-    return values, replay
 
 
 def convert(hint, value, name: str, path: str):

@@ -137,18 +137,17 @@ def run_features(run_dir: Path) -> dict:
 
 
 def run_alignment(run_dir: Path) -> dict:
-    """:func:`alignment_metrics` of one run, cached in ``run_dir/alignment.json`` (keyed on the version
-    and the student weights' modification time, so a rerun run is measured again)."""
-    cached = run_dir / "alignment.json"
-    stamp = (run_dir / "student.safetensors").stat().st_mtime_ns
-    if cached.is_file():
-        record = json.loads(cached.read_text())
-        if record.get("version") == ALIGNMENT_VERSION and record.get("student_mtime_ns") == stamp:
-            return record["metrics"]
+    """:func:`alignment_metrics` of one run, cached in the run's alignment.json (keyed on the version and the
+    student weights' modification time, so a rerun run is measured again)."""
+    from trainer import run_folder
+
+    stamp = run_folder.student_mtime_ns(run_dir)
+    record = run_folder.read_alignment(run_dir)
+    if record and record.get("version") == ALIGNMENT_VERSION and record.get("student_mtime_ns") == stamp \
+            and isinstance(record.get("metrics"), dict):
+        return record["metrics"]
     started = time.perf_counter()
     metrics = {**alignment_metrics(run_features(run_dir)), "seconds": round(time.perf_counter() - started, 1)}
-    from common.files import write_json
-
-    write_json(cached, {"version": ALIGNMENT_VERSION, "student_mtime_ns": stamp, "metrics": metrics})
+    run_folder.write_alignment(run_dir, {"version": ALIGNMENT_VERSION, "student_mtime_ns": stamp, "metrics": metrics})
     log.info("alignment %s: %s", run_dir, json.dumps({k: round(v, 3) for k, v in metrics.items()}))
     return metrics

@@ -37,6 +37,7 @@ from report import results_page
 from report.alignment import run_alignment
 from report.config import ReportConfig, default_cache
 from report.results_page import mean_std
+from trainer import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -258,13 +259,12 @@ def job_cache(job: Job) -> str:
 
 def reusable(job: Job, fingerprint: dict) -> bool:
     """A finished run made by the same command, report version and store: it is not run again."""
-    timing, metrics, config = (job.run_dir / name for name in ("timing.json", "metrics.json", "config.json"))
-    if not (timing.is_file() and metrics.is_file() and config.is_file()):
+    if not run_folder.exists(job.run_dir, run_folder.TIMING, run_folder.METRICS, run_folder.CONFIG):
         return False
-    record = json.loads(timing.read_text())
+    record = run_folder.read_timing(job.run_dir)
     return (record.get("argv") == list(job.argv) and record.get("report_version") == REPORT_VERSION
-            and json.loads(config.read_text()).get("store_fingerprint") == fingerprint
-            and "final" in json.loads(metrics.read_text()))
+            and run_folder.read_config(job.run_dir).store_fingerprint == fingerprint
+            and run_folder.read_metrics(job.run_dir).final is not None)
 
 
 def start(job: Job, threads: int, logs: Path) -> subprocess.Popen:
@@ -273,7 +273,7 @@ def start(job: Job, threads: int, logs: Path) -> subprocess.Popen:
     # beside the run folder, not in it: distill refuses a folder holding files that are not its own
     request = job.run_dir.with_name(job.run_dir.name + ".request.json")
     same = request.is_file() and json.loads(request.read_text()) == {"argv": argv, "report_version": REPORT_VERSION}
-    if same and (job.run_dir / "checkpoint.pt").is_file() and (job.run_dir / "config.json").is_file():
+    if same and run_folder.exists(job.run_dir, run_folder.CHECKPOINT, run_folder.CONFIG):
         argv.append("--resume")
     else:
         if job.run_dir.exists():  # the report's own folder: a run of another command or an empty start
@@ -301,11 +301,11 @@ def stop(running: dict) -> None:
 
 
 def record_finished(job: Job, seconds: float, threads: int, parallel: int) -> None:
-    """timing.json marks a run finished for :func:`reusable`, so it is written atomically."""
-    write_json(job.run_dir / "timing.json",
-               {"argv": list(job.argv), "report_version": REPORT_VERSION, "wall_seconds": round(seconds, 1),
-                "threads": threads, "concurrent_runs": parallel})
-    final = json.loads((job.run_dir / "metrics.json").read_text())["final"]
+    """timing.json marks a run finished for :func:`reusable`."""
+    run_folder.write_timing(job.run_dir, {"argv": list(job.argv), "report_version": REPORT_VERSION,
+                                          "wall_seconds": round(seconds, 1), "threads": threads,
+                                          "concurrent_runs": parallel})
+    final = run_folder.read_metrics(job.run_dir).final
     log.info("done %-38s seed %d: acc %.3f  bal acc %.3f  (%.0f s)", job.key, job.seed, final["accuracy"],
              final["balanced_accuracy"], seconds)
 
@@ -355,11 +355,11 @@ CONFIG_KEYS = (*SHARED_KEYS, "effective_lambda_general", "lambda_specific", "spe
                "customizer_weight_decay", "customize_smoothing", "customizer_reset", "min_steps")
 
 
-def train_mechanism(metrics: dict) -> dict:
+def train_mechanism(metrics: run_folder.RunMetrics) -> dict:
     """CustomKD's per-epoch training-side numbers, when the run logged them: the task-specific MSE at the
     first epoch that has it (warm-up epochs have none) and at the last epoch, its unreachable part and RMS(θ^h_t(f_t)) ÷ RMS(f_s) at the last epoch."""
-    logged = [e["train"] for e in metrics["epochs"] if "specific" in e["train"]] or [metrics["epochs"][0]["train"]]
-    first, last = logged[0], metrics["epochs"][-1]["train"]
+    logged = [e["train"] for e in metrics.epochs if "specific" in e["train"]] or [metrics.epochs[0]["train"]]
+    first, last = logged[0], metrics.epochs[-1]["train"]
     unreachable = next((k for k in last if "unreachable" in k), None)
     values = {"specific_first": first.get("specific"), "specific_last": last.get("specific"),
               "specific_unreachable_last": last.get(unreachable) if unreachable else None,
@@ -371,23 +371,23 @@ def collect(jobs: list[Job], alignments: dict[Path, dict]) -> dict[str, dict]:
     """Per (regime, variant): the per-seed final metrics, curves, times and mechanism numbers."""
     rows: dict[str, dict] = {}
     for job in jobs:
-        metrics = json.loads((job.run_dir / "metrics.json").read_text())
-        timing = json.loads((job.run_dir / "timing.json").read_text())
-        config = json.loads((job.run_dir / "config.json").read_text())
+        metrics = run_folder.read_metrics(job.run_dir)
+        timing = run_folder.read_timing(job.run_dir)
+        config = run_folder.read_config(job.run_dir).values
         row = rows.setdefault(job.key, {
             "regime": job.regime.slug, "variant": job.variant.name, "slug": job.variant.slug,
             "method": job.variant.method, "seeds": [], "accuracy": [], "balanced_accuracy": [], "probe_accuracy": [],
             "curves": [], "wall_seconds": [], "train_seconds": [], "runs": [], "mechanism": {}, "alignment": {},
             "label_fraction": config["effective_label_fraction"]})
         row["seeds"].append(job.seed)
-        row["accuracy"].append(metrics["final"]["accuracy"])
-        row.setdefault("per_class", []).append(metrics["final"].get("per_class_accuracy"))
-        row["balanced_accuracy"].append(metrics["final"]["balanced_accuracy"])
-        row["probe_accuracy"].append(metrics["teacher_probe"]["accuracy"])
-        row["curves"].append([e["eval"]["accuracy"] for e in metrics["epochs"]])
+        row["accuracy"].append(metrics.final["accuracy"])
+        row.setdefault("per_class", []).append(metrics.final.get("per_class_accuracy"))
+        row["balanced_accuracy"].append(metrics.final["balanced_accuracy"])
+        row["probe_accuracy"].append(metrics.teacher_probe["accuracy"])
+        row["curves"].append([e["eval"]["accuracy"] for e in metrics.epochs])
         row["wall_seconds"].append(timing["wall_seconds"])
         row["train_seconds"].append(sum(e["train"]["seconds"] + e.get("customize", {}).get("seconds", 0.0)
-                                        for e in metrics["epochs"]))
+                                        for e in metrics.epochs))
         row["runs"].append(str(job.run_dir))
         for group, values in (("mechanism", train_mechanism(metrics)), ("alignment", alignments.get(job.run_dir, {}))):
             for name, value in values.items():
@@ -403,7 +403,7 @@ def regime_configs(jobs: list[Job]) -> dict[str, dict]:
     since the page describes each regime as one setup."""
     configs: dict[str, tuple[Path, dict]] = {}
     for job in jobs:
-        config = json.loads((job.run_dir / "config.json").read_text())
+        config = run_folder.read_config(job.run_dir).values
         first, reference = configs.setdefault(job.regime.slug, (job.run_dir, config))
         differ = [k for k in SHARED_KEYS if config.get(k) != reference.get(k)]
         if differ:
@@ -426,7 +426,7 @@ def summarize(jobs: list[Job], extractions: dict[str, dict], alignments: dict[Pa
                                         "cache": cache, "majority_class_eval": extractions[cache]["majority_class_eval"],
                                         "setting": job.regime.setting, "compare_to": job.regime.compare_to,
                                         "config": configs[job.regime.slug]}
-    timing = [json.loads((j.run_dir / "timing.json").read_text()) for j in jobs]
+    timing = [run_folder.read_timing(j.run_dir) for j in jobs]
     summary = {"generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "eval_split": cfg.eval_split,
                "extractions": extractions, "regimes": regimes, "rows": collect(jobs, alignments),
                "run_threads": [{"threads": t, "concurrent_runs": c}
@@ -450,9 +450,7 @@ def copy_run_records(jobs: list[Job], out: Path, dest: Path) -> None:
     for job in jobs:
         to = target / job.run_dir.relative_to(out)
         to.mkdir(parents=True)
-        for name in ("config.json", "metrics.json", "timing.json", "alignment.json"):
-            if (job.run_dir / name).is_file():
-                shutil.copy2(job.run_dir / name, to / name)
+        run_folder.copy_records(job.run_dir, to)
     # an index the page links to: a folder link is not a file a clone can check
     lines = [RUNS_INDEX_TITLE, "", "Generated with docs/results.md; do not edit by hand.", ""]
     for job in jobs:

@@ -14,6 +14,7 @@ import numpy as np
 from common.errors import UserError
 from common.files import write_text
 from report.config import README_END, README_START, ReportConfig
+from trainer import run_folder
 
 # Two-sided 95 % Student-t quantiles t_{0.975, ν} for ν = 1..30 (scipy is not a dependency).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -385,7 +386,7 @@ def setup_section(summary: dict) -> list[str]:
         "- Balanced accuracy (mean per-class recall) and each class's recall are reported beside accuracy.",
         *stores,
         f"- Training recipe of the `{slug}` regime (the others differ only in the student and its resolution, "
-        f"schedule and label budget shown in their sections; every run's options are in its config.json): batch {cfg['batch_size']}, {cfg['optimizer']} lr "
+        f"schedule and label budget shown in their sections; every run's options are in its {run_folder.CONFIG}): batch {cfg['batch_size']}, {cfg['optimizer']} lr "
         f"{cfg['effective_lr']} (weight decay {cfg['weight_decay']}), λ_g = {cfg['effective_lambda_general']}, "
         f"λ_s = {cfg['lambda_specific']}"
         + (f" (task-specific term: {cfg['specific_loss']} in the head's row space)" if cfg.get("specific_space") == "head"
@@ -455,9 +456,9 @@ def reproduce_section(summary: dict, cfg: ReportConfig) -> list[str]:
         "",
         f"This page came from `{summary['command']}`: one extraction per teacher (a no-op when the store exists), "
         f"then every run into `{cfg.out}/<regime>/<variant>/seed<k>/` (finished runs are reused, interrupted ones "
-        "resume, so the report can be run in parts). Each run's `config.json` (every setting and the store "
-        "fingerprint), `metrics.json` (per-epoch curves), `timing.json` (command line, wall time) and, for CustomKD "
-        "runs, `alignment.json` are in [`docs/results/runs/`](results/runs/README.md); "
+        f"resume, so the report can be run in parts). Each run's `{run_folder.CONFIG}` (every setting and the store "
+        f"fingerprint), `{run_folder.METRICS}` (per-epoch curves), `{run_folder.TIMING}` (command line, wall time) "
+        f"and, for CustomKD runs, `{run_folder.ALIGNMENT}` are in [`docs/results/runs/`](results/runs/README.md); "
         "[`summary.json`](results/summary.json) holds every number on this page.",
         "",
     ]

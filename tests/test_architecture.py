@@ -165,3 +165,43 @@ def test_the_trainer_outside_its_methods_never_names_customization():
     found = [f"{path.name}:{number}" for path in sorted((ROOT / "trainer").glob("*.py")) if path.name not in PROTOCOL_EXEMPT
              for number, line in enumerate(path.read_text().splitlines(), 1) if "customiz" in line.lower()]
     assert not found, found
+
+
+# every file name of a run folder (trainer/run_folder.py spells each once)
+RUN_FILE_NAME = re.compile(r"(?<![\w.-])(config\.json|metrics\.json|metrics\.csv|checkpoint\.pt|student\.safetensors|"
+                           r"timing\.json|alignment\.json|\.lock|\.customkd-run)(?![\w-])")
+# the packages that may import trainer.run_folder; common and featcache sit below it (a teacher folder's config.json
+# is not a run's)
+RUN_FILE_PACKAGES = ("trainer", "report", "bench", "cli", "customkd")
+
+
+def _strings_outside_docstrings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string constant in a file but its docstrings (f-strings count by their literal parts)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def _run_file_literals(path: Path) -> list[str]:
+    return [f"{path.relative_to(ROOT)}:{line}" for line, text in _strings_outside_docstrings(path)
+            if RUN_FILE_NAME.search(text)]
+
+
+def test_run_files_are_named_through_the_contract():
+    """Outside trainer/run_folder.py no code spells a run file's name (in a path, a check or a message): readers and
+    writers use its constants and functions, so a renamed or added run file is one change, in one file."""
+    offenders = [hit for name, path in MODULES.items() if name.split(".")[0] in RUN_FILE_PACKAGES
+                 and name != "trainer.run_folder" for hit in _run_file_literals(path)]
+    assert offenders == []
+    assert _run_file_literals(MODULES["trainer.run_folder"])  # the check itself sees a literal name
+    assert all(RUN_FILE_NAME.fullmatch(name) for name in _run_file_names())  # and every name the contract declares
+    assert not RUN_FILE_NAME.search("uv.lock, model.safetensors, zarr.json, config.jsonl")
+
+
+def _run_file_names() -> list[str]:
+    from trainer.run_folder import FILES
+
+    return [name for name in FILES if "*" not in name]

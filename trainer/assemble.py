@@ -12,7 +12,6 @@ finished run through them: one way to build a run, with the same random draws in
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from common.distributed import DistEnv
 from common.errors import UserError
-from trainer import ddp, loop
-from trainer.config import MAX_IMAGE_SIZE, DistillConfig
+from trainer import ddp, loop, run_folder
+from trainer.config import DistillConfig
 from trainer.data import CachedData, Split, chunk_batches, epoch_order, epoch_views, load_cached_data, make_split
 from trainer.feature_range import output_activation
 from trainer.features import block_shuffle, feature_stats
 from trainer.methods import BatchCounts, Method, MethodContext, create_method
 from trainer.probe import accuracy, fit_teacher_probe
 from trainer.students import Student, create_student
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def seed_everything(seed: int) -> None:
@@ -178,39 +175,31 @@ def kd_step(cfg: DistillConfig, inputs: Inputs, trainee: Trainee, device: torch.
                        inputs.norm, inputs.probe, inputs.row_labels, device, cfg.grad_clip, fixmatch, env, progress)
 
 
-def read_run_config(run_dir: str | Path) -> dict:
-    """config.json of a finished run (one that wrote its student)."""
-    run = Path(run_dir)
-    if not (run / "config.json").is_file() or not (run / "student.safetensors").is_file():
-        raise UserError(f"{run_dir} is not a finished run (needs config.json and student.safetensors)")
-    return json.loads((run / "config.json").read_text())
+def read_run_config(run_dir: str | Path) -> run_folder.RunConfig:
+    """config.json of a finished run (one that wrote its student), checked (:func:`trainer.run_folder.read_config`)."""
+    if not run_folder.is_finished(run_dir):
+        raise UserError(f"{run_dir} is not a finished run (needs {run_folder.CONFIG} and {run_folder.STUDENT})")
+    return run_folder.read_config(run_dir)
 
 
-def config_from_run(config: dict) -> DistillConfig:
+def config_from_run(config: dict, run: str | Path = "RUN") -> DistillConfig:
     """The :class:`DistillConfig` a run recorded in its config.json (the student as it was given, not resuming)."""
     fields = DistillConfig.__dataclass_fields__
-    values = {k: v for k, v in config.items() if k in fields}
-    values.update(source=tuple(config["source"]), target=tuple(config["target"]), resume=False,
-                  student=config.get("student_alias", config["student"]))
-    return DistillConfig(**values)
+    values = {k: v for k, v in run_folder.as_given(config).items() if k in fields}
+    try:
+        values.update(source=tuple(config["source"]), target=tuple(config["target"]), resume=False)
+        return DistillConfig(**values)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"run {run}: {run_folder.CONFIG} does not hold a distill configuration ({str(exc)[:80]}); "
+                        f"restore the run's {run_folder.CONFIG} or train the run again") from None
 
 
-def _load_student_weights(student: Student, run_dir: str | Path) -> Student:
-    from safetensors.torch import load_file
-
-    student.model.load_state_dict(load_file(str(Path(run_dir) / "student.safetensors")))
-    return student.eval()
-
-
-def load_student(run_dir: str | Path) -> tuple[dict, Student]:
+def load_student(run_dir: str | Path) -> tuple[run_folder.RunConfig, Student]:
     """A finished run's config.json and its student with the saved weights (CPU, eval mode); no store needed."""
     config = read_run_config(run_dir)
-    size = config.get("image_size")
-    if type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE:  # config.json is a file someone may have sent
-        raise UserError(f"run {run_dir}: config.json image_size {str(size)[:40]} is not an integer in "
-                        f"1..{MAX_IMAGE_SIZE}; restore the run's config.json or train the run again")
-    student = create_student(config.get("student_alias", config["student"]), config["num_classes"], size)
-    return config, _load_student_weights(student, run_dir)
+    student = create_student(config.settings["student"], config.num_classes, config.image_size)
+    run_folder.load_student_weights(config, student.model)
+    return config, student.eval()
 
 
 @dataclass(frozen=True)
@@ -230,11 +219,12 @@ def load_trained(run_dir: str | Path, device: torch.device | None = None) -> Tra
     the final checkpoint."""
     device = device or torch.device("cpu")
     config = read_run_config(run_dir)
-    cfg = config_from_run(config)
-    inputs = load_inputs(cfg, device, config.get("store_fingerprint"))
+    cfg = config_from_run(config.values, run_dir)
+    inputs = load_inputs(cfg, device, config.store_fingerprint)
     # the weights come from the run, so no pretrained or warm-start weights need be at hand
     trainee = build_trainee(dataclasses.replace(cfg, student_pretrained=False, student_weights=None), inputs, device)
-    _load_student_weights(trainee.student, run_dir)
-    trainee.method.load_state_dict(loop.load_checkpoint(Path(run_dir) / CHECKPOINT)["method"])
+    run_folder.load_student_weights(config, trainee.student.model)
+    trainee.student.eval()
+    run_folder.restore(run_dir, run_folder.load_checkpoint(run_dir), {"method": trainee.method})
     trainee.method.eval()
-    return TrainedRun(Path(run_dir), config, cfg, inputs, trainee)
+    return TrainedRun(Path(run_dir), config.values, cfg, inputs, trainee)

@@ -250,9 +250,19 @@ class DistillConfig:
         """The config of a YAML or TOML file of settings, or of a run's config.json (replayed: what the run
         measured, where it wrote and ``resume`` are left out); ``overrides`` win over the file."""
         from common.config_file import settings_from_file
+        from trainer.run_folder import as_given
 
-        values = settings_from_file(path, {f.name: hint for f, hint in field_hints(cls)})
+        values = settings_from_file(path, {f.name: hint for f, hint in field_hints(cls)}, as_given)
         return cls(**{**values, **overrides})
+
+    @classmethod
+    def from_run(cls, run_dir: str, **overrides) -> DistillConfig:
+        """The config a finished or interrupted run recorded, to train it again (``out`` and ``resume`` left out)."""
+        from pathlib import Path
+
+        from trainer.run_folder import CONFIG
+
+        return cls.from_file(str(Path(run_dir) / CONFIG), **overrides)
 
     def to_dict(self) -> dict:
         """Every setting including defaults, plus the values actually used."""

@@ -9,16 +9,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from common import distributed
 from common.errors import UserError
-from common.files import atomic_path, write_json
-from trainer import ddp, loop
+from trainer import ddp, loop, run_folder
 from trainer.assemble import (
-    CHECKPOINT,
     Inputs,
     Trainee,
     build_trainee,
@@ -50,11 +49,8 @@ def default_run_dir(cfg: DistillConfig) -> str:
     return f"runs/{cfg.method}-{cfg.student}-{stamp}"
 
 
-LOCK = ".lock"
-RUN_MARKER = ".customkd-run"  # written when distill creates a run folder: only such a folder is its to write or resume
 # settings a resumed run may change: where and how it runs, not what it computes
 RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_stale", "data", "expect_fingerprint")
-_HELD_LOCKS: dict[str, object] = {}
 
 
 def _inside_store(run: Path) -> Path | None:
@@ -67,7 +63,7 @@ def _inside_store(run: Path) -> Path | None:
 def check_run_dir(cfg: DistillConfig) -> Path:
     """The run directory, checked but not created: a run refused later leaves nothing behind.
 
-    A folder belongs to one run: only an empty folder or one distill created (:data:`RUN_MARKER`) is
+    A folder belongs to one run: only an empty folder or one distill created (:data:`run_folder.MARKER`) is
     written, so files the tool did not write are never overwritten; a finished or checkpointed run
     needs --resume, and --resume must not change what the run computes."""
     run = Path(cfg.out or default_run_dir(cfg))
@@ -76,35 +72,27 @@ def check_run_dir(cfg: DistillConfig) -> Path:
     store = _inside_store(run)
     if store is not None:
         raise UserError(f"--out {run} is inside the feature store {store}; choose a folder outside it")
-    if run.is_dir() and not (run / RUN_MARKER).is_file():
-        stranger = next((p.name for p in sorted(run.iterdir()) if p.name != LOCK), None)
+    if run.is_dir() and not run_folder.is_marked(run):
+        stranger = run_folder.first_foreign_file(run)
         if stranger is not None:
             raise UserError(f"--out {run} holds files that are not a customkd run (e.g. {stranger}; distill marks the "
-                            f"folders it creates with {RUN_MARKER}); choose a new or empty --out")
-    has_checkpoint = (run / CHECKPOINT).is_file()
+                            f"folders it creates with {run_folder.MARKER}); choose a new or empty --out")
+    has_checkpoint = run_folder.has_checkpoint(run)
     if cfg.resume and not has_checkpoint:
-        raise UserError(f"--resume needs {run / CHECKPOINT}; that run stopped before its first checkpoint: "
+        raise UserError(f"--resume needs {run / run_folder.CHECKPOINT}; that run stopped before its first checkpoint: "
                         "rerun the same command without --resume to start it over")
     if has_checkpoint and not cfg.resume:
         raise UserError(f"run directory {run} already holds a run; pass --resume to continue it or choose another --out")
     if cfg.resume:
-        _check_same_settings(cfg, json.loads((run / "config.json").read_text()), run)
+        _check_same_settings(cfg, run_folder.read_config(run).settings, run)
     return run
 
 
 def _check_same_settings(cfg: DistillConfig, recorded: dict, run: Path) -> None:
-    recorded = {**recorded, "student": recorded.get("student_alias", recorded.get("student"))}  # as it was given
     for key, value in cfg.to_dict().items():
         if key not in RESUME_MAY_CHANGE and recorded.get(key) != value:
             raise UserError(f"--resume of {run} with another {key!r} ({value!r}, the run used {recorded.get(key)!r}); "
                             "resume with the run's own settings or start a new --out")
-
-
-def release_run_dir() -> None:
-    """Drop every lock this process holds (one run per process; tests and the bench run several)."""
-    for handle in _HELD_LOCKS.values():
-        handle.close()
-    _HELD_LOCKS.clear()
 
 
 def claim_run_dir(cfg: DistillConfig, run: Path) -> None:
@@ -114,48 +102,10 @@ def claim_run_dir(cfg: DistillConfig, run: Path) -> None:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create run directory {run} ({exc.strerror}); choose a writable --out") from None
-    lock_run_dir(run)
+    run_folder.lock(run)
     check_run_dir(cfg)
-    if not (run / RUN_MARKER).is_file():
-        write_json(run / RUN_MARKER, {"created_by": "customkd distill", "created": dt.datetime.now(dt.UTC).isoformat()})
-
-
-def lock_run_dir(run: Path) -> None:
-    """An exclusive lock on the run folder for as long as this process writes it."""
-    import fcntl
-
-    handle = open(run / LOCK, "a")  # noqa: SIM115 - held open until the process ends
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise UserError(f"another distill is writing {run}; wait for it or choose another --out") from None
-    _HELD_LOCKS[str(run)] = handle
-
-
-def flatten(record: dict, prefix: str = "") -> dict:
-    """{"train": {"loss": 1}} → {"train/loss": 1}; lists become one column per item."""
-    flat = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}/"))
-        elif isinstance(value, list):
-            flat.update({f"{name}/{i}": v for i, v in enumerate(value)})
-        else:
-            flat[name] = value
-    return flat
-
-
-def write_metrics_csv(path: Path, history: list[dict]) -> None:
-    import csv
-
-    rows = [flatten(record) for record in history]
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(path) as partial, open(partial, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    if not run_folder.is_marked(run):
+        run_folder.mark(run)
 
 
 class EpochFeatures:
@@ -213,7 +163,7 @@ def setup(cfg: DistillConfig, env: distributed.DistEnv, device: torch.device) ->
     resolve_student(cfg.student)
     run = Path(distributed.on_main(env, lambda: str(check_run_dir(cfg))))
     seed_everything(cfg.seed)
-    pinned = json.loads((run / "config.json").read_text())["store_fingerprint"] if cfg.resume else None
+    pinned = run_folder.read_config(run).store_fingerprint if cfg.resume else None
     inputs = load_inputs(cfg, device, pinned)
     epochs = cfg.epochs_for(len(inputs.split.train))
     if cfg.epochs is None:
@@ -228,12 +178,11 @@ def setup(cfg: DistillConfig, env: distributed.DistEnv, device: torch.device) ->
 
 def run_config(s: Session, started: dt.datetime) -> dict:
     """config.json: every setting, the values actually used, the store's fingerprint, how to preprocess an image
-    for the student, and where the run came from. ``student`` is the timm model name (``timm.create_model``
-    takes it); ``student_alias`` is the name as given."""
+    for the student, and where the run came from (:func:`trainer.run_folder.config_record` names the student)."""
     fingerprint = s.data.manifest.fingerprint
     preprocess = {"size": s.cfg.image_size, "mean": list(s.student.mean), "std": list(s.student.std),
                   "interpolation": "bilinear", "crop": fingerprint.augmentation.centre_crop}
-    return {**s.cfg.to_dict(), "student": resolve_student(s.cfg.student), "student_alias": s.cfg.student,
+    return run_folder.config_record(s.cfg.to_dict(), resolve_student(s.cfg.student), {
             "preprocess": preprocess, "provenance": provenance(s.cfg.cache, s.cfg.student_weights, started),
             "out": str(s.run.resolve()), "teacher": fingerprint.teacher.to_dict(),
             "store_fingerprint": fingerprint.hashes(),
@@ -241,17 +190,15 @@ def run_config(s: Session, started: dt.datetime) -> dict:
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
             "world_size": s.env.world, "batch_rule": ddp.BATCH_RULE,
             "effective_epochs": s.epochs, "optimizer_steps": s.epochs * s.cfg.steps_per_epoch(len(s.split.train)),
-            "student_activation": type(s.method.dims.student_activation).__name__}
+            "student_activation": type(s.method.dims.student_activation).__name__})
 
 
 def resume(s: Session) -> int:
     """Load the run's checkpoint into the session; returns the first epoch still to run."""
-    state, t = loop.load_checkpoint(s.run / CHECKPOINT), s.trainee
-    t.student.load_state_dict(state["student"])
-    t.method.load_state_dict(state["method"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict(state["scheduler"])
-    t.method.load_optimizer_states(state["method_optimizers"])
+    state, t = run_folder.load_checkpoint(s.run), s.trainee
+    run_folder.restore(s.run, state, {"student": t.student, "method": t.method, "optimizer": t.optimizer,
+                                      "scheduler": t.scheduler,
+                                      "method_optimizers": SimpleNamespace(load_state_dict=t.method.load_optimizer_states)})
     torch.set_rng_state(state["torch_rng"])
     s.history = json.loads(state["history"])
     log.info("resuming %s after epoch %d", s.run, state["epoch"] + 1)
@@ -294,22 +241,13 @@ def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunL
 
 def save_epoch(s: Session, epoch: int) -> None:
     t = s.trainee
-    loop.save_checkpoint(s.run / CHECKPOINT, {
+    run_folder.save_checkpoint(s.run, {
         "epoch": epoch, "student": t.student.state_dict(), "method": t.method.state_dict(),
         "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
         "method_optimizers": t.method.optimizer_states(),
         "torch_rng": torch.get_rng_state(), "history": json.dumps(s.history)})
-    write_json(s.run / "metrics.json", {"epochs": s.history, "teacher_probe": s.inputs.probe_metrics})
-    write_metrics_csv(s.run / "metrics.csv", s.history)
-
-
-def save_student(s: Session) -> None:
-    """student.safetensors, written whole (temporary file, then rename) with the umask's permissions."""
-    from safetensors.torch import save_file
-
-    # safetensors creates its file 0600; the other run files are 0644 under the usual umask
-    with atomic_path(s.run / "student.safetensors", mode=0o666) as partial:
-        save_file({k: v.contiguous() for k, v in s.student.model.state_dict().items()}, str(partial))
+    run_folder.write_metrics(s.run, run_folder.RunMetrics(s.history, s.inputs.probe_metrics))
+    run_folder.write_metrics_csv(s.run, s.history)
 
 
 def train(s: Session, started: dt.datetime) -> dict:
@@ -319,7 +257,7 @@ def train(s: Session, started: dt.datetime) -> dict:
     train_ds = (StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std, strong_seed=cfg.seed)
                 if cfg.ssl == "fixmatch" else eval_ds)
     if env.main and not cfg.resume:  # a resumed run keeps its record
-        write_json(s.run / "config.json", run_config(s, started))
+        run_folder.write_config(s.run, run_config(s, started))
     first_epoch = resume(s) if cfg.resume else 0
     # one loader per purpose for the whole run, both started here: persistent workers are forked once,
     # together, so the copy-on-write faults a fork costs the training process fall into the first epoch only
@@ -348,15 +286,14 @@ def train(s: Session, started: dt.datetime) -> dict:
         eval_loader.shutdown()
     final = {k: s.history[-1]["eval"][k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
     if env.main:
-        save_student(s)
-        write_json(s.run / "metrics.json", {"epochs": s.history, "final": final,
-                                            "teacher_probe": s.inputs.probe_metrics})
+        run_folder.save_student(s.run, s.student.model.state_dict())
+        run_folder.write_metrics(s.run, run_folder.RunMetrics(s.history, s.inputs.probe_metrics, final))
     distributed.barrier(env)
     return final
 
 
 def distill(cfg: DistillConfig) -> DistillResult:
-    """Train one student from a complete store; writes config.json, metrics.json, student.safetensors.
+    """Train one student from a complete store into a run folder (:mod:`trainer.run_folder`).
 
     Under torchrun every rank runs this; only rank 0 writes files."""
     started, clock = dt.datetime.now(dt.UTC), time.perf_counter()
@@ -366,5 +303,5 @@ def distill(cfg: DistillConfig) -> DistillResult:
         s = setup(cfg, env, device)
         final = train(s, started)
     finally:
-        release_run_dir()
+        run_folder.release_locks()
     return DistillResult(str(s.run), final, s.inputs.probe_metrics, time.perf_counter() - clock)

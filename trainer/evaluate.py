@@ -22,20 +22,30 @@ from trainer.assemble import config_from_run, load_student
 from trainer.config import MAX_IMAGE_SIZE
 from trainer.data import StudentViews, load_cached_data, make_loader, make_split
 from trainer.loop import classification_metrics, predict
+from trainer.run_folder import CONFIG, RunConfig
 from trainer.students import Student
 
 log = logging.getLogger(__name__)
 
 
-def run_preprocess(config: dict, student: Student, run: str | Path = "RUN") -> dict:
+def run_preprocess(config: RunConfig, student: Student) -> dict:
     """How the run's student sees an image: size, mean, std, interpolation and centre-crop fraction. Recorded in
     config.json (checked by :func:`check_preprocess`); for older runs, rebuilt from the student and the store's
     view recipe."""
-    if "preprocess" in config:
-        return check_preprocess(config["preprocess"], run)
-    manifest = fs.read_manifest(fs.open_complete_store(config["cache"]), config["cache"])
-    return {"size": config["image_size"], "mean": list(student.mean), "std": list(student.std),
+    if "preprocess" in config.values:
+        return check_preprocess(config.values["preprocess"], config.run)
+    manifest = _run_manifest(config)
+    return {"size": config.image_size, "mean": list(student.mean), "std": list(student.std),
             "interpolation": "bilinear", "crop": manifest.fingerprint.augmentation.centre_crop}
+
+
+def _run_manifest(config: RunConfig):
+    """The manifest of the store the run trained on (its recorded ``cache``)."""
+    cache = config.values.get("cache")
+    if not isinstance(cache, str):
+        raise UserError(f"run {config.run}: {CONFIG} has no cache path; restore the run's {CONFIG} or train the run "
+                        "again")
+    return fs.read_manifest(fs.open_complete_store(cache), cache)
 
 
 def _is_number(value: object) -> bool:
@@ -46,8 +56,8 @@ def check_preprocess(preprocess: object, run: str | Path) -> dict:
     """A run's recorded ``preprocess``, refused in one line unless every value is one replay can use at a size a
     student trains at: a run folder is a file someone may send, and a size of 6000 px would be used as it is."""
     def refuse(problem: str) -> UserError:
-        return UserError(f"run {run}: config.json preprocess {problem}; restore the run's config.json or train "
-                         "the run again")
+        return UserError(f"run {run}: {CONFIG} preprocess {problem}; restore the run's {CONFIG} or train the "
+                         "run again")
 
     if not isinstance(preprocess, dict):
         raise refuse("is not an object")
@@ -85,18 +95,25 @@ def evaluate_run(run: str, data: str | None = None, workers: int = 2, device: st
     torch_device = resolve_device(device)
     config, student = load_student(run)
     if data is None:
-        cfg = config_from_run(config)
+        cfg = config_from_run(config.values, run)
         cached = load_cached_data(cfg)
+        if cached.classes != config.classes:
+            raise UserError(f"run {run}: {CONFIG} names classes {_shown(config.classes)} but its store has "
+                            f"{_shown(cached.classes)}; restore the run's {CONFIG} or train the run again")
         rows = make_split(cfg, cached).eval
         labels = cached.labels
     else:
-        manifest = fs.read_manifest(fs.open_complete_store(config["cache"]), config["cache"])
-        cached = _AllCentreViews(data, config["classes"], manifest.fingerprint.augmentation.centre_crop)
+        manifest = _run_manifest(config)
+        cached = _AllCentreViews(data, config.classes, manifest.fingerprint.augmentation.centre_crop)
         rows, labels = np.arange(len(cached.labels)), cached.labels
-    dataset = StudentViews(cached, config["image_size"], student.mean, student.std)
-    loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), config["batch_size"], workers)
+    dataset = StudentViews(cached, config.image_size, student.mean, student.std)
+    loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), config.batch_size, workers)
     seen, preds = predict(student.to(torch_device), loader, torch_device)
-    return {**classification_metrics(labels[seen], preds, config["num_classes"]), "n": len(seen)}
+    return {**classification_metrics(labels[seen], preds, config.num_classes), "n": len(seen)}
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
 
 
 def _takes_any_size(model: torch.nn.Module, size: int) -> bool:
@@ -109,13 +126,13 @@ def _takes_any_size(model: torch.nn.Module, size: int) -> bool:
     return True
 
 
-def onnx_metadata(config: dict, preprocess: dict) -> dict[str, str]:
+def onnx_metadata(config: RunConfig, preprocess: dict) -> dict[str, str]:
     """What a deployment needs to feed the ONNX student: classes and preprocessing (strings; JSON for lists)."""
-    return {"classes": json.dumps(config["classes"]), "mean": json.dumps(preprocess["mean"]),
+    return {"classes": json.dumps(config.classes), "mean": json.dumps(preprocess["mean"]),
             "std": json.dumps(preprocess["std"]), "size": str(preprocess["size"]),
             "interpolation": preprocess["interpolation"], "crop": str(preprocess["crop"]),
             "input": "RGB, centre square crop of crop x the short side, resized to size, scaled to [0, 1], "
-                     "then (x - mean) / std, NCHW float32", "student": config["student"]}
+                     "then (x - mean) / std, NCHW float32", "student": config.student}
 
 
 def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
@@ -133,7 +150,7 @@ def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
     except ImportError:
         raise UserError("export needs the onnx package: pip install onnx onnxruntime") from None
     config, student = load_student(run)
-    size = config["image_size"]
+    size = config.image_size
     dynamic = _takes_any_size(student.model, size)
     axes = {"images": {0: "batch", **({2: "height", 3: "width"} if dynamic else {})}, "logits": {0: "batch"}}
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -143,7 +160,7 @@ def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
             torch.onnx.export(student.model, (example,), str(partial), dynamo=False, input_names=["images"],
                               output_names=["logits"], dynamic_axes=axes)
         model = onnx.load(str(partial))
-        onnx.helper.set_model_props(model, onnx_metadata(config, run_preprocess(config, student, run)))
+        onnx.helper.set_model_props(model, onnx_metadata(config, run_preprocess(config, student)))
         onnx.save(model, str(partial))
         error = _check_onnx(str(partial), student, [size, size + 32] if dynamic else [size])
         if error > atol:

@@ -1,5 +1,5 @@
-"""The named pieces of the training loop: one KD epoch, evaluation, feature normalisation, checkpoints.
-What a method does between KD epochs is the method's own (:meth:`trainer.methods.Method.epoch_stage`)."""
+"""The named pieces of the training loop: one KD epoch, evaluation, feature normalisation (checkpoints:
+:mod:`trainer.run_folder`). What a method does between KD epochs is its own (:meth:`trainer.methods.Method.epoch_stage`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +17,6 @@ from torch import nn
 from common.devices import autocast, resolve_precision
 from common.distributed import DistEnv, is_main_process, reduce_sums
 from common.errors import UserError
-from common.files import atomic_path
 from trainer.methods import BatchCounts, Method, StepInputs
 from trainer.students import Student
 
@@ -248,12 +246,3 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: i
     return {"accuracy": float((labels == preds).mean()), "balanced_accuracy": float(np.mean(present)),
             "per_class_accuracy": per_class}
 
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: a kill while saving never leaves a broken checkpoint under ``path``."""
-    with atomic_path(path) as partial:
-        torch.save(state, partial)
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)

@@ -76,9 +76,9 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
     config, student = load_student(run)
     torch_device = resolve_device(device)
     student = student.to(torch_device)
-    loader = torch.utils.data.DataLoader(ImageFiles(files, run_preprocess(config, student, run)), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(ImageFiles(files, run_preprocess(config, student)), batch_size=batch_size,
                                          num_workers=workers, pin_memory=torch_device.type == "cuda")
-    probabilities = np.zeros((len(files), config["num_classes"]), dtype=np.float32)
+    probabilities = np.zeros((len(files), config.num_classes), dtype=np.float32)
     bad: list[str] = []
     with torch.inference_mode():
         for pixels, index, errors in loader:
@@ -89,8 +89,8 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
         raise UserError(f"{len(bad)} unreadable image(s): {'; '.join(bad[:5])}; remove or fix them and rerun")
     with atomic_path(target) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "class", *config["classes"]])
+        writer.writerow(["path", "class", *config.classes])
         for file, row in zip(files, probabilities, strict=True):
-            writer.writerow([str(file), config["classes"][int(row.argmax())], *(f"{p:.6f}" for p in row)])
+            writer.writerow([str(file), config.classes[int(row.argmax())], *(f"{p:.6f}" for p in row)])
     log.info("predicted %d image(s) with %s on %s", len(files), run, torch_device)
     return len(files)

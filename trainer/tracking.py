@@ -16,6 +16,7 @@ from pathlib import Path
 from common.provenance import file_sha256, git_commit, library_versions
 from featcache import store as fs
 from featcache.location import is_url
+from trainer.run_folder import flatten
 
 
 def absolute(path: str) -> str:
@@ -36,16 +37,12 @@ def eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def scalars(record: dict, prefix: str = "") -> dict[str, float]:
-    """Every finite number of an epoch record, by slash-joined key (``train/loss``, ``eval/accuracy`` …)."""
-    out = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(scalars(value, f"{name}/"))
-        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and key != "epoch":
-            out[name] = float(value)
-    return out
+def scalars(record: dict) -> dict[str, float]:
+    """Every finite number of an epoch record (not in a list, not an ``epoch`` count), by slash-joined key
+    (``train/loss``, ``eval/accuracy`` …): the flattened record metrics.csv holds, numbers only."""
+    return {name: float(value) for name, value in flatten(record, lists=False).items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            and name.rsplit("/", 1)[-1] != "epoch"}
 
 
 class Tracker:

@@ -13,7 +13,7 @@ import torch
 
 from common.errors import UserError
 from tests.conftest import tiny_config
-from trainer import assemble, loop
+from trainer import assemble, run_folder
 from trainer import distill as distill_mod
 from trainer.config import DistillConfig
 from trainer.data import StudentViews, chunk_batches, loader_options, run_loader
@@ -61,7 +61,7 @@ def _outcome(run) -> dict:
         return {k: untimed(v) for k, v in record.items() if "seconds" not in k and not k.endswith("per_s")}
 
     epochs = json.loads((run / "metrics.json").read_text())["epochs"]
-    state = torch.load(run / distill_mod.CHECKPOINT, weights_only=True)
+    state = torch.load(run / run_folder.CHECKPOINT, weights_only=True)
     return {"epochs": [untimed(e) for e in epochs],
             "weights": {k: v.numpy().tobytes() for k, v in load_file(str(run / "student.safetensors")).items()},
             "rng": state["torch_rng"].numpy().tobytes()}
@@ -198,7 +198,7 @@ def test_the_loop_reads_no_scalar_per_step(tiny_store, tmp_path, monkeypatch):
     try:
         record = distill_mod.run_epoch(session, 0, *loaders)
     finally:
-        distill_mod.release_run_dir()
+        run_folder.release_locks()
     assert reads == []
     assert {"customize", "train", "eval"} <= set(record) and math.isfinite(record["train"]["loss"])
     assert math.isfinite(record["customize"]["loss"]) and record["train"]["samples"] == len(session.split.train)
@@ -206,15 +206,15 @@ def test_the_loop_reads_no_scalar_per_step(tiny_store, tmp_path, monkeypatch):
 
 def test_a_killed_run_with_persistent_workers_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch):
     distill_mod.distill(_config(tiny_store, tmp_path / "ref"))
-    real_save, saves = loop.save_checkpoint, {"n": 0}
+    real_save, saves = run_folder.save_checkpoint, {"n": 0}
 
-    def save_then_die(path, state):
-        real_save(path, state)
+    def save_then_die(run, state):
+        real_save(run, state)
         saves["n"] += 1
         if saves["n"] == 1:
             raise KeyboardInterrupt  # killed after epoch 1's checkpoint, with epoch 2's batches loading
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_folder, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         distill_mod.distill(_config(tiny_store, tmp_path / "killed"))
     distill_mod.distill(_config(tiny_store, tmp_path / "killed", resume=True))

@@ -4,7 +4,7 @@ import pytest
 
 from tests.conftest import tiny_config, without_timing
 from trainer import distill as distill_mod
-from trainer import loop
+from trainer import run_folder
 from trainer.config import DistillConfig
 
 
@@ -16,15 +16,15 @@ def test_killed_run_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch
     reference = distill_mod.distill(_config(tiny_store, tmp_path / "ref"))
 
     saves = {"n": 0}
-    real_save = loop.save_checkpoint
+    real_save = run_folder.save_checkpoint
 
-    def save_then_die(path, state):
-        real_save(path, state)
+    def save_then_die(run, state):
+        real_save(run, state)
         saves["n"] += 1
         if saves["n"] == 1:
             raise KeyboardInterrupt  # killed right after epoch 1's checkpoint
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_folder, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         distill_mod.distill(_config(tiny_store, tmp_path / "killed"))
     resumed = distill_mod.distill(_config(tiny_store, tmp_path / "killed", resume=True))

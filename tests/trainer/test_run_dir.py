@@ -10,6 +10,7 @@ import pytest
 from common.errors import UserError
 from tests.conftest import TINY_RUN, invoke, one_error_line, tiny_config
 from trainer import distill as distill_mod
+from trainer import run_folder
 from trainer.config import DistillConfig
 
 
@@ -43,7 +44,7 @@ def test_a_folder_holding_the_users_own_config_json_is_refused(tiny_store, tmp_p
 def test_a_folder_distill_created_is_marked_and_resumable(tiny_store, tmp_path):
     out = tmp_path / "r"
     distill_mod.distill(_config(tiny_store, out))
-    assert (out / distill_mod.RUN_MARKER).is_file()
+    assert (out / run_folder.MARKER).is_file()
     distill_mod.distill(_config(tiny_store, out, resume=True))
 
 
@@ -55,7 +56,7 @@ def test_out_inside_a_store_is_refused(tiny_store):
 def test_a_locked_run_folder_is_refused(tiny_store, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
-    with open(out / distill_mod.LOCK, "a") as held:
+    with open(out / run_folder.LOCK, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another distill writing this folder
         with pytest.raises(UserError, match="another distill is writing"):
             distill_mod.distill(_config(tiny_store, out))
@@ -77,7 +78,7 @@ def test_resume_with_other_settings_is_refused_and_the_record_kept(tiny_store, t
 def test_a_run_killed_before_its_first_checkpoint_restarts_without_resume(tiny_store, tmp_path):
     out = tmp_path / "early"
     out.mkdir()
-    (out / distill_mod.RUN_MARKER).write_text("{}")  # what a kill in epoch 1 leaves: distill's own folder,
+    (out / run_folder.MARKER).write_text("{}")  # what a kill in epoch 1 leaves: distill's own folder,
     (out / "config.json").write_text(json.dumps({"method": "kd"}))  # its record, no checkpoint
     with pytest.raises(UserError, match="without --resume to start it over"):
         distill_mod.distill(_config(tiny_store, out, resume=True))
@@ -105,4 +106,4 @@ def test_a_non_finite_loss_stops_the_run_and_saves_nothing(tiny_store, tmp_path,
     with pytest.raises(UserError, match="loss term 'kd' became nan in epoch 1"):
         distill_mod.distill(_config(tiny_store, tmp_path / "nan"))
     assert not (tmp_path / "nan" / "student.safetensors").exists()
-    assert not (tmp_path / "nan" / distill_mod.CHECKPOINT).exists()
+    assert not (tmp_path / "nan" / run_folder.CHECKPOINT).exists()

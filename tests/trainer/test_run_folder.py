@@ -1,0 +1,205 @@
+"""The run folder's contract (trainer/run_folder.py): its records round-trip, and a corrupt, foreign or mismatched
+run file ends ``--resume``, ``evaluate``, ``predict`` and ``export`` in one line, exit 2, with nothing written."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import re
+import shutil
+
+import pytest
+
+from common.errors import UserError
+from tests.conftest import ROOT, TINY_RUN, customkd, invoke, one_error_line, tiny_config
+from trainer import run_folder
+from trainer.distill import distill
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "r"
+    distill(tiny_config(tiny_store, out, method="customkd", epochs=2))
+    return out
+
+
+def _copy(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(run_folder.LOCK))
+    return copy
+
+
+def _edit_config(run, edit) -> None:
+    config = json.loads((run / run_folder.CONFIG).read_text())
+    edit(config)
+    (run / run_folder.CONFIG).write_text(json.dumps(config))
+
+
+def _snapshot(run) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file() and p.name != run_folder.LOCK}
+
+
+# ---------------------------------------------------------------- the records round-trip
+
+
+def test_config_record_names_the_student_twice_and_as_given_undoes_it():
+    settings = {"cache": "s.zarr", "student": "mobilenetv3", "lr": 0.1}
+    record = run_folder.config_record(settings, "mobilenetv3_large_100", {"num_classes": 3})
+    assert list(record) == ["cache", "student", "lr", "student_alias", "num_classes"]  # the order config.json keeps
+    assert (record["student"], record["student_alias"]) == ("mobilenetv3_large_100", "mobilenetv3")
+    assert run_folder.as_given(record) == {**record, "student": "mobilenetv3"}
+    assert run_folder.as_given({"student": "resnet18"}) == {"student": "resnet18"}  # a record without an alias
+
+
+def test_metrics_keep_their_key_order_and_read_back(tmp_path):
+    epochs, probe = [{"epoch": 1, "eval": {"accuracy": 0.5}}], {"accuracy": 0.7}
+    run_folder.write_metrics(tmp_path, run_folder.RunMetrics(epochs, probe))
+    assert list(json.loads((tmp_path / run_folder.METRICS).read_text())) == ["epochs", "teacher_probe"]
+    run_folder.write_metrics(tmp_path, run_folder.RunMetrics(epochs, probe, {"accuracy": 0.5}))
+    assert list(json.loads((tmp_path / run_folder.METRICS).read_text())) == ["epochs", "final", "teacher_probe"]
+    assert run_folder.read_metrics(tmp_path) == run_folder.RunMetrics(epochs, probe, {"accuracy": 0.5})
+
+
+def test_one_flattener_serves_metrics_csv_and_tensorboard():
+    from trainer.tracking import scalars
+
+    record = {"epoch": 2, "train": {"loss": 1.5, "nan": math.nan, "flag": True, "epoch": 9},
+              "eval": {"accuracy": 0.5, "per_class_accuracy": [0.25, None]}, "note": "text", "lr": 0.01}
+    assert run_folder.flatten(record) == {
+        "epoch": 2, "train/loss": 1.5, "train/nan": record["train"]["nan"], "train/flag": True, "train/epoch": 9,
+        "eval/accuracy": 0.5, "eval/per_class_accuracy/0": 0.25, "eval/per_class_accuracy/1": None,
+        "note": "text", "lr": 0.01}
+    # TensorBoard: finite numbers only, no list items, no epoch counts (the step is the epoch)
+    assert scalars(record) == {"train/loss": 1.5, "eval/accuracy": 0.5, "lr": 0.01}
+
+
+def test_the_readme_lists_every_file_distill_writes():
+    outputs = (ROOT / "README.md").read_text().split("## Outputs of a run", 1)[1].split("\n## ", 1)[0]
+    unnamed = [name for name, spec in run_folder.FILES.items() if spec.written_by == "distill"
+               and f"RUN/{name}" not in outputs]
+    assert unnamed == []
+
+
+def test_a_finished_run_reads_back_through_the_contract(finished_run):
+    config = run_folder.read_config(finished_run)
+    assert (config.student, config.num_classes, config.classes) == ("test_efficientnet", 3,
+                                                                    ["class0", "class1", "class2"])
+    assert config.settings["student"] == TINY_RUN["student"] and config.store_fingerprint
+    assert run_folder.read_metrics(finished_run).final is not None
+    state = run_folder.load_checkpoint(finished_run)
+    assert state["epoch"] == 1 and len(json.loads(state["history"])) == 2
+
+
+# ---------------------------------------------------------------- --resume with a damaged run file
+
+
+def _resume_args(run, store) -> list:
+    return ["distill", "--cache", store, "--out", run, "--method", "customkd", "--epochs", "2", "--resume",
+            *(f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items() if k != "epochs")]
+
+
+def _truncate(path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _not_a_checkpoint(path) -> None:
+    import torch
+
+    torch.save({"epoch": 1, "student": {}}, path)  # a real torch file, not distill's
+
+
+@pytest.mark.parametrize(("file", "damage", "needle"), [
+    (run_folder.CONFIG, _truncate, "config.json is not valid JSON"),
+    (run_folder.CONFIG, lambda p: p.write_text("[1, 2]"), "config.json is not a JSON object"),
+    (run_folder.CHECKPOINT, _truncate, "checkpoint.pt is damaged"),
+    (run_folder.CHECKPOINT, lambda p: p.write_bytes(pickle.dumps({"epoch": 1})), "checkpoint.pt is a pickle"),
+    (run_folder.CHECKPOINT, _not_a_checkpoint, "checkpoint.pt is not a distill checkpoint (no method"),
+])
+def test_resume_with_a_damaged_run_file_is_one_line(finished_run, tiny_store, tmp_path, file, damage, needle):
+    run = _copy(finished_run, tmp_path)
+    damage(run / file)
+    before = _snapshot(run)
+    line = one_error_line(invoke(*_resume_args(run, tiny_store)), needle)
+    assert str(run) in line and "restore the run's" in line
+    assert _snapshot(run) == before  # nothing rewritten
+
+
+def test_a_record_larger_than_any_run_writes_is_refused_unread(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    with open(run / run_folder.METRICS, "r+b") as handle:  # sparse: no disk used, but a read would take it all
+        handle.truncate(run_folder.MAX_RECORD_BYTES + 1)
+    with pytest.raises(UserError, match="metrics.json is larger than 64 MiB"):
+        run_folder.read_metrics(run)
+
+
+def test_resume_never_runs_a_pickle_in_place_of_the_checkpoint(finished_run, tiny_store, tmp_path):
+    """A checkpoint whose unpickling would call os.system: refused in a real process, and the command never ran."""
+    run = _copy(finished_run, tmp_path)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {marker}",))
+
+    (run / run_folder.CHECKPOINT).write_bytes(pickle.dumps({"epoch": Payload()}))
+    one_error_line(customkd(*_resume_args(run, tiny_store)), "checkpoint.pt is a pickle that a weights-only load refuses")
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- evaluate, predict, export of a damaged run
+
+
+def _drop(key):
+    return lambda config: config.pop(key)
+
+
+def _set(**values):
+    return lambda config: config.update(values)
+
+
+DAMAGED_RUNS = {
+    "student not safetensors": (lambda run: (run / run_folder.STUDENT).write_bytes(b"PK\x03\x04 a zip"),
+                                "student.safetensors is not a safetensors file"),
+    "student truncated": (lambda run: _truncate(run / run_folder.STUDENT), "student.safetensors is not a safetensors"),
+    "config malformed": (lambda run: _truncate(run / run_folder.CONFIG), "config.json is not valid JSON"),
+    "config without num_classes": (lambda run: _edit_config(run, _drop("num_classes")), "config.json has no num_classes"),
+    "config without student": (lambda run: _edit_config(run, _drop("student")), "config.json has no student"),
+    "classes fewer than num_classes": (lambda run: _edit_config(run, _set(classes=["a", "b"])),
+                                       "num_classes 3 does not match its 2 class names"),
+    "classes not the weights'": (lambda run: _edit_config(run, _set(classes=["a", "b", "c", "d"], num_classes=4)),
+                                 "student.safetensors does not fit the test_efficientnet with 4 classes"),
+}
+
+
+def _command(name, run, tmp_path, image) -> list:
+    return {"evaluate": ["evaluate", run, "--workers", "0", "--device", "cpu"],
+            "predict": ["predict", run, "--images", image, "--out", tmp_path / "p.csv", "--device", "cpu",
+                        "--workers", "0"],
+            "export": ["export", run, "--onnx", tmp_path / "s.onnx"]}[name]
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_RUNS))
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_a_damaged_run_is_one_line_for_every_command(finished_run, tiny_folder, tmp_path, command, damage):
+    run = _copy(finished_run, tmp_path)
+    edit, needle = DAMAGED_RUNS[damage]
+    edit(run)
+    image = sorted(tiny_folder.rglob("*.png"))[0]
+    line = one_error_line(invoke(*_command(command, run, tmp_path, image)), needle)
+    assert str(run) in line
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "s.onnx").exists()
+
+
+def test_evaluate_refuses_a_run_whose_classes_are_not_its_stores(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    _edit_config(run, _set(classes=["cat", "dog", "fish"]))
+    one_error_line(invoke("evaluate", run, "--workers", "0", "--device", "cpu"),
+                   "config.json names classes cat, dog, fish but its store has class0, class1, class2")
+
+
+def test_a_damaged_run_in_a_real_process(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    (run / run_folder.STUDENT).write_text("not weights")
+    line = one_error_line(customkd("export", run, "--onnx", tmp_path / "s.onnx"), "is not a safetensors file")
+    assert re.search(r"restore the run's student\.safetensors or train the run again$", line)
