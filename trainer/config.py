@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from common.errors import UserError
 from common.options import field_hints, option
+from trainer.run_folder import CONFIG, MAX_IMAGE_SIZE, as_given
 
 SETTINGS = ("supervised", "ssl", "uda")
 METHOD_NAMES = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+kd", "customkd+dkd")  # = trainer.methods.METHODS
@@ -28,7 +29,6 @@ VIEW_SAMPLING = ("cycle", "random")
 EVAL_SPLITS = ("test", "dev")  # dev: a fixed part of the training rows, for choosing settings without the test rows
 DEFAULT_LABEL_FRACTION = 0.1
 DEFAULT_EPOCHS = 8
-MAX_IMAGE_SIZE = 2048  # px; a student's input side, for training and for a run's recorded preprocessing
 # λ_g when --lambda-general is not given: FitNet's usual weight for the feature-imitation methods; 0.1 for the
 # CustomKD methods, chosen on the digits development split (docs/tuning.md), where λ_g = 1 cost them 4–5 points.
 LAMBDA_GENERAL_DEFAULTS = {"fitnet": 1.0, "kd+fitnet": 1.0, "customkd": 0.1, "customkd+kd": 0.1, "customkd+dkd": 0.1}
@@ -250,7 +250,6 @@ class DistillConfig:
         """The config of a YAML or TOML file of settings, or of a run's config.json (replayed: what the run
         measured, where it wrote and ``resume`` are left out); ``overrides`` win over the file."""
         from common.config_file import settings_from_file
-        from trainer.run_folder import as_given
 
         values = settings_from_file(path, {f.name: hint for f, hint in field_hints(cls)}, as_given)
         return cls(**{**values, **overrides})
@@ -259,8 +258,6 @@ class DistillConfig:
     def from_run(cls, run_dir: str, **overrides) -> DistillConfig:
         """The config a finished or interrupted run recorded, to train it again (``out`` and ``resume`` left out)."""
         from pathlib import Path
-
-        from trainer.run_folder import CONFIG
 
         return cls.from_file(str(Path(run_dir) / CONFIG), **overrides)
 

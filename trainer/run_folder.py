@@ -29,7 +29,8 @@ from typing import Any
 
 from common.errors import UserError
 from common.files import atomic_path, write_json
-from trainer.config import MAX_IMAGE_SIZE
+
+MAX_IMAGE_SIZE = 2048  # px; a student's input side, for training and for a run's recorded preprocessing
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
