@@ -76,11 +76,13 @@ def _leave_process_group() -> None:
 
 def _as_option(field: dataclasses.Field, hint) -> inspect.Parameter:
     """A config field as a typer option: its type (a tuple of names is typed as one comma-separated string), its
-    default, its help and its panel."""
+    default, its help, its panel and its other names."""
     default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
     if typing.get_origin(hint) is tuple:
         hint, default = str, ",".join(default)
-    info = typer.Option(help=field.metadata.get("help"), rich_help_panel=field.metadata.get("group") or None)
+    aliases = field.metadata.get("aliases", ())
+    names = (f"--{field.name.replace('_', '-')}", *aliases) if aliases else ()
+    info = typer.Option(*names, help=field.metadata.get("help"), rich_help_panel=field.metadata.get("group") or None)
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                              annotation=Annotated[hint, info])
 

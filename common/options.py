@@ -7,10 +7,13 @@ import dataclasses
 import typing
 
 
-def option(default, help: str, *, choices: tuple[str, ...] = (), group: str = ""):  # noqa: A002 - typer's word
+def option(default, help: str, *, choices: tuple[str, ...] = (), group: str = "",  # noqa: A002 - typer's word
+           aliases: tuple[str, ...] = ()):
     """A field's default with what the command line and docs show of it: its help text, its known values
-    (the config checks them) and the ``--help`` panel it belongs to (empty: the command's own)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group})
+    (the config checks them), the ``--help`` panel it belongs to (empty: the command's own) and other flag
+    names it answers to (timm's ``train.py`` names: ``--model``, ``-b``…)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group,
+                                                        "aliases": aliases})
 
 
 def field_hints(config_class) -> list[tuple[dataclasses.Field, object]]:

@@ -155,21 +155,19 @@ def test_the_manifest_is_read_through_the_contract():
     assert string_paths.search('recipe = manifest["fingerprint"]["augmentation"]["recipe"]')
 
 
-# The run's flat option list (trainer/config.py) still declares CustomKD's flags beside every other flag.
-PROTOCOL_EXEMPT = {"config.py"}
-
-
 def test_the_trainer_outside_its_methods_never_names_customization():
     """CustomKD's protocol (schedule, θ^h_t's optimiser and reset, its epoch, broadcast, metrics) lives in
-    trainer/methods/customkd.py: the loop, the driver and the assembly go through Method's hooks."""
-    found = [f"{path.name}:{number}" for path in sorted((ROOT / "trainer").glob("*.py")) if path.name not in PROTOCOL_EXEMPT
+    trainer/methods/customkd.py, its settings in trainer/methods/options.py: the loop, the driver, the assembly and
+    the run's config go through Method's hooks and the option groups."""
+    found = [f"{path.name}:{number}" for path in sorted((ROOT / "trainer").glob("*.py"))
              for number, line in enumerate(path.read_text().splitlines(), 1) if "customiz" in line.lower()]
     assert not found, found
 
 
 # every file name of a run folder (trainer/run_folder.py spells each once)
-RUN_FILE_NAME = re.compile(r"(?<![\w.-])(config\.json|metrics\.json|metrics\.csv|checkpoint\.pt|student\.safetensors|"
-                           r"timing\.json|alignment\.json|\.lock|\.customkd-run)(?![\w-])")
+RUN_FILE_NAME = re.compile(r"(?<![\w.-])((model/)?config\.json|metrics\.json|metrics\.csv|checkpoint\.pt|"
+                           r"student\.safetensors|(model/)?model\.safetensors|timing\.json|alignment\.json|\.lock|"
+                           r"\.customkd-run)(?![\w-])")
 # the packages that may import trainer.run_folder; common and featcache sit below it (a teacher folder's config.json
 # is not a run's)
 RUN_FILE_PACKAGES = ("trainer", "report", "bench", "cli", "customkd")
@@ -198,7 +196,7 @@ def test_run_files_are_named_through_the_contract():
     assert offenders == []
     assert _run_file_literals(MODULES["trainer.run_folder"])  # the check itself sees a literal name
     assert all(RUN_FILE_NAME.fullmatch(name) for name in _run_file_names())  # and every name the contract declares
-    assert not RUN_FILE_NAME.search("uv.lock, model.safetensors, zarr.json, config.jsonl")
+    assert not RUN_FILE_NAME.search("uv.lock, pytorch_model.bin, zarr.json, config.jsonl")
 
 
 def _run_file_names() -> list[str]:

@@ -1,7 +1,9 @@
 """The distill process's configuration: one frozen dataclass, validated on construction.
 
-Each field is declared once, with its help text and known values (:func:`common.options.option`): ``customkd distill``'s options,
-the keys of ``--config`` files and ``DistillConfig.from_file`` are all derived from these fields."""
+Each field is declared once, with its help text, known values, help panel and flag aliases
+(:func:`common.options.option`): the run's own here, each method family's in :mod:`trainer.methods.options`.
+``customkd distill``'s options, the keys of ``--config`` files and ``DistillConfig.from_file`` are all derived
+from these fields."""
 
 from __future__ import annotations
 
@@ -11,20 +13,19 @@ from dataclasses import dataclass
 
 from common.errors import UserError
 from common.options import field_hints, option
+from trainer.methods.options import (
+    OPTION_GROUPS,
+    CustomKDOptions,
+    DKDOptions,
+    FeatureTermOptions,
+    KDOptions,
+)
 from trainer.run_folder import CONFIG, MAX_IMAGE_SIZE, as_given
 
 SETTINGS = ("supervised", "ssl", "uda")
 METHOD_NAMES = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+kd", "customkd+dkd")  # = trainer.methods.METHODS
 OPTIMIZERS = {"adamw": 2e-3, "sgd": 0.05}  # name → default learning rate
-CUSTOMIZERS = ("linear", "mlp")
-CUSTOMIZE_HEADS = ("student", "random", "random-trained")
-CUSTOMIZER_ACTIVATIONS = ("student", "none")
-CUSTOMIZE_TARGETS = ("labels+pseudo", "labels", "soft")
 FEATURE_NORMS = ("none", "l2", "standardize")
-SPECIFIC_SPACES = ("full", "head")
-SPECIFIC_LOSSES = ("mse", "cosine")
-CUSTOMIZER_INITS = ("default", "zero")
-CUSTOMIZER_OPTIMIZERS = ("adamw", "sgd")
 VIEW_SAMPLING = ("cycle", "random")
 EVAL_SPLITS = ("test", "dev")  # dev: a fixed part of the training rows, for choosing settings without the test rows
 DEFAULT_LABEL_FRACTION = 0.1
@@ -32,16 +33,17 @@ DEFAULT_EPOCHS = 8
 # λ_g when --lambda-general is not given: FitNet's usual weight for the feature-imitation methods; 0.1 for the
 # CustomKD methods, chosen on the digits development split (docs/tuning.md), where λ_g = 1 cost them 4–5 points.
 LAMBDA_GENERAL_DEFAULTS = {"fitnet": 1.0, "kd+fitnet": 1.0, "customkd": 0.1, "customkd+kd": 0.1, "customkd+dkd": 0.1}
-# the help panels of the methods' own options (``distill --help``)
-FEATURE_TERM, CUSTOMKD = "Feature terms (fitnet, kd+fitnet, customkd…)", "CustomKD (customkd, customkd+kd, customkd+dkd)"
-LOGIT_TERMS, DKD = "Logit terms (kd, dkd and their combinations)", "DKD (dkd, customkd+dkd)"
 
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
+    """A distill run's settings: the run's own below, each method family's from its option group
+    (:mod:`trainer.methods.options`, declared beside the methods)."""
+
     cache: str = option("caches/elpv-efficientnet_lite0.zarr", "Feature store written by `customkd extract`.")
-    student: str = option("mobilenetv3", "Student: an alias from `customkd students` or any timm model name.")
+    student: str = option("mobilenetv3", "Student: an alias from `customkd students` or any timm model name.",
+                          aliases=("--model",))
     student_pretrained: bool = option(False, "Start from timm's pretrained student weights (hub).")
     student_weights: str | None = option(None, "Start from a local student weights file.")
     method: str = option("customkd", f"{', '.join(METHOD_NAMES)}.")
@@ -57,61 +59,17 @@ class DistillConfig:
     epochs: int | None = option(
         None, f"Student (KD) epochs, exactly (default: {DEFAULT_EPOCHS}, extended on small data to --min-steps).")
     min_steps: int = option(250, "Without --epochs: add epochs until this many optimizer steps.")
-    image_size: int = option(96, "Student input resolution in px.")
-    batch_size: int = option(64, "Samples per optimizer step (all ranks together).")
+    image_size: int = option(96, "Student input resolution in px.", aliases=("--img-size",))
+    batch_size: int = option(64, "Samples per optimizer step (all ranks together).", aliases=("-b",))
     out: str = option("", "Run directory (default runs/<method>-<student>-<time>).")
     seed: int = option(0, "Seed of the label budget, initialisation, batch order and views.")
-    workers: int = option(2, "DataLoader workers replaying views.")
+    workers: int = option(2, "DataLoader workers replaying views.", aliases=("-j",))
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     optimizer: str = option("adamw", f"{' or '.join(OPTIMIZERS)}.", choices=tuple(OPTIMIZERS))
     lr: float | None = option(
         None, f"Learning rate (default {', '.join(f'{k} {v:g}' for k, v in OPTIMIZERS.items())}).")
     weight_decay: float = option(0.05, "Weight decay of the student's optimizer.")
-    grad_clip: float = option(5.0, "Clip the gradient norm to this (0 = off).")
-    lambda_general: float | None = option(
-        None, "λ_g, weight of MSE(P_s(f_s), f_t) (default: 1 for fitnet and kd+fitnet, 0.1 for the customkd methods).",
-        group=FEATURE_TERM)
-    lambda_specific: float = option(1.0, "λ_s, weight of MSE(f_s, θ^h_t(f_t)).", group=CUSTOMKD)
-    customizer: str = option("linear", f"{' or '.join(CUSTOMIZERS)}.", choices=CUSTOMIZERS, group=CUSTOMKD)
-    customizer_lr: float = option(1e-3, "Learning rate of θ^h_t during customization.", group=CUSTOMKD)
-    customizer_activation: str = option(
-        "student", "student (θ^h_t's output through the student's output activation: reachable targets) or none.",
-        choices=CUSTOMIZER_ACTIVATIONS, group=CUSTOMKD)
-    customizer_weight_decay: float = option(0.05, "Weight decay on θ^h_t.", group=CUSTOMKD)
-    customizer_reset: bool = option(False, "Re-initialise θ^h_t before every customization epoch.", group=CUSTOMKD)
-    customizer_init: str = option(
-        "default", f"{' or '.join(CUSTOMIZER_INITS)}: θ^h_t's initial output layer (zero: directions L_cus never sets "
-        f"stay 0).",
-        choices=CUSTOMIZER_INITS, group=CUSTOMKD)
-    customizer_optimizer: str = option(
-        "adamw", f"{' or '.join(CUSTOMIZER_OPTIMIZERS)} for θ^h_t (sgd: momentum 0.9, --customizer-lr).",
-        choices=CUSTOMIZER_OPTIMIZERS, group=CUSTOMKD)
-    customize_epochs: int = option(1, "Customization epochs per round.", group=CUSTOMKD)
-    specific_space: str = option(
-        "head", f"{' or '.join(SPECIFIC_SPACES)}: compare f_s with θ^h_t(f_t) in all dims, or only in the head's row "
-        f"space.",
-        choices=SPECIFIC_SPACES, group=CUSTOMKD)
-    specific_loss: str = option(
-        "mse", f"{' or '.join(SPECIFIC_LOSSES)}: the task-specific term's distance.",
-        choices=SPECIFIC_LOSSES, group=CUSTOMKD)
-    customize_smoothing: float = option(0.1, "Label smoothing of the customization loss.", group=CUSTOMKD)
-    customize_warmup: int = option(1, "KD epochs before the first customization epoch.", group=CUSTOMKD)
-    customize_head: str = option(
-        "student", "student, random (fixed random head, ablation) or random-trained (random head trained with θ^h_t, "
-        "ablation).",
-        choices=CUSTOMIZE_HEADS, group=CUSTOMKD)
-    customize_target: str = option(
-        "labels+pseudo", f"{', '.join(CUSTOMIZE_TARGETS)}.",
-        choices=CUSTOMIZE_TARGETS, group=CUSTOMKD)
-    pseudo_threshold: float = option(0.8, "Teacher-probe confidence needed to use a pseudo-label.", group=CUSTOMKD)
-    alternate_every: int = option(1, "One customization epoch every K KD epochs.", group=CUSTOMKD)
-    kd_temperature: float = option(4.0, "Temperature T of the soft targets (kd, dkd).", group=LOGIT_TERMS)
-    kd_weight: float = option(
-        1.0, "w, weight of the KD term (kd, kd+fitnet, customkd+kd; dkd weighs its parts by α and β).",
-        group=LOGIT_TERMS)
-    dkd_alpha: float = option(1.0, "DKD: weight α of the target-class term.", group=DKD)
-    dkd_beta: float = option(8.0, "DKD: weight β of the non-target-class term.", group=DKD)
-    dkd_warmup: int = option(2, "DKD: epochs over which its weight ramps up.", group=DKD)
+    grad_clip: float = option(5.0, "Clip the gradient norm to this (0 = off).", aliases=("--clip-grad",))
     feature_norm: str = option("standardize", f"{', '.join(FEATURE_NORMS)} (teacher features).", choices=FEATURE_NORMS)
     view_sampling: str = option("cycle", f"{' or '.join(VIEW_SAMPLING)}.", choices=VIEW_SAMPLING)
     features: str = option(
@@ -131,6 +89,9 @@ class DistillConfig:
         self._check_choices()
         self._check_ranges()
         self._check_setting()
+        self.check_kd()
+        self.check_dkd()
+        self.check_customkd()
 
     def _check_numbers(self) -> None:
         """Finite numbers, positive rates, non-negative weights, seeds numpy takes, a sane resolution."""
@@ -138,19 +99,14 @@ class DistillConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
-        for flag, value in (("--lr", self.lr), ("--customizer-lr", self.customizer_lr)):
-            if value is not None and value <= 0:
-                raise UserError(f"{flag} must be > 0, got {value}")
+        if self.lr is not None and self.lr <= 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
         for flag, value in (("--weight-decay", self.weight_decay), ("--grad-clip", self.grad_clip),
-                            ("--customizer-weight-decay", self.customizer_weight_decay)):
+                            ("--fixmatch-weight", self.fixmatch_weight)):
             if value < 0:
                 raise UserError(f"{flag} must be >= 0, got {value}")
         if not 0 <= self.seed < 2**32:  # np.random.seed (seed_everything) takes 32-bit seeds
             raise UserError(f"--seed must be >= 0 and < 2**32 (4294967296), got {self.seed}")
-        for flag, value in (("--fixmatch-weight", self.fixmatch_weight), ("--dkd-alpha", self.dkd_alpha),
-                            ("--dkd-beta", self.dkd_beta)):
-            if value < 0:
-                raise UserError(f"{flag} must be >= 0, got {value}")
         if not 0 <= self.fixmatch_threshold <= 1:
             raise UserError(f"--fixmatch-threshold must be in [0, 1], got {self.fixmatch_threshold}")
         if self.image_size > MAX_IMAGE_SIZE:
@@ -170,15 +126,11 @@ class DistillConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"unknown --device {self.device!r}; known: auto, cpu, cuda, cuda:N")
         for flag, value in (("--epochs", 1 if self.epochs is None else self.epochs), ("--image-size", self.image_size),
-                            ("--batch-size", self.batch_size), ("--alternate-every", self.alternate_every),
-                            ("--customize-epochs", self.customize_epochs)):
+                            ("--batch-size", self.batch_size)):
             if value < 1:
                 raise UserError(f"{flag} must be >= 1, got {value}")
-        for flag, value in (("--min-steps", self.min_steps), ("--customize-warmup", self.customize_warmup)):
-            if value < 0:
-                raise UserError(f"{flag} must be >= 0, got {value}")
-        if not 0 <= self.customize_smoothing < 1:
-            raise UserError(f"--customize-smoothing must be in [0, 1), got {self.customize_smoothing}")
+        if self.min_steps < 0:
+            raise UserError(f"--min-steps must be >= 0, got {self.min_steps}")
         if self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
 
@@ -194,12 +146,8 @@ class DistillConfig:
             raise UserError("--setting uda needs --source DOMAIN[,DOMAIN] and --target DOMAIN[,DOMAIN]")
         if self.setting != "uda" and (self.source or self.target):
             raise UserError("--source/--target only apply to --setting uda")
-        if not 0 <= self.pseudo_threshold <= 1:
-            raise UserError(f"--pseudo-threshold must be in [0, 1], got {self.pseudo_threshold}")
-        if min(self.effective_lambda_general, self.lambda_specific, self.kd_weight) < 0:
-            raise UserError("loss weights (--lambda-general, --lambda-specific, --kd-weight) must be >= 0")
-        if self.kd_temperature <= 0:
-            raise UserError(f"--kd-temperature must be > 0, got {self.kd_temperature}")
+        if self.effective_lambda_general < 0:
+            raise UserError(f"--lambda-general must be >= 0, got {self.effective_lambda_general}")
         for pin in self.expect_fingerprint.split():
             name, _, value = pin.partition("=")
             if name not in ("dataset", "teacher", "augmentation", "layout", "schema") or not value:
@@ -262,8 +210,12 @@ class DistillConfig:
         return cls.from_file(str(Path(run_dir) / CONFIG), **overrides)
 
     def to_dict(self) -> dict:
-        """Every setting including defaults, plus the values actually used."""
-        values = dataclasses.asdict(self)
+        """Every setting including defaults (the run's own first, then each method family's), plus the values
+        actually used."""
+        fields = dataclasses.asdict(self)
+        grouped = {f.name for group in OPTION_GROUPS for f in dataclasses.fields(group)}
+        values = {**{k: v for k, v in fields.items() if k not in grouped},
+                  **{k: v for k, v in fields.items() if k in grouped}}
         values.update(source=list(self.source), target=list(self.target), effective_lr=self.effective_lr,
                       effective_lambda_general=self.effective_lambda_general,
                       effective_label_fraction=self.effective_label_fraction)

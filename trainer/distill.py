@@ -287,6 +287,7 @@ def train(s: Session, started: dt.datetime) -> dict:
     final = {k: s.history[-1]["eval"][k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
     if env.main:
         run_folder.save_student(s.run, s.student.model.state_dict())
+        run_folder.write_model_folder(s.run, run_folder.read_config(s.run).values)
         run_folder.write_metrics(s.run, run_folder.RunMetrics(s.history, s.inputs.probe_metrics, final))
     distributed.barrier(env)
     return final

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ LOCK = ".lock"
 EVENTS = "events.out.tfevents.*"  # named by TensorBoard's SummaryWriter; a pattern, never written by this module
 TIMING = "timing.json"
 ALIGNMENT = "alignment.json"
+MODEL = "model"  # a model folder in timm's local-dir layout: its own config.json and model.safetensors
+MODEL_CONFIG, MODEL_WEIGHTS = f"{MODEL}/config.json", f"{MODEL}/model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ FILES: dict[str, RunFile] = {
     EVENTS: RunFile("distill", "TensorBoard scalars"),
     CHECKPOINT: RunFile("distill", "everything `--resume` needs, every epoch"),
     STUDENT: RunFile("distill", "the deployable student's weights"),
+    MODEL_CONFIG: RunFile("distill", "timm's model config: architecture, classes, the student's preprocessing"),
+    MODEL_WEIGHTS: RunFile("distill", "the student's weights again, as timm's local-dir layout names them"),
     MARKER: RunFile("distill", "distill created this folder: it may write and resume it"),
     LOCK: RunFile("distill", "held while a process writes the folder"),
     TIMING: RunFile("report", "the command line and wall time of a report run; marks it finished"),
@@ -348,6 +353,33 @@ def save_student(run: str | Path, state_dict: dict) -> None:
     # safetensors creates its file 0600; the other run files are 0644 under the usual umask
     with atomic_path(Path(run) / STUDENT, mode=0o666) as partial:
         save_file({k: v.contiguous() for k, v in state_dict.items()}, str(partial))
+
+
+def timm_model_config(record: dict) -> dict:
+    """``model/config.json``: what ``timm.create_model("local-dir:RUN/model", pretrained=True)`` reads, from a run's
+    config record: the architecture, the classes, and a ``pretrained_cfg`` with the student's own input size,
+    interpolation, mean, std and centre crop, so ``timm.data.resolve_data_config(model=m)`` preprocesses as
+    evaluation and ``predict`` do."""
+    preprocess, size = record["preprocess"], record["preprocess"]["size"]
+    return {"architecture": record["student"], "num_classes": record["num_classes"],
+            "label_names": list(record["classes"]),
+            "pretrained_cfg": {"input_size": [3, size, size], "interpolation": preprocess["interpolation"],
+                               "mean": list(preprocess["mean"]), "std": list(preprocess["std"]),
+                               "crop_pct": preprocess["crop"], "crop_mode": "center",
+                               "num_classes": record["num_classes"]}}
+
+
+def write_model_folder(run: str | Path, record: dict) -> None:
+    """``RUN/model/``, a model folder timm loads: its config and the student's weights (a hard link to
+    student.safetensors where the file system allows one, else a copy), each written whole."""
+    folder = Path(run) / MODEL
+    folder.mkdir(exist_ok=True)
+    write_json(Path(run) / MODEL_CONFIG, timm_model_config(record))
+    with atomic_path(Path(run) / MODEL_WEIGHTS) as partial:
+        try:
+            os.link(Path(run) / STUDENT, partial)
+        except OSError:
+            shutil.copyfile(Path(run) / STUDENT, partial)
 
 
 def load_student_weights(config: RunConfig, model) -> None:

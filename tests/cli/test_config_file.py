@@ -145,7 +145,8 @@ def test_a_declared_option_reaches_the_command_line_the_config_file_and_the_run_
 
     from cli.common import config_command
     from common.options import option
-    from trainer.config import CUSTOMKD, DistillConfig
+    from trainer.config import DistillConfig
+    from trainer.methods.options import CUSTOMKD
 
     @dataclasses.dataclass(frozen=True)
     class Extended(DistillConfig):
@@ -180,3 +181,26 @@ def test_the_library_loads_a_config_file_and_replays_a_run_record(tmp_path):
     (tmp_path / "bad.yaml").write_text("no_such_option: 1\n")
     with pytest.raises(customkd.UserError, match="unknown key 'no_such_option'"):
         customkd.DistillConfig.from_file(str(tmp_path / "bad.yaml"))
+
+
+def test_timm_flag_names_are_aliases_and_a_typed_alias_wins_over_the_file(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from cli.common import config_command
+    from cli.config_file import merge_config_file
+    from trainer.config import DistillConfig
+
+    app, seen = typer.Typer(), {}
+
+    @app.command()
+    @config_command(DistillConfig)
+    def run(ctx: typer.Context, config: str | None = None, **values) -> None:
+        seen.update(merge_config_file(ctx, values, config))
+
+    (tmp_path / "c.yaml").write_text("student: resnet18\nbatch_size: 32\nimage_size: 64\n")
+    args = ["--model", "mobilenetv3_small_050", "-b", "16", "-j", "0", "--clip-grad", "1.5", "--config",
+            str(tmp_path / "c.yaml")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (seen["student"], seen["batch_size"], seen["workers"], seen["grad_clip"], seen["image_size"]) == (
+        "mobilenetv3_small_050", 16, 0, 1.5, 64)  # typed aliases win; the file fills what was not typed

@@ -91,6 +91,26 @@ def test_a_finished_run_reads_back_through_the_contract(finished_run):
     assert state["epoch"] == 1 and len(json.loads(state["history"])) == 2
 
 
+def test_a_run_folder_is_a_model_folder_timm_loads(finished_run):
+    """timm.create_model("local-dir:RUN/model") builds the student with the run's weights and classes, and timm's own data
+    config preprocesses as the run does (its size, bilinear, mean/std, centre crop)."""
+    import timm
+    import torch
+    from safetensors.torch import load_file
+    from timm.data import resolve_data_config
+
+    model = timm.create_model(f"local-dir:{finished_run / run_folder.MODEL}", pretrained=True)
+    saved = load_file(str(finished_run / run_folder.STUDENT))
+    assert model.state_dict().keys() == saved.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    preprocess = run_folder.read_config(finished_run).values["preprocess"]
+    data = resolve_data_config(model=model)
+    assert tuple(data["input_size"]) == (3, TINY_RUN["image_size"], TINY_RUN["image_size"])
+    assert (data["interpolation"], data["crop_pct"], data["crop_mode"]) == ("bilinear", preprocess["crop"], "center")
+    assert tuple(data["mean"]) == tuple(preprocess["mean"]) and tuple(data["std"]) == tuple(preprocess["std"])
+    assert model.pretrained_cfg["label_names"] == ["class0", "class1", "class2"]
+
+
 # ---------------------------------------------------------------- --resume with a damaged run file
 
 

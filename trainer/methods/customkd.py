@@ -23,7 +23,8 @@ activation (``customizer_activation=student``, found by :mod:`trainer.feature_ra
 where f_s can go; label smoothing gives L_cus a finite optimum. The AdamW weight decay on θ^h_t is nearly
 inert (lr × wd = 5e-5 a step: under 1 % over a run) and does not bound the target's scale.
 
-``customkd+kd`` and ``customkd+dkd`` add the registered KD or DKD term (trainer/methods/__init__.py).
+``customkd+kd`` and ``customkd+dkd`` add the registered KD or DKD term (trainer/methods/registry.py). Its
+settings are declared in trainer/methods/options.py (``CustomKDOptions``).
 
 Heads customized through (``customize_head``): ``student`` (the method), ``random`` (a fixed random
 head, the paper's ablation as a frozen head) and ``random-trained`` (a random-init head θ^c_t trained
