@@ -75,10 +75,12 @@ def _leave_process_group() -> None:
 
 
 def _as_option(field: dataclasses.Field, hint) -> inspect.Parameter:
-    """A config field as a typer option: its type (a tuple of names is typed as one comma-separated string), its
-    default, its help, its panel and its other names."""
+    """A config field as a typer option: its type (a tuple of names is typed as one comma-separated string, or as
+    a repeatable flag), its default, its help, its panel and its other names."""
     default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-    if typing.get_origin(hint) is tuple:
+    if typing.get_origin(hint) is tuple and field.metadata.get("repeatable"):
+        hint, default = list[str] | None, None
+    elif typing.get_origin(hint) is tuple:
         hint, default = str, ",".join(default)
     aliases = field.metadata.get("aliases", ())
     names = (f"--{field.name.replace('_', '-')}", *aliases) if aliases else ()
@@ -89,15 +91,17 @@ def _as_option(field: dataclasses.Field, hint) -> inspect.Parameter:
 
 def config_command(config_class, skip: tuple[str, ...] = ()):
     """Give a command one option per field of ``config_class`` (:func:`common.options.option` declares each), after
-    its own parameters; the command receives them as ``**settings``. ``skip``: fields the command declares itself."""
+    ``--config`` and before its other own options; the command receives them as ``**values``. ``skip``: fields the
+    command builds itself."""
 
     def decorate(command: Callable) -> Callable:
         own = [p if p.name == "ctx" else p.replace(kind=p.KEYWORD_ONLY)
                for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
         generated = [_as_option(f, hint) for f, hint in field_hints(config_class) if f.name not in skip]
-        last = ("verbose", "quiet")  # the shared switches close the list, as on every command
+        first, last = ("ctx", "config"), ("verbose", "quiet")  # the shared switches close the list
         command.__signature__ = inspect.Signature(
-            [*(p for p in own if p.name not in last), *generated, *(p for p in own if p.name in last)])
+            [*(p for p in own if p.name in first), *generated, *(p for p in own if p.name not in first + last),
+             *(p for p in own if p.name in last)])
         command.__annotations__ = {**{p.name: p.annotation for p in generated}, **command.__annotations__}
         return command
 

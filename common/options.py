@@ -8,12 +8,13 @@ import typing
 
 
 def option(default, help: str, *, choices: tuple[str, ...] = (), group: str = "",  # noqa: A002 - typer's word
-           aliases: tuple[str, ...] = ()):
+           aliases: tuple[str, ...] = (), repeatable: bool = False):
     """A field's default with what the command line and docs show of it: its help text, its known values
     (the config checks them), the ``--help`` panel it belongs to (empty: the command's own) and other flag
-    names it answers to (timm's ``train.py`` names: ``--model``, ``-b``…)."""
+    names it answers to (timm's ``train.py`` names: ``--model``, ``-b``…). A ``repeatable`` tuple is given as the
+    flag once per item; other tuples as one comma-separated value."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group,
-                                                        "aliases": aliases})
+                                                        "aliases": aliases, "repeatable": repeatable})
 
 
 def field_hints(config_class) -> list[tuple[dataclasses.Field, object]]:
