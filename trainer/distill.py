@@ -253,9 +253,8 @@ def save_epoch(s: Session, epoch: int) -> None:
 def train(s: Session, started: dt.datetime) -> dict:
     """Every epoch still to run (the method's stage when due, KD, evaluation, checkpoint); the final metrics."""
     cfg, env = s.cfg, s.env
-    eval_ds = StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std)
-    train_ds = (StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std, strong_seed=cfg.seed)
-                if cfg.ssl == "fixmatch" else eval_ds)
+    eval_ds = StudentViews(s.data, cfg.image_size)
+    train_ds = StudentViews(s.data, cfg.image_size, strong_seed=cfg.seed) if cfg.ssl == "fixmatch" else eval_ds
     if env.main and not cfg.resume:  # a resumed run keeps its record
         run_folder.write_config(s.run, run_config(s, started))
     first_epoch = resume(s) if cfg.resume else 0
