@@ -151,13 +151,14 @@ def test_the_host_round_count_follows_a_loaded_checkpoint(tiny_store):
 @pytest.mark.parametrize("method", ["customkd+dkd", "kd+fitnet"])
 def test_a_steady_kd_step_never_synchronises_cuda(tiny_store, method):
     kd, batches, counts = _steps(tiny_store, method, True, torch.device("cuda"))
-    for step in (0, 1):  # warm-up: optimiser state, cuDNN and cuBLAS handles, the caching allocator
-        _kd_update(kd, batches[step], 0, counts[step])
+    steps = list(zip(batches, counts, strict=True))
+    for batch, batch_counts in steps[:2]:  # warm-up: optimiser state, cuDNN and cuBLAS handles, the allocator
+        _kd_update(kd, batch, 0, batch_counts)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for step in range(2, len(batches)):
-            _kd_update(kd, batches[step], 0, counts[step])
+        for batch, batch_counts in steps[2:] + steps:  # the epoch's last batch, then all of them again
+            _kd_update(kd, batch, 0, batch_counts)
     finally:
         torch.cuda.set_sync_debug_mode(0)
 

@@ -207,13 +207,14 @@ class CustomKD(Method):
         self.train()
         optimizer, started, total = self.customizer_optimizer(), time.perf_counter(), len(ctx.labels)
         order = torch.arange(total) if ctx.block_local else torch.randperm(total, generator=generator)
+        labels = ctx.labels[order.to(ctx.labels.device)]  # in this pass's order: one copy of the order, not one a batch
         steps = []  # per batch: (loss, correct, used) float64 on the device
         for start in range(0, total, ctx.batch_size):
             idx = order[start : start + ctx.batch_size]
             features = ctx.features[idx]
             with torch.no_grad():
                 probe_logits = ctx.probe(features)
-            parts = self.customization_loss(features, ctx.labels[idx], probe_logits, ctx.head)
+            parts = self.customization_loss(features, labels[start : start + ctx.batch_size], probe_logits, ctx.head)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
