@@ -213,8 +213,9 @@ def evaluate_epoch(s: Session, loader: EpochBatches) -> dict:
 
 
 def epoch_stage(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> dict | None:
-    """The method's work before this KD epoch, on this epoch's (row, view) pairs; when it ran, the method is then
-    made equal to rank 0's on every rank."""
+    """The method's work before this KD epoch, on this epoch's (row, view) pairs; when it ran, the method's tensors
+    are then made equal to rank 0's on every rank. What it keeps on the host (CustomKD's round count) agrees
+    without that: every rank runs every stage."""
     inputs = s.inputs
     ctx = EpochContext(epoch, s.cfg.seed, s.student.head, EpochFeatures(inputs.data.features, order, views,
                                                                         inputs.norm, s.device),
