@@ -91,7 +91,7 @@ def _started_loaders(cfg: BenchConfig, work, persistent: bool, plan, eval_rows: 
     from trainer.data import StudentViews, chunk_batches, run_loader
 
     trainee = new_trainee(work, "customkd")
-    dataset = StudentViews(work.inputs.data, cfg.image_size, trainee.student.mean, trainee.student.std)
+    dataset = StudentViews(work.inputs.data, cfg.image_size)
     workers = max(1, cfg.workers)  # the overhead is the workers' start: without workers there is none to measure
     held_out = chunk_batches(eval_rows, np.zeros(len(eval_rows), np.int64), cfg.batch_size)
     epochs = range(cfg.overhead_epochs + 1)  # one more than measured: every measured epoch is a middle one

@@ -129,8 +129,7 @@ def cached_epoch(work: Workload, trainee: Trainee, n_samples: int) -> dict:
     """Throughputs of one ``train_epoch`` over ``n_samples`` reading cached features from RAM."""
     from trainer.data import make_loader
 
-    s = trainee.student
-    dataset = StudentViews(work.inputs.data, work.config.image_size, s.mean, s.std)
+    dataset = StudentViews(work.inputs.data, work.config.image_size)
     rows, views = work.rows[:n_samples], work.views[:n_samples]
     loader = make_loader(dataset, rows, views, work.config.batch_size, work.config.workers, device=work.device)
     return _train(work, trainee, loader, None, n_samples)
@@ -158,8 +157,7 @@ def online_epoch(work: Workload, trainee: Trainee, teacher, n_samples: int) -> d
     """Throughputs of the same ``train_epoch`` with the teacher run on every replayed view."""
     from trainer.data import make_loader
 
-    s = trainee.student
-    dataset = OnlineViews(work.inputs.data, work.config.image_size, s.mean, s.std, teacher.preprocess)
+    dataset = OnlineViews(work.inputs.data, work.config.image_size, teacher.preprocess)
     rows, views = work.rows[:n_samples], work.views[:n_samples]
     batches = OnlineBatches(make_loader(dataset, rows, views, work.config.batch_size, work.config.workers,
                                         device=work.device))

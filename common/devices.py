@@ -46,3 +46,13 @@ def autocast(device: torch.device, precision: str):
     if device.type == "cpu" and dtype_name == "float16":
         raise UserError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
     return torch.autocast(device.type, dtype=getattr(torch, dtype_name))
+
+
+def optimizer_implementation(parameters) -> dict:
+    """The keyword that picks an optimiser's multi-tensor implementation for where ``parameters`` live: ``fused``
+    on CUDA (one kernel for every parameter, no per-parameter host work), ``foreach`` elsewhere (CPU has no
+    fused SGD; its foreach step computes what the per-parameter loop computes)."""
+    first = next(iter(parameters), None)
+    if first is not None and first.device.type == "cuda":
+        return {"fused": True}
+    return {"foreach": True}

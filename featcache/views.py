@@ -176,6 +176,14 @@ def replay_pil(image: Image.Image, params: np.ndarray, size: int, interpolation:
     return out
 
 
+def to_uint8(image: Image.Image):
+    """RGB PIL image → its bytes as a tensor ``[3, H, W]`` uint8: what the student's loader workers return
+    (the trainer normalises on the device, as :func:`to_tensor` does)."""
+    import torch
+
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())  # C order, writable
+
+
 def to_tensor(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]):
     """RGB PIL image → normalised float tensor ``[3, H, W]``."""
     import torch

@@ -121,15 +121,17 @@ def run_features(run_dir: Path) -> dict:
 
     from trainer.assemble import load_trained
     from trainer.data import StudentViews, make_loader
+    from trainer.loop import PixelNorm
 
     run = load_trained(run_dir)
     data, split, student, method = run.inputs.data, run.inputs.split, run.trainee.student, run.trainee.method
     teacher = run.inputs.norm(data.features[split.eval, 0])
     customize = getattr(method, "customized", None) or method.customizer
-    loader = make_loader(StudentViews(data, run.cfg.image_size, student.mean, student.std), split.eval,
-                         np.zeros(len(split.eval), np.int64), run.cfg.batch_size, workers=1)
+    loader = make_loader(StudentViews(data, run.cfg.image_size), split.eval, np.zeros(len(split.eval), np.int64),
+                         run.cfg.batch_size, workers=1)
+    normalize = PixelNorm.of(student, torch.device("cpu"))
     with torch.no_grad():
-        student_features = torch.cat([student(pixels)[0].float() for pixels, *_ in loader])
+        student_features = torch.cat([student(normalize(pixels))[0].float() for pixels, *_ in loader])
         return {"teacher": teacher.numpy(), "customized": customize(teacher).float().numpy(),
                 "student": student_features.numpy(), "labels": data.labels[split.eval], "classes": data.classes,
                 "head": run.config["customize_head"], "head_weight": student.head.weight.detach().numpy(),

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from common.devices import optimizer_implementation
 from common.distributed import DistEnv
 from common.errors import UserError
 from trainer import ddp, loop, run_folder
@@ -101,10 +102,12 @@ def make_student(cfg: DistillConfig, num_classes: int, device: torch.device) -> 
 def make_optimizers(cfg: DistillConfig, student: Student, method: Method, steps: int):
     """(optimiser of the student and the method's student-side parameters, cosine schedule over ``steps``)."""
     params = list(student.parameters()) + method.student_side_parameters()
+    implementation = optimizer_implementation(params)  # fused on CUDA, foreach on CPU
     if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.effective_lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+        optimizer = torch.optim.SGD(params, lr=cfg.effective_lr, momentum=0.9, weight_decay=cfg.weight_decay,
+                                    nesterov=True, **implementation)
     else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay, **implementation)
     return optimizer, loop.cosine_schedule(optimizer, steps)
 
 

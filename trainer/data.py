@@ -19,7 +19,7 @@ from featcache import store as fs
 from featcache.datasets import DatasetListing, load_listing
 from featcache.listing import ListingDiff, compare_listing
 from featcache.schema import STALENESS_ARRAYS, Manifest
-from featcache.views import replay_pil, to_tensor, view_problem, view_seed
+from featcache.views import replay_pil, to_uint8, view_problem, view_seed
 from trainer.config import DistillConfig
 from trainer.features import ShardedFeatures, open_features
 
@@ -266,15 +266,16 @@ def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
 
 
 class StudentViews(torch.utils.data.Dataset):
-    """(row, view[, epoch]) → the stored view replayed at the student's resolution ``[3, S, S]``.
+    """(row, view[, epoch]) → the stored view replayed at the student's resolution, uint8 ``[3, S, S]``.
 
-    With ``strong_seed`` set (FixMatch), it also returns a RandAugment-ed copy of the same crop,
-    seeded by (seed, row, epoch) so CPU runs repeat exactly."""
+    The trainer normalises after the copy to the device (:class:`trainer.loop.PixelNorm`): bytes are a quarter of
+    float32's size to collate, pin and copy. With ``strong_seed`` set (FixMatch), it also returns a RandAugment-ed
+    copy of the same crop, seeded by (seed, row, epoch) so CPU runs repeat exactly."""
 
-    def __init__(self, data: CachedData, size: int, mean, std, interpolation: str = "bilinear",
+    def __init__(self, data: CachedData, size: int, interpolation: str = "bilinear",
                  strong_seed: int | None = None) -> None:
         self.listing, self.views = data.listing, data.views
-        self.size, self.mean, self.std, self.interpolation = size, mean, std, interpolation
+        self.size, self.interpolation = size, interpolation
         self.strong_seed = strong_seed
 
     def __len__(self) -> int:
@@ -284,10 +285,10 @@ class StudentViews(torch.utils.data.Dataset):
         row, view = item[0], item[1]
         image = self.listing.load_image(row)
         crop = replay_pil(image, self.views[row, view], self.size, self.interpolation)
-        pixels = to_tensor(crop, self.mean, self.std)
+        pixels = to_uint8(crop)
         if self.strong_seed is None:
             return pixels, row, view
-        return pixels, row, view, to_tensor(self._strong(crop, row, item[2] if len(item) > 2 else 0), self.mean, self.std)
+        return pixels, row, view, to_uint8(self._strong(crop, row, item[2] if len(item) > 2 else 0))
 
     def _strong(self, crop, row: int, epoch: int):
         from torchvision.transforms import RandAugment
@@ -412,6 +413,7 @@ def chunk_batches(rows: np.ndarray, views: np.ndarray, batch_size: int, epoch: i
 
 def make_loader(dataset: StudentViews, rows: np.ndarray, views: np.ndarray, batch_size: int, workers: int,
                 epoch: int = 0, device: torch.device | str = "cpu"):
-    """A one-pass loader of (pixels ``[B,3,S,S]``, rows ``[B]``, views ``[B]``[, strong pixels]) in the given order."""
+    """A one-pass loader of (uint8 pixels ``[B,3,S,S]``, rows ``[B]``, views ``[B]``[, strong pixels]) in the given
+    order."""
     return torch.utils.data.DataLoader(dataset, batch_sampler=chunk_batches(rows, views, batch_size, epoch),
                                        **loader_options(workers, device, persistent=False))

@@ -213,8 +213,9 @@ def evaluate_epoch(s: Session, loader: EpochBatches) -> dict:
 
 
 def epoch_stage(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) -> dict | None:
-    """The method's work before this KD epoch, on this epoch's (row, view) pairs; when it ran, the method is then
-    made equal to rank 0's on every rank."""
+    """The method's work before this KD epoch, on this epoch's (row, view) pairs; when it ran, the method's tensors
+    are then made equal to rank 0's on every rank. What it keeps on the host (CustomKD's round count) agrees
+    without that: every rank runs every stage."""
     inputs = s.inputs
     ctx = EpochContext(epoch, s.cfg.seed, s.student.head, EpochFeatures(inputs.data.features, order, views,
                                                                         inputs.norm, s.device),
@@ -253,9 +254,8 @@ def save_epoch(s: Session, epoch: int) -> None:
 def train(s: Session, started: dt.datetime) -> dict:
     """Every epoch still to run (the method's stage when due, KD, evaluation, checkpoint); the final metrics."""
     cfg, env = s.cfg, s.env
-    eval_ds = StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std)
-    train_ds = (StudentViews(s.data, cfg.image_size, s.student.mean, s.student.std, strong_seed=cfg.seed)
-                if cfg.ssl == "fixmatch" else eval_ds)
+    eval_ds = StudentViews(s.data, cfg.image_size)
+    train_ds = StudentViews(s.data, cfg.image_size, strong_seed=cfg.seed) if cfg.ssl == "fixmatch" else eval_ds
     if env.main and not cfg.resume:  # a resumed run keeps its record
         run_folder.write_config(s.run, run_config(s, started))
     first_epoch = resume(s) if cfg.resume else 0

@@ -106,7 +106,7 @@ def evaluate_run(run: str, data: str | None = None, workers: int = 2, device: st
         manifest = _run_manifest(config)
         cached = _AllCentreViews(data, config.classes, manifest.fingerprint.augmentation.centre_crop)
         rows, labels = np.arange(len(cached.labels)), cached.labels
-    dataset = StudentViews(cached, config.image_size, student.mean, student.std)
+    dataset = StudentViews(cached, config.image_size)
     loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), config.batch_size, workers)
     seen, preds = predict(student.to(torch_device), loader, torch_device)
     return {**classification_metrics(labels[seen], preds, config.num_classes), "n": len(seen)}

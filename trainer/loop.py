@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -75,14 +76,41 @@ def to_memory_format(student: nn.Module, device: torch.device) -> nn.Module:
     return student.to(memory_format=torch.channels_last) if prefers_channels_last(student, device) else student
 
 
-def to_device(tensor: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host → device without waiting on CUDA: from pinned pages (pinned here unless the loader did),
-    queued on the stream; on CPU the tensor itself, as before."""
+    queued on the stream; on CPU the tensor itself."""
     if device.type != "cuda":
         return tensor.to(device)
-    layout = torch.channels_last if channels_last and tensor.dim() == 4 else torch.preserve_format
     pinned = tensor if tensor.is_pinned() else tensor.pin_memory()
-    return pinned.to(device, non_blocking=True, memory_format=layout)
+    return pinned.to(device, non_blocking=True)
+
+
+class PixelNorm:
+    """uint8 images ``[B, 3, S, S]`` from the loader → float32 on the device, normalised as
+    ``(x / 255 − mean) / std``, in the student's memory format.
+
+    Workers hand over bytes (a quarter of float32's size to collate, pin and copy); the arithmetic runs after the
+    copy, on the device. It performs the float32 operations of :func:`featcache.views.to_tensor` in the same
+    order, so on CPU the result equals the workers' former float tensors bit for bit."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                 channels_last: bool = False) -> None:
+        self.device = device
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        # copied once, queued like a batch: building them on the device each step would wait for it
+        self.mean = to_device(torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), device)
+        self.std = to_device(torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), device)
+
+    @classmethod
+    def of(cls, student: Student, device: torch.device) -> PixelNorm:
+        """The student's normalisation, in the layout :func:`prefers_channels_last` picks for it."""
+        return cls(student.mean, student.std, device, prefers_channels_last(student, device))
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype != torch.uint8:
+            raise TypeError(f"PixelNorm takes the loader's uint8 images, got {pixels.dtype}")
+        images = to_device(pixels, self.device).to(torch.float32, memory_format=self.layout)
+        return images.div_(255.0).sub_(self.mean).div_(self.std)
 
 
 class DistillModule(nn.Module):
@@ -160,23 +188,25 @@ class KDStep:
     env: DistEnv | None = None
     progress: bool = True
 
+    @functools.cached_property
+    def pixels(self) -> PixelNorm:
+        """The loader's uint8 images as the student's input on the device."""
+        return PixelNorm.of(self.student, self.device)
 
-def _kd_update(kd: KDStep, batch: list, epoch: int, counts: BatchCounts | None,
-               channels_last: bool) -> tuple[dict, BatchCounts]:
-    """One optimiser step on a batch ``(pixels [B, 3, S, S], rows [B], views [B][, strong [B, 3, S, S]])``;
-    returns its loss parts (still on the device) and its counts."""
+
+def _kd_update(kd: KDStep, batch: list, epoch: int, counts: BatchCounts | None) -> tuple[dict, BatchCounts]:
+    """One optimiser step on a batch ``(pixels [B, 3, S, S], rows [B], views [B][, strong [B, 3, S, S]])`` of uint8
+    images; returns its loss parts (still on the device) and its counts. Nothing here reads the device."""
     pixels, rows, views = batch[:3]
     rows_np, views_np = rows.numpy(), views.numpy()
     teacher = to_device(kd.norm(kd.features[rows_np, views_np]), kd.device)
-    batch_labels = torch.from_numpy(kd.row_labels[rows_np])
-    labels = to_device(batch_labels, kd.device)
+    batch_labels = kd.row_labels[rows_np]
+    labels = to_device(torch.from_numpy(batch_labels), kd.device)
     with torch.no_grad():
         probe_logits = kd.probe(teacher)
-    strong = to_device(batch[3], kd.device, channels_last) if kd.fixmatch is not None else None
-    # counted on the host: BatchCounts.of on device labels would wait for the GPU
-    counts = counts if counts is not None else BatchCounts.of(batch_labels)
-    parts = kd.model(to_device(pixels, kd.device, channels_last), strong, teacher, labels, probe_logits, epoch,
-                     kd.fixmatch, counts)
+    strong = kd.pixels(batch[3]) if kd.fixmatch is not None else None
+    counts = counts if counts is not None else BatchCounts.of(batch_labels)  # counted on the host
+    parts = kd.model(kd.pixels(pixels), strong, teacher, labels, probe_logits, epoch, kd.fixmatch, counts)
     kd.optimizer.zero_grad(set_to_none=True)
     parts["loss"].backward()
     if kd.grad_clip > 0:
@@ -193,14 +223,12 @@ def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None
     Logged parts are means over the epoch's samples (each global batch weighted by its size). Loss
     parts stay on the device and are read every :data:`SYNC_EVERY` steps, so no step waits for the GPU."""
     kd.model.train()
-    channels_last = prefers_channels_last(kd.student, kd.device)
     sums: dict[str, float] = defaultdict(float)
     pending: list = []
     started = time.perf_counter()
     progress = _progress(sum(len(b) for b in loader.batch_sampler), f"epoch {epoch + 1}", kd.progress)
     for step, batch in enumerate(loader):
-        parts, batch_counts = _kd_update(kd, batch, epoch, counts[step] if counts is not None else None,
-                                         channels_last)
+        parts, batch_counts = _kd_update(kd, batch, epoch, counts[step] if counts is not None else None)
         names = sorted(parts, key=lambda name: name == "loss")  # name a term before the total
         pending.append((step, batch_counts, names, torch.stack([parts[n].detach().double() for n in names])))
         n = len(batch[1]) if batch_counts.active else 0
@@ -224,13 +252,13 @@ def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None
 
 @torch.no_grad()
 def predict(student: Student, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(rows ``[E]``, predicted class ``[E]``) over the loader; predictions read to the host once."""
+    """(rows ``[E]``, predicted class ``[E]``) over the loader of uint8 images; predictions read to the host once."""
     student.eval()
-    channels_last = prefers_channels_last(student, device)
+    normalize = PixelNorm.of(student, device)
     rows, preds = [], []
     for pixels, batch_rows, *_ in loader:
         with autocast(device, resolve_precision("auto", device)):
-            _, logits = student(to_device(pixels, device, channels_last))
+            _, logits = student(normalize(pixels))
         rows.append(batch_rows.numpy())
         preds.append(logits.argmax(1))
     return np.concatenate(rows), torch.cat(preds).cpu().numpy()

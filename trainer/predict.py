@@ -1,7 +1,8 @@
 """``customkd predict``: a saved student's class probabilities for images nobody labeled.
 
 Images are preprocessed exactly as evaluation does: the centre view (a centred square crop of ``crop`` × the
-short side), resized to the student's size with its interpolation, normalised with its mean and std.
+short side), resized to the student's size with its interpolation, handed over as uint8 and normalised with its
+mean and std on the device (:class:`trainer.loop.PixelNorm`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image
 from common.errors import UserError
 from common.files import atomic_path
 from featcache.datasets import IMAGE_SUFFIXES, to_8bit
-from featcache.views import ViewRecipe, centre_view, replay
+from featcache.views import ViewRecipe, centre_view, replay_pil, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def list_images(spec: str) -> list[Path]:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """index → (centre view ``[3, S, S]``, index, error or ""); an unreadable file gives zeros and its error."""
+    """index → (centre view uint8 ``[3, S, S]``, index, error or ""); an unreadable file gives zeros and its error."""
 
     def __init__(self, files: list[Path], preprocess: dict) -> None:
         self.files, self.p = files, preprocess
@@ -53,10 +54,9 @@ class ImageFiles(torch.utils.data.Dataset):
                 image.load()
                 image = to_8bit(image)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            return torch.zeros(3, size, size), index, str(exc).splitlines()[0][:80] or "unreadable"
+            return torch.zeros(3, size, size, dtype=torch.uint8), index, str(exc).splitlines()[0][:80] or "unreadable"
         params = centre_view(*image.size, self.recipe)
-        pixels = replay(image, params, size, tuple(self.p["mean"]), tuple(self.p["std"]), self.p["interpolation"])
-        return pixels, index, ""
+        return to_uint8(replay_pil(image, params, size, self.p["interpolation"])), index, ""
 
 
 def predict_images(run: str, images: str, out: str, device: str = "auto", batch_size: int = 64,
@@ -66,6 +66,7 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
     from common.devices import resolve_device
     from trainer.assemble import load_student
     from trainer.evaluate import run_preprocess
+    from trainer.loop import PixelNorm
 
     target = Path(out)
     if target.exists():
@@ -76,13 +77,15 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
     config, student = load_student(run)
     torch_device = resolve_device(device)
     student = student.to(torch_device)
-    loader = torch.utils.data.DataLoader(ImageFiles(files, run_preprocess(config, student)), batch_size=batch_size,
+    preprocess = run_preprocess(config, student)
+    loader = torch.utils.data.DataLoader(ImageFiles(files, preprocess), batch_size=batch_size,
                                          num_workers=workers, pin_memory=torch_device.type == "cuda")
+    normalize = PixelNorm(tuple(preprocess["mean"]), tuple(preprocess["std"]), torch_device)
     probabilities = np.zeros((len(files), config.num_classes), dtype=np.float32)
     bad: list[str] = []
     with torch.inference_mode():
         for pixels, index, errors in loader:
-            logits = student.model(pixels.to(torch_device, non_blocking=True)).float()
+            logits = student.model(normalize(pixels)).float()
             probabilities[index.numpy()] = torch.softmax(logits, 1).cpu().numpy()
             bad += [f"{files[i].name} ({e})" for i, e in zip(index.tolist(), errors, strict=True) if e]
     if bad:

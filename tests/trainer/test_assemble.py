@@ -62,7 +62,7 @@ def test_train_epoch_draws_a_progress_bar_only_when_asked(tiny_store, capsys):
     cfg = _config(tiny_store)
     inputs, trainee = _fresh(cfg)
     plan = epoch_plan(cfg, inputs, 0, DistEnv())
-    dataset = StudentViews(inputs.data, cfg.image_size, trainee.student.mean, trainee.student.std)
+    dataset = StudentViews(inputs.data, cfg.image_size)
     for progress in (False, True):
         capsys.readouterr()
         loader = make_loader(dataset, plan.order, plan.views, cfg.batch_size, workers=0)

@@ -46,7 +46,7 @@ def _gradients(name: str, fixmatch: bool, rank: int, world: int) -> dict[str, to
     method = create_method(name, MethodContext(6, student.feature_dim, 3, cfg,
                                                output_activation(student.features, student, 32)))
     if method.customizes:
-        method.rounds += 1  # after one customization round: the task-specific term is on
+        method.add_round()  # after one customization round: the task-specific term is on
         torch.nn.init.normal_(method.customizer.weight)
     model = DistillModule(student, method)
     env = DistEnv(rank, world)

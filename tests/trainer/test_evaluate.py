@@ -82,6 +82,7 @@ def test_timm_alone_reproduces_evaluate(finished_run):
 
     from trainer.data import StudentViews, load_cached_data, make_split
     from trainer.evaluate import config_from_run
+    from trainer.loop import PixelNorm
 
     config = json.loads((finished_run / "config.json").read_text())
     model = timm.create_model(config["student"], num_classes=config["num_classes"]).eval()
@@ -89,8 +90,9 @@ def test_timm_alone_reproduces_evaluate(finished_run):
     data = load_cached_data(config_from_run(config))
     rows = make_split(config_from_run(config), data).eval
     p = config["preprocess"]
-    views = StudentViews(data, p["size"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"])
+    views = StudentViews(data, p["size"], p["interpolation"])
+    normalize = PixelNorm(tuple(p["mean"]), tuple(p["std"]), torch.device("cpu"))
     with torch.no_grad():
-        preds = [int(model(views[(int(r), 0)][0][None]).argmax()) for r in rows]
+        preds = [int(model(normalize(views[(int(r), 0)][0][None])).argmax()) for r in rows]
     accuracy = sum(pred == data.labels[r] for pred, r in zip(preds, rows, strict=True)) / len(rows)
     assert accuracy == pytest.approx(evaluate_run(str(finished_run), workers=0)["accuracy"], abs=1e-9)

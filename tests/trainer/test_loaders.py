@@ -178,7 +178,7 @@ def test_the_loop_reads_no_scalar_per_step(tiny_store, tmp_path, monkeypatch):
 
     cfg = _config(tiny_store, tmp_path / "run", workers=0, customize_warmup=0)  # customizes before KD epoch 1
     session = distill_mod.setup(cfg, DistEnv(), torch.device("cpu"))
-    dataset = StudentViews(session.data, cfg.image_size, session.student.mean, session.student.std)
+    dataset = StudentViews(session.data, cfg.image_size)
     held_out = assemble.eval_batches(cfg, session.inputs, session.env)
     loaders = (run_loader(dataset, lambda epoch: assemble.epoch_plan(cfg, session.inputs, epoch, session.env).batches,
                           range(1), 0),

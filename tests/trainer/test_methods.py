@@ -130,7 +130,7 @@ def test_a_zero_initialised_customizer_moves_only_inside_the_head_row_space_unde
 def _customized(method):
     """A CustomKD method after one customization round (the task-specific term is on)."""
     if method.customizes:
-        method.rounds += 1
+        method.add_round()
     return method
 
 

@@ -62,7 +62,7 @@ def test_fixmatch_loss_formula():
 
 def test_strong_views_are_seeded_and_differ_from_weak(domain_store):
     data = load_cached_data(DistillConfig(min_steps=0, cache=str(domain_store)))
-    ds = StudentViews(data, 32, (0.5,) * 3, (0.5,) * 3, strong_seed=0)
+    ds = StudentViews(data, 32, strong_seed=0)
     weak, _, _, strong = ds[(3, 1, 0)]
     assert torch.equal(strong, ds[(3, 1, 0)][3]) and not torch.equal(weak, strong)
     assert not torch.equal(strong, ds[(3, 1, 1)][3])  # another epoch, another augmentation

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,10 +32,12 @@ class BatchCounts:
     active: bool = True
 
     @classmethod
-    def of(cls, labels: torch.Tensor) -> BatchCounts:
-        """Counts of a batch that is the whole global batch (one process)."""
-        labeled = int((labels >= 0).sum())
-        return cls(len(labels), labeled, len(labels) - labeled)
+    def of(cls, labels: np.ndarray | torch.Tensor) -> BatchCounts:
+        """Counts of a batch that is the whole global batch (one process). Give the host's labels (a numpy array):
+        counting labels on a GPU waits for it."""
+        host = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        labeled = int(np.count_nonzero(host >= 0))
+        return cls(len(host), labeled, len(host) - labeled)
 
     def mean(self, total: torch.Tensor, kind: str = "samples") -> torch.Tensor:
         """``total`` (a sum over this rank's samples of ``kind``) as this rank's share of the global mean."""
@@ -76,12 +79,12 @@ class StepInputs:
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, counts: BatchCounts | None = None) -> torch.Tensor:
-    """Cross-entropy over the labeled samples, divided by the global number of labeled samples."""
+    """Cross-entropy over the labeled samples, divided by the global number of labeled samples.
+
+    Unlabeled samples (label -1) drop out through ``ignore_index``, not a boolean mask: selecting rows by a
+    mask, or asking whether any row is labeled, makes the host wait for the GPU. The count comes from the host."""
     counts = counts if counts is not None else BatchCounts.of(labels)
-    labeled = labels >= 0
-    if not labeled.any():
-        return counts.mean(logits.sum() * 0.0, "labeled")
-    return counts.mean(F.cross_entropy(logits[labeled], labels[labeled], reduction="sum"), "labeled")
+    return counts.mean(F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum"), "labeled")
 
 
 def feature_mse(prediction: torch.Tensor, target: torch.Tensor, counts: BatchCounts) -> torch.Tensor:

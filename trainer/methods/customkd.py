@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.devices import optimizer_implementation
 from common.errors import UserError
 from trainer.feature_range import activation_range, unreachable
 from trainer.methods.base import EpochContext, Method, MethodDims, StepInputs, Term, feature_mse, task_loss
@@ -119,11 +120,13 @@ def customization_targets(labels: torch.Tensor, probe_logits: torch.Tensor, mode
 
 
 def make_customizer_optimizer(params: CustomKDParams, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """θ^h_t's own optimiser (and a jointly trained random head's)."""
+    """θ^h_t's own optimiser (and a jointly trained random head's): fused on CUDA, foreach on CPU."""
+    implementation = optimizer_implementation(parameters)
     if params.customizer_optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=params.customizer_lr, momentum=0.9,
-                               weight_decay=params.customizer_weight_decay)
-    return torch.optim.AdamW(parameters, lr=params.customizer_lr, weight_decay=params.customizer_weight_decay)
+                               weight_decay=params.customizer_weight_decay, **implementation)
+    return torch.optim.AdamW(parameters, lr=params.customizer_lr, weight_decay=params.customizer_weight_decay,
+                             **implementation)
 
 
 class CustomKD(Method):
@@ -141,12 +144,25 @@ class CustomKD(Method):
         if params.customize_head in ("random", "random-trained"):
             self.random_head = nn.Linear(dims.student_dim, dims.num_classes)
             self.random_head.requires_grad_(params.customize_head == "random-trained")
-        # customization rounds done: no task-specific term before the first one (nothing customized yet)
+        # customization rounds done: no task-specific term before the first one (nothing customized yet). The
+        # KD step branches on the host's count (reading the buffer there would wait for the GPU); the buffer
+        # carries it in checkpoints, and loading one sets the host's count (_load_from_state_dict).
         self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
+        self.rounds_done = 0
         self.optimizer: torch.optim.Optimizer | None = None  # made on first use, after the method moved to its device
 
     def student_side_parameters(self) -> list[nn.Parameter]:
         return list(self.projector.parameters())
+
+    def add_round(self) -> None:
+        """Count one finished customization round, on the host and in the checkpointed buffer. Every rank runs
+        every round, so the counts agree across ranks without the buffer's broadcast."""
+        self.rounds_done += 1
+        self.rounds += 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.rounds_done = int(self.rounds)  # a checkpoint's count; read once, when it is loaded
 
     def customizer_parameters(self) -> list[nn.Parameter]:
         """What the customization stage trains: θ^h_t, and the random head when it is trained jointly."""
@@ -192,13 +208,14 @@ class CustomKD(Method):
         self.train()
         optimizer, started, total = self.customizer_optimizer(), time.perf_counter(), len(ctx.labels)
         order = torch.arange(total) if ctx.block_local else torch.randperm(total, generator=generator)
+        labels = ctx.labels[order.to(ctx.labels.device)]  # in this pass's order: one copy of the order, not one a batch
         steps = []  # per batch: (loss, correct, used) float64 on the device
         for start in range(0, total, ctx.batch_size):
             idx = order[start : start + ctx.batch_size]
             features = ctx.features[idx]
             with torch.no_grad():
                 probe_logits = ctx.probe(features)
-            parts = self.customization_loss(features, ctx.labels[idx], probe_logits, ctx.head)
+            parts = self.customization_loss(features, labels[start : start + ctx.batch_size], probe_logits, ctx.head)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
@@ -208,9 +225,9 @@ class CustomKD(Method):
         for (loss, right, kept), size in zip(torch.stack(steps).cpu().tolist() if steps else [], sizes, strict=True):
             loss_sum, correct, used = loss_sum + loss * size, correct + right, used + kept
         if not math.isfinite(loss_sum):
-            raise UserError(f"the customization loss became {loss_sum} (round {int(self.rounds) + 1}); check "
+            raise UserError(f"the customization loss became {loss_sum} (round {self.rounds_done + 1}); check "
                             "--customizer-lr and the teacher features (`customkd cache verify`)")
-        self.rounds += 1
+        self.add_round()
         return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(used, 1.0),
                 "used_fraction": used / max(total, 1), "seconds": time.perf_counter() - started}
 
@@ -244,9 +261,11 @@ class CustomKD(Method):
         else:
             targets = customization_targets(labels, probe_logits, params.customize_target, params.pseudo_threshold)
             used = targets >= 0
-            loss = (F.cross_entropy(logits[used], targets[used], label_smoothing=params.customize_smoothing)
-                    if used.any() else logits.sum() * 0.0)
-        correct = (logits.argmax(1) == targets)[used].float().sum()
+            # the mean over the used rows, unused ones (-1) ignored: no boolean mask, no host read. A batch with
+            # none used has a NaN mean and zero gradients; where() reports it as 0
+            mean = F.cross_entropy(logits, targets, ignore_index=-1, label_smoothing=params.customize_smoothing)
+            loss = torch.where(used.any(), mean, torch.zeros_like(mean))
+        correct = ((logits.argmax(1) == targets) & used).sum()
         return {"loss": loss, "correct": correct, "used": used.sum()}
 
     def own_parts(self, step: StepInputs) -> dict:
@@ -254,7 +273,7 @@ class CustomKD(Method):
         task = task_loss(step.logits, step.labels, counts)
         general = feature_mse(self.projector(step.student_features), step.teacher_features, counts)
         parts = {"task": task, "general": general}
-        if int(self.rounds) > 0:
+        if self.rounds_done > 0:
             with torch.no_grad():
                 customized = self.customized(step.teacher_features)
                 f_s = step.student_features.detach()
