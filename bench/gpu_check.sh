@@ -38,12 +38,12 @@ STORE=/tmp/digits.zarr
 rm -rf "$STORE" /tmp/run-student /tmp/run-customkd
 {
     SECONDS=0
-    timeout 60 python3 -m cli extract --teacher efficientnet_lite0 --data digits --out $STORE --views 4 --workers 8 \
+    timeout 60 python3 -m customkd.cli extract --teacher efficientnet_lite0 --data digits --out $STORE --views 4 --workers 8 \
         --batch-size 256 2>&1 | tail -3
     echo "extract wall ${SECONDS} s"
     for method in student customkd; do
         SECONDS=0
-        timeout 75 python3 -m cli distill --cache $STORE --method $method --labels-per-class 8 --workers 8 \
+        timeout 75 python3 -m customkd.cli distill --cache $STORE --method $method --labels-per-class 8 --workers 8 \
             --epochs 6 --out /tmp/run-$method 2>&1 | grep -v "^epoch\|img/s]" | tail -8
         echo "distill $method wall ${SECONDS} s"
         python3 -c "import json; m = json.load(open('/tmp/run-$method/metrics.json')); f = m['final']; \

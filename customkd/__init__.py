@@ -15,15 +15,15 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 
-from common.errors import UserError
-from featcache.config import ExtractConfig
-from trainer.config import DistillConfig
+from customkd.common.errors import UserError
+from customkd.featcache.config import ExtractConfig
+from customkd.trainer.config import DistillConfig
 
 __version__ = importlib.metadata.version("customkd")
 __all__ = ["DistillConfig", "ExtractConfig", "UserError", "distill", "evaluate", "extract", "predict"]
 
-_FUNCTIONS = {"extract": ("featcache.extract", "extract"), "distill": ("trainer.distill", "distill"),
-              "evaluate": ("trainer.evaluate", "evaluate_run"), "predict": ("trainer.predict", "predict_images")}
+_FUNCTIONS = {"extract": ("customkd.featcache.extract", "extract"), "distill": ("customkd.trainer.distill", "distill"),
+              "evaluate": ("customkd.trainer.evaluate", "evaluate_run"), "predict": ("customkd.trainer.predict", "predict_images")}
 
 
 def __getattr__(name: str):

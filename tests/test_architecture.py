@@ -29,11 +29,19 @@ LAYERS = {
 }
 
 
+PACKAGE = ROOT / "customkd"  # the installed namespace; its subpackages are the layers
+
+
 def _modules() -> dict[str, Path]:
-    found = {}
+    """Module name -> file, named without the ``customkd.`` prefix of the layers (``trainer.data``); ``customkd`` is
+    the namespace's own ``__init__`` and ``bench`` the repository's benchmark tool."""
+    found = {"customkd": PACKAGE / "__init__.py"}
     for package in LAYERS:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if package == "customkd":
+            continue
+        base = ROOT if package == "bench" else PACKAGE
+        for path in sorted((base / package).rglob("*.py")):
+            parts = list(path.relative_to(base).with_suffix("").parts)
             found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
@@ -49,7 +57,7 @@ def _imported(path: Path) -> set[str]:
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
-    return names
+    return {name.removeprefix("customkd.") if name.startswith("customkd.") else name for name in names}
 
 
 GRAPH = {name: {m for m in _imported(path) if m in MODULES and m != name} for name, path in MODULES.items()}
@@ -159,7 +167,7 @@ def test_the_trainer_outside_its_methods_never_names_customization():
     """CustomKD's protocol (schedule, θ^h_t's optimiser and reset, its epoch, broadcast, metrics) lives in
     trainer/methods/customkd.py, its settings in trainer/methods/options.py: the loop, the driver, the assembly and
     the run's config go through Method's hooks and the option groups."""
-    found = [f"{path.name}:{number}" for path in sorted((ROOT / "trainer").glob("*.py"))
+    found = [f"{path.name}:{number}" for path in sorted((PACKAGE / "trainer").glob("*.py"))
              for number, line in enumerate(path.read_text().splitlines(), 1) if "customiz" in line.lower()]
     assert not found, found
 
@@ -200,6 +208,6 @@ def test_run_files_are_named_through_the_contract():
 
 
 def _run_file_names() -> list[str]:
-    from trainer.run_folder import FILES
+    from customkd.trainer.run_folder import FILES
 
     return [name for name in FILES if "*" not in name]

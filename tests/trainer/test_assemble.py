@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from common.distributed import DistEnv
+from customkd.common.distributed import DistEnv
+from customkd.trainer.assemble import build_trainee, epoch_plan, kd_step, load_inputs, load_trained, seed_everything
+from customkd.trainer.config import DistillConfig
+from customkd.trainer.data import StudentViews, make_loader
+from customkd.trainer.distill import distill
+from customkd.trainer.loop import train_epoch
 from tests.conftest import tiny_config
-from trainer.assemble import build_trainee, epoch_plan, kd_step, load_inputs, load_trained, seed_everything
-from trainer.config import DistillConfig
-from trainer.data import StudentViews, make_loader
-from trainer.distill import distill
-from trainer.loop import train_epoch
 
 CPU = torch.device("cpu")
 

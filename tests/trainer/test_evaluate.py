@@ -3,9 +3,9 @@ import json
 
 import pytest
 
+from customkd.trainer.distill import distill
+from customkd.trainer.evaluate import evaluate_run, export_onnx
 from tests.conftest import tiny_config
-from trainer.distill import distill
-from trainer.evaluate import evaluate_run, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,8 @@ def test_evaluate_on_another_dataset_spec(finished_run, tiny_folder, tmp_path):
     every image once: its correct predictions are the held-out ones plus the rest's."""
     import shutil
 
-    from trainer.data import load_cached_data, make_split
-    from trainer.evaluate import config_from_run
+    from customkd.trainer.data import load_cached_data, make_split
+    from customkd.trainer.evaluate import config_from_run
 
     cfg = config_from_run(json.loads((finished_run / "config.json").read_text()))
     data = load_cached_data(cfg)
@@ -80,9 +80,9 @@ def test_timm_alone_reproduces_evaluate(finished_run):
     import torch
     from safetensors.torch import load_file
 
-    from trainer.data import StudentViews, load_cached_data, make_split
-    from trainer.evaluate import config_from_run
-    from trainer.loop import PixelNorm
+    from customkd.trainer.data import StudentViews, load_cached_data, make_split
+    from customkd.trainer.evaluate import config_from_run
+    from customkd.trainer.loop import PixelNorm
 
     config = json.loads((finished_run / "config.json").read_text())
     model = timm.create_model(config["student"], num_classes=config["num_classes"]).eval()

@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from common.distributed import DistEnv
-from featcache.datasets import to_8bit
-from featcache.views import ViewRecipe, centre_view, replay, replay_pil, to_tensor
+from customkd.common.distributed import DistEnv
+from customkd.featcache.datasets import to_8bit
+from customkd.featcache.views import ViewRecipe, centre_view, replay, replay_pil, to_tensor
+from customkd.trainer.assemble import build_trainee, epoch_plan, kd_step, load_inputs
+from customkd.trainer.data import StudentViews, load_cached_data, make_loader
+from customkd.trainer.distill import EpochFeatures
+from customkd.trainer.loop import PixelNorm, _kd_update
+from customkd.trainer.methods import METHODS, EpochContext
 from tests.conftest import tiny_config
-from trainer.assemble import build_trainee, epoch_plan, kd_step, load_inputs
-from trainer.data import StudentViews, load_cached_data, make_loader
-from trainer.distill import EpochFeatures
-from trainer.loop import PixelNorm, _kd_update
-from trainer.methods import METHODS, EpochContext
 
 aten = torch.ops.aten
 HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
@@ -185,7 +185,7 @@ def test_uint8_batches_normalised_after_the_copy_equal_the_float_views_bit_for_b
 
 
 def test_predict_images_normalise_as_evaluation_does(tiny_folder):
-    from trainer.predict import ImageFiles, list_images
+    from customkd.trainer.predict import ImageFiles, list_images
 
     files = list_images(str(tiny_folder))[:5]
     preprocess = {"size": 32, "crop": 0.875, "interpolation": "bilinear", "mean": [0.5, 0.4, 0.3], "std": [0.2] * 3}

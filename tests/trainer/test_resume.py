@@ -2,10 +2,10 @@ import json
 
 import pytest
 
+from customkd.trainer import distill as distill_mod
+from customkd.trainer import run_folder
+from customkd.trainer.config import DistillConfig
 from tests.conftest import tiny_config, without_timing
-from trainer import distill as distill_mod
-from trainer import run_folder
-from trainer.config import DistillConfig
 
 
 def _config(store, out, **kw) -> DistillConfig:
@@ -39,7 +39,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch
 
 
 def test_existing_run_is_not_overwritten(tiny_store, tmp_path):
-    from common.errors import UserError
+    from customkd.common.errors import UserError
 
     distill_mod.distill(_config(tiny_store, tmp_path / "r", epochs=1))
     with pytest.raises(UserError, match="already holds a run"):

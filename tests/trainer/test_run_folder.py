@@ -11,10 +11,10 @@ import shutil
 
 import pytest
 
-from common.errors import UserError
+from customkd.common.errors import UserError
+from customkd.trainer import run_folder
+from customkd.trainer.distill import distill
 from tests.conftest import ROOT, TINY_RUN, customkd, invoke, one_error_line, tiny_config
-from trainer import run_folder
-from trainer.distill import distill
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_metrics_keep_their_key_order_and_read_back(tmp_path):
 
 
 def test_one_flattener_serves_metrics_csv_and_tensorboard():
-    from trainer.tracking import scalars
+    from customkd.trainer.tracking import scalars
 
     record = {"epoch": 2, "train": {"loss": 1.5, "nan": math.nan, "flag": True, "epoch": 9},
               "eval": {"accuracy": 0.5, "per_class_accuracy": [0.25, None]}, "note": "text", "lr": 0.01}

@@ -69,7 +69,7 @@ def test_ctrl_c_says_exactly_how_to_continue(tiny_store, tmp_path):
     run = tmp_path / "run"
     args = ["distill", "--min-steps", "0", "--cache", str(tiny_store), "--student", TINY_STUDENT, "--method", "kd",
             "--epochs", "8", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--out", str(run)]
-    process = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    process = subprocess.Popen([sys.executable, "-m", "customkd.cli", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                                env=cli_env())
     deadline = time.monotonic() + 240
     while not (run / "checkpoint.pt").is_file() and time.monotonic() < deadline and process.poll() is None:
