@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 
 from common.devices import resolve_device
 from common.errors import UserError
-from common.files import atomic_path
+from common.files import check_new_file, writing_new_file
 from featcache import store as fs
 from featcache.datasets import load_listing
 from featcache.views import INTERPOLATIONS, ViewRecipe, centre_view
@@ -138,13 +137,7 @@ def onnx_metadata(config: RunConfig, preprocess: dict) -> dict[str, str]:
 def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
     """Write the deployable student (backbone + head) to ONNX with its classes and preprocessing as metadata, and
     dynamic height x width where the model allows; returns the max |ONNX - PyTorch| on test inputs."""
-    target = Path(onnx_file)
-    if not target.parent.is_dir():
-        raise UserError(f"cannot write {target}: folder {target.parent} does not exist; create it or choose another path")
-    if not os.access(target.parent, os.W_OK):
-        raise UserError(f"cannot write {target}: folder {target.parent} is not writable; choose another path")
-    if target.exists():
-        raise UserError(f"{target} already exists; choose a new file name (an export never overwrites a file)")
+    target = check_new_file(onnx_file, "--onnx", "student.onnx")
     try:
         import onnx
     except ImportError:
@@ -154,7 +147,7 @@ def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
     dynamic = _takes_any_size(student.model, size)
     axes = {"images": {0: "batch", **({2: "height", 3: "width"} if dynamic else {})}, "logits": {0: "batch"}}
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with atomic_path(target) as partial:  # a refused export leaves nothing behind
+    with writing_new_file(target, "--onnx") as partial:  # a refused or failed export leaves nothing behind
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(student.model, (example,), str(partial), dynamo=False, input_names=["images"],

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from common.errors import UserError
-from common.files import atomic_path
+from common.files import check_new_file, writing_new_file
 from featcache.datasets import IMAGE_SUFFIXES, to_8bit
 from featcache.views import ViewRecipe, centre_view, replay
 
@@ -67,11 +67,7 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
     from trainer.assemble import load_student
     from trainer.evaluate import run_preprocess
 
-    target = Path(out)
-    if target.exists():
-        raise UserError(f"{target} already exists; choose a new --out (predict never overwrites a file)")
-    if not target.parent.is_dir():
-        raise UserError(f"cannot write {target}: folder {target.parent} does not exist; create it first")
+    target = check_new_file(out, "--out", "predictions.csv")
     files = list_images(images)
     config, student = load_student(run)
     torch_device = resolve_device(device)
@@ -87,7 +83,7 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
             bad += [f"{files[i].name} ({e})" for i, e in zip(index.tolist(), errors, strict=True) if e]
     if bad:
         raise UserError(f"{len(bad)} unreadable image(s): {'; '.join(bad[:5])}; remove or fix them and rerun")
-    with atomic_path(target) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
+    with writing_new_file(target, "--out") as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "class", *config.classes])
         for file, row in zip(files, probabilities, strict=True):
