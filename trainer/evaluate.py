@@ -15,7 +15,7 @@ from common.devices import resolve_device
 from common.errors import UserError
 from common.files import check_new_file, writing_new_file
 from featcache import store as fs
-from featcache.datasets import load_listing
+from featcache.datasets import IMAGE_ERRORS, DatasetListing, load_listing
 from featcache.views import INTERPOLATIONS, ViewRecipe, centre_view
 from trainer.assemble import config_from_run, load_student
 from trainer.config import MAX_IMAGE_SIZE
@@ -84,9 +84,25 @@ class _AllCentreViews:
         if missing:
             raise UserError(f"dataset {spec} has classes the student does not know: {', '.join(missing[:5])}")
         self.labels = np.array([classes.index(self.listing.classes[s.label]) for s in self.listing.samples])
-        sizes = [self.listing.load_image(i).size for i in range(len(self.listing))]
+        sizes = _image_sizes(self.listing, spec)
         recipe = ViewRecipe(centre_crop=centre_crop)
         self.views = np.stack([centre_view(w, h, recipe)[None] for w, h in sizes])
+
+
+def _image_sizes(listing: DatasetListing, spec: str) -> list[tuple[int, int]]:
+    """Every image's (width, height), each decoded whole now, so that a truncated, foreign or oversized file is
+    named in one line before the student runs (PIL's errors: :data:`featcache.datasets.IMAGE_ERRORS`)."""
+    sizes, bad = [], []
+    for index, sample in enumerate(listing.samples):
+        try:
+            sizes.append(listing.load_image(index).size)
+        except IMAGE_ERRORS as exc:
+            bad.append(f"{sample.relpath} ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})")
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise UserError(f"--data {spec}: {len(bad)} unreadable image(s): {'; '.join(bad[:3])}{more}; remove or fix "
+                        "them and rerun")
+    return sizes
 
 
 def evaluate_run(run: str, data: str | None = None, workers: int = 2, device: str = "auto") -> dict:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from common.errors import UserError
 from common.files import check_new_file, writing_new_file
-from featcache.datasets import IMAGE_SUFFIXES, to_8bit
+from featcache.datasets import IMAGE_ERRORS, IMAGE_SUFFIXES, to_8bit
 from featcache.views import ViewRecipe, centre_view, replay
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class ImageFiles(torch.utils.data.Dataset):
             with Image.open(self.files[index]) as image:
                 image.load()
                 image = to_8bit(image)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except IMAGE_ERRORS as exc:
             return torch.zeros(3, size, size), index, str(exc).splitlines()[0][:80] or "unreadable"
         params = centre_view(*image.size, self.recipe)
         pixels = replay(image, params, size, tuple(self.p["mean"]), tuple(self.p["std"]), self.p["interpolation"])
