@@ -9,7 +9,8 @@ handler per phase:
 - during the work (:func:`cli.common.run_or_exit`'s action): KeyboardInterrupt as usual, so the work removes its
   partial files and releases its locks, and run_or_exit prints the one line;
 - after the work failed or was interrupted, once its line is printed: SIGINT is ignored, the process only exits;
-- after the work succeeded: one line and leave at once, as before the work (only the summary is left to print).
+- after the work succeeded: one line and leave at once, as before the work (what is left is printing its summary,
+  or, for ``report``, starting its next piece of work).
 
 Only the ``customkd`` program itself (``customkd …``, ``python -m cli …``) changes its handlers; a process that
 imports ``cli`` (the tests, typer's CliRunner) keeps its own. Kept free of heavy imports: it runs first.
@@ -37,6 +38,9 @@ def started_as_program() -> bool:
 
 def _leave(message: str):
     def handler(signum, frame) -> None:
+        for stream in (sys.stdout, sys.stderr):  # what was printed before stays printed
+            with contextlib.suppress(Exception):  # closed, or interrupted inside its own write
+                stream.flush()
         with contextlib.suppress(OSError):  # stderr closed: the exit code still says it
             os.write(2, f"\n{message}\n".encode())
         os._exit(EXIT_INTERRUPTED)
@@ -64,4 +68,4 @@ def work() -> Iterator[None]:
     except BaseException:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise
-    signal.signal(signal.SIGINT, _leave("interrupted after the work was done"))
+    signal.signal(signal.SIGINT, _leave("interrupted; nothing was left half-done"))
