@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from customkd.cli import interrupt
 from customkd.common.distributed import is_main_process
 from customkd.common.options import field_hints
 
@@ -51,13 +52,14 @@ def run_or_exit(action: Callable[[], T],
     from customkd.common.errors import UserError
 
     try:
-        result = action()
+        with interrupt.work():
+            result = action()
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted; {interrupted()}", err=True)  # on its own line, after any progress bar
-        raise typer.Exit(130) from None
+        raise typer.Exit(interrupt.EXIT_INTERRUPTED) from None
     _leave_process_group()
     return result
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from customkd.common.errors import UserError
-from customkd.common.files import atomic_path
+from customkd.common.files import check_new_file, writing_new_file
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
 from customkd.featcache.datasets import DatasetListing, load_listing
@@ -160,19 +159,10 @@ def recheck_teacher(group, manifest: Manifest, n: int, weights: str | None, data
 def _check_export_target(path: str, h5_path: str) -> None:
     """Refuse, before anything is read, an export that would replace a file (the user's, or one of the store's),
     land on a directory, write into the store, or write where it cannot."""
-    target = Path(h5_path)
-    if target.is_dir() and not target.is_symlink():
-        raise UserError(f"--h5 {h5_path} is a directory; name a new file, e.g. --h5 {target / 'store.h5'}")
-    if target.exists() or target.is_symlink():
-        raise UserError(f"--h5 {h5_path} already exists; export never overwrites a file: choose a new file name")
+    target = check_new_file(h5_path, "--h5", "store.h5")
     if not where.is_remote(path) and target.resolve().is_relative_to(Path(where.to_local(path)).resolve()):
         raise UserError(f"--h5 {h5_path} is inside the store {where.display(path)}; a store holds only its own "
                         "objects: choose a file outside it")
-    folder = target.resolve().parent
-    if not folder.is_dir():
-        raise UserError(f"--h5 {h5_path}: folder {folder} does not exist; create it or choose another place")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--h5 {h5_path}: cannot write in {folder} (permission denied); choose a writable place")
 
 
 def store_problems(group, path: str) -> list[str]:
@@ -198,17 +188,13 @@ def export_h5(path: str, h5_path: str) -> None:
     _refuse_problems(f"cache {where.display(path)} is damaged", store_problems(group, path),
                      f"nothing was exported: run `customkd cache verify {path}`, then copy it again or re-extract it")
     layout = manifest.layout
-    try:
-        with atomic_path(h5_path) as partial, h5py.File(partial, "w") as h5:
-            for name, spec in ARRAYS.items():
-                dataset = h5.create_dataset(name, shape=layout.shape(name), dtype=spec.dtype)
-                for shard in range(layout.n_shards):
-                    rows = shard if name == "done" else layout.shard_rows(shard)
-                    dataset[rows] = np.asarray(group[name][rows])
-            h5.attrs[ATTRS_KEY] = json.dumps(manifest.to_attrs())
-    except OSError as exc:
-        raise UserError(f"writing --h5 {h5_path} failed ({exc.strerror or _first_line(exc)}); nothing was left "
-                        "behind: free space or choose another place") from None
+    with writing_new_file(h5_path, "--h5") as partial, h5py.File(partial, "w") as h5:
+        for name, spec in ARRAYS.items():
+            dataset = h5.create_dataset(name, shape=layout.shape(name), dtype=spec.dtype)
+            for shard in range(layout.n_shards):
+                rows = shard if name == "done" else layout.shard_rows(shard)
+                dataset[rows] = np.asarray(group[name][rows])
+        h5.attrs[ATTRS_KEY] = json.dumps(manifest.to_attrs())
 
 
 def _first_line(exc: BaseException) -> str:

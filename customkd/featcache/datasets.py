@@ -29,6 +29,9 @@ from customkd.featcache.schema import UNLABELED, DataSpecError, parse_data_spec,
 
 log = logging.getLogger(__name__)
 
+# What PIL raises for a file that is no image it can decode: truncated, foreign, or claiming more than twice
+# Image.MAX_IMAGE_PIXELS (a decompression bomb; below that, PIL only warns and decodes it)
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 SPLITS = ("train", "test")
 UNLABELED_PREFIX = "unlabeled/"  # relative paths of unlabeled rows: unlabeled/<domain>/<path in its folder>

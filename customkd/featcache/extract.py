@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from customkd.common import distributed
 from customkd.common.devices import autocast, resolve_device, resolve_precision
@@ -27,7 +26,7 @@ from customkd.common.provenance import library_versions
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
 from customkd.featcache.config import ExtractConfig
-from customkd.featcache.datasets import DatasetListing, load_listing, unlabeled_spec
+from customkd.featcache.datasets import IMAGE_ERRORS, DatasetListing, load_listing, unlabeled_spec
 from customkd.featcache.listing import content_hash, listing_arrays
 from customkd.featcache.schema import (
     DataSpecError,
@@ -72,7 +71,7 @@ class ViewImages(torch.utils.data.Dataset):
             image = self.listing.load_image(row, data)
             params = draw_views(*image.size, int(self.keys[row]), self.cfg.views, self.cfg.recipe, self.cfg.seed)
             images = torch.stack([replay(image, v, p.size, p.mean, p.std, p.interpolation) for v in params])
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL's errors for broken files
+        except IMAGE_ERRORS as exc:
             reason = type(exc).__name__ if isinstance(exc, PermissionError) else str(exc).split("\n")[0][:80]
             params = np.full((self.cfg.views, len(VIEW_PARAMS)), np.nan, dtype=np.float32)
             return row, torch.zeros(self.cfg.views, 3, p.size, p.size), torch.from_numpy(params), 0, reason or "unreadable"

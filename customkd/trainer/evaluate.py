@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import torch
 
 from customkd.common.devices import resolve_device
 from customkd.common.errors import UserError
-from customkd.common.files import atomic_path
+from customkd.common.files import check_new_file, writing_new_file
 from customkd.featcache import store as fs
-from customkd.featcache.datasets import load_listing
+from customkd.featcache.datasets import IMAGE_ERRORS, DatasetListing, load_listing
 from customkd.featcache.views import INTERPOLATIONS, ViewRecipe, centre_view
 from customkd.trainer.assemble import config_from_run, load_student
 from customkd.trainer.config import MAX_IMAGE_SIZE
@@ -85,9 +84,25 @@ class _AllCentreViews:
         if missing:
             raise UserError(f"dataset {spec} has classes the student does not know: {', '.join(missing[:5])}")
         self.labels = np.array([classes.index(self.listing.classes[s.label]) for s in self.listing.samples])
-        sizes = [self.listing.load_image(i).size for i in range(len(self.listing))]
+        sizes = _image_sizes(self.listing, spec)
         recipe = ViewRecipe(centre_crop=centre_crop)
         self.views = np.stack([centre_view(w, h, recipe)[None] for w, h in sizes])
+
+
+def _image_sizes(listing: DatasetListing, spec: str) -> list[tuple[int, int]]:
+    """Every image's (width, height), each decoded whole now, so that a truncated, foreign or oversized file is
+    named in one line before the student runs (PIL's errors: :data:`featcache.datasets.IMAGE_ERRORS`)."""
+    sizes, bad = [], []
+    for index, sample in enumerate(listing.samples):
+        try:
+            sizes.append(listing.load_image(index).size)
+        except IMAGE_ERRORS as exc:
+            bad.append(f"{sample.relpath} ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})")
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise UserError(f"--data {spec}: {len(bad)} unreadable image(s): {'; '.join(bad[:3])}{more}; remove or fix "
+                        "them and rerun")
+    return sizes
 
 
 def evaluate_run(run: str, data: str | None = None, workers: int = 2, device: str = "auto") -> dict:
@@ -138,13 +153,7 @@ def onnx_metadata(config: RunConfig, preprocess: dict) -> dict[str, str]:
 def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
     """Write the deployable student (backbone + head) to ONNX with its classes and preprocessing as metadata, and
     dynamic height x width where the model allows; returns the max |ONNX - PyTorch| on test inputs."""
-    target = Path(onnx_file)
-    if not target.parent.is_dir():
-        raise UserError(f"cannot write {target}: folder {target.parent} does not exist; create it or choose another path")
-    if not os.access(target.parent, os.W_OK):
-        raise UserError(f"cannot write {target}: folder {target.parent} is not writable; choose another path")
-    if target.exists():
-        raise UserError(f"{target} already exists; choose a new file name (an export never overwrites a file)")
+    target = check_new_file(onnx_file, "--onnx", "student.onnx")
     try:
         import onnx
     except ImportError:
@@ -154,7 +163,7 @@ def export_onnx(run: str, onnx_file: str, atol: float = 1e-4) -> float:
     dynamic = _takes_any_size(student.model, size)
     axes = {"images": {0: "batch", **({2: "height", 3: "width"} if dynamic else {})}, "logits": {0: "batch"}}
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with atomic_path(target) as partial:  # a refused export leaves nothing behind
+    with writing_new_file(target, "--onnx") as partial:  # a refused or failed export leaves nothing behind
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(student.model, (example,), str(partial), dynamo=False, input_names=["images"],

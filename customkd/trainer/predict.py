@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from customkd.common.errors import UserError
-from customkd.common.files import atomic_path
-from customkd.featcache.datasets import IMAGE_SUFFIXES, to_8bit
+from customkd.common.files import check_new_file, writing_new_file
+from customkd.featcache.datasets import IMAGE_ERRORS, IMAGE_SUFFIXES, to_8bit
 from customkd.featcache.views import ViewRecipe, centre_view, replay_pil, to_uint8
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class ImageFiles(torch.utils.data.Dataset):
             with Image.open(self.files[index]) as image:
                 image.load()
                 image = to_8bit(image)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except IMAGE_ERRORS as exc:
             return torch.zeros(3, size, size, dtype=torch.uint8), index, str(exc).splitlines()[0][:80] or "unreadable"
         params = centre_view(*image.size, self.recipe)
         return to_uint8(replay_pil(image, params, size, self.p["interpolation"])), index, ""
@@ -68,11 +68,7 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
     from customkd.trainer.evaluate import run_preprocess
     from customkd.trainer.loop import PixelNorm
 
-    target = Path(out)
-    if target.exists():
-        raise UserError(f"{target} already exists; choose a new --out (predict never overwrites a file)")
-    if not target.parent.is_dir():
-        raise UserError(f"cannot write {target}: folder {target.parent} does not exist; create it first")
+    target = check_new_file(out, "--out", "predictions.csv")
     files = list_images(images)
     config, student = load_student(run)
     torch_device = resolve_device(device)
@@ -90,7 +86,7 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
             bad += [f"{files[i].name} ({e})" for i, e in zip(index.tolist(), errors, strict=True) if e]
     if bad:
         raise UserError(f"{len(bad)} unreadable image(s): {'; '.join(bad[:5])}; remove or fix them and rerun")
-    with atomic_path(target) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
+    with writing_new_file(target, "--out") as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "class", *config.classes])
         for file, row in zip(files, probabilities, strict=True):

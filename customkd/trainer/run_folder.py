@@ -15,7 +15,8 @@
 
 A run folder is a file someone may send: every reader ends a damaged, foreign or mismatched file in one
 :class:`~common.errors.UserError` line naming the run, the file and the fix. Every writer writes a whole file
-or none (:func:`common.files.atomic_path`).
+or none (:func:`common.files.atomic_path`); distill's writers (:func:`write_run_file`) end a write that fails
+(a full disk) in one line naming the file and how to go on.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import datetime as dt
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from customkd.common.errors import UserError
 from customkd.common.files import atomic_path, write_json
@@ -87,6 +89,26 @@ def has_checkpoint(run: str | Path) -> bool:
     return exists(run, CHECKPOINT)
 
 
+def write_run_file(run: str | Path, name: str, write: Callable[[IO[bytes]], object]) -> None:
+    """``run/name`` whole or not at all, ``write`` filling it as a binary file. A write that fails (a full disk,
+    a quota) is one line naming the file and how to go on; the partial file is deleted and the file's previous
+    version, if any, stays whole (the checkpoint a resume starts from is never half-written)."""
+    path = Path(run) / name
+    try:
+        with atomic_path(path) as partial, open(partial, "wb") as handle:
+            write(handle)
+    except OSError as exc:
+        reason = exc.strerror or str(exc).split("\n")[0][:160] or type(exc).__name__
+        then = ("continue the run with --resume from its last saved epoch" if has_checkpoint(run)
+                else "rerun the same command (no epoch was saved yet)")
+        raise UserError(f"writing {path} failed ({reason}); nothing half-written was left: free space, "
+                        f"then {then}") from None
+
+
+def _write_record(run: str | Path, name: str, record: dict) -> None:
+    write_run_file(run, name, lambda handle: handle.write(json.dumps(record, indent=2).encode("utf-8")))
+
+
 def is_finished(run: str | Path) -> bool:
     """A run that wrote its student (and its record)."""
     return exists(run, CONFIG, STUDENT)
@@ -122,7 +144,7 @@ def is_marked(run: str | Path) -> bool:
 
 def mark(run: str | Path) -> None:
     """Mark ``run`` as a folder distill created (and may write and resume)."""
-    write_json(Path(run) / MARKER, {"created_by": "customkd distill", "created": dt.datetime.now(dt.UTC).isoformat()})
+    _write_record(run, MARKER, {"created_by": "customkd distill", "created": dt.datetime.now(dt.UTC).isoformat()})
 
 
 def first_foreign_file(run: str | Path) -> str | None:
@@ -215,7 +237,7 @@ def read_config(run: str | Path) -> RunConfig:
 
 
 def write_config(run: str | Path, record: dict) -> None:
-    write_json(Path(run) / CONFIG, record)
+    _write_record(run, CONFIG, record)
 
 
 # ---------------------------------------------------------------- metrics.json, metrics.csv
@@ -243,7 +265,7 @@ def read_metrics(run: str | Path) -> RunMetrics:
 
 
 def write_metrics(run: str | Path, metrics: RunMetrics) -> None:
-    write_json(Path(run) / METRICS, metrics.to_dict())
+    _write_record(run, METRICS, metrics.to_dict())
 
 
 def flatten(record: dict, prefix: str = "", lists: bool = True) -> dict:
@@ -264,13 +286,15 @@ def flatten(record: dict, prefix: str = "", lists: bool = True) -> dict:
 def write_metrics_csv(run: str | Path, history: list[dict]) -> None:
     """metrics.csv: one row per epoch record, one column per flattened key (in order of first appearance)."""
     import csv
+    import io
 
     rows = [flatten(record) for record in history]
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(Path(run) / METRICS_CSV) as partial, open(partial, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_run_file(run, METRICS_CSV, lambda handle: handle.write(text.getvalue().encode("utf-8")))
 
 
 # ---------------------------------------------------------------- checkpoint.pt
@@ -283,8 +307,7 @@ def save_checkpoint(run: str | Path, state: dict) -> None:
     """checkpoint.pt, whole or not at all: a kill while saving never leaves a broken checkpoint."""
     import torch
 
-    with atomic_path(Path(run) / CHECKPOINT) as partial:
-        torch.save(state, partial)
+    write_run_file(run, CHECKPOINT, lambda handle: torch.save(state, handle))  # a file object: its OSError surfaces
 
 
 def load_checkpoint(run: str | Path) -> dict:
@@ -348,11 +371,12 @@ def restore(run: str | Path, state: dict, targets: dict) -> None:
 
 def save_student(run: str | Path, state_dict: dict) -> None:
     """student.safetensors, whole or not at all, with the umask's permissions."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    # safetensors creates its file 0600; the other run files are 0644 under the usual umask
-    with atomic_path(Path(run) / STUDENT, mode=0o666) as partial:
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(partial))
+    # serialised here and written through Python, whose write errors (a full disk) are OSErrors, with the umask's
+    # permissions like the other run files (safetensors' own writer creates 0600)
+    weights = save({k: v.contiguous() for k, v in state_dict.items()})
+    write_run_file(run, STUDENT, lambda handle: handle.write(weights))
 
 
 def timm_model_config(record: dict) -> dict:

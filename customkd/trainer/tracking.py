@@ -9,14 +9,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import sys
 from pathlib import Path
 
+from customkd.common.errors import UserError
 from customkd.common.provenance import file_sha256, git_commit, library_versions
 from customkd.featcache import store as fs
 from customkd.featcache.location import is_url
-from customkd.trainer.run_folder import flatten
+from customkd.trainer.run_folder import flatten, has_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def absolute(path: str) -> str:
@@ -49,7 +53,7 @@ class Tracker:
     """TensorBoard event files in the run folder (rank 0 only)."""
 
     def __init__(self, run: Path, enabled: bool) -> None:
-        self.writer = None
+        self.run, self.writer = run, None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -58,10 +62,19 @@ class Tracker:
     def log_epoch(self, record: dict) -> None:
         if self.writer is None:
             return
-        for name, value in scalars(record).items():
-            self.writer.add_scalar(name, value, global_step=record["epoch"])
-        self.writer.flush()
+        try:  # TensorBoard writes in a thread of its own and raises its OSError (a full disk) here
+            for name, value in scalars(record).items():
+                self.writer.add_scalar(name, value, global_step=record["epoch"])
+            self.writer.flush()
+        except OSError as exc:
+            then = "continue the run with --resume" if has_checkpoint(self.run) else "rerun the same command"
+            raise UserError(f"writing TensorBoard events in {self.run} failed ({exc.strerror or exc}); free space, "
+                            f"then {then}") from None
 
     def close(self) -> None:
+        """Close the event file; a write that fails now is a warning, never an error hiding the run's own."""
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as exc:
+                log.warning("closing TensorBoard events in %s failed (%s)", self.run, exc.strerror or exc)

@@ -222,3 +222,26 @@ def test_help_imports_no_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                             env=cli_env(), timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_an_unlabeled_domain_name_reaches_the_terminal_escaped(tiny_folder, tmp_path):
+    """A store's unlabeled domain is named by whoever extracted it; ``cache verify`` and ``distill`` log the data
+    spec holding it (``INFO featcache.datasets``) with escape sequences and bidi overrides written out."""
+    import shutil
+
+    flat = tmp_path / "unlabeled"
+    flat.mkdir()
+    for image in sorted(tiny_folder.rglob("*.png"))[:4]:
+        shutil.copy(image, flat / f"{image.parent.name}-{image.name}")
+    store, name = tmp_path / "s.zarr", "roll\x1b[2J\u202e"
+    assert invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
+                  "--unlabeled", f"{name}=folder:{flat}", "--out", store, "--views", "2", "--workers", "0",
+                  "--shard-size", "8").exit_code == 0
+    verified = invoke("cache", "verify", store)
+    trained = invoke("distill", "--cache", store, "--out", tmp_path / "run", "--setting", "ssl", "--min-steps", "0",
+                     "--student", TINY_STUDENT, "--epochs", "1", "--image-size", "32", "--batch-size", "8",
+                     "--workers", "0", "--labels-per-class", "2")
+    for result in (verified, trained):
+        assert result.exit_code == 0, result.output
+        assert "unlabeled:roll\\x1b[2J\\u202e=" in result.output
+        assert "\x1b" not in result.output and "\u202e" not in result.output

@@ -1,11 +1,16 @@
 import csv
+import io
 import json
+import shutil
+import struct
+import zlib
 
 import pytest
+from PIL import Image
 
 from customkd.trainer.distill import distill
 from customkd.trainer.evaluate import evaluate_run, export_onnx
-from tests.conftest import tiny_config
+from tests.conftest import invoke, one_error_line, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +52,35 @@ def test_evaluate_on_another_dataset_spec(finished_run, tiny_folder, tmp_path):
     assert metrics["n"] == 30 == held["n"] + rest["n"]
     correct = lambda m: round(m["accuracy"] * m["n"])  # noqa: E731
     assert correct(metrics) == correct(held) + correct(rest)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1 x 1 PNG whose header claims ``width`` x ``height`` pixels (its checksum fixed): a decompression bomb's
+    header, a few dozen bytes."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR: chunk type at 12, width and height at 16
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (lambda png: png[:200], "image file is truncated"),
+    (lambda png: _png_claiming(50_000, 50_000), "Image size (2500000000 pixels) exceeds limit"),
+    (lambda png: _png_claiming(10_000, 10_000), "truncated"),  # PIL only warns at this size; the data is missing
+])
+def test_a_broken_image_in_data_or_images_is_one_line_naming_it(finished_run, tiny_folder, tmp_path, content,
+                                                                  reason):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folder, data)
+    broken = data / "class1" / "img03.png"
+    broken.write_bytes(content(broken.read_bytes()))
+    line = one_error_line(invoke("evaluate", finished_run, "--data", f"folder:{data}", "--workers", "0"), reason)
+    assert "1 unreadable image(s): class1/img03.png (" in line
+    line = one_error_line(invoke("predict", finished_run, "--images", data, "--out", tmp_path / "p.csv",
+                                 "--workers", "0"), reason)
+    assert "1 unreadable image(s): img03.png (" in line and not (tmp_path / "p.csv").exists()
 
 
 def test_metrics_csv_has_one_row_per_epoch(finished_run):
