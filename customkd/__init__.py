@@ -12,12 +12,17 @@ Heavy modules (torch, timm, zarr) load on first use, so ``import customkd`` is q
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
+from customkd.common import interrupt as _interrupt
 
-from customkd.common.errors import UserError
-from customkd.featcache.config import ExtractConfig
-from customkd.trainer.config import DistillConfig
+if _interrupt.started_as_program():  # first, before anything heavy loads: Ctrl-C is one line from here on
+    _interrupt.own_handlers()
+
+import importlib  # noqa: E402 - after the handlers
+import importlib.metadata  # noqa: E402
+
+from customkd.common.errors import UserError  # noqa: E402
+from customkd.featcache.config import ExtractConfig  # noqa: E402
+from customkd.trainer.config import DistillConfig  # noqa: E402
 
 __version__ = importlib.metadata.version("customkd")
 __all__ = ["DistillConfig", "ExtractConfig", "UserError", "distill", "evaluate", "extract", "predict"]

@@ -1,6 +1,2 @@
-"""The ``customkd`` command line: a thin Typer app over featcache and trainer."""
-
-from customkd.cli import interrupt
-
-if interrupt.started_as_program():  # first thing, before typer and torch load: Ctrl-C is one line from here on
-    interrupt.own_handlers()
+"""The ``customkd`` command line: a thin Typer app over featcache and trainer. The program's Ctrl-C handling is
+installed by the namespace's own ``__init__`` (:mod:`customkd.common.interrupt`), which runs before this."""

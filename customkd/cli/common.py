@@ -13,7 +13,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from customkd.cli import interrupt
+from customkd.common import interrupt
 from customkd.common.distributed import is_main_process
 from customkd.common.options import field_hints
 
