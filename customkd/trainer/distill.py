@@ -255,7 +255,7 @@ def resume_best(s: Session, checkpointed: int) -> None:
         if s.env.main:
             run_folder.save_best_student(s.run, s.best.state, epoch)
     else:
-        s.best = BestEpoch(epoch, accuracy, run_folder.load_best_student(s.run, epoch))
+        s.best = BestEpoch(epoch, accuracy, run_folder.load_best_student(s.run, epoch, s.student.model.state_dict()))
 
 
 def evaluate_epoch(s: Session, loader: EpochBatches | torch.utils.data.DataLoader) -> dict:

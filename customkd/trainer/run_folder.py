@@ -391,9 +391,9 @@ def save_best_student(run: str | Path, state_dict: dict, epoch: int) -> None:
     save_student(run, state_dict, STUDENT_BEST, {"epoch": str(epoch)})
 
 
-def load_best_student(run: str | Path, epoch: int) -> dict:
+def load_best_student(run: str | Path, epoch: int, expected: dict) -> dict:
     """The tensors of :data:`STUDENT_BEST`, refused in one line unless it holds the student of ``epoch`` (the best
-    epoch the run's history names)."""
+    epoch the run's history names) with the tensors of ``expected`` (the run's student's state dict)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(run) / STUDENT_BEST
@@ -402,13 +402,16 @@ def load_best_student(run: str | Path, epoch: int) -> dict:
             saved = (weights.metadata() or {}).get("epoch")
             state = {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118 - not a dict
     except FileNotFoundError:
-        raise UserError(f"run {run} has no {STUDENT_BEST}, the best epoch's student its history names; start the "
-                        "run over without --resume") from None
+        raise UserError(f"run {run} has no {STUDENT_BEST}, the best epoch's student its history names; restore it "
+                        "or train the run again in a new --out") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise _refuse(run, STUDENT_BEST, f"is not a safetensors file ({_first_line(exc)})") from None
     if saved != str(epoch):
         raise _refuse(run, STUDENT_BEST, f"holds epoch {str(saved)[:20]}'s student, the history's best is epoch "
                                          f"{epoch}")
+    problem = _misfit(expected, state)
+    if problem:
+        raise _refuse(run, STUDENT_BEST, f"does not fit the run's student ({problem})")
     return state
 
 

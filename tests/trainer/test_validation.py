@@ -13,7 +13,7 @@ from customkd.trainer import run_folder
 from customkd.trainer.config import DistillConfig
 from customkd.trainer.data import load_cached_data, make_split
 from customkd.trainer.evaluate import evaluate_run
-from tests.conftest import invoke, one_error_line, tiny_config
+from tests.conftest import TINY_RUN, invoke, one_error_line, tiny_config
 
 
 def _split(store, **kw):
@@ -89,36 +89,8 @@ def test_the_best_epoch_by_validation_is_the_run_student_and_tested_once(tiny_st
     assert json.loads((run / "config.json").read_text())["n_val"] == 3
 
 
-# the kill comes after epoch 2's checkpoint: the best is epoch 1 (read back from student-best.safetensors), or
-# epoch 2 itself, whose student-best.safetensors was never written (taken from the checkpoint's student)
-@pytest.mark.parametrize("accuracies", [[0.9, 0.5, 0.5], [0.5, 0.9, 0.4]], ids=["best-before-the-kill", "best-at-the-kill"])
-def test_a_killed_run_resumes_with_its_best_student(tiny_store, tmp_path, monkeypatch, accuracies):
-    _scripted_validation(monkeypatch, accuracies)
-    cfg = {"val_fraction": 0.3, "epochs": 3}
-    reference = distill_mod.distill(tiny_config(tiny_store, tmp_path / "ref", **cfg))
-
-    saves, real_save = {"n": 0}, run_folder.save_checkpoint
-
-    def save_then_die(run, state):
-        real_save(run, state)
-        saves["n"] += 1
-        if saves["n"] == 2:
-            raise KeyboardInterrupt  # killed right after epoch 2's checkpoint, before its student-best file
-
-    monkeypatch.setattr(run_folder, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        distill_mod.distill(tiny_config(tiny_store, tmp_path / "killed", **cfg))
-    monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
-    resumed = distill_mod.distill(tiny_config(tiny_store, tmp_path / "killed", resume=True, **cfg))
-
-    assert resumed.final == reference.final and resumed.final["chosen_epoch"] == accuracies.index(max(accuracies)) + 1
-    for name in (run_folder.STUDENT, run_folder.STUDENT_BEST, run_folder.STUDENT_LAST):
-        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
-
-
-def test_a_student_best_file_of_another_epoch_is_refused_on_resume(tiny_store, tmp_path, monkeypatch):
-    _scripted_validation(monkeypatch, [0.9, 0.5, 0.5])
-    cfg = tiny_config(tiny_store, tmp_path / "r", val_fraction=0.3, epochs=3)
+def _kill_after_epoch_2(monkeypatch, cfg) -> None:
+    """``distill(cfg)`` killed right after epoch 2's checkpoint, before that epoch's student-best file."""
     saves, real_save = {"n": 0}, run_folder.save_checkpoint
 
     def save_then_die(run, state):
@@ -131,10 +103,33 @@ def test_a_student_best_file_of_another_epoch_is_refused_on_resume(tiny_store, t
     with pytest.raises(KeyboardInterrupt):
         distill_mod.distill(cfg)
     monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
-    state = {"w": torch.zeros(1)}
-    run_folder.save_best_student(tmp_path / "r", state, 2)  # history's best is epoch 1
+
+
+# the kill comes after epoch 2's checkpoint: the best is epoch 1 (read back from student-best.safetensors), or
+# epoch 2 itself, whose student-best.safetensors was never written (taken from the checkpoint's student)
+@pytest.mark.parametrize("accuracies", [[0.9, 0.5, 0.5], [0.5, 0.9, 0.4]], ids=["best-before-the-kill", "best-at-the-kill"])
+def test_a_killed_run_resumes_with_its_best_student(tiny_store, tmp_path, monkeypatch, accuracies):
+    _scripted_validation(monkeypatch, accuracies)
+    cfg = {"val_fraction": 0.3, "epochs": 3}
+    reference = distill_mod.distill(tiny_config(tiny_store, tmp_path / "ref", **cfg))
+
+    _kill_after_epoch_2(monkeypatch, tiny_config(tiny_store, tmp_path / "killed", **cfg))
+    resumed = distill_mod.distill(tiny_config(tiny_store, tmp_path / "killed", resume=True, **cfg))
+
+    assert resumed.final == reference.final and resumed.final["chosen_epoch"] == accuracies.index(max(accuracies)) + 1
+    for name in (run_folder.STUDENT, run_folder.STUDENT_BEST, run_folder.STUDENT_LAST):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+
+
+def test_a_student_best_file_of_another_epoch_or_student_is_refused_on_resume(tiny_store, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [0.9, 0.5, 0.5])
+    _kill_after_epoch_2(monkeypatch, tiny_config(tiny_store, tmp_path / "r", val_fraction=0.3, epochs=3))
     resume = tiny_config(tiny_store, tmp_path / "r", val_fraction=0.3, epochs=3, resume=True)
+    run_folder.save_best_student(tmp_path / "r", {"w": torch.zeros(1)}, 2)  # the history's best is epoch 1
     with pytest.raises(UserError, match="student-best.safetensors holds epoch 2's student, the history's best is epoch 1"):
+        distill_mod.distill(resume)
+    run_folder.save_best_student(tmp_path / "r", {"w": torch.zeros(1)}, 1)
+    with pytest.raises(UserError, match=r"student-best.safetensors does not fit the run's student \(no "):
         distill_mod.distill(resume)
 
 
@@ -168,3 +163,20 @@ def test_two_ranks_validate_and_choose_as_one_process(tiny_store, tmp_path):
     assert {k: again[k] for k in ("accuracy", "balanced_accuracy")} == \
         {k: metrics["final"][k] for k in ("accuracy", "balanced_accuracy")}
     assert run_folder.exists(tmp_path / "two", run_folder.STUDENT_BEST, run_folder.STUDENT_LAST, run_folder.STUDENT)
+
+
+def test_a_run_recorded_before_the_option_existed_resumes_with_its_default(tiny_store, tmp_path):
+    cfg = tiny_config(tiny_store, tmp_path / "r")
+    recorded = {k: v for k, v in cfg.to_dict().items() if k != "val_fraction"}
+    distill_mod._check_same_settings(cfg, recorded, tmp_path / "r")  # 0, what the run used
+    with pytest.raises(UserError, match="another 'val_fraction'"):
+        distill_mod._check_same_settings(tiny_config(tiny_store, val_fraction=0.3), recorded, tmp_path / "r")
+
+
+def test_the_command_line_names_the_chosen_epoch(tiny_store, tmp_path):
+    result = invoke("distill", "--cache", tiny_store, "--out", tmp_path / "r", "--val-fraction", "0.3",
+                    *[f"--{k.replace('_', '-')}={v}" for k, v in {**TINY_RUN, "epochs": 2}.items()])
+    assert result.exit_code == 0, result.output
+    final = json.loads((tmp_path / "r" / "metrics.json").read_text())["final"]
+    assert f"(epoch {final['chosen_epoch']}, best validation accuracy {final['val_accuracy']:.4f}; last epoch 2" \
+        in result.stdout
