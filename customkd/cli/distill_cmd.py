@@ -64,4 +64,9 @@ def distill(
     typer.echo(f"run {result.run_dir} ({result.seconds:.0f}s): {settings['method']} / {settings['student']} / "
                f"{settings['setting']}")
     typer.echo(f"  student accuracy {final['accuracy']:.4f}  balanced accuracy {final['balanced_accuracy']:.4f}")
+    if "chosen_epoch" in final:  # --val-fraction: the student is the best epoch's by validation accuracy
+        last = final["last"]
+        typer.echo(f"  (epoch {final['chosen_epoch']}, best validation accuracy {final['val_accuracy']:.4f}; last "
+                   f"epoch {last['epoch']}: accuracy {last['accuracy']:.4f}  balanced accuracy "
+                   f"{last['balanced_accuracy']:.4f})")
     typer.echo(f"  teacher probe accuracy {probe['accuracy']:.4f} ({probe['n_labeled']} labeled samples)")

@@ -384,7 +384,7 @@ def collect(jobs: list[Job], alignments: dict[Path, dict]) -> dict[str, dict]:
         row.setdefault("per_class", []).append(metrics.final.get("per_class_accuracy"))
         row["balanced_accuracy"].append(metrics.final["balanced_accuracy"])
         row["probe_accuracy"].append(metrics.teacher_probe["accuracy"])
-        row["curves"].append([e["eval"]["accuracy"] for e in metrics.epochs])
+        row["curves"].append([e["eval" if "eval" in e else "val"]["accuracy"] for e in metrics.epochs])
         row["wall_seconds"].append(timing["wall_seconds"])
         row["train_seconds"].append(sum(e["train"]["seconds"] + e.get("customize", {}).get("seconds", 0.0)
                                         for e in metrics.epochs))

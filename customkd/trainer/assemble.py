@@ -172,9 +172,10 @@ def epoch_plan(cfg: DistillConfig, inputs: Inputs, epoch: int, env: DistEnv) -> 
     return EpochPlan(order, views, batches, counts)
 
 
-def eval_batches(cfg: DistillConfig, inputs: Inputs, env: DistEnv) -> list[list[tuple]]:
-    """This rank's share of the held-out rows, centre views, the same every epoch."""
-    rows = inputs.split.eval[env.rank :: env.world]
+def eval_batches(cfg: DistillConfig, inputs: Inputs, env: DistEnv, rows: np.ndarray | None = None) -> list[list[tuple]]:
+    """This rank's share of the held-out rows (or of ``rows``: the validation split), centre views, the same every
+    epoch."""
+    rows = (inputs.split.eval if rows is None else rows)[env.rank :: env.world]
     return chunk_batches(rows, np.zeros(len(rows), np.int64), cfg.batch_size)
 
 

@@ -82,6 +82,10 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         "test", f"{' or '.join(EVAL_SPLITS)}: evaluate on the held-out test rows, or on a fixed 20 % of the training "
         f"rows (left out of training) to choose settings without touching the test rows.",
         choices=EVAL_SPLITS)
+    val_fraction: float = option(
+        0.0, "Validation: this fraction of each class's labeled training rows (at least one), chosen by --seed and "
+        "left out of training; every epoch is scored on them instead of the test rows, the best epoch's student is "
+        "kept and tested at the end (0 = off).")
     resume: bool = option(False, "Continue the run in --out from its last checkpoint.")
 
     def __post_init__(self) -> None:
@@ -142,6 +146,8 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
             raise UserError(f"--labels-per-class must be >= 1, got {self.labels_per_class}")
         if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
             raise UserError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be in [0, 1) (0 = no validation split), got {self.val_fraction}")
         if self.setting == "uda" and (not self.source or not self.target):
             raise UserError("--setting uda needs --source DOMAIN[,DOMAIN] and --target DOMAIN[,DOMAIN]")
         if self.setting != "uda" and (self.source or self.target):

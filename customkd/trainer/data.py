@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -165,6 +165,7 @@ class Split:
     train: np.ndarray  # [T] rows used for training
     train_labels: np.ndarray  # [T] label or -1
     eval: np.ndarray  # [E] held-out rows
+    val: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [W] validation rows (--val-fraction)
 
     @property
     def n_labeled(self) -> int:
@@ -193,6 +194,24 @@ def select_labeled(labels: np.ndarray, cfg: DistillConfig) -> np.ndarray:
 
 DEV_FRACTION = 0.2
 DEV_SEED = 20261206  # fixed: every run of every method is scored on the same development rows
+VAL_STREAM = 4321  # the validation rows draw from default_rng([seed, VAL_STREAM]), apart from the label budget's
+
+
+def carve(labels: np.ndarray, fraction: float, rng: np.random.Generator, at_least_one: bool = False) -> np.ndarray:
+    """Boolean mask ``[n]``: ``fraction`` of each class's rows (``labels[i] >= 0``; -1 rows are never chosen), a
+    seeded random choice per class in class order.
+
+    With ``at_least_one`` every class with two rows or more gives at least one and keeps at least one; otherwise
+    a class gives ``round(fraction * members)`` rows (none for a class that small)."""
+    chosen = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == c)
+        members = members[rng.permutation(len(members))]
+        n = int(round(fraction * len(members)))
+        if at_least_one and len(members) >= 2:
+            n = min(max(n, 1), len(members) - 1)
+        chosen[members[:n]] = True
+    return chosen
 
 
 def carve_dev(train: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -200,13 +219,21 @@ def carve_dev(train: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
     ``--eval-split dev`` evaluates on these rows and leaves them out of training entirely (labels and
     images), so settings are chosen without the held-out test rows."""
-    rng = np.random.default_rng(DEV_SEED)
-    dev = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels[train & (labels >= 0)]):
-        members = np.flatnonzero(train & (labels == c))
-        members = members[rng.permutation(len(members))]
-        dev[members[: int(round(DEV_FRACTION * len(members)))]] = True
-    return dev
+    return carve(np.where(train, labels, -1), DEV_FRACTION, np.random.default_rng(DEV_SEED))
+
+
+def carve_val(split: Split, cfg: DistillConfig) -> Split:
+    """``split`` with ``--val-fraction`` of each class's labeled training rows (the labels the setting gives
+    training, after any label budget) moved to ``val``: out of training entirely (labels and images), chosen
+    by the run's seed. Epochs are scored on them and the best epoch's student is kept, so the test rows are
+    evaluated once, at the end."""
+    if cfg.val_fraction == 0:
+        return split
+    val = carve(split.train_labels, cfg.val_fraction, np.random.default_rng([cfg.seed, VAL_STREAM]), at_least_one=True)
+    if not val.any():
+        raise UserError(f"--val-fraction {cfg.val_fraction:g} leaves no validation rows: no class has two labeled "
+                        "training samples; label more samples or drop --val-fraction")
+    return Split(split.train[~val], split.train_labels[~val], split.eval, split.train[val])
 
 
 def make_split(cfg: DistillConfig, data: CachedData) -> Split:
@@ -248,7 +275,7 @@ def make_split(cfg: DistillConfig, data: CachedData) -> Split:
         eval_rows = np.flatnonzero(test)
     if len(eval_rows) == 0 or (labels >= 0).sum() == 0:
         raise UserError("this setting leaves no labeled training samples or no held-out samples; check the split")
-    return Split(rows, labels, eval_rows)
+    return carve_val(Split(rows, labels, eval_rows), cfg)
 
 
 def epoch_views(rows: np.ndarray, n_views: int, epoch: int, mode: str, seed: int) -> np.ndarray:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from customkd.trainer.assemble import (
     seed_everything,
 )
 from customkd.trainer.config import DEFAULT_EPOCHS, DistillConfig
-from customkd.trainer.data import CachedData, EpochBatches, RunLoader, Split, StudentViews, run_loader
+from customkd.trainer.data import CachedData, EpochBatches, RunLoader, Split, StudentViews, make_loader, run_loader
 from customkd.trainer.methods import EpochContext, resolve_method
 from customkd.trainer.students import Student, resolve_student
 from customkd.trainer.tracking import Tracker, absolute, eta, provenance
@@ -89,8 +90,10 @@ def check_run_dir(cfg: DistillConfig) -> Path:
 
 
 def _check_same_settings(cfg: DistillConfig, recorded: dict, run: Path) -> None:
+    # a setting added after the run was recorded counts as its default, which is what the run used
+    defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
     for key, value in cfg.to_dict().items():
-        if key not in RESUME_MAY_CHANGE and recorded.get(key) != value:
+        if key not in RESUME_MAY_CHANGE and recorded.get(key, defaults.get(key)) != value:
             raise UserError(f"--resume of {run} with another {key!r} ({value!r}, the run used {recorded.get(key)!r}); "
                             "resume with the run's own settings or start a new --out")
 
@@ -120,6 +123,29 @@ class EpochFeatures:
 
 
 @dataclass
+class BestEpoch:
+    """With a validation split, the epoch kept by validation accuracy, and its student's tensors (on the CPU)."""
+
+    epoch: int = 0  # counted from 1; 0 before the first epoch
+    accuracy: float = -math.inf
+    state: dict | None = None
+
+
+def best_epoch(history: list[dict]) -> tuple[int, float]:
+    """(epoch, validation accuracy) of the best epoch record. An epoch must beat every earlier one, so a tie keeps
+    the earlier epoch, as Lightning's ``ModelCheckpoint(mode="max")`` and Keras's ``save_best_only`` do."""
+    best = (0, -math.inf)
+    for record in history:
+        if record["val"]["accuracy"] > best[1]:
+            best = (record["epoch"], record["val"]["accuracy"])
+    return best
+
+
+def cpu_copy(state_dict: dict) -> dict:
+    return {key: tensor.detach().to("cpu", copy=True) for key, tensor in state_dict.items()}
+
+
+@dataclass
 class Session:
     """One training run: its inputs and trainee (:mod:`trainer.assemble`), where it writes, what it has done.
     Built once by :func:`setup`, advanced by :func:`run_epoch`."""
@@ -131,6 +157,7 @@ class Session:
     inputs: Inputs
     trainee: Trainee
     history: list = field(default_factory=list)
+    best: BestEpoch = field(default_factory=BestEpoch)
 
     @property
     def data(self) -> CachedData:
@@ -155,6 +182,16 @@ class Session:
     @property
     def epochs(self) -> int:
         return self.cfg.epochs_for(len(self.split.train))
+
+    @property
+    def validating(self) -> bool:
+        """Whether epochs are scored on a validation split (``--val-fraction``) rather than on the test rows."""
+        return len(self.split.val) > 0
+
+    @property
+    def scored(self) -> str:
+        """The epoch record's key of the per-epoch evaluation: ``val`` or ``eval`` (the test rows)."""
+        return "val" if self.validating else "eval"
 
 
 def setup(cfg: DistillConfig, env: distributed.DistEnv, device: torch.device) -> Session:
@@ -187,6 +224,7 @@ def run_config(s: Session, started: dt.datetime) -> dict:
             "out": str(s.run.resolve()), "teacher": fingerprint.teacher.to_dict(),
             "store_fingerprint": fingerprint.hashes(),
             "n_train": len(s.split.train), "n_labeled": s.split.n_labeled, "n_eval": len(s.split.eval),
+            "n_val": len(s.split.val),
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
             "world_size": s.env.world, "batch_rule": ddp.BATCH_RULE,
             "effective_epochs": s.epochs, "optimizer_steps": s.epochs * s.cfg.steps_per_epoch(len(s.split.train)),
@@ -201,12 +239,28 @@ def resume(s: Session) -> int:
                                       "method_optimizers": SimpleNamespace(load_state_dict=t.method.load_optimizer_states)})
     torch.set_rng_state(state["torch_rng"])
     s.history = json.loads(state["history"])
+    if s.validating:
+        resume_best(s, state["epoch"] + 1)
     log.info("resuming %s after epoch %d", s.run, state["epoch"] + 1)
     return state["epoch"] + 1
 
 
-def evaluate_epoch(s: Session, loader: EpochBatches) -> dict:
-    """Eval metrics over the held-out rows (the same batches every epoch), each rank predicting its share."""
+def resume_best(s: Session, checkpointed: int) -> None:
+    """The best epoch so far, from the restored history, and its student: the restored student when it is the
+    checkpoint's own epoch (its student-best file may not have been written: the best file follows the
+    checkpoint), else the run's student-best file, which must hold that epoch."""
+    epoch, accuracy = best_epoch(s.history)
+    if epoch == checkpointed:
+        s.best = BestEpoch(epoch, accuracy, cpu_copy(s.student.model.state_dict()))
+        if s.env.main:
+            run_folder.save_best_student(s.run, s.best.state, epoch)
+    else:
+        s.best = BestEpoch(epoch, accuracy, run_folder.load_best_student(s.run, epoch, s.student.model.state_dict()))
+
+
+def evaluate_epoch(s: Session, loader: EpochBatches | torch.utils.data.DataLoader) -> dict:
+    """Metrics over the rows the loader holds (the held-out or validation rows: the same batches every epoch), each
+    rank predicting its share."""
     parts = distributed.all_gather_objects(s.env, loop.predict(s.student, loader, s.device))
     seen, preds = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     return loop.classification_metrics(s.data.labels[seen], preds, s.num_classes)
@@ -236,8 +290,18 @@ def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunL
         record[s.method.stage_name] = stage
     record["train"] = loop.train_epoch(kd_step(s.cfg, s.inputs, s.trainee, s.device, s.env),
                                        train_loader.epoch(epoch), epoch, plan.counts)
-    record["eval"] = evaluate_epoch(s, eval_loader.epoch(epoch))
+    record[s.scored] = evaluate_epoch(s, eval_loader.epoch(epoch))
     return record
+
+
+def keep_best(s: Session) -> None:
+    """With a validation split: when the latest epoch is the best so far, keep its student (every rank, in memory,
+    for the test at the end; rank 0 writes it after the epoch's checkpoint, which a resume relies on)."""
+    epoch, accuracy = best_epoch(s.history)
+    if epoch != s.best.epoch:
+        s.best = BestEpoch(epoch, accuracy, cpu_copy(s.student.model.state_dict()))
+        if s.env.main:
+            run_folder.save_best_student(s.run, s.best.state, epoch)
 
 
 def save_epoch(s: Session, epoch: int) -> None:
@@ -251,6 +315,42 @@ def save_epoch(s: Session, epoch: int) -> None:
     run_folder.write_metrics_csv(s.run, s.history)
 
 
+def log_epoch(s: Session, epoch: int, record: dict) -> None:
+    done = [r["epoch_seconds"] for r in s.history if "epoch_seconds" in r]
+    scored = record[s.scored]
+    log.info("epoch %d/%d  loss %.3f  %s acc %.3f  bal acc %.3f  (%.0f img/s, %.0fs, ETA %s)", epoch + 1, s.epochs,
+             record["train"]["loss"], s.scored, scored["accuracy"], scored["balanced_accuracy"],
+             record["train"]["samples_per_s"], record["epoch_seconds"],
+             eta(sum(done) / len(done) * (s.epochs - epoch - 1)))
+
+
+FINAL_KEYS = ("accuracy", "balanced_accuracy", "per_class_accuracy")
+
+
+def score_on_test(s: Session, dataset: StudentViews) -> dict:
+    """The student's metrics on the test rows, each rank predicting its share (as :func:`evaluate_epoch`)."""
+    rows = s.split.eval[s.env.rank :: s.env.world]
+    loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), s.cfg.batch_size, s.cfg.workers, device=s.device)
+    metrics = evaluate_epoch(s, loader)
+    return {k: metrics[k] for k in FINAL_KEYS}
+
+
+def choose_student(s: Session, dataset: StudentViews) -> dict:
+    """With a validation split: the last epoch's and the best epoch's students tested once each; the best one
+    becomes the run's student (student.safetensors, the same file as student-best.safetensors), the last one
+    stays in student-last.safetensors. ``final``: the chosen student's test metrics, its epoch, and the last's."""
+    last_state, last = cpu_copy(s.student.model.state_dict()), score_on_test(s, dataset)
+    chosen = last
+    if s.best.epoch != s.epochs:
+        s.student.model.load_state_dict(s.best.state)
+        chosen = score_on_test(s, dataset)
+    if s.env.main:
+        run_folder.save_student(s.run, last_state, run_folder.STUDENT_LAST)
+        run_folder.keep_best_student(s.run)
+    return {**chosen, "chosen_epoch": s.best.epoch, "chosen_by": "val accuracy", "val_accuracy": s.best.accuracy,
+            "last": {"epoch": s.epochs, **last}}
+
+
 def train(s: Session, started: dt.datetime) -> dict:
     """Every epoch still to run (the method's stage when due, KD, evaluation, checkpoint); the final metrics."""
     cfg, env = s.cfg, s.env
@@ -261,35 +361,43 @@ def train(s: Session, started: dt.datetime) -> dict:
     first_epoch = resume(s) if cfg.resume else 0
     # one loader per purpose for the whole run, both started here: persistent workers are forked once,
     # together, so the copy-on-write faults a fork costs the training process fall into the first epoch only
-    epochs, held_out = range(first_epoch, s.epochs), eval_batches(cfg, s.inputs, env)
+    epochs = range(first_epoch, s.epochs)
+    scored = eval_batches(cfg, s.inputs, env, s.split.val if s.validating else None)
     train_loader = run_loader(train_ds, lambda epoch: epoch_plan(cfg, s.inputs, epoch, env).batches, epochs,
                               cfg.workers, s.device).start()
-    eval_loader = run_loader(eval_ds, lambda epoch: held_out, epochs, cfg.workers, s.device).start()
+    eval_loader = run_loader(eval_ds, lambda epoch: scored, epochs, cfg.workers, s.device).start()
     tracker = Tracker(s.run, env.main)
     try:
-        for epoch in range(first_epoch, s.epochs):
+        for epoch in epochs:
             epoch_started, lr = time.perf_counter(), s.trainee.optimizer.param_groups[0]["lr"]
             record = run_epoch(s, epoch, train_loader, eval_loader)
             record.update(lr=lr, epoch_seconds=time.perf_counter() - epoch_started)
             s.history.append(record)
-            done = [r["epoch_seconds"] for r in s.history if "epoch_seconds" in r]
-            log.info("epoch %d/%d  loss %.3f  eval acc %.3f  bal acc %.3f  (%.0f img/s, %.0fs, ETA %s)", epoch + 1,
-                     s.epochs, record["train"]["loss"], record["eval"]["accuracy"], record["eval"]["balanced_accuracy"],
-                     record["train"]["samples_per_s"], record["epoch_seconds"],
-                     eta(sum(done) / len(done) * (s.epochs - epoch - 1)))
+            log_epoch(s, epoch, record)
             tracker.log_epoch(record)
             if env.main:
                 save_epoch(s, epoch)
+            if s.validating:
+                keep_best(s)
     finally:
         tracker.close()
         train_loader.shutdown()
         eval_loader.shutdown()
-    final = {k: s.history[-1]["eval"][k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
-    if env.main:
-        run_folder.save_student(s.run, s.student.model.state_dict())
+    return finish(s, eval_ds)
+
+
+def finish(s: Session, eval_ds: StudentViews) -> dict:
+    """The final metrics; rank 0 writes the run's student, its model folder and metrics.json with ``final``."""
+    if s.validating:
+        final = choose_student(s, eval_ds)
+    else:
+        final = {k: s.history[-1]["eval"][k] for k in FINAL_KEYS}
+        if s.env.main:
+            run_folder.save_student(s.run, s.student.model.state_dict())
+    if s.env.main:
         run_folder.write_model_folder(s.run, run_folder.read_config(s.run).values)
         run_folder.write_metrics(s.run, run_folder.RunMetrics(s.history, s.inputs.probe_metrics, final))
-    distributed.barrier(env)
+    distributed.barrier(s.env)
     return final
 
 

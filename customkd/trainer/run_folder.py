@@ -40,6 +40,8 @@ METRICS = "metrics.json"
 METRICS_CSV = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 STUDENT = "student.safetensors"
+STUDENT_BEST = "student-best.safetensors"  # with --val-fraction: the best epoch's student so far
+STUDENT_LAST = "student-last.safetensors"  # with --val-fraction: the last epoch's student
 MARKER = ".customkd-run"
 LOCK = ".lock"
 EVENTS = "events.out.tfevents.*"  # named by TensorBoard's SummaryWriter; a pattern, never written by this module
@@ -64,7 +66,10 @@ FILES: dict[str, RunFile] = {
     METRICS_CSV: RunFile("distill", "the per-epoch records, one row per epoch"),
     EVENTS: RunFile("distill", "TensorBoard scalars"),
     CHECKPOINT: RunFile("distill", "everything `--resume` needs, every epoch"),
-    STUDENT: RunFile("distill", "the deployable student's weights"),
+    STUDENT: RunFile("distill", "the deployable student's weights (with --val-fraction: the best epoch's)"),
+    STUDENT_BEST: RunFile("distill", "with --val-fraction: the student of the best epoch by validation accuracy so "
+                                     "far, rewritten when an epoch improves on it; its epoch in the metadata"),
+    STUDENT_LAST: RunFile("distill", "with --val-fraction: the last epoch's student"),
     MODEL_CONFIG: RunFile("distill", "timm's model config: architecture, classes, the student's preprocessing"),
     MODEL_WEIGHTS: RunFile("distill", "the student's weights again, as timm's local-dir layout names them"),
     MARKER: RunFile("distill", "distill created this folder: it may write and resume it"),
@@ -369,14 +374,60 @@ def restore(run: str | Path, state: dict, targets: dict) -> None:
 # ---------------------------------------------------------------- student.safetensors
 
 
-def save_student(run: str | Path, state_dict: dict) -> None:
-    """student.safetensors, whole or not at all, with the umask's permissions."""
+def save_student(run: str | Path, state_dict: dict, name: str = STUDENT, metadata: dict[str, str] | None = None) \
+        -> None:
+    """A student's weights (:data:`STUDENT`, or ``name``: :data:`STUDENT_BEST`, :data:`STUDENT_LAST`), whole or not
+    at all, with the umask's permissions; ``metadata`` goes into the safetensors header."""
     from safetensors.torch import save
 
     # serialised here and written through Python, whose write errors (a full disk) are OSErrors, with the umask's
     # permissions like the other run files (safetensors' own writer creates 0600)
-    weights = save({k: v.contiguous() for k, v in state_dict.items()})
-    write_run_file(run, STUDENT, lambda handle: handle.write(weights))
+    weights = save({k: v.contiguous() for k, v in state_dict.items()}, metadata=metadata)
+    write_run_file(run, name, lambda handle: handle.write(weights))
+
+
+def save_best_student(run: str | Path, state_dict: dict, epoch: int) -> None:
+    """:data:`STUDENT_BEST`: the best epoch's student, ``epoch`` (counted from 1) in its metadata."""
+    save_student(run, state_dict, STUDENT_BEST, {"epoch": str(epoch)})
+
+
+def load_best_student(run: str | Path, epoch: int, expected: dict) -> dict:
+    """The tensors of :data:`STUDENT_BEST`, refused in one line unless it holds the student of ``epoch`` (the best
+    epoch the run's history names) with the tensors of ``expected`` (the run's student's state dict)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(run) / STUDENT_BEST
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            saved = (weights.metadata() or {}).get("epoch")
+            state = {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118 - not a dict
+    except FileNotFoundError:
+        raise UserError(f"run {run} has no {STUDENT_BEST}, the best epoch's student its history names; restore it "
+                        "or train the run again in a new --out") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _refuse(run, STUDENT_BEST, f"is not a safetensors file ({_first_line(exc)})") from None
+    if saved != str(epoch):
+        raise _refuse(run, STUDENT_BEST, f"holds epoch {str(saved)[:20]}'s student, the history's best is epoch "
+                                         f"{epoch}")
+    problem = _misfit(expected, state)
+    if problem:
+        raise _refuse(run, STUDENT_BEST, f"does not fit the run's student ({problem})")
+    return state
+
+
+def _link_or_copy(run: str | Path, source: str, target: str) -> None:
+    """``run/target`` the same bytes as ``run/source``, whole or not at all: a hard link where the file system
+    allows one, else a copy."""
+    with atomic_path(Path(run) / target) as partial:
+        try:
+            os.link(Path(run) / source, partial)
+        except OSError:
+            shutil.copyfile(Path(run) / source, partial)
+
+
+def keep_best_student(run: str | Path) -> None:
+    """:data:`STUDENT` made the same file as :data:`STUDENT_BEST`: the chosen student is the deployable one."""
+    _link_or_copy(run, STUDENT_BEST, STUDENT)
 
 
 def timm_model_config(record: dict) -> dict:
@@ -399,11 +450,7 @@ def write_model_folder(run: str | Path, record: dict) -> None:
     folder = Path(run) / MODEL
     folder.mkdir(exist_ok=True)
     write_json(Path(run) / MODEL_CONFIG, timm_model_config(record))
-    with atomic_path(Path(run) / MODEL_WEIGHTS) as partial:
-        try:
-            os.link(Path(run) / STUDENT, partial)
-        except OSError:
-            shutil.copyfile(Path(run) / STUDENT, partial)
+    _link_or_copy(run, STUDENT, MODEL_WEIGHTS)
 
 
 def load_student_weights(config: RunConfig, model) -> None:
