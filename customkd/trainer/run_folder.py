@@ -315,9 +315,10 @@ def save_checkpoint(run: str | Path, state: dict) -> None:
     write_run_file(run, CHECKPOINT, lambda handle: torch.save(state, handle))  # a file object: its OSError surfaces
 
 
-def load_checkpoint(run: str | Path) -> dict:
+def load_checkpoint(run: str | Path, parts: tuple[str, ...] = ()) -> dict:
     """checkpoint.pt read with ``weights_only=True`` (tensors, numbers, strings and containers; nothing runs),
-    its keys and its history checked."""
+    its keys and its history checked; with ``parts``, only that those parts are there (a finished run's modules
+    are read, nothing resumes)."""
     import pickle
     import warnings
 
@@ -335,10 +336,15 @@ def load_checkpoint(run: str | Path) -> dict:
                                        "wrote (nothing in it was run)") from None
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         raise _refuse(run, CHECKPOINT, f"is damaged ({_first_line(exc)})") from None
-    problem = _checkpoint_problem(state)
+    problem = _checkpoint_problem(state) if not parts else _missing_parts(state, parts)
     if problem:
         raise _refuse(run, CHECKPOINT, f"is not a distill checkpoint ({problem})")
     return state
+
+
+def _missing_parts(state: object, parts: tuple[str, ...]) -> str | None:
+    missing = [k for k in parts if k not in state] if isinstance(state, dict) else list(parts)
+    return f"no {', '.join(missing)}" if missing else None
 
 
 def _checkpoint_problem(state: object) -> str | None:

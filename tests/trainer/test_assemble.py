@@ -44,6 +44,24 @@ def test_load_trained_gives_back_the_runs_weights_and_probe(finished_run):
     assert run.cfg.method == "customkd" and run.config["out"] == str(finished_run.resolve())
 
 
+def test_load_trained_needs_only_the_method_state_of_the_checkpoint(finished_run, tmp_path):
+    """A finished run is read, not resumed: a checkpoint holding the method's modules but no optimiser state (as a
+    distill of another version wrote it) still rebuilds the run; one without them is one line."""
+    import shutil
+
+    from customkd.common.errors import UserError
+
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({"method": state["method"], "epoch": state["epoch"]}, run / "checkpoint.pt")
+    method = load_trained(run).trainee.method.state_dict()
+    assert all(torch.equal(method[k], v) for k, v in state["method"].items())
+    torch.save({"epoch": state["epoch"]}, run / "checkpoint.pt")
+    with pytest.raises(UserError, match="no method"):
+        load_trained(run)
+
+
 def _fresh(cfg: DistillConfig):
     seed_everything(cfg.seed)
     inputs = load_inputs(cfg, CPU)
