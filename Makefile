@@ -37,7 +37,7 @@ ifeq ($(NPROC)$(NNODES),11)
 LAUNCH := $(CUSTOMKD)
 else
 LAUNCH := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC) --nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
-	--master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) -m cli
+	--master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) -m customkd.cli
 endif
 
 # glibc's default allocator makes PyTorch page-fault heavily on CPU (docs/design.md §9); keep freed memory.
@@ -83,8 +83,8 @@ report: $(STAMP) ## 3 regimes x methods x 5 seeds (one extraction per teacher): 
 	$(CUSTOMKD) report --cache $(CACHE) --teacher $(TEACHER) --data $(DATA) $(if $(VIEWS),--views $(VIEWS)) $(REPORT_ARGS)
 
 lint: $(STAMP) ## Check style with ruff
-	$(VENV)/bin/ruff check customkd common featcache trainer cli tests bench report
+	$(VENV)/bin/ruff check customkd tests bench
 
 format: $(STAMP) ## Rewrite style with ruff
-	$(VENV)/bin/ruff check --fix customkd common featcache trainer cli tests bench report
-	$(VENV)/bin/ruff format customkd common featcache trainer cli tests bench report
+	$(VENV)/bin/ruff check --fix customkd tests bench
+	$(VENV)/bin/ruff format customkd tests bench

@@ -88,10 +88,10 @@ def overhead_fractions(train: list[dict], evaluation: list[dict]) -> dict:
 def _started_loaders(cfg: BenchConfig, work, persistent: bool, plan, eval_rows: np.ndarray) -> dict:
     """A fresh trainee with its training and evaluation loaders, built and started as ``distill.train`` does."""
     from bench.training import new_trainee
-    from trainer.data import StudentViews, chunk_batches, run_loader
+    from customkd.trainer.data import StudentViews, chunk_batches, run_loader
 
     trainee = new_trainee(work, "customkd")
-    dataset = StudentViews(work.inputs.data, cfg.image_size, trainee.student.mean, trainee.student.std)
+    dataset = StudentViews(work.inputs.data, cfg.image_size)
     workers = max(1, cfg.workers)  # the overhead is the workers' start: without workers there is none to measure
     held_out = chunk_batches(eval_rows, np.zeros(len(eval_rows), np.int64), cfg.batch_size)
     epochs = range(cfg.overhead_epochs + 1)  # one more than measured: every measured epoch is a middle one
@@ -103,8 +103,8 @@ def _started_loaders(cfg: BenchConfig, work, persistent: bool, plan, eval_rows: 
 def measure_epoch_overhead(cfg: BenchConfig, store: Path) -> dict:
     """Both modes, one after the other; each mode's overhead fraction (:func:`overhead_fractions`)."""
     from bench.training import open_workload, quiet_step
-    from trainer.data import chunk_batches
-    from trainer.loop import predict, train_epoch
+    from customkd.trainer.data import chunk_batches
+    from customkd.trainer.loop import predict, train_epoch
 
     work = open_workload(cfg, store)
     n, device = cfg.overhead_samples, work.device

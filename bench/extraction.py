@@ -48,7 +48,7 @@ class BatchClock:
 
 def run_extract(cfg: BenchConfig, folder: Path, out: Path) -> dict:
     """One full extraction into a fresh store; steady and end-to-end images/s."""
-    from featcache.extract import ExtractConfig, extract
+    from customkd.featcache.extract import ExtractConfig, extract
 
     shutil.rmtree(out, ignore_errors=True)
     config = ExtractConfig(teacher=cfg.teacher, data=f"folder:{folder}", out=str(out), views=cfg.views,
@@ -87,7 +87,7 @@ def teacher_alone(teacher, device: torch.device, batch: int, n_images: int) -> f
 
 def measure_extraction(cfg: BenchConfig, folder: Path, warmup_folder: Path, work: Path) -> tuple[dict, Path]:
     """Interleaved repetitions of (full extract, teacher alone); returns the raw record and the last store."""
-    from featcache.teachers import create_teacher
+    from customkd.featcache.teachers import create_teacher
 
     device = torch.device(cfg.device)
     teacher = create_teacher(cfg.teacher, weights="random", device=str(device))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.config import BenchConfig
 from bench.worker import run_worker
-from common.devices import GLIBC_TUNABLES
+from customkd.common.devices import GLIBC_TUNABLES
 
 log = logging.getLogger(__name__)
 MODES = ("student", "cached", "online")

@@ -11,23 +11,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainer.data import StudentViews
+from customkd.trainer.data import StudentViews
 
 
 class OnlineViews(StudentViews):
-    """(row, view[, epoch]) → (student pixels ``[3,s,s]``, row, view, teacher pixels ``[3,S,S]``)."""
+    """(row, view[, epoch]) → (student pixels uint8 ``[3,s,s]``, row, view, teacher pixels float ``[3,S,S]``): the
+    student's as the trainer's workers return them, the teacher's as extraction feeds it."""
 
-    def __init__(self, data, size: int, mean, std, teacher_preprocess) -> None:
-        super().__init__(data, size, mean, std)
+    def __init__(self, data, size: int, teacher_preprocess) -> None:
+        super().__init__(data, size)
         self.teacher_preprocess = teacher_preprocess
 
     def __getitem__(self, item: tuple[int, ...]):
-        from featcache.views import replay
+        from customkd.featcache.views import replay, replay_pil, to_uint8
 
         row, view = item[0], item[1]
         image = self.listing.load_image(row)
         params = self.views[row, view]
-        pixels = replay(image, params, self.size, self.mean, self.std, self.interpolation)
+        pixels = to_uint8(replay_pil(image, params, self.size, self.interpolation))
         p = self.teacher_preprocess
         return pixels, row, view, replay(image, params, p.size, p.mean, p.std, p.interpolation)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from bench.config import BenchConfig
 from bench.timing import repeat
-from featcache.schema import Fingerprint, Layout, Manifest, shard_size_for
+from customkd.featcache.schema import Fingerprint, Layout, Manifest, shard_size_for
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ def directory_bytes(path: Path) -> int:
 
 def default_layout(n: int, v: int, d: int, compress: bool) -> Layout:
     """The layout ``extract`` would use for this shape (defaults read from ``ExtractConfig``)."""
-    from featcache.config import ExtractConfig
-    from featcache.views import VIEW_PARAMS
+    from customkd.featcache.config import ExtractConfig
+    from customkd.featcache.views import VIEW_PARAMS
 
     defaults = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
     return Layout(n_samples=n, n_views=v, feature_dim=d, n_params=len(VIEW_PARAMS),
@@ -58,7 +58,7 @@ def synthetic_manifest(manifest: Manifest, layout: Layout) -> Manifest:
 def write_synthetic_store(path: Path, cfg: BenchConfig, manifest: Manifest, compress: bool,
                           dim: int | None = None) -> Path:
     """A complete store of ``store_rows × store_views × dim`` (default ``store_dim``) Gaussian features."""
-    from featcache import store as fs
+    from customkd.featcache import store as fs
 
     n, v, d = cfg.store_rows, cfg.store_views, dim or cfg.store_dim
     layout = default_layout(n, v, d, compress)
@@ -133,9 +133,9 @@ def _random_rows_s(array, reads: int, seed: int) -> float:
 def measure_reads(cfg: BenchConfig, store: Path) -> dict:
     """Rows/s of the trainer's two feature sources (``trainer.features.open_features``: RAM, and shard
     blocks in ``block_shuffle`` order) and of random single-row reads; medians after a warm-up."""
-    from featcache import store as fs
-    from trainer.features import block_shuffle, open_features
-    from trainer.loop import FeatureNorm
+    from customkd.featcache import store as fs
+    from customkd.trainer.features import block_shuffle, open_features
+    from customkd.trainer.loop import FeatureNorm
 
     group = fs.open_group(store, mode="r")
     n, v, _ = group["features"].shape

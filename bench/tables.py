@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from common.files import write_text
+from customkd.common.files import write_text
 
 DOCS_BEGIN = "<!-- bench:results:begin (written by `make bench`; edit outside this block) -->"
 DOCS_END = "<!-- bench:results:end -->"

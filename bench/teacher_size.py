@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def teacher_sizes(cfg: BenchConfig) -> tuple[int, int]:
     """(default, native) input size of ``cfg.size_teacher``, unless ``cfg.size_pair`` names them."""
-    from featcache.teachers import resolve_spec
+    from customkd.featcache.teachers import resolve_spec
 
     if cfg.size_pair is not None:
         return int(cfg.size_pair[0]), int(cfg.size_pair[1])
@@ -36,7 +36,7 @@ def teacher_sizes(cfg: BenchConfig) -> tuple[int, int]:
 
 def measure_teacher_size(cfg: BenchConfig) -> dict:
     """Seconds per image of the teacher forward at its default and its native size, and their ratio."""
-    from featcache.teachers import create_teacher
+    from customkd.featcache.teachers import create_teacher
 
     device = torch.device(cfg.device)
     default, native = teacher_sizes(cfg)

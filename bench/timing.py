@@ -75,7 +75,7 @@ def machine_info(device: torch.device) -> dict:
 
 def library_versions() -> dict:
     """Installed versions of the libraries the timings depend on, plus the git commit."""
-    from common.provenance import library_versions as installed
+    from customkd.common.provenance import library_versions as installed
 
     versions = {"python": platform.python_version(), **installed()}
     versions["git_commit"] = _git("rev-parse", "HEAD")

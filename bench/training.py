@@ -32,9 +32,9 @@ from bench.config import BenchConfig
 from bench.contention import clean, cpu_snapshot, foreign_cpu_share
 from bench.online import OnlineBatches, OnlineFeatures, OnlineViews
 from bench.timing import summary, sync, timed
-from trainer.assemble import Inputs, Trainee
-from trainer.config import DistillConfig
-from trainer.data import StudentViews
+from customkd.trainer.assemble import Inputs, Trainee
+from customkd.trainer.config import DistillConfig
+from customkd.trainer.data import StudentViews
 
 log = logging.getLogger(__name__)
 SCHEDULE_STEPS = 10_000  # the cosine schedule's length; irrelevant to speed, long enough not to end
@@ -53,8 +53,8 @@ class Workload:
 
 def open_workload(cfg: BenchConfig, store: Path, method: str = "customkd") -> Workload:
     """Read the store exactly as ``distill`` does, for the SSL default setting."""
-    from trainer.assemble import load_inputs, seed_everything
-    from trainer.data import epoch_views
+    from customkd.trainer.assemble import load_inputs, seed_everything
+    from customkd.trainer.data import epoch_views
 
     seed_everything(0)
     dcfg = DistillConfig(cache=str(store), student=cfg.student, method=method, image_size=cfg.image_size,
@@ -70,7 +70,7 @@ def open_workload(cfg: BenchConfig, store: Path, method: str = "customkd") -> Wo
 def new_trainee(work: Workload, method_name: str) -> Trainee:
     """A fresh trainee seeded alike for every configuration, as ``distill`` builds it (its cosine schedule is
     long enough never to end)."""
-    from trainer.assemble import build_trainee, seed_everything
+    from customkd.trainer.assemble import build_trainee, seed_everything
 
     seed_everything(0)
     return build_trainee(dataclasses.replace(work.config, method=method_name), work.inputs, work.device,
@@ -108,14 +108,14 @@ def epoch_rates(clock: StepClock, started: float, end: dict, n_samples: int) -> 
 
 def quiet_step(work: Workload, trainee: Trainee, features=None):
     """``train_epoch``'s step parts for the bench: no progress bar, features from the store unless given."""
-    from trainer.assemble import kd_step
+    from customkd.trainer.assemble import kd_step
 
     step = kd_step(work.config, work.inputs, trainee, work.device, progress=False)
     return step if features is None else dataclasses.replace(step, features=features)
 
 
 def _train(work: Workload, trainee: Trainee, loader, features, n_samples: int) -> dict:
-    from trainer.loop import train_epoch
+    from customkd.trainer.loop import train_epoch
 
     clock = StepClock(loader, work.device)
     sync(work.device)
@@ -127,10 +127,9 @@ def _train(work: Workload, trainee: Trainee, loader, features, n_samples: int) -
 
 def cached_epoch(work: Workload, trainee: Trainee, n_samples: int) -> dict:
     """Throughputs of one ``train_epoch`` over ``n_samples`` reading cached features from RAM."""
-    from trainer.data import make_loader
+    from customkd.trainer.data import make_loader
 
-    s = trainee.student
-    dataset = StudentViews(work.inputs.data, work.config.image_size, s.mean, s.std)
+    dataset = StudentViews(work.inputs.data, work.config.image_size)
     rows, views = work.rows[:n_samples], work.views[:n_samples]
     loader = make_loader(dataset, rows, views, work.config.batch_size, work.config.workers, device=work.device)
     return _train(work, trainee, loader, None, n_samples)
@@ -139,8 +138,8 @@ def cached_epoch(work: Workload, trainee: Trainee, n_samples: int) -> dict:
 def customization_seconds(work: Workload, trainee: Trainee, n_samples: int) -> float:
     """Seconds of one ``CustomKD.customize_epoch`` over the same ``n_samples`` (row, view) features, on the
     context ``distill`` gives the method's epoch stage."""
-    from trainer.distill import EpochFeatures
-    from trainer.methods import EpochContext
+    from customkd.trainer.distill import EpochFeatures
+    from customkd.trainer.methods import EpochContext
 
     rows, views, inputs, device = work.rows[:n_samples], work.views[:n_samples], work.inputs, work.device
 
@@ -156,10 +155,9 @@ def customization_seconds(work: Workload, trainee: Trainee, n_samples: int) -> f
 
 def online_epoch(work: Workload, trainee: Trainee, teacher, n_samples: int) -> dict:
     """Throughputs of the same ``train_epoch`` with the teacher run on every replayed view."""
-    from trainer.data import make_loader
+    from customkd.trainer.data import make_loader
 
-    s = trainee.student
-    dataset = OnlineViews(work.inputs.data, work.config.image_size, s.mean, s.std, teacher.preprocess)
+    dataset = OnlineViews(work.inputs.data, work.config.image_size, teacher.preprocess)
     rows, views = work.rows[:n_samples], work.views[:n_samples]
     batches = OnlineBatches(make_loader(dataset, rows, views, work.config.batch_size, work.config.workers,
                                         device=work.device))
@@ -181,7 +179,7 @@ def teacher_steps(teacher, device: torch.device, batch: int, batches: int) -> di
 
 
 def make_teacher(cfg: BenchConfig):
-    from featcache.teachers import create_teacher
+    from customkd.featcache.teachers import create_teacher
 
     return create_teacher(cfg.teacher, weights="random", device=cfg.device)
 

@@ -12,18 +12,23 @@ Heavy modules (torch, timm, zarr) load on first use, so ``import customkd`` is q
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
+from customkd.common import interrupt as _interrupt
 
-from common.errors import UserError
-from featcache.config import ExtractConfig
-from trainer.config import DistillConfig
+if _interrupt.started_as_program():  # first, before anything heavy loads: Ctrl-C is one line from here on
+    _interrupt.own_handlers()
+
+import importlib  # noqa: E402 - after the handlers
+import importlib.metadata  # noqa: E402
+
+from customkd.common.errors import UserError  # noqa: E402
+from customkd.featcache.config import ExtractConfig  # noqa: E402
+from customkd.trainer.config import DistillConfig  # noqa: E402
 
 __version__ = importlib.metadata.version("customkd")
 __all__ = ["DistillConfig", "ExtractConfig", "UserError", "distill", "evaluate", "extract", "predict"]
 
-_FUNCTIONS = {"extract": ("featcache.extract", "extract"), "distill": ("trainer.distill", "distill"),
-              "evaluate": ("trainer.evaluate", "evaluate_run"), "predict": ("trainer.predict", "predict_images")}
+_FUNCTIONS = {"extract": ("customkd.featcache.extract", "extract"), "distill": ("customkd.trainer.distill", "distill"),
+              "evaluate": ("customkd.trainer.evaluate", "evaluate_run"), "predict": ("customkd.trainer.predict", "predict_images")}
 
 
 def __getattr__(name: str):

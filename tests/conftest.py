@@ -26,7 +26,7 @@ TIMING = ("seconds", "samples_per_s", "epoch_seconds")  # wall-clock fields of m
 def tiny_config(store, out=None, **overrides):
     """The DistillConfig of a :data:`TINY_RUN` on ``store`` (a path or URL), writing to ``out`` if given;
     ``overrides`` replace any setting."""
-    from trainer.config import DistillConfig
+    from customkd.trainer.config import DistillConfig
 
     return DistillConfig(**{"cache": str(store), **TINY_RUN, **({} if out is None else {"out": str(out)}), **overrides})
 
@@ -44,16 +44,16 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def customkd(*args, cwd: Path = ROOT, env: dict[str, str] | None = None,
              timeout: float = 300) -> subprocess.CompletedProcess:
-    """``customkd ARGS`` as a user runs it: a real process (``python -m cli``), stdout and stderr captured as text;
+    """``customkd ARGS`` as a user runs it: a real process (``python -m customkd.cli``), stdout and stderr captured as text;
     ``env`` adds variables to the environment."""
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "customkd.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           env=cli_env(**(env or {})), timeout=timeout)
 
 
 def torchrun(nproc: int, *args, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=NPROC -m cli ARGS`` on CPU (gloo), one thread per rank."""
+    """``torchrun --standalone --nproc_per_node=NPROC -m customkd.cli ARGS`` on CPU (gloo), one thread per rank."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.run([*launcher, "-m", "cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([*launcher, "-m", "customkd.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
                           env=cli_env(OMP_NUM_THREADS="1", **(env or {})), timeout=timeout)
 
 
@@ -62,7 +62,7 @@ def invoke(*args):
     an exit code."""
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from customkd.cli.app import app
 
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
@@ -113,7 +113,7 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_store(tiny_folder, tmp_path_factory) -> Path:
-    from featcache.extract import ExtractConfig, extract
+    from customkd.featcache.extract import ExtractConfig, extract
 
     out = tmp_path_factory.mktemp("stores") / "tiny.zarr"
     extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=str(out), views=3,

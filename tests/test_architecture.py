@@ -29,11 +29,19 @@ LAYERS = {
 }
 
 
+PACKAGE = ROOT / "customkd"  # the installed namespace; its subpackages are the layers
+
+
 def _modules() -> dict[str, Path]:
-    found = {}
+    """Module name -> file, named without the ``customkd.`` prefix of the layers (``trainer.data``); ``customkd`` is
+    the namespace's own ``__init__`` and ``bench`` the repository's benchmark tool."""
+    found = {"customkd": PACKAGE / "__init__.py"}
     for package in LAYERS:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if package == "customkd":
+            continue
+        base = ROOT if package == "bench" else PACKAGE
+        for path in sorted((base / package).rglob("*.py")):
+            parts = list(path.relative_to(base).with_suffix("").parts)
             found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
@@ -49,7 +57,7 @@ def _imported(path: Path) -> set[str]:
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
-    return names
+    return {name.removeprefix("customkd.") if name.startswith("customkd.") else name for name in names}
 
 
 GRAPH = {name: {m for m in _imported(path) if m in MODULES and m != name} for name, path in MODULES.items()}
@@ -155,21 +163,19 @@ def test_the_manifest_is_read_through_the_contract():
     assert string_paths.search('recipe = manifest["fingerprint"]["augmentation"]["recipe"]')
 
 
-# The run's flat option list (trainer/config.py) still declares CustomKD's flags beside every other flag.
-PROTOCOL_EXEMPT = {"config.py"}
-
-
 def test_the_trainer_outside_its_methods_never_names_customization():
     """CustomKD's protocol (schedule, θ^h_t's optimiser and reset, its epoch, broadcast, metrics) lives in
-    trainer/methods/customkd.py: the loop, the driver and the assembly go through Method's hooks."""
-    found = [f"{path.name}:{number}" for path in sorted((ROOT / "trainer").glob("*.py")) if path.name not in PROTOCOL_EXEMPT
+    trainer/methods/customkd.py, its settings in trainer/methods/options.py: the loop, the driver, the assembly and
+    the run's config go through Method's hooks and the option groups."""
+    found = [f"{path.name}:{number}" for path in sorted((PACKAGE / "trainer").glob("*.py"))
              for number, line in enumerate(path.read_text().splitlines(), 1) if "customiz" in line.lower()]
     assert not found, found
 
 
 # every file name of a run folder (trainer/run_folder.py spells each once)
-RUN_FILE_NAME = re.compile(r"(?<![\w.-])(config\.json|metrics\.json|metrics\.csv|checkpoint\.pt|student\.safetensors|"
-                           r"timing\.json|alignment\.json|\.lock|\.customkd-run)(?![\w-])")
+RUN_FILE_NAME = re.compile(r"(?<![\w.-])((model/)?config\.json|metrics\.json|metrics\.csv|checkpoint\.pt|"
+                           r"student(-best|-last)?\.safetensors|(model/)?model\.safetensors|timing\.json|"
+                           r"alignment\.json|\.lock|\.customkd-run)(?![\w-])")
 # the packages that may import trainer.run_folder; common and featcache sit below it (a teacher folder's config.json
 # is not a run's)
 RUN_FILE_PACKAGES = ("trainer", "report", "bench", "cli", "customkd")
@@ -198,10 +204,10 @@ def test_run_files_are_named_through_the_contract():
     assert offenders == []
     assert _run_file_literals(MODULES["trainer.run_folder"])  # the check itself sees a literal name
     assert all(RUN_FILE_NAME.fullmatch(name) for name in _run_file_names())  # and every name the contract declares
-    assert not RUN_FILE_NAME.search("uv.lock, model.safetensors, zarr.json, config.jsonl")
+    assert not RUN_FILE_NAME.search("uv.lock, pytorch_model.bin, zarr.json, config.jsonl")
 
 
 def _run_file_names() -> list[str]:
-    from trainer.run_folder import FILES
+    from customkd.trainer.run_folder import FILES
 
     return [name for name in FILES if "*" not in name]

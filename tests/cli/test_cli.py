@@ -10,8 +10,8 @@ import pytest
 import torch
 import zarr
 
+from customkd.trainer.evaluate import evaluate_run
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, cli_env, customkd, invoke, make_tiny_hue_folder, one_error_line
-from trainer.evaluate import evaluate_run
 
 
 def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
@@ -59,7 +59,7 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
 
 def _refit_teacher_probe(run: Path) -> dict:
     """The teacher probe's metrics refitted in this process from the finished run (its store, split and seed)."""
-    from trainer.assemble import load_trained
+    from customkd.trainer.assemble import load_trained
 
     return load_trained(run).inputs.probe_metrics
 
@@ -140,7 +140,7 @@ def test_bad_input_in_a_real_process(tmp_path):
 def test_incomplete_cache_is_refused(tiny_store, tmp_path):
     import shutil
 
-    from featcache import store as fs
+    from customkd.featcache import store as fs
 
     copy = tmp_path / "half.zarr"
     shutil.copytree(tiny_store, copy)
@@ -173,7 +173,7 @@ def _commands(group, prefix=""):
 def test_every_command_has_verbose_quiet_and_help_on_every_option():
     import typer.main
 
-    from cli.app import app
+    from customkd.cli.app import app
 
     for name, command in _commands(typer.main.get_command(app)):
         options = {p.name: p for p in command.params if p.param_type_name == "option"}
@@ -198,14 +198,50 @@ def test_import_customkd_is_quick_and_exposes_the_library(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("]")[0] + "]" == str(
         ["DistillConfig", "ExtractConfig", "UserError", "distill", "evaluate", "extract", "predict"])
-    assert "featcache.extract trainer.distill evaluate_run predict_images" in result.stdout
+    assert "customkd.featcache.extract customkd.trainer.distill evaluate_run predict_images" in result.stdout
+
+
+def test_import_customkd_works_beside_modules_named_like_its_parts(tmp_path):
+    """Everything installed lives under ``customkd.``: a user's own common.py, cli.py, report.py or trainer.py in
+    the working folder (first on the import path) does not shadow any of it."""
+    for name in ("common", "cli", "report", "trainer", "featcache"):
+        (tmp_path / f"{name}.py").write_text("raise ImportError('the user module was imported')\n")
+    code = ("import customkd\nfrom customkd.trainer.config import DistillConfig\nfrom customkd.cli.app import app\n"
+            "print(customkd.DistillConfig is DistillConfig, customkd.distill.__module__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env=cli_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "customkd.trainer.distill"]
 
 
 def test_help_imports_no_torch(tmp_path):
-    code = ("import sys; from typer.testing import CliRunner; from cli.app import app\n"
+    code = ("import sys; from typer.testing import CliRunner; from customkd.cli.app import app\n"
             "for args in (['--help'], ['extract', '--help'], ['distill', '--help'], ['predict', '--help']):\n"
             "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
             "assert 'torch' not in sys.modules and 'timm' not in sys.modules and 'zarr' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                             env=cli_env(), timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_an_unlabeled_domain_name_reaches_the_terminal_escaped(tiny_folder, tmp_path):
+    """A store's unlabeled domain is named by whoever extracted it; ``cache verify`` and ``distill`` log the data
+    spec holding it (``INFO featcache.datasets``) with escape sequences and bidi overrides written out."""
+    import shutil
+
+    flat = tmp_path / "unlabeled"
+    flat.mkdir()
+    for image in sorted(tiny_folder.rglob("*.png"))[:4]:
+        shutil.copy(image, flat / f"{image.parent.name}-{image.name}")
+    store, name = tmp_path / "s.zarr", "roll\x1b[2J\u202e"
+    assert invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
+                  "--unlabeled", f"{name}=folder:{flat}", "--out", store, "--views", "2", "--workers", "0",
+                  "--shard-size", "8").exit_code == 0
+    verified = invoke("cache", "verify", store)
+    trained = invoke("distill", "--cache", store, "--out", tmp_path / "run", "--setting", "ssl", "--min-steps", "0",
+                     "--student", TINY_STUDENT, "--epochs", "1", "--image-size", "32", "--batch-size", "8",
+                     "--workers", "0", "--labels-per-class", "2")
+    for result in (verified, trained):
+        assert result.exit_code == 0, result.output
+        assert "unlabeled:roll\\x1b[2J\\u202e=" in result.output
+        assert "\x1b" not in result.output and "\u202e" not in result.output

@@ -7,7 +7,7 @@ import json
 import pytest
 import typer.main
 
-from common.errors import UserError
+from customkd.common.errors import UserError
 from tests.conftest import ROOT, TINY_STUDENT, TINY_TEACHER, customkd, invoke, one_error_line
 
 
@@ -68,7 +68,7 @@ def test_toml_config_and_its_errors(tiny_store, tmp_path):
 def test_every_setting_has_a_flag_with_the_dataclass_default(command, config_class):
     import importlib
 
-    from cli.app import app
+    from customkd.cli.app import app
 
     module, name = config_class.rsplit(".", 1)
     fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
@@ -92,7 +92,7 @@ def test_makefile_names_the_cache_with_extracts_defaults_and_passes_only_what_is
     import re
     import subprocess
 
-    from featcache.config import ExtractConfig
+    from customkd.featcache.config import ExtractConfig
 
     makefile = (ROOT / "Makefile").read_text()
     defaults = dict(re.findall(r"^(TEACHER|DATA) \?= (\S+)$", makefile, flags=re.M))
@@ -111,7 +111,7 @@ BILLION_LAUGHS = "\n".join(
 
 
 def test_alias_bombs_and_huge_values_are_refused_in_bounded_time_and_output(tmp_path):
-    from common.config_file import read_config_file
+    from customkd.common.config_file import read_config_file
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(BILLION_LAUGHS)  # ~450 bytes that expand to 9**9 strings
@@ -143,9 +143,10 @@ def test_a_declared_option_reaches_the_command_line_the_config_file_and_the_run_
     import typer
     from typer.testing import CliRunner
 
-    from cli.common import config_command
-    from common.options import option
-    from trainer.config import CUSTOMKD, DistillConfig
+    from customkd.cli.common import config_command
+    from customkd.common.options import option
+    from customkd.trainer.config import DistillConfig
+    from customkd.trainer.methods.options import CUSTOMKD
 
     @dataclasses.dataclass(frozen=True)
     class Extended(DistillConfig):
@@ -180,3 +181,26 @@ def test_the_library_loads_a_config_file_and_replays_a_run_record(tmp_path):
     (tmp_path / "bad.yaml").write_text("no_such_option: 1\n")
     with pytest.raises(customkd.UserError, match="unknown key 'no_such_option'"):
         customkd.DistillConfig.from_file(str(tmp_path / "bad.yaml"))
+
+
+def test_timm_flag_names_are_aliases_and_a_typed_alias_wins_over_the_file(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from customkd.cli.common import config_command
+    from customkd.cli.config_file import merge_config_file
+    from customkd.trainer.config import DistillConfig
+
+    app, seen = typer.Typer(), {}
+
+    @app.command()
+    @config_command(DistillConfig)
+    def run(ctx: typer.Context, config: str | None = None, **values) -> None:
+        seen.update(merge_config_file(ctx, values, config))
+
+    (tmp_path / "c.yaml").write_text("student: resnet18\nbatch_size: 32\nimage_size: 64\n")
+    args = ["--model", "mobilenetv3_small_050", "-b", "16", "-j", "0", "--clip-grad", "1.5", "--config",
+            str(tmp_path / "c.yaml")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (seen["student"], seen["batch_size"], seen["workers"], seen["grad_clip"], seen["image_size"]) == (
+        "mobilenetv3_small_050", 16, 0, 1.5, 64)  # typed aliases win; the file fills what was not typed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from featcache.extract import ExtractConfig, extract
+from customkd.featcache.extract import ExtractConfig, extract
 from tests.conftest import TINY_TEACHER, store_bytes
 
 

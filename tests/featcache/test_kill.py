@@ -23,7 +23,7 @@ def _run(folder: Path, out: Path) -> None:
 
 def _kill_when_done_flags(folder: Path, out: Path, flags: int, extra_delay: float) -> int:
     """Start an extraction and SIGKILL it once ``flags`` shards are done (plus a random delay)."""
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *_args(folder, out)], env=cli_env(), cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "customkd.cli", *_args(folder, out)], env=cli_env(), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_dir = out / "done" / "c"
     deadline = time.monotonic() + 120

@@ -9,10 +9,12 @@ import pytest
 import zarr
 from PIL import Image
 
-from common.errors import UserError
-from featcache import store as fs
-from featcache.cache_ops import export_h5, import_h5, store_info, verify_store
-from featcache.extract import ExtractConfig, extract
+from customkd.common.errors import UserError
+from customkd.featcache import store as fs
+from customkd.featcache.cache_ops import export_h5, import_h5, store_info, verify_store
+from customkd.featcache.extract import ExtractConfig, extract
+from customkd.trainer.config import DistillConfig
+from customkd.trainer.data import load_cached_data, make_split
 from tests.conftest import (
     TINY_STUDENT,
     TINY_TEACHER,
@@ -22,8 +24,6 @@ from tests.conftest import (
     store_bytes,
     tiny_config,
 )
-from trainer.config import DistillConfig
-from trainer.data import load_cached_data, make_split
 
 
 def _cfg(folder: Path, out: Path, **kw) -> ExtractConfig:
@@ -65,7 +65,7 @@ def test_bad_images_are_all_named_then_skipped_with_flag(folder, tmp_path):
 
 
 def test_unreadable_file_is_reported(folder, tmp_path, monkeypatch):
-    from featcache.datasets import DatasetListing
+    from customkd.featcache.datasets import DatasetListing
 
     real = DatasetListing.read_bytes
 
@@ -163,7 +163,7 @@ def test_export_never_overwrites_a_file_nor_writes_into_the_store(tiny_store, tm
 def test_teacher_check_detects_other_weights(tiny_store, tmp_path):
     from safetensors.torch import save_file
 
-    from featcache.teachers import create_teacher
+    from customkd.featcache.teachers import create_teacher
 
     state = {k: v + 1 for k, v in create_teacher(TINY_TEACHER, weights="random").model.state_dict().items()}
     save_file(state, str(tmp_path / "other.safetensors"))
@@ -180,8 +180,8 @@ def test_student_name_constant_is_a_timm_model():
 def test_pinned_or_resumed_fingerprint_names_the_component(tmp_path):
     from safetensors.torch import save_file
 
-    from featcache.teachers import create_teacher
-    from trainer.distill import distill
+    from customkd.featcache.teachers import create_teacher
+    from customkd.trainer.distill import distill
 
     folder = make_tiny_hue_folder(tmp_path / "imgs")
     out = tmp_path / "s.zarr"

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import zarr
 
-from common.errors import UserError
-from featcache import location as where
-from featcache import remote
-from featcache import store as fs
-from featcache.schema import ARRAYS, component_hash
+from customkd.common.errors import UserError
+from customkd.featcache import location as where
+from customkd.featcache import remote
+from customkd.featcache import store as fs
+from customkd.featcache.schema import ARRAYS, component_hash
 from tests.conftest import TINY_TEACHER, invoke, one_error_line, store_bytes, tiny_config
 
 BUCKET = "customkd-test"
@@ -77,8 +77,8 @@ def test_redact_and_options(monkeypatch):
 
 
 def test_extract_straight_to_s3(tiny_folder, tiny_store, s3):
-    from featcache.cache_ops import store_info, verify_store
-    from featcache.extract import ExtractConfig, extract
+    from customkd.featcache.cache_ops import store_info, verify_store
+    from customkd.featcache.extract import ExtractConfig, extract
 
     cfg = ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=f"{s3}/c.zarr", views=3,
                         weights="random", workers=0, shard_size=8, chunk_size=4)
@@ -181,7 +181,7 @@ def test_cli_errors_are_one_line(tiny_store, s3, tmp_path):
 
 
 def test_distill_from_s3(tiny_store, s3, tmp_path):
-    from trainer.distill import distill
+    from customkd.trainer.distill import distill
 
     url = f"{s3}/c.zarr"
     remote.push(tiny_store, url)
@@ -253,7 +253,7 @@ def test_pull_streams_large_objects_and_refuses_one_that_grew(tiny_store, s3, tm
 
 
 def test_overwrite_on_s3_deletes_only_store_objects(tiny_folder, s3):
-    from featcache.extract import ExtractConfig, extract
+    from customkd.featcache.extract import ExtractConfig, extract
 
     cfg = ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=f"{s3}/c.zarr", views=2,
                         weights="random", workers=0, shard_size=8, chunk_size=4)

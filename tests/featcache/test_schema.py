@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import zarr
 
-from featcache import store as fs
-from featcache.datasets import DATASETS, load_listing
-from featcache.listing import compare_listing, listing_arrays
-from featcache.schema import (
+from customkd.featcache import store as fs
+from customkd.featcache.datasets import DATASETS, load_listing
+from customkd.featcache.listing import compare_listing, listing_arrays
+from customkd.featcache.schema import (
     ARRAYS,
     ATTRS_KEY,
     DATA_KINDS,

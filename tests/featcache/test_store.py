@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import zarr
 
-from common.errors import UserError
-from featcache import store as fs
-from featcache.extract import ExtractConfig, extract
-from featcache.schema import (
+from customkd.common.errors import UserError
+from customkd.featcache import store as fs
+from customkd.featcache.extract import ExtractConfig, extract
+from customkd.featcache.schema import (
     ARRAYS,
     FINGERPRINT_COMPONENTS,
     SCHEMA_VERSION,

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import zarr
 
-from featcache import schema
-from featcache.cache_ops import export_h5
-from featcache.schema import ATTRS_KEY, component_hash
+from customkd.featcache import schema
+from customkd.featcache.cache_ops import export_h5
+from customkd.featcache.schema import ATTRS_KEY, component_hash
 from tests.conftest import TINY_TEACHER, cli_env, invoke, one_error_line
 
 
@@ -72,7 +72,7 @@ def forge_shape(store: Path, views: int, dim: int) -> None:
 
 def peak_rss_mib(*args) -> tuple[subprocess.CompletedProcess, float]:
     """``customkd ARGS`` in a real process, and the peak resident memory of that process (MiB)."""
-    probe = ("import resource, subprocess, sys; r = subprocess.run([sys.executable, '-m', 'cli', *sys.argv[1:]], "
+    probe = ("import resource, subprocess, sys; r = subprocess.run([sys.executable, '-m', 'customkd.cli', *sys.argv[1:]], "
              "capture_output=True, text=True); sys.stderr.write(r.stderr); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
     done = subprocess.run([sys.executable, "-c", probe, *map(str, args)], capture_output=True, text=True,
@@ -219,8 +219,8 @@ def test_a_teacher_name_that_is_no_timm_tag_is_one_escaped_line(copy):
 def test_object_sizes_are_what_zarr_writes(tmp_path, n, shard_size, chunk_size, compress):
     """Every object of a store written by the store helpers has a size within ``object_size_range`` (exactly it,
     uncompressed), also in a last shard whose trailing inner chunks lie past the last row and are never written."""
-    from featcache import store as fs
-    from featcache.schema import ARRAYS, Layout, shard_size_for
+    from customkd.featcache import store as fs
+    from customkd.featcache.schema import ARRAYS, Layout, shard_size_for
 
     layout = Layout(n, 2, 5, 9, shard_size_for(n, shard_size, chunk_size), chunk_size, compress)
     group = zarr.create_group(str(tmp_path / "s.zarr"), zarr_format=3)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common.errors import UserError
-from featcache import teacher_weights, teachers
+from customkd.common.errors import UserError
+from customkd.featcache import teacher_weights, teachers
 
 TINY = {"num_classes": 0, "depth": 2}  # tiny variants of the registry architectures (same key layout)
 

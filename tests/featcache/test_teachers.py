@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from common import weights
-from common.errors import UserError
-from featcache import teachers
+from customkd.common import weights
+from customkd.common.errors import UserError
+from customkd.featcache import teachers
 from tests.conftest import invoke
 
 

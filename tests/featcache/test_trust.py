@@ -18,15 +18,15 @@ import pytest
 import zarr
 from PIL import Image
 
-from common.errors import UserError
-from featcache import store as fs
-from featcache.cache_ops import verify_store
-from featcache.datasets import load_listing
-from featcache.extract import ExtractConfig, extract
-from featcache.schema import PER_SAMPLE_ARRAYS, component_hash
+from customkd.common.errors import UserError
+from customkd.featcache import store as fs
+from customkd.featcache.cache_ops import verify_store
+from customkd.featcache.datasets import load_listing
+from customkd.featcache.extract import ExtractConfig, extract
+from customkd.featcache.schema import PER_SAMPLE_ARRAYS, component_hash
+from customkd.trainer.config import DistillConfig
+from customkd.trainer.data import load_cached_data
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, invoke, make_tiny_hue_folder, one_error_line
-from trainer.config import DistillConfig
-from trainer.data import load_cached_data
 
 
 def distill_args(store: Path, tmp_path: Path) -> list:
@@ -278,7 +278,7 @@ def _cfg(folder: Path, out: Path, **kw) -> ExtractConfig:
 
 @pytest.mark.parametrize("scale, needle", [(1e7, "beyond float16's range"), (float("nan"), "NaN")])
 def test_non_finite_teacher_features_are_refused(tmp_path, monkeypatch, scale, needle):
-    from featcache.teachers import Teacher
+    from customkd.featcache.teachers import Teacher
 
     folder = make_tiny_hue_folder(tmp_path / "imgs", classes=2, per_class=4)
     real = Teacher.forward

@@ -13,12 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import UserError
-from report import compare, results_page
-from report.alignment import best_scale, centred_cosine, linear_cka, logit_r2, rms_ratio, row_space_share, scaled_mse
-from report.config import ReportConfig
+from customkd.common.errors import UserError
+from customkd.report import compare, results_page
+from customkd.report.alignment import (
+    best_scale,
+    centred_cosine,
+    linear_cka,
+    logit_r2,
+    rms_ratio,
+    row_space_share,
+    scaled_mse,
+)
+from customkd.report.config import ReportConfig
+from customkd.trainer.config import DistillConfig
 from tests.conftest import ROOT, TINY_STUDENT, TINY_TEACHER
-from trainer.config import DistillConfig
 
 
 def test_linear_cka_is_one_for_rotated_scaled_copies_and_low_for_unrelated_features():
@@ -201,7 +209,7 @@ def test_report_end_to_end_on_a_tiny_dataset(tiny_folder, tmp_path):
     docs.mkdir()
     readme.write_text("# x\n\n<!-- report:start -->\nSTALE-MARKER-7\n<!-- report:end -->\n\nrest\n")
     out = tmp_path / "report"
-    argv = [sys.executable, "-m", "cli", "report", "--data", f"folder:{tiny_folder}", "--teacher", TINY_TEACHER,
+    argv = [sys.executable, "-m", "customkd.cli", "report", "--data", f"folder:{tiny_folder}", "--teacher", TINY_TEACHER,
             "--large-teacher", "timm:test_vit2", "--teacher-weights", "random", "--student", TINY_STUDENT,
             "--image-size", "32", "--epochs", "1", "--seeds", "0,1", "--regimes", "main,large-teacher",
             "--variants", "student,kd,customkd", "--label-fraction", "0.5",

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from common.distributed import DistEnv
+from customkd.common.distributed import DistEnv
+from customkd.trainer.assemble import build_trainee, epoch_plan, kd_step, load_inputs, load_trained, seed_everything
+from customkd.trainer.config import DistillConfig
+from customkd.trainer.data import StudentViews, make_loader
+from customkd.trainer.distill import distill
+from customkd.trainer.loop import train_epoch
 from tests.conftest import tiny_config
-from trainer.assemble import build_trainee, epoch_plan, kd_step, load_inputs, load_trained, seed_everything
-from trainer.config import DistillConfig
-from trainer.data import StudentViews, make_loader
-from trainer.distill import distill
-from trainer.loop import train_epoch
 
 CPU = torch.device("cpu")
 
@@ -44,6 +44,24 @@ def test_load_trained_gives_back_the_runs_weights_and_probe(finished_run):
     assert run.cfg.method == "customkd" and run.config["out"] == str(finished_run.resolve())
 
 
+def test_load_trained_needs_only_the_method_state_of_the_checkpoint(finished_run, tmp_path):
+    """A finished run is read, not resumed: a checkpoint holding the method's modules but no optimiser state (as a
+    distill of another version wrote it) still rebuilds the run; one without them is one line."""
+    import shutil
+
+    from customkd.common.errors import UserError
+
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({"method": state["method"], "epoch": state["epoch"]}, run / "checkpoint.pt")
+    method = load_trained(run).trainee.method.state_dict()
+    assert all(torch.equal(method[k], v) for k, v in state["method"].items())
+    torch.save({"epoch": state["epoch"]}, run / "checkpoint.pt")
+    with pytest.raises(UserError, match="no method"):
+        load_trained(run)
+
+
 def _fresh(cfg: DistillConfig):
     seed_everything(cfg.seed)
     inputs = load_inputs(cfg, CPU)
@@ -62,7 +80,7 @@ def test_train_epoch_draws_a_progress_bar_only_when_asked(tiny_store, capsys):
     cfg = _config(tiny_store)
     inputs, trainee = _fresh(cfg)
     plan = epoch_plan(cfg, inputs, 0, DistEnv())
-    dataset = StudentViews(inputs.data, cfg.image_size, trainee.student.mean, trainee.student.std)
+    dataset = StudentViews(inputs.data, cfg.image_size)
     for progress in (False, True):
         capsys.readouterr()
         loader = make_loader(dataset, plan.order, plan.views, cfg.batch_size, workers=0)

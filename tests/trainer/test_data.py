@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from common.errors import UserError
-from trainer.config import DistillConfig
-from trainer.data import epoch_order, epoch_views, select_labeled
+from customkd.common.errors import UserError
+from customkd.trainer.config import DistillConfig
+from customkd.trainer.data import epoch_order, epoch_views, select_labeled
 
 
 def test_label_budget_is_per_class_and_seeded():
@@ -40,11 +40,11 @@ def test_config_validation(kwargs, message):
 
 def test_allow_stale_warning_names_paths_escaped(caplog):
     """The warning quotes a sample path, which a store or dataset folder chose: escape sequences stay text."""
-    from featcache.listing import ListingDiff
-    from trainer.data import check_listing
+    from customkd.featcache.listing import ListingDiff
+    from customkd.trainer.data import check_listing
 
     diff = ListingDiff(listing_rows=1, stored_rows=1, changed=((0, "class0/\x1b]0;title\x07.png"),))
-    with caplog.at_level("WARNING", logger="trainer.data"):
+    with caplog.at_level("WARNING", logger="customkd.trainer.data"):
         check_listing(diff, allow_stale=True, cache="c.zarr")
     [message] = [record.getMessage() for record in caplog.records]
     assert "\\x1b]0;title\\x07.png" in message and "\x1b" not in message and "\x07" not in message

@@ -26,7 +26,7 @@ def _distill(store: Path, out: Path, nproc: int) -> subprocess.CompletedProcess:
 def test_two_ranks_train_the_single_process_student(tiny_store, tmp_path):
     from safetensors.torch import load_file
 
-    from trainer.evaluate import evaluate_run
+    from customkd.trainer.evaluate import evaluate_run
 
     two = _distill(tiny_store, tmp_path / "two", 2)
     assert two.returncode == 0, two.stderr[-2000:]

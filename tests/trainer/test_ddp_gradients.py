@@ -31,13 +31,13 @@ def _batch() -> dict:
 
 
 def _gradients(name: str, fixmatch: bool, rank: int, world: int) -> dict[str, torch.Tensor]:
-    from common.distributed import DistEnv
-    from trainer import ddp
-    from trainer.config import DistillConfig
-    from trainer.feature_range import output_activation
-    from trainer.loop import DistillModule
-    from trainer.methods import MethodContext, create_method
-    from trainer.students import create_student
+    from customkd.common.distributed import DistEnv
+    from customkd.trainer import ddp
+    from customkd.trainer.config import DistillConfig
+    from customkd.trainer.feature_range import output_activation
+    from customkd.trainer.loop import DistillModule
+    from customkd.trainer.methods import MethodContext, create_method
+    from customkd.trainer.students import create_student
 
     torch.manual_seed(0)
     student = create_student(TINY_STUDENT, 3, 32).eval()
@@ -46,7 +46,7 @@ def _gradients(name: str, fixmatch: bool, rank: int, world: int) -> dict[str, to
     method = create_method(name, MethodContext(6, student.feature_dim, 3, cfg,
                                                output_activation(student.features, student, 32)))
     if method.customizes:
-        method.rounds += 1  # after one customization round: the task-specific term is on
+        method.add_round()  # after one customization round: the task-specific term is on
         torch.nn.init.normal_(method.customizer.weight)
     model = DistillModule(student, method)
     env = DistEnv(rank, world)

@@ -1,11 +1,16 @@
 import csv
+import io
 import json
+import shutil
+import struct
+import zlib
 
 import pytest
+from PIL import Image
 
-from tests.conftest import tiny_config
-from trainer.distill import distill
-from trainer.evaluate import evaluate_run, export_onnx
+from customkd.trainer.distill import distill
+from customkd.trainer.evaluate import evaluate_run, export_onnx
+from tests.conftest import invoke, one_error_line, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +32,8 @@ def test_evaluate_on_another_dataset_spec(finished_run, tiny_folder, tmp_path):
     every image once: its correct predictions are the held-out ones plus the rest's."""
     import shutil
 
-    from trainer.data import load_cached_data, make_split
-    from trainer.evaluate import config_from_run
+    from customkd.trainer.data import load_cached_data, make_split
+    from customkd.trainer.evaluate import config_from_run
 
     cfg = config_from_run(json.loads((finished_run / "config.json").read_text()))
     data = load_cached_data(cfg)
@@ -47,6 +52,35 @@ def test_evaluate_on_another_dataset_spec(finished_run, tiny_folder, tmp_path):
     assert metrics["n"] == 30 == held["n"] + rest["n"]
     correct = lambda m: round(m["accuracy"] * m["n"])  # noqa: E731
     assert correct(metrics) == correct(held) + correct(rest)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1 x 1 PNG whose header claims ``width`` x ``height`` pixels (its checksum fixed): a decompression bomb's
+    header, a few dozen bytes."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR: chunk type at 12, width and height at 16
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (lambda png: png[:200], "image file is truncated"),
+    (lambda png: _png_claiming(50_000, 50_000), "Image size (2500000000 pixels) exceeds limit"),
+    (lambda png: _png_claiming(10_000, 10_000), "truncated"),  # PIL only warns at this size; the data is missing
+])
+def test_a_broken_image_in_data_or_images_is_one_line_naming_it(finished_run, tiny_folder, tmp_path, content,
+                                                                  reason):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folder, data)
+    broken = data / "class1" / "img03.png"
+    broken.write_bytes(content(broken.read_bytes()))
+    line = one_error_line(invoke("evaluate", finished_run, "--data", f"folder:{data}", "--workers", "0"), reason)
+    assert "1 unreadable image(s): class1/img03.png (" in line
+    line = one_error_line(invoke("predict", finished_run, "--images", data, "--out", tmp_path / "p.csv",
+                                 "--workers", "0"), reason)
+    assert "1 unreadable image(s): img03.png (" in line and not (tmp_path / "p.csv").exists()
 
 
 def test_metrics_csv_has_one_row_per_epoch(finished_run):
@@ -80,8 +114,9 @@ def test_timm_alone_reproduces_evaluate(finished_run):
     import torch
     from safetensors.torch import load_file
 
-    from trainer.data import StudentViews, load_cached_data, make_split
-    from trainer.evaluate import config_from_run
+    from customkd.trainer.data import StudentViews, load_cached_data, make_split
+    from customkd.trainer.evaluate import config_from_run
+    from customkd.trainer.loop import PixelNorm
 
     config = json.loads((finished_run / "config.json").read_text())
     model = timm.create_model(config["student"], num_classes=config["num_classes"]).eval()
@@ -89,8 +124,9 @@ def test_timm_alone_reproduces_evaluate(finished_run):
     data = load_cached_data(config_from_run(config))
     rows = make_split(config_from_run(config), data).eval
     p = config["preprocess"]
-    views = StudentViews(data, p["size"], tuple(p["mean"]), tuple(p["std"]), p["interpolation"])
+    views = StudentViews(data, p["size"], p["interpolation"])
+    normalize = PixelNorm(tuple(p["mean"]), tuple(p["std"]), torch.device("cpu"))
     with torch.no_grad():
-        preds = [int(model(views[(int(r), 0)][0][None]).argmax()) for r in rows]
+        preds = [int(model(normalize(views[(int(r), 0)][0][None])).argmax()) for r in rows]
     accuracy = sum(pred == data.labels[r] for pred, r in zip(preds, rows, strict=True)) / len(rows)
     assert accuracy == pytest.approx(evaluate_run(str(finished_run), workers=0)["accuracy"], abs=1e-9)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.feature_range import activation_range, output_activation, unreachable
-from trainer.students import create_student
+from customkd.trainer.feature_range import activation_range, output_activation, unreachable
+from customkd.trainer.students import create_student
 
 
 @pytest.mark.parametrize(("name", "activation", "low", "high"), [

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import zarr
 
+from customkd.trainer.data import CachedData, load_cached_data, make_split
+from customkd.trainer.distill import distill
+from customkd.trainer.features import ShardedFeatures, block_shuffle, feature_stats
 from tests.conftest import tiny_config, without_timing
-from trainer.data import CachedData, load_cached_data, make_split
-from trainer.distill import distill
-from trainer.features import ShardedFeatures, block_shuffle, feature_stats
 
 
 def test_streamed_reads_equal_ram_reads(tiny_store):

@@ -9,40 +9,43 @@ from tests.conftest import ROOT
 # What of featcache the trainer may load, and why; anything else (teachers, extraction, cache commands) is the
 # other process's business.
 ALLOWED = {
-    "featcache",  # the package itself (its __init__ imports nothing)
-    "featcache.schema",  # the contract: arrays, layout, manifest, fingerprint, data-spec grammar
-    "featcache.listing",  # the contract's dataset side: row keys and the one staleness check
-    "featcache.store",  # opening, validating and reading a store on storage
-    "featcache.location",  # where a store lives (path or URL); the store layer reads through it
-    "featcache.views",  # replaying the stored views at the student's resolution
-    "featcache.datasets",  # listing the dataset and reading its images (the rows of the store)
+    "customkd.featcache",  # the package itself (its __init__ imports nothing)
+    "customkd.featcache.schema",  # the contract: arrays, layout, manifest, fingerprint, data-spec grammar
+    "customkd.featcache.listing",  # the contract's dataset side: row keys and the one staleness check
+    "customkd.featcache.store",  # opening, validating and reading a store on storage
+    "customkd.featcache.location",  # where a store lives (path or URL); the store layer reads through it
+    "customkd.featcache.views",  # replaying the stored views at the student's resolution
+    "customkd.featcache.datasets",  # listing the dataset and reading its images (the rows of the store)
+    "customkd.featcache.config",  # loaded by the namespace's own __init__ (customkd.ExtractConfig), not the trainer
 }
 
 
 def test_trainer_loads_only_the_contract_from_featcache():
     code = (
-        "import importlib, pkgutil, sys, trainer\n"
-        "for module in pkgutil.walk_packages(trainer.__path__, 'trainer.'):\n"
+        "import importlib, pkgutil, sys, customkd.trainer as trainer\n"
+        "for module in pkgutil.walk_packages(trainer.__path__, 'customkd.trainer.'):\n"
         "    importlib.import_module(module.name)\n"
-        "print(' '.join(sorted(m for m in sys.modules if m == 'featcache' or m.startswith('featcache.'))))\n"
+        "print(' '.join(sorted(m for m in sys.modules if m == 'customkd.featcache' "
+        "or m.startswith('customkd.featcache.'))))\n"
         "print(' '.join(sorted(m for m in ('open_clip',) if m in sys.modules)))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
     loaded, teacher_libraries = result.stdout.split("\n")[:2]
     assert set(loaded.split()) <= ALLOWED, sorted(set(loaded.split()) - ALLOWED)
-    assert "featcache.schema" in loaded.split() and not teacher_libraries
+    assert "customkd.featcache.schema" in loaded.split() and not teacher_libraries
 
 
 def test_no_trainer_source_imports_more_of_featcache():
     """Also imports inside functions, which loading the modules does not run."""
     imported = set()
-    for source in (ROOT / "trainer").rglob("*.py"):
+    for source in (ROOT / "customkd" / "trainer").rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module)
-                if node.module == "featcache":
-                    imported |= {f"featcache.{alias.name}" for alias in node.names}
-    from_featcache = {name for name in imported if name == "featcache" or name.startswith("featcache.")}
+                if node.module == "customkd.featcache":
+                    imported |= {f"customkd.featcache.{alias.name}" for alias in node.names}
+    from_featcache = {name for name in imported
+                      if name == "customkd.featcache" or name.startswith("customkd.featcache.")}
     assert from_featcache <= ALLOWED, sorted(from_featcache - ALLOWED)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import UserError
+from customkd.common.errors import UserError
+from customkd.trainer import assemble, run_folder
+from customkd.trainer import distill as distill_mod
+from customkd.trainer.config import DistillConfig
+from customkd.trainer.data import StudentViews, chunk_batches, loader_options, run_loader
 from tests.conftest import tiny_config
-from trainer import assemble, run_folder
-from trainer import distill as distill_mod
-from trainer.config import DistillConfig
-from trainer.data import StudentViews, chunk_batches, loader_options, run_loader
 
 
 def _config(store, out, **overrides) -> DistillConfig:
@@ -156,7 +156,7 @@ def test_loader_options_pin_only_for_cuda_and_persist_only_with_workers():
 
 
 def test_a_nan_after_the_first_step_names_its_term_and_step(tiny_store, tmp_path, monkeypatch):
-    from trainer.methods import kd
+    from customkd.trainer.methods import kd
 
     real, calls = kd.soft_target_loss, {"n": 0}
 
@@ -174,11 +174,11 @@ def test_the_loop_reads_no_scalar_per_step(tiny_store, tmp_path, monkeypatch):
     customization epoch, evaluation) reads loss parts and predictions in bulk instead."""
     import sys
 
-    from common.distributed import DistEnv
+    from customkd.common.distributed import DistEnv
 
     cfg = _config(tiny_store, tmp_path / "run", workers=0, customize_warmup=0)  # customizes before KD epoch 1
     session = distill_mod.setup(cfg, DistEnv(), torch.device("cpu"))
-    dataset = StudentViews(session.data, cfg.image_size, session.student.mean, session.student.std)
+    dataset = StudentViews(session.data, cfg.image_size)
     held_out = assemble.eval_batches(cfg, session.inputs, session.env)
     loaders = (run_loader(dataset, lambda epoch: assemble.epoch_plan(cfg, session.inputs, epoch, session.env).batches,
                           range(1), 0),

@@ -1,12 +1,16 @@
-"""``customkd predict`` on unlabeled images, and ``evaluate`` from another directory with ``--device``."""
+"""``customkd predict`` on unlabeled images, and ``evaluate`` from another directory with ``--device``; where predict
+and export may write."""
 
 import csv
+import errno
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_STUDENT, customkd, one_error_line
+from tests.conftest import TINY_STUDENT, customkd, invoke, one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +86,49 @@ def test_a_run_config_with_absurd_preprocessing_is_refused(tiny_run, tiny_folder
                                  "--workers", "0", "--batch-size", "1"), named)
     assert str(run) in line
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_output_places_are_refused_before_any_work(tmp_path, monkeypatch):
+    """``predict --out`` and ``export --onnx`` onto a directory, a file (the user's, a link, a ``.partial`` beside
+    it), into a missing or unwritable folder: one line, before the run is read (it does not exist here, so a later
+    check would name it instead); nothing in the folder changes."""
+    run, image = tmp_path / "no-such-run", tmp_path / "no-such-image.png"
+    (tmp_path / "folder").mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    (tmp_path / "mine.csv").write_text("my own")
+    (tmp_path / "left.csv.partial").write_text("my own too")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "nowhere.csv")
+    real_access = os.access  # root may write anywhere: the locked folder is unwritable for every user here
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cases = [(tmp_path / "folder", "is a directory; name a new file"),
+             (tmp_path / "missing" / "p.out", f"folder {tmp_path / 'missing'} does not exist"),
+             (locked / "p.out", "(permission denied)"), (tmp_path / "mine.csv", "already exists"),
+             (tmp_path / "link.csv", "already exists"), (tmp_path / "left.csv", "left.csv.partial exists")]
+    for target, needle in cases:
+        for command in (["predict", run, "--images", image, "--out", target], ["export", run, "--onnx", target]):
+            assert str(target) in one_error_line(invoke(*command), needle)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "nowhere.csv").exists() and not any(locked.iterdir())
+    # a real process, a place no user may write
+    one_error_line(customkd("predict", run, "--images", image, "--out", "/proc/self/p.csv"), "permission denied")
+
+
+def _full_disk(path, *args, **kwargs):
+    """A write that fails half-way: some bytes land in the file, then the disk is full."""
+    Path(path).write_bytes(b"half")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_a_full_disk_while_writing_predictions_or_onnx_is_one_line(tiny_run, tiny_folder, tmp_path, monkeypatch):
+    image = sorted(tiny_folder.rglob("*.png"))[0]
+    monkeypatch.setattr("customkd.trainer.predict.open", _full_disk, raising=False)  # the CSV's open
+    line = one_error_line(invoke("predict", tiny_run, "--images", image, "--out", tmp_path / "p.csv", "--device",
+                                 "cpu", "--workers", "0"), "No space left on device")
+    assert f"writing --out {tmp_path / 'p.csv'} failed" in line
+    onnx = pytest.importorskip("onnx")
+    monkeypatch.setattr(onnx, "save", lambda model, path: _full_disk(path))
+    line = one_error_line(invoke("export", tiny_run, "--onnx", tmp_path / "s.onnx"), "No space left on device")
+    assert f"writing --onnx {tmp_path / 's.onnx'} failed" in line
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its partial

@@ -2,18 +2,21 @@ import json
 
 import pytest
 
+from customkd.trainer import distill as distill_mod
+from customkd.trainer import run_folder
+from customkd.trainer.config import DistillConfig
 from tests.conftest import tiny_config, without_timing
-from trainer import distill as distill_mod
-from trainer import run_folder
-from trainer.config import DistillConfig
 
 
 def _config(store, out, **kw) -> DistillConfig:
     return tiny_config(store, out, **{"method": "customkd", "setting": "ssl", "labels_per_class": 3, "epochs": 3, **kw})
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch):
-    reference = distill_mod.distill(_config(tiny_store, tmp_path / "ref"))
+# the second: killed after a customization round with none due in the next epoch, so the resumed run's task-specific
+# term rests on the round count its checkpoint restored
+@pytest.mark.parametrize("schedule", [{}, {"customize_warmup": 0, "alternate_every": 2}], ids=["default", "restored"])
+def test_killed_run_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch, schedule):
+    reference = distill_mod.distill(_config(tiny_store, tmp_path / "ref", **schedule))
 
     saves = {"n": 0}
     real_save = run_folder.save_checkpoint
@@ -26,8 +29,8 @@ def test_killed_run_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch
 
     monkeypatch.setattr(run_folder, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        distill_mod.distill(_config(tiny_store, tmp_path / "killed"))
-    resumed = distill_mod.distill(_config(tiny_store, tmp_path / "killed", resume=True))
+        distill_mod.distill(_config(tiny_store, tmp_path / "killed", **schedule))
+    resumed = distill_mod.distill(_config(tiny_store, tmp_path / "killed", resume=True, **schedule))
 
     assert resumed.final == reference.final
     ref_epochs = json.loads((tmp_path / "ref" / "metrics.json").read_text())["epochs"]
@@ -36,7 +39,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch
 
 
 def test_existing_run_is_not_overwritten(tiny_store, tmp_path):
-    from common.errors import UserError
+    from customkd.common.errors import UserError
 
     distill_mod.distill(_config(tiny_store, tmp_path / "r", epochs=1))
     with pytest.raises(UserError, match="already holds a run"):

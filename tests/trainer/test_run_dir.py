@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from common.errors import UserError
+from customkd.common.errors import UserError
+from customkd.trainer import distill as distill_mod
+from customkd.trainer import run_folder
+from customkd.trainer.config import DistillConfig
 from tests.conftest import TINY_RUN, invoke, one_error_line, tiny_config
-from trainer import distill as distill_mod
-from trainer import run_folder
-from trainer.config import DistillConfig
 
 
 def _config(store, out, **overrides) -> DistillConfig:
@@ -99,7 +99,7 @@ def test_settings_that_would_silently_change_meaning_are_refused(tiny_store, tmp
 def test_a_non_finite_loss_stops_the_run_and_saves_nothing(tiny_store, tmp_path, monkeypatch):
     import torch
 
-    from trainer.methods import kd
+    from customkd.trainer.methods import kd
 
     real = kd.soft_target_loss
     monkeypatch.setattr(kd, "soft_target_loss", lambda *a, **k: real(*a, **k) * torch.tensor(float("nan")))

@@ -3,18 +3,23 @@ run file ends ``--resume``, ``evaluate``, ``predict`` and ``export`` in one line
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 import math
+import os
 import pickle
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
-from common.errors import UserError
+from customkd.common.errors import UserError
+from customkd.trainer import run_folder
+from customkd.trainer.distill import distill
 from tests.conftest import ROOT, TINY_RUN, customkd, invoke, one_error_line, tiny_config
-from trainer import run_folder
-from trainer.distill import distill
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,7 @@ def test_metrics_keep_their_key_order_and_read_back(tmp_path):
 
 
 def test_one_flattener_serves_metrics_csv_and_tensorboard():
-    from trainer.tracking import scalars
+    from customkd.trainer.tracking import scalars
 
     record = {"epoch": 2, "train": {"loss": 1.5, "nan": math.nan, "flag": True, "epoch": 9},
               "eval": {"accuracy": 0.5, "per_class_accuracy": [0.25, None]}, "note": "text", "lr": 0.01}
@@ -89,6 +94,26 @@ def test_a_finished_run_reads_back_through_the_contract(finished_run):
     assert run_folder.read_metrics(finished_run).final is not None
     state = run_folder.load_checkpoint(finished_run)
     assert state["epoch"] == 1 and len(json.loads(state["history"])) == 2
+
+
+def test_a_run_folder_is_a_model_folder_timm_loads(finished_run):
+    """timm.create_model("local-dir:RUN/model") builds the student with the run's weights and classes, and timm's own data
+    config preprocesses as the run does (its size, bilinear, mean/std, centre crop)."""
+    import timm
+    import torch
+    from safetensors.torch import load_file
+    from timm.data import resolve_data_config
+
+    model = timm.create_model(f"local-dir:{finished_run / run_folder.MODEL}", pretrained=True)
+    saved = load_file(str(finished_run / run_folder.STUDENT))
+    assert model.state_dict().keys() == saved.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    preprocess = run_folder.read_config(finished_run).values["preprocess"]
+    data = resolve_data_config(model=model)
+    assert tuple(data["input_size"]) == (3, TINY_RUN["image_size"], TINY_RUN["image_size"])
+    assert (data["interpolation"], data["crop_pct"], data["crop_mode"]) == ("bilinear", preprocess["crop"], "center")
+    assert tuple(data["mean"]) == tuple(preprocess["mean"]) and tuple(data["std"]) == tuple(preprocess["std"])
+    assert model.pretrained_cfg["label_names"] == ["class0", "class1", "class2"]
 
 
 # ---------------------------------------------------------------- --resume with a damaged run file
@@ -123,6 +148,56 @@ def test_resume_with_a_damaged_run_file_is_one_line(finished_run, tiny_store, tm
     line = one_error_line(invoke(*_resume_args(run, tiny_store)), needle)
     assert str(run) in line and "restore the run's" in line
     assert _snapshot(run) == before  # nothing rewritten
+
+
+class _FullDisk(io.BufferedWriter):
+    """A file on a disk that fills up: half of the first write lands, then ENOSPC."""
+
+    def write(self, data) -> int:
+        super().write(bytes(data)[: len(data) // 2])
+        self.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+_REAL_OPEN = io.open
+
+
+def _disk_full_while_writing(name: str):
+    """``open`` (builtins.open, io.open) under which writing ``name`` (under its partial name) fills the disk."""
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if "w" in mode and isinstance(path, str | os.PathLike) and Path(path).name == f"{name}.partial":
+            full = _FullDisk(io.FileIO(path, "wb"))
+            return full if "b" in mode else io.TextIOWrapper(full, kwargs.get("encoding") or "utf-8",
+                                                             newline=kwargs.get("newline"), write_through=True)
+        return _REAL_OPEN(path, mode, *args, **kwargs)
+
+    return fake_open
+
+
+@pytest.mark.parametrize(("file", "then"), [
+    (run_folder.CONFIG, "rerun the same command (no epoch was saved yet)"),
+    (run_folder.CHECKPOINT, "rerun the same command (no epoch was saved yet)"),
+    (run_folder.METRICS, "continue the run with --resume"),
+    (run_folder.METRICS_CSV, "continue the run with --resume"),
+    (run_folder.STUDENT, "continue the run with --resume"),
+])
+def test_a_full_disk_while_writing_a_run_file_is_one_line_and_the_run_goes_on(tiny_store, tmp_path, monkeypatch,
+                                                                               file, then):
+    """Every distill write fails the same way: one line naming the file and what to do, no partial file, the
+    files already there whole; doing what the line says finishes the run."""
+    run = tmp_path / "run"
+    args = [a for a in _resume_args(run, tiny_store) if a != "--resume"]
+    monkeypatch.setattr(builtins, "open", _disk_full_while_writing(file))
+    monkeypatch.setattr(io, "open", _disk_full_while_writing(file))
+    line = one_error_line(invoke(*args), "(No space left on device); nothing half-written was left: free space")
+    assert f"writing {run / file} failed" in line and then in line
+    assert not list(run.glob("*.partial")) and not (run / file).exists()  # its first write failed
+    for record in (run_folder.CONFIG, run_folder.METRICS):
+        assert not (run / record).exists() or json.loads((run / record).read_text())
+    monkeypatch.undo()
+    assert invoke(*args, *(["--resume"] if "--resume" in then else [])).exit_code == 0
+    assert run_folder.is_finished(run) and "final" in json.loads((run / run_folder.METRICS).read_text())
 
 
 def test_a_record_larger_than_any_run_writes_is_refused_unread(finished_run, tmp_path):

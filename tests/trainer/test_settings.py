@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.extract import ExtractConfig, extract
+from customkd.featcache.extract import ExtractConfig, extract
+from customkd.trainer.config import DistillConfig
+from customkd.trainer.data import StudentViews, load_cached_data, make_split
+from customkd.trainer.distill import distill
+from customkd.trainer.loop import fixmatch_loss
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, make_tiny_hue_folder
-from trainer.config import DistillConfig
-from trainer.data import StudentViews, load_cached_data, make_split
-from trainer.distill import distill
-from trainer.loop import fixmatch_loss
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_uda_run_and_fixmatch_run(domain_store, tmp_path):
     common = {"student": TINY_STUDENT, "epochs": 1, "image_size": 32, "batch_size": 8, "workers": 0}
     uda = distill(DistillConfig(min_steps=0, cache=str(domain_store), setting="uda", source=("Art",), target=("Photo",),
                                 out=str(tmp_path / "uda"), **common))
-    from trainer.evaluate import evaluate_run
+    from customkd.trainer.evaluate import evaluate_run
 
     evaluated = evaluate_run(str(tmp_path / "uda"), workers=0)  # the run's own held-out rows: the target's
     config = json.loads((tmp_path / "uda" / "config.json").read_text())
@@ -62,7 +62,7 @@ def test_fixmatch_loss_formula():
 
 def test_strong_views_are_seeded_and_differ_from_weak(domain_store):
     data = load_cached_data(DistillConfig(min_steps=0, cache=str(domain_store)))
-    ds = StudentViews(data, 32, (0.5,) * 3, (0.5,) * 3, strong_seed=0)
+    ds = StudentViews(data, 32, strong_seed=0)
     weak, _, _, strong = ds[(3, 1, 0)]
     assert torch.equal(strong, ds[(3, 1, 0)][3]) and not torch.equal(weak, strong)
     assert not torch.equal(strong, ds[(3, 1, 1)][3])  # another epoch, another augmentation
@@ -90,7 +90,7 @@ def test_an_explicit_epoch_count_is_exact_and_only_the_default_is_extended_to_mi
 
 
 def test_a_last_batch_of_one_is_left_to_the_next_epoch_instead_of_crashing_batchnorm(domain_store, tmp_path):
-    from trainer.assemble import load_inputs
+    from customkd.trainer.assemble import load_inputs
 
     probe = DistillConfig(min_steps=0, cache=str(domain_store), setting="supervised", student=TINY_STUDENT)
     n_train = len(make_split(probe, load_cached_data(probe)).train)
@@ -99,8 +99,8 @@ def test_a_last_batch_of_one_is_left_to_the_next_epoch_instead_of_crashing_batch
     assert cfg.samples_per_epoch(n_train) == n_train - 1 and cfg.steps_per_epoch(n_train) == 1
     assert DistillConfig(batch_size=n_train).samples_per_epoch(n_train) == n_train
     inputs = load_inputs(cfg, torch.device("cpu"))
-    from common.distributed import DistEnv
-    from trainer.assemble import epoch_plan
+    from customkd.common.distributed import DistEnv
+    from customkd.trainer.assemble import epoch_plan
 
     plans = [epoch_plan(cfg, inputs, epoch, DistEnv()) for epoch in (0, 1)]
     assert [sum(len(b) for b in p.batches) for p in plans] == [n_train - 1] * 2

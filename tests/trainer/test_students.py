@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from common.errors import UserError
-from common.weights import BUNDLED_WEIGHTS, bundled_weights_path, load_efficientnet_lite_state
+from customkd.common.errors import UserError
+from customkd.common.weights import BUNDLED_WEIGHTS, bundled_weights_path, load_efficientnet_lite_state
+from customkd.trainer import students
+from customkd.trainer.students import create_student
 from tests.conftest import TINY_STUDENT, customkd, invoke
-from trainer import students
-from trainer.students import create_student
 
 
 def test_task_head_starts_small_and_first_loss_is_near_ln_c():

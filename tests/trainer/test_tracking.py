@@ -69,7 +69,7 @@ def test_ctrl_c_says_exactly_how_to_continue(tiny_store, tmp_path):
     run = tmp_path / "run"
     args = ["distill", "--min-steps", "0", "--cache", str(tiny_store), "--student", TINY_STUDENT, "--method", "kd",
             "--epochs", "8", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--out", str(run)]
-    process = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    process = subprocess.Popen([sys.executable, "-m", "customkd.cli", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                                env=cli_env())
     deadline = time.monotonic() + 240
     while not (run / "checkpoint.pt").is_file() and time.monotonic() < deadline and process.poll() is None:
@@ -84,3 +84,28 @@ def test_ctrl_c_says_exactly_how_to_continue(tiny_store, tmp_path):
     continued = customkd(*shlex.split(line.split("continue it with: customkd ")[1]))
     assert continued.returncode == 0, continued.stderr
     assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 8
+
+
+def test_a_full_disk_under_tensorboard_is_one_line_and_never_hides_the_runs_error(tmp_path, caplog):
+    """TensorBoard raises its writer thread's OSError on the next flush or close: the flush's is one line naming
+    the run; the close's (in distill's ``finally``, where it would replace the error being reported) a warning."""
+    import errno
+
+    from customkd.common.errors import UserError
+    from customkd.trainer.tracking import Tracker
+
+    class FullDisk:
+        def add_scalar(self, *args, **kwargs) -> None:
+            pass
+
+        def flush(self) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        close = flush
+
+    tracker = Tracker(tmp_path, enabled=False)
+    tracker.writer = FullDisk()
+    with pytest.raises(UserError, match=f"writing TensorBoard events in {tmp_path} failed \\(No space left on device\\)"):
+        tracker.log_epoch({"epoch": 1, "train": {"loss": 1.0}})
+    tracker.close()
+    assert "closing TensorBoard events" in caplog.text

@@ -1,1 +1,0 @@
-"""The ``customkd`` command line: a thin Typer app over featcache and trainer."""

@@ -1,0 +1,3 @@
+from customkd.cli.app import main
+
+main()

@@ -1,0 +1,83 @@
+"""Atomic file writes: a file appears under its name whole or not at all.
+
+Every file the project writes for a user (run records, checkpoints, weights, exports, predictions,
+reports) goes through :func:`atomic_path`: written beside the target as ``NAME.partial``, then renamed
+over it in one step, so a kill mid-write never leaves a half-written file looking complete.
+
+A file the user names on the command line (``--h5``, ``--onnx``, ``predict --out``) is new:
+:func:`check_new_file` refuses, before any work, a place that is taken or cannot be written, and
+:func:`writing_new_file` turns a write that still fails (a full disk) into one line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from customkd.common.errors import UserError
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it onto ``target``, on error delete it.
+
+    ``mode``: permission bits for the result before the umask (writers such as safetensors create 0600)."""
+    target = Path(target)
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    try:
+        yield partial
+        if mode is not None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(partial, mode & ~umask)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as partial:
+        partial.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    write_text(path, json.dumps(payload, indent=2))
+
+
+def check_new_file(path: str | Path, option: str, example: str = "out") -> Path:
+    """Refuse, before any work, to write ``option``'s file ``path`` where it would replace something (a file, a
+    link, a directory, or a ``NAME.partial`` beside it, the name :func:`atomic_path` writes under) or where it
+    cannot be written (a folder missing or not writable); ``example``: a file name the advice suggests."""
+    target = Path(path)
+    if target.is_dir() and not target.is_symlink():
+        raise UserError(f"{option} {path} is a directory; name a new file, e.g. {option} {target / example}")
+    if target.exists() or target.is_symlink():
+        raise UserError(f"{option} {path} already exists; customkd never overwrites a file: choose a new file name")
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    if partial.exists() or partial.is_symlink():
+        raise UserError(f"{option} {path}: {partial} exists, the name customkd writes under until the file is "
+                        "complete; remove it (a leftover of an interrupted run) or choose another file name")
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        raise UserError(f"{option} {path}: folder {folder} does not exist; create it or choose another place")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot write in {folder} (permission denied); choose a writable place")
+    return target
+
+
+@contextlib.contextmanager
+def writing_new_file(path: str | Path, option: str) -> Iterator[Path]:
+    """:func:`atomic_path` for ``option``'s file: an OSError while writing (a full disk, a quota, a place that
+    refused the file) becomes one line naming the file; the partial file is deleted."""
+    try:
+        with atomic_path(path) as partial:
+            yield partial
+    except OSError as exc:
+        reason = exc.strerror or str(exc).split("\n")[0][:160] or type(exc).__name__
+        raise UserError(f"writing {option} {path} failed ({reason}); nothing was left behind: free space or "
+                        "choose another place") from None

@@ -1,0 +1,296 @@
+"""The `customkd cache` commands: info, verify, HDF5 export/import (the store as one file), and the
+teacher re-check. Copying stores between locations is featcache/remote.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from customkd.common.errors import UserError
+from customkd.common.files import check_new_file, writing_new_file
+from customkd.featcache import location as where
+from customkd.featcache import store as fs
+from customkd.featcache.datasets import DatasetListing, load_listing
+from customkd.featcache.listing import compare_listing
+from customkd.featcache.schema import (
+    ARRAYS,
+    ATTRS_KEY,
+    LISTING_ARRAYS,
+    STALENESS_ARRAYS,
+    Manifest,
+    ManifestError,
+    TeacherComponent,
+)
+from customkd.featcache.views import view_problem
+
+log = logging.getLogger(__name__)
+
+
+def _size_on_disk(path: str) -> int:
+    if where.is_remote(path):
+        return where.size_bytes(path)  # one listing instead of a stat per object
+    return sum(p.stat().st_size for p in where.location(path).rglob("*") if p.is_file())
+
+
+def store_info(path: str) -> dict:
+    """The manifest summary, shards done, size on disk; ``manifest`` as stored (for ``--json``) and the
+    fingerprint ``components``. Of a store still being created only the status is known."""
+    group = fs.open_store(path)
+    creating = fs.read_status(group, path) == fs.STATUS_CREATING
+    manifest = None if creating else fs.read_manifest(group, path)
+    if manifest is None:
+        summary = {"status": fs.STATUS_CREATING,
+                   "shards_done": "none (creation was interrupted; rerun the extract command)"}
+    else:
+        done = np.asarray(group["done"][:])
+        summary = {**fs.manifest_summary(manifest), "shards_done": f"{int(done.sum())}/{len(done)}"}
+    summary["size_on_disk"] = f"{_size_on_disk(path) / 2**20:.1f} MiB"
+    summary["created"] = manifest.created if manifest else None
+    summary["manifest"] = fs.read_attrs(group)
+    summary["components"] = {name: part.body for name, part in manifest.fingerprint.components().items()} \
+        if manifest else {}
+    return summary
+
+
+def _read_problems(group, manifest: Manifest) -> list[str]:
+    """Read every shard of every array (crc32c catches altered bytes); non-finite features, NaN views and views
+    outside what the recipe draws (:func:`featcache.views.view_problem`)."""
+    layout, recipe = manifest.layout, manifest.fingerprint.augmentation.recipe
+    problems = []
+    try:
+        valid = np.asarray(group["valid"][:]).astype(bool)
+    except Exception:  # noqa: BLE001 - named per shard below
+        valid = np.ones(layout.n_samples, dtype=bool)
+    for name in ARRAYS:
+        for shard in range(layout.n_shards):
+            rows = shard if name == "done" else layout.shard_rows(shard)
+            span = layout.shard_span(shard)
+            try:
+                block = np.asarray(group[name][rows])
+            except Exception as exc:  # noqa: BLE001 - checksum failures surface as codec errors
+                problems.append(f"array {name}: shard {shard} ({span}) is damaged ({type(exc).__name__})")
+                continue
+            if name == "features" and not np.isfinite(block[valid[rows]]).all():
+                kind = "NaN (unwritten)" if np.isnan(block[valid[rows]]).any() else "inf (float16 overflow)"
+                problems.append(f"array features: shard {shard} ({span}) has {kind} features for valid samples")
+            elif name == "views" and np.isnan(block[valid[rows]]).any():
+                problems.append(f"array views: shard {shard} ({span}) has NaN view parameters for valid samples")
+            elif name == "views" and (problem := view_problem(block, valid[rows], recipe, rows.start)):
+                problems.append(problem)
+            elif name == "done" and not block:
+                problems.append(f"array done: shard {shard} ({span}) is not done")
+    return problems
+
+
+def _dataset_problems(group, manifest: Manifest, listing: DatasetListing) -> list[str]:
+    """The dataset listing against the store (:func:`featcache.listing.compare_listing`), one line per problem."""
+    try:
+        stored = {name: np.asarray(group[name][:]) for name in STALENESS_ARRAYS}
+    except Exception:  # noqa: BLE001 - already named per shard by _read_problems
+        return []
+    return compare_listing(listing, manifest, stored).problems()
+
+
+def verify_store(path: str, data: str | None = None, teacher_check: int = 0, weights: str | None = None) -> list[str]:
+    """Every problem found, named by array and shard; an empty list means the store can be trusted.
+
+    Covers every array: each storage object present (:func:`featcache.store.chunk_problems`) and
+    readable, non-finite features, the stored labels/domains/splits against the dataset listing."""
+    group = fs.open_store(path)
+    status = fs.read_status(group, path)
+    if status != fs.STATUS_COMPLETE:
+        return [f"status is {status!r}, not complete; rerun the extract command to finish it"]
+    manifest = fs.read_manifest(group, path)
+    listing = load_listing(data or manifest.data_spec)
+    if len(listing) != manifest.n_samples:  # N is bounded by the listing before anything N-sized is read
+        return compare_listing(listing, manifest).problems()
+    problems = store_problems(group, path) + _dataset_problems(group, manifest, listing)
+    if teacher_check > 0 and not problems:
+        cosine, detail = recheck_teacher(group, manifest, teacher_check, weights, data)
+        log.info("teacher check: min cosine %.6f over %d views", cosine, teacher_check)
+        if detail:
+            problems.append(detail)
+        elif cosine < 0.999:
+            problems.append(f"teacher re-run disagrees with cached features: min cosine {cosine:.5f} < 0.999")
+    return problems
+
+
+def _weights_for(teacher: TeacherComponent, weights: str | None) -> str | None:
+    source = teacher.weights
+    if weights or source.startswith("hub:"):
+        return weights
+    if source == "random":
+        return "random"
+    if teacher.library == "timm_offline":
+        return None  # the bundled file
+    raise UserError(f"the store's teacher used weights {source}; pass --weights FILE to re-run it")
+
+
+def recheck_teacher(group, manifest: Manifest, n: int, weights: str | None, data: str | None) -> tuple[float, str]:
+    """Re-run the teacher on ``n`` random stored views; (min cosine to the cache, problem or "")."""
+    import torch
+
+    from customkd.featcache.teachers import TAPS, create_teacher
+    from customkd.featcache.views import replay
+
+    stored = manifest.fingerprint.teacher
+    teacher = create_teacher(stored.name, _weights_for(stored, weights), size=stored.size,
+                             tap=stored.tap if stored.tap in TAPS else None)
+    if teacher.identity()["weights_hash"] != stored.weights_hash:
+        return 0.0, f"teacher weights differ from the store's (hash {teacher.identity()['weights_hash']} vs {stored.weights_hash})"
+    listing = load_listing(data or manifest.data_spec)
+    valid_rows = np.flatnonzero(np.asarray(group["valid"][:]))
+    rng = np.random.default_rng(0)
+    rows = rng.choice(valid_rows, size=min(n, len(valid_rows)), replace=False)
+    views = rng.integers(0, manifest.n_views, size=len(rows))
+    p = teacher.preprocess
+    pixels = torch.stack([replay(listing.load_image(int(r)), group["views"][int(r), int(v)], p.size, p.mean, p.std,
+                                 p.interpolation) for r, v in zip(rows, views, strict=True)])
+    with torch.inference_mode():
+        fresh = teacher(pixels).float()
+    cached = torch.stack([torch.from_numpy(np.asarray(group["features"][int(r), int(v)], dtype=np.float32))
+                          for r, v in zip(rows, views, strict=True)])
+    return float(torch.nn.functional.cosine_similarity(fresh, cached, dim=1).min()), ""
+
+
+def _check_export_target(path: str, h5_path: str) -> None:
+    """Refuse, before anything is read, an export that would replace a file (the user's, or one of the store's),
+    land on a directory, write into the store, or write where it cannot."""
+    target = check_new_file(h5_path, "--h5", "store.h5")
+    if not where.is_remote(path) and target.resolve().is_relative_to(Path(where.to_local(path)).resolve()):
+        raise UserError(f"--h5 {h5_path} is inside the store {where.display(path)}; a store holds only its own "
+                        "objects: choose a file outside it")
+
+
+def store_problems(group, path: str) -> list[str]:
+    """What ``cache verify`` finds in the store itself, without the dataset: every object present and whole, every
+    shard readable, finite features and drawable views for valid samples, every shard done."""
+    return fs.chunk_problems(group, path) + _read_problems(group, fs.read_manifest(group, path))
+
+
+def _refuse_problems(what: str, problems: list[str], advice: str) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"{what}: {problems[0]}{more}; {advice}")
+
+
+def export_h5(path: str, h5_path: str) -> None:
+    """Single-file HDF5 copy: the same arrays, the manifest as a JSON attribute. Refuses a store ``verify`` would
+    fault; copies it shard by shard, under a temporary name renamed at the end, never over an existing file."""
+    import h5py
+
+    _check_export_target(path, h5_path)
+    group = fs.open_complete_store(path)
+    manifest = fs.read_manifest(group, path)
+    _refuse_problems(f"cache {where.display(path)} is damaged", store_problems(group, path),
+                     f"nothing was exported: run `customkd cache verify {path}`, then copy it again or re-extract it")
+    layout = manifest.layout
+    with writing_new_file(h5_path, "--h5") as partial, h5py.File(partial, "w") as h5:
+        for name, spec in ARRAYS.items():
+            dataset = h5.create_dataset(name, shape=layout.shape(name), dtype=spec.dtype)
+            for shard in range(layout.n_shards):
+                rows = shard if name == "done" else layout.shard_rows(shard)
+                dataset[rows] = np.asarray(group[name][rows])
+        h5.attrs[ATTRS_KEY] = json.dumps(manifest.to_attrs())
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split("\n")[0][:160] or type(exc).__name__
+
+
+def _replace_unfinished_import(path: str, manifest: Manifest) -> None:
+    """Refuse an existing destination, unless it is an interrupted import of this same store (then start over)."""
+    taken = where.is_occupied(path) if where.is_remote(path) else where.location(path).exists()
+    if not (fs.store_exists(path) or taken):
+        return
+    try:
+        stored = fs.read_manifest(fs.open_store(path), path) if fs.store_exists(path) else None
+    except UserError:
+        stored = None
+    same = stored is not None and not stored.fingerprint.diff(manifest.fingerprint)
+    if not same or stored.status == fs.STATUS_COMPLETE:
+        raise UserError(f"{where.display(path)} already exists; choose a new store path for the import")
+    log.warning("%s holds an interrupted import of this store; importing it again", where.display(path))
+    fs.delete_store(path)
+
+
+def _h5_manifest(h5, h5_path: str) -> Manifest:
+    """The manifest of an HDF5 export, checked as a store's is (the file is untrusted input too); its size is
+    bounded before it is read."""
+    attribute = h5.attrs.get_id(ATTRS_KEY) if ATTRS_KEY in h5.attrs else None
+    if attribute is None or attribute.get_storage_size() > where.MAX_METADATA_BYTES:
+        raise UserError(f"{h5_path} has no customkd manifest (attribute '{ATTRS_KEY}'); it was not written by "
+                        "`customkd cache export`: export the store again")
+    stored = h5.attrs[ATTRS_KEY]
+    try:
+        return Manifest.from_attrs(json.loads(stored))
+    except (ManifestError, ValueError, TypeError) as exc:
+        raise UserError(f"{h5_path} has a malformed manifest ({exc}); export the store again") from None
+
+
+def _check_h5_arrays(h5, h5_path: str, manifest: Manifest) -> None:
+    """Every array of the manifest is a plain dataset (no filters, no external or virtual storage) of its shape and
+    dtype whose bytes are all in the file: a declared shape is bounded by what the file really holds, so a few
+    kilobytes cannot stand for hundreds of megabytes of fill values. Every shard is flagged done."""
+    import h5py
+
+    layout = manifest.layout
+    for name, spec in ARRAYS.items():
+        dataset = h5.get(name)
+        problem = None
+        if not isinstance(dataset, h5py.Dataset):
+            problem = "is missing" if dataset is None else "is not a dataset"
+        elif dataset.shape != layout.shape(name) or dataset.dtype != np.dtype(spec.dtype):
+            problem = (f"is {dataset.dtype}{list(dataset.shape)}, the manifest implies "
+                       f"{spec.dtype}{list(layout.shape(name))}")
+        else:
+            plist = dataset.id.get_create_plist()
+            nbytes = dataset.size * dataset.dtype.itemsize
+            if plist.get_layout() not in (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED, h5py.h5d.COMPACT) or \
+                    plist.get_external_count() or plist.get_nfilters():
+                problem = "is stored filtered, virtual or in external files, which `cache export` never writes"
+            elif dataset.id.get_storage_size() < nbytes:
+                problem = f"holds {dataset.id.get_storage_size()} bytes in the file for {nbytes} declared"
+        if problem:
+            raise UserError(f"{h5_path}: dataset '{name}' {problem}; it was not written by `customkd cache export` "
+                            "(or was damaged): export the store again")
+    if not np.asarray(h5["done"][:]).all():
+        raise UserError(f"{h5_path}: not every shard is flagged done; export the complete store again")
+
+
+def _open_h5(h5_path: str):
+    import h5py
+
+    if not Path(h5_path).is_file():
+        raise UserError(f"{h5_path} is not a file; pass the .h5 file written by `customkd cache export`")
+    try:
+        return h5py.File(h5_path, "r")
+    except OSError as exc:
+        raise UserError(f"{h5_path} is not an HDF5 file ({_first_line(exc)}); pass the file written by "
+                        "`customkd cache export`") from None
+
+
+def import_h5(h5_path: str, path: str) -> None:
+    """Rebuild a Zarr store from an HDF5 export (same layout, attrs last). The file is checked like a store before
+    anything is written, and the new store like ``verify`` checks one before it is marked complete; a store that
+    fails is deleted again."""
+    with _open_h5(h5_path) as h5:
+        manifest = _h5_manifest(h5, h5_path)
+        _check_h5_arrays(h5, h5_path, manifest)
+        _replace_unfinished_import(path, manifest)
+        layout = manifest.layout
+        per_sample = {name: h5[name][:] for name in LISTING_ARRAYS}
+        group = fs.create_store(path, layout, manifest, per_sample)
+        for shard in range(layout.n_shards):
+            rows = layout.shard_rows(shard)
+            fs.write_shard(group, layout, shard, h5["features"][rows], h5["views"][rows], h5["content_hash"][rows],
+                           h5["valid"][rows])
+    problems = _read_problems(group, manifest)
+    if problems:
+        fs.delete_store(path)
+    _refuse_problems(f"{h5_path} holds a store `cache verify` would refuse", problems,
+                     "nothing was imported: export the store again from a copy that verifies")
+    fs.mark_complete(group)

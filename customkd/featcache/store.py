@@ -1,0 +1,566 @@
+"""The feature store on storage: create, open, validate, write shards, list and check its objects.
+
+What a store holds — its arrays, layout, manifest and fingerprint — is :mod:`featcache.schema`, the
+written contract between the two processes; this module puts it on storage (one Zarr v3 group per
+cache, see docs/design.md §4) and reads it back. The manifest lives in the root attrs under ``customkd``.
+Writes are whole shards; a shard's ``done`` flag is written after its data, and ``status`` becomes
+``complete`` only when every flag is set. This module is shared by both processes and imports no
+teacher code.
+
+A store location is a local path or a URL (``s3://…``, ``gs://…``, ``file://…``); remote ones go
+through :mod:`featcache.location` (fsspec), and messages show them redacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from customkd.common.errors import UserError
+from customkd.featcache import location as where
+from customkd.featcache.location import display
+from customkd.featcache.schema import (
+    ARRAYS,
+    ATTRS_KEY,
+    SCHEMA_VERSION,
+    SHARD_ARRAYS,
+    STATUS_COMPLETE,
+    STATUS_CREATING,
+    STATUS_IN_PROGRESS,
+    Layout,
+    Manifest,
+    ManifestError,
+    OtherSchemaVersion,
+    check_header,
+)
+
+
+def _codecs(layout: Layout) -> list:
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    # crc32c per inner chunk: a flipped byte is detected on read instead of trained on.
+    return [ZstdCodec(level=3), Crc32cCodec()] if layout.compress else [Crc32cCodec()]
+
+
+def _storage_errors(path: str | Path):
+    """Remote I/O failures become one-line UserErrors; local ones keep their usual exceptions."""
+    return where.storage_errors(path) if where.is_remote(path) else contextlib.nullcontext()
+
+
+def open_group(path: str | Path, mode: str):
+    import zarr
+
+    if where.is_remote(path):
+        with where.storage_errors(path):
+            return zarr.open_group(store=where.zarr_store(str(path), read_only=mode == "r"), mode=mode,
+                                   zarr_format=3)
+    return zarr.open_group(str(where.to_local(path)), mode=mode, zarr_format=3)
+
+
+def _create_group(path: str | Path, attributes: dict):
+    import zarr
+
+    if where.is_remote(path):
+        return zarr.create_group(where.zarr_store(str(path), read_only=False), zarr_format=3, attributes=attributes)
+    return zarr.create_group(str(where.to_local(path)), zarr_format=3, attributes=attributes)
+
+
+def create_store(path: str | Path, layout: Layout, manifest: Manifest, per_sample: dict[str, np.ndarray]):
+    """Create an empty store and write the per-sample listing arrays (:data:`featcache.schema.LISTING_ARRAYS`).
+
+    The group is born with ``status = creating``; only when every array exists and the listing
+    arrays are written does it become ``in_progress`` (resumable). A kill in between leaves a
+    store that the next run recognises as safe to recreate.
+    """
+    with _storage_errors(path):
+        return _create_arrays(path, layout, manifest, per_sample)
+
+
+def _array_options(layout: Layout, name: str) -> dict:
+    """Zarr chunking of one array: a storage object per shard (inner chunks of ``chunk_size`` rows for the
+    per-view arrays), crc32c checksums; the ``done`` flags are one bare object each."""
+    shape, block = layout.shape(name), layout.storage_block(name)
+    if name == "done":
+        return {"chunks": block, "compressors": None}
+    if len(shape) > 1:
+        return {"chunks": (min(layout.chunk_size, layout.shard_size), *shape[1:]), "shards": block,
+                "compressors": _codecs(layout)}
+    return {"chunks": block, "compressors": _codecs(layout)}
+
+
+def _create_arrays(path: str | Path, layout: Layout, manifest: Manifest, per_sample: dict[str, np.ndarray]):
+    group = _create_group(path, {ATTRS_KEY: manifest.with_status(STATUS_CREATING).to_attrs()})
+    for name, spec in ARRAYS.items():
+        group.create_array(name, shape=layout.shape(name), dtype=spec.dtype, fill_value=spec.fill,
+                           **_array_options(layout, name))
+    for name, values in per_sample.items():
+        _writable(group, name)[:] = values
+    group.attrs[ATTRS_KEY] = manifest.with_status(STATUS_IN_PROGRESS).to_attrs()
+    return group
+
+
+def _writable(group, name: str):
+    """The array with every chunk written, even one equal to the fill value (labels all 0, a shard of
+    skipped images): a complete store then has every chunk on storage, and a missing one is damage."""
+    return group[name].with_config({"write_empty_chunks": True})
+
+
+def remove_partials(path: str | Path) -> int:
+    """Delete temporary ``*.partial`` files a killed writer left (zarr writes temp file + rename).
+
+    Local stores only: object stores write each object in one PUT and leave no temp files."""
+    if where.is_remote(path):
+        return 0
+    stray = list(Path(where.to_local(path)).rglob("*.partial"))
+    for file in stray:
+        file.unlink(missing_ok=True)
+    return len(stray)
+
+
+def read_attrs(group) -> dict:
+    """The manifest as stored (raw JSON attrs); readers use :func:`read_manifest`."""
+    attrs = group.attrs.get(ATTRS_KEY)
+    if not isinstance(attrs, dict):
+        raise UserError("this Zarr group is not a customkd feature store (no 'customkd' attrs)")
+    return attrs
+
+
+def _manifest_error(path: str | Path | None, exc: ManifestError) -> UserError:
+    name = display(path) if path is not None else "(opened store)"
+    if isinstance(exc, OtherSchemaVersion):
+        return UserError(f"cache {name} has store schema version {exc.found!r}, this customkd reads version "
+                         f"{SCHEMA_VERSION}; rebuild it with this version (`customkd extract ... --overwrite`)")
+    return UserError(f"cache {name} has a malformed manifest: {exc}; it was damaged or edited after extraction: "
+                     "get a fresh copy or re-extract it with --overwrite")
+
+
+def _local_root(path: str | Path | None) -> Path | None:
+    return None if path is None or where.is_remote(path) else Path(where.to_local(path)).resolve()
+
+
+def read_status(group, path: str | Path | None = None) -> str:
+    """The store's status (format version checked): all that is known of a store still being created."""
+    try:
+        return check_header(read_attrs(group))
+    except ManifestError as exc:
+        raise _manifest_error(path, exc) from None
+
+
+def read_manifest(group, path: str | Path | None = None) -> Manifest:
+    """The store's manifest, typed and checked (:meth:`featcache.schema.Manifest.from_attrs`).
+
+    ``path`` names the store in messages and, for a local store, keeps its data spec out of it."""
+    try:
+        return Manifest.from_attrs(read_attrs(group), store_root=_local_root(path))
+    except ManifestError as exc:
+        raise _manifest_error(path, exc) from None
+
+
+def set_status(group, status: str) -> None:
+    group.attrs[ATTRS_KEY] = {**read_attrs(group), "status": status}
+
+
+def mark_complete(group) -> None:
+    """The last write of an extraction: every shard is done; record how many samples are invalid."""
+    n_invalid = int((np.asarray(group["valid"][:]) == 0).sum())
+    group.attrs[ATTRS_KEY] = {**read_attrs(group), "status": STATUS_COMPLETE, "n_invalid": n_invalid,
+                              "completed": dt.datetime.now(dt.UTC).isoformat()}
+
+
+def store_exists(path: str | Path) -> bool:
+    if where.is_remote(path):
+        return where.exists(path, where.ROOT_METADATA)
+    return (Path(where.to_local(path)) / "zarr.json").is_file()
+
+
+def is_foreign(path: str | Path) -> bool:
+    """Something is at ``path`` that is not a customkd store: writers must leave it alone.
+
+    An empty directory is not foreign (nothing to lose); a half-copied store is (no manifest yet)."""
+    if where.is_remote(path):
+        return not store_exists(path) and where.is_occupied(path)
+    p = Path(where.to_local(path))
+    return p.exists() and not store_exists(p) and (p.is_file() or any(p.iterdir()))
+
+
+# What a store consists of, by relative path: the root and array ``zarr.json``, chunk folders ``ARRAY/c/0/…`` of
+# numbered objects, zarr's temporary ``NAME.<uuid hex>.partial`` files of a killed write, and a copy's marker.
+_TEMP = r"\.[0-9a-f]{32}\.partial"
+_STORE_FILE = re.compile(rf"(zarr{_TEMP}|{re.escape(where.COPY_MARKER)}|(?P<array>\w+)/(zarr\.json|zarr{_TEMP}|"
+                         rf"c(/[0-9]+)*/[0-9]+({_TEMP})?))")
+_STORE_FOLDER = re.compile(r"(?P<array>\w+)(/c(/[0-9]+)*)?")
+
+
+def _is_store_entry(key: str, folder: bool) -> bool:
+    """Whether the file (or ``folder``) at relative path ``key`` is one a store holds."""
+    match = (_STORE_FOLDER if folder else _STORE_FILE).fullmatch(key)
+    return key == where.ROOT_METADATA or (match is not None and match["array"] in (None, *ARRAYS))
+
+
+def _foreign_entry(path: str | Path) -> str | None:
+    """The first entry of a store location that is not part of a store (a link or special file is not), or None."""
+    if where.is_remote(path):
+        return next((key for key in sorted(where.list_objects(path)) if not _is_store_entry(key, folder=False)), None)
+    root = Path(where.to_local(path))
+    pending = [root]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                key = Path(entry.path).relative_to(root).as_posix()
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode) and _is_store_entry(key, folder=True):
+                    pending.append(Path(entry.path))
+                elif not (stat.S_ISREG(mode) and _is_store_entry(key, folder=False)):
+                    return key + ("/" if stat.S_ISDIR(mode) else "")
+    return None
+
+
+def _root_metadata(path: str | Path) -> bytes:
+    """At most ``MAX_METADATA_BYTES`` + 1 bytes of the root ``zarr.json`` (empty unless a regular file or object)."""
+    if where.is_remote(path):
+        if not where.exists(path, where.ROOT_METADATA):
+            return b""
+        filesys, root = where.filesystem(path)
+        return filesys.cat_file(f"{root}/{where.ROOT_METADATA}", start=0, end=where.MAX_METADATA_BYTES + 1)
+    meta = Path(where.to_local(path)) / where.ROOT_METADATA
+    if not (meta.is_file() and not meta.is_symlink()):
+        return b""
+    with open(meta, "rb") as file:
+        return file.read(where.MAX_METADATA_BYTES + 1)
+
+
+def _has_customkd_manifest(path: str | Path) -> bool:
+    """Whether the root ``zarr.json`` is a Zarr v3 group whose attrs hold a customkd manifest (any version or
+    status: an old or half-created store is still ours to replace)."""
+    blob = _root_metadata(path)
+    try:
+        document = json.loads(blob) if len(blob) <= where.MAX_METADATA_BYTES else None
+    except ValueError:  # not JSON
+        return False
+    if not (isinstance(document, dict) and document.get("zarr_format") == 3 and document.get("node_type") == "group"):
+        return False
+    attrs = document.get("attributes")
+    manifest = attrs.get(ATTRS_KEY) if isinstance(attrs, dict) else None
+    return isinstance(manifest, dict) and "schema_version" in manifest
+
+
+def check_removable(path: str | Path) -> None:
+    """Refuse to delete anything but a store customkd made: a customkd manifest at the root, and nothing in it but
+    what a store holds (:func:`_is_store_entry`). A user's own file there, or someone else's Zarr group, survives."""
+    name = display(path)
+    if not _has_customkd_manifest(path):
+        raise UserError(f"{name} is not a customkd store (its {where.ROOT_METADATA} holds no customkd manifest); "
+                        "nothing was deleted: choose another --out")
+    try:
+        foreign = _foreign_entry(path)
+    except OSError as exc:
+        raise UserError(f"cannot read {name} ({exc.strerror or type(exc).__name__}: {exc.filename}); nothing was "
+                        "deleted: fix the permissions or choose another --out") from None
+    if foreign is not None:
+        raise UserError(f"{name} holds {foreign}, which is not part of a customkd store; nothing was deleted: move "
+                        "it out of the store (or delete the store yourself), or choose another --out")
+
+
+def delete_store(path: str | Path) -> None:
+    """Remove a whole store (``--overwrite``, or a store killed while being created), only after
+    :func:`check_removable`."""
+    if where.is_remote(path):
+        with where.storage_errors(path):
+            check_removable(path)
+        where.delete(path)
+        return
+    local = Path(where.to_local(path))
+    if local.is_symlink():
+        raise UserError(f"{display(path)} is a symbolic link; point --out at the store directory itself "
+                        "(nothing was deleted)")
+    check_removable(local)
+    try:
+        shutil.rmtree(local)
+    except OSError as exc:
+        raise UserError(f"cannot delete {display(path)} ({exc.strerror or type(exc).__name__}: {exc.filename}); "
+                        "fix the permissions or choose another --out") from None
+
+
+def _check_openable(path: str | Path) -> tuple[str, dict[str, int]]:
+    """Clear errors for a missing location, a single file, or an interrupted push/pull; the display name and the
+    store's objects (key → size, :func:`list_objects`)."""
+    name = display(path)
+    objects: dict[str, int] = {}
+    if not where.is_remote(path):
+        p = Path(where.to_local(path))
+        if p.exists() and not p.is_dir():
+            raise UserError(f"cache {name} is a regular file, not a Zarr store directory; pass the .zarr directory")
+        if p.is_dir():
+            objects = list_objects(path)  # refuses links, pipes and devices before zarr opens anything
+    if store_exists(path):
+        return name, list_objects(path) if where.is_remote(path) else objects
+    if where.exists(path, where.COPY_MARKER):
+        raise UserError(f"cache {name} is incomplete: a `customkd cache push/pull` into it was interrupted before "
+                        "its manifest was written; rerun the same command to finish the copy")
+    if where.is_remote(path):
+        raise UserError(f"cache {name} does not exist (or these credentials cannot see it); put a store there with "
+                        f"`customkd cache push LOCAL {name}` or `customkd extract --out {name}`")
+    raise UserError(f"cache {name} does not exist; run `make extract` (or `customkd extract --out {name}`) first")
+
+
+def open_store(path: str | Path, mode: str = "r"):
+    """Open an existing store and validate it before anyone uses it: its metadata documents are bounded in size
+    before zarr parses them, then the manifest (:func:`validate_manifest`), then every object's size against what
+    the manifest allows (:func:`check_object_sizes`), so no read is larger than a valid store's would be.
+
+    Local stores are first walked: only regular files may be in them (see :func:`list_objects`)."""
+    name, objects = _check_openable(path)
+    for key, size in sorted(objects.items()):
+        if key.rsplit("/", 1)[-1] == where.ROOT_METADATA and size > where.MAX_METADATA_BYTES:
+            raise UserError(f"cache {name}: {key} is {size} bytes, more than the {where.MAX_METADATA_BYTES} a "
+                            "metadata document may have; nothing was read: get a fresh copy or re-extract it")
+    try:
+        group = open_group(path, mode=mode)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for malformed metadata
+        raise UserError(f"cache {name} is not a readable Zarr v3 store ({_reason(exc)}); get a fresh copy or "
+                        "re-extract it") from None
+    manifest = validate_manifest(group, path)
+    if manifest is not None:
+        check_object_sizes(group, manifest, objects, path)
+    return group
+
+
+def open_complete_store(path: str | Path):
+    """Open a store for reading, refusing one whose extraction has not completed."""
+    group = open_store(path, mode="r")
+    status = read_status(group, path)
+    if status == STATUS_CREATING:
+        raise UserError(f"cache {display(path)} was interrupted while being created; rerun the same extract command "
+                        "(it creates the store again)")
+    if status != STATUS_COMPLETE:
+        done = np.asarray(group["done"][:])
+        raise UserError(
+            f"cache {display(path)} is incomplete ({int(done.sum())}/{len(done)} shards done); rerun the same "
+            "extract command to resume it"
+        )
+    return group
+
+
+def _reason(exc: BaseException) -> str:
+    return where.redact(str(exc).split("\n")[0][:160]) or type(exc).__name__
+
+
+# ---------------------------------------------------------------- a store is untrusted input (docs/design.md §10)
+
+def _array_problem(group, manifest: Manifest) -> None:
+    """Every array exists with the shape, dtype and storage chunking the manifest implies."""
+    layout = manifest.layout
+    for name, spec in ARRAYS.items():
+        shape, storage = layout.shape(name), layout.storage_block(name)
+        try:
+            array = group.get(name)
+            found = None if array is None else (tuple(array.shape), str(array.dtype), storage_chunks(array))
+        except Exception as exc:  # noqa: BLE001 - malformed array metadata
+            raise ManifestError(f"array '{name}' has unreadable metadata ({_reason(exc)})") from None
+        if found is None:
+            raise ManifestError(f"array '{name}' is missing")
+        if found[0] != shape:
+            raise ManifestError(f"array '{name}' has shape {found[0]}, the manifest implies {shape}")
+        if found[1] != spec.dtype:
+            raise ManifestError(f"array '{name}' has dtype {found[1]}, not {spec.dtype}")
+        if found[2] != storage:
+            raise ManifestError(f"array '{name}' is stored in blocks of {found[2]}, the layout implies {storage}")
+
+
+def validate_manifest(group, path: str | Path) -> Manifest | None:
+    """The store's manifest after checking every key readers act on (:meth:`Manifest.from_attrs`: types and
+    ranges of shape, names, fingerprint, layout, status and data spec — a known kind, never a path inside the
+    store), then each array's shape, dtype and chunking against it; one UserError naming the first problem.
+    None for a store still being created (only its status is known). Nothing is allocated from a size
+    before it passed here."""
+    if read_status(group, path) == STATUS_CREATING:
+        return None
+    manifest = read_manifest(group, path)
+    try:
+        _array_problem(group, manifest)
+    except ManifestError as exc:
+        raise _manifest_error(path, exc) from None
+    return manifest
+
+
+def storage_chunks(array) -> tuple[int, ...]:
+    """Shape of one storage object of an array: the shard for sharded arrays, else the chunk."""
+    return tuple(array.shards or array.chunks)
+
+
+def chunk_keys(group, name: str) -> list[tuple[int, str]]:
+    """(index along rows, object key relative to the store root) of every storage object of an array."""
+    array = group[name]
+    grid = [math.ceil(size / block) for size, block in zip(array.shape, storage_chunks(array), strict=True)]
+    return [(coords[0], f"{name}/{array.metadata.encode_chunk_key(coords)}")
+            for coords in itertools.product(*(range(g) for g in grid))]
+
+
+CRC_BYTES = 4  # the crc32c codec's checksum after every chunk (and after a shard's index)
+INDEX_ENTRY_BYTES = 16  # a shard index holds an offset and a length (uint64 each) per inner chunk
+
+
+def object_size_range(layout: Layout, name: str, shard: int) -> tuple[int, int]:
+    """Fewest and most bytes storage object ``shard`` of array ``name`` holds as :func:`_array_options` writes it.
+
+    Every chunk is written (``write_empty_chunks``), so an uncompressed object has exactly one size: its inner
+    chunks' bytes plus a checksum each, plus (sharded arrays) the shard index, which has an entry for every inner
+    chunk although those wholly past the last row are never written. A zstd frame is at least a byte and at most
+    zstd's bound on incompressible input (``raw + raw/256 + 64`` plus a frame header; twice that margin here)."""
+    itemsize = np.dtype(ARRAYS[name].dtype).itemsize
+    block = layout.storage_block(name)
+    if name == "done":  # no codecs: the bare flag
+        return math.prod(block) * itemsize, math.prod(block) * itemsize
+    options = _array_options(layout, name)
+    inner = options["chunks"]
+    raw = math.prod(inner) * itemsize
+    fewest, most = (1, raw + raw // 128 + 1024) if layout.compress else (raw, raw)
+    if "shards" not in options:
+        return fewest + CRC_BYTES, most + CRC_BYTES
+    rows = layout.shard_rows(shard)
+    n_inner, written = math.ceil(block[0] / inner[0]), math.ceil((rows.stop - rows.start) / inner[0])
+    index = n_inner * INDEX_ENTRY_BYTES + CRC_BYTES
+    return index + written * (fewest + CRC_BYTES), index + written * (most + CRC_BYTES)
+
+
+def object_limits(group, manifest: Manifest) -> dict[str, tuple[int, int]]:
+    """Key → (fewest, most) bytes, for every object a store consists of: the metadata documents (``zarr.json``)
+    and one storage object per shard of each array in :data:`featcache.schema.ARRAYS`."""
+    layout = manifest.layout
+    limits = {where.ROOT_METADATA: (1, where.MAX_METADATA_BYTES)}
+    for name in ARRAYS:
+        limits[f"{name}/{where.ROOT_METADATA}"] = (1, where.MAX_METADATA_BYTES)
+        limits.update((key, object_size_range(layout, name, shard)) for shard, key in chunk_keys(group, name))
+    return limits
+
+
+def check_object_sizes(group, manifest: Manifest, objects: dict[str, int], path: str | Path) -> None:
+    """Refuse, before anything is read, an object larger than its array's shard can be (a sparse 20 GB file in
+    place of a shard would be read whole), and an array whose objects hold less than half the bytes its declared
+    shape needs (a forged shape on a tiny store: readers would allocate and exporters write the declared size)."""
+    name, limits = display(path), object_limits(group, manifest)
+    for key, size in sorted(objects.items()):
+        if key in limits and size > limits[key][1]:
+            raise UserError(f"cache {name}: object {key} is {size} bytes, more than the {limits[key][1]} its array's "
+                            "shard can be; nothing was read: get a fresh copy of the store or re-extract it")
+    for array, spec in ARRAYS.items():
+        present = [key for _, key in chunk_keys(group, array) if key in objects]
+        held, needed = sum(objects[key] for key in present), sum(limits[key][0] for key in present)
+        if held * 2 < needed:
+            shape = manifest.layout.shape(array)
+            raise UserError(f"cache {name}: array '{array}' declares shape {shape} ({spec.dtype}), but its "
+                            f"{len(present)} object(s) hold {held} bytes where that shape needs at least {needed}; "
+                            "the shape was forged or the data lost; nothing was read: get a fresh copy or re-extract")
+
+
+_FILE_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def list_objects(path: str | Path) -> dict[str, int]:
+    """Key (relative path) → size of every object of a store.
+
+    For a local store this walks the directory without following links and refuses anything that is
+    not a regular file or a directory: a link could point outside the store (or at ``/dev/zero``), a
+    named pipe would block every reader. Remote stores are listed through fsspec."""
+    if where.is_remote(path):
+        return where.list_objects(path)
+    root = Path(where.to_local(path))
+    found: dict[str, int] = {}
+    pending = [root]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                info = entry.stat(follow_symlinks=False)
+                key = Path(entry.path).relative_to(root).as_posix()
+                if stat.S_ISDIR(info.st_mode):
+                    pending.append(Path(entry.path))
+                elif stat.S_ISREG(info.st_mode):
+                    found[key] = info.st_size
+                else:
+                    kind = next((k for test, k in _FILE_KINDS if test(info.st_mode)), "special file")
+                    raise UserError(f"cache {display(path)} contains {key}, a {kind}: a store holds only regular "
+                                    "files; remove it or get a fresh copy of the store (nothing was read)")
+    return found
+
+
+def chunk_problems(group, path: str | Path) -> list[str]:
+    """Every storage object a complete store must have but lacks, has empty or has cut short (fewer bytes than its
+    layout writes), named by array and shard.
+
+    Writers store every chunk (``write_empty_chunks``), so a missing one is damage — e.g. an interrupted
+    ``rsync`` — that would otherwise read as the fill value (labels 0, features NaN)."""
+    objects = list_objects(path)
+    manifest = read_manifest(group, path)
+    layout, limits = manifest.layout, object_limits(group, manifest)
+    problems = []
+    for name in ARRAYS:
+        for shard, key in chunk_keys(group, name):
+            size, fewest = objects.get(key, 0), limits[key][0]
+            if size >= fewest:
+                continue
+            state = ("is missing" if key not in objects else "is empty" if not size else
+                     f"is cut short ({size} bytes, fewer than the {fewest} its layout writes)")
+            problems.append(f"array {name}: shard {shard} ({layout.shard_span(shard)}) {state} (object {key})")
+    return problems
+
+
+def store_identity(path: str | Path) -> str:
+    """Hash of the root ``zarr.json`` (manifest, fingerprint, completion time): changes when a store is replaced."""
+    if where.is_remote(path):
+        fs_, root = where.filesystem(path)
+        with where.storage_errors(path):
+            blob = fs_.cat_file(f"{root}/{where.ROOT_METADATA}")
+    else:
+        meta = Path(where.to_local(path)) / where.ROOT_METADATA
+        if not meta.is_file() or meta.is_symlink():
+            raise UserError(f"cache {display(path)} has no manifest any more (root zarr.json is gone)")
+        blob = meta.read_bytes()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def check_same_store(path: str | Path, identity: str) -> None:
+    """Refuse to go on reading a store whose root manifest changed since it was opened (replaced, re-extracted)."""
+    if store_identity(path) != identity:
+        raise UserError(f"cache {display(path)} changed during training: its manifest is not the one opened at the "
+                        "start (the store was replaced or re-extracted); stopped rather than mix two stores — "
+                        "rerun distill once the store stays put")
+
+
+def pending_shards(group) -> list[int]:
+    return [int(i) for i in np.flatnonzero(np.asarray(group["done"][:]) == 0)]
+
+
+def write_shard(group, layout: Layout, shard: int, features: np.ndarray, views: np.ndarray,
+                hashes: np.ndarray, valid: np.ndarray) -> None:
+    """Write one whole shard, then (and only then) its ``done`` flag."""
+    rows = layout.shard_rows(shard)
+    for name, values in zip(SHARD_ARRAYS, (features, views, hashes, valid), strict=True):
+        _writable(group, name)[rows] = values.astype(ARRAYS[name].dtype)
+    group["done"][shard] = 1
+
+
+def manifest_summary(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "status": manifest.status,
+        "teacher": manifest.fingerprint.teacher.name,
+        "dataset": manifest.data_spec,
+        "shape": list(manifest.shape),
+        "views_recipe": manifest.fingerprint.augmentation.recipe,
+        "fingerprint": manifest.fingerprint.short(),
+        "invalid_samples": manifest.n_invalid or 0,
+    }

@@ -1,0 +1,98 @@
+"""What ``customkd report`` runs: one frozen dataclass, light to import (the CLI's ``--help`` reads it)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from customkd.common.errors import UserError
+from customkd.featcache.config import ExtractConfig
+from customkd.trainer.config import DEFAULT_LABEL_FRACTION, EVAL_SPLITS
+
+_EXTRACT = ExtractConfig()  # the report's defaults are extract's and distill's own
+DEFAULT_REGIMES = "headroom,pretrained,main"
+DEFAULT_SEEDS = "0,1,2,3,4"
+
+
+README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
+
+
+def is_this_project(folder: Path) -> bool:
+    """The customkd repository (its pyproject names the project and its README has the report block): the only
+    place where the report writes docs/ and README.md without being told to."""
+    try:
+        pyproject = (folder / "pyproject.toml").read_text(errors="replace")
+        readme = (folder / "README.md").read_text(errors="replace")
+    except OSError:
+        return False
+    return 'name = "customkd"' in pyproject and README_START in readme and README_END in readme
+
+
+def default_cache(data: str, teacher: str) -> str:
+    """``caches/<data>-<teacher>.zarr``, the Makefile's CACHE rule (``folder:/x/oh`` → ``oh``)."""
+    return f"caches/{Path(data).name.replace(':', '-')}-{teacher.replace(':', '-')}.zarr"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Every option of ``customkd report``; ``None`` means "the default of the command the report runs"."""
+
+    data: str = _EXTRACT.data
+    teacher: str = _EXTRACT.teacher  # the teacher of every regime but large-teacher
+    large_teacher: str = "efficientnet_lite2"
+    cache: str | None = None  # --teacher's store (default caches/<data>-<teacher>.zarr)
+    large_cache: str | None = None
+    views: int = _EXTRACT.views
+    teacher_weights: str | None = None  # passed to extract --weights (tests use 'random')
+    student: str | None = None  # student of the regimes that do not name one
+    out: Path = Path("runs/report")
+    regimes: str = DEFAULT_REGIMES
+    variants: str = ""  # keep only these variants in every regime ("" = all)
+    seeds: str = DEFAULT_SEEDS
+    regime_seeds: str = ""  # per-regime override of --seeds, e.g. "pretrained=0,1,2" (a report built over sittings)
+    epochs: int | None = None
+    min_steps: int | None = None
+    image_size: int | None = None
+    label_fraction: float = DEFAULT_LABEL_FRACTION
+    parallel: int = 2  # runs at once; the cores are split between them
+    eval_split: str = "test"  # "dev": score on a fixed part of the training rows (choosing settings), never the test rows
+    extra: str = ""  # more distill flags for every run, e.g. '--lr 1e-3'
+    docs: Path | None = None  # default: docs/ in the customkd repository, else --out
+    readme: Path | None = None  # default: README.md in the customkd repository, else none
+    no_docs: bool = False
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if self.eval_split not in EVAL_SPLITS:
+            raise UserError(f"unknown --eval-split {self.eval_split!r}; known: {', '.join(EVAL_SPLITS)}")
+        if self.parallel < 1:
+            raise UserError(f"--parallel must be at least 1, got {self.parallel}")
+        try:
+            [int(s) for s in self.seeds.split(",")]
+            for part in (p for p in self.regime_seeds.split(";") if p):
+                regime, sep, seeds = part.partition("=")
+                if not sep or not regime:
+                    raise ValueError(part)
+                [int(s) for s in seeds.split(",")]
+        except ValueError:
+            raise UserError(f"--seeds must be comma-separated integers and --regime-seeds REGIME=SEEDS[;REGIME=SEEDS], "
+                            f"got {self.seeds!r} and {self.regime_seeds!r}") from None
+
+    def seeds_of(self, regime: str) -> list[int]:
+        """The seeds a regime runs: its ``--regime-seeds`` entry, else ``--seeds``."""
+        overrides = dict(part.split("=", 1) for part in self.regime_seeds.split(";") if part)
+        return [int(s) for s in overrides.get(regime, self.seeds).split(",")]
+
+    def resolved(self) -> ReportConfig:
+        """``--quick`` applied and the stores' default paths filled in."""
+        cfg = self
+        if cfg.quick:
+            cfg = dataclasses.replace(cfg, regimes="main", seeds="0", epochs=1, no_docs=True,
+                                      variants="student,customkd", min_steps=0)
+        here = is_this_project(Path.cwd())
+        docs = Path(cfg.docs) if cfg.docs is not None else Path("docs") if here else Path(cfg.out)
+        readme = Path(cfg.readme) if cfg.readme is not None else Path("README.md") if here else None
+        return dataclasses.replace(cfg, out=Path(cfg.out), docs=docs, readme=readme,
+                                   cache=cfg.cache or default_cache(cfg.data, cfg.teacher),
+                                   large_cache=cfg.large_cache or default_cache(cfg.data, cfg.large_teacher))

@@ -1,0 +1,80 @@
+"""What a run records besides its metrics: where it came from (provenance) and TensorBoard scalars.
+
+- ``provenance``: library versions, the git commit of the code when it is a checkout, the command line, the
+  start time, and every input file by absolute path with a content hash (the store by its identity hash).
+- ``Tracker``: one TensorBoard event file per run folder (``torch.utils.tensorboard``), a scalar for every
+  numeric loss part, evaluation metric and method statistic (``Method.epoch_metrics``, a stage's record), plus ``lr`` and ``epoch_seconds``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import sys
+from pathlib import Path
+
+from customkd.common.errors import UserError
+from customkd.common.provenance import file_sha256, git_commit, library_versions
+from customkd.featcache import store as fs
+from customkd.featcache.location import is_url
+from customkd.trainer.run_folder import flatten, has_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (a run can then be used from any directory); URLs unchanged."""
+    return path if is_url(path) else str(Path(path).expanduser().resolve())
+
+
+def provenance(cache: str, student_weights: str | None, started: dt.datetime) -> dict:
+    inputs = {"cache": {"path": absolute(cache), "store_identity": fs.store_identity(cache)}}
+    if student_weights:
+        inputs["student_weights"] = {"path": absolute(student_weights), "sha256": file_sha256(student_weights)}
+    return {"versions": library_versions(), "git_commit": git_commit(), "command": [Path(sys.argv[0]).name,
+            *sys.argv[1:]], "started": started.isoformat(timespec="seconds"), "inputs": inputs}
+
+
+def eta(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """Every finite number of an epoch record (not in a list, not an ``epoch`` count), by slash-joined key
+    (``train/loss``, ``eval/accuracy`` …): the flattened record metrics.csv holds, numbers only."""
+    return {name: float(value) for name, value in flatten(record, lists=False).items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            and name.rsplit("/", 1)[-1] != "epoch"}
+
+
+class Tracker:
+    """TensorBoard event files in the run folder (rank 0 only)."""
+
+    def __init__(self, run: Path, enabled: bool) -> None:
+        self.run, self.writer = run, None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run))
+
+    def log_epoch(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        try:  # TensorBoard writes in a thread of its own and raises its OSError (a full disk) here
+            for name, value in scalars(record).items():
+                self.writer.add_scalar(name, value, global_step=record["epoch"])
+            self.writer.flush()
+        except OSError as exc:
+            then = "continue the run with --resume" if has_checkpoint(self.run) else "rerun the same command"
+            raise UserError(f"writing TensorBoard events in {self.run} failed ({exc.strerror or exc}); free space, "
+                            f"then {then}") from None
+
+    def close(self) -> None:
+        """Close the event file; a write that fails now is a warning, never an error hiding the run's own."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError as exc:
+                log.warning("closing TensorBoard events in %s failed (%s)", self.run, exc.strerror or exc)

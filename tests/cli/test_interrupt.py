@@ -1,0 +1,57 @@
+"""Ctrl-C at any moment of a real ``customkd`` process: one line, exit 130 (or the command's own ending, had it
+finished first), never a traceback."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, TINY_RUN, cli_env, invoke
+
+
+def _interrupted_after(seconds: float, *args) -> subprocess.CompletedProcess:
+    """``customkd ARGS`` in a real process, sent SIGINT ``seconds`` after it started."""
+    process = subprocess.Popen([sys.executable, "-m", "customkd.cli", *map(str, args)], cwd=ROOT, env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(seconds)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+# How a shell sees a process Ctrl-C ended: exit code 130, or death by SIGINT (the shell's $? is 130 too), which
+# `python -m` chooses on its own after a KeyboardInterrupt passed through code a C extension ran (PyRun_String)
+INTERRUPTED = (130, -signal.SIGINT)
+
+
+def _assert_one_line_ending(result: subprocess.CompletedProcess, finished: str) -> None:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    if result.returncode in INTERRUPTED:
+        assert lines[0].startswith("interrupted"), result.stderr
+    else:  # SIGINT came after the command had ended its work: its own ending, untouched
+        assert result.returncode == 2 and finished in lines[0], (result.returncode, result.stderr)
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.2, 0.5, 0.9, 1.5])
+def test_ctrl_c_while_the_program_starts_is_one_line(seconds, tmp_path):
+    # evaluate imports typer, then torch and timm, then refuses the missing run: SIGINT lands in each phase
+    result = _interrupted_after(seconds, "evaluate", tmp_path / "missing-run")
+    _assert_one_line_ending(result, "is not a finished run")
+
+
+@pytest.mark.parametrize("seconds", [1.0, 2.0])
+def test_ctrl_c_early_in_distill_is_one_line(seconds, tiny_store, tmp_path):
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in TINY_RUN.items()]
+    result = _interrupted_after(seconds, "distill", "--quiet", "--cache", tiny_store, "--out", tmp_path / "run",
+                                *options)
+    assert result.returncode in INTERRUPTED, result.stderr  # the tiny run takes longer than that
+    _assert_one_line_ending(result, "")
+
+
+def test_a_process_that_imports_the_cli_keeps_its_own_handler():
+    assert invoke("students").exit_code == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
