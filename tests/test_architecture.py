@@ -174,7 +174,7 @@ def test_the_trainer_outside_its_methods_never_names_customization():
 
 # every file name of a run folder (trainer/run_folder.py spells each once)
 RUN_FILE_NAME = re.compile(r"(?<![\w.-])((model/)?config\.json|metrics\.json|metrics\.csv|checkpoint\.pt|"
-                           r"student(-best|-last)?\.safetensors|(model/)?model\.safetensors|timing\.json|"
+                           r"(student(-best|-last)?|method)\.safetensors|(model/)?model\.safetensors|timing\.json|"
                            r"alignment\.json|\.lock|\.customkd-run)(?![\w-])")
 # the packages that may import trainer.run_folder; common and featcache sit below it (a teacher folder's config.json
 # is not a run's)

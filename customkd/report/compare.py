@@ -439,7 +439,7 @@ RUNS_INDEX_TITLE = "# Run records of `make report`"
 
 
 def copy_run_records(jobs: list[Job], out: Path, dest: Path) -> None:
-    """Each run's config, metrics, timing (and alignment) JSON next to the table (checkpoints stay in ``out``)."""
+    """Each run's config, metrics, timing (and alignment) JSON next to the table (weights stay in ``out``)."""
     target = dest / "runs"
     index = target / "README.md"
     if target.exists():

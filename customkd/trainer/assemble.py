@@ -228,7 +228,7 @@ class TrainedRun:
 def load_trained(run_dir: str | Path, device: torch.device | None = None) -> TrainedRun:
     """Rebuild a finished run from its own store (pinned to the fingerprint it trained on): the inputs (the probe
     is refitted: it is seeded and deterministic), the student from student.safetensors, the method's modules from
-    the final checkpoint."""
+    method.safetensors (or the checkpoint of a run that kept only that)."""
     device = device or torch.device("cpu")
     config = read_run_config(run_dir)
     cfg = config_from_run(config.values, run_dir)
@@ -237,6 +237,6 @@ def load_trained(run_dir: str | Path, device: torch.device | None = None) -> Tra
     trainee = build_trainee(dataclasses.replace(cfg, student_pretrained=False, student_weights=None), inputs, device)
     run_folder.load_student_weights(config, trainee.student.model)
     trainee.student.eval()
-    run_folder.restore(run_dir, run_folder.load_checkpoint(run_dir, ("method",)), {"method": trainee.method})
+    run_folder.restore(run_dir, {"method": run_folder.load_method_state(run_dir)}, {"method": trainee.method})
     trainee.method.eval()
     return TrainedRun(Path(run_dir), config.values, cfg, inputs, trainee)

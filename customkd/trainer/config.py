@@ -87,6 +87,9 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         "left out of training; every epoch is scored on them instead of the test rows, the best epoch's student is "
         "kept and tested at the end (0 = off).")
     resume: bool = option(False, "Continue the run in --out from its last checkpoint.")
+    keep_checkpoint: bool = option(
+        False, "Keep the checkpoint (everything --resume needs) after the run finishes; by default it is removed once "
+        "the student is saved.")
 
     def __post_init__(self) -> None:
         self._check_numbers()

@@ -51,7 +51,8 @@ def default_run_dir(cfg: DistillConfig) -> str:
 
 
 # settings a resumed run may change: where and how it runs, not what it computes
-RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_stale", "data", "expect_fingerprint")
+RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_stale", "data", "expect_fingerprint",
+                     "keep_checkpoint")
 
 
 def _inside_store(run: Path) -> Path | None:
@@ -79,6 +80,9 @@ def check_run_dir(cfg: DistillConfig) -> Path:
             raise UserError(f"--out {run} holds files that are not a customkd run (e.g. {stranger}; distill marks the "
                             f"folders it creates with {run_folder.MARKER}); choose a new or empty --out")
     has_checkpoint = run_folder.has_checkpoint(run)
+    if run_folder.is_finished(run) and not has_checkpoint:
+        raise UserError(f"run directory {run} holds a finished run (its checkpoint is removed at the end; "
+                        "--keep-checkpoint keeps it): nothing to resume there; choose another --out")
     if cfg.resume and not has_checkpoint:
         raise UserError(f"--resume needs {run / run_folder.CHECKPOINT}; that run stopped before its first checkpoint: "
                         "rerun the same command without --resume to start it over")
@@ -387,7 +391,8 @@ def train(s: Session, started: dt.datetime) -> dict:
 
 
 def finish(s: Session, eval_ds: StudentViews) -> dict:
-    """The final metrics; rank 0 writes the run's student, its model folder and metrics.json with ``final``."""
+    """The final metrics; rank 0 writes the run's student, the method's modules, its model folder and metrics.json
+    with ``final``, then removes what only training needed (:func:`trainer.run_folder.tidy`)."""
     if s.validating:
         final = choose_student(s, eval_ds)
     else:
@@ -395,8 +400,10 @@ def finish(s: Session, eval_ds: StudentViews) -> dict:
         if s.env.main:
             run_folder.save_student(s.run, s.student.model.state_dict())
     if s.env.main:
+        run_folder.save_method_state(s.run, s.method.state_dict())
         run_folder.write_model_folder(s.run, run_folder.read_config(s.run).values)
         run_folder.write_metrics(s.run, run_folder.RunMetrics(s.history, s.inputs.probe_metrics, final))
+        run_folder.tidy(s.run, s.cfg.keep_checkpoint)
     distributed.barrier(s.env)
     return final
 

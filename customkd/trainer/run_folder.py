@@ -40,6 +40,7 @@ METRICS = "metrics.json"
 METRICS_CSV = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 STUDENT = "student.safetensors"
+METHOD_STATE = "method.safetensors"  # the method's own modules at the end (projector, θ^h_t): read, never resumed
 STUDENT_BEST = "student-best.safetensors"  # with --val-fraction: the best epoch's student so far
 STUDENT_LAST = "student-last.safetensors"  # with --val-fraction: the last epoch's student
 MARKER = ".customkd-run"
@@ -65,7 +66,9 @@ FILES: dict[str, RunFile] = {
     METRICS: RunFile("distill", "per-epoch records, `final` and `teacher_probe`"),
     METRICS_CSV: RunFile("distill", "the per-epoch records, one row per epoch"),
     EVENTS: RunFile("distill", "TensorBoard scalars"),
-    CHECKPOINT: RunFile("distill", "everything `--resume` needs, every epoch"),
+    CHECKPOINT: RunFile("distill", "everything `--resume` needs, every epoch; removed when the run finishes "
+                                   "unless --keep-checkpoint"),
+    METHOD_STATE: RunFile("distill", "the method's own modules at the end (projector, θ^h_t), for analysis"),
     STUDENT: RunFile("distill", "the deployable student's weights (with --val-fraction: the best epoch's)"),
     STUDENT_BEST: RunFile("distill", "with --val-fraction: the student of the best epoch by validation accuracy so "
                                      "far, rewritten when an epoch improves on it; its epoch in the metadata"),
@@ -378,6 +381,33 @@ def restore(run: str | Path, state: dict, targets: dict) -> None:
 
 
 # ---------------------------------------------------------------- student.safetensors
+
+
+def save_method_state(run: str | Path, state_dict: dict) -> None:
+    """The method's modules at the end of training (:data:`METHOD_STATE`), whole or not at all."""
+    save_student(run, state_dict, METHOD_STATE)
+
+
+def load_method_state(run: str | Path) -> dict:
+    """A finished run's method modules: :data:`METHOD_STATE`, or the checkpoint's ``method`` part where a run kept
+    only its checkpoint; one line when neither holds them."""
+    if not exists(run, METHOD_STATE):
+        return load_checkpoint(run, ("method",))["method"]
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(Path(run) / METHOD_STATE))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _refuse(run, METHOD_STATE, f"is damaged ({_first_line(exc)})") from None
+
+
+def tidy(run: str | Path, keep_checkpoint: bool) -> None:
+    """A finished run keeps what describes and deploys it: the checkpoint (everything --resume needs, the largest
+    file) goes unless ``keep_checkpoint``, and the lock file goes (this process still holds it until it exits)."""
+    if not keep_checkpoint:
+        (Path(run) / CHECKPOINT).unlink(missing_ok=True)
+    (Path(run) / LOCK).unlink(missing_ok=True)
 
 
 def save_student(run: str | Path, state_dict: dict, name: str = STUDENT, metadata: dict[str, str] | None = None) \

@@ -25,7 +25,7 @@ def _config(store, **overrides) -> DistillConfig:
 @pytest.fixture(scope="module")
 def finished_run(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "r"
-    distill(_config(tiny_store, out=str(out)))
+    distill(_config(tiny_store, out=str(out), keep_checkpoint=True))
     return out
 
 
@@ -38,6 +38,8 @@ def test_load_trained_gives_back_the_runs_weights_and_probe(finished_run):
     method = run.trainee.method.state_dict()
     saved = torch.load(finished_run / "checkpoint.pt", weights_only=True)["method"]
     assert saved and all(torch.equal(method[k], v) for k, v in saved.items())
+    kept = load_file(str(finished_run / "method.safetensors"))  # what a run without its checkpoint keeps
+    assert kept.keys() == saved.keys() and all(torch.equal(kept[k], v) for k, v in saved.items())
     # the probe is refitted from the run's own store: seeded, so the same probe with the same accuracy
     assert run.inputs.probe_metrics == json.loads((finished_run / "metrics.json").read_text())["teacher_probe"]
     assert not run.trainee.student.training and not run.trainee.method.training
@@ -53,6 +55,7 @@ def test_load_trained_needs_only_the_method_state_of_the_checkpoint(finished_run
 
     run = tmp_path / "r"
     shutil.copytree(finished_run, run)
+    (run / "method.safetensors").unlink()  # a run from before the method's modules had their own file
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     torch.save({"method": state["method"], "epoch": state["epoch"]}, run / "checkpoint.pt")
     method = load_trained(run).trainee.method.state_dict()

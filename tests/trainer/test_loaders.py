@@ -21,7 +21,7 @@ from tests.conftest import tiny_config
 
 def _config(store, out, **overrides) -> DistillConfig:
     return tiny_config(store, out, **{"method": "customkd", "setting": "ssl", "labels_per_class": 3, "epochs": 3,
-                                      "workers": 2, **overrides})
+                                      "workers": 2, "keep_checkpoint": True, **overrides})
 
 
 def _record_worker_pids(monkeypatch, log_file) -> None:

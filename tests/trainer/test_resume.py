@@ -42,5 +42,5 @@ def test_existing_run_is_not_overwritten(tiny_store, tmp_path):
     from customkd.common.errors import UserError
 
     distill_mod.distill(_config(tiny_store, tmp_path / "r", epochs=1))
-    with pytest.raises(UserError, match="already holds a run"):
+    with pytest.raises(UserError, match="holds a finished run"):
         distill_mod.distill(_config(tiny_store, tmp_path / "r", epochs=1))

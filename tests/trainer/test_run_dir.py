@@ -15,7 +15,7 @@ from tests.conftest import TINY_RUN, invoke, one_error_line, tiny_config
 
 
 def _config(store, out, **overrides) -> DistillConfig:
-    return tiny_config(store, out, **{"method": "kd", "epochs": 1, **overrides})
+    return tiny_config(store, out, **{"method": "kd", "epochs": 1, "keep_checkpoint": True, **overrides})
 
 
 def test_a_folder_with_other_files_is_refused_and_left_untouched(tiny_store, tmp_path):
@@ -107,3 +107,22 @@ def test_a_non_finite_loss_stops_the_run_and_saves_nothing(tiny_store, tmp_path,
         distill_mod.distill(_config(tiny_store, tmp_path / "nan"))
     assert not (tmp_path / "nan" / "student.safetensors").exists()
     assert not (tmp_path / "nan" / run_folder.CHECKPOINT).exists()
+
+
+def test_a_finished_run_keeps_what_describes_and_deploys_it_and_refuses_to_be_rerun(tiny_store, tmp_path):
+    """By default the checkpoint (everything --resume needs, the largest file) and the lock go when the run
+    finishes; the method's modules stay in their own file; the folder is then refused by another distill, with or
+    without --resume, in one line. --keep-checkpoint keeps the checkpoint, and such a run resumes as before."""
+    out = tmp_path / "r"
+    distill_mod.distill(_config(tiny_store, out, keep_checkpoint=False))
+    names = {p.name for p in out.iterdir()}
+    assert run_folder.CHECKPOINT not in names and run_folder.LOCK not in names
+    assert {run_folder.STUDENT, run_folder.METHOD_STATE, run_folder.CONFIG, run_folder.METRICS} <= names
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for resume in (False, True):
+        with pytest.raises(UserError, match="holds a finished run"):
+            distill_mod.distill(_config(tiny_store, out, keep_checkpoint=False, resume=resume))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    kept = tmp_path / "kept"
+    distill_mod.distill(_config(tiny_store, kept))  # this module's runs keep it
+    assert run_folder.has_checkpoint(kept) and not (kept / run_folder.LOCK).exists()

@@ -25,7 +25,7 @@ from tests.conftest import ROOT, TINY_RUN, customkd, invoke, one_error_line, tin
 @pytest.fixture(scope="module")
 def finished_run(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "r"
-    distill(tiny_config(tiny_store, out, method="customkd", epochs=2))
+    distill(tiny_config(tiny_store, out, method="customkd", epochs=2, keep_checkpoint=True))
     return out
 
 
