@@ -237,8 +237,8 @@ def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None
         progress.update(n)
         if (step + 1) % SYNC_EVERY == 0:
             _add_loss_parts(sums, pending, epoch)
-            progress.set_postfix({k: f"{v / max(sums['_seen'], 1):.3f}" for k, v in sums.items()
-                                  if not k.startswith("_")}, refresh=False)
+            # the bar shows the loss and the speed; every part is in metrics.json and TensorBoard
+            progress.set_postfix(loss=f"{sums['loss'] / max(sums['_seen'], 1):.3f}", refresh=False)
     _add_loss_parts(sums, pending, epoch)
     progress.close()
     seconds = time.perf_counter() - started
