@@ -63,8 +63,8 @@ def test_toml_config_and_its_errors(tiny_store, tmp_path):
     one_error_line(customkd("extract", "--config", str(tmp_path / "code.yaml")), "cannot be parsed")
 
 
-@pytest.mark.parametrize("command, config_class", [("distill", "trainer.config.DistillConfig"),
-                                                    ("extract", "featcache.config.ExtractConfig")])
+@pytest.mark.parametrize("command, config_class", [("distill", "customkd.trainer.config.DistillConfig"),
+                                                    ("extract", "customkd.featcache.config.ExtractConfig")])
 def test_every_setting_has_a_flag_with_the_dataclass_default(command, config_class):
     import importlib
 

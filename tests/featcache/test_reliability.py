@@ -188,7 +188,7 @@ def test_pinned_or_resumed_fingerprint_names_the_component(tmp_path):
     extract(_cfg(folder, out))
     teacher_hash = fs.read_manifest(zarr.open_group(str(out), mode="r")).fingerprint.teacher.hash
     run = tmp_path / "run"
-    distill(tiny_config(out, run, epochs=1, expect_fingerprint=f"teacher={teacher_hash[:8]}"))
+    distill(tiny_config(out, run, epochs=1, expect_fingerprint=f"teacher={teacher_hash[:8]}", keep_checkpoint=True))
 
     # the store is re-extracted in place with other teacher weights
     state = {k: v * 0.5 for k, v in create_teacher(TINY_TEACHER, weights="random").model.state_dict().items()}
