@@ -16,7 +16,8 @@ app = typer.Typer(no_args_is_help=True, help="Inspect, check, convert and share 
 def info(path: Annotated[str, typer.Argument(help="Store path.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
          verbose: Verbose = False, quiet: Quiet = False) -> None:
-    """Manifest summary: teacher, dataset, N/V/D, views recipe, size, status, fingerprint."""
+    """Manifest summary: teacher, dataset, N/V/D, views recipe, classes and labeled rows per split, size, status,
+    fingerprint."""
     setup_logging(verbose, quiet)
     from customkd.common.errors import printable
     from customkd.featcache.cache_ops import store_info

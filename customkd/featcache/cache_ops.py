@@ -46,12 +46,33 @@ def store_info(path: str) -> dict:
                    "shards_done": "none (creation was interrupted; rerun the extract command)"}
     else:
         done = np.asarray(group["done"][:])
-        summary = {**fs.manifest_summary(manifest), "shards_done": f"{int(done.sum())}/{len(done)}"}
+        summary = {**fs.manifest_summary(manifest), **label_summary(group, manifest),
+                   "shards_done": f"{int(done.sum())}/{len(done)}"}
     summary["size_on_disk"] = f"{_size_on_disk(path) / 2**20:.1f} MiB"
     summary["created"] = manifest.created if manifest else None
     summary["manifest"] = fs.read_attrs(group)
     summary["components"] = {name: part.body for name, part in manifest.fingerprint.components().items()} \
         if manifest else {}
+    return summary
+
+
+def label_summary(group, manifest: Manifest) -> dict[str, str]:
+    """The classes, and per split how many rows are stored with each label (or none): what ``distill`` can use.
+    The labels and splits are N small integers each, written at creation, so this reads little."""
+    classes = manifest.classes
+    try:
+        labels, split = np.asarray(group["labels"][:]), np.asarray(group["split"][:])
+    except Exception as exc:  # noqa: BLE001 - a damaged chunk fails in the codec; verify names it
+        return {"classes": f"{len(classes)}", "rows": f"unreadable ({type(exc).__name__}); `customkd cache verify` "
+                                                      "names the damaged object"}
+    shown = ", ".join(classes[:12]) + (f", … ({len(classes)} in all)" if len(classes) > 12 else "")
+    summary = {"classes": f"{len(classes)}: {shown}"}
+    for index, name in enumerate(manifest.splits):
+        rows = labels[split == index]
+        counts = np.bincount(rows[rows >= 0], minlength=len(classes))
+        per_class = f"{counts.min()}–{counts.max()} per class" if len(counts) else "none"
+        summary[f"rows_{name}"] = f"{len(rows)} ({int((rows >= 0).sum())} labeled: {per_class}; " \
+                                  f"{int((rows < 0).sum())} unlabeled)"
     return summary
 
 

@@ -381,3 +381,18 @@ def test_non_utf8_file_name_is_named(tmp_path):
     shutil.copy(folder / "class0" / "img00.png", bad)
     with pytest.raises(UserError, match=r"file name b'class0/caf\\xe9.png' .* is not valid UTF-8"):
         load_listing(f"folder:{folder}")
+
+
+def test_cache_info_shows_the_classes_and_the_labeled_rows_per_split(copy):
+    """What distill can use, before any run: the class names, and per split the rows stored with a label (the
+    smallest and largest class) and without; counted from the store's own labels and splits."""
+    group = zarr.open_group(str(copy), mode="r")
+    labels, split = np.asarray(group["labels"][:]), np.asarray(group["split"][:])
+    result = invoke("cache", "info", copy)
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in result.output.splitlines() if line.strip()}
+    assert lines["classes"] == "3: class0, class1, class2"
+    train = labels[split == 0]
+    counts = np.bincount(train[train >= 0], minlength=3)
+    assert lines["rows_train"] == (f"{len(train)} ({int((train >= 0).sum())} labeled: {counts.min()}–{counts.max()} "
+                                   f"per class; {int((train < 0).sum())} unlabeled)")
