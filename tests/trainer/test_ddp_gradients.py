@@ -73,6 +73,9 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         if rank == 0:
             torch.save(results, out)
     finally:
+        # both ranks past their last collective before either tears gloo down: a rank that destroyed its group while
+        # the other still held gloo work was seen to abort the other ("terminate called without an active exception")
+        torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 
