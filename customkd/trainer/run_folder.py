@@ -105,7 +105,11 @@ def write_run_file(run: str | Path, name: str, write: Callable[[IO[bytes]], obje
     try:
         with atomic_path(path) as partial, open(partial, "wb") as handle:
             write(handle)
-    except OSError as exc:
+    except Exception as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # Ctrl-C mid-write, then the writer's cleanup failed
+            raise KeyboardInterrupt from None  # (torch's zip writer: "unexpected pos"): report the interrupt
+        if not isinstance(exc, OSError):
+            raise
         reason = exc.strerror or str(exc).split("\n")[0][:160] or type(exc).__name__
         then = ("continue the run with --resume from its last saved epoch" if has_checkpoint(run)
                 else "rerun the same command (no epoch was saved yet)")

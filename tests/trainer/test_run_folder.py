@@ -278,3 +278,31 @@ def test_a_damaged_run_in_a_real_process(finished_run, tmp_path):
     (run / run_folder.STUDENT).write_text("not weights")
     line = one_error_line(customkd("export", run, "--onnx", tmp_path / "s.onnx"), "is not a safetensors file")
     assert re.search(r"restore the run's student\.safetensors or train the run again$", line)
+
+
+def test_ctrl_c_while_a_run_file_is_written_is_the_interrupt_and_leaves_the_previous_file(tmp_path):
+    """A KeyboardInterrupt inside torch.save's zip writer makes the writer's own cleanup fail ("unexpected pos");
+    what reaches the caller is the interrupt (the CLI's one line and exit 130), and the previous checkpoint stays."""
+    import torch
+
+    run_folder.save_checkpoint(tmp_path, {"epoch": 0})
+    before = (tmp_path / run_folder.CHECKPOINT).read_bytes()
+
+    class InterruptedFile:
+        def __init__(self, handle):
+            self.handle, self.writes = handle, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise KeyboardInterrupt
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_folder.write_run_file(tmp_path, run_folder.CHECKPOINT,
+                                  lambda handle: torch.save({"w": torch.zeros(1000)}, InterruptedFile(handle)))
+    assert (tmp_path / run_folder.CHECKPOINT).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [run_folder.CHECKPOINT]
