@@ -69,9 +69,9 @@ distill: $(STAMP) ## Train a student from a cache: CACHE STUDENT METHOD SETTING 
 		$(if $(METHOD),--method $(METHOD)) $(if $(SETTING),--setting $(SETTING)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 		$(if $(IMG_SIZE),--image-size $(IMG_SIZE)) $(if $(RUN),--out $(RUN)) $(ARGS)
 
-demo: ## The embedded default end to end: make extract, then make distill
+demo: ## The embedded default end to end: make extract, then make distill with 10 % of the labels (SSL)
 	$(MAKE) extract
-	$(MAKE) distill
+	$(MAKE) distill ARGS="--label-fraction 0.1 $(ARGS)"
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q tests

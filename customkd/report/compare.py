@@ -347,7 +347,7 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, d
 # What makes a regime one setup (every run of it must agree); method options may differ between variants.
 SHARED_KEYS = ("student", "student_pretrained", "student_weights", "epochs", "image_size", "batch_size", "optimizer",
                "effective_lr", "weight_decay", "feature_norm", "device", "n_train", "n_eval", "classes", "teacher",
-               "labels_per_class", "setting", "effective_label_fraction", "eval_split")
+               "labels_per_class", "setting", "label_fraction", "eval_split")
 # What the page prints of a regime: the setup, and the method options as its customkd run used them.
 CONFIG_KEYS = (*SHARED_KEYS, "effective_lambda_general", "lambda_specific", "specific_space", "specific_loss", "customizer",
                "customizer_lr", "customizer_init", "customizer_optimizer", "customize_epochs", "pseudo_threshold",
@@ -378,7 +378,7 @@ def collect(jobs: list[Job], alignments: dict[Path, dict]) -> dict[str, dict]:
             "regime": job.regime.slug, "variant": job.variant.name, "slug": job.variant.slug,
             "method": job.variant.method, "seeds": [], "accuracy": [], "balanced_accuracy": [], "probe_accuracy": [],
             "curves": [], "wall_seconds": [], "train_seconds": [], "runs": [], "mechanism": {}, "alignment": {},
-            "label_fraction": config["effective_label_fraction"]})
+            "label_fraction": config["label_fraction"]})
         row["seeds"].append(job.seed)
         row["accuracy"].append(metrics.final["accuracy"])
         row.setdefault("per_class", []).append(metrics.final.get("per_class_accuracy"))

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from customkd.common.errors import UserError
 from customkd.featcache.config import ExtractConfig
-from customkd.trainer.config import DEFAULT_LABEL_FRACTION, EVAL_SPLITS
+from customkd.trainer.config import EVAL_SPLITS
 
 _EXTRACT = ExtractConfig()  # the report's defaults are extract's and distill's own
 DEFAULT_REGIMES = "headroom,pretrained,main"
 DEFAULT_SEEDS = "0,1,2,3,4"
+LABEL_FRACTION = 0.1  # the label budget of the regimes that name none (SSL with scarce labels)
 
 
 README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
@@ -54,7 +55,7 @@ class ReportConfig:
     epochs: int | None = None
     min_steps: int | None = None
     image_size: int | None = None
-    label_fraction: float = DEFAULT_LABEL_FRACTION
+    label_fraction: float = LABEL_FRACTION
     parallel: int = 2  # runs at once; the cores are split between them
     eval_split: str = "test"  # "dev": score on a fixed part of the training rows (choosing settings), never the test rows
     extra: str = ""  # more distill flags for every run, e.g. '--lr 1e-3'

@@ -28,7 +28,6 @@ OPTIMIZERS = {"adamw": 2e-3, "sgd": 0.05}  # name → default learning rate
 FEATURE_NORMS = ("none", "l2", "standardize")
 VIEW_SAMPLING = ("cycle", "random")
 EVAL_SPLITS = ("test", "dev")  # dev: a fixed part of the training rows, for choosing settings without the test rows
-DEFAULT_LABEL_FRACTION = 0.1
 DEFAULT_EPOCHS = 8
 # λ_g when --lambda-general is not given: FitNet's usual weight for the feature-imitation methods; 0.1 for the
 # CustomKD methods, chosen on the digits development split (docs/tuning.md), where λ_g = 1 cost them 4–5 points.
@@ -48,9 +47,10 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
     student_weights: str | None = option(None, "Start from a local student weights file.")
     method: str = option("customkd", f"{', '.join(METHOD_NAMES)}.")
     setting: str = option("ssl", f"{', '.join(SETTINGS)}.", choices=SETTINGS)
-    labels_per_class: int | None = option(None, "SSL: labeled samples per class.")
+    labels_per_class: int | None = option(
+        None, "SSL: simulate a label budget of N labeled samples per class (default: every stored label).")
     label_fraction: float | None = option(
-        None, f"SSL: fraction of training labels kept (default {DEFAULT_LABEL_FRACTION}).")
+        None, "SSL: simulate a label budget, this fraction of each class's labels (default: every stored label).")
     ssl: str = option("none", "none or fixmatch (unlabeled objective in L_task).", choices=("none", "fixmatch"))
     fixmatch_threshold: float = option(0.95, "FixMatch confidence threshold τ.")
     fixmatch_weight: float = option(1.0, "Weight of FixMatch's unlabeled loss.")
@@ -145,6 +145,9 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         """The label budget, domains, loss weights and fingerprint pins fit the setting."""
         if self.labels_per_class is not None and self.label_fraction is not None:
             raise UserError("give either --labels-per-class or --label-fraction, not both")
+        if self.setting != "ssl" and self.label_budget:
+            raise UserError(f"--labels-per-class/--label-fraction simulate a label budget in --setting ssl; "
+                            f"--setting {self.setting} uses every stored label: drop the budget or use --setting ssl")
         if self.labels_per_class is not None and self.labels_per_class < 1:
             raise UserError(f"--labels-per-class must be >= 1, got {self.labels_per_class}")
         if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
@@ -197,10 +200,9 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         return LAMBDA_GENERAL_DEFAULTS.get(self.method, 1.0)
 
     @property
-    def effective_label_fraction(self) -> float | None:
-        if self.setting == "ssl" and self.labels_per_class is None and self.label_fraction is None:
-            return DEFAULT_LABEL_FRACTION
-        return self.label_fraction
+    def label_budget(self) -> bool:
+        """Whether a label budget is asked for (SSL only); without one every stored label is used."""
+        return self.labels_per_class is not None or self.label_fraction is not None
 
     @classmethod
     def from_file(cls, path: str, **overrides) -> DistillConfig:
@@ -226,7 +228,6 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         values = {**{k: v for k, v in fields.items() if k not in grouped},
                   **{k: v for k, v in fields.items() if k in grouped}}
         values.update(source=list(self.source), target=list(self.target), effective_lr=self.effective_lr,
-                      effective_lambda_general=self.effective_lambda_general,
-                      effective_label_fraction=self.effective_label_fraction)
+                      effective_lambda_general=self.effective_lambda_general)
         return values
 

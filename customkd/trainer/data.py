@@ -183,7 +183,7 @@ def select_labeled(labels: np.ndarray, cfg: DistillConfig) -> np.ndarray:
     """Boolean mask ``[T]`` of the SSL label budget, chosen per class by ``cfg.seed``."""
     rng = np.random.default_rng([cfg.seed, 1234])
     mask = np.zeros(len(labels), dtype=bool)
-    fraction = cfg.effective_label_fraction
+    fraction = cfg.label_fraction
     for c in np.unique(labels[labels >= 0]):
         members = np.flatnonzero(labels == c)
         members = members[rng.permutation(len(members))]
@@ -240,8 +240,8 @@ def make_split(cfg: DistillConfig, data: CachedData) -> Split:
     """Training rows with their labels (-1 = unlabeled) and held-out rows of the setting.
 
     Rows stored unlabeled (``extract --unlabeled``) are unlabeled training rows in ``ssl`` and ``uda`` and left
-    out of ``supervised``. With such rows and no label budget given, ``ssl`` keeps every stored label; the
-    budget (``--labels-per-class`` / ``--label-fraction``) simulates scarce labels for benchmarks."""
+    out of ``supervised``. Every stored label is used unless ``ssl`` is given a label budget
+    (``--labels-per-class`` / ``--label-fraction``), which simulates scarce labels for benchmarks."""
     train = (data.split == 0) & data.valid
     test = (data.split == 1) & data.valid & (data.labels >= 0)
     if cfg.eval_split == "dev":
@@ -265,9 +265,8 @@ def make_split(cfg: DistillConfig, data: CachedData) -> Split:
     else:
         rows = np.flatnonzero(train & (data.labels >= 0 if cfg.setting == "supervised" else True))
         labels = data.labels[rows].copy()
-        if cfg.setting == "ssl":
-            budget = cfg.labels_per_class is not None or cfg.label_fraction is not None or not stored_unlabeled
-            labeled = select_labeled(labels, cfg) if budget else labels >= 0
+        if cfg.label_budget:
+            labeled = select_labeled(labels, cfg)
             if labeled.all():
                 raise UserError("the label budget (--labels-per-class / --label-fraction) labels every training sample, "
                                 "leaving none unlabeled; choose a smaller budget, or --setting supervised")

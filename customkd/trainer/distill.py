@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from customkd.common import distributed
+from customkd.common.devices import resolve_precision
 from customkd.common.errors import UserError
 from customkd.trainer import ddp, loop, run_folder
 from customkd.trainer.assemble import (
@@ -207,14 +208,32 @@ def setup(cfg: DistillConfig, env: distributed.DistEnv, device: torch.device) ->
     pinned = run_folder.read_config(run).store_fingerprint if cfg.resume else None
     inputs = load_inputs(cfg, device, pinned)
     epochs = cfg.epochs_for(len(inputs.split.train))
-    if cfg.epochs is None:
-        log.info("no --epochs given: %d KD epochs (at least %d, extended to --min-steps %d optimizer steps); pass "
-                 "--epochs N to run exactly N", epochs, DEFAULT_EPOCHS, cfg.min_steps)
+    log.info("%s", announce(cfg, inputs.split, epochs, device))
     if epochs > 4 * max(inputs.data.n_views - 1, 1):
         log.warning("%d epochs over %d cached views per sample: views repeat often", epochs, inputs.data.n_views)
     trainee = build_trainee(cfg, inputs, device, env)
     distributed.on_main(env, lambda: claim_run_dir(cfg, run))  # last: a run refused above leaves nothing behind
     return Session(cfg, env, device, run, inputs, trainee)
+
+
+def announce(cfg: DistillConfig, split: Split, epochs: int, device: torch.device) -> str:
+    """One line, printed once at the start: the labels, epochs, batch, workers, size and precision this run
+    uses, and which of them were chosen for the user rather than given."""
+    labeled = split.n_labeled
+    if cfg.labels_per_class is not None:
+        labels = f"{labeled} labeled (--labels-per-class {cfg.labels_per_class})"
+    elif cfg.label_fraction is not None:
+        labels = f"{labeled} labeled (--label-fraction {cfg.label_fraction:g})"
+    else:
+        labels = f"{labeled} labeled (every stored label; --labels-per-class or --label-fraction simulate a budget)"
+    if cfg.epochs is not None:
+        schedule = f"{epochs} KD epochs (--epochs)"
+    else:
+        schedule = (f"{epochs} KD epochs (no --epochs: at least {DEFAULT_EPOCHS}, extended to --min-steps "
+                    f"{cfg.min_steps} optimizer steps; --epochs N runs exactly N)")
+    return (f"{cfg.setting}: {len(split.train)} training rows, {labels}, {len(split.train) - labeled} unlabeled, "
+            f"{len(split.val)} validation, {len(split.eval)} held out; {schedule}; batch {cfg.batch_size}, "
+            f"{cfg.workers} workers, {cfg.image_size} px, {device}, {resolve_precision('auto', device)}")
 
 
 def run_config(s: Session, started: dt.datetime) -> dict:

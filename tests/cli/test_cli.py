@@ -57,6 +57,29 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
             assert "customize" not in metrics["epochs"][0]
 
 
+def test_a_fully_labelled_store_trains_on_every_label_by_default_and_says_so(tiny_store, tmp_path):
+    run = tmp_path / "all-labels"
+    done = customkd("distill", "--cache", str(tiny_store), "--student", TINY_STUDENT, "--method", "kd", "--epochs", "1",
+                    "--image-size", "32", "--batch-size", "8", "--workers", "0", "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["setting"] == "ssl" and config["label_fraction"] is None and config["labels_per_class"] is None
+    assert config["n_labeled"] == config["n_train"] == 24 and config["effective_epochs"] == 1
+    assert "effective_label_fraction" not in config
+    said = [line for line in done.stderr.splitlines() if "training rows" in line]
+    assert len(said) == 1 and "24 training rows, 24 labeled (every stored label;" in said[0], done.stderr
+    assert "1 KD epochs (--epochs)" in said[0] and "batch 8, 0 workers, 32 px, cpu, fp32" in said[0]
+
+    budget = tmp_path / "budget"
+    done = customkd("distill", "--cache", str(tiny_store), "--student", TINY_STUDENT, "--method", "kd", "--epochs", "1",
+                    "--image-size", "32", "--batch-size", "8", "--workers", "0", "--label-fraction", "0.25",
+                    "--out", str(budget))
+    assert done.returncode == 0, done.stderr
+    config = json.loads((budget / "config.json").read_text())
+    assert (config["n_train"], config["n_labeled"], config["label_fraction"]) == (24, 6, 0.25)  # 2 of 8 per class
+    assert "24 training rows, 6 labeled (--label-fraction 0.25), 18 unlabeled" in done.stderr
+
+
 def _refit_teacher_probe(run: Path) -> dict:
     """The teacher probe's metrics refitted in this process from the finished run (its store, split and seed)."""
     from customkd.trainer.assemble import load_trained
@@ -88,6 +111,10 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
     (["distill", "--min-steps", "0", "--cache", "{store}", "--student", "no_such_net"], "unknown student"),
     (["distill", "--min-steps", "0", "--cache", "{store}", "--setting", "semi"], "unknown --setting"),
     (["distill", "--min-steps", "0", "--cache", "{store}", "--label-fraction", "0"], "label-fraction must be in (0, 1]"),
+    (["distill", "--cache", "{store}", "--setting", "supervised", "--label-fraction", "0.5"],
+     "simulate a label budget in --setting ssl; --setting supervised uses every stored label"),
+    (["distill", "--cache", "{store}", "--setting", "uda", "--source", "a", "--target", "b", "--labels-per-class", "2"],
+     "--setting uda uses every stored label"),
     (["distill", "--min-steps", "0", "--cache", "{file}"], "regular file"),
     (["distill", "--min-steps", "0", "--cache", "{store}", "--epochs", "0"], "--epochs must be >= 1"),
     (["distill", "--min-steps", "0", "--cache", "{store}", "--setting", "uda", "--source", "a"], "needs --source"),

@@ -105,12 +105,12 @@ def test_logit_r2_golden_values():
 
 
 def test_t_quantiles_and_paired_interval():
-    assert results_page.t_quantile_975(1) == 12.706 and results_page.t_quantile_975(4) == 2.776
-    assert results_page.t_quantile_975(40) == pytest.approx(2.0211, abs=1e-3)
-    assert results_page.t_quantile_975(1000) == pytest.approx(1.9623, abs=1e-3)
+    assert results_page.t_quantile(0.975, 1) == pytest.approx(12.7062, abs=1e-4)
+    assert results_page.t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-4)
+    assert results_page.t_quantile(0.975, 40) == pytest.approx(2.0211, abs=1e-4)
     stats = results_page.paired({0: 0.5, 1: 0.6, 2: 0.7, 9: 0.1}, {0: 0.4, 1: 0.4, 2: 0.4})
     assert stats["seeds"] == [0, 1, 2] and stats["per_seed"] == pytest.approx([10.0, 20.0, 30.0])
-    half = 4.303 * 10.0 / math.sqrt(3)  # s = 10 over n = 3 seeds
+    half = 4.302653 * 10.0 / math.sqrt(3)  # s = 10 over n = 3 seeds
     assert (stats["mean"], stats["low"], stats["high"]) == pytest.approx((20.0, 20.0 - half, 20.0 + half))
     assert stats["wins"] == 3 and stats["n"] == 3
     one = results_page.paired({0: 0.5}, {0: 0.4})
@@ -141,6 +141,26 @@ def test_the_verdict_is_generated_from_the_paired_interval():
     assert "inconclusive" in results_page.verdict(unsure, "main")
     negative = synthetic_summary([0.62, 0.66, 0.62], [0.63, 0.64, 0.66])  # mean −1.0, interval contains 0
     assert "inconclusive" in results_page.verdict(negative, "main")
+
+
+def test_the_strongest_customkd_row_is_read_against_the_strongest_baseline_ignoring_ablations():
+    summary = synthetic_summary([0.70, 0.72, 0.71], [0.60, 0.61, 0.62])
+    row = dict(summary["rows"]["main/kd"], variant="kd+fitnet", slug="kd+fitnet", method="kd+fitnet",
+               accuracy=[0.71, 0.74, 0.71], accuracy_mean=0.72)
+    ablation = dict(summary["rows"]["main/customkd"], variant="customkd, random head", slug="customkd-random-head",
+                    accuracy=[0.99, 0.99, 0.99], accuracy_mean=0.99)
+    summary["rows"].update({"main/kd+fitnet": row, "main/customkd-random-head": ablation})
+    found = results_page.strongest(summary, "main")
+    assert (found["ours"]["slug"], found["baseline"]["slug"]) == ("customkd", "kd+fitnet")
+    assert found["accuracy"]["per_seed"] == pytest.approx([-1.0, -2.0, 0.0])
+    said = results_page.strongest_sentence(summary, "main")
+    assert "`customkd` 71.0 − `kd+fitnet` 72.0 = -1.0 points" in said
+    assert "**not distinguishable from the strongest baseline**" in said
+    summary["rows"]["main/kd+fitnet"] = dict(row, accuracy=[0.60, 0.62, 0.61], accuracy_mean=0.61)
+    summary["rows"]["main/kd"]["accuracy_mean"] = 0.61
+    assert "**ahead of the strongest baseline**" in results_page.strongest_sentence(summary, "main")
+    del summary["rows"]["main/customkd"], summary["rows"]["main/customkd-random-head"]
+    assert results_page.strongest_sentence(summary, "main") == ""
 
 
 def test_holm_widens_secondary_intervals_by_step_and_adjusts_p_values():
