@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 CUSTOMKD := $(VENV)/bin/customkd
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
 # Only what you set is passed on: every other setting is the config dataclasses' default
 # (featcache/config.py, trainer/config.py). TEACHER and DATA name the cache, so they have values here
@@ -43,7 +43,7 @@ endif
 # glibc's default allocator makes PyTorch page-fault heavily on CPU (docs/design.md §9); keep freed memory.
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
-.PHONY: help install extract distill demo test lint format bench report clean-caches
+.PHONY: help install lock extract distill demo test lint format bench report clean-caches
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,13 +51,18 @@ help: ## List the targets
 	@echo "           NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT (torchrun)"
 	@echo "           REPORT_ARGS (make report; e.g. '--seeds 0,1 --epochs 2 --regimes main --variants student,kd,customkd')"
 
-$(STAMP): pyproject.toml
+# pip -qq and no Python warnings: the install prints errors only (setuptools' editable-install notice is not one)
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install -qq --upgrade pip
+	PYTHONWARNINGS=ignore $(PY) -m pip install -qq -e '.[dev]' -c constraints.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP) ## Create .venv and install everything (once; reinstalls when pyproject.toml changes)
+install: $(STAMP) ## Create .venv and install the pinned set (once; again when pyproject.toml or constraints.txt change)
+
+lock: $(STAMP) ## Pin the installed dependency set into constraints.txt (after changing pyproject.toml)
+	@{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
 
 extract: $(STAMP) ## Extract teacher features: TEACHER DATA CACHE UNLABELED VIEWS TEACHER_SIZE TAP CONFIG ARGS
 	$(LAUNCH) extract --teacher $(TEACHER) --data $(DATA) --out $(CACHE) $(if $(CONFIG),--config $(CONFIG)) \
