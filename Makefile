@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 # (the same as extract's defaults: a test checks).
 TEACHER ?= efficientnet_lite0
 DATA ?= elpv
-CACHE ?= caches/$(subst :,-,$(notdir $(DATA)))-$(TEACHER).zarr
+# caches/<last part of DATA>-<TEACHER>.zarr with ':' and '/' as '-' (report/config.py default_cache: a test keeps them equal)
+CACHE ?= caches/$(subst :,-,$(notdir $(patsubst %/,%,$(DATA))))-$(subst /,-,$(subst :,-,$(TEACHER))).zarr
 CONFIG ?=
 UNLABELED ?=
 VIEWS ?=

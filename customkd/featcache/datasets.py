@@ -396,6 +396,15 @@ DATASETS: dict[str, Callable[[str], DatasetListing]] = {
 }
 
 
+def with_kind(spec: str) -> str:
+    """A bare directory path (``/data/mine``, ``./shapes``) is a folder dataset, as timm's ``--data-dir`` is:
+    ``folder:`` is put in front. Named datasets and specs with a ``kind:`` keep their meaning."""
+    head = spec.split("|", 1)[0]
+    if ":" in head or head in DATASETS or not Path(head).expanduser().is_dir():
+        return spec
+    return f"folder:{spec}"
+
+
 def unlabeled_spec(value: str) -> str:
     """A ``--unlabeled`` value (``folder:PATH``, ``PATH`` or ``NAME=folder:PATH``) as its part of a data spec."""
     name, sep, where = value.partition("=")
@@ -467,11 +476,13 @@ def _with_unlabeled(listing: DatasetListing, spec: str, parts: tuple[tuple[str, 
 def load_listing(spec: str) -> DatasetListing:
     """Resolve a data spec (``elpv``, ``folder:PATH``, ``cifar100:PATH``, each optionally followed by
     ``|unlabeled:NAME=PATH`` parts, :func:`featcache.schema.parse_data_spec`) into its listing."""
+    spec = with_kind(spec)
     try:
         parsed = parse_data_spec(spec)
     except DataSpecError as exc:
         if exc.part is None:
-            raise UserError(f"unknown dataset {spec!r}; known: elpv, digits, folder:PATH, cifar100:PATH") from None
+            raise UserError(f"unknown dataset {spec!r}; known: elpv, digits, folder:PATH (or an existing folder's "
+                            "path), cifar100:PATH") from None
         raise UserError(f"data spec part {exc.part!r} is not unlabeled:NAME=PATH") from None
     listing = DATASETS[parsed.kind](parsed.arg)
     if parsed.unlabeled:

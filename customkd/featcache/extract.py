@@ -26,7 +26,7 @@ from customkd.common.provenance import library_versions
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
 from customkd.featcache.config import ExtractConfig
-from customkd.featcache.datasets import IMAGE_ERRORS, DatasetListing, load_listing, unlabeled_spec
+from customkd.featcache.datasets import IMAGE_ERRORS, DatasetListing, load_listing, unlabeled_spec, with_kind
 from customkd.featcache.listing import content_hash, listing_arrays
 from customkd.featcache.schema import (
     DataSpecError,
@@ -363,7 +363,7 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     if fs.is_foreign(cfg.out):  # before loading anything; also refuses a URL that carries credentials
         raise UserError(f"{where.display(cfg.out)} exists and is not a customkd store; choose another --out "
                         "(nothing was touched)")
-    spec = "|".join([cfg.data, *(unlabeled_spec(u) for u in cfg.unlabeled)])
+    spec = "|".join([with_kind(cfg.data), *(unlabeled_spec(u) for u in cfg.unlabeled)])
     _check_data_outside_out(spec, cfg.out)
     listing = load_listing(spec)
     device = resolve_device(cfg.device)

@@ -31,8 +31,10 @@ def is_this_project(folder: Path) -> bool:
 
 
 def default_cache(data: str, teacher: str) -> str:
-    """``caches/<data>-<teacher>.zarr``, the Makefile's CACHE rule (``folder:/x/oh`` → ``oh``)."""
-    return f"caches/{Path(data).name.replace(':', '-')}-{teacher.replace(':', '-')}.zarr"
+    """``caches/<data>-<teacher>.zarr``, the Makefile's CACHE rule: the last part of the data spec
+    (``folder:/x/oh/`` → ``oh``) and the teacher, with ``:`` and ``/`` as ``-``."""
+    name = Path(data.rstrip("/")).name.replace(":", "-")
+    return f"caches/{name}-{teacher.replace(':', '-').replace('/', '-')}.zarr"
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
     (["extract", "--teacher", "nope", "--data", "elpv", "--out", "{tmp}/x.zarr"], "unknown teacher 'nope'; known:"),
     (["extract", "--teacher", TINY_TEACHER, "--data", "folder:{tmp}/missing", "--out", "{tmp}/x.zarr"], "does not exist"),
     (["extract", "--teacher", TINY_TEACHER, "--data", "imagenet", "--out", "{tmp}/x.zarr"], "unknown dataset"),
+    (["extract", "--teacher", TINY_TEACHER, "--data", "{tmp}", "--out", "{tmp}/x.zarr"], "contains --out"),
     (["extract", "--teacher", TINY_TEACHER, "--data", "elpv", "--views", "0", "--out", "{tmp}/x.zarr"], "--views must be between 1 and 1024"),
     (["distill", "--min-steps", "0", "--cache", "{tmp}/absent.zarr"], "does not exist; run `make extract`"),
     (["distill", "--min-steps", "0", "--cache", "{store}", "--method", "magic"], "unknown method 'magic'; known:"),

@@ -104,6 +104,20 @@ def test_makefile_names_the_cache_with_extracts_defaults_and_passes_only_what_is
     assert "--method kd" in command and "--epochs" not in command and "--student" not in command
 
 
+@pytest.mark.parametrize("data, teacher", [
+    ("elpv", "efficientnet_lite0"), ("folder:/x/shapes/", "efficientnet_lite0"), ("folder:/x/shapes", "dinov2_vits"),
+    ("folder:shapes", "timm:vit_small_patch16_224"), ("cifar100:/d/c100", "open_clip:hf-hub:timm/ViT-B-16-SigLIP")])
+def test_makefile_and_report_name_a_cache_alike(data, teacher):
+    import subprocess
+
+    from customkd.report.config import default_cache
+
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed-x", "distill", f"DATA={data}", f"TEACHER={teacher}"],
+                         capture_output=True, text=True, cwd=ROOT).stdout
+    cache = dry.split("--cache ", 1)[1].split()[0]
+    assert cache == default_cache(data, teacher) and "/-" not in cache and ":" not in cache
+
+
 BILLION_LAUGHS = "\n".join(
     ["a: &a [x, x, x, x, x, x, x, x, x]"]
     + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from customkd.common.errors import UserError
-from customkd.featcache.datasets import load_listing
+from customkd.featcache.datasets import load_listing, with_kind
 from customkd.featcache.views import ViewRecipe, draw_views, replay
 from tests.conftest import TINY_TEACHER, invoke, make_tiny_hue_folder, one_error_line
 
@@ -141,3 +141,15 @@ def test_names_reach_the_log_escaped(tmp_path, caplog):
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 2 and all("\\x1b[2J\\u202e" in message for message in messages), messages
     assert not any("\x1b" in message or "\u202e" in message for message in messages), messages
+
+
+def test_a_bare_folder_path_is_a_folder_dataset_and_names_keep_their_meaning(tmp_path, monkeypatch):
+    root = make_tiny_hue_folder(tmp_path / "shapes", classes=2, per_class=3)
+    bare, prefixed = load_listing(str(root)), load_listing(f"folder:{root}")
+    assert bare.spec == prefixed.spec and bare.listing_hash() == prefixed.listing_hash()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()  # a folder named like a bundled dataset does not shadow it
+    assert with_kind("digits") == "digits" and with_kind("shapes") == "folder:shapes"
+    assert with_kind("shapes|unlabeled:u=/x") == "folder:shapes|unlabeled:u=/x"
+    with pytest.raises(UserError, match="unknown dataset 'no-such-folder'"):
+        load_listing("no-such-folder")
