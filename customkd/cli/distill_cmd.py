@@ -17,6 +17,20 @@ from customkd.trainer.run_folder import CONFIG as RUN_CONFIG
 from customkd.trainer.run_folder import has_checkpoint
 
 
+def invoked_as() -> list[str]:
+    """This process's program as a command that runs again as shown, from the same directory: ``customkd`` when
+    that is what PATH finds, the script's own path otherwise (``.venv/bin/customkd``), or ``python -m
+    customkd.cli`` with this interpreter."""
+    import shutil
+    from pathlib import Path
+
+    program = Path(sys.argv[0])
+    if program.name != "customkd":
+        return [sys.executable, "-m", "customkd.cli"]
+    on_path = shutil.which("customkd")
+    return ["customkd"] if on_path and Path(on_path).resolve() == program.resolve() else [sys.argv[0]]
+
+
 def _resume_hint(out: str | None) -> str:
     """The exact command that continues an interrupted run."""
     from pathlib import Path
@@ -25,10 +39,10 @@ def _resume_hint(out: str | None) -> str:
     if "--out" not in args and not any(a.startswith("--out=") for a in args) and out is not None:
         args += ["--out", out]
     if out is None or not has_checkpoint(Path(out)):
-        return f"no epoch was saved yet; start again with: customkd {shlex.join(args)}"
+        return f"no epoch was saved yet; start again with: {shlex.join(invoked_as() + args)}"
     if "--resume" not in args:
         args.append("--resume")
-    return f"the run is in {out}; continue it with: customkd {shlex.join(args)}"
+    return f"the run is in {out}; continue it with: {shlex.join(invoked_as() + args)}"
 
 
 def _domains(value: str | tuple) -> tuple[str, ...]:

@@ -304,7 +304,8 @@ def epoch_stage(s: Session, epoch: int, order: np.ndarray, views: np.ndarray) ->
     return record
 
 
-def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunLoader) -> dict:
+def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunLoader,
+              on_step: loop.StepLog | None = None) -> dict:
     """The method's epoch stage (when it has one due), KD epoch, evaluation; the loaders live for the whole run."""
     record: dict = {"epoch": epoch + 1}
     plan = epoch_plan(s.cfg, s.inputs, epoch, s.env)
@@ -312,7 +313,7 @@ def run_epoch(s: Session, epoch: int, train_loader: RunLoader, eval_loader: RunL
     if stage is not None:
         record[s.method.stage_name] = stage
     record["train"] = loop.train_epoch(kd_step(s.cfg, s.inputs, s.trainee, s.device, s.env),
-                                       train_loader.epoch(epoch), epoch, plan.counts)
+                                       train_loader.epoch(epoch), epoch, plan.counts, on_step)
     record[s.scored] = evaluate_epoch(s, eval_loader.epoch(epoch))
     return record
 
@@ -379,8 +380,9 @@ def train(s: Session, started: dt.datetime) -> dict:
     cfg, env = s.cfg, s.env
     eval_ds = StudentViews(s.data, cfg.image_size)
     train_ds = StudentViews(s.data, cfg.image_size, strong_seed=cfg.seed) if cfg.ssl == "fixmatch" else eval_ds
-    if env.main and not cfg.resume:  # a resumed run keeps its record
-        run_folder.write_config(s.run, run_config(s, started))
+    config = run_config(s, started) if env.main and not cfg.resume else None  # a resumed run keeps its record
+    if config is not None:
+        run_folder.write_config(s.run, config)
     first_epoch = resume(s) if cfg.resume else 0
     # one loader per purpose for the whole run, both started here: persistent workers are forked once,
     # together, so the copy-on-write faults a fork costs the training process fall into the first epoch only
@@ -391,9 +393,12 @@ def train(s: Session, started: dt.datetime) -> dict:
     eval_loader = run_loader(eval_ds, lambda epoch: scored, epochs, cfg.workers, s.device).start()
     tracker = Tracker(s.run, env.main)
     try:
+        if config is not None:
+            tracker.log_config(config, s.scored)
         for epoch in epochs:
             epoch_started, lr = time.perf_counter(), s.trainee.optimizer.param_groups[0]["lr"]
-            record = run_epoch(s, epoch, train_loader, eval_loader)
+            steps = tracker.step_log(epoch, cfg.steps_per_epoch(len(s.split.train)))
+            record = run_epoch(s, epoch, train_loader, eval_loader, steps)
             record.update(lr=lr, epoch_seconds=time.perf_counter() - epoch_started)
             s.history.append(record)
             log_epoch(s, epoch, record)

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,10 +141,12 @@ class DistillModule(nn.Module):
 
 
 SYNC_EVERY = 25  # KD steps between reads of the loss parts to the host (each read waits for the GPU)
+StepLog = Callable[[int, dict[str, float]], None]  # (step of the epoch, its loss parts) once they are on the host
 
 
-def _add_loss_parts(sums: dict[str, float], pending: list, epoch: int) -> None:
-    """Read the pending steps' loss parts to the host in one transfer, check them, add them to ``sums``.
+def _add_loss_parts(sums: dict[str, float], pending: list, epoch: int, on_step: StepLog | None = None) -> None:
+    """Read the pending steps' loss parts to the host in one transfer, check them, add them to ``sums`` and hand
+    each step's parts to ``on_step(step, parts)``.
 
     ``pending`` holds (step, counts, names, values ``[len(names)]`` float64 on the device); the first
     non-finite value, in step order and with terms before the total, stops the run."""
@@ -160,6 +163,8 @@ def _add_loss_parts(sums: dict[str, float], pending: list, epoch: int) -> None:
             # each rank's part is world × its share of the global batch mean: summed over ranks and
             # divided by the world size it is that mean
             sums[name] += value * batch_counts.samples / batch_counts.world
+        if on_step is not None:
+            on_step(step, dict(zip(names, read, strict=True)))
     pending.clear()
 
 
@@ -216,12 +221,14 @@ def _kd_update(kd: KDStep, batch: list, epoch: int, counts: BatchCounts | None) 
     return parts, counts
 
 
-def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None = None) -> dict:
+def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None = None,
+                on_step: StepLog | None = None) -> dict:
     """One KD epoch over the loader's (row, view) batches; returns mean loss parts and samples/s.
 
     Under DDP ``counts`` are the global-batch denominators of :func:`trainer.ddp.split_global_batches`.
     Logged parts are means over the epoch's samples (each global batch weighted by its size). Loss
-    parts stay on the device and are read every :data:`SYNC_EVERY` steps, so no step waits for the GPU."""
+    parts stay on the device and are read every :data:`SYNC_EVERY` steps, so no step waits for the GPU;
+    ``on_step(step, parts)`` receives each step's parts as they are read (this rank's)."""
     kd.model.train()
     sums: dict[str, float] = defaultdict(float)
     pending: list = []
@@ -236,10 +243,10 @@ def train_epoch(kd: KDStep, loader, epoch: int, counts: list[BatchCounts] | None
         sums["_weight"] += batch_counts.samples if kd.env is None or kd.env.rank == 0 else 0
         progress.update(n)
         if (step + 1) % SYNC_EVERY == 0:
-            _add_loss_parts(sums, pending, epoch)
+            _add_loss_parts(sums, pending, epoch, on_step)
             # the bar shows the loss and the speed; every part is in metrics.json and TensorBoard
             progress.set_postfix(loss=f"{sums['loss'] / max(sums['_seen'], 1):.3f}", refresh=False)
-    _add_loss_parts(sums, pending, epoch)
+    _add_loss_parts(sums, pending, epoch, on_step)
     progress.close()
     seconds = time.perf_counter() - started
     sums = reduce_sums(kd.env, dict(sums)) if kd.env is not None else dict(sums)

@@ -2,13 +2,17 @@
 
 - ``provenance``: library versions, the git commit of the code when it is a checkout, the command line, the
   start time, and every input file by absolute path with a content hash (the store by its identity hash).
-- ``Tracker``: one TensorBoard event file per run folder (``torch.utils.tensorboard``), a scalar for every
-  numeric loss part, evaluation metric and method statistic (``Method.epoch_metrics``, a stage's record), plus ``lr`` and ``epoch_seconds``.
+- ``Tracker``: one TensorBoard event file per run folder (``torch.utils.tensorboard``): a scalar for every
+  numeric loss part, evaluation metric and method statistic (``Method.epoch_metrics``, a stage's record), plus
+  ``lr`` and ``epoch_seconds``, per epoch; every KD step's loss parts as ``step/<part>`` (rank 0's batch); the
+  run's settings as text (``config``) and as hyper-parameters (the HPARAMS tab, against the scored accuracy),
+  written into the same event file the way Lightning's TensorBoardLogger does.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import sys
@@ -59,12 +63,41 @@ class Tracker:
 
             self.writer = SummaryWriter(log_dir=str(run))
 
+    def log_config(self, config: dict, scored: str) -> None:
+        """The run's config.json as text, and its settings as hyper-parameters whose metrics are the per-epoch
+        ``<scored>/accuracy`` and ``<scored>/balanced_accuracy`` scalars."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        self.writer.add_text("config", "```json\n" + json.dumps(config, indent=2, default=str) + "\n```")
+        settings = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in config.items()
+                    if not isinstance(v, dict | list) or k in ("source", "target")}
+        metrics = {f"{scored}/accuracy": math.nan, f"{scored}/balanced_accuracy": math.nan}
+        for summary in hparams(settings, metrics):
+            self.writer.file_writer.add_summary(summary)
+        self._flush()
+
+    def step_log(self, epoch: int, steps_per_epoch: int):
+        """A :data:`trainer.loop.StepLog` writing ``step/<part>`` at global step ``epoch × steps + step + 1``."""
+        if self.writer is None:
+            return None
+
+        def log(step: int, parts: dict[str, float]) -> None:
+            for name, value in parts.items():
+                if math.isfinite(value):
+                    self.writer.add_scalar(f"step/{name}", value, global_step=epoch * steps_per_epoch + step + 1)
+        return log
+
     def log_epoch(self, record: dict) -> None:
         if self.writer is None:
             return
+        for name, value in scalars(record).items():
+            self.writer.add_scalar(name, value, global_step=record["epoch"])
+        self._flush()
+
+    def _flush(self) -> None:
         try:  # TensorBoard writes in a thread of its own and raises its OSError (a full disk) here
-            for name, value in scalars(record).items():
-                self.writer.add_scalar(name, value, global_step=record["epoch"])
             self.writer.flush()
         except OSError as exc:
             then = "continue the run with --resume" if has_checkpoint(self.run) else "rerun the same command"

@@ -55,3 +55,22 @@ def test_ctrl_c_early_in_distill_is_one_line(seconds, tiny_store, tmp_path):
 def test_a_process_that_imports_the_cli_keeps_its_own_handler():
     assert invoke("students").exit_code == 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_resume_hint_names_the_program_as_it_runs_from_here(tmp_path, monkeypatch):
+    import sys
+
+    from customkd.cli.distill_cmd import invoked_as
+
+    script = tmp_path / "bin" / "customkd"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(script.parent))
+    monkeypatch.setattr(sys, "argv", [str(script), "distill"])
+    assert invoked_as() == ["customkd"]  # PATH finds this very script
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "argv", [".venv/bin/customkd", "distill"])
+    assert invoked_as() == [".venv/bin/customkd"]  # not on PATH: its path, as it was typed
+    monkeypatch.setattr(sys, "argv", ["/x/customkd/cli/__main__.py", "distill"])
+    assert invoked_as() == [sys.executable, "-m", "customkd.cli"]

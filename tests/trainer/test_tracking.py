@@ -61,6 +61,19 @@ def test_tensorboard_and_metrics_csv_have_every_scalar(customkd_run):
     assert {"train/loss", "train/general", "train/specific", "eval/accuracy", "eval/balanced_accuracy", "lr",
             "epoch_seconds", "customize/loss"} <= tags, tags
     assert [e.step for e in accumulator.Scalars("eval/accuracy")] == [1, 2, 3]
+    metrics = json.loads((customkd_run / "metrics.json").read_text())
+    steps = accumulator.Scalars("step/loss")  # 24 training rows in batches of 8: 3 steps an epoch
+    assert [e.step for e in steps] == list(range(1, 10)) and {"step/general", "step/specific", "step/task"} <= tags
+    for epoch, record in enumerate(metrics["epochs"]):  # the epoch's mean is the mean of its steps (equal batches)
+        assert sum(e.value for e in steps[3 * epoch : 3 * epoch + 3]) / 3 == pytest.approx(record["train"]["loss"],
+                                                                                          rel=1e-5)
+    text = accumulator.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert json.loads(text.removeprefix("```json\n").removesuffix("\n```"))["method"] == "customkd"
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["method"].string_value == "customkd" and hparams["epochs"].number_value == 3
     header = (customkd_run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "lr" in header and "epoch_seconds" in header
 
@@ -80,8 +93,10 @@ def test_ctrl_c_says_exactly_how_to_continue(tiny_store, tmp_path):
     lines = [line for line in stderr.splitlines() if line.startswith("interrupted;")]
     assert lines, stderr[-3000:]
     line = lines[-1]
-    assert f"the run is in {run}; continue it with: customkd distill" in line and line.endswith("--resume")
-    continued = customkd(*shlex.split(line.split("continue it with: customkd ")[1]))
+    command = shlex.join([sys.executable, "-m", "customkd.cli", "distill"])  # how this process was started
+    assert f"the run is in {run}; continue it with: {command} " in line and line.endswith("--resume")
+    continued = subprocess.run(shlex.split(line.split("continue it with: ")[1]), cwd=ROOT, capture_output=True,
+                               text=True, env=cli_env(), timeout=300)  # exactly as printed
     assert continued.returncode == 0, continued.stderr
     assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 8
 
