@@ -336,7 +336,7 @@ def save_epoch(s: Session, epoch: int) -> None:
         "method_optimizers": t.method.optimizer_states(),
         "torch_rng": torch.get_rng_state(), "history": json.dumps(s.history)})
     run_folder.write_metrics(s.run, run_folder.RunMetrics(s.history, s.inputs.probe_metrics))
-    run_folder.write_metrics_csv(s.run, s.history)
+    run_folder.write_metrics_csv(s.run, s.history, s.data.classes)
 
 
 def log_epoch(s: Session, epoch: int, record: dict) -> None:

@@ -295,12 +295,23 @@ def flatten(record: dict, prefix: str = "", lists: bool = True) -> dict:
     return flat
 
 
-def write_metrics_csv(run: str | Path, history: list[dict]) -> None:
-    """metrics.csv: one row per epoch record, one column per flattened key (in order of first appearance)."""
+def named_classes(flat: dict, classes: list[str]) -> dict:
+    """A flattened record with each ``…/per_class_accuracy/<i>`` column named by class ``i``'s name."""
+    def name(key: str) -> str:
+        head, _, index = key.rpartition("/")
+        if head.endswith("per_class_accuracy") and index.isdigit() and int(index) < len(classes):
+            return f"{head}/{classes[int(index)]}"
+        return key
+    return {name(key): value for key, value in flat.items()}
+
+
+def write_metrics_csv(run: str | Path, history: list[dict], classes: list[str] | None = None) -> None:
+    """metrics.csv: one row per epoch record, one column per flattened key (in order of first appearance), the
+    per-class columns named by ``classes``."""
     import csv
     import io
 
-    rows = [flatten(record) for record in history]
+    rows = [named_classes(flatten(record), classes or []) for record in history]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns)

@@ -77,6 +77,16 @@ def test_one_flattener_serves_metrics_csv_and_tensorboard():
         "note": "text", "lr": 0.01}
     # TensorBoard: finite numbers only, no list items, no epoch counts (the step is the epoch)
     assert scalars(record) == {"train/loss": 1.5, "eval/accuracy": 0.5, "lr": 0.01}
+    named = run_folder.named_classes(run_folder.flatten(record), ["p0", "p1,3"])
+    assert [k for k in named if "per_class" in k] == ["eval/per_class_accuracy/p0", "eval/per_class_accuracy/p1,3"]
+
+
+def test_metrics_csv_names_the_per_class_columns_by_class(finished_run):
+    import csv
+
+    with open(finished_run / run_folder.METRICS_CSV, newline="") as handle:
+        header = next(csv.reader(handle))
+    assert [c for c in header if "per_class" in c] == [f"eval/per_class_accuracy/class{i}" for i in range(3)]
 
 
 def test_the_readme_lists_every_file_distill_writes():
