@@ -348,7 +348,7 @@ def log_epoch(s: Session, epoch: int, record: dict) -> None:
              eta(sum(done) / len(done) * (s.epochs - epoch - 1)))
 
 
-FINAL_KEYS = ("accuracy", "balanced_accuracy", "per_class_accuracy")
+FINAL_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "per_class_accuracy", "confusion_matrix")
 
 
 def score_on_test(s: Session, dataset: StudentViews) -> dict:

@@ -272,12 +272,17 @@ def predict(student: Student, loader, device: torch.device) -> tuple[np.ndarray,
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> dict:
-    """Accuracy, balanced accuracy (mean recall over present classes), per-class accuracy."""
-    per_class = []
-    for c in range(num_classes):
-        members = labels == c
-        per_class.append(float((preds[members] == c).mean()) if members.any() else None)
-    present = [a for a in per_class if a is not None]
-    return {"accuracy": float((labels == preds).mean()), "balanced_accuracy": float(np.mean(present)),
-            "per_class_accuracy": per_class}
+    """Accuracy, balanced accuracy (mean recall over the classes present), macro F1 over the classes present,
+    each class's recall (``None`` for a class with no sample) and the confusion matrix ``[C, C]`` (row: true class,
+    column: predicted), by scikit-learn."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    matrix = confusion_matrix(labels, preds, labels=np.arange(num_classes))
+    support = matrix.sum(axis=1)
+    per_class = [float(matrix[c, c] / support[c]) if support[c] else None for c in range(num_classes)]
+    present = np.flatnonzero(support)
+    return {"accuracy": float((labels == preds).mean()),
+            "balanced_accuracy": float(np.mean([per_class[c] for c in present])),
+            "macro_f1": float(f1_score(labels, preds, labels=present, average="macro", zero_division=0)),
+            "per_class_accuracy": per_class, "confusion_matrix": matrix.tolist()}
 

@@ -282,10 +282,12 @@ def write_metrics(run: str | Path, metrics: RunMetrics) -> None:
 
 def flatten(record: dict, prefix: str = "", lists: bool = True) -> dict:
     """{"train": {"loss": 1}} → {"train/loss": 1}; with ``lists`` a list becomes one column per item, otherwise
-    it stays one value."""
+    it stays one value. A table (a list of lists: the confusion matrix) is no column: it stays in metrics.json."""
     flat = {}
     for key, value in record.items():
         name = f"{prefix}{key}"
+        if isinstance(value, list) and any(isinstance(item, list) for item in value):
+            continue
         if isinstance(value, dict):
             flat.update(flatten(value, f"{name}/", lists))
         elif isinstance(value, list) and lists:

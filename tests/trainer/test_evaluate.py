@@ -130,3 +130,16 @@ def test_timm_alone_reproduces_evaluate(finished_run):
         preds = [int(model(normalize(views[(int(r), 0)][0][None])).argmax()) for r in rows]
     accuracy = sum(pred == data.labels[r] for pred, r in zip(preds, rows, strict=True)) / len(rows)
     assert accuracy == pytest.approx(evaluate_run(str(finished_run), workers=0)["accuracy"], abs=1e-9)
+
+
+def test_classification_metrics_golden_values():
+    import numpy as np
+    import pytest
+
+    from customkd.trainer.loop import classification_metrics
+
+    found = classification_metrics(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), num_classes=4)
+    assert found["accuracy"] == pytest.approx(3 / 5) and found["per_class_accuracy"] == [0.5, 1.0, 0.0, None]
+    assert found["balanced_accuracy"] == pytest.approx(0.5)  # class 3 has no sample: not averaged
+    assert found["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)  # F1 of classes 0, 1, 2
+    assert found["confusion_matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]

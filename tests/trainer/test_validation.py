@@ -53,8 +53,8 @@ def _scripted_validation(monkeypatch, accuracies):
     """run_epoch with the validation accuracy of epoch i replaced by ``accuracies[i]``: the choice is then known."""
     real = distill_mod.run_epoch
 
-    def run_epoch(s, epoch, train_loader, eval_loader):
-        record = real(s, epoch, train_loader, eval_loader)
+    def run_epoch(s, epoch, *loaders_and_step_log):
+        record = real(s, epoch, *loaders_and_step_log)
         record["val"]["accuracy"] = accuracies[epoch]
         return record
 
@@ -138,7 +138,7 @@ def test_without_a_validation_split_epochs_are_scored_on_the_test_rows(tiny_stor
     distill_mod.distill(tiny_config(tiny_store, run, epochs=1))
     metrics = json.loads((run / "metrics.json").read_text())
     assert all("eval" in e and "val" not in e for e in metrics["epochs"])
-    assert sorted(metrics["final"]) == ["accuracy", "balanced_accuracy", "per_class_accuracy"]
+    assert sorted(metrics["final"]) == ["accuracy", "balanced_accuracy", "confusion_matrix", "macro_f1", "per_class_accuracy"]
     assert not run_folder.exists(run, run_folder.STUDENT_BEST) and not run_folder.exists(run, run_folder.STUDENT_LAST)
     assert json.loads((run / "config.json").read_text())["n_val"] == 0
 
