@@ -365,8 +365,8 @@ class RunLoader(torch.utils.data.DataLoader):
     With persistent workers one iterator serves the whole run: once an epoch's last batches are handed
     to the workers, they go on with the next epoch's first ones, so the pipeline never drains and
     refills at an epoch boundary and evaluation overlaps the next epoch's loading (what timm's
-    ``MultiEpochsDataLoader`` does). Otherwise (``workers=0``, or ``persistent=False``: the behaviour
-    before issue 14) every epoch iterates a new iterator over that epoch's batches.
+    ``MultiEpochsDataLoader`` does). Otherwise (``workers=0``, or ``persistent=False``: workers forked
+    again for each epoch) every epoch iterates a new iterator over that epoch's batches.
 
     Every new iterator of a plain DataLoader draws its workers' base seed from the global torch RNG.
     With the one iterator that draw is made at the start of every epoch instead, and the iterator's
@@ -426,8 +426,7 @@ def run_loader(dataset: StudentViews, plan: Callable[[int], list[list[tuple]]], 
                device: torch.device | str = "cpu", persistent: bool = True) -> RunLoader:
     """One loader for the run's ``epochs``; ``plan(epoch)`` gives an epoch's batches.
 
-    ``persistent=False`` forks new workers for every epoch (the behaviour before issue 14; the bench
-    measures both). Batches, order and augmentation seeds do not depend on it."""
+    ``persistent=False`` forks new workers for every epoch (the bench measures both). Batches, order and augmentation seeds do not depend on it."""
     return RunLoader(dataset, plan, epochs, **loader_options(workers, device, persistent))
 
 

@@ -1,4 +1,4 @@
-"""Issue 24: a KD step that never waits for the device, and uint8 batches normalised after the copy.
+"""A KD step that never waits for the device, and uint8 batches normalised after the copy.
 
 On CPU a guard stands in for the GPU: during steady-state KD steps of every method, any read of a tensor's value
 to the host (``item``, ``bool``, ``int``, ``float``, ``tolist``, ``__index__``) and any operator whose output size

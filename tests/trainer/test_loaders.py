@@ -1,4 +1,4 @@
-"""Issue 14: loaders built once per run (persistent workers), no per-step host reads, same results."""
+"""Loaders built once per run (persistent workers), no per-step host reads, same results."""
 
 from __future__ import annotations
 

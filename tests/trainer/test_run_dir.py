@@ -1,4 +1,4 @@
-"""A run folder belongs to one run (issue 12): foreign folders, stores, locks, resume settings, restarts."""
+"""A run folder belongs to one run: foreign folders, stores, locks, resume settings, restarts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Defaults that learn on a small real dataset (issue 13, item 5).
+"""Defaults that learn on a small real dataset.
 
 A few hundred real handwritten digits (scikit-learn's bundled copy of the UCI digits, offline):
 3 confusable classes (3, 5, 8), 100 images each, 8 labels per class, the rest unlabeled; the real
