@@ -215,8 +215,8 @@ def _create(cfg: ExtractConfig, out, layout: Layout, manifest: Manifest, per_sam
 
 
 class RankProgress:
-    """One progress bar on rank 0 for every rank: its own images plus, polled every few seconds,
-    the images of shards other ranks have flagged done."""
+    """One progress bar on rank 0 for every rank, counting views (images × views per image, each one teacher
+    forward): its own plus, polled every few seconds, those of shards other ranks have flagged done."""
 
     def __init__(self, env: distributed.DistEnv, group, layout: Layout, pending: list[int], views: int) -> None:
         from tqdm import tqdm
@@ -224,7 +224,7 @@ class RankProgress:
         self.env, self.group, self.layout, self.views = env, group, layout, views
         self.others = [s for s in pending if s % env.world != env.rank]
         total = sum(self._images(s) for s in pending)
-        self.bar = tqdm(total=total, unit="img", desc=f"extract ({env.world} ranks)" if env.active else "extract",
+        self.bar = tqdm(total=total, unit="view", desc=f"extract ({env.world} ranks)" if env.active else "extract",
                         smoothing=0.1, disable=not env.main)
         self.own, self.last_poll = 0, 0.0
 
