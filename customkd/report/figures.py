@@ -79,12 +79,13 @@ def feature_space(jobs: list, path: Path) -> dict:
         for c, name in enumerate(features["classes"]):
             members = features["labels"] == c
             colour = plt.cm.viridis(c / max(len(features["classes"]) - 1, 1))
+            shown = str(name).replace("$", r"\$")  # a class name is text, never mathtext
             ax.scatter(*xy[:n][members].T, s=10, marker="^", color=colour, alpha=0.7,
-                       label=f"θ^h_t(f_t), class {name}")
+                       label=rf"$\theta^h_t(f_t)$, class {shown}")
             ax.scatter(*xy[n:][members].T, s=10, marker="o", facecolors="none", edgecolors=colour, alpha=0.7,
-                       label=f"f_s, class {name}")
-        ax.set_title(f"customized through the {features['head']} head\nlinear CKA(θ^h_t(f_t), f_s) = "
-                     f"{cka['customized_vs_student']:.3f}   CKA(f_t, f_s) = {cka['teacher_vs_student']:.3f}",
+                       label=rf"$f_s$, class {shown}")
+        ax.set_title(f"customized through the {features['head']} head\n" + r"linear CKA($\theta^h_t(f_t)$, $f_s$) = "
+                     f"{cka['customized_vs_student']:.3f}   " + r"CKA($f_t$, $f_s$) = " + f"{cka['teacher_vs_student']:.3f}",
                      fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
