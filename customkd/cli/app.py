@@ -7,9 +7,12 @@ from typing import Annotated
 import typer
 
 from customkd.cli import cache_cmd, distill_cmd, extract_cmd, report_cmd, run_cmd, students_cmd
+from customkd.cli.common import leave
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Cache a frozen teacher's features once, then distil small students from the cache.")
+
+
 def _version(show: bool) -> None:
     if show:
         import importlib.metadata
@@ -36,7 +39,11 @@ app.add_typer(cache_cmd.app, name="cache")
 
 
 def main() -> None:
-    app(prog_name="customkd")
+    try:
+        app(prog_name="customkd")
+    except SystemExit as done:
+        leave(done.code)
+        raise
 
 
 if __name__ == "__main__":

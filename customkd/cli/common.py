@@ -74,6 +74,26 @@ def _leave_process_group() -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
         torch_dist.destroy_process_group()
+        _group_closed.append(True)
+
+
+_group_closed: list[bool] = []  # set once this process has closed a torchrun process group
+
+
+def leave(code: int | str | None) -> None:
+    """After a torchrun process group was closed, end the process with ``os._exit`` once every stream is
+    flushed: the interpreter's own exit tears down what gloo's threads still hold, and under load that
+    aborted a rank now and then (SIGABRT, "terminate called without an active exception", 2 runs in 10
+    of a 2-rank extract). Otherwise nothing: the normal exit runs."""
+    if not _group_closed:
+        return
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 def _as_option(field: dataclasses.Field, hint) -> inspect.Parameter:
