@@ -3,7 +3,8 @@
 A *regime* is a student and a teacher (:data:`REGIMES`); a *variant* is a method plus the distill flags
 that make it an ablation (:data:`VARIANTS`). The report extracts once per teacher it needs
 (``customkd extract``), then runs each (regime, variant, seed) as a ``customkd distill`` subprocess, as a
-user would type it. It aggregates the runs' ``metrics.json``, measures how each CustomKD-type run's
+user would type it, with the machinery ``customkd compare`` uses on any store (:mod:`report.jobs`,
+:mod:`report.runner`, :mod:`report.collect`). It aggregates the runs' ``metrics.json``, measures how each CustomKD-type run's
 student lines up with its customized target (:mod:`report.alignment`), pairs every method with CustomKD
 seed by seed (:mod:`report.results_page`), draws the figures (:mod:`report.figures`) and writes
 ``docs/results.md``, ``docs/results/`` (figures, ``summary.json``, each run's ``config.json``,
