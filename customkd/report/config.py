@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,9 @@ def _split(value: str | tuple | list) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else tuple(value)
 
 
+COMPARE_OWNS = {"--cache", "--method", "--seed", "--out", "--resume", "--config"}  # distill flags set per run
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     """Every option of ``customkd compare``: methods × seeds on one store, each run with the same budget.
@@ -145,3 +149,15 @@ class CompareConfig:
             raise UserError(f"unknown --eval-split {self.eval_split!r}; known: {', '.join(EVAL_SPLITS)}")
         if self.parallel < 1:
             raise UserError(f"--parallel must be at least 1, got {self.parallel}")
+        self._check_extra()
+
+    def _check_extra(self) -> None:
+        """--extra may add any distill flag but those compare sets per run (a later flag would win over them)."""
+        try:
+            flags = {word.split("=", 1)[0] for word in shlex.split(self.extra)}
+        except ValueError as exc:
+            raise UserError(f"--extra {self.extra!r} cannot be split like a shell line ({exc})") from None
+        owned = sorted(flags & COMPARE_OWNS)
+        if owned:
+            raise UserError(f"--extra cannot set {owned[0]}: compare sets it for each run (use --cache, --methods, "
+                            "--seeds and --out)")

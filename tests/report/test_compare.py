@@ -71,6 +71,7 @@ def test_the_advice_names_a_method_only_when_every_interval_excludes_zero():
     (("--methods", "kd"), "--methods needs at least two different methods"),
     (("--baseline", "dkd"), "--baseline dkd is not one of --methods kd,customkd"),
     (("--seeds", "0,x"), "--seeds must be comma-separated integers"),
+    (("--extra", "--lr 1e-3 --method=dkd"), "--extra cannot set --method: compare sets it for each run"),
 ])
 def test_bad_options_are_one_error_line(tiny_store, tmp_path, args, needle):
     result = invoke("compare", "--cache", tiny_store, "--out", tmp_path / "out", *args)
