@@ -6,6 +6,7 @@
     run = customkd.distill(customkd.DistillConfig(cache="caches/pets.zarr", method="customkd"))
     print(run.final["accuracy"], customkd.evaluate(run.run_dir)["accuracy"])
     customkd.predict(run.run_dir, images="/data/new_photos", out="preds.csv")
+    page = customkd.compare(cache="caches/pets.zarr", methods="kd,customkd", seeds="0,1,2", out="runs/compare-pets")
 
 Heavy modules (torch, timm, zarr) load on first use, so ``import customkd`` is quick.
 """
@@ -25,10 +26,13 @@ from customkd.featcache.config import ExtractConfig  # noqa: E402
 from customkd.trainer.config import DistillConfig  # noqa: E402
 
 __version__ = importlib.metadata.version("customkd")
-__all__ = ["DistillConfig", "ExtractConfig", "UserError", "distill", "evaluate", "extract", "predict"]
+__all__ = ["CompareConfig", "DistillConfig", "ExtractConfig", "UserError", "compare", "distill", "evaluate", "extract",
+           "predict"]
 
 _FUNCTIONS = {"extract": ("customkd.featcache.extract", "extract"), "distill": ("customkd.trainer.distill", "distill"),
-              "evaluate": ("customkd.trainer.evaluate", "evaluate_run"), "predict": ("customkd.trainer.predict", "predict_images")}
+              "evaluate": ("customkd.trainer.evaluate", "evaluate_run"), "predict": ("customkd.trainer.predict", "predict_images"),
+              "compare": ("customkd.report.store_compare", "compare"),
+              "CompareConfig": ("customkd.report.config", "CompareConfig")}
 
 
 def __getattr__(name: str):

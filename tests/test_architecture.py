@@ -25,7 +25,7 @@ LAYERS = {
     "report": {"common", "featcache", "trainer"},
     "bench": {"common", "featcache", "trainer"},
     "cli": {"common", "featcache", "trainer", "report"},
-    "customkd": {"common", "featcache", "trainer"},
+    "customkd": {"common", "featcache", "trainer", "report"},  # the library's front door (report: customkd.compare)
 }
 
 

@@ -1,4 +1,4 @@
-"""The Typer app: ``customkd extract | distill | teachers | students | evaluate | predict | export | report | cache …``. Heavy imports live in command bodies."""
+"""The Typer app: ``customkd extract | distill | teachers | students | evaluate | predict | export | report | compare | cache …``. Heavy imports live in command bodies."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from customkd.cli import cache_cmd, distill_cmd, extract_cmd, report_cmd, run_cmd, students_cmd
+from customkd.cli import cache_cmd, compare_cmd, distill_cmd, extract_cmd, report_cmd, run_cmd, students_cmd
 from customkd.cli.common import leave
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -35,6 +35,7 @@ app.command("evaluate")(run_cmd.evaluate)
 app.command("predict")(run_cmd.predict)
 app.command("export")(run_cmd.export)
 app.command("report")(report_cmd.report)
+app.command("compare")(compare_cmd.compare)
 app.add_typer(cache_cmd.app, name="cache")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +100,67 @@ class ReportConfig:
         return dataclasses.replace(cfg, out=Path(cfg.out), docs=docs, readme=readme,
                                    cache=cfg.cache or default_cache(cfg.data, cfg.teacher),
                                    large_cache=cfg.large_cache or default_cache(cfg.data, cfg.large_teacher))
+
+
+def _split(value: str | tuple | list) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else tuple(value)
+
+
+COMPARE_OWNS = {"--cache", "--method", "--seed", "--out", "--resume", "--config"}  # distill flags set per run
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Every option of ``customkd compare``: methods × seeds on one store, each run with the same budget.
+    ``None`` means distill's own default; ``methods`` and ``seeds`` take a tuple or a comma-separated string."""
+
+    cache: str | None = None  # the store (required)
+    methods: tuple[str, ...] = ("kd", "customkd")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    out: Path | None = None  # the folder compare writes into, and nothing outside it (required)
+    baseline: str | None = None  # every other method against this one (default: customkd-family − the others)
+    student: str | None = None
+    epochs: int | None = None
+    min_steps: int | None = None
+    image_size: int | None = None
+    setting: str | None = None
+    labels_per_class: int | None = None
+    label_fraction: float | None = None
+    eval_split: str = "test"
+    extra: str = ""  # more distill flags for every run, e.g. '--lr 1e-3'
+    parallel: int = 1  # runs at once; the cores are split between them
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", _split(self.methods))
+        try:
+            object.__setattr__(self, "seeds", tuple(int(s) for s in _split(self.seeds)))
+        except ValueError:
+            raise UserError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {self.seeds!r}") from None
+        if self.cache is None:
+            raise UserError("--cache STORE is required: the store to compare methods on (made by customkd extract)")
+        if self.out is None:
+            raise UserError("--out DIR is required: the folder compare writes its runs and page into")
+        object.__setattr__(self, "out", Path(self.out))
+        if len(set(self.methods)) != len(self.methods) or len(self.methods) < 2:
+            raise UserError(f"--methods needs at least two different methods, e.g. kd,customkd; got "
+                            f"{','.join(self.methods)!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"--seeds needs distinct seeds, e.g. 0,1,2; got {self.seeds!r}")
+        if self.baseline is not None and self.baseline not in self.methods:
+            raise UserError(f"--baseline {self.baseline} is not one of --methods {','.join(self.methods)}; add it there")
+        if self.eval_split not in EVAL_SPLITS:
+            raise UserError(f"unknown --eval-split {self.eval_split!r}; known: {', '.join(EVAL_SPLITS)}")
+        if self.parallel < 1:
+            raise UserError(f"--parallel must be at least 1, got {self.parallel}")
+        self._check_extra()
+
+    def _check_extra(self) -> None:
+        """--extra may add any distill flag but those compare sets per run (a later flag would win over them)."""
+        try:
+            flags = {word.split("=", 1)[0] for word in shlex.split(self.extra)}
+        except ValueError as exc:
+            raise UserError(f"--extra {self.extra!r} cannot be split like a shell line ({exc})") from None
+        owned = sorted(flags & COMPARE_OWNS)
+        if owned:
+            raise UserError(f"--extra cannot set {owned[0]}: compare sets it for each run (use --cache, --methods, "
+                            "--seeds and --out)")

@@ -220,13 +220,16 @@ def test_version_is_the_package_version():
 def test_import_customkd_is_quick_and_exposes_the_library(tmp_path):
     code = ("import sys, customkd; assert 'torch' not in sys.modules; "
             "print(sorted(customkd.__all__), customkd.extract.__module__, customkd.distill.__module__, "
-            "customkd.evaluate.__name__, customkd.predict.__name__)")
+            "customkd.evaluate.__name__, customkd.predict.__name__, customkd.compare.__module__, "
+            "customkd.CompareConfig.__name__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                             env=cli_env(), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("]")[0] + "]" == str(
-        ["DistillConfig", "ExtractConfig", "UserError", "distill", "evaluate", "extract", "predict"])
-    assert "customkd.featcache.extract customkd.trainer.distill evaluate_run predict_images" in result.stdout
+        ["CompareConfig", "DistillConfig", "ExtractConfig", "UserError", "compare", "distill", "evaluate", "extract",
+         "predict"])
+    assert ("customkd.featcache.extract customkd.trainer.distill evaluate_run predict_images "
+            "customkd.report.store_compare CompareConfig") in result.stdout
 
 
 def test_import_customkd_works_beside_modules_named_like_its_parts(tmp_path):
@@ -244,7 +247,8 @@ def test_import_customkd_works_beside_modules_named_like_its_parts(tmp_path):
 
 def test_help_imports_no_torch(tmp_path):
     code = ("import sys; from typer.testing import CliRunner; from customkd.cli.app import app\n"
-            "for args in (['--help'], ['extract', '--help'], ['distill', '--help'], ['predict', '--help']):\n"
+            "for args in (['--help'], ['extract', '--help'], ['distill', '--help'], ['predict', '--help'],\n"
+            "             ['compare', '--help']):\n"
             "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
             "assert 'torch' not in sys.modules and 'timm' not in sys.modules and 'zarr' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,

@@ -329,3 +329,25 @@ def test_a_regime_can_run_its_own_seeds(tmp_path):
         ("pretrained/kd", 0), ("pretrained/kd", 2)]
     with pytest.raises(UserError, match="--regime-seeds"):
         ReportConfig(regime_seeds="pretrained=a")
+
+
+def test_the_default_plan_repeats_the_committed_runs_command_lines(tmp_path, monkeypatch):
+    """Finished runs are reused by argv equality: the default plan must name each committed run's command exactly,
+    or the next `make report` reruns hours of finished work."""
+    records = sorted((ROOT / "docs" / "results" / "runs").glob("*/*/seed*/timing.json"))
+    if not records:
+        pytest.skip("no committed run records")
+    monkeypatch.chdir(ROOT)
+    planned = {str(job.run_dir): list(job.argv) for job in compare.plan(ReportConfig().resolved())}
+    for record in records:
+        argv = json.loads(record.read_text())["argv"]
+        assert planned[argv[argv.index("--out") + 1]] == argv, record
+
+
+def test_the_committed_page_renders_again_from_its_summary(monkeypatch):
+    """docs/results.md is a function of docs/results/summary.json alone (nothing hand-edited, nothing lost)."""
+    page, summary = ROOT / "docs" / "results.md", ROOT / "docs" / "results" / "summary.json"
+    if not summary.is_file():
+        pytest.skip("no committed summary")
+    monkeypatch.chdir(ROOT)
+    assert results_page.render(json.loads(summary.read_text()), ReportConfig().resolved()) == page.read_text()
