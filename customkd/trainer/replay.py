@@ -4,14 +4,15 @@ on whatever device the decoded images live (:mod:`trainer.device_replay` feeds i
 Two engines:
 
 - ``exact`` reproduces :func:`featcache.views.replay_pil` (the loader workers' PIL replay) pixel for pixel: PIL's
-  resampling coefficients computed the way ``libImaging/Resample.c`` computes them (box edges as float32, weights
-  in double, normalised by a left-to-right sum, then 22-bit fixed point), the horizontal pass rounded to uint8
-  before the vertical one, then PIL's blend arithmetic (float32, truncated) for brightness, contrast and
-  saturation and its 8-bit HSV round trip for hue, in that order. Integer sums run as float64 matrix products,
-  which are exact below 2**53 whatever the summation order.
-- ``fast`` is the same geometry in float32 without the fixed point and the intermediate rounding, and colour
-  jitter in float (hue unquantised); one rounding at the end. Its distance from PIL is measured by the tests
-  (:data:`FAST_TOLERANCE`).
+  resampling coefficients computed the way Pillow 13's ``libImaging/Resample.c`` computes them (box edges as
+  float32, weights in double, normalised by a left-to-right sum, then 22-bit fixed point), the first pass rounded
+  to uint8 before the second, in Pillow's order (vertically first when the height shrinks by more than twice the
+  width), then PIL's blend arithmetic (float32, truncated) for brightness, contrast and saturation and its 8-bit
+  HSV round trip for hue, in that order. Integer sums run as float64 matrix products, which are exact below 2**53
+  whatever the summation order.
+- ``fast`` resamples in float32 with the same filters, both passes without rounding in between, rounds once to
+  8 bits, then applies colour jitter exactly as above (elementwise, cheap). Its distance from PIL is measured, not
+  assumed (:data:`FAST_TOLERANCE`).
 
 Every function takes and returns tensors ``[B, C, H, W]`` holding 0..255; the caller keeps the images uint8.
 """
@@ -27,10 +28,11 @@ from customkd.featcache.views import VIEW_PARAMS
 
 ENGINES = ("exact", "fast")
 PRECISION_BITS = 22  # libImaging/Resample.c: 32 - 8 - 2
-# measured against featcache.views.replay_pil by tests/trainer/test_replay.py, in grey levels (0..255): the fast
-# engine's largest difference on any pixel, with and without colour jitter (hue is quantised to 1/255 of a turn
-# and saturation to 1/255 by PIL's 8-bit HSV, which the fast engine does not imitate)
-FAST_TOLERANCE = {"geometry": 1, "colour": 3}
+# the fast engine's distance from featcache.views.replay_pil in grey levels (0..255), per pixel: largest and mean,
+# bilinear, without and with colour jitter (0.4), as measured by tests/trainer/test_replay.py on its fixtures and
+# by bench/replay.py on the bundled stores. Jitter carries the resize's rounding differences through PIL's
+# truncating blends and its 8-bit hue, so one grey level can become several.
+FAST_TOLERANCE = {"geometry": {"max": 1, "mean": 0.25}, "colour": {"max": 8, "mean": 0.5}}
 FILTERS = {  # name -> support, as in Resample.c
     "bilinear": 1.0,
     "bicubic": 2.0,
