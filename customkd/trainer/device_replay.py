@@ -20,7 +20,7 @@ import torch
 
 from customkd.common.errors import UserError
 from customkd.trainer.data import CachedData
-from customkd.trainer.replay import FILTERS, replay_batch
+from customkd.trainer.replay import FILTERS, on_device, replay_batch
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,10 @@ class DecodedImages:
     def batch(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
         """The rows' images ``[B, C, H, W]`` on ``device`` and their sizes ``[B, 2]``."""
         index = self.position[rows]
-        if self.pixels.device == device:
-            images = self.pixels[torch.from_numpy(index).to(device, non_blocking=True)]
-        else:  # host cache, GPU training: gather on the host, one pinned copy
-            images = self.pixels[torch.from_numpy(index)]
-            images = images.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else images
+        if self.pixels.device.type == device.type:
+            images = self.pixels[on_device(index, self.pixels.device)]
+        else:  # host cache, GPU training: gather on the host, one pinned copy queued on the stream
+            images = self.pixels[torch.from_numpy(index)].pin_memory().to(device, non_blocking=True)
         return images, self.sizes[index]
 
 

@@ -19,6 +19,7 @@ Every function takes and returns tensors ``[B, C, H, W]`` holding 0..255; the ca
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -38,6 +39,13 @@ FILTERS = {  # name -> support, as in Resample.c
     "bicubic": 2.0,
 }
 _COLUMN = {name: i for i, name in enumerate(VIEW_PARAMS)}
+
+
+def on_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on ``device`` without a host wait: through pinned pages (PyTorch caches them) and a
+    copy queued on the stream; a plain copy from pageable memory would make the host wait for the GPU."""
+    tensor = torch.from_numpy(np.array(array, copy=True))
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
 
 
 def _filter(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +123,7 @@ def resize(images: torch.Tensor, sizes: np.ndarray, boxes: np.ndarray, out_size:
     Returns ``[B, C, out, out]``, float64 (exact) or float32 (fast), on the images' device."""
     _, _, height, width = images.shape
     device = images.device
-    edges, real = torch.from_numpy(boxes).to(device), torch.from_numpy(sizes).to(device)
+    edges, real = on_device(boxes, device), on_device(sizes, device)
     window_x = window_size(boxes[:, 0], boxes[:, 2], out_size, interpolation)
     window_y = window_size(boxes[:, 1], boxes[:, 3], out_size, interpolation)
     horizontal = resize_weights(edges[:, 0], edges[:, 2], real[:, 0], out_size, width, window_x, interpolation, exact)
@@ -127,7 +135,7 @@ def resize(images: torch.Tensor, sizes: np.ndarray, boxes: np.ndarray, out_size:
     out = torch.empty(*pixels.shape[:2], out_size, out_size, dtype=pixels.dtype, device=device)
     for group, columns_first in ((np.flatnonzero(~rows_first), True), (np.flatnonzero(rows_first), False)):
         if len(group):
-            index = torch.from_numpy(group).to(device)
+            index = on_device(group, device)
             out[index] = _two_passes(pixels[index], horizontal[index], vertical[index], exact, columns_first)
     return out
 
@@ -182,7 +190,13 @@ def _round_half_away(x: torch.Tensor) -> torch.Tensor:
     return whole + torch.sign(x) * ((x - whole).abs() >= 0.5)
 
 
-_SECTORS = torch.tensor([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])  # v=0, p=1, q=2, t=3
+# which of (v, p, q, t) = (0, 1, 2, 3) makes R, G, B in each of the six hue sectors (Convert.c's switch)
+_SECTORS = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
+
+
+@functools.cache
+def _sectors(device: torch.device) -> torch.Tensor:
+    return on_device(_SECTORS, device)
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
@@ -196,7 +210,7 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     q = _round_half_away(vd * (1.0 - (fs * f).double())).clamp(0, 255)
     t = _round_half_away(vd * (1.0 - fs.double() * (1.0 - f.double()))).clamp(0, 255)
     parts = torch.stack([v, p, q, t], 1)  # [B, 4, H, W]
-    order = _SECTORS.to(hsv.device)[(sector.long() % 6)]  # [B, H, W, 3]
+    order = _sectors(hsv.device)[(sector.long() % 6)]  # [B, H, W, 3]
     rgb = torch.gather(parts, 1, order.permute(0, 3, 1, 2))
     return torch.where((s == 0)[:, None], v[:, None].expand_as(rgb), rgb)
 
@@ -214,8 +228,8 @@ def colour(images: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
     host (float32, as stored; PIL receives them as C floats too)."""
     device = images.device
     changed = factors != np.array([1, 1, 1, 0], np.float32)  # [B, 4]: which samples each operation touches
-    alpha = [torch.from_numpy(column.copy()).to(device) for column in factors.T]
-    mask = [torch.from_numpy(column.copy()).to(device)[:, None, None, None] for column in changed.T]
+    alpha = [on_device(column, device) for column in factors.T]
+    mask = [on_device(column, device)[:, None, None, None] for column in changed.T]
     images = images.double()
     if changed[:, 0].any():
         images = torch.where(mask[0], blend(torch.zeros_like(images), images, alpha[0]).double(), images)
@@ -225,7 +239,7 @@ def colour(images: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
         images = torch.where(mask[2], blend(luma(images).expand_as(images), images, alpha[2]).double(), images)
     if changed[:, 3].any():  # torchvision: np.int32(hue_factor * 255) in double, wrapped to uint8
         shift = (factors[:, 3].astype(np.float64) * 255).astype(np.int32).astype(np.uint8)
-        images = torch.where(mask[3], adjust_hue(images, torch.from_numpy(shift).to(device)), images)
+        images = torch.where(mask[3], adjust_hue(images, on_device(shift, device)), images)
     return images
 
 
@@ -249,7 +263,7 @@ def replay_batch(images: torch.Tensor, sizes: np.ndarray, params: np.ndarray, ou
     out = resize(images, sizes, boxes, out_size, interpolation, exact)
     flipped = params[:, _COLUMN["flip"]] >= 0.5
     if flipped.any():
-        out = flip(out, torch.from_numpy(flipped).to(device))
+        out = flip(out, on_device(flipped, device))
     if not exact:  # the one rounding of the fast engine: colour jitter takes 8-bit images, as in PIL
         out = torch.round(out.clamp_(0, 255))
     out = out.expand(-1, 3, -1, -1)  # PIL's convert("RGB") of a grey image repeats it

@@ -41,7 +41,8 @@ def _batch(images: list[Image.Image]) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(batch), np.array([image.size for image in images], np.int64)
 
 
-def _differences(jitter: float, size: int, interpolation: str, engine: str, grey: bool = False) -> np.ndarray:
+def _differences(jitter: float, size: int, interpolation: str, engine: str, grey: bool = False,
+                 device: str = "cpu") -> np.ndarray:
     """|device replay − PIL replay| per pixel, over views drawn by the extraction's own recipe."""
     images = _images(16, seed=size)
     if grey:
@@ -49,7 +50,7 @@ def _differences(jitter: float, size: int, interpolation: str, engine: str, grey
     recipe = ViewRecipe(color_jitter=jitter)
     params = np.stack([draw_views(*image.size, k, 3, recipe, 11)[1 + k % 2] for k, image in enumerate(images)])
     pixels, sizes = _batch(images)
-    replayed = replay_batch(pixels, sizes, params, size, interpolation, engine)
+    replayed = replay_batch(pixels.to(device), sizes, params, size, interpolation, engine).cpu()
     reference = torch.stack([to_uint8(replay_pil(image, p, size, interpolation)) for image, p in zip(images, params, strict=True)])
     assert replayed.dtype == torch.uint8 and replayed.shape == reference.shape
     return (replayed.int() - reference.int()).abs().numpy()
@@ -60,6 +61,31 @@ def _differences(jitter: float, size: int, interpolation: str, engine: str, grey
 @pytest.mark.parametrize("size", [16, 40, 96])
 def test_the_exact_engine_gives_pils_pixels(size, jitter, interpolation):
     assert _differences(jitter, size, interpolation, "exact").max() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (bench/gpu_check.sh runs it)")
+@pytest.mark.parametrize("size", [40, 96])
+def test_the_exact_engine_gives_pils_pixels_on_a_gpu(size):
+    assert _differences(0.4, size, "bilinear", "exact", device="cuda").max() == 0
+    fast = _differences(0.4, size, "bilinear", "fast", device="cuda")
+    assert fast.max() <= FAST_TOLERANCE["colour"]["max"] and fast.mean() <= FAST_TOLERANCE["colour"]["mean"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (bench/gpu_check.sh runs it)")
+def test_device_replay_never_waits_for_the_gpu():
+    images = _images(16, seed=40)
+    params = np.stack([draw_views(*image.size, k, 3, ViewRecipe(color_jitter=0.4), 11)[1]
+                       for k, image in enumerate(images)])
+    pixels, sizes = _batch(images)
+    pixels = pixels.cuda()
+    for engine in ("exact", "fast"):
+        replay_batch(pixels, sizes, params, 40, "bilinear", engine)  # warm-up: pinned pages, kernels
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            replay_batch(pixels, sizes, params, 40, "bilinear", engine)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
 
 
 def test_the_fixtures_take_both_of_pils_pass_orders():
