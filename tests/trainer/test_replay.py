@@ -13,7 +13,7 @@ from PIL import Image
 
 from customkd.featcache.views import ViewRecipe, draw_views, replay_pil, to_uint8
 from customkd.trainer.replay import FAST_TOLERANCE, hsv_to_rgb, replay_batch, rgb_to_hsv, vertical_first
-from tests.conftest import tiny_config, without_timing
+from tests.conftest import invoke, one_error_line, tiny_config, without_timing
 
 
 def _images(count: int, seed: int) -> list[Image.Image]:
@@ -150,3 +150,12 @@ def test_auto_replays_in_the_workers_on_a_cpu_and_device_refuses_fixmatch(tiny_s
     assert np.array_equal(decoded.pixels[decoded.position[0], :, : first.shape[1], : first.shape[2]].numpy(), first)
     with pytest.raises(UserError, match="--replay device does not replay FixMatch"):
         tiny_config(tiny_store, replay="device", ssl="fixmatch")
+
+
+def test_bad_replay_flags_are_one_error_line_each(tiny_store):
+    assert "known: auto, workers, device" in one_error_line(invoke("distill", "--cache", tiny_store, "--replay", "gpu"),
+                                                            "--replay")
+    assert "use --replay workers" in one_error_line(
+        invoke("distill", "--cache", tiny_store, "--replay", "device", "--ssl", "fixmatch"), "RandAugment")
+    assert "exact, fast" in one_error_line(invoke("distill", "--cache", tiny_store, "--replay-engine", "pil"),
+                                           "--replay-engine")
