@@ -88,9 +88,10 @@ def resize_weights(lo: torch.Tensor, hi: torch.Tensor, in_size: torch.Tensor, ou
     if exact:
         scaled = weights * (1 << PRECISION_BITS)
         weights = torch.where(weights < 0, torch.trunc(-0.5 + scaled), torch.trunc(0.5 + scaled))
-    dense = torch.zeros(*columns.shape[:2], in_pad + window, dtype=torch.float64, device=lo.device)
-    dense.scatter_add_(2, columns.long(), weights)
-    return dense[..., :in_pad] if exact else dense[..., :in_pad].float()
+    dtype = torch.float64 if exact else torch.float32
+    dense = torch.zeros(*columns.shape[:2], in_pad + window, dtype=dtype, device=lo.device)
+    dense.scatter_add_(2, columns.long(), weights.to(dtype))
+    return dense[..., :in_pad]
 
 
 def _fixed_point(sums: torch.Tensor) -> torch.Tensor:
