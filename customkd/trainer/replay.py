@@ -30,9 +30,9 @@ from customkd.featcache.views import VIEW_PARAMS
 ENGINES = ("exact", "fast")
 PRECISION_BITS = 22  # libImaging/Resample.c: 32 - 8 - 2
 # the fast engine's distance from featcache.views.replay_pil in grey levels (0..255), per pixel: largest and mean,
-# bilinear, without and with colour jitter (0.4), as measured by tests/trainer/test_replay.py on its fixtures and
-# by bench/replay.py on the bundled stores. Jitter carries the resize's rounding differences through PIL's
-# truncating blends and its 8-bit hue, so one grey level can become several.
+# bilinear, without and with colour jitter (0.4), as measured by tests/trainer/test_replay.py on its fixtures (and
+# on 256 views of each bundled store, docs/benchmarks.md). Jitter carries the resize's rounding differences through
+# PIL's truncating blends and its 8-bit hue, so one grey level can become several.
 FAST_TOLERANCE = {"geometry": {"max": 1, "mean": 0.25}, "colour": {"max": 8, "mean": 0.5}}
 FILTERS = {  # name -> support, as in Resample.c
     "bilinear": 1.0,
