@@ -35,8 +35,10 @@ from bench.config import BenchConfig
 from bench.contention import cpu_snapshot, foreign_cpu_share
 from bench.timing import summary, sync
 from bench.training import Workload, _train, new_trainee, open_workload, pooled_rate
+from customkd.trainer.data import loader_options
 
 log = logging.getLogger(__name__)
+LOADER_EPOCHS = 4  # the loader alone runs 4 timed epochs' samples, so its prefetched head start is a small part
 PLAIN_LOOP = "plain loop (timm's benchmark.py TrainBenchmarkRunner is not part of the timm package)"
 
 
@@ -98,23 +100,26 @@ def plain_train(work: Workload, channels_last: bool, n: int) -> dict:
     return timed_steps(step, n, device)
 
 
-def loader_alone(loader, device: torch.device) -> dict:
-    """Step times of iterating a loader without training (its batches on the device)."""
+def loader_alone(loader, device: torch.device, queued: int = 0) -> dict:
+    """Step times of iterating a loader without training (its batches on the device). The first batch and the
+    ``queued`` batches the workers prefetched while it was made are left out: they arrive at once and would
+    count a loader's head start as speed."""
     marks = []
     for batch in loader:
         batch[0].to(device, non_blocking=True)
         sync(device)
         marks.append(cpu_snapshot())
-    pairs = list(zip(marks[:-1], marks[1:], strict=True))
+    pairs = list(zip(marks[queued:-1], marks[queued + 1:], strict=True))
     return {"steps": [b["wall"] - a["wall"] for a, b in pairs], "shares": [foreign_cpu_share(a, b) for a, b in pairs]}
 
 
 def worker_loader(work: Workload, n_samples: int, workers: int):
+    """The trainer's worker loader over ``n_samples`` of the workload's (row, view) pairs, tiled as needed."""
     from customkd.trainer.data import StudentViews, make_loader
 
     dataset = StudentViews(work.inputs.data, work.config.image_size)
-    return make_loader(dataset, work.rows[:n_samples], work.views[:n_samples], work.config.batch_size, workers,
-                       device=work.device)
+    return make_loader(dataset, np.resize(work.rows, n_samples), np.resize(work.views, n_samples),
+                       work.config.batch_size, workers, device=work.device)
 
 
 def device_replay(work: Workload, decoded, engine: str, n_samples: int):
@@ -144,7 +149,9 @@ def limits_round(cfg: BenchConfig, work: Workload, trainee, decoded, n: int) -> 
         "synthetic": _train(work, trainee, SyntheticBatches(work, steps), None, steps * cfg.batch_size),
         "plain": plain_train(work, channels_last, steps),
         "plain_other_layout": plain_train(work, not channels_last, steps),
-        "workers_loader": loader_alone(worker_loader(work, n, cfg.workers), work.device),
+        "workers_loader": loader_alone(worker_loader(work, LOADER_EPOCHS * n, cfg.workers), work.device,
+                                       queued=cfg.workers * loader_options(cfg.workers)["prefetch_factor"]
+                                       if cfg.workers else 0),
         "replay_fast": loader_alone(device_replay(work, decoded, "fast", n), work.device),
         "replay_exact": loader_alone(device_replay(work, decoded, "exact", 2 * cfg.batch_size), work.device),
     }
