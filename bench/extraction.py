@@ -3,7 +3,8 @@
 The pipeline is the real :func:`featcache.extract.extract` on a generated JPEG folder: decode,
 view sampling and replay in DataLoader workers, teacher forward, whole-shard Zarr writes. The
 reference is the same teacher's forward on pre-made tensors of the same batch size and
-resolution. Each repetition runs both back to back, so the per-repetition ratio sees the same
+resolution, run in the precision ``extract()`` runs it in (its ``--precision auto``: bf16 autocast on a GPU, fp32 on a
+CPU), so the ratio compares like with like. Each repetition runs both back to back, so the per-repetition ratio sees the same
 machine load.
 
 Two pipeline throughputs are recorded: *steady* (images after the first teacher batch ÷ time
@@ -71,14 +72,25 @@ def run_extract(cfg: BenchConfig, folder: Path, out: Path) -> dict:
     }
 
 
+def extract_precision(device: torch.device) -> str:
+    """The precision ``extract()`` runs the teacher in by default (``--precision auto``) on this device."""
+    from customkd.common.devices import resolve_precision
+    from customkd.featcache.config import ExtractConfig
+
+    return resolve_precision(ExtractConfig().precision, device)
+
+
 def teacher_alone(teacher, device: torch.device, batch: int, n_images: int) -> float:
-    """Images/s of the teacher forward on pre-made tensors ``[batch, 3, S, S]`` (extract's autocast-off fp32)."""
+    """Images/s of the teacher forward on pre-made tensors ``[batch, 3, S, S]``, under the autocast extract uses."""
+    from customkd.common.devices import autocast
+
     size = teacher.preprocess.size
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     n_batches = math.ceil(n_images / batch)
+    precision = extract_precision(device)
 
     def forward_all() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, precision):
             for _ in range(n_batches):
                 teacher(images).float()
 
@@ -118,6 +130,7 @@ def _extraction_raw(cfg: BenchConfig, teacher, batch: int, pipeline: list[dict],
     end_to_end_used, _ = clean(end_to_end, shares)
     return {
         "teacher": cfg.teacher, "teacher_size": teacher.preprocess.size, "feature_dim": teacher.feature_dim,
+        "reference_precision": extract_precision(torch.device(cfg.device)),
         "batch_images": batch, "images_per_rep": pipeline[0]["images"],
         "pipeline_steady_img_s": summary([p["steady_img_s"] for p in pipeline]),
         "pipeline_end_to_end_img_s": summary([p["end_to_end_img_s"] for p in pipeline]),

@@ -52,6 +52,9 @@ class OnlineFeatures:
         self.teacher, self.batches, self.device = teacher, batches, device
 
     def __getitem__(self, key) -> np.ndarray:
-        with torch.inference_mode():
+        from customkd.common.devices import autocast, resolve_precision
+
+        precision = resolve_precision("auto", self.device)  # extract()'s default: the cache's own precision
+        with torch.inference_mode(), autocast(self.device, precision):
             features = self.teacher(self.batches.teacher_pixels.to(self.device, non_blocking=True)).float()
         return features.cpu().numpy()  # [B, D]; FeatureNorm turns it into a tensor as it does cached rows

@@ -1,7 +1,8 @@
 """``python -m bench.run`` (``make bench``): run every section, print the table, write the results.
 
 Sections run in order on one generated JPEG folder: extraction (which also writes the store the
-training sections read) → training throughput → per-epoch loader overhead → teacher cost at its
+training sections read) → training throughput → the student against its physical limit (synthetic
+batches, a plain timm-style loop, memory format, threads vs workers, device replay) → per-epoch loader overhead → teacher cost at its
 default vs native size → peak memory (subprocesses) → allocator effect (subprocesses, CPU only) →
 storage → store reads. Every metric is a ratio of timings from this run.
 """
@@ -45,6 +46,7 @@ def run_sections(cfg: BenchConfig, work: Path) -> dict:
     from bench.epoch_overhead import measure_epoch_overhead
     from bench.extraction import measure_extraction
     from bench.fixtures import make_image_folder
+    from bench.limits import measure_limits
     from bench.memory import measure_allocator, measure_memory
     from bench.store_io import measure_reads, measure_storage
     from bench.teacher_size import measure_teacher_size
@@ -68,6 +70,7 @@ def run_sections(cfg: BenchConfig, work: Path) -> dict:
     warmup = make_image_folder(work / "warmup-images", 8, seed=1)
     raw["extraction"], store = section("extraction", lambda: measure_extraction(cfg, folder, warmup, work))
     raw["training"] = section("training", lambda: measure_training(cfg, store))
+    raw["limits"] = section("limits", lambda: measure_limits(cfg, store))
     raw["epoch_overhead"] = section("epoch_overhead", lambda: measure_epoch_overhead(cfg, store))
     raw["teacher_size"] = section("teacher_size", lambda: measure_teacher_size(cfg))
     raw["memory"] = section("memory", lambda: measure_memory(cfg, store))

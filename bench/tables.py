@@ -28,7 +28,7 @@ def build_metrics(raw: dict, gpu: bool) -> list[dict]:
     consumption = train["cached_samples_s"]  # rows/s the student trains on
     reads = raw["store_read"]
     metrics = [
-        metric("extraction_efficiency", ext["ratio_steady"]["median"], ">=", 0.95 if gpu else 0.9),
+        metric("extraction_efficiency", ext["ratio_steady"]["median"], ">=", 0.9),
         metric("extraction_efficiency_end_to_end", ext["ratio_end_to_end"]["median"], ">=", None),
         metric("cached_kd_vs_student_throughput", train["ratio_cached_vs_student"], ">=", 0.9),
         metric("cached_vs_online_throughput", train["ratio_cached_vs_online"], ">=", 0.9 * ideal,
@@ -43,6 +43,7 @@ def build_metrics(raw: dict, gpu: bool) -> list[dict]:
         metric("storage_default_vs_2d", raw["storage"]["default"]["ratio_vs_2d"], "<=", 1.05),
         metric("storage_compress_vs_2d", raw["storage"]["compress"]["ratio_vs_2d"], "<=", 1.05),
     ]
+    metrics += limit_metrics(raw.get("limits"), gpu)
     overhead = raw["epoch_overhead"]
     metrics += [
         metric("epoch_overhead_fraction", overhead["persistent"]["fraction"], "<=", 0.03),
@@ -54,10 +55,29 @@ def build_metrics(raw: dict, gpu: bool) -> list[dict]:
     return metrics
 
 
+def limit_metrics(limits: dict | None, gpu: bool) -> list[dict]:
+    """The student against the same model's train step on device-resident batches (issue 24, bench.limits)."""
+    if not limits:
+        return []
+    metrics = [
+        metric("student_step_vs_synthetic", limits["ratio_student_step_vs_synthetic"], ">=", 0.9),
+        metric("synthetic_vs_timm_train", limits["ratio_synthetic_vs_plain"], ">=", 0.9),
+        metric("loader_capacity_vs_synthetic", limits["ratio_workers_loader_vs_synthetic"], ">=", 1.5 if gpu else None),
+        metric("device_replay_fast_vs_workers_loader", limits["ratio_replay_fast_vs_workers_loader"], ">=", None),
+        metric("device_replay_exact_vs_workers_loader", limits["ratio_replay_exact_vs_workers_loader"], ">=", None),
+        metric("channels_last_vs_nchw_train", limits["ratio_channels_last_vs_nchw"], ">=", None),
+    ]
+    if "ratio_0workers_vs_default" in limits:
+        metrics += [metric("one_worker_one_thread_vs_default", limits["ratio_1worker_1thread_vs_default"], ">=", None),
+                    metric("no_workers_vs_default", limits["ratio_0workers_vs_default"], ">=", None)]
+    return metrics
+
+
 def contention_notes(raw: dict) -> list[str]:
     """Which timings had to use samples taken while other processes were busy (bench.contention)."""
     used = {"extraction repetitions": raw["extraction"].get("repetitions", {})}
     used.update({f"{k} steps": v for k, v in raw["training"].get("steps", {}).items()})
+    used.update({f"limits {k} steps": v for k, v in raw.get("limits", {}).get("steps", {}).items()})
     notes = [f"{name}: {info['used']}/{info['of']} used" + (" (CONTENDED: too few quiet samples, all used)"
                                                            if info.get("contended") else "")
              for name, info in used.items() if info]

@@ -165,12 +165,14 @@ def online_epoch(work: Workload, trainee: Trainee, teacher, n_samples: int) -> d
 
 
 def teacher_steps(teacher, device: torch.device, batch: int, batches: int) -> dict:
-    """Seconds of each teacher forward alone on pre-made tensors ``[batch, 3, S, S]``, with other
-    processes' CPU share during each."""
+    """Seconds of each teacher forward alone on pre-made tensors ``[batch, 3, S, S]`` in extract()'s precision,
+    with other processes' CPU share during each."""
+    from customkd.common.devices import autocast, resolve_precision
+
     size = teacher.preprocess.size
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     steps, shares = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, resolve_precision("auto", device)):
         for _ in range(batches):
             before = cpu_snapshot()
             steps.append(timed(lambda: teacher(images).float(), device))

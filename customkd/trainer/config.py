@@ -65,6 +65,13 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
     seed: int = option(0, "Seed of the label budget, initialisation, batch order and views.")
     workers: int = option(2, "DataLoader workers replaying views.", aliases=("-j",))
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    replay: str = option(
+        "auto", "Where views are replayed: workers (PIL in the DataLoader workers), device (every image decoded once, "
+        "views replayed as batched tensor ops on the training device), auto (device on CUDA when the decoded images "
+        "fit a quarter of its memory, workers otherwise).", choices=("auto", "workers", "device"))
+    replay_engine: str = option(
+        "fast", "With --replay device: exact (PIL's pixels bit for bit) or fast (float32 resampling, within a grey "
+        "level or so of PIL's; docs/benchmarks.md).", choices=("exact", "fast"))
     optimizer: str = option("adamw", f"{' or '.join(OPTIMIZERS)}.", choices=tuple(OPTIMIZERS))
     lr: float | None = option(
         None, f"Learning rate (default {', '.join(f'{k} {v:g}' for k, v in OPTIMIZERS.items())}).")
@@ -127,6 +134,9 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
                 self._check_choice(f"--{f.name.replace('_', '-')}", getattr(self, f.name), f.metadata["choices"])
         if self.ssl == "fixmatch" and self.setting == "supervised":
             raise UserError("--ssl fixmatch needs unlabeled samples: use --setting ssl or uda")
+        if self.ssl == "fixmatch" and self.replay == "device":
+            raise UserError("--replay device does not replay FixMatch's RandAugment views; use --replay workers "
+                            "(or auto) with --ssl fixmatch")
 
     def _check_ranges(self) -> None:
         """Counts, fractions and thresholds in their ranges."""

@@ -30,7 +30,17 @@ from customkd.trainer.assemble import (
     seed_everything,
 )
 from customkd.trainer.config import DEFAULT_EPOCHS, DistillConfig
-from customkd.trainer.data import CachedData, EpochBatches, RunLoader, Split, StudentViews, make_loader, run_loader
+from customkd.trainer.data import (
+    CachedData,
+    EpochBatches,
+    RunLoader,
+    Split,
+    StudentViews,
+    chunk_batches,
+    make_loader,
+    run_loader,
+)
+from customkd.trainer.device_replay import DeviceReplay, replay_record, resolve_replay
 from customkd.trainer.methods import EpochContext, resolve_method
 from customkd.trainer.students import Student, resolve_student
 from customkd.trainer.tracking import Tracker, absolute, eta, provenance
@@ -163,6 +173,7 @@ class Session:
     trainee: Trainee
     history: list = field(default_factory=list)
     best: BestEpoch = field(default_factory=BestEpoch)
+    replay: DeviceReplay | None = None  # --replay device: batches replayed from the decoded images
 
     @property
     def data(self) -> CachedData:
@@ -236,7 +247,7 @@ def announce(cfg: DistillConfig, split: Split, epochs: int, device: torch.device
             f"{cfg.workers} workers, {cfg.image_size} px, {device}, {resolve_precision('auto', device)}")
 
 
-def run_config(s: Session, started: dt.datetime) -> dict:
+def run_config(s: Session, started: dt.datetime, replay: dict | None = None) -> dict:
     """config.json: every setting, the values actually used, the store's fingerprint, how to preprocess an image
     for the student, and where the run came from (:func:`trainer.run_folder.config_record` names the student)."""
     fingerprint = s.data.manifest.fingerprint
@@ -251,7 +262,8 @@ def run_config(s: Session, started: dt.datetime) -> dict:
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
             "world_size": s.env.world, "batch_rule": ddp.BATCH_RULE,
             "effective_epochs": s.epochs, "optimizer_steps": s.epochs * s.cfg.steps_per_epoch(len(s.split.train)),
-            "student_activation": type(s.method.dims.student_activation).__name__})
+            "student_activation": type(s.method.dims.student_activation).__name__,
+            "replay_used": replay or {"mode": "workers"}})
 
 
 def resume(s: Session) -> int:
@@ -354,7 +366,11 @@ FINAL_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "per_class_accuracy",
 def score_on_test(s: Session, dataset: StudentViews) -> dict:
     """The student's metrics on the test rows, each rank predicting its share (as :func:`evaluate_epoch`)."""
     rows = s.split.eval[s.env.rank :: s.env.world]
-    loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), s.cfg.batch_size, s.cfg.workers, device=s.device)
+    if s.replay is not None:
+        loader = s.replay.batches(chunk_batches(rows, np.zeros(len(rows), np.int64), s.cfg.batch_size))
+    else:
+        loader = make_loader(dataset, rows, np.zeros(len(rows), np.int64), s.cfg.batch_size, s.cfg.workers,
+                             device=s.device)
     metrics = evaluate_epoch(s, loader)
     return {k: metrics[k] for k in FINAL_KEYS}
 
@@ -375,12 +391,30 @@ def choose_student(s: Session, dataset: StudentViews) -> dict:
             "last": {"epoch": s.epochs, **last}}
 
 
+def make_loaders(s: Session, train_ds: StudentViews, eval_ds: StudentViews, scored: list, epochs: range,
+                 decoded) -> tuple:
+    """The run's training and evaluation loaders: DataLoader workers replaying with PIL, or (``decoded`` images,
+    ``--replay device``) the same batches replayed on the device."""
+    cfg = s.cfg
+    plan = lambda epoch: epoch_plan(cfg, s.inputs, epoch, s.env).batches  # noqa: E731
+    if decoded is not None:
+        s.replay = DeviceReplay(decoded, s.data.views, cfg.image_size, cfg.replay_engine, s.device)
+        train = DeviceReplay(decoded, s.data.views, cfg.image_size, cfg.replay_engine, s.device, plan)
+        return train, DeviceReplay(decoded, s.data.views, cfg.image_size, cfg.replay_engine, s.device,
+                                   lambda epoch: scored)
+    return (run_loader(train_ds, plan, epochs, cfg.workers, s.device).start(),
+            run_loader(eval_ds, lambda epoch: scored, epochs, cfg.workers, s.device).start())
+
+
 def train(s: Session, started: dt.datetime) -> dict:
     """Every epoch still to run (the method's stage when due, KD, evaluation, checkpoint); the final metrics."""
     cfg, env = s.cfg, s.env
     eval_ds = StudentViews(s.data, cfg.image_size)
     train_ds = StudentViews(s.data, cfg.image_size, strong_seed=cfg.seed) if cfg.ssl == "fixmatch" else eval_ds
-    config = run_config(s, started) if env.main and not cfg.resume else None  # a resumed run keeps its record
+    decoded = resolve_replay(cfg.replay, s.data, np.concatenate([s.split.train, s.split.eval, s.split.val]),
+                             s.device, cfg.ssl == "fixmatch", cfg.workers)
+    # a resumed run keeps its record
+    config = run_config(s, started, replay_record(decoded, cfg.replay_engine)) if env.main and not cfg.resume else None
     if config is not None:
         run_folder.write_config(s.run, config)
     first_epoch = resume(s) if cfg.resume else 0
@@ -388,9 +422,7 @@ def train(s: Session, started: dt.datetime) -> dict:
     # together, so the copy-on-write faults a fork costs the training process fall into the first epoch only
     epochs = range(first_epoch, s.epochs)
     scored = eval_batches(cfg, s.inputs, env, s.split.val if s.validating else None)
-    train_loader = run_loader(train_ds, lambda epoch: epoch_plan(cfg, s.inputs, epoch, env).batches, epochs,
-                              cfg.workers, s.device).start()
-    eval_loader = run_loader(eval_ds, lambda epoch: scored, epochs, cfg.workers, s.device).start()
+    train_loader, eval_loader = make_loaders(s, train_ds, eval_ds, scored, epochs, decoded)
     tracker = Tracker(s.run, env.main)
     try:
         if config is not None:

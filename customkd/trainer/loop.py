@@ -80,8 +80,8 @@ def to_memory_format(student: nn.Module, device: torch.device) -> nn.Module:
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host → device without waiting on CUDA: from pinned pages (pinned here unless the loader did),
     queued on the stream; on CPU the tensor itself."""
-    if device.type != "cuda":
-        return tensor.to(device)
+    if device.type != "cuda" or tensor.device.type == "cuda":
+        return tensor.to(device, non_blocking=True)
     pinned = tensor if tensor.is_pinned() else tensor.pin_memory()
     return pinned.to(device, non_blocking=True)
 
