@@ -228,10 +228,10 @@ def extract(store: Store, cache: str, cfg: ReportConfig) -> dict:
                         "make report")
     seconds = time.perf_counter() - started
     group = fs.open_complete_store(cache)
-    manifest = fs.read_manifest(group, cache)
+    manifest = fs.choose_teachers(fs.read_manifest(group, cache), teacher, cache)
     held_out = np.asarray(group["labels"][:])[(np.asarray(group["split"][:]) == 1) & (np.asarray(group["valid"][:]) > 0)]
     record = {"teacher": teacher, "data": store.data, "cache": cache, "command": " ".join(["customkd", *argv[3:]]),
-              "shape": list(manifest.shape),
+              "shape": [*manifest.shape, manifest.feature_dim],
               "majority_class_eval": float(np.bincount(held_out).max() / len(held_out)) if len(held_out) else 0.0,
               "store_fingerprint": manifest.fingerprint.hashes(),  # as a run's config.json records it
               "created": manifest.created, "completed": manifest.completed}

@@ -22,7 +22,7 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
     assert "N=30 V=3 D=64" in done.stdout
     group = zarr.open_group(str(store), mode="r")
     assert group.attrs["customkd"]["status"] == "complete"
-    assert not np.isnan(group["features"][:]).any()
+    assert not np.isnan(group["features_t0"][:]).any()
 
     again = customkd("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
                      "--out", str(store), "--views", "3", "--workers", "1", "--shard-size", "8")
@@ -146,6 +146,7 @@ def test_incomplete_cache_is_refused(tiny_store, tmp_path):
     shutil.copytree(tiny_store, copy)
     group = zarr.open_group(str(copy), mode="r+")
     group["done"][2] = 0
+    group["teacher_done_t0"][2] = 0
     fs.set_status(group, fs.STATUS_IN_PROGRESS)
     one_error_line(invoke("distill", "--min-steps", "0", "--cache", str(copy)), "incomplete (3/4 shards done)")
 

@@ -91,7 +91,7 @@ def test_extract_straight_to_s3(tiny_folder, tiny_store, s3):
     with pytest.raises(UserError, match="different augmentation"):
         extract(ExtractConfig(**{**cfg.__dict__, "views": 2}))
     replaced = extract(ExtractConfig(**{**cfg.__dict__, "views": 2, "overwrite": True}))  # fs.rm on the bucket
-    assert replaced.status == "complete" and fs.open_complete_store(cfg.out)["features"].shape == (30, 2, 64)
+    assert replaced.status == "complete" and fs.open_complete_store(cfg.out)["features_t0"].shape == (30, 2, 64)
 
 
 def test_push_then_pull_is_byte_identical(tiny_store, s3, tmp_path):

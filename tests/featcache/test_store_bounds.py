@@ -83,7 +83,7 @@ def peak_rss_mib(*args) -> tuple[subprocess.CompletedProcess, float]:
 # ------------------------------------------------------------------ objects larger than their shard can be
 
 def test_a_huge_sparse_shard_is_refused_before_it_is_read(copy, tmp_path):
-    shard = copy / "features" / "c" / "1" / "0" / "0"
+    shard = copy / "features_t0" / "c" / "1" / "0" / "0"
     os.truncate(shard, 4 * 2**30)  # 4 GiB that take no disk space; a reader would hold them whole
     for args in (("cache", "verify", copy), ("cache", "info", copy), ("cache", "export", copy, "--h5",
                                                                        tmp_path / "x.h5")):

@@ -187,7 +187,7 @@ def alarm():
 def test_only_regular_files_inside_the_store_are_read(copy, tmp_path, alarm, entry, kind):
     target = copy / "labels" / "c" / "1"
     if entry == "root_meta":
-        target = copy / "features" / "zarr.json"
+        target = copy / "features_t0" / "zarr.json"
     outside = tmp_path / "outside.bin"
     outside.write_bytes(target.read_bytes())
     target.unlink()
@@ -260,7 +260,7 @@ def test_store_swapped_while_streaming_is_refused(copy, tmp_path):
     other = tmp_path / "other.zarr"  # the "same" store re-extracted elsewhere: other features, later completion
     shutil.copytree(copy, other)
     group = zarr.open_group(str(other), mode="r+")
-    group["features"][:] = (np.asarray(group["features"][:]) * 1000).astype(np.float16)
+    group["features_t0"][:] = (np.asarray(group["features_t0"][:]) * 1000).astype(np.float16)
     fs.mark_complete(group)
     shutil.rmtree(copy)
     other.rename(copy)
@@ -293,9 +293,9 @@ def test_non_finite_teacher_features_are_refused(tmp_path, monkeypatch, scale, n
 
 def test_verify_reports_inf_features(copy):
     group = zarr.open_group(str(copy), mode="r+")
-    block = np.asarray(group["features"][16:24])
+    block = np.asarray(group["features_t0"][16:24])
     block[3, 1, 5] = np.inf
-    group["features"][16:24] = block
+    group["features_t0"][16:24] = block
     assert any("array features: shard 2 (rows 16-23) has inf" in p for p in verify_store(str(copy)))
     with pytest.raises(UserError, match="non-finite"):
         load_cached_data(DistillConfig(cache=str(copy)))
