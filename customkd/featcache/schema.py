@@ -603,9 +603,11 @@ class Manifest:
 
     def arrays(self) -> dict[str, tuple[str, Layout]]:
         """Every array the store holds: stored name → (its :data:`ARRAYS` entry, the layout that sizes it)."""
-        found = {name: (name, self.layout) for name in SHARED_ARRAYS}
-        for teacher in self.teachers:
-            found.update((teacher.array(name), (name, self.teacher_layout(teacher))) for name in TEACHER_ARRAYS)
+        found: dict[str, tuple[str, Layout]] = {}
+        for name, spec in ARRAYS.items():  # in the table's order, each per-teacher array once per teacher
+            teachers = self.teachers if spec.per_teacher else ()
+            found.update({teacher.array(name): (name, self.teacher_layout(teacher)) for teacher in teachers}
+                         or {name: (name, self.layout)})
         return found
 
     def for_teachers(self, names: tuple[str, ...]) -> Manifest:

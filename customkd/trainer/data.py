@@ -134,7 +134,7 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     splits that differ from the dataset listing, and (streaming) a store replaced while it is read."""
     group = fs.open_complete_store(cfg.cache)
     identity = fs.store_identity(cfg.cache)
-    manifest = fs.choose_teachers(fs.read_manifest(group, cfg.cache), cfg.teacher, cfg.cache)
+    manifest = fs.choose_teachers(fs.read_manifest(group, cfg.cache), cfg.teachers, cfg.cache)
     check_expected_fingerprint(manifest, {**cfg.expected_hashes, **(expected or {})}, cfg.cache)
     listing = load_listing(cfg.data or manifest.data_spec)
     counted = compare_listing(listing, manifest)  # before anything of size N is read

@@ -168,7 +168,7 @@ def test_teacher_check_detects_other_weights(tiny_store, tmp_path):
     state = {k: v + 1 for k, v in create_teacher(TINY_TEACHER, weights="random").model.state_dict().items()}
     save_file(state, str(tmp_path / "other.safetensors"))
     problems = verify_store(str(tiny_store), teacher_check=4, weights=str(tmp_path / "other.safetensors"))
-    assert problems and "teacher weights differ" in problems[0]
+    assert problems and f"teacher {TINY_TEACHER} weights differ" in problems[0]
 
 
 def test_student_name_constant_is_a_timm_model():

@@ -16,7 +16,7 @@ from customkd.common.errors import UserError
 from customkd.featcache import location as where
 from customkd.featcache import remote
 from customkd.featcache import store as fs
-from customkd.featcache.schema import ARRAYS, component_hash
+from customkd.featcache.schema import component_hash
 from tests.conftest import TINY_TEACHER, invoke, one_error_line, store_bytes, tiny_config
 
 BUCKET = "customkd-test"
@@ -53,7 +53,7 @@ def s3(s3_server, monkeypatch, request) -> str:
 
 def _arrays(location) -> dict[str, np.ndarray]:
     group = fs.open_complete_store(location)
-    return {name: np.asarray(group[name][:]) for name in ARRAYS}
+    return {name: np.asarray(group[name][:]) for name in group.array_keys()}
 
 
 def test_redact_and_options(monkeypatch):
@@ -119,7 +119,7 @@ def test_interrupted_copies_are_never_complete_and_resume(tiny_store, s3, monkey
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(remote, "_write_last", killed)
         remote.push(tiny_store, url)
-    assert where.exists(url, "features/zarr.json") and not fs.store_exists(url)
+    assert where.exists(url, "features_t0/zarr.json") and not fs.store_exists(url)
     with pytest.raises(UserError, match="incomplete"):
         fs.open_complete_store(url)
     resumed = remote.push(tiny_store, url)
@@ -151,11 +151,11 @@ def test_refusals(tiny_store, s3, tmp_path):
     remote.push(tiny_store, url)
     group = zarr.open_group(store=where.zarr_store(url, read_only=False), mode="r+")
     manifest = fs.read_attrs(group)
-    teacher = {**manifest["fingerprint"]["teacher"], "name": "another_teacher"}  # a store of another teacher
+    teacher = {**manifest["teachers"][0]["fingerprint"], "weights_hash": "0" * 16}  # the same teacher, other weights
     teacher["hash"] = component_hash({k: v for k, v in teacher.items() if k != "hash"})
-    manifest["fingerprint"]["teacher"] = teacher
+    manifest["teachers"][0]["fingerprint"] = teacher
     group.attrs[fs.ATTRS_KEY] = manifest
-    with pytest.raises(UserError, match="different teacher"):
+    with pytest.raises(UserError, match=f"teacher {TINY_TEACHER} with another fingerprint"):
         remote.push(tiny_store, url)
 
     s3fs, root = where.filesystem(f"{s3}/mine")
@@ -190,8 +190,10 @@ def test_distill_from_s3(tiny_store, s3, tmp_path):
     assert result.final == local.final  # the same features, read over S3: the same student
     assert (tmp_path / "run" / "student.safetensors").read_bytes() == (tmp_path / "local" / "student.safetensors").read_bytes()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
+    attrs = fs.read_attrs(fs.open_store(tiny_store))
     assert config["cache"] == url and config["store_fingerprint"] == {
-        name: part["hash"] for name, part in fs.read_attrs(fs.open_store(tiny_store))["fingerprint"].items()}
+        **{name: part["hash"] for name, part in attrs["fingerprint"].items()},
+        "teacher": attrs["teachers"][0]["fingerprint"]["hash"]}
 
 
 def test_pull_refuses_a_key_escaping_the_destination(tiny_store, s3, tmp_path):
