@@ -73,7 +73,7 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
                           "--out", str(out), "--views", "1", "--tap", tap, "--workers", "0")
         assert result.returncode == 0, result.stderr
         assert f"N=4 V=1 D={dim}" in result.stdout
-        teacher = json.loads((out / "zarr.json").read_text())["attributes"]["customkd"]["fingerprint"]["teacher"]
+        teacher = json.loads((out / "zarr.json").read_text())["attributes"]["customkd"]["teachers"][0]["fingerprint"]
         assert (teacher["size"], teacher["native_size"], teacher["tap"], teacher["precision"]) == (224, 518, tap, "fp32")
         assert teacher["preprocess"]["size"] == 224
 

@@ -9,8 +9,8 @@ from customkd.featcache import store as fs
 from customkd.featcache.extract import ExtractConfig, extract
 from customkd.featcache.schema import (
     ARRAYS,
-    STORE_COMPONENTS,
     SCHEMA_VERSION,
+    STORE_COMPONENTS,
     fingerprint_diff,
     make_fingerprint,
     shard_size_for,
