@@ -14,6 +14,7 @@ from customkd.common.files import check_new_file, writing_new_file
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
 from customkd.featcache.datasets import DatasetListing, load_listing
+from customkd.featcache.fingerprint import TeacherComponent
 from customkd.featcache.listing import compare_listing
 from customkd.featcache.schema import (
     ARRAYS,
@@ -24,7 +25,6 @@ from customkd.featcache.schema import (
     VIEW_SET_ARRAYS,
     Manifest,
     ManifestError,
-    TeacherComponent,
     TeacherEntry,
 )
 from customkd.featcache.views import view_problem

@@ -23,14 +23,15 @@ from customkd.featcache import store as fs
 from customkd.featcache.config import ExtractConfig
 from customkd.featcache.datasets import DatasetListing, load_listing, unlabeled_spec
 from customkd.featcache.extract_loop import BatchObserver, ExtractResult, extract_shards, finish, teacher_entry
+from customkd.featcache.fingerprint import Fingerprint
 from customkd.featcache.listing import listing_arrays
 from customkd.featcache.schema import (
     DataSpecError,
-    Fingerprint,
     Layout,
     Manifest,
     ManifestError,
     TeacherEntry,
+    make_fingerprint,
     parse_data_spec,
     shard_size_for,
 )
@@ -45,7 +46,7 @@ def build_fingerprint(listing: DatasetListing, cfg: ExtractConfig, layout: Layou
                "classes": list(listing.classes), "domains": list(listing.domains)}
     augmentation = {"recipe": cfg.recipe.to_dict(), "views": cfg.views, "base_seed": cfg.seed,
                     "seed_scheme": SEED_SCHEME_VERSION, "view_params": list(VIEW_PARAMS)}
-    return Fingerprint.make(dataset, None, augmentation, layout.to_dict())
+    return Fingerprint.from_dict(make_fingerprint(dataset, None, augmentation, layout.to_dict()), with_teacher=False)
 
 
 def build_manifest(listing: DatasetListing, fingerprint: Fingerprint, teacher: TeacherEntry, layout: Layout,

@@ -24,6 +24,7 @@ from pathlib import Path
 from customkd.common.errors import UserError, printable
 from customkd.common.files import atomic_path
 from customkd.featcache import store
+from customkd.featcache.fingerprint import Fingerprint, fingerprint_diff
 from customkd.featcache.location import (
     COPY_MARKER,
     ROOT_METADATA,
@@ -36,7 +37,7 @@ from customkd.featcache.location import (
     redact,
     storage_errors,
 )
-from customkd.featcache.schema import STATUS_COMPLETE, Fingerprint, Manifest, fingerprint_diff
+from customkd.featcache.schema import STATUS_COMPLETE, Manifest
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from customkd.common.errors import UserError
 from customkd.featcache import location as where
 from customkd.featcache import remote
 from customkd.featcache import store as fs
-from customkd.featcache.schema import component_hash
+from customkd.featcache.fingerprint import component_hash
 from tests.conftest import TINY_TEACHER, invoke, one_error_line, store_bytes, tiny_config
 
 BUCKET = "customkd-test"

@@ -7,11 +7,10 @@ import zarr
 from customkd.common.errors import UserError
 from customkd.featcache import store as fs
 from customkd.featcache.extract import ExtractConfig, extract
+from customkd.featcache.fingerprint import STORE_COMPONENTS, fingerprint_diff
 from customkd.featcache.schema import (
     ARRAYS,
     SCHEMA_VERSION,
-    STORE_COMPONENTS,
-    fingerprint_diff,
     make_fingerprint,
     shard_size_for,
 )

@@ -19,7 +19,8 @@ import zarr
 
 from customkd.featcache import schema
 from customkd.featcache.cache_ops import export_h5
-from customkd.featcache.schema import ATTRS_KEY, component_hash
+from customkd.featcache.fingerprint import component_hash
+from customkd.featcache.schema import ATTRS_KEY
 from tests.conftest import TINY_TEACHER, cli_env, invoke, one_error_line
 
 

@@ -23,7 +23,8 @@ from customkd.featcache import store as fs
 from customkd.featcache.cache_ops import verify_store
 from customkd.featcache.datasets import load_listing
 from customkd.featcache.extract import ExtractConfig, extract
-from customkd.featcache.schema import PER_SAMPLE_ARRAYS, component_hash
+from customkd.featcache.fingerprint import component_hash
+from customkd.featcache.schema import PER_SAMPLE_ARRAYS
 from customkd.trainer.config import DistillConfig
 from customkd.trainer.data import load_cached_data
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, invoke, make_tiny_hue_folder, one_error_line
