@@ -9,14 +9,15 @@ from bench import tables
 from tests.conftest import ROOT
 
 METRICS = {
-    "extraction_efficiency", "extraction_efficiency_end_to_end", "cached_kd_vs_student_throughput",
+    "extraction_efficiency", "extraction_efficiency_end_to_end", "add_teacher_efficiency",
+    "cached_kd_vs_student_throughput",
     "cached_vs_online_throughput", "online_ideal_ratio", "peak_memory_cached_vs_student",
     "peak_memory_online_vs_student", "customization_vs_kd_epoch", "reader_ram_vs_student",
     "reader_shard_blocks_vs_student", "reader_random_row_vs_student", "storage_default_vs_2d",
     "storage_compress_vs_2d", "allocator_tunables_speedup", "epoch_overhead_fraction",
     "epoch_overhead_fraction_fresh_workers", "teacher_size_cost_ratio",
 }
-RAW_SECTIONS = {"config", "extraction", "training", "epoch_overhead", "teacher_size", "memory", "allocator", "storage",
+RAW_SECTIONS = {"config", "extraction", "add_teacher", "training", "epoch_overhead", "teacher_size", "memory", "allocator", "storage",
                 "store_read", "wall_seconds"}
 
 
