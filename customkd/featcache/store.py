@@ -545,8 +545,11 @@ def chunk_problems(group, path: str | Path) -> list[str]:
     return problems
 
 
-def store_identity(path: str | Path) -> str:
-    """Hash of the root ``zarr.json`` (manifest, fingerprint, completion time): changes when a store is replaced."""
+def store_identity(path: str | Path, teachers: tuple[str, ...] | None = None) -> str:
+    """Hash of the root ``zarr.json`` (manifest, fingerprint, completion time): changes when a store is replaced.
+
+    With ``teachers`` only those teachers' entries count, so a teacher added to the store meanwhile (``extract
+    --into``) leaves the identity a reader of other teachers holds unchanged."""
     if where.is_remote(path):
         fs_, root = where.filesystem(path)
         with where.storage_errors(path):
@@ -556,12 +559,27 @@ def store_identity(path: str | Path) -> str:
         if not meta.is_file() or meta.is_symlink():
             raise UserError(f"cache {display(path)} has no manifest any more (root zarr.json is gone)")
         blob = meta.read_bytes()
+    if teachers is not None:
+        blob = _without_other_teachers(blob, teachers)
     return hashlib.sha256(blob).hexdigest()
 
 
-def check_same_store(path: str | Path, identity: str) -> None:
-    """Refuse to go on reading a store whose root manifest changed since it was opened (replaced, re-extracted)."""
-    if store_identity(path) != identity:
+def _without_other_teachers(blob: bytes, teachers: tuple[str, ...]) -> bytes:
+    """The root document (canonical JSON) with only ``teachers`` in its manifest's list; unparsable bytes as they
+    are (a replaced store then differs as a whole)."""
+    try:
+        document = json.loads(blob)
+        manifest = document["attributes"][ATTRS_KEY]
+        manifest["teachers"] = [t for t in manifest.get("teachers", []) if t.get("name") in teachers]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return blob
+    return json.dumps(document, sort_keys=True).encode()
+
+
+def check_same_store(path: str | Path, identity: str, teachers: tuple[str, ...] | None = None) -> None:
+    """Refuse to go on reading a store whose root manifest changed since it was opened (replaced, re-extracted);
+    with ``teachers``, a change to other teachers' entries (one added) does not count."""
+    if store_identity(path, teachers) != identity:
         raise UserError(f"cache {display(path)} changed during training: its manifest is not the one opened at the "
                         "start (the store was replaced or re-extracted); stopped rather than mix two stores — "
                         "rerun distill once the store stays put")

@@ -133,8 +133,9 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     Refuses a damaged store (missing or unreadable objects of any array), stored labels, domains or
     splits that differ from the dataset listing, and (streaming) a store replaced while it is read."""
     group = fs.open_complete_store(cfg.cache)
-    identity = fs.store_identity(cfg.cache)
     manifest = fs.choose_teachers(fs.read_manifest(group, cfg.cache), cfg.teachers, cfg.cache)
+    chosen = manifest.teacher_names
+    identity = fs.store_identity(cfg.cache, chosen)
     check_expected_fingerprint(manifest, {**cfg.expected_hashes, **(expected or {})}, cfg.cache)
     listing = load_listing(cfg.data or manifest.data_spec)
     counted = compare_listing(listing, manifest)  # before anything of size N is read
@@ -146,8 +147,8 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     _check_views(arrays["views"], valid, manifest, cfg.cache)
     features = open_features(group, [t.array("features") for t in manifest.teachers], cfg.features,
                              manifest.layout.shard_size, valid,
-                             still_same=lambda: fs.check_same_store(cfg.cache, identity))
-    fs.check_same_store(cfg.cache, identity)
+                             still_same=lambda: fs.check_same_store(cfg.cache, identity, chosen))
+    fs.check_same_store(cfg.cache, identity, chosen)
     return CachedData(
         features=features,
         valid=valid,

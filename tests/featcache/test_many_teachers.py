@@ -221,3 +221,16 @@ def test_a_version_2_store_is_read_and_trains(v2, tmp_path):
     one_error_line(invoke("extract", "--teacher", SECOND, "--weights", "random", "--into", store),
                    "has store schema version 2, which holds one teacher and is read-only here")
     assert store_bytes(store, manifest=True) == before
+
+
+def test_a_teacher_added_while_a_run_streams_from_the_store_does_not_stop_it(tiny_store, tmp_path):
+    store = tmp_path / "grow.zarr"
+    shutil.copytree(tiny_store, store)
+    data = load_cached_data(DistillConfig(cache=str(store), features="stream", min_steps=0))
+    rows, views = np.arange(0, 4), np.zeros(4, np.int64)
+    first = data.features[rows, views]
+    extract(_add(store))  # the root manifest changes: one more teacher
+    later = data.features[np.arange(8, 12), views]  # shard 1, read after the change
+    stored = np.asarray(zarr.open_group(str(store), mode="r")["features_t0"][:])
+    np.testing.assert_array_equal(first, stored[rows, 0])
+    np.testing.assert_array_equal(later, stored[8:12, 0])
