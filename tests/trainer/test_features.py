@@ -30,7 +30,7 @@ def test_block_shuffle_is_a_block_local_permutation():
 
 
 def test_feature_stats_match_numpy(tiny_store):
-    ram = np.asarray(zarr.open_group(str(tiny_store), mode="r")["features"][:]).astype(np.float64)
+    ram = np.asarray(zarr.open_group(str(tiny_store), mode="r")["features_t0"][:]).astype(np.float64)
     rows = np.arange(0, 30, 2)
     mean, std = feature_stats(ram.astype(np.float16), rows, 3, block_rows=4)
     flat = ram[rows].reshape(-1, ram.shape[-1])
@@ -40,7 +40,7 @@ def test_feature_stats_match_numpy(tiny_store):
 
 def test_training_from_streamed_features(tiny_store, tmp_path, monkeypatch):
     """A streamed run feeds the store's own values, and trains exactly the run that holds them in RAM."""
-    stored = np.asarray(zarr.open_group(str(tiny_store), mode="r")["features"][:])
+    stored = np.asarray(zarr.open_group(str(tiny_store), mode="r")["features_t0"][:])
     reads = []
     streamed_read = ShardedFeatures.__getitem__
 
