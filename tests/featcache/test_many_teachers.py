@@ -234,3 +234,21 @@ def test_a_teacher_added_while_a_run_streams_from_the_store_does_not_stop_it(tin
     stored = np.asarray(zarr.open_group(str(store), mode="r")["features_t0"][:])
     np.testing.assert_array_equal(first, stored[rows, 0])
     np.testing.assert_array_equal(later, stored[8:12, 0])
+
+
+def test_rows_skipped_at_extraction_stay_skipped_for_an_added_teacher(tmp_path):
+    from tests.conftest import make_tiny_hue_folder
+
+    folder = make_tiny_hue_folder(tmp_path / "imgs", classes=2, per_class=6)
+    (folder / "class1" / "img02.png").write_text("this is not an image")
+    store = tmp_path / "s.zarr"
+    extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{folder}", out=str(store), views=2, weights="random",
+                          workers=0, shard_size=4, chunk_size=4, skip_bad=True))
+    views_before = store_bytes(store)
+    assert extract(_add(store)).status == "complete"
+    group = zarr.open_group(str(store), mode="r")
+    valid = np.asarray(group["valid"][:]).astype(bool)
+    features = np.asarray(group["features_t1"][:])
+    assert (~valid).sum() == 1 and np.isnan(features[~valid]).all() and np.isfinite(features[valid]).all()
+    assert all(store_bytes(store)[key] == value for key, value in views_before.items())
+    assert verify_store(str(store)) == []
