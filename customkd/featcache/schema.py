@@ -201,6 +201,11 @@ class TeacherEntry:
         return cls(teacher.name, teacher, feature_dim, STATUS_IN_PROGRESS, slot)
 
 
+def only_teachers(attrs: dict, names: tuple[str, ...]) -> dict:
+    """Stored attrs (unchecked) with only the named teachers in ``teachers``; raises on a malformed list."""
+    return {**attrs, "teachers": [t for t in attrs.get("teachers", []) if t.get("name") in names]}
+
+
 def _check_teachers(attrs: Mapping, v: int) -> tuple[TeacherEntry, ...]:
     """A version-3 manifest's ``teachers``: a list of 1..MAX_TEACHERS objects, each with a unique name (no comma:
     ``A,B`` names an ensemble), D in range, a status and a fingerprint component matching its hash."""

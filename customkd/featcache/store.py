@@ -47,6 +47,7 @@ from customkd.featcache.schema import (
     OtherSchemaVersion,
     TeacherEntry,
     check_header,
+    only_teachers,
     spec_name,
 )
 
@@ -569,8 +570,8 @@ def _without_other_teachers(blob: bytes, teachers: tuple[str, ...]) -> bytes:
     are (a replaced store then differs as a whole)."""
     try:
         document = json.loads(blob)
-        manifest = document["attributes"][ATTRS_KEY]
-        manifest["teachers"] = [t for t in manifest.get("teachers", []) if t.get("name") in teachers]
+        attributes = document["attributes"]
+        attributes[ATTRS_KEY] = only_teachers(attributes[ATTRS_KEY], teachers)
     except (ValueError, KeyError, TypeError, AttributeError):
         return blob
     return json.dumps(document, sort_keys=True).encode()
