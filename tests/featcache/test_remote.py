@@ -110,6 +110,27 @@ def test_push_then_pull_is_byte_identical(tiny_store, s3, tmp_path):
         np.testing.assert_array_equal(values, reference[name], err_msg=name)
 
 
+def test_a_store_with_two_teachers_round_trips_and_a_push_adds_a_new_teacher(tiny_store, s3, tmp_path):
+    """Push the one-teacher store, add a teacher locally, push again: only the new teacher's objects and the root
+    travel; a pull of the result is the two-teacher store byte for byte."""
+    import shutil
+
+    from customkd.featcache.extract import ExtractConfig, extract
+
+    url, local = f"{s3}/c.zarr", tmp_path / "two.zarr"
+    shutil.copytree(tiny_store, local)
+    remote.push(local, url)
+    extract(ExtractConfig(teacher="timm:test_efficientnet", into=str(local), weights="random", workers=0,
+                          teacher_size=32))
+    again = remote.push(local, url)
+    added = {key for key in store_bytes(local) if key.split("/", 1)[0] in ("features_t1", "teacher_done_t1")}
+    assert again.status == "copied" and again.objects_copied == len(added) + 1  # and the root zarr.json
+    remote.pull(url, tmp_path / "pulled.zarr")
+    assert store_bytes(tmp_path / "pulled.zarr", manifest=True) == store_bytes(local, manifest=True)
+    assert fs.read_manifest(fs.open_complete_store(url), url).teacher_names == (TINY_TEACHER, "timm:test_efficientnet")
+    assert remote.push(local, url).status == "unchanged"
+
+
 def test_interrupted_copies_are_never_complete_and_resume(tiny_store, s3, monkeypatch, tmp_path):
     url = f"{s3}/c.zarr"
 
