@@ -16,6 +16,7 @@ class BenchConfig:
 
     device: str = "cpu"
     teacher: str = "timm:vit_small_patch16_224"  # a ViT whose forward dominates extraction (random weights)
+    add_teacher: str = "timm:deit_tiny_patch16_224"  # added to the extracted store with `extract --into`
     student: str = "mobilenetv3"
     image_size: int = 128  # student resolution (docs/benchmarks.md was measured at 128; `make distill` uses 96)
     batch_size: int = 64  # student batch, the default of `make distill`
@@ -53,10 +54,10 @@ class BenchConfig:
 
 
 CPU = BenchConfig()
-CUDA = BenchConfig(device="cuda", teacher="dinov2_vitb", image_size=224, n_images=512, views=4, extract_batch=128,
+CUDA = BenchConfig(device="cuda", teacher="dinov2_vitb", add_teacher="dinov2_vits", image_size=224, n_images=512, views=4, extract_batch=128,
                    workers=8, train_samples=2048, online_samples=1024, repeats=3, train_rounds=5,
                    size_teacher="dinov2_vitb", size_batch=128, size_rounds=5, overhead_samples=2048)
-QUICK = BenchConfig(teacher="timm:test_vit", student="test_efficientnet", image_size=32, batch_size=8, n_images=16,
+QUICK = BenchConfig(teacher="timm:test_vit", add_teacher="timm:test_efficientnet", student="test_efficientnet", image_size=32, batch_size=8, n_images=16,
                     views=2, extract_batch=8, workers=0, train_samples=16, online_samples=16, repeats=1, train_rounds=1,
                     store_rows=64, store_views=2, store_dim=64, random_reads=20, overhead_epochs=2, overhead_samples=32,
                     size_teacher="timm:test_vit", size_pair=(32, 64), size_rounds=1, quick=True)

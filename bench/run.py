@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_sections(cfg: BenchConfig, work: Path) -> dict:
     """Every section's raw record, plus how long each section took."""
+    from bench.add_teacher import measure_add_teacher
     from bench.contention import cpu_snapshot, foreign_cpu_share
     from bench.epoch_overhead import measure_epoch_overhead
     from bench.extraction import measure_extraction
@@ -69,6 +70,7 @@ def run_sections(cfg: BenchConfig, work: Path) -> dict:
     folder = make_image_folder(work / "images", cfg.n_images)
     warmup = make_image_folder(work / "warmup-images", 8, seed=1)
     raw["extraction"], store = section("extraction", lambda: measure_extraction(cfg, folder, warmup, work))
+    raw["add_teacher"] = section("add_teacher", lambda: measure_add_teacher(cfg, store, work))
     raw["training"] = section("training", lambda: measure_training(cfg, store))
     raw["limits"] = section("limits", lambda: measure_limits(cfg, store))
     raw["epoch_overhead"] = section("epoch_overhead", lambda: measure_epoch_overhead(cfg, store))

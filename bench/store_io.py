@@ -24,7 +24,8 @@ import numpy as np
 
 from bench.config import BenchConfig
 from bench.timing import repeat
-from customkd.featcache.schema import Fingerprint, Layout, Manifest, shard_size_for
+from customkd.featcache.fingerprint import Fingerprint
+from customkd.featcache.schema import Layout, Manifest, TeacherEntry, make_fingerprint, shard_size_for
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,16 @@ def default_layout(n: int, v: int, d: int, compress: bool) -> Layout:
 
 
 def synthetic_manifest(manifest: Manifest, layout: Layout) -> Manifest:
-    """``manifest`` (of a real store) resized to ``layout``: shape, shard count and the fingerprint's dataset
-    size, views and layout agree with the synthetic arrays, so the store opens as any other."""
+    """``manifest`` (of a real store) resized to ``layout``: shape, shard count, its first teacher's D and the
+    fingerprint's dataset size, views and layout agree with the synthetic arrays, so the store opens as any other."""
     fp = manifest.fingerprint
-    fingerprint = Fingerprint.make({**fp.dataset.body, "n": layout.n_samples}, dict(fp.teacher.body),
-                                   {**fp.augmentation.body, "views": layout.n_views}, layout.to_dict())
-    return dataclasses.replace(manifest, fingerprint=fingerprint, n_shards=layout.n_shards,
-                               shape=(layout.n_samples, layout.n_views, layout.feature_dim))
+    fingerprint = Fingerprint.from_dict(make_fingerprint(
+        {**fp.dataset.body, "n": layout.n_samples}, None, {**fp.augmentation.body, "views": layout.n_views},
+        layout.to_dict()), with_teacher=False)
+    teacher = TeacherEntry.make({**manifest.teachers[0].component.body, "feature_dim": layout.feature_dim},
+                                layout.feature_dim, 0)
+    return dataclasses.replace(manifest, fingerprint=fingerprint, n_shards=layout.n_shards, teachers=(teacher,),
+                               shape=(layout.n_samples, layout.n_views))
 
 
 def write_synthetic_store(path: Path, cfg: BenchConfig, manifest: Manifest, compress: bool,
@@ -66,16 +70,17 @@ def write_synthetic_store(path: Path, cfg: BenchConfig, manifest: Manifest, comp
     per_sample = {"labels": (np.arange(n) % 4).astype(np.int32), "domain": np.zeros(n, np.int8),
                   "split": (np.arange(n) % 5 == 0).astype(np.int16),
                   "sample_key": rng.integers(0, 2**63, n, dtype=np.uint64)}
-    group = fs.create_store(path, layout, synthetic_manifest(manifest, layout), per_sample)
+    synthetic = synthetic_manifest(manifest, layout)
+    group = fs.create_store(path, synthetic, per_sample)
     scale = np.exp(rng.normal(0, 0.5, d)).astype(np.float32)
     for shard in range(layout.n_shards):
         rows = layout.shard_rows(shard)
         count = rows.stop - rows.start
-        group["features"][rows] = (rng.standard_normal((count, v, d), np.float32) * scale).astype(np.float16)
+        group["features_t0"][rows] = (rng.standard_normal((count, v, d), np.float32) * scale).astype(np.float16)
         group["views"][rows] = rng.random((count, v, layout.n_params), np.float32)
         group["content_hash"][rows] = rng.integers(0, 2**63, count, dtype=np.uint64)
-        group["done"][shard] = 1
-    fs.set_status(group, fs.STATUS_COMPLETE)
+        group["done"][shard] = group["teacher_done_t0"][shard] = 1
+    fs.mark_complete(group, synthetic.teachers[0].name)
     return path
 
 
@@ -93,7 +98,7 @@ def measure_storage(cfg: BenchConfig, manifest: Manifest, extracted: Path, work:
     for name, compress in (("default", False), ("compress", True)):
         path = write_synthetic_store(work / f"synthetic-{name}.zarr", cfg, manifest, compress)
         raw[name] = bytes_per_view_ratio(path, n, v, d)
-    en, ev, ed = manifest.shape
+    (en, ev), ed = manifest.shape, manifest.teachers[0].feature_dim
     if ed != d:
         for name, compress in (("default", False), ("compress", True)):
             path = write_synthetic_store(work / f"synthetic-d{ed}-{name}.zarr", cfg, manifest, compress, ed)
@@ -138,11 +143,11 @@ def measure_reads(cfg: BenchConfig, store: Path) -> dict:
     from customkd.trainer.loop import FeatureNorm
 
     group = fs.open_group(store, mode="r")
-    n, v, _ = group["features"].shape
+    n, v, _ = group["features_t0"].shape
     shard = fs.read_manifest(group, store).layout.shard_size
     valid = np.ones(n, dtype=bool)
     started = time.perf_counter()
-    in_ram = open_features(group, "ram", shard, valid)
+    in_ram = open_features(group, ["features_t0"], "ram", shard, valid)
     load_s = time.perf_counter() - started
     flat = in_ram.reshape(-1, in_ram.shape[-1]).astype(np.float32)
     norm = FeatureNorm("standardize", stats=(flat.mean(0), flat.std(0)))
@@ -154,10 +159,10 @@ def measure_reads(cfg: BenchConfig, store: Path) -> dict:
         "store": store.name, "shape": [n, v, int(in_ram.shape[-1])], "batch_size": cfg.batch_size,
         "ram_load_s": load_s,
         "ram_rows_s": repeat(lambda: _served_rows_s(in_ram, norm, shuffled, views, cfg.batch_size), reps),
-        "shard_block_rows_s": repeat(lambda: _served_rows_s(open_features(group, "stream", shard, valid), norm,
+        "shard_block_rows_s": repeat(lambda: _served_rows_s(open_features(group, ["features_t0"], "stream", shard, valid), norm,
                                                             blocked, views, cfg.batch_size), reps),
-        "zarr_block_rows_s": repeat(lambda: _raw_block_rows_s(group["features"]), reps),
-        "random_row_rows_s": repeat(lambda: _random_rows_s(group["features"], cfg.random_reads, 2), reps),
+        "zarr_block_rows_s": repeat(lambda: _raw_block_rows_s(group["features_t0"]), reps),
+        "random_row_rows_s": repeat(lambda: _random_rows_s(group["features_t0"], cfg.random_reads, 2), reps),
         "units": "RAM and shard blocks: (row, view) features served per s incl. FeatureNorm, as train_epoch "
                  "asks for them; zarr blocks and random rows: store rows (all V views) per s",
     }

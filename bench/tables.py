@@ -30,6 +30,7 @@ def build_metrics(raw: dict, gpu: bool) -> list[dict]:
     metrics = [
         metric("extraction_efficiency", ext["ratio_steady"]["median"], ">=", 0.9),
         metric("extraction_efficiency_end_to_end", ext["ratio_end_to_end"]["median"], ">=", None),
+        metric("add_teacher_efficiency", raw["add_teacher"]["ratio_steady"]["median"], ">=", None if gpu else 0.9),
         metric("cached_kd_vs_student_throughput", train["ratio_cached_vs_student"], ">=", 0.9),
         metric("cached_vs_online_throughput", train["ratio_cached_vs_online"], ">=", 0.9 * ideal,
                f">= {0.9 * ideal:.2f} (0.9 x ideal)"),
@@ -75,7 +76,8 @@ def limit_metrics(limits: dict | None, gpu: bool) -> list[dict]:
 
 def contention_notes(raw: dict) -> list[str]:
     """Which timings had to use samples taken while other processes were busy (bench.contention)."""
-    used = {"extraction repetitions": raw["extraction"].get("repetitions", {})}
+    used = {"extraction repetitions": raw["extraction"].get("repetitions", {}),
+            "add-teacher repetitions": raw.get("add_teacher", {}).get("repetitions", {})}
     used.update({f"{k} steps": v for k, v in raw["training"].get("steps", {}).items()})
     used.update({f"limits {k} steps": v for k, v in raw.get("limits", {}).get("steps", {}).items()})
     notes = [f"{name}: {info['used']}/{info['of']} used" + (" (CONTENDED: too few quiet samples, all used)"

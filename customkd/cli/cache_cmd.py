@@ -16,8 +16,8 @@ app = typer.Typer(no_args_is_help=True, help="Inspect, check, convert and share 
 def info(path: Annotated[str, typer.Argument(help="Store path.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
          verbose: Verbose = False, quiet: Quiet = False) -> None:
-    """Manifest summary: teacher, dataset, N/V/D, views recipe, classes and labeled rows per split, size, status,
-    fingerprint."""
+    """Manifest summary: dataset, N/V, views recipe, classes and labeled rows per split, size, status, fingerprint,
+    and per teacher its D, input size, tap, precision, status and bytes."""
     setup_logging(verbose, quiet)
     from customkd.common.errors import printable
     from customkd.featcache.cache_ops import store_info
@@ -37,8 +37,9 @@ def info(path: Annotated[str, typer.Argument(help="Store path.")],
 def verify(
     path: Annotated[str, typer.Argument(help="Store path.")],
     data: Annotated[str | None, typer.Option(help="Dataset spec if the images moved.")] = None,
-    teacher_check: Annotated[int, typer.Option(help="Re-run the teacher on N random stored views (0 = off).")] = 0,
+    teacher_check: Annotated[int, typer.Option(help="Re-run each teacher on N random stored views (0 = off).")] = 0,
     weights: Annotated[str | None, typer.Option(help="Teacher weights file for --teacher-check.")] = None,
+    teacher: Annotated[str | None, typer.Option(help="Check only this teacher's arrays (and the shared ones).")] = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -48,7 +49,7 @@ def verify(
     from customkd.common.errors import printable
     from customkd.featcache.cache_ops import verify_store
 
-    problems = run_or_exit(lambda: verify_store(path, data, teacher_check, weights))
+    problems = run_or_exit(lambda: verify_store(path, data, teacher_check, weights, teacher))
     for problem in problems:
         typer.echo(f"problem: {printable(problem)}")
     typer.echo("ok: every check passed" if not problems else f"{len(problems)} problem(s) found")

@@ -42,7 +42,8 @@ def extract(
         return
     n, v, d = result.shape
     verb = "already complete, nothing to do" if result.status == "unchanged" else f"complete in {result.seconds:.0f}s"
-    typer.echo(f"store {result.path}: N={n} V={v} D={d}, {verb}")
+    teacher = f" teacher {values['teacher']}" if values.get("into") else ""
+    typer.echo(f"store {result.path}{teacher}: N={n} V={v} D={d}, {verb}")
 
 
 def _with_value_errors(action):

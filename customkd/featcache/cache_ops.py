@@ -14,15 +14,18 @@ from customkd.common.files import check_new_file, writing_new_file
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
 from customkd.featcache.datasets import DatasetListing, load_listing
+from customkd.featcache.fingerprint import TeacherComponent
 from customkd.featcache.listing import compare_listing
 from customkd.featcache.schema import (
     ARRAYS,
     ATTRS_KEY,
     LISTING_ARRAYS,
     STALENESS_ARRAYS,
+    TEACHER_ARRAYS,
+    VIEW_SET_ARRAYS,
     Manifest,
     ManifestError,
-    TeacherComponent,
+    TeacherEntry,
 )
 from customkd.featcache.views import view_problem
 
@@ -47,12 +50,29 @@ def store_info(path: str) -> dict:
     else:
         done = np.asarray(group["done"][:])
         summary = {**fs.manifest_summary(manifest), **label_summary(group, manifest),
-                   "shards_done": f"{int(done.sum())}/{len(done)}"}
+                   "shards_done": f"{int(done.sum())}/{len(done)}", **teacher_summary(group, manifest, path)}
     summary["size_on_disk"] = f"{_size_on_disk(path) / 2**20:.1f} MiB"
     summary["created"] = manifest.created if manifest else None
     summary["manifest"] = fs.read_attrs(group)
     summary["components"] = {name: part.body for name, part in manifest.fingerprint.components().items()} \
         if manifest else {}
+    for teacher in manifest.teachers if manifest and manifest.writable else ():
+        summary["components"][f"teacher {teacher.name}"] = teacher.component.body
+    return summary
+
+
+def teacher_summary(group, manifest: Manifest, path: str) -> dict[str, str]:
+    """One line per teacher: D, input size, tap, precision, status, shards done and the bytes of its arrays."""
+    objects = fs.list_objects(path)
+    summary = {}
+    for teacher in manifest.teachers:
+        arrays = [teacher.array(name) for name in TEACHER_ARRAYS]
+        nbytes = sum(size for key, size in objects.items() if key.split("/", 1)[0] in arrays)
+        done = np.asarray(group[teacher.array("teacher_done")][:])
+        body = teacher.component
+        summary[f"teacher {teacher.name}"] = (
+            f"D={teacher.feature_dim} size={body.size} tap={body.tap} precision={body.precision} {teacher.status} "
+            f"({int(done.sum())}/{len(done)} shards) {nbytes / 2**20:.2f} MiB")
     return summary
 
 
@@ -77,33 +97,45 @@ def label_summary(group, manifest: Manifest) -> dict[str, str]:
 
 
 def _read_problems(group, manifest: Manifest) -> list[str]:
-    """Read every shard of every array (crc32c catches altered bytes); non-finite features, NaN views and views
-    outside what the recipe draws (:func:`featcache.views.view_problem`)."""
-    layout, recipe = manifest.layout, manifest.fingerprint.augmentation.recipe
+    """Read every shard of every array of the manifest's teachers and view set (crc32c catches altered bytes);
+    non-finite features, NaN views and views outside what the recipe draws (:func:`featcache.views.view_problem`),
+    unset completion flags."""
+    layout = manifest.layout
     problems = []
     try:
         valid = np.asarray(group["valid"][:]).astype(bool)
     except Exception:  # noqa: BLE001 - named per shard below
         valid = np.ones(layout.n_samples, dtype=bool)
-    for name in ARRAYS:
+    for stored, (name, _) in manifest.arrays().items():
         for shard in range(layout.n_shards):
-            rows = shard if name == "done" else layout.shard_rows(shard)
-            span = layout.shard_span(shard)
+            flag = ARRAYS[name].dims == ("n_shards",)
+            rows = shard if flag else layout.shard_rows(shard)
             try:
-                block = np.asarray(group[name][rows])
+                block = np.asarray(group[stored][rows])
             except Exception as exc:  # noqa: BLE001 - checksum failures surface as codec errors
-                problems.append(f"array {name}: shard {shard} ({span}) is damaged ({type(exc).__name__})")
+                problems.append(f"array {stored}: shard {shard} ({layout.shard_span(shard)}) is damaged "
+                                f"({type(exc).__name__})")
                 continue
-            if name == "features" and not np.isfinite(block[valid[rows]]).all():
-                kind = "NaN (unwritten)" if np.isnan(block[valid[rows]]).any() else "inf (float16 overflow)"
-                problems.append(f"array features: shard {shard} ({span}) has {kind} features for valid samples")
-            elif name == "views" and np.isnan(block[valid[rows]]).any():
-                problems.append(f"array views: shard {shard} ({span}) has NaN view parameters for valid samples")
-            elif name == "views" and (problem := view_problem(block, valid[rows], recipe, rows.start)):
+            place = f"array {stored}: shard {shard} ({layout.shard_span(shard)})"
+            problem = _block_problem(name, block, valid[rows] if not flag else None, rows, manifest, place)
+            if problem:
                 problems.append(problem)
-            elif name == "done" and not block:
-                problems.append(f"array done: shard {shard} ({span}) is not done")
     return problems
+
+
+def _block_problem(name: str, block: np.ndarray, valid: np.ndarray | None, rows, manifest: Manifest,
+                   place: str) -> str | None:
+    """What is wrong with one shard ``block`` of array ``name`` (its :data:`ARRAYS` entry) at ``place``, or None."""
+    if name == "features" and not np.isfinite(block[valid]).all():
+        kind = "NaN (unwritten)" if np.isnan(block[valid]).any() else "inf (float16 overflow)"
+        return f"{place} has {kind} features for valid samples"
+    if name == "views" and np.isnan(block[valid]).any():
+        return f"{place} has NaN view parameters for valid samples"
+    if name == "views":
+        return view_problem(block, valid, manifest.fingerprint.augmentation.recipe, rows.start)
+    if valid is None and not block:
+        return f"{place} is not done"
+    return None
 
 
 def _dataset_problems(group, manifest: Manifest, listing: DatasetListing) -> list[str]:
@@ -115,27 +147,41 @@ def _dataset_problems(group, manifest: Manifest, listing: DatasetListing) -> lis
     return compare_listing(listing, manifest, stored).problems()
 
 
-def verify_store(path: str, data: str | None = None, teacher_check: int = 0, weights: str | None = None) -> list[str]:
+def _unfinished(manifest: Manifest) -> list[str]:
+    return [f"teacher {t.name} is {t.status}, not complete; finish it with `customkd extract --teacher {t.name} "
+            "--into STORE` (the same options again)" for t in manifest.teachers if t.status != fs.STATUS_COMPLETE]
+
+
+def verify_store(path: str, data: str | None = None, teacher_check: int = 0, weights: str | None = None,
+                 teacher: str | None = None) -> list[str]:
     """Every problem found, named by array and shard; an empty list means the store can be trusted.
 
-    Covers every array: each storage object present (:func:`featcache.store.chunk_problems`) and
-    readable, non-finite features, the stored labels/domains/splits against the dataset listing."""
+    Covers every array of every teacher (or of ``teacher`` alone): each storage object present
+    (:func:`featcache.store.chunk_problems`) and readable, non-finite features, the stored
+    labels/domains/splits against the dataset listing; ``teacher_check`` views re-run per teacher."""
     group = fs.open_store(path)
     status = fs.read_status(group, path)
     if status != fs.STATUS_COMPLETE:
         return [f"status is {status!r}, not complete; rerun the extract command to finish it"]
     manifest = fs.read_manifest(group, path)
+    if teacher is not None:
+        if manifest.teacher(teacher) is None:
+            raise UserError(f"cache {where.display(path)} has no teacher {teacher!r}; its teachers: "
+                            f"{', '.join(manifest.teacher_names)}")
+        manifest = manifest.for_teachers((teacher,))
     listing = load_listing(data or manifest.data_spec)
     if len(listing) != manifest.n_samples:  # N is bounded by the listing before anything N-sized is read
         return compare_listing(listing, manifest).problems()
-    problems = store_problems(group, path) + _dataset_problems(group, manifest, listing)
-    if teacher_check > 0 and not problems:
-        cosine, detail = recheck_teacher(group, manifest, teacher_check, weights, data)
-        log.info("teacher check: min cosine %.6f over %d views", cosine, teacher_check)
+    problems = _unfinished(manifest) + store_problems(group, path, manifest) + _dataset_problems(group, manifest,
+                                                                                                  listing)
+    for entry in manifest.teachers if teacher_check > 0 and not problems else ():
+        cosine, detail = recheck_teacher(group, manifest, entry, teacher_check, weights, data)
+        log.info("teacher check of %s: min cosine %.6f over %d views", entry.name, cosine, teacher_check)
         if detail:
             problems.append(detail)
         elif cosine < 0.999:
-            problems.append(f"teacher re-run disagrees with cached features: min cosine {cosine:.5f} < 0.999")
+            problems.append(f"teacher {entry.name} re-run disagrees with cached features: min cosine {cosine:.5f} "
+                            "< 0.999")
     return problems
 
 
@@ -150,18 +196,19 @@ def _weights_for(teacher: TeacherComponent, weights: str | None) -> str | None:
     raise UserError(f"the store's teacher used weights {source}; pass --weights FILE to re-run it")
 
 
-def recheck_teacher(group, manifest: Manifest, n: int, weights: str | None, data: str | None) -> tuple[float, str]:
-    """Re-run the teacher on ``n`` random stored views; (min cosine to the cache, problem or "")."""
+def recheck_teacher(group, manifest: Manifest, entry: TeacherEntry, n: int, weights: str | None,
+                    data: str | None) -> tuple[float, str]:
+    """Re-run teacher ``entry`` on ``n`` random stored views; (min cosine to the cache, problem or "")."""
     import torch
 
     from customkd.featcache.teachers import TAPS, create_teacher
     from customkd.featcache.views import replay
 
-    stored = manifest.fingerprint.teacher
+    stored = entry.component
     teacher = create_teacher(stored.name, _weights_for(stored, weights), size=stored.size,
                              tap=stored.tap if stored.tap in TAPS else None)
     if teacher.identity()["weights_hash"] != stored.weights_hash:
-        return 0.0, f"teacher weights differ from the store's (hash {teacher.identity()['weights_hash']} vs {stored.weights_hash})"
+        return 0.0, f"teacher {entry.name} weights differ from the store's (hash {teacher.identity()['weights_hash']} vs {stored.weights_hash})"
     listing = load_listing(data or manifest.data_spec)
     valid_rows = np.flatnonzero(np.asarray(group["valid"][:]))
     rng = np.random.default_rng(0)
@@ -172,7 +219,7 @@ def recheck_teacher(group, manifest: Manifest, n: int, weights: str | None, data
                                  p.interpolation) for r, v in zip(rows, views, strict=True)])
     with torch.inference_mode():
         fresh = teacher(pixels).float()
-    cached = torch.stack([torch.from_numpy(np.asarray(group["features"][int(r), int(v)], dtype=np.float32))
+    cached = torch.stack([torch.from_numpy(np.asarray(group[entry.array("features")][int(r), int(v)], dtype=np.float32))
                           for r, v in zip(rows, views, strict=True)])
     return float(torch.nn.functional.cosine_similarity(fresh, cached, dim=1).min()), ""
 
@@ -186,10 +233,14 @@ def _check_export_target(path: str, h5_path: str) -> None:
                         "objects: choose a file outside it")
 
 
-def store_problems(group, path: str) -> list[str]:
+def store_problems(group, path: str, manifest: Manifest | None = None) -> list[str]:
     """What ``cache verify`` finds in the store itself, without the dataset: every object present and whole, every
-    shard readable, finite features and drawable views for valid samples, every shard done."""
-    return fs.chunk_problems(group, path) + _read_problems(group, fs.read_manifest(group, path))
+    shard readable, finite features and drawable views for valid samples, every shard done — of every teacher, or
+    of those ``manifest`` (:meth:`Manifest.for_teachers`) keeps."""
+    manifest = manifest or fs.read_manifest(group, path)
+    arrays = set(manifest.arrays())
+    missing = [p for p in fs.chunk_problems(group, path) if p.split(":", 1)[0].removeprefix("array ") in arrays]
+    return missing + _read_problems(group, manifest)
 
 
 def _refuse_problems(what: str, problems: list[str], advice: str) -> None:
@@ -208,13 +259,14 @@ def export_h5(path: str, h5_path: str) -> None:
     manifest = fs.read_manifest(group, path)
     _refuse_problems(f"cache {where.display(path)} is damaged", store_problems(group, path),
                      f"nothing was exported: run `customkd cache verify {path}`, then copy it again or re-extract it")
-    layout = manifest.layout
+    _refuse_problems(f"cache {where.display(path)} is not finished", _unfinished(manifest),
+                     "nothing was exported")
     with writing_new_file(h5_path, "--h5") as partial, h5py.File(partial, "w") as h5:
-        for name, spec in ARRAYS.items():
-            dataset = h5.create_dataset(name, shape=layout.shape(name), dtype=spec.dtype)
+        for stored, (name, layout) in manifest.arrays().items():
+            dataset = h5.create_dataset(stored, shape=layout.shape(name), dtype=ARRAYS[name].dtype)
             for shard in range(layout.n_shards):
-                rows = shard if name == "done" else layout.shard_rows(shard)
-                dataset[rows] = np.asarray(group[name][rows])
+                rows = shard if ARRAYS[name].dims == ("n_shards",) else layout.shard_rows(shard)
+                dataset[rows] = np.asarray(group[stored][rows])
         h5.attrs[ATTRS_KEY] = json.dumps(manifest.to_attrs())
 
 
@@ -258,15 +310,15 @@ def _check_h5_arrays(h5, h5_path: str, manifest: Manifest) -> None:
     kilobytes cannot stand for hundreds of megabytes of fill values. Every shard is flagged done."""
     import h5py
 
-    layout = manifest.layout
-    for name, spec in ARRAYS.items():
+    for name, (spec_key, layout) in manifest.arrays().items():
+        spec = ARRAYS[spec_key]
         dataset = h5.get(name)
         problem = None
         if not isinstance(dataset, h5py.Dataset):
             problem = "is missing" if dataset is None else "is not a dataset"
-        elif dataset.shape != layout.shape(name) or dataset.dtype != np.dtype(spec.dtype):
+        elif dataset.shape != layout.shape(spec_key) or dataset.dtype != np.dtype(spec.dtype):
             problem = (f"is {dataset.dtype}{list(dataset.shape)}, the manifest implies "
-                       f"{spec.dtype}{list(layout.shape(name))}")
+                       f"{spec.dtype}{list(layout.shape(spec_key))}")
         else:
             plist = dataset.id.get_create_plist()
             nbytes = dataset.size * dataset.dtype.itemsize
@@ -278,7 +330,8 @@ def _check_h5_arrays(h5, h5_path: str, manifest: Manifest) -> None:
         if problem:
             raise UserError(f"{h5_path}: dataset '{name}' {problem}; it was not written by `customkd cache export` "
                             "(or was damaged): export the store again")
-    if not np.asarray(h5["done"][:]).all():
+    flags = [name for name, (spec_key, _) in manifest.arrays().items() if ARRAYS[spec_key].dims == ("n_shards",)]
+    if not all(np.asarray(h5[name][:]).all() for name in flags):
         raise UserError(f"{h5_path}: not every shard is flagged done; export the complete store again")
 
 
@@ -300,18 +353,24 @@ def import_h5(h5_path: str, path: str) -> None:
     fails is deleted again."""
     with _open_h5(h5_path) as h5:
         manifest = _h5_manifest(h5, h5_path)
+        if not manifest.writable:
+            raise UserError(f"{h5_path} holds a store of schema version {manifest.schema_version}, which this "
+                            "customkd reads but does not write; extract the store again with this customkd")
         _check_h5_arrays(h5, h5_path, manifest)
         _replace_unfinished_import(path, manifest)
         layout = manifest.layout
         per_sample = {name: h5[name][:] for name in LISTING_ARRAYS}
-        group = fs.create_store(path, layout, manifest, per_sample)
+        group = fs.create_store(path, manifest, per_sample)
         for shard in range(layout.n_shards):
             rows = layout.shard_rows(shard)
-            fs.write_shard(group, layout, shard, h5["features"][rows], h5["views"][rows], h5["content_hash"][rows],
-                           h5["valid"][rows])
+            view_set = tuple(h5[name][rows] for name in VIEW_SET_ARRAYS)
+            for teacher in manifest.teachers:
+                fs.write_shard(group, layout, shard, teacher, h5[teacher.array("features")][rows],
+                               view_set if teacher.slot == 0 else None)
     problems = _read_problems(group, manifest)
     if problems:
         fs.delete_store(path)
     _refuse_problems(f"{h5_path} holds a store `cache verify` would refuse", problems,
                      "nothing was imported: export the store again from a copy that verifies")
-    fs.mark_complete(group)
+    for teacher in manifest.teachers:
+        fs.mark_complete(group, teacher.name)

@@ -46,6 +46,12 @@ class ExtractConfig:
     chunk_size: int = option(16, "Samples per inner chunk (unit of reading).")
     compress: bool = option(False, "Zstd-compress chunks (fp16 features barely compress).")
     overwrite: bool = option(False, "Replace an existing store built with a different fingerprint.")
+    into: str | None = option(
+        None, "Add --teacher to this complete store (path or URL) by replaying its recorded views; the store's "
+        "dataset, views, seed and layout are used (--out, --data, --views, --seed and the shard options are not).")
+    overwrite_teacher: bool = option(
+        False, "With --into: compute again a teacher the store already has (e.g. at another --tap or --teacher-size); "
+        "only that teacher's arrays are replaced.")
     skip_bad: bool = option(False, "Record unreadable images as invalid samples instead of stopping.")
     recipe: ViewRecipe = field(default_factory=ViewRecipe)  # the command line sets two of its fields
 
@@ -63,5 +69,8 @@ class ExtractConfig:
         for flag, rows in (("--shard-size", self.shard_size), ("--chunk-size", self.chunk_size)):
             if not 1 <= rows <= MAX_SHARD_ROWS:  # a reader holds a whole shard of rows at once
                 raise UserError(f"{flag} must be between 1 and {MAX_SHARD_ROWS} samples, got {rows}")
+        if self.overwrite_teacher and self.into is None:
+            raise UserError("--overwrite-teacher redoes a teacher of a store given with --into STORE; pass --into, or "
+                            "--overwrite to replace a whole store")
         if self.shard_size > self.chunk_size and self.shard_size % self.chunk_size:
             raise UserError(f"--shard-size ({self.shard_size}) must be a multiple of --chunk-size ({self.chunk_size})")

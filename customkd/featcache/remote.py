@@ -24,6 +24,7 @@ from pathlib import Path
 from customkd.common.errors import UserError, printable
 from customkd.common.files import atomic_path
 from customkd.featcache import store
+from customkd.featcache.fingerprint import Fingerprint, fingerprint_diff
 from customkd.featcache.location import (
     COPY_MARKER,
     ROOT_METADATA,
@@ -36,7 +37,7 @@ from customkd.featcache.location import (
     redact,
     storage_errors,
 )
-from customkd.featcache.schema import STATUS_COMPLETE, Fingerprint, fingerprint_diff
+from customkd.featcache.schema import STATUS_COMPLETE, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,27 @@ def pull(url: str, local: str | Path) -> CopyResult:
     return copy_store(url, local)
 
 
-def _destination_state(dest: str | Path, fingerprint: Fingerprint) -> str:
-    """``"complete"`` (same fingerprint), ``"resume"`` (our unfinished copy) or ``"empty"``; refuses the rest."""
+def _teachers_state(name: str, stored: Manifest, source: Manifest) -> str:
+    """``"complete"`` when the destination holds the source's teachers, ``"resume"`` when it holds some of them
+    (a teacher was added to the source since: its arrays are copied, the manifest last); refuses a teacher the
+    source lacks or has with another fingerprint component."""
+    wanted = {t.name: t.component.hash for t in source.teachers}
+    for teacher in stored.teachers:
+        if teacher.name not in wanted or wanted[teacher.name] != teacher.component.hash:
+            other = "which the source lacks" if teacher.name not in wanted else "with another fingerprint"
+            raise UserError(f"{name} already holds teacher {teacher.name} {other}; a complete store is never "
+                            "overwritten: delete it first or choose another destination")
+        if teacher.status != STATUS_COMPLETE:
+            raise UserError(f"{name} holds teacher {teacher.name} unfinished; finish it with `customkd extract "
+                            "--into` or delete the store, then copy again")
+    return "complete" if len(stored.teachers) == len(source.teachers) else "resume"
+
+
+def _destination_state(dest: str | Path, source: Manifest) -> str:
+    """``"complete"`` (same fingerprint and teachers), ``"resume"`` (our unfinished copy, or a copy lacking teachers
+    added to the source since) or ``"empty"``; refuses the rest."""
     name = redact(dest)
+    fingerprint = source.fingerprint
     if store.store_exists(dest):
         stored = store.read_manifest(store.open_store(dest), dest)
         differs = stored.fingerprint.diff(fingerprint)
@@ -148,7 +167,7 @@ def _destination_state(dest: str | Path, fingerprint: Fingerprint) -> str:
         if stored.status != STATUS_COMPLETE:
             raise UserError(f"{name} holds an unfinished extraction of the same store; finish it with `customkd "
                             "extract` or delete it, then copy again")
-        return "complete"
+        return _teachers_state(name, stored, source)
     if exists(dest, COPY_MARKER):
         differs = fingerprint_diff(read_json(dest, COPY_MARKER).get("fingerprint", {}), fingerprint.to_dict())
         if differs:
@@ -163,8 +182,10 @@ def _destination_state(dest: str | Path, fingerprint: Fingerprint) -> str:
 def _verify_copy(source_group, dest: str | Path) -> None:
     """Re-open the destination as a reader would; its fingerprint and array shapes must equal the source's."""
     copy = store.open_complete_store(dest)
-    wanted = store.read_manifest(source_group).fingerprint
-    problems = [f"fingerprint component {c}" for c in store.read_manifest(copy, dest).fingerprint.diff(wanted)]
+    source, copied = store.read_manifest(source_group), store.read_manifest(copy, dest)
+    problems = [f"fingerprint component {c}" for c in copied.fingerprint.diff(source.fingerprint)]
+    problems += [f"teacher {t.name}" for t in source.teachers
+                 if copied.teacher(t.name) is None or copied.teacher(t.name).component != t.component]
     for name in sorted(source_group.array_keys()):
         if name not in copy or copy[name].shape != source_group[name].shape:
             problems.append(f"array {name}")
@@ -227,24 +248,30 @@ def _send_root(source: str | Path, dest: str | Path, group, size: int) -> int:
     with storage_errors(source):
         root = src.cat_file(f"{src_root}/{ROOT_METADATA}", start=0, end=size + 1)
     _check_size(source, ROOT_METADATA, len(root), size)
-    with storage_errors(dest):
+    with storage_errors(dest):  # a complete copy with fewer teachers keeps its own root if this one fails
+        before = dst.cat_file(f"{dst_root}/{ROOT_METADATA}") if dst.exists(f"{dst_root}/{ROOT_METADATA}") else None
         _write_last(dst, f"{dst_root}/{ROOT_METADATA}", root)
     try:
         _verify_copy(group, dest)
     except UserError:
         with storage_errors(dest):
-            dst.rm_file(f"{dst_root}/{ROOT_METADATA}")
+            if before is None:
+                dst.rm_file(f"{dst_root}/{ROOT_METADATA}")
+            else:
+                _write_last(dst, f"{dst_root}/{ROOT_METADATA}", before)
         raise
     with storage_errors(dest):
-        dst.rm_file(f"{dst_root}/{COPY_MARKER}")
+        if dst.exists(f"{dst_root}/{COPY_MARKER}"):
+            dst.rm_file(f"{dst_root}/{COPY_MARKER}")
     return len(root)
 
 
 def copy_store(source: str | Path, dest: str | Path) -> CopyResult:
     """Copy a complete store between any two locations: data first, root ``zarr.json`` last, then verify."""
     group = store.open_complete_store(source)
-    fingerprint = store.read_manifest(group, source).fingerprint
-    state = _destination_state(dest, fingerprint)
+    manifest = store.read_manifest(group, source)
+    fingerprint = manifest.fingerprint
+    state = _destination_state(dest, manifest)
     if state == "complete":
         _verify_copy(group, dest)
         log.info("%s already holds this store, complete: nothing to copy", redact(dest))

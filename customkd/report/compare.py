@@ -149,7 +149,7 @@ def extract(store: Store, cache: str, cfg: ReportConfig) -> dict:
         raise UserError(f"the extraction with teacher {teacher} failed (its message is above); fix it and rerun "
                         "make report")
     seconds = time.perf_counter() - started
-    stored = store_record(cache)
+    stored = store_record(cache, teacher)
     record = {"teacher": teacher, "data": store.data, "cache": cache, "command": " ".join(["customkd", *argv[3:]]),
               **{k: stored[k] for k in ("shape", "majority_class_eval", "store_fingerprint", "created", "completed")}}
     if before == "absent":

@@ -123,16 +123,17 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, d
     return ran
 
 
-def store_record(cache: str) -> dict:
-    """What the page says about a complete store (data, teacher, shape, classes, the evaluation rows' majority
-    class) and the fingerprint a run's config.json records of it, which :func:`reusable` checks."""
+def store_record(cache: str, teacher: str | None = None) -> dict:
+    """What the page says about a complete store as its runs read it (``teacher``: one, ``A,B``, or None for the
+    store's only teacher): data, teacher, shape ``[N, V, D]``, classes, the evaluation rows' majority class, and
+    the fingerprint a run's config.json records of it, which :func:`reusable` checks."""
     from customkd.featcache import store as fs
 
     group = fs.open_complete_store(cache)
-    manifest = fs.read_manifest(group, cache)
+    manifest = fs.choose_teachers(fs.read_manifest(group, cache), teacher, cache)
     held_out = np.asarray(group["labels"][:])[(np.asarray(group["split"][:]) == 1) & (np.asarray(group["valid"][:]) > 0)]
     return {"teacher": manifest.fingerprint.teacher.name, "data": manifest.data_spec, "cache": cache,
-            "shape": list(manifest.shape), "classes": list(manifest.classes),
+            "shape": [*manifest.shape, manifest.feature_dim], "classes": list(manifest.classes),
             "majority_class_eval": float(np.bincount(held_out).max() / len(held_out)) if len(held_out) else 0.0,
             "store_fingerprint": manifest.fingerprint.hashes(),  # as a run's config.json records it
             "created": manifest.created, "completed": manifest.completed}

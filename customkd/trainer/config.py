@@ -41,6 +41,10 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
     (:mod:`trainer.methods.options`, declared beside the methods)."""
 
     cache: str = option("caches/elpv-efficientnet_lite0.zarr", "Feature store written by `customkd extract`.")
+    teachers: str | None = option(
+        None, "The store's teacher to distill from (needed when it holds several, see `customkd cache info`), or "
+        "A,B to concatenate their features (one probe and one projector over the concatenation).",
+        aliases=("--teacher",))
     student: str = option("mobilenetv3", "Student: an alias from `customkd students` or any timm model name.",
                           aliases=("--model",))
     student_pretrained: bool = option(False, "Start from timm's pretrained student weights (hub).")

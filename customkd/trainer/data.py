@@ -21,16 +21,17 @@ from customkd.featcache.listing import ListingDiff, compare_listing
 from customkd.featcache.schema import STALENESS_ARRAYS, Manifest
 from customkd.featcache.views import replay_pil, to_uint8, view_problem, view_seed
 from customkd.trainer.config import DistillConfig
-from customkd.trainer.features import ShardedFeatures, open_features
+from customkd.trainer.features import ConcatFeatures, ShardedFeatures, open_features
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class CachedData:
-    """Everything of the store the trainer needs, in RAM. Shapes: features ``[N, V, D]``."""
+    """Everything of the store the trainer needs, in RAM. Shapes: features ``[N, V, D]``; ``manifest`` is the
+    store's as the chosen teachers' reader sees it (:func:`featcache.store.choose_teachers`)."""
 
-    features: np.ndarray | ShardedFeatures  # float16 [N, V, D], indexed as features[rows, views]
+    features: np.ndarray | ShardedFeatures | ConcatFeatures  # float16 [N, V, D], indexed as features[rows, views]
     valid: np.ndarray  # bool [N], False for images skipped as unreadable at extraction
     views: np.ndarray  # float32 [N, V, P]
     labels: np.ndarray  # int64 [N]
@@ -49,7 +50,7 @@ class CachedData:
 
     @property
     def streaming(self) -> bool:
-        return isinstance(self.features, ShardedFeatures)
+        return isinstance(self.features, (ShardedFeatures, ConcatFeatures))
 
     @property
     def classes(self) -> list[str]:
@@ -132,8 +133,9 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     Refuses a damaged store (missing or unreadable objects of any array), stored labels, domains or
     splits that differ from the dataset listing, and (streaming) a store replaced while it is read."""
     group = fs.open_complete_store(cfg.cache)
-    identity = fs.store_identity(cfg.cache)
-    manifest = fs.read_manifest(group, cfg.cache)
+    manifest = fs.choose_teachers(fs.read_manifest(group, cfg.cache), cfg.teachers, cfg.cache)
+    chosen = manifest.teacher_names
+    identity = fs.store_identity(cfg.cache, chosen)
     check_expected_fingerprint(manifest, {**cfg.expected_hashes, **(expected or {})}, cfg.cache)
     listing = load_listing(cfg.data or manifest.data_spec)
     counted = compare_listing(listing, manifest)  # before anything of size N is read
@@ -143,9 +145,10 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     check_listing(compare_listing(listing, manifest, arrays), cfg.allow_stale, cfg.cache)
     valid = arrays["valid"].astype(bool)
     _check_views(arrays["views"], valid, manifest, cfg.cache)
-    features = open_features(group, cfg.features, manifest.layout.shard_size, valid,
-                             still_same=lambda: fs.check_same_store(cfg.cache, identity))
-    fs.check_same_store(cfg.cache, identity)
+    features = open_features(group, [t.array("features") for t in manifest.teachers], cfg.features,
+                             manifest.layout.shard_size, valid,
+                             still_same=lambda: fs.check_same_store(cfg.cache, identity, chosen))
+    fs.check_same_store(cfg.cache, identity, chosen)
     return CachedData(
         features=features,
         valid=valid,

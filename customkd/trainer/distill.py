@@ -256,6 +256,7 @@ def run_config(s: Session, started: dt.datetime, replay: dict | None = None) -> 
     return run_folder.config_record(s.cfg.to_dict(), resolve_student(s.cfg.student), {
             "preprocess": preprocess, "provenance": provenance(s.cfg.cache, s.cfg.student_weights, started),
             "out": str(s.run.resolve()), "teacher": fingerprint.teacher.to_dict(),
+            "teacher_names": list(s.data.manifest.teacher_names),
             "store_fingerprint": fingerprint.hashes(),
             "n_train": len(s.split.train), "n_labeled": s.split.n_labeled, "n_eval": len(s.split.eval),
             "n_val": len(s.split.val),

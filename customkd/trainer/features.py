@@ -79,23 +79,43 @@ class ShardedFeatures:
         return out
 
 
-def open_features(group, mode: str, shard_size: int, valid: np.ndarray,
+class ConcatFeatures:
+    """Several teachers' streamed features side by side: ``source[rows, views] -> [B, D_1 + D_2 + …]`` (an
+    ensemble read by shard blocks, each teacher's from its own array)."""
+
+    def __init__(self, parts: list[ShardedFeatures]) -> None:
+        self.parts = parts
+        self.shape = (*parts[0].shape[:2], sum(part.shape[-1] for part in parts))
+        self.dtype = np.float16
+
+    @property
+    def blocks_read(self) -> int:
+        return sum(part.blocks_read for part in self.parts)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.concatenate([part[index] for part in self.parts], axis=-1)
+
+
+def open_features(group, arrays: list[str], mode: str, shard_size: int, valid: np.ndarray,
                   still_same: Callable[[], None] | None = None):
-    """``np.ndarray`` in RAM, or :class:`ShardedFeatures` when asked or when RAM is short.
+    """The features of the store's arrays ``arrays`` (one per chosen teacher), concatenated along D in that
+    order: ``np.ndarray`` in RAM, or streamed by shard blocks (:class:`ShardedFeatures`, :class:`ConcatFeatures`
+    for several) when asked or when RAM is short.
 
     ``still_same`` (streaming) is called after each shard block is read and raises if the store
     was replaced meanwhile."""
     if mode not in FEATURE_MODES:
         raise UserError(f"unknown --features {mode!r}; known: {', '.join(FEATURE_MODES)}")
-    array = group["features"]
-    nbytes = int(np.prod(array.shape)) * 2
+    stored = [group[name] for name in arrays]
+    nbytes = sum(int(np.prod(array.shape)) * 2 for array in stored)
     if mode == "auto":
         mode = "ram" if nbytes < available_memory() // 2 else "stream"
     log.info("teacher features: %.1f MiB, read %s", nbytes / 2**20, "from RAM" if mode == "ram" else "by shard blocks")
     if mode == "stream":
-        return ShardedFeatures(array, shard_size, valid, still_same=still_same)
+        parts = [ShardedFeatures(array, shard_size, valid, still_same=still_same) for array in stored]
+        return parts[0] if len(parts) == 1 else ConcatFeatures(parts)
     try:
-        features = np.asarray(array[:])
+        features = np.concatenate([np.asarray(array[:]) for array in stored], axis=-1)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"the cache is damaged ({type(exc).__name__}); run `customkd cache verify` to locate the "
                         "shard, then re-extract") from None

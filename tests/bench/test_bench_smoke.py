@@ -9,7 +9,8 @@ from bench import tables
 from tests.conftest import ROOT
 
 METRICS = {
-    "extraction_efficiency", "extraction_efficiency_end_to_end", "cached_kd_vs_student_throughput",
+    "extraction_efficiency", "extraction_efficiency_end_to_end", "add_teacher_efficiency",
+    "cached_kd_vs_student_throughput",
     "cached_vs_online_throughput", "online_ideal_ratio", "peak_memory_cached_vs_student",
     "peak_memory_online_vs_student", "customization_vs_kd_epoch", "reader_ram_vs_student",
     "reader_shard_blocks_vs_student", "reader_random_row_vs_student", "storage_default_vs_2d",
@@ -19,7 +20,7 @@ METRICS = {
     "device_replay_fast_vs_workers_loader", "device_replay_exact_vs_workers_loader", "channels_last_vs_nchw_train",
     "one_worker_one_thread_vs_default", "no_workers_vs_default",
 }
-RAW_SECTIONS = {"config", "extraction", "training", "limits", "epoch_overhead", "teacher_size", "memory", "allocator", "storage",
+RAW_SECTIONS = {"config", "extraction", "add_teacher", "training", "limits", "epoch_overhead", "teacher_size", "memory", "allocator", "storage",
                 "store_read", "wall_seconds"}
 
 

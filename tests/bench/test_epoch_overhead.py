@@ -41,6 +41,9 @@ def test_new_metrics_have_their_targets():
     assert rows["epoch_overhead_fraction"]["target"] == "<= 0.03" and rows["epoch_overhead_fraction"]["pass"]
     assert rows["epoch_overhead_fraction_fresh_workers"]["pass"] is None  # the old behaviour, for comparison
     assert rows["teacher_size_cost_ratio"]["target"] == "<= 0.2" and rows["teacher_size_cost_ratio"]["pass"]
+    assert rows["add_teacher_efficiency"]["target"] == ">= 0.9" and rows["add_teacher_efficiency"]["pass"]
+    gpu = {m["name"]: m for m in tables.build_metrics({**_minimal_raw(), **raw}, gpu=True)}
+    assert gpu["add_teacher_efficiency"]["pass"] is None  # the issue sets the target on CPU only
 
 
 def test_teacher_sizes_come_from_the_spec_unless_given():
@@ -50,7 +53,7 @@ def test_teacher_sizes_come_from_the_spec_unless_given():
 
 def _minimal_raw() -> dict:
     one = {"median": 1.0}
-    return {"extraction": {"ratio_steady": one, "ratio_end_to_end": one},
+    return {"extraction": {"ratio_steady": one, "ratio_end_to_end": one}, "add_teacher": {"ratio_steady": one},
             "training": {"ideal_cached_vs_online": 2.0, "cached_samples_s": 1.0, "ratio_cached_vs_student": 1.0,
                          "ratio_cached_vs_online": 1.0, "ratio_customize_vs_kd_epoch": one},
             "memory": {"ratio_cached_vs_student": 1.0, "ratio_online_vs_student": 1.0},

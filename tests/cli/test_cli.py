@@ -22,7 +22,7 @@ def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
     assert "N=30 V=3 D=64" in done.stdout
     group = zarr.open_group(str(store), mode="r")
     assert group.attrs["customkd"]["status"] == "complete"
-    assert not np.isnan(group["features"][:]).any()
+    assert not np.isnan(group["features_t0"][:]).any()
 
     again = customkd("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
                      "--out", str(store), "--views", "3", "--workers", "1", "--shard-size", "8")
@@ -96,7 +96,7 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
                           "--out", str(out), "--views", "1", "--tap", tap, "--workers", "0")
         assert result.returncode == 0, result.stderr
         assert f"N=4 V=1 D={dim}" in result.stdout
-        teacher = json.loads((out / "zarr.json").read_text())["attributes"]["customkd"]["fingerprint"]["teacher"]
+        teacher = json.loads((out / "zarr.json").read_text())["attributes"]["customkd"]["teachers"][0]["fingerprint"]
         assert (teacher["size"], teacher["native_size"], teacher["tap"], teacher["precision"]) == (224, 518, tap, "fp32")
         assert teacher["preprocess"]["size"] == 224
 
@@ -174,6 +174,7 @@ def test_incomplete_cache_is_refused(tiny_store, tmp_path):
     shutil.copytree(tiny_store, copy)
     group = zarr.open_group(str(copy), mode="r+")
     group["done"][2] = 0
+    group["teacher_done_t0"][2] = 0
     fs.set_status(group, fs.STATUS_IN_PROGRESS)
     one_error_line(invoke("distill", "--min-steps", "0", "--cache", str(copy)), "incomplete (3/4 shards done)")
 

@@ -52,7 +52,7 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
             done = np.array([(out / "done" / "c" / str(i)).exists() for i in range(8)])
             # every shard flagged done already holds its final bytes
             for shard in np.flatnonzero(done):
-                part = f"features/c/{shard}/0/0"
+                part = f"features_t0/c/{shard}/0/0"
                 assert (out / part).read_bytes() == expected[part], f"trial {trial}: shard {shard} done without data"
         _run(folder, out)
         assert store_bytes(out) == expected, f"trial {trial} differs after resume"

@@ -16,7 +16,7 @@ from customkd.common.errors import UserError
 from customkd.featcache import location as where
 from customkd.featcache import remote
 from customkd.featcache import store as fs
-from customkd.featcache.schema import ARRAYS, component_hash
+from customkd.featcache.fingerprint import component_hash
 from tests.conftest import TINY_TEACHER, invoke, one_error_line, store_bytes, tiny_config
 
 BUCKET = "customkd-test"
@@ -53,7 +53,7 @@ def s3(s3_server, monkeypatch, request) -> str:
 
 def _arrays(location) -> dict[str, np.ndarray]:
     group = fs.open_complete_store(location)
-    return {name: np.asarray(group[name][:]) for name in ARRAYS}
+    return {name: np.asarray(group[name][:]) for name in group.array_keys()}
 
 
 def test_redact_and_options(monkeypatch):
@@ -91,7 +91,7 @@ def test_extract_straight_to_s3(tiny_folder, tiny_store, s3):
     with pytest.raises(UserError, match="different augmentation"):
         extract(ExtractConfig(**{**cfg.__dict__, "views": 2}))
     replaced = extract(ExtractConfig(**{**cfg.__dict__, "views": 2, "overwrite": True}))  # fs.rm on the bucket
-    assert replaced.status == "complete" and fs.open_complete_store(cfg.out)["features"].shape == (30, 2, 64)
+    assert replaced.status == "complete" and fs.open_complete_store(cfg.out)["features_t0"].shape == (30, 2, 64)
 
 
 def test_push_then_pull_is_byte_identical(tiny_store, s3, tmp_path):
@@ -110,6 +110,27 @@ def test_push_then_pull_is_byte_identical(tiny_store, s3, tmp_path):
         np.testing.assert_array_equal(values, reference[name], err_msg=name)
 
 
+def test_a_store_with_two_teachers_round_trips_and_a_push_adds_a_new_teacher(tiny_store, s3, tmp_path):
+    """Push the one-teacher store, add a teacher locally, push again: only the new teacher's objects and the root
+    travel; a pull of the result is the two-teacher store byte for byte."""
+    import shutil
+
+    from customkd.featcache.extract import ExtractConfig, extract
+
+    url, local = f"{s3}/c.zarr", tmp_path / "two.zarr"
+    shutil.copytree(tiny_store, local)
+    remote.push(local, url)
+    extract(ExtractConfig(teacher="timm:test_efficientnet", into=str(local), weights="random", workers=0,
+                          teacher_size=32))
+    again = remote.push(local, url)
+    added = {key for key in store_bytes(local) if key.split("/", 1)[0] in ("features_t1", "teacher_done_t1")}
+    assert again.status == "copied" and again.objects_copied == len(added) + 1  # and the root zarr.json
+    remote.pull(url, tmp_path / "pulled.zarr")
+    assert store_bytes(tmp_path / "pulled.zarr", manifest=True) == store_bytes(local, manifest=True)
+    assert fs.read_manifest(fs.open_complete_store(url), url).teacher_names == (TINY_TEACHER, "timm:test_efficientnet")
+    assert remote.push(local, url).status == "unchanged"
+
+
 def test_interrupted_copies_are_never_complete_and_resume(tiny_store, s3, monkeypatch, tmp_path):
     url = f"{s3}/c.zarr"
 
@@ -119,7 +140,7 @@ def test_interrupted_copies_are_never_complete_and_resume(tiny_store, s3, monkey
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(remote, "_write_last", killed)
         remote.push(tiny_store, url)
-    assert where.exists(url, "features/zarr.json") and not fs.store_exists(url)
+    assert where.exists(url, "features_t0/zarr.json") and not fs.store_exists(url)
     with pytest.raises(UserError, match="incomplete"):
         fs.open_complete_store(url)
     resumed = remote.push(tiny_store, url)
@@ -151,11 +172,11 @@ def test_refusals(tiny_store, s3, tmp_path):
     remote.push(tiny_store, url)
     group = zarr.open_group(store=where.zarr_store(url, read_only=False), mode="r+")
     manifest = fs.read_attrs(group)
-    teacher = {**manifest["fingerprint"]["teacher"], "name": "another_teacher"}  # a store of another teacher
+    teacher = {**manifest["teachers"][0]["fingerprint"], "weights_hash": "0" * 16}  # the same teacher, other weights
     teacher["hash"] = component_hash({k: v for k, v in teacher.items() if k != "hash"})
-    manifest["fingerprint"]["teacher"] = teacher
+    manifest["teachers"][0]["fingerprint"] = teacher
     group.attrs[fs.ATTRS_KEY] = manifest
-    with pytest.raises(UserError, match="different teacher"):
+    with pytest.raises(UserError, match=f"teacher {TINY_TEACHER} with another fingerprint"):
         remote.push(tiny_store, url)
 
     s3fs, root = where.filesystem(f"{s3}/mine")
@@ -190,8 +211,10 @@ def test_distill_from_s3(tiny_store, s3, tmp_path):
     assert result.final == local.final  # the same features, read over S3: the same student
     assert (tmp_path / "run" / "student.safetensors").read_bytes() == (tmp_path / "local" / "student.safetensors").read_bytes()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
+    attrs = fs.read_attrs(fs.open_store(tiny_store))
     assert config["cache"] == url and config["store_fingerprint"] == {
-        name: part["hash"] for name, part in fs.read_attrs(fs.open_store(tiny_store))["fingerprint"].items()}
+        **{name: part["hash"] for name, part in attrs["fingerprint"].items()},
+        "teacher": attrs["teachers"][0]["fingerprint"]["hash"]}
 
 
 def test_pull_refuses_a_key_escaping_the_destination(tiny_store, s3, tmp_path):

@@ -17,6 +17,7 @@ from customkd.featcache.schema import (
     ARRAYS,
     ATTRS_KEY,
     DATA_KINDS,
+    SHARED_ARRAYS,
     STALENESS_ARRAYS,
     DataSpecError,
     Layout,
@@ -37,7 +38,11 @@ def test_manifest_round_trips_to_the_stored_attrs(tiny_store):
     assert list(manifest.to_attrs()) == list(attrs)  # the order extraction writes, too
     assert manifest.fingerprint.to_dict() == attrs["fingerprint"]
     assert manifest.fingerprint.hashes() == {name: part["hash"] for name, part in attrs["fingerprint"].items()}
-    assert manifest.fingerprint.teacher.name == attrs["fingerprint"]["teacher"]["name"]
+    assert manifest.fingerprint.teacher is None and "teacher" not in attrs["fingerprint"]  # each teacher has its own
+    (teacher,) = manifest.teachers
+    assert teacher.component.to_dict() == attrs["teachers"][0]["fingerprint"]
+    assert (teacher.name, teacher.feature_dim, teacher.status) == (attrs["teachers"][0]["name"], 64, "complete")
+    assert manifest.for_teachers((teacher.name,)).fingerprint.teacher == teacher.component
     assert manifest.layout.shard_size == attrs["fingerprint"]["layout"]["shard_size"] == 8
     recipe = attrs["fingerprint"]["augmentation"]["recipe"]
     assert manifest.fingerprint.augmentation.centre_crop == recipe["centre_crop"]
@@ -53,9 +58,9 @@ def test_manifest_is_a_copy_of_what_was_read(tiny_store):
     attrs = _attrs(tiny_store)
     manifest = Manifest.from_attrs(attrs)
     attrs["fingerprint"]["augmentation"]["recipe"]["centre_crop"] = 0.5
-    manifest.to_attrs()["fingerprint"]["teacher"]["name"] = "changed"
+    manifest.to_attrs()["teachers"][0]["fingerprint"]["name"] = "changed"
     assert manifest.fingerprint.augmentation.centre_crop != 0.5
-    assert manifest.fingerprint.teacher.name != "changed"
+    assert manifest.teachers[0].component.name != "changed"
 
 
 def test_the_store_layer_reads_the_same_manifest(tiny_store):
@@ -65,18 +70,21 @@ def test_the_store_layer_reads_the_same_manifest(tiny_store):
 
 
 def test_a_malformed_manifest_is_one_manifest_error(tiny_store):
-    attrs = {**_attrs(tiny_store), "shape": [30, 3]}
-    with pytest.raises(ManifestError, match=r"'shape' must be \[N, V, D\]"):
+    attrs = {**_attrs(tiny_store), "shape": [30, 3, 64]}
+    with pytest.raises(ManifestError, match=r"'shape' must be \[N, V\]"):
         Manifest.from_attrs(attrs)
 
 
 def test_the_store_arrays_are_the_table(tiny_store):
     group = zarr.open_group(str(tiny_store), mode="r")
-    layout = Manifest.from_attrs(_attrs(tiny_store)).layout
-    assert sorted(group.array_keys()) == sorted(ARRAYS)
-    for name, spec in ARRAYS.items():
-        assert (group[name].shape, str(group[name].dtype)) == (layout.shape(name), spec.dtype), name
-        assert fs.storage_chunks(group[name]) == layout.storage_block(name), name
+    manifest = Manifest.from_attrs(_attrs(tiny_store))
+    stored = manifest.arrays()
+    assert sorted(group.array_keys()) == sorted(stored) == sorted([*SHARED_ARRAYS, "features_t0", "teacher_done_t0"])
+    for name, (spec_key, layout) in stored.items():
+        spec = ARRAYS[spec_key]
+        assert (group[name].shape, str(group[name].dtype)) == (layout.shape(spec_key), spec.dtype), name
+        assert fs.storage_chunks(group[name]) == layout.storage_block(spec_key), name
+    assert group["features_t0"].shape == (30, 3, 64)
 
 
 @pytest.mark.parametrize("n, shard", [(30, 8), (32, 8), (1, 16), (257, 256)])

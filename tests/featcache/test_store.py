@@ -7,11 +7,10 @@ import zarr
 from customkd.common.errors import UserError
 from customkd.featcache import store as fs
 from customkd.featcache.extract import ExtractConfig, extract
+from customkd.featcache.fingerprint import STORE_COMPONENTS, fingerprint_diff
 from customkd.featcache.schema import (
     ARRAYS,
-    FINGERPRINT_COMPONENTS,
     SCHEMA_VERSION,
-    fingerprint_diff,
     make_fingerprint,
     shard_size_for,
 )
@@ -20,18 +19,20 @@ from tests.conftest import ROOT, TINY_TEACHER, invoke, one_error_line, store_byt
 
 def _arrays(path):
     group = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(group[name][:]) for name in ARRAYS}
+    return {name: np.asarray(group[name][:]) for name in group.array_keys()}
 
 
 def test_store_layout_and_manifest(tiny_store):
     group = zarr.open_group(str(tiny_store), mode="r")
     manifest = group.attrs["customkd"]
     assert manifest["status"] == "complete" and manifest["schema_version"] == SCHEMA_VERSION
-    assert group["features"].shape == (30, 3, 64) and group["features"].dtype == np.float16
+    assert group["features_t0"].shape == (30, 3, 64) and group["features_t0"].dtype == np.float16
     assert group["views"].shape == (30, 3, len(manifest["view_params"]))
-    assert not np.isnan(group["features"][:]).any()
+    assert not np.isnan(group["features_t0"][:]).any()
     assert group["done"][:].tolist() == [1, 1, 1, 1]
-    assert set(manifest["fingerprint"]) == set(FINGERPRINT_COMPONENTS)
+    assert set(manifest["fingerprint"]) == set(STORE_COMPONENTS)  # the teacher's is beside its arrays
+    assert set(manifest["teachers"][0]["fingerprint"]) >= {"name", "weights_hash", "tap", "size", "precision", "hash"}
+    assert group["teacher_done_t0"][:].tolist() == [1, 1, 1, 1]
     assert manifest["classes"] == ["class0", "class1", "class2"]
     assert sorted(set(group["split"][:].tolist())) == [0, 1]
 
@@ -51,7 +52,7 @@ def test_default_layout_on_a_dataset_smaller_than_a_shard(tiny_folder, tmp_path)
     extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=str(out), views=2,
                           weights="random", workers=0))
     group = zarr.open_group(str(out), mode="r")
-    assert group["features"].shards == (32, 2, 64) and group["done"][:].tolist() == [1]
+    assert group["features_t0"].shards == (32, 2, 64) and group["done"][:].tolist() == [1]
     assert group.attrs["customkd"]["status"] == "complete" and "completed" in group.attrs["customkd"]
 
 
@@ -76,7 +77,8 @@ def test_resume_after_interruption_is_bitwise_identical(tiny_folder, tiny_store,
     # simulate a crash after shard 1: flags of shards 1..3 unset, their data scribbled, status in progress
     group = zarr.open_group(str(out), mode="r+")
     group["done"][1:] = 0
-    group["features"][8:] = np.float16(7)
+    group["teacher_done_t0"][1:] = 0
+    group["features_t0"][8:] = np.float16(7)
     fs.set_status(group, fs.STATUS_IN_PROGRESS)
     with pytest.raises(UserError, match="incomplete"):
         fs.open_complete_store(out)
@@ -129,7 +131,7 @@ def test_overwrite_deletes_only_a_store_customkd_made_of_store_files_only(tiny_f
     out = tmp_path / "plain.zarr"
     shutil.copytree(tiny_store, out)
     assert _overwrite(out, f"folder:{tiny_folder}", "--views", "2").exit_code == 0  # a store of store files only
-    assert fs.open_complete_store(out)["features"].shape[1] == 2
+    assert fs.open_complete_store(out)["features_t0"].shape[1] == 2
 
 
 def test_a_dataset_folder_inside_equal_to_or_containing_out_is_refused(tiny_folder, tiny_store, tmp_path):

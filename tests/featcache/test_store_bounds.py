@@ -19,7 +19,8 @@ import zarr
 
 from customkd.featcache import schema
 from customkd.featcache.cache_ops import export_h5
-from customkd.featcache.schema import ATTRS_KEY, component_hash
+from customkd.featcache.fingerprint import component_hash
+from customkd.featcache.schema import ATTRS_KEY
 from tests.conftest import TINY_TEACHER, cli_env, invoke, one_error_line
 
 
@@ -31,7 +32,8 @@ def copy(tiny_store, tmp_path) -> Path:
 
 
 def rehash(manifest: dict) -> dict:
-    for part in manifest["fingerprint"].values():
+    parts = [*manifest["fingerprint"].values(), *(teacher["fingerprint"] for teacher in manifest.get("teachers", []))]
+    for part in parts:
         part["hash"] = component_hash({k: v for k, v in part.items() if k != "hash"})
     return manifest
 
@@ -54,12 +56,12 @@ def forge_shape(store: Path, views: int, dim: int) -> None:
     """A self-consistent forgery of the tiny store (N=30, shards of 8, inner chunks of 4): manifest, fingerprint and
     the features/views metadata claim ``views`` x ``dim``; every shard of both is an empty index."""
     def claim(m):
-        m["shape"] = [30, views, dim]
+        m["shape"] = [30, views]
         m["fingerprint"]["augmentation"]["views"] = views
-        m["fingerprint"]["teacher"]["feature_dim"] = dim
+        m["teachers"][0]["feature_dim"] = m["teachers"][0]["fingerprint"]["feature_dim"] = dim
 
     edit_manifest(store, claim)
-    for array, last in (("features", dim), ("views", 9)):
+    for array, last in (("features_t0", dim), ("views", 9)):
         meta = store / array / "zarr.json"
         doc = json.loads(meta.read_text())
         doc["shape"] = [30, views, last]
@@ -83,27 +85,27 @@ def peak_rss_mib(*args) -> tuple[subprocess.CompletedProcess, float]:
 # ------------------------------------------------------------------ objects larger than their shard can be
 
 def test_a_huge_sparse_shard_is_refused_before_it_is_read(copy, tmp_path):
-    shard = copy / "features" / "c" / "1" / "0" / "0"
+    shard = copy / "features_t0" / "c" / "1" / "0" / "0"
     os.truncate(shard, 4 * 2**30)  # 4 GiB that take no disk space; a reader would hold them whole
     for args in (("cache", "verify", copy), ("cache", "info", copy), ("cache", "export", copy, "--h5",
                                                                        tmp_path / "x.h5")):
-        one_error_line(invoke(*args), "object features/c/1/0/0 is 4294967296 bytes, more than the 3116")
+        one_error_line(invoke(*args), "object features_t0/c/1/0/0 is 4294967296 bytes, more than the 3116")
     assert not (tmp_path / "x.h5").exists()
     result, peak = peak_rss_mib("cache", "verify", copy)
-    assert result.returncode == 2 and "features/c/1/0/0 is 4294967296 bytes" in result.stderr
+    assert result.returncode == 2 and "features_t0/c/1/0/0 is 4294967296 bytes" in result.stderr
     assert peak < 1024, peak  # the interpreter and its imports, not the 4 GiB
 
     os.truncate(shard, 1000)  # cut short: damage verify names, with the shard and its rows
     problems = invoke("cache", "verify", copy)
     assert problems.exit_code == 1
-    assert "array features: shard 1 (rows 8-15) is cut short (1000 bytes, fewer than the 3116" in problems.output
+    assert "array features_t0: shard 1 (rows 8-15) is cut short (1000 bytes, fewer than the 3116" in problems.output
 
 
 # ------------------------------------------------------------------ a declared shape is what the objects hold
 
 @pytest.mark.parametrize("views, dim, needle", [
-    (1024, 16384, "declares 16777216 features per sample (V x D), more than 4194304"),
-    (64, 16384, "array 'features' declares shape (30, 64, 16384) (float16), but its 4 object(s) hold 144 bytes"),
+    (1024, 16384, "feature_dim 16384 is out of range (1..65536, V x D at most 4194304)"),
+    (64, 16384, "array 'features_t0' declares shape (30, 64, 16384) (float16), but its 4 object(s) hold 144 bytes"),
 ])
 def test_a_forged_shape_is_refused_on_open(copy, tmp_path, views, dim, needle):
     forge_shape(copy, views, dim)
@@ -156,21 +158,21 @@ def _drop_manifest(h5):
 
 
 def _nan_features(h5):
-    h5["features"][5, 1] = np.nan  # a valid sample: verify names it
+    h5["features_t0"][5, 1] = np.nan  # a valid sample: verify names it
 
 
 def _not_done(h5):
-    h5["done"][2] = 0
+    h5["teacher_done_t0"][2] = 0
 
 
 def _sparse_forgery(h5):
     """Declare V=64, D=16384 in the manifest and datasets that are never written: kilobytes for 60 MiB."""
     manifest = json.loads(h5.attrs[ATTRS_KEY])
-    manifest["shape"][1:] = [64, 16384]
+    manifest["shape"][1:] = [64]
     manifest["fingerprint"]["augmentation"]["views"] = 64
-    manifest["fingerprint"]["teacher"]["feature_dim"] = 16384
+    manifest["teachers"][0]["feature_dim"] = manifest["teachers"][0]["fingerprint"]["feature_dim"] = 16384
     h5.attrs[ATTRS_KEY] = json.dumps(rehash(manifest))
-    for name, last in (("features", 16384), ("views", 9)):
+    for name, last in (("features_t0", 16384), ("views", 9)):
         dtype = h5[name].dtype
         del h5[name]
         h5.create_dataset(name, shape=(30, 64, last), dtype=dtype, chunks=(8, 64, last))
@@ -180,7 +182,7 @@ def _sparse_forgery(h5):
     (None, "is not an HDF5 file"),
     (_drop_manifest, "has no customkd manifest (attribute 'customkd')"),
     (_drop("labels"), "dataset 'labels' is missing"),
-    (_sparse_forgery, "dataset 'features' holds 0 bytes in the file for 62914560 declared"),
+    (_sparse_forgery, "dataset 'features_t0' holds 0 bytes in the file for 62914560 declared"),
     (_nan_features, "NaN (unwritten) features for valid samples"),
     (_not_done, "not every shard is flagged done"),
 ])
@@ -208,7 +210,10 @@ def test_export_onto_a_directory_or_an_unwritable_place_is_one_line(tiny_store, 
 
 
 def test_a_teacher_name_that_is_no_timm_tag_is_one_escaped_line(copy):
-    edit_manifest(copy, lambda m: m["fingerprint"]["teacher"].update(name="timm:test_vit.bogus\x1b[2J"))
+    def rename(m):
+        m["teachers"][0]["name"] = m["teachers"][0]["fingerprint"]["name"] = "timm:test_vit.bogus\x1b[2J"
+
+    edit_manifest(copy, rename)
     result = invoke("cache", "verify", "--teacher-check", "2", copy)
     one_error_line(result, "timm model 'test_vit' has no pretrained tag 'bogus\\x1b[2J'")
     assert "\x1b" not in result.output
@@ -220,23 +225,24 @@ def test_object_sizes_are_what_zarr_writes(tmp_path, n, shard_size, chunk_size, 
     """Every object of a store written by the store helpers has a size within ``object_size_range`` (exactly it,
     uncompressed), also in a last shard whose trailing inner chunks lie past the last row and are never written."""
     from customkd.featcache import store as fs
-    from customkd.featcache.schema import ARRAYS, Layout, shard_size_for
+    from customkd.featcache.schema import ARRAYS, Layout, TeacherEntry, shard_size_for
 
     layout = Layout(n, 2, 5, 9, shard_size_for(n, shard_size, chunk_size), chunk_size, compress)
+    teacher = TeacherEntry.make({"name": "t", "feature_dim": 5}, 5, 0)
     group = zarr.create_group(str(tmp_path / "s.zarr"), zarr_format=3)
     for name, spec in ARRAYS.items():
-        group.create_array(name, shape=layout.shape(name), dtype=spec.dtype, fill_value=spec.fill,
-                           **fs._array_options(layout, name))
+        group.create_array(teacher.array(name) if spec.per_teacher else name, shape=layout.shape(name),
+                           dtype=spec.dtype, fill_value=spec.fill, **fs._array_options(layout, name))
     rng = np.random.default_rng(0)
     for name in ("labels", "domain", "split", "sample_key"):
         fs._writable(group, name)[:] = 0
     for shard in range(layout.n_shards):
         k = len(range(*layout.shard_rows(shard).indices(n)))
         valid = (np.arange(k) > 0).astype(np.uint8)  # one unreadable image: NaN features, written all the same
-        fs.write_shard(group, layout, shard, rng.standard_normal((k, 2, 5)), rng.random((k, 2, 9)),
-                       np.zeros(k, np.uint64), valid)
+        fs.write_shard(group, layout, shard, teacher, rng.standard_normal((k, 2, 5)),
+                       (rng.random((k, 2, 9)), np.zeros(k, np.uint64), valid))
     objects = fs.list_objects(tmp_path / "s.zarr")
     for name in ARRAYS:
-        for shard, key in fs.chunk_keys(group, name):
+        for shard, key in fs.chunk_keys(group, teacher.array(name) if ARRAYS[name].per_teacher else name):
             fewest, most = fs.object_size_range(layout, name, shard)
             assert fewest <= objects[key] <= most and (compress or objects[key] == fewest), (key, objects[key])

