@@ -124,6 +124,11 @@ def _prepare_store(cfg: ExtractConfig, manifest: Manifest, per_sample: dict):
         stored = fs.read_manifest(group, out)
         differs = _first_teacher(stored).diff(_first_teacher(manifest))
         complete = stored.status == fs.STATUS_COMPLETE
+        if differs == ["schema"] and complete and not stored.writable and not cfg.overwrite:
+            # the same extraction in an older schema version: complete, read as it is (never written to)
+            log.info("store %s holds this extraction in schema version %d (read-only; --overwrite rebuilds it in "
+                     "version %d)", name, stored.schema_version, manifest.schema_version)
+            return group, True
         if not differs and not (complete and cfg.overwrite):
             if not complete and fs.remove_partials(out):
                 log.info("removed temporary files left by an interrupted run")

@@ -218,6 +218,11 @@ def test_a_version_2_store_is_read_and_trains(v2, tmp_path):
     distill(tiny_config(store, tmp_path / "run", epochs=1, data=data, labels_per_class=1, batch_size=4))
     assert (tmp_path / "run" / "student.safetensors").is_file()
     before = store_bytes(store, manifest=True)
+    # the extraction that made it, run again (as `make extract` and `make report` do): complete, nothing written
+    again = invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", data, "--out", store,
+                   "--views", "2", "--shard-size", "4", "--chunk-size", "4", "--workers", "0")
+    assert again.exit_code == 0 and "already complete, nothing to do" in again.output, again.output
+    assert store_bytes(store, manifest=True) == before
     one_error_line(invoke("extract", "--teacher", SECOND, "--weights", "random", "--into", store),
                    "has store schema version 2, which holds one teacher and is read-only here")
     assert store_bytes(store, manifest=True) == before
