@@ -28,6 +28,9 @@ def atomic_path(target: str | Path, mode: int | None = None) -> Iterator[Path]:
     ``mode``: permission bits for the result before the umask (writers such as safetensors create 0600)."""
     target = Path(target)
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    if partial.is_symlink() or (partial.exists() and not partial.is_file()):
+        raise UserError(f"{partial} is a link or special file, the name customkd writes {target.name} under until "
+                        "it is complete; it never writes through one: remove it")
     try:
         yield partial
         if mode is not None:

@@ -80,6 +80,10 @@ def check_run_dir(cfg: DistillConfig) -> Path:
         if stranger is not None:
             raise UserError(f"--out {run} holds files that are not a customkd run (e.g. {stranger}; distill marks the "
                             f"folders it creates with {run_folder.MARKER}); choose a new or empty --out")
+    link = run_folder.first_link(run) if run.is_dir() else None
+    if link is not None:
+        raise UserError(f"--out {run} holds {link}, a link or special file; distill writes only regular files in its "
+                        "run folder and never through a link: remove it or choose a new --out")
     has_checkpoint = run_folder.has_checkpoint(run)
     if run_folder.is_finished(run) and not has_checkpoint:
         raise UserError(f"run directory {run} holds a finished run (its checkpoint is removed at the end; "

@@ -329,3 +329,27 @@ def test_a_regime_can_run_its_own_seeds(tmp_path):
         ("pretrained/kd", 0), ("pretrained/kd", 2)]
     with pytest.raises(UserError, match="--regime-seeds"):
         ReportConfig(regime_seeds="pretrained=a")
+
+
+def test_a_report_never_deletes_a_folder_in_its_way_that_distill_did_not_make(tmp_path):
+    """``--out`` holding the user's own folder where a run goes, or a link there: refused before the run starts,
+    nothing deleted; a folder distill marked is started over."""
+    from customkd.trainer import run_folder
+
+    job = compare.plan(ReportConfig(out=tmp_path / "out", regimes="main", variants="student", seeds="0").resolved())[0]
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "mine.txt").write_text("keep")
+    with pytest.raises(UserError, match="nothing was deleted"):
+        compare.start(job, 1, tmp_path / "logs")
+    assert (job.run_dir / "mine.txt").read_text() == "keep"
+    elsewhere = job.run_dir.rename(tmp_path / "elsewhere")
+    job.run_dir.symlink_to(elsewhere)
+    with pytest.raises(UserError, match="nothing was deleted"):
+        compare.start(job, 1, tmp_path / "logs")
+    assert (elsewhere / "mine.txt").read_text() == "keep" and job.run_dir.is_symlink()
+    job.run_dir.unlink()
+    job.run_dir.mkdir()
+    (job.run_dir / run_folder.MARKER).write_text("{}")
+    (job.run_dir / run_folder.CHECKPOINT).write_text("a run of another command")
+    run_folder.remove_run(job.run_dir)
+    assert not job.run_dir.exists()
