@@ -65,12 +65,32 @@ def check_new_file(path: str | Path, option: str, example: str = "out") -> Path:
     if partial.exists() or partial.is_symlink():
         raise UserError(f"{option} {path}: {partial} exists, the name customkd writes under until the file is "
                         "complete; remove it (a leftover of an interrupted run) or choose another file name")
+    check_outside_stores(target, option)
     folder = target.resolve().parent
     if not folder.is_dir():
         raise UserError(f"{option} {path}: folder {folder} does not exist; create it or choose another place")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{option} {path}: cannot write in {folder} (permission denied); choose a writable place")
     return target
+
+
+def enclosing_store(path: str | Path, itself: bool = False) -> Path | None:
+    """The Zarr hierarchy (a folder holding a ``zarr.json``: a store or one of its arrays) that the local ``path``
+    lies inside, or is when ``itself``; None when there is none. A store holds only its own objects, so nothing
+    customkd writes for a user (a file, a run folder, another store) may land in one."""
+    resolved = Path(path).resolve()
+    for folder in ([resolved] if itself else []) + list(resolved.parents):
+        if (folder / "zarr.json").is_file():
+            return folder
+    return None
+
+
+def check_outside_stores(path: str | Path, option: str, itself: bool = False) -> None:
+    """Refuse, before any work, ``option``'s ``path`` inside a Zarr store (:func:`enclosing_store`)."""
+    store = enclosing_store(path, itself)
+    if store is not None:
+        raise UserError(f"{option} {path} is inside the Zarr store {store}, which holds only its own objects; "
+                        "choose a place outside it")
 
 
 @contextlib.contextmanager

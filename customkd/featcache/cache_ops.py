@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from customkd.common.errors import UserError
-from customkd.common.files import check_new_file, writing_new_file
+from customkd.common.files import check_new_file, check_outside_stores, writing_new_file
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
 from customkd.featcache.datasets import DatasetListing, load_listing
@@ -177,15 +177,6 @@ def recheck_teacher(group, manifest: Manifest, n: int, weights: str | None, data
     return float(torch.nn.functional.cosine_similarity(fresh, cached, dim=1).min()), ""
 
 
-def _check_export_target(path: str, h5_path: str) -> None:
-    """Refuse, before anything is read, an export that would replace a file (the user's, or one of the store's),
-    land on a directory, write into the store, or write where it cannot."""
-    target = check_new_file(h5_path, "--h5", "store.h5")
-    if not where.is_remote(path) and target.resolve().is_relative_to(Path(where.to_local(path)).resolve()):
-        raise UserError(f"--h5 {h5_path} is inside the store {where.display(path)}; a store holds only its own "
-                        "objects: choose a file outside it")
-
-
 def store_problems(group, path: str) -> list[str]:
     """What ``cache verify`` finds in the store itself, without the dataset: every object present and whole, every
     shard readable, finite features and drawable views for valid samples, every shard done."""
@@ -203,7 +194,7 @@ def export_h5(path: str, h5_path: str) -> None:
     fault; copies it shard by shard, under a temporary name renamed at the end, never over an existing file."""
     import h5py
 
-    _check_export_target(path, h5_path)
+    check_new_file(h5_path, "--h5", "store.h5")  # also refuses a file inside the store (or any store)
     group = fs.open_complete_store(path)
     manifest = fs.read_manifest(group, path)
     _refuse_problems(f"cache {where.display(path)} is damaged", store_problems(group, path),
@@ -298,6 +289,8 @@ def import_h5(h5_path: str, path: str) -> None:
     """Rebuild a Zarr store from an HDF5 export (same layout, attrs last). The file is checked like a store before
     anything is written, and the new store like ``verify`` checks one before it is marked complete; a store that
     fails is deleted again."""
+    if not where.is_remote(path):
+        check_outside_stores(where.to_local(path), "cache import")
     with _open_h5(h5_path) as h5:
         manifest = _h5_manifest(h5, h5_path)
         _check_h5_arrays(h5, h5_path, manifest)

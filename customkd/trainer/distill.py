@@ -18,6 +18,7 @@ import torch
 from customkd.common import distributed
 from customkd.common.devices import resolve_precision
 from customkd.common.errors import UserError
+from customkd.common.files import check_outside_stores
 from customkd.trainer import ddp, loop, run_folder
 from customkd.trainer.assemble import (
     Inputs,
@@ -56,13 +57,6 @@ RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_st
                      "keep_checkpoint")
 
 
-def _inside_store(run: Path) -> Path | None:
-    for parent in [run.resolve(), *run.resolve().parents]:
-        if (parent / "zarr.json").is_file():
-            return parent
-    return None
-
-
 def check_run_dir(cfg: DistillConfig) -> Path:
     """The run directory, checked but not created: a run refused later leaves nothing behind.
 
@@ -72,9 +66,7 @@ def check_run_dir(cfg: DistillConfig) -> Path:
     run = Path(cfg.out or default_run_dir(cfg))
     if run.exists() and not run.is_dir():
         raise UserError(f"run directory {run} is a file; choose another --out")
-    store = _inside_store(run)
-    if store is not None:
-        raise UserError(f"--out {run} is inside the feature store {store}; choose a folder outside it")
+    check_outside_stores(run, "--out", itself=True)
     if run.is_dir() and not run_folder.is_marked(run):
         stranger = run_folder.first_foreign_file(run)
         if stranger is not None:

@@ -49,7 +49,7 @@ def test_a_folder_distill_created_is_marked_and_resumable(tiny_store, tmp_path):
 
 
 def test_out_inside_a_store_is_refused(tiny_store):
-    with pytest.raises(UserError, match="inside the feature store"):
+    with pytest.raises(UserError, match="inside the Zarr store"):
         distill_mod.check_run_dir(_config(tiny_store, tiny_store / "runs" / "r"))
 
 
