@@ -120,6 +120,8 @@ def verify_store(path: str, data: str | None = None, teacher_check: int = 0, wei
 
     Covers every array: each storage object present (:func:`featcache.store.chunk_problems`) and
     readable, non-finite features, the stored labels/domains/splits against the dataset listing."""
+    if teacher_check < 0:
+        raise UserError(f"--teacher-check must be >= 0 (0 = off), got {teacher_check}")
     group = fs.open_store(path)
     status = fs.read_status(group, path)
     if status != fs.STATUS_COMPLETE:

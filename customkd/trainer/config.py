@@ -231,3 +231,21 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
                       effective_lambda_general=self.effective_lambda_general)
         return values
 
+
+
+@dataclass(frozen=True)
+class UseConfig:
+    """How ``evaluate``, ``predict`` and ``export`` run a saved student: checked like :class:`DistillConfig`'s
+    counts before the run is read."""
+
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"unknown --device {self.device!r}; known: auto, cpu, cuda, cuda:N")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0, got {self.workers}")
