@@ -30,6 +30,17 @@ def config_defaults(config_class) -> dict:
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
 
 
+class PrintableFormatter(logging.Formatter):
+    """Every log message on one line with control and format characters escaped (:func:`common.errors.printable`):
+    log lines quote file, folder, store and object names that someone else chose, as errors do."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        from customkd.common.errors import printable
+
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose or os.environ.get("CUSTOMKD_DEBUG") else logging.INFO
     level = logging.WARNING if quiet and not verbose else level
@@ -39,6 +50,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
                         force=True)
     for handler in logging.getLogger().handlers:  # open_clip logs on the root logger; our errors summarise it
         handler.addFilter(lambda record: record.name != "root")
+        handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     for ours in ("customkd", "bench"):
         logging.getLogger(ours).setLevel(level)
     for noisy in ("huggingface_hub", "timm", "urllib3", "httpx"):  # retries are summarised in our one-line error

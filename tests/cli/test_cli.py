@@ -278,3 +278,17 @@ def test_an_unlabeled_domain_name_reaches_the_terminal_escaped(tiny_folder, tmp_
         assert result.exit_code == 0, result.output
         assert "unlabeled:roll\\x1b[2J\\u202e=" in result.output
         assert "\x1b" not in result.output and "\u202e" not in result.output
+
+
+def test_every_log_line_escapes_the_names_it_quotes(tmp_path):
+    """A bad image named with an escape sequence, skipped by ``extract --skip-bad``: the warning naming it (as
+    every log line) writes the sequence out instead of sending it to the terminal."""
+    from tests.conftest import make_tiny_hue_folder
+
+    folder = make_tiny_hue_folder(tmp_path / "imgs", classes=2, per_class=3)
+    (folder / "class1" / "bad\x1b[2J\u202e.png").write_bytes(b"not an image")
+    result = invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{folder}",
+                    "--out", tmp_path / "s.zarr", "--views", "1", "--workers", "0", "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert "class1/bad\\x1b[2J\\u202e.png" in result.output
+    assert "\x1b" not in result.output and "\u202e" not in result.output
