@@ -269,16 +269,19 @@ def _check_config(run: str | Path, values: object) -> RunConfig:
         raise _refuse(run, CONFIG, f"has no {', '.join(missing)}")
     student, n, classes, size, batch = (values[k] for k in ("student", "num_classes", "classes", "image_size",
                                                             "batch_size"))
-    if not isinstance(student, str) or not isinstance(values.get("student_alias", ""), str):
-        raise _refuse(run, CONFIG, f"student {repr(student)[:40]} is not a model name")
+    for key, value in (("student", student), ("student_alias", values.get("student_alias", ""))):
+        if not isinstance(value, str):
+            raise _refuse(run, CONFIG, f"{key} {repr(value)[:40]} is not a model name")
     if type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE:
-        raise _refuse(run, CONFIG, f"image_size {str(size)[:40]} is not an integer in 1..{MAX_IMAGE_SIZE}")
+        raise _refuse(run, CONFIG, f"image_size {repr(size)[:40]} is not an integer in 1..{MAX_IMAGE_SIZE}")
     if type(batch) is not int or batch < 1:
-        raise _refuse(run, CONFIG, f"batch_size {str(batch)[:40]} is not a positive integer")
+        raise _refuse(run, CONFIG, f"batch_size {repr(batch)[:40]} is not a positive integer")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise _refuse(run, CONFIG, "classes is not a list of class names")
-    if type(n) is not int or n != len(classes) or n < 1:
-        raise _refuse(run, CONFIG, f"num_classes {str(n)[:40]} does not match its {len(classes)} class names")
+    if type(n) is not int:
+        raise _refuse(run, CONFIG, f"num_classes {repr(n)[:40]} is not an integer")
+    if n != len(classes) or n < 1:
+        raise _refuse(run, CONFIG, f"num_classes {n} does not match its {len(classes)} class names")
     return RunConfig(Path(run), values, student, n, classes, size, batch)
 
 
