@@ -31,13 +31,14 @@ def config_defaults(config_class) -> dict:
 
 
 class PrintableFormatter(logging.Formatter):
-    """Every log message on one line with control and format characters escaped (:func:`common.errors.printable`):
-    log lines quote file, folder, store and object names that someone else chose, as errors do."""
+    """Every log message on one bounded line with control and format characters escaped
+    (:func:`common.errors.one_line`): log lines quote file, folder, store and object names that someone else
+    chose, as errors do."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        from customkd.common.errors import printable
+        from customkd.common.errors import one_line
 
-        record.message = printable(record.message)
+        record.message = one_line(record.message)
         return super().formatMessage(record)
 
 
