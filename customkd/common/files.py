@@ -93,6 +93,25 @@ def check_outside_stores(path: str | Path, option: str, itself: bool = False) ->
                         "choose a place outside it")
 
 
+def check_new_place(path: str | Path, option: str) -> None:
+    """Refuse, before any work, a local folder customkd is to create (a store, a copy) inside a Zarr store, under a
+    file, or where no folder can be created (a read-only or virtual file system, missing permission): the first
+    missing folder of ``path`` is created and removed again to prove it, so nothing is left behind."""
+    check_outside_stores(path, option)
+    target = Path(path).absolute()
+    if target.exists() or target.is_symlink():
+        return  # an existing place: the command's own checks decide whether it is its to write
+    first_missing = target
+    while not (first_missing.parent.exists() or first_missing.parent == first_missing):
+        first_missing = first_missing.parent
+    try:
+        first_missing.mkdir()
+        first_missing.rmdir()
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot create {first_missing} ({exc.strerror or type(exc).__name__}); "
+                        "choose a writable place") from None
+
+
 @contextlib.contextmanager
 def writing_new_file(path: str | Path, option: str) -> Iterator[Path]:
     """:func:`atomic_path` for ``option``'s file: an OSError while writing (a full disk, a quota, a place that

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from customkd.common.errors import UserError
-from customkd.common.files import check_new_file, check_outside_stores, writing_new_file
+from customkd.common.files import check_new_file, check_new_place, writing_new_file
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
 from customkd.featcache.datasets import DatasetListing, load_listing
@@ -292,7 +292,7 @@ def import_h5(h5_path: str, path: str) -> None:
     anything is written, and the new store like ``verify`` checks one before it is marked complete; a store that
     fails is deleted again."""
     if not where.is_remote(path):
-        check_outside_stores(where.to_local(path), "cache import")
+        check_new_place(where.to_local(path), "cache import")
     with _open_h5(h5_path) as h5:
         manifest = _h5_manifest(h5, h5_path)
         _check_h5_arrays(h5, h5_path, manifest)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from customkd.common.errors import UserError, printable
-from customkd.common.files import atomic_path, check_outside_stores
+from customkd.common.files import atomic_path, check_new_place
 from customkd.featcache import store
 from customkd.featcache.location import (
     COPY_MARKER,
@@ -142,7 +142,7 @@ def _destination_state(dest: str | Path, fingerprint: Fingerprint) -> str:
     """``"complete"`` (same fingerprint), ``"resume"`` (our unfinished copy) or ``"empty"``; refuses the rest."""
     name = redact(dest)
     if not is_remote(dest):
-        check_outside_stores(to_local(dest), "destination")
+        check_new_place(to_local(dest), "destination")
     if store.store_exists(dest):
         stored = store.read_manifest(store.open_store(dest), dest)
         differs = stored.fingerprint.diff(fingerprint)

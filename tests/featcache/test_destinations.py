@@ -17,3 +17,19 @@ def test_a_new_store_inside_a_store_is_refused_and_the_store_left_as_it_was(tiny
         one_error_line(invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data",
                               f"folder:{tiny_folder}", "--out", dest, "--workers", "0"), "inside the Zarr store")
     assert store_bytes(tiny_store, manifest=True) == before
+
+
+def test_a_new_store_where_no_folder_can_be_created_is_one_line_before_any_work(tiny_store, tiny_folder, tmp_path):
+    """Under a file, or in a file system where no folder can be made (``/proc``): ``cache import`` and ``extract``
+    were tracebacks from zarr's mkdir (extract's after loading the teacher); now one line before anything, and
+    nothing is left behind."""
+    h5 = tmp_path / "s.h5"
+    cache_ops.export_h5(str(tiny_store), str(h5))
+    (tmp_path / "notes.txt").write_text("mine")
+    before = sorted(tmp_path.rglob("*"))
+    for dest, needle in ((tmp_path / "notes.txt" / "new.zarr", "Not a directory"),
+                         ("/proc/customkd-test/new.zarr", "cannot create /proc/customkd-test")):
+        one_error_line(invoke("cache", "import", h5, dest), needle)
+        one_error_line(invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data",
+                              f"folder:{tiny_folder}", "--out", dest, "--workers", "0"), needle)
+    assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "notes.txt").read_text() == "mine"
