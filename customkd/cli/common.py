@@ -68,13 +68,23 @@ def run_or_exit(action: Callable[[], T],
         with interrupt.work():
             result = action()
     except UserError as exc:
+        _close_progress_bars()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
+        _close_progress_bars()
         typer.echo(f"\ninterrupted; {interrupted()}", err=True)  # on its own line, after any progress bar
         raise typer.Exit(interrupt.EXIT_INTERRUPTED) from None
     _leave_process_group()
     return result
+
+
+def _close_progress_bars() -> None:
+    """Clear the progress bars a failed action left open before its line is printed: a bar closed later (when the
+    process exits) would return to the start of the terminal line and blank the error printed after it."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def _leave_process_group() -> None:
