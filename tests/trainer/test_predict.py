@@ -54,8 +54,9 @@ def test_predict_writes_one_row_per_image_matching_evaluate(tiny_run, tiny_folde
                               str(tmp_path / "p.csv")), "does not exist")
     one_error_line(customkd("evaluate", str(tiny_run), "--device", "tpu"), "unknown --device 'tpu'")
     (flat / "broken.png").write_bytes(b"\x89PNG truncated")
-    one_error_line(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(tmp_path / "q.csv"),
-                              "--workers", "0"), "unreadable image(s): broken.png")
+    line = one_error_line(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(tmp_path / "q.csv"),
+                                   "--workers", "0"), "1 unreadable image(s): ")
+    assert f"{flat / 'broken.png'} (" in line
     assert not (tmp_path / "q.csv").exists() and not (tmp_path / "q.csv.partial").exists()
 
 
