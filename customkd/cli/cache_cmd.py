@@ -19,18 +19,30 @@ def info(path: Annotated[str, typer.Argument(help="Store path.")],
     """Manifest summary: dataset, N/V, views recipe, classes and labeled rows per split, size, status, fingerprint,
     and per teacher its D, input size, tap, precision, status and bytes."""
     setup_logging(verbose, quiet)
-    from customkd.common.errors import printable
+    from customkd.common.errors import one_line, printable
     from customkd.featcache.cache_ops import store_info
 
     summary = run_or_exit(lambda: store_info(path))
     if as_json:  # ensure_ascii escapes every control character
-        typer.echo(json.dumps(summary["manifest"], indent=2, ensure_ascii=True))
+        typer.echo(json.dumps(_cut_strings(summary["manifest"]), indent=2, ensure_ascii=True))
         return
     for key, value in summary.items():
         if key not in ("manifest", "components"):
-            typer.echo(f"{key:<16} {printable(value)}")
+            typer.echo(f"{key:<16} {one_line(value)}")
     for name, body in summary["components"].items():
         typer.echo(f"  {printable(name):<14} {json.dumps(body, ensure_ascii=True)[:150]}")
+
+
+def _cut_strings(value, limit: int = 2000):
+    """``value`` (parsed JSON) with every string longer than ``limit`` cut in the middle, saying how long it was: a
+    manifest's strings are short, and a forged megabyte-long one must not flood the terminal."""
+    if isinstance(value, dict):
+        return {_cut_strings(k, limit): _cut_strings(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_strings(v, limit) for v in value]
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit // 2]} … ({len(value)} characters, cut) … {value[-limit // 2:]}"
+    return value
 
 
 @app.command()

@@ -30,6 +30,18 @@ def config_defaults(config_class) -> dict:
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
 
 
+class PrintableFormatter(logging.Formatter):
+    """Every log message on one bounded line with control and format characters escaped
+    (:func:`common.errors.one_line`): log lines quote file, folder, store and object names that someone else
+    chose, as errors do."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        from customkd.common.errors import one_line
+
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose or os.environ.get("CUSTOMKD_DEBUG") else logging.INFO
     level = logging.WARNING if quiet and not verbose else level
@@ -39,6 +51,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
                         force=True)
     for handler in logging.getLogger().handlers:  # open_clip logs on the root logger; our errors summarise it
         handler.addFilter(lambda record: record.name != "root")
+        handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     for ours in ("customkd", "bench"):
         logging.getLogger(ours).setLevel(level)
     for noisy in ("huggingface_hub", "timm", "urllib3", "httpx"):  # retries are summarised in our one-line error
@@ -55,13 +68,23 @@ def run_or_exit(action: Callable[[], T],
         with interrupt.work():
             result = action()
     except UserError as exc:
+        _close_progress_bars()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
+        _close_progress_bars()
         typer.echo(f"\ninterrupted; {interrupted()}", err=True)  # on its own line, after any progress bar
         raise typer.Exit(interrupt.EXIT_INTERRUPTED) from None
     _leave_process_group()
     return result
+
+
+def _close_progress_bars() -> None:
+    """Clear the progress bars a failed action left open before its line is printed: a bar closed later (when the
+    process exits) would return to the start of the terminal line and blank the error printed after it."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def _leave_process_group() -> None:

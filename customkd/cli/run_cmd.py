@@ -19,8 +19,10 @@ def evaluate(
 ) -> None:
     """Evaluate a saved student."""
     setup_logging(verbose, quiet)
+    from customkd.trainer.config import UseConfig
     from customkd.trainer.evaluate import evaluate_run
 
+    run_or_exit(lambda: UseConfig(device=device, workers=workers))
     metrics = run_or_exit(lambda: evaluate_run(run, data, workers, device))
     per_class = " ".join("-" if a is None else f"{a:.3f}" for a in metrics["per_class_accuracy"])
     typer.echo(f"{run}: accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  "
@@ -39,8 +41,10 @@ def predict(
 ) -> None:
     """Predict classes of unlabeled images with a saved student."""
     setup_logging(verbose, quiet)
+    from customkd.trainer.config import UseConfig
     from customkd.trainer.predict import predict_images
 
+    run_or_exit(lambda: UseConfig(device, batch_size, workers))
     n = run_or_exit(lambda: predict_images(run, images, out, device, batch_size, workers))
     typer.echo(f"wrote {out}: {n} image(s)")
 

@@ -30,10 +30,15 @@ def read_config_file(path: str) -> dict:
     file = Path(path)
     if file.suffix not in SUFFIXES:
         raise UserError(f"--config {path}: expected a {', '.join(SUFFIXES)} file")
-    if not file.is_file():
+    if not file.exists():
         raise UserError(f"--config {path} does not exist; pass a YAML or TOML file, or a run's config.json")
-    with file.open("rb") as stream:  # read at most one byte past the bound, whatever the file claims
-        data = stream.read(MAX_CONFIG_BYTES + 1)
+    if not file.is_file():  # a folder, a pipe, a device (/dev/zero): nothing a config is read from
+        raise UserError(f"--config {path} is not a regular file; pass a YAML or TOML file, or a run's config.json")
+    try:
+        with file.open("rb") as stream:  # read at most one byte past the bound, whatever the file claims
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"--config {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
     if len(data) > MAX_CONFIG_BYTES:
         raise UserError(f"--config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config holds option values")
     text = data.decode("utf-8", errors="replace")

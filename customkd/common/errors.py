@@ -18,10 +18,26 @@ def printable(text: object) -> str:
                    for ch in str(text))
 
 
+MAX_LINE_CHARS = 2000  # an error or log line; a longer one quotes something (a forged name) no one reads whole
+
+
+def one_line(text: object, limit: int = MAX_LINE_CHARS) -> str:
+    """:func:`printable` ``text`` in at most about ``limit`` characters: a longer one keeps its start and its end
+    (where an error's advice is) around a note of how long it was, so a megabyte-long name from a file never
+    floods the terminal."""
+    raw = str(text)
+    if len(raw) <= limit:
+        shown = printable(raw)
+        if len(shown) <= limit:
+            return shown
+    half = limit // 2
+    return f"{printable(raw[:half])[:half]} … ({len(raw)} characters, cut) … {printable(raw[-half:])[-half:]}"
+
+
 class UserError(Exception):
     """Bad input from the user: the message names the problem and how to fix it.
 
-    The message is made printable on one line, whatever store or file names it quotes."""
+    The message is made printable on one line (:func:`one_line`), whatever store or file names it quotes."""
 
     def __init__(self, message: object = "") -> None:
-        super().__init__(printable(message))
+        super().__init__(one_line(message))

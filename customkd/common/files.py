@@ -28,6 +28,9 @@ def atomic_path(target: str | Path, mode: int | None = None) -> Iterator[Path]:
     ``mode``: permission bits for the result before the umask (writers such as safetensors create 0600)."""
     target = Path(target)
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    if partial.is_symlink() or (partial.exists() and not partial.is_file()):
+        raise UserError(f"{partial} is a link or special file, the name customkd writes {target.name} under until "
+                        "it is complete; it never writes through one: remove it")
     try:
         yield partial
         if mode is not None:
@@ -62,12 +65,51 @@ def check_new_file(path: str | Path, option: str, example: str = "out") -> Path:
     if partial.exists() or partial.is_symlink():
         raise UserError(f"{option} {path}: {partial} exists, the name customkd writes under until the file is "
                         "complete; remove it (a leftover of an interrupted run) or choose another file name")
+    check_outside_stores(target, option)
     folder = target.resolve().parent
     if not folder.is_dir():
         raise UserError(f"{option} {path}: folder {folder} does not exist; create it or choose another place")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{option} {path}: cannot write in {folder} (permission denied); choose a writable place")
     return target
+
+
+def enclosing_store(path: str | Path, itself: bool = False) -> Path | None:
+    """The Zarr hierarchy (a folder holding a ``zarr.json``: a store or one of its arrays) that the local ``path``
+    lies inside, or is when ``itself``; None when there is none. A store holds only its own objects, so nothing
+    customkd writes for a user (a file, a run folder, another store) may land in one."""
+    resolved = Path(path).resolve()
+    for folder in ([resolved] if itself else []) + list(resolved.parents):
+        if (folder / "zarr.json").is_file():
+            return folder
+    return None
+
+
+def check_outside_stores(path: str | Path, option: str, itself: bool = False) -> None:
+    """Refuse, before any work, ``option``'s ``path`` inside a Zarr store (:func:`enclosing_store`)."""
+    store = enclosing_store(path, itself)
+    if store is not None:
+        raise UserError(f"{option} {path} is inside the Zarr store {store}, which holds only its own objects; "
+                        "choose a place outside it")
+
+
+def check_new_place(path: str | Path, option: str) -> None:
+    """Refuse, before any work, a local folder customkd is to create (a store, a copy) inside a Zarr store, under a
+    file, or where no folder can be created (a read-only or virtual file system, missing permission): the first
+    missing folder of ``path`` is created and removed again to prove it, so nothing is left behind."""
+    check_outside_stores(path, option)
+    target = Path(path).absolute()
+    if target.exists() or target.is_symlink():
+        return  # an existing place: the command's own checks decide whether it is its to write
+    first_missing = target
+    while not (first_missing.parent.exists() or first_missing.parent == first_missing):
+        first_missing = first_missing.parent
+    try:
+        first_missing.mkdir()
+        first_missing.rmdir()
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot create {first_missing} ({exc.strerror or type(exc).__name__}); "
+                        "choose a writable place") from None
 
 
 @contextlib.contextmanager

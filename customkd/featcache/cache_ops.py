@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from customkd.common.errors import UserError
-from customkd.common.files import check_new_file, writing_new_file
+from customkd.common.files import check_new_file, check_new_place, writing_new_file
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
 from customkd.featcache.datasets import DatasetListing, load_listing
@@ -159,6 +159,8 @@ def verify_store(path: str, data: str | None = None, teacher_check: int = 0, wei
     Covers every array of every teacher (or of ``teacher`` alone): each storage object present
     (:func:`featcache.store.chunk_problems`) and readable, non-finite features, the stored
     labels/domains/splits against the dataset listing; ``teacher_check`` views re-run per teacher."""
+    if teacher_check < 0:
+        raise UserError(f"--teacher-check must be >= 0 (0 = off), got {teacher_check}")
     group = fs.open_store(path)
     status = fs.read_status(group, path)
     if status != fs.STATUS_COMPLETE:
@@ -224,15 +226,6 @@ def recheck_teacher(group, manifest: Manifest, entry: TeacherEntry, n: int, weig
     return float(torch.nn.functional.cosine_similarity(fresh, cached, dim=1).min()), ""
 
 
-def _check_export_target(path: str, h5_path: str) -> None:
-    """Refuse, before anything is read, an export that would replace a file (the user's, or one of the store's),
-    land on a directory, write into the store, or write where it cannot."""
-    target = check_new_file(h5_path, "--h5", "store.h5")
-    if not where.is_remote(path) and target.resolve().is_relative_to(Path(where.to_local(path)).resolve()):
-        raise UserError(f"--h5 {h5_path} is inside the store {where.display(path)}; a store holds only its own "
-                        "objects: choose a file outside it")
-
-
 def store_problems(group, path: str, manifest: Manifest | None = None) -> list[str]:
     """What ``cache verify`` finds in the store itself, without the dataset: every object present and whole, every
     shard readable, finite features and drawable views for valid samples, every shard done — of every teacher, or
@@ -254,7 +247,7 @@ def export_h5(path: str, h5_path: str) -> None:
     fault; copies it shard by shard, under a temporary name renamed at the end, never over an existing file."""
     import h5py
 
-    _check_export_target(path, h5_path)
+    check_new_file(h5_path, "--h5", "store.h5")  # also refuses a file inside the store (or any store)
     group = fs.open_complete_store(path)
     manifest = fs.read_manifest(group, path)
     _refuse_problems(f"cache {where.display(path)} is damaged", store_problems(group, path),
@@ -351,6 +344,8 @@ def import_h5(h5_path: str, path: str) -> None:
     """Rebuild a Zarr store from an HDF5 export (same layout, attrs last). The file is checked like a store before
     anything is written, and the new store like ``verify`` checks one before it is marked complete; a store that
     fails is deleted again."""
+    if not where.is_remote(path):
+        check_new_place(where.to_local(path), "cache import")
     with _open_h5(h5_path) as h5:
         manifest = _h5_manifest(h5, h5_path)
         if not manifest.writable:

@@ -24,14 +24,12 @@ import numpy as np
 from PIL import Image
 
 from customkd.common.errors import UserError, printable
+from customkd.featcache.images import IMAGE_ERRORS, decode_image, read_image_bytes, to_8bit  # noqa: F401 - re-exported
 from customkd.featcache.listing import listing_hash
 from customkd.featcache.schema import UNLABELED, DataSpecError, parse_data_spec, unlabeled_part
 
 log = logging.getLogger(__name__)
 
-# What PIL raises for a file that is no image it can decode: truncated, foreign, or claiming more than twice
-# Image.MAX_IMAGE_PIXELS (a decompression bomb; below that, PIL only warns and decodes it)
-IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 SPLITS = ("train", "test")
 UNLABELED_PREFIX = "unlabeled/"  # relative paths of unlabeled rows: unlabeled/<domain>/<path in its folder>
@@ -73,30 +71,17 @@ class DatasetListing:
     def read_bytes(self, index: int) -> bytes:
         if self.reader is not None:
             return self.reader(self, index)
-        return self.path(index).read_bytes()
+        return read_image_bytes(self.path(index))
 
     def load_image(self, index: int, data: bytes | None = None) -> Image.Image:
         data = self.read_bytes(index) if data is None else data
         if self.spec.startswith("cifar100:") and not self.samples[index].relpath.startswith(UNLABELED_PREFIX):
             return Image.fromarray(np.frombuffer(data, np.uint8).reshape(3, 32, 32).transpose(1, 2, 0))
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return to_8bit(image)
+        return decode_image(io.BytesIO(data))
 
     def listing_hash(self) -> str:
         """Hash of sorted relative paths, sizes, labels, domains and splits (:func:`featcache.listing.listing_hash`)."""
         return listing_hash(self.samples, self.classes, self.domains)
-
-
-def to_8bit(image: Image.Image) -> Image.Image:
-    """16- and 32-bit integer images scaled to 8 bits (PIL's RGB conversion would clip them at 255).
-
-    16-bit PNGs open as ``I;16*`` or ``I`` with values 0..65535; scaling by 1/257 maps that range
-    onto 0..255 the way an 8-bit export of the same image would."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
-    return image
 
 
 def stratified_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 from customkd.common import distributed
 from customkd.common.devices import resolve_device, resolve_precision
 from customkd.common.errors import UserError
+from customkd.common.files import check_new_place
 from customkd.common.provenance import library_versions
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
@@ -177,6 +178,8 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     if fs.is_foreign(cfg.out):  # before loading anything; also refuses a URL that carries credentials
         raise UserError(f"{where.display(cfg.out)} exists and is not a customkd store; choose another --out "
                         "(nothing was touched)")
+    if not where.is_remote(cfg.out):
+        check_new_place(where.to_local(cfg.out), "--out")
     spec = "|".join([with_kind(cfg.data), *(unlabeled_spec(u) for u in cfg.unlabeled)])
     _check_data_outside_out(spec, cfg.out)
     listing = load_listing(spec)

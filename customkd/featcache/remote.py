@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from customkd.common.errors import UserError, printable
-from customkd.common.files import atomic_path
+from customkd.common.files import atomic_path, check_new_place
 from customkd.featcache import store
 from customkd.featcache.fingerprint import Fingerprint, fingerprint_diff
 from customkd.featcache.location import (
@@ -32,10 +32,12 @@ from customkd.featcache.location import (
     exists,
     filesystem,
     is_occupied,
+    is_remote,
     objects_under,
     read_json,
     redact,
     storage_errors,
+    to_local,
 )
 from customkd.featcache.schema import STATUS_COMPLETE, Manifest
 
@@ -158,6 +160,8 @@ def _destination_state(dest: str | Path, source: Manifest) -> str:
     added to the source since) or ``"empty"``; refuses the rest."""
     name = redact(dest)
     fingerprint = source.fingerprint
+    if not is_remote(dest):
+        check_new_place(to_local(dest), "destination")
     if store.store_exists(dest):
         stored = store.read_manifest(store.open_store(dest), dest)
         differs = stored.fingerprint.diff(fingerprint)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -55,8 +54,7 @@ def start(job: Job, threads: int, logs: Path) -> subprocess.Popen:
     if same and run_folder.exists(job.run_dir, run_folder.CHECKPOINT, run_folder.CONFIG):
         argv.append("--resume")
     else:
-        if job.run_dir.exists():  # the report's own folder: a run of another command or an empty start
-            shutil.rmtree(job.run_dir)
+        run_folder.remove_run(job.run_dir)  # a run of another command or an empty start; never a user's folder
         job.run_dir.parent.mkdir(parents=True, exist_ok=True)
         write_json(request, {"argv": argv, "report_version": REPORT_VERSION})
     env = {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES, "OMP_NUM_THREADS": str(threads),

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from customkd.common.config_file import convert
 from customkd.common.devices import optimizer_implementation
 from customkd.common.distributed import DistEnv
 from customkd.common.errors import UserError
+from customkd.common.options import field_hints
 from customkd.trainer import ddp, loop, run_folder
 from customkd.trainer.config import DistillConfig
 from customkd.trainer.data import (
@@ -196,14 +198,16 @@ def read_run_config(run_dir: str | Path) -> run_folder.RunConfig:
 
 def config_from_run(config: dict, run: str | Path = "RUN") -> DistillConfig:
     """The :class:`DistillConfig` a run recorded in its config.json (the student as it was given, not resuming)."""
-    fields = DistillConfig.__dataclass_fields__
-    values = {k: v for k, v in run_folder.as_given(config).items() if k in fields}
-    try:
+    hints = {f.name: hint for f, hint in field_hints(DistillConfig)}
+    record = Path(run) / run_folder.CONFIG
+    try:  # each value checked and converted as the same key of a --config file is
+        values = {k: convert(hints[k], v, k, str(record)) for k, v in run_folder.as_given(config).items() if k in hints}
         values.update(source=tuple(config["source"]), target=tuple(config["target"]), resume=False)
         return DistillConfig(**values)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"run {run}: {run_folder.CONFIG} does not hold a distill configuration ({str(exc)[:80]}); "
-                        f"restore the run's {run_folder.CONFIG} or train the run again") from None
+    except (KeyError, TypeError, ValueError, UserError) as exc:
+        raise UserError(f"run {run}: {run_folder.CONFIG} does not hold a distill configuration "
+                        f"({str(exc).removeprefix('--config ')[:200]}); restore the run's {run_folder.CONFIG} or "
+                        "train the run again") from None
 
 
 def load_student(run_dir: str | Path) -> tuple[run_folder.RunConfig, Student]:

@@ -146,10 +146,12 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         """Counts, fractions and thresholds in their ranges."""
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"unknown --device {self.device!r}; known: auto, cpu, cuda, cuda:N")
-        for flag, value in (("--epochs", 1 if self.epochs is None else self.epochs), ("--image-size", self.image_size),
-                            ("--batch-size", self.batch_size)):
+        for flag, value in (("--epochs", 1 if self.epochs is None else self.epochs), ("--image-size", self.image_size)):
             if value < 1:
                 raise UserError(f"{flag} must be >= 1, got {value}")
+        if self.batch_size < 2:  # a training batch of one sample: BatchNorm has no batch statistics to use
+            raise UserError(f"--batch-size must be >= 2 (BatchNorm cannot train on batches of one sample), got "
+                            f"{self.batch_size}")
         if self.min_steps < 0:
             raise UserError(f"--min-steps must be >= 0, got {self.min_steps}")
         if self.workers < 0:
@@ -245,3 +247,21 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
                       effective_lambda_general=self.effective_lambda_general)
         return values
 
+
+
+@dataclass(frozen=True)
+class UseConfig:
+    """How ``evaluate``, ``predict`` and ``export`` run a saved student: checked like :class:`DistillConfig`'s
+    counts before the run is read."""
+
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"unknown --device {self.device!r}; known: auto, cpu, cuda, cuda:N")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0, got {self.workers}")

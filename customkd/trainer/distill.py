@@ -18,6 +18,7 @@ import torch
 from customkd.common import distributed
 from customkd.common.devices import resolve_precision
 from customkd.common.errors import UserError
+from customkd.common.files import check_outside_stores
 from customkd.trainer import ddp, loop, run_folder
 from customkd.trainer.assemble import (
     Inputs,
@@ -66,13 +67,6 @@ RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_st
                      "keep_checkpoint")
 
 
-def _inside_store(run: Path) -> Path | None:
-    for parent in [run.resolve(), *run.resolve().parents]:
-        if (parent / "zarr.json").is_file():
-            return parent
-    return None
-
-
 def check_run_dir(cfg: DistillConfig) -> Path:
     """The run directory, checked but not created: a run refused later leaves nothing behind.
 
@@ -82,14 +76,16 @@ def check_run_dir(cfg: DistillConfig) -> Path:
     run = Path(cfg.out or default_run_dir(cfg))
     if run.exists() and not run.is_dir():
         raise UserError(f"run directory {run} is a file; choose another --out")
-    store = _inside_store(run)
-    if store is not None:
-        raise UserError(f"--out {run} is inside the feature store {store}; choose a folder outside it")
+    check_outside_stores(run, "--out", itself=True)
     if run.is_dir() and not run_folder.is_marked(run):
         stranger = run_folder.first_foreign_file(run)
         if stranger is not None:
             raise UserError(f"--out {run} holds files that are not a customkd run (e.g. {stranger}; distill marks the "
                             f"folders it creates with {run_folder.MARKER}); choose a new or empty --out")
+    link = run_folder.first_link(run) if run.is_dir() else None
+    if link is not None:
+        raise UserError(f"--out {run} holds {link}, a link or special file; distill writes only regular files in its "
+                        "run folder and never through a link: remove it or choose a new --out")
     has_checkpoint = run_folder.has_checkpoint(run)
     if run_folder.is_finished(run) and not has_checkpoint:
         raise UserError(f"run directory {run} holds a finished run (its checkpoint is removed at the end; "

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from customkd.common.errors import UserError
 from customkd.common.files import check_new_file, writing_new_file
-from customkd.featcache.datasets import IMAGE_ERRORS, IMAGE_SUFFIXES, to_8bit
+from customkd.featcache.datasets import IMAGE_SUFFIXES
+from customkd.featcache.images import IMAGE_ERRORS, decode_image
 from customkd.featcache.views import ViewRecipe, centre_view, replay_pil, to_uint8
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,43 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         size = self.p["size"]
         try:
-            with Image.open(self.files[index]) as image:
-                image.load()
-                image = to_8bit(image)
+            image = decode_image(self.files[index])
         except IMAGE_ERRORS as exc:
-            return torch.zeros(3, size, size, dtype=torch.uint8), index, str(exc).splitlines()[0][:80] or "unreadable"
+            return torch.zeros(3, size, size, dtype=torch.uint8), index, _reason(exc)
         params = centre_view(*image.size, self.recipe)
         return to_uint8(replay_pil(image, params, size, self.p["interpolation"])), index, ""
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:80] if str(exc).strip() else type(exc).__name__
+
+
+class ImageCheck(torch.utils.data.Dataset):
+    """index → the error decoding that file raises, or "" (each image decoded whole, then dropped)."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> str:
+        try:
+            decode_image(self.files[index]).close()
+        except IMAGE_ERRORS as exc:
+            return _reason(exc)
+        return ""
+
+
+def check_images(files: list[Path], workers: int) -> None:
+    """Decode every image before the student is loaded, so that a truncated, foreign or oversized file is named
+    (each one, in one line) before any work rather than after it."""
+    loader = torch.utils.data.DataLoader(ImageCheck(files), batch_size=None, num_workers=workers)
+    bad = [f"{file} ({error})" for file, error in zip(files, loader, strict=True) if error]
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise UserError(f"--images: {len(bad)} unreadable image(s): {'; '.join(bad[:5])}{more}; remove or fix them "
+                        "and rerun (nothing was written)")
 
 
 def predict_images(run: str, images: str, out: str, device: str = "auto", batch_size: int = 64,
@@ -70,6 +100,7 @@ def predict_images(run: str, images: str, out: str, device: str = "auto", batch_
 
     target = check_new_file(out, "--out", "predictions.csv")
     files = list_images(images)
+    check_images(files, workers)
     config, student = load_student(run)
     torch_device = resolve_device(device)
     student = student.to(torch_device)

@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,16 +161,54 @@ def mark(run: str | Path) -> None:
 
 
 def first_foreign_file(run: str | Path) -> str | None:
-    """The first entry of an existing folder that is not the lock: in an unmarked folder, a file distill did
-    not write."""
-    return next((p.name for p in sorted(Path(run).iterdir()) if p.name != LOCK), None)
+    """The first entry of an existing folder that is not an empty lock file (what a distill killed before marking
+    the folder leaves): in an unmarked folder, a file distill did not write."""
+    return next((p.name for p in sorted(Path(run).iterdir()) if not _is_lock_file(p)), None)
+
+
+def _is_lock_file(path: Path) -> bool:
+    return path.name == LOCK and not path.is_symlink() and path.is_file() and path.stat().st_size == 0
+
+
+def first_link(run: str | Path) -> str | None:
+    """The first entry of a run folder (or of its model folder) that is a link or a special file: distill writes
+    only regular files there, so such an entry, which a write would follow out of the folder, is not its own."""
+    root = Path(run)
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        for entry in sorted(folder.iterdir()):
+            mode = entry.lstat().st_mode
+            if stat.S_ISDIR(mode) and folder == root and entry.name == MODEL:
+                pending.append(entry)
+            elif not stat.S_ISREG(mode):
+                return entry.relative_to(root).as_posix()
+    return None
+
+
+def remove_run(run: str | Path) -> None:
+    """Delete a run folder a report starts over in: only one distill made (marked, no links) or an empty one; any
+    other folder there is refused in one line and left as it is."""
+    path = Path(run)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() or not path.is_dir() or not (is_marked(path) or first_foreign_file(path) is None) \
+            or first_link(path) is not None:
+        raise UserError(f"{path} is in the way of a report run and is not a run folder customkd distill made; "
+                        "nothing was deleted: move it away or choose another --out")
+    shutil.rmtree(path)
 
 
 def lock(run: str | Path) -> None:
     """An exclusive lock on the run folder for as long as this process writes it (or :func:`release_locks`)."""
     import fcntl
 
-    handle = open(Path(run) / LOCK, "a")  # noqa: SIM115 - held open until the process ends
+    try:  # never through a link: the lock file is created in the folder itself
+        handle = os.fdopen(os.open(Path(run) / LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644),
+                           "a")
+    except OSError as exc:
+        raise UserError(f"cannot create the lock file {Path(run) / LOCK} ({exc.strerror}); remove it if it is a "
+                        "link, or choose another --out") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -230,16 +269,19 @@ def _check_config(run: str | Path, values: object) -> RunConfig:
         raise _refuse(run, CONFIG, f"has no {', '.join(missing)}")
     student, n, classes, size, batch = (values[k] for k in ("student", "num_classes", "classes", "image_size",
                                                             "batch_size"))
-    if not isinstance(student, str) or not isinstance(values.get("student_alias", ""), str):
-        raise _refuse(run, CONFIG, f"student {repr(student)[:40]} is not a model name")
+    for key, value in (("student", student), ("student_alias", values.get("student_alias", ""))):
+        if not isinstance(value, str):
+            raise _refuse(run, CONFIG, f"{key} {repr(value)[:40]} is not a model name")
     if type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE:
-        raise _refuse(run, CONFIG, f"image_size {str(size)[:40]} is not an integer in 1..{MAX_IMAGE_SIZE}")
+        raise _refuse(run, CONFIG, f"image_size {repr(size)[:40]} is not an integer in 1..{MAX_IMAGE_SIZE}")
     if type(batch) is not int or batch < 1:
-        raise _refuse(run, CONFIG, f"batch_size {str(batch)[:40]} is not a positive integer")
+        raise _refuse(run, CONFIG, f"batch_size {repr(batch)[:40]} is not a positive integer")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise _refuse(run, CONFIG, "classes is not a list of class names")
-    if type(n) is not int or n != len(classes) or n < 1:
-        raise _refuse(run, CONFIG, f"num_classes {str(n)[:40]} does not match its {len(classes)} class names")
+    if type(n) is not int:
+        raise _refuse(run, CONFIG, f"num_classes {repr(n)[:40]} is not an integer")
+    if n != len(classes) or n < 1:
+        raise _refuse(run, CONFIG, f"num_classes {n} does not match its {len(classes)} class names")
     return RunConfig(Path(run), values, student, n, classes, size, batch)
 
 

@@ -11,7 +11,16 @@ import torch
 import zarr
 
 from customkd.trainer.evaluate import evaluate_run
-from tests.conftest import TINY_STUDENT, TINY_TEACHER, cli_env, customkd, invoke, make_tiny_hue_folder, one_error_line
+from tests.conftest import (
+    TINY_RUN,
+    TINY_STUDENT,
+    TINY_TEACHER,
+    cli_env,
+    customkd,
+    invoke,
+    make_tiny_hue_folder,
+    one_error_line,
+)
 
 
 def test_extract_then_distill_end_to_end(tiny_folder, tmp_path):
@@ -144,6 +153,12 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
     (["distill", "--cache", "{store}", "--dkd-alpha", "-1"], "--dkd-alpha must be >= 0"),
     (["distill", "--cache", "{store}", "--dkd-beta", "-0.5"], "--dkd-beta must be >= 0"),
     (["distill", "--cache", "{store}", "--device", "foo"], "unknown --device 'foo'"),
+    (["distill", "--cache", "{store}", "--batch-size", "1"], "--batch-size must be >= 2 (BatchNorm"),
+    (["predict", "{tmp}/run", "--images", "{tmp}", "--out", "{tmp}/p.csv", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["predict", "{tmp}/run", "--images", "{tmp}", "--out", "{tmp}/p.csv", "--workers", "-1"], "--workers must be >= 0"),
+    (["evaluate", "{tmp}/run", "--workers", "-1"], "--workers must be >= 0"),
+    (["evaluate", "{tmp}/run", "--device", "tpu"], "unknown --device 'tpu'"),
+    (["cache", "verify", "{store}", "--teacher-check", "-5"], "--teacher-check must be >= 0"),
     (["distill", "--cache", "{store}", "--min-steps", "0", "--epochs", "1", "--student", "vit_tiny_patch16_224", "--image-size", "32"], "cannot run at --image-size 32"),
     (["distill", "--cache", "{store}", "--image-size", "100000"], "larger than 2048"),
     (["distill", "--cache", "{store}", "--student-weights", "{truncated}"], "not a readable safetensors file"),
@@ -278,3 +293,26 @@ def test_an_unlabeled_domain_name_reaches_the_terminal_escaped(tiny_folder, tmp_
         assert result.exit_code == 0, result.output
         assert "unlabeled:roll\\x1b[2J\\u202e=" in result.output
         assert "\x1b" not in result.output and "\u202e" not in result.output
+
+
+def test_every_log_line_escapes_the_names_it_quotes(tmp_path):
+    """A bad image named with an escape sequence, skipped by ``extract --skip-bad``: the warning naming it (as
+    every log line) writes the sequence out instead of sending it to the terminal."""
+    folder = make_tiny_hue_folder(tmp_path / "imgs", classes=2, per_class=3)
+    (folder / "class1" / "bad\x1b[2J\u202e.png").write_bytes(b"not an image")
+    result = invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{folder}",
+                    "--out", tmp_path / "s.zarr", "--views", "1", "--workers", "0", "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert "class1/bad\\x1b[2J\\u202e.png" in result.output
+    assert "\x1b" not in result.output and "\u202e" not in result.output
+
+
+def test_an_error_during_an_epoch_is_printed_after_its_progress_bar_is_cleared(tiny_store, tmp_path):
+    """A loss that becomes NaN mid-epoch (``--kd-temperature 1e-300``) ends the run while the epoch's bar is open:
+    the bar is cleared before the error line, so nothing printed after it (tqdm's ``\\r`` and blanks when the bar
+    closed at exit) erases the line on a terminal."""
+    result = invoke("distill", "--cache", tiny_store, "--out", tmp_path / "run", "--method", "kd", "--kd-temperature",
+                    "1e-300", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items()))
+    one_error_line(result, "became nan")
+    before, after = result.stderr.split("error: loss term")
+    assert "\r" not in after and before.endswith(("\r", "\n")), repr(result.stderr[-300:])  # a line of its own

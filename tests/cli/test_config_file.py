@@ -3,6 +3,7 @@ config dataclasses as the one source of the command line's defaults."""
 
 import dataclasses
 import json
+import os
 
 import pytest
 import typer.main
@@ -147,6 +148,16 @@ def test_alias_bombs_and_huge_values_are_refused_in_bounded_time_and_output(tmp_
     (tmp_path / "key.json").write_text(json.dumps({"k" * 100000: 1}))
     line = one_error_line(invoke("distill", "--config", tmp_path / "key.json"), "unknown key")
     assert len(line) < 2000, len(line)
+
+
+def test_a_config_path_that_is_no_regular_file_is_named_as_such(tmp_path):
+    """A link to /dev/zero, a pipe, a folder named like a config: one line saying what it is (not "does not
+    exist"), without reading from it."""
+    os.mkfifo(tmp_path / "pipe.toml")
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    (tmp_path / "folder.json").mkdir()
+    for name in ("pipe.toml", "zero.yaml", "folder.json"):
+        one_error_line(invoke("distill", "--config", tmp_path / name), "is not a regular file")
 
 
 def test_a_declared_option_reaches_the_command_line_the_config_file_and_the_run_record(tmp_path):

@@ -153,7 +153,7 @@ def test_export_never_overwrites_a_file_nor_writes_into_the_store(tiny_store, tm
     shutil.copytree(tiny_store, store)
     before = store_bytes(store, manifest=True)
     for target, needle in ((mine, "already exists"), (store / "zarr.json", "already exists"),
-                           (store / "export.h5", "inside the store")):
+                           (store / "export.h5", "inside the Zarr store")):
         assert str(target) in one_error_line(invoke("cache", "export", store, "--h5", target), needle)
     assert mine.read_bytes() == b"my own data" and store_bytes(store, manifest=True) == before
     assert invoke("cache", "export", store, "--h5", tmp_path / "new.h5").exit_code == 0

@@ -228,6 +228,14 @@ def test_pull_refuses_a_key_escaping_the_destination(tiny_store, s3, tmp_path):
     assert not dest.exists() and not (tmp_path / "home").exists()  # nothing written, inside or outside
 
 
+def test_pull_refuses_a_destination_inside_a_store(tiny_store, s3, tmp_path):
+    url = f"{s3}/c.zarr"
+    remote.push(tiny_store, url)
+    before = store_bytes(tiny_store, manifest=True)
+    one_error_line(invoke("cache", "pull", url, tiny_store / "pulled.zarr"), "inside the Zarr store")
+    assert store_bytes(tiny_store, manifest=True) == before
+
+
 def test_contained_key(tmp_path):
     dest = tmp_path / "dest.zarr"
     (dest / "labels").mkdir(parents=True)

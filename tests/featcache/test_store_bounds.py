@@ -246,3 +246,21 @@ def test_object_sizes_are_what_zarr_writes(tmp_path, n, shard_size, chunk_size, 
         for shard, key in fs.chunk_keys(group, teacher.array(name) if ARRAYS[name].per_teacher else name):
             fewest, most = fs.object_size_range(layout, name, shard)
             assert fewest <= objects[key] <= most and (compress or objects[key] == fewest), (key, objects[key])
+
+
+def test_megabyte_strings_in_a_manifest_never_flood_the_terminal(copy):
+    """A forged manifest whose creation time, library version and (rehashed) teacher name are megabytes long:
+    ``cache info`` (and ``--json``) print each cut, saying how long it was; the error ``--teacher-check`` ends in is
+    one bounded line."""
+    def forge(manifest):
+        manifest["created"] = "x" * 5_000_000
+        manifest["versions"]["torch"] = "y" * 5_000_000
+        manifest["fingerprint"]["teacher"]["name"] = "timm:test_vit." + "z" * 3_000_000
+
+    edit_manifest(copy, forge)
+    for args in ([], ["--json"]):
+        result = invoke("cache", "info", copy, *args)
+        assert result.exit_code == 0 and len(result.output) < 20_000, len(result.output)
+        assert "(5000000 characters, cut)" in result.output
+    line = one_error_line(invoke("cache", "verify", copy, "--teacher-check", "1", "--weights", "random"), "test_vit")
+    assert len(line) < 2_500 and "characters, cut" in line

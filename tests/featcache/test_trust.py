@@ -355,14 +355,22 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
 
 
 def test_decompression_bomb_is_a_bad_image_skippable(tmp_path, monkeypatch):
+    """Over twice PIL's pixel limit (PIL's own error), between the limit and twice it (PIL only warns and decodes:
+    refused too), and a file larger than an image may be (refused before it is read): each a bad image."""
+    from customkd.featcache import images
+
     folder = make_tiny_hue_folder(tmp_path / "imgs", classes=2, per_class=4)
     Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(folder / "class1" / "img99.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200 x 200 > 2 x limit: PIL raises the bomb error
+    Image.fromarray(np.zeros((120, 120, 3), np.uint8)).save(folder / "class1" / "img98.png")
+    noise = np.random.default_rng(0).integers(0, 255, (90, 90, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "class0" / "img97.png")  # 8100 px, but over 20 000 bytes
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200 x 200 > 2 x limit, 120 x 120 between
+    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 20_000)
     out = tmp_path / "s.zarr"
-    with pytest.raises(UserError, match="class1/img99.png.*--skip-bad"):
+    with pytest.raises(UserError, match="3 unreadable.*class0/img97.png.*class1/img98.png.*class1/img99.png.*--skip-bad"):
         extract(_cfg(folder, out))
     extract(_cfg(folder, out, skip_bad=True))
-    assert fs.read_manifest(fs.open_complete_store(out)).n_invalid == 1
+    assert fs.read_manifest(fs.open_complete_store(out)).n_invalid == 3
 
 
 def test_overwrite_rebuilds_a_complete_store_in_place(copy, tiny_folder):

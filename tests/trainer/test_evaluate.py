@@ -67,20 +67,23 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize(("content", "reason"), [
     (lambda png: png[:200], "image file is truncated"),
-    (lambda png: _png_claiming(50_000, 50_000), "Image size (2500000000 pixels) exceeds limit"),
-    (lambda png: _png_claiming(10_000, 10_000), "truncated"),  # PIL only warns at this size; the data is missing
+    (lambda png: _png_claiming(50_000, 50_000), "more than 89478485 pixels, a decompression bomb"),
+    # between PIL's limit and twice it PIL only warns and decodes (300 MB here, were the data there): refused too
+    (lambda png: _png_claiming(10_000, 10_000), "more than 89478485 pixels, a decompression bomb"),
 ])
 def test_a_broken_image_in_data_or_images_is_one_line_naming_it(finished_run, tiny_folder, tmp_path, content,
-                                                                  reason):
+                                                                  reason, monkeypatch):
     data = tmp_path / "data"
     shutil.copytree(tiny_folder, data)
     broken = data / "class1" / "img03.png"
     broken.write_bytes(content(broken.read_bytes()))
     line = one_error_line(invoke("evaluate", finished_run, "--data", f"folder:{data}", "--workers", "0"), reason)
     assert "1 unreadable image(s): class1/img03.png (" in line
+    # predict names it before the student is even loaded, not after inference
+    monkeypatch.setattr("customkd.trainer.assemble.load_student", lambda run: pytest.fail("the student was loaded"))
     line = one_error_line(invoke("predict", finished_run, "--images", data, "--out", tmp_path / "p.csv",
                                  "--workers", "0"), reason)
-    assert "1 unreadable image(s): img03.png (" in line and not (tmp_path / "p.csv").exists()
+    assert f"1 unreadable image(s): {broken} (" in line and not (tmp_path / "p.csv").exists()
 
 
 def test_metrics_csv_has_one_row_per_epoch(finished_run):

@@ -17,6 +17,7 @@ ALLOWED = {
     "customkd.featcache.location",  # where a store lives (path or URL); the store layer reads through it
     "customkd.featcache.views",  # replaying the stored views at the student's resolution
     "customkd.featcache.datasets",  # listing the dataset and reading its images (the rows of the store)
+    "customkd.featcache.images",  # reading one image file, bounded in bytes and pixels (datasets' and predict's)
     "customkd.featcache.config",  # loaded by the namespace's own __init__ (customkd.ExtractConfig), not the trainer
 }
 

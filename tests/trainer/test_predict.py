@@ -54,8 +54,9 @@ def test_predict_writes_one_row_per_image_matching_evaluate(tiny_run, tiny_folde
                               str(tmp_path / "p.csv")), "does not exist")
     one_error_line(customkd("evaluate", str(tiny_run), "--device", "tpu"), "unknown --device 'tpu'")
     (flat / "broken.png").write_bytes(b"\x89PNG truncated")
-    one_error_line(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(tmp_path / "q.csv"),
-                              "--workers", "0"), "unreadable image(s): broken.png")
+    line = one_error_line(customkd("predict", str(tiny_run), "--images", str(flat), "--out", str(tmp_path / "q.csv"),
+                                   "--workers", "0"), "1 unreadable image(s): ")
+    assert f"{flat / 'broken.png'} (" in line
     assert not (tmp_path / "q.csv").exists() and not (tmp_path / "q.csv.partial").exists()
 
 
@@ -90,7 +91,7 @@ def test_a_run_config_with_absurd_preprocessing_is_refused(tiny_run, tiny_folder
 
 def test_output_places_are_refused_before_any_work(tmp_path, monkeypatch):
     """``predict --out`` and ``export --onnx`` onto a directory, a file (the user's, a link, a ``.partial`` beside
-    it), into a missing or unwritable folder: one line, before the run is read (it does not exist here, so a later
+    it), into a missing or unwritable folder or into a store: one line, before the run is read (it does not exist here, so a later
     check would name it instead); nothing in the folder changes."""
     run, image = tmp_path / "no-such-run", tmp_path / "no-such-image.png"
     (tmp_path / "folder").mkdir()
@@ -99,13 +100,16 @@ def test_output_places_are_refused_before_any_work(tmp_path, monkeypatch):
     (tmp_path / "mine.csv").write_text("my own")
     (tmp_path / "left.csv.partial").write_text("my own too")
     (tmp_path / "link.csv").symlink_to(tmp_path / "nowhere.csv")
+    (tmp_path / "s.zarr" / "labels").mkdir(parents=True)
+    (tmp_path / "s.zarr" / "zarr.json").write_text("{}")  # a store (its root metadata is all that matters here)
     real_access = os.access  # root may write anywhere: the locked folder is unwritable for every user here
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     cases = [(tmp_path / "folder", "is a directory; name a new file"),
              (tmp_path / "missing" / "p.out", f"folder {tmp_path / 'missing'} does not exist"),
              (locked / "p.out", "(permission denied)"), (tmp_path / "mine.csv", "already exists"),
-             (tmp_path / "link.csv", "already exists"), (tmp_path / "left.csv", "left.csv.partial exists")]
+             (tmp_path / "link.csv", "already exists"), (tmp_path / "left.csv", "left.csv.partial exists"),
+             (tmp_path / "s.zarr" / "labels" / "p.out", "inside the Zarr store")]
     for target, needle in cases:
         for command in (["predict", run, "--images", image, "--out", target], ["export", run, "--onnx", target]):
             assert str(target) in one_error_line(invoke(*command), needle)

@@ -49,7 +49,7 @@ def test_a_folder_distill_created_is_marked_and_resumable(tiny_store, tmp_path):
 
 
 def test_out_inside_a_store_is_refused(tiny_store):
-    with pytest.raises(UserError, match="inside the feature store"):
+    with pytest.raises(UserError, match="inside the Zarr store"):
         distill_mod.check_run_dir(_config(tiny_store, tiny_store / "runs" / "r"))
 
 
@@ -126,3 +126,36 @@ def test_a_finished_run_keeps_what_describes_and_deploys_it_and_refuses_to_be_re
     kept = tmp_path / "kept"
     distill_mod.distill(_config(tiny_store, kept))  # this module's runs keep it
     assert run_folder.has_checkpoint(kept) and not (kept / run_folder.LOCK).exists()
+
+
+def test_links_in_a_run_folder_are_never_written_through(tiny_store, tmp_path):
+    """A run folder someone sent, marked as distill's, holding links out of it (``config.json.partial`` to a file of
+    the user's, ``model`` to a folder of theirs), and an unmarked folder whose ``.lock`` is a link: each refused in
+    one line before anything is written, the linked file and folder left as they were."""
+    victim, folder = tmp_path / "bashrc", tmp_path / "elsewhere"
+    victim.write_text("mine")
+    folder.mkdir()
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    (sent / run_folder.MARKER).write_text("{}")
+    (sent / "config.json.partial").symlink_to(victim)
+    (sent / run_folder.MODEL).symlink_to(folder)
+    lock_link = tmp_path / "lock-link"
+    lock_link.mkdir()
+    (lock_link / run_folder.LOCK).symlink_to(tmp_path / "created")
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items()]
+    for out in (sent, lock_link):
+        one_error_line(invoke("distill", "--cache", tiny_store, "--out", out, *args), "link")
+    assert victim.read_text() == "mine" and not any(folder.iterdir()) and not (tmp_path / "created").exists()
+    assert sorted(p.name for p in sent.iterdir()) == [run_folder.MARKER, "config.json.partial", run_folder.MODEL]
+
+
+def test_a_partial_name_that_is_a_link_is_never_written_through(tmp_path):
+    from customkd.common.files import write_text
+
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    (tmp_path / "results.md.partial").symlink_to(victim)
+    with pytest.raises(UserError, match="never writes through"):
+        write_text(tmp_path / "results.md", "report")
+    assert victim.read_text() == "mine" and not (tmp_path / "results.md").exists()

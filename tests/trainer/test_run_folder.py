@@ -316,3 +316,20 @@ def test_ctrl_c_while_a_run_file_is_written_is_the_interrupt_and_leaves_the_prev
                                   lambda handle: torch.save({"w": torch.zeros(1000)}, InterruptedFile(handle)))
     assert (tmp_path / run_folder.CHECKPOINT).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [run_folder.CHECKPOINT]
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (_set(lr="fast"), "lr must be a number, got 'fast'"),
+    (_set(setting=[]), "unknown --setting"),
+    (_set(source=5), "does not hold a distill configuration"),
+    (_set(num_classes="3"), "num_classes '3' is not an integer"),
+    (_set(student_alias=None), "student_alias None is not a model name"),
+    (_set(cache=7), "cache 7 does not exist"),  # read as the name "7", like `cache: 7` in a --config file
+])
+def test_a_config_json_with_values_of_the_wrong_kind_is_one_line_naming_the_run(finished_run, tmp_path, edit, needle):
+    """``evaluate`` rebuilds the run's settings from config.json: each value is checked as the same key of a
+    --config file is (``cache: 7`` was a TypeError traceback), and the line names the run and its file."""
+    run = _copy(finished_run, tmp_path)
+    _edit_config(run, edit)
+    line = one_error_line(invoke("evaluate", run, "--workers", "0", "--device", "cpu"), needle)
+    assert f"run {run}: config.json" in line or needle.startswith("cache")
