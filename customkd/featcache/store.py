@@ -316,6 +316,9 @@ def _check_openable(path: str | Path) -> tuple[str, dict[str, int]]:
     if where.is_remote(path):
         raise UserError(f"cache {name} does not exist (or these credentials cannot see it); put a store there with "
                         f"`customkd cache push LOCAL {name}` or `customkd extract --out {name}`")
+    if objects:
+        raise UserError(f"cache {name} is a folder but not a customkd store (no zarr.json at its top); pass the .zarr "
+                        "directory `customkd extract --out` wrote")
     raise UserError(f"cache {name} does not exist; run `make extract` (or `customkd extract --out {name}`) first")
 
 

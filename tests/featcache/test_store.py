@@ -167,3 +167,9 @@ def test_readme_store_table_is_the_schema_array_table():
             re.findall(r"^\| `(\w+)` \| ([^|]+?) \| (\w+) \|", table, flags=re.M)}
     assert rows == {name: (spec.shape_text, spec.dtype) for name, spec in ARRAYS.items()}
     assert list(rows) == list(ARRAYS)
+
+
+def test_a_folder_that_is_not_a_store_is_named_as_such(tiny_folder, tmp_path):
+    for args in (["cache", "info", str(tiny_folder)], ["distill", "--cache", str(tiny_folder)]):
+        one_error_line(invoke(*args), "is a folder but not a customkd store (no zarr.json at its top)")
+    one_error_line(invoke("cache", "info", str(tmp_path / "absent")), "does not exist")
