@@ -126,7 +126,7 @@ def _as_option(field: dataclasses.Field, hint) -> inspect.Parameter:
     if typing.get_origin(hint) is tuple and field.metadata.get("repeatable"):
         hint, default = list[str] | None, None
     elif typing.get_origin(hint) is tuple:
-        hint, default = str, ",".join(default)
+        hint, default = str, ",".join(map(str, default))
     aliases = field.metadata.get("aliases", ())
     names = (f"--{field.name.replace('_', '-')}", *aliases) if aliases else ()
     info = typer.Option(*names, help=field.metadata.get("help"), rich_help_panel=field.metadata.get("group") or None)

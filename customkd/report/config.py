@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from customkd.common.errors import UserError
+from customkd.common.options import option
 from customkd.featcache.config import ExtractConfig
 from customkd.trainer.config import EVAL_SPLITS
 
@@ -114,21 +115,36 @@ class CompareConfig:
     """Every option of ``customkd compare``: methods × seeds on one store, each run with the same budget.
     ``None`` means distill's own default; ``methods`` and ``seeds`` take a tuple or a comma-separated string."""
 
-    cache: str | None = None  # the store (required)
-    methods: tuple[str, ...] = ("kd", "customkd")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    out: Path | None = None  # the folder compare writes into, and nothing outside it (required)
-    baseline: str | None = None  # every other method against this one (default: customkd-family − the others)
-    student: str | None = None
-    epochs: int | None = None
-    min_steps: int | None = None
-    image_size: int | None = None
-    setting: str | None = None
-    labels_per_class: int | None = None
-    label_fraction: float | None = None
-    eval_split: str = "test"
-    extra: str = ""  # more distill flags for every run, e.g. '--lr 1e-3'
-    parallel: int = 1  # runs at once; the cores are split between them
+    cache: str | None = option(
+        None, "The store to compare methods on (made by customkd extract).")
+    methods: tuple[str, ...] = option(
+        ("kd", "customkd"), "Comma-separated methods: student, fitnet, kd, kd+fitnet, dkd, customkd, customkd+kd, customkd+dkd, or an ablation of the report (customkd-random-head, customkd-random-trained, customkd-no-specific).")
+    seeds: tuple[int, ...] = option(
+        (0, 1, 2), "Comma-separated seeds; each seed also draws the labeled subset, the same for every method.")
+    out: Path | None = option(
+        None, "The folder to write runs, results.md and results/ into (nothing is written elsewhere).")
+    baseline: str | None = option(
+        None, "Compare every other method with this one (default: each customkd-family method with each other method).")
+    student: str | None = option(
+        None, "distill --student for every run (default: distill's).")
+    epochs: int | None = option(
+        None, "distill --epochs for every run.")
+    min_steps: int | None = option(
+        None, "distill --min-steps for every run (0 makes --epochs exact on small data).")
+    image_size: int | None = option(
+        None, "distill --image-size for every run.")
+    setting: str | None = option(
+        None, "distill --setting for every run: supervised, ssl or uda.")
+    labels_per_class: int | None = option(
+        None, "distill --labels-per-class for every run (a label budget).")
+    label_fraction: float | None = option(
+        None, "distill --label-fraction for every run (a label budget).")
+    eval_split: str = option(
+        "test", "test, or dev: score on a fixed 20 % of the training rows.")
+    extra: str = option(
+        "", "More distill flags for every run, e.g. --extra='--lr 1e-3'.")
+    parallel: int = option(
+        1, "Runs at once; the cores are split between them.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", _split(self.methods))
