@@ -91,8 +91,9 @@ def summarize(jobs: list[Job], extractions: dict[str, dict], alignments: dict[Pa
     ``comparisons`` of the summary, budget inputs."""
     configs = regime_configs(jobs)
     regimes = {slug: {**{k: r[k] for k in ("title", "teacher", "data", "cache")},
-                      "majority_class_eval": extractions[r["cache"]]["majority_class_eval"],
-                      "setting": r["setting"], "compare_to": r["compare_to"], "config": configs[slug]}
+                      "majority_class_eval": extractions[r.get("source", r["cache"])]["majority_class_eval"],
+                      "setting": r["setting"], "compare_to": r["compare_to"], "pick": r.get("pick"),
+                      "config": configs[slug]}
                for slug, r in regimes.items()}
     timing = [run_folder.read_timing(j.run_dir) for j in jobs]
     summary = {"generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "eval_split": eval_split,

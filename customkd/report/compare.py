@@ -18,6 +18,7 @@ report can be run in parts (``--regimes``, ``--variants``, ``--seeds``) and pick
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -31,7 +32,7 @@ from customkd.common.files import write_json, write_text
 from customkd.report import results_page
 from customkd.report.collect import measure_alignment, summarize
 from customkd.report.config import ReportConfig
-from customkd.report.jobs import Job, Regime, Store, Variant, distill_argv, names
+from customkd.report.jobs import Job, Regime, Store, Variant, distill_argv, names, source
 from customkd.report.runner import cli_argv, run_all, store_record
 from customkd.trainer import run_folder
 
@@ -60,10 +61,23 @@ ALL_VARIANTS = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "cust
                 "customkd-random-head", "customkd-random-trained", "customkd-no-specific")
 
 
+HEADROOM_STUDENT = ("--student", "mobilenetv3_small_050")
+HEADROOM_FLAGS = ("--labels-per-class", "10", "--image-size", "32", "--epochs", "30", "--min-steps", "0")
+# the three bundled EfficientNet-Lite teachers over one view set (digits, 128 px, 8 views): the teacher comparison
+DIGITS_LITES = Store("digits", "efficientnet_lite0", ("--teacher-size", "128", "--views", "8"),
+                     added=("efficientnet_lite1", "efficientnet_lite2"))
+
+
+def teacher_regime(slug: str, pick: str, title: str, compare_to: str | None = None) -> Regime:
+    """kd and customkd distilled from one teacher choice of :data:`DIGITS_LITES`, as the headroom regime trains."""
+    return Regime(slug, f"Teachers on one store: {title}, the headroom student and budget", ("kd", "customkd"),
+                  store=DIGITS_LITES, student_flags=HEADROOM_STUDENT,
+                  distill_flags=(*HEADROOM_FLAGS, "--teacher", pick), compare_to=compare_to, pick=pick)
+
+
 REGIMES: dict[str, Regime] = {r.slug: r for r in (
     Regime("headroom", "Headroom: digits, a small student from random initialisation", ALL_VARIANTS,
-           store=DIGITS_LITE2, student_flags=("--student", "mobilenetv3_small_050"),
-           distill_flags=("--labels-per-class", "10", "--image-size", "32", "--epochs", "30", "--min-steps", "0")),
+           store=DIGITS_LITE2, student_flags=HEADROOM_STUDENT, distill_flags=HEADROOM_FLAGS),
     Regime("pretrained", "Pretrained: digits, the ImageNet-pretrained efficientnet_lite0 student", ALL_VARIANTS,
            store=DIGITS_LITE2, student_flags=("--student", "efficientnet_lite0", "--student-pretrained"),
            distill_flags=("--labels-per-class", "10", "--image-size", "48", "--epochs", "12", "--min-steps", "0")),
@@ -73,6 +87,10 @@ REGIMES: dict[str, Regime] = {r.slug: r for r in (
            ("kd", "customkd"), teacher="large", compare_to="main"),
     Regime("supervised", "Supervised, every label (reference; not in the default report)",
            ("student", "customkd"), setting="supervised"),
+    teacher_regime("teachers-lite0", "efficientnet_lite0", "efficientnet_lite0"),
+    teacher_regime("teachers-lite2", "efficientnet_lite2", "efficientnet_lite2", compare_to="teachers-lite0"),
+    teacher_regime("teachers-ensemble", "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
+                   "the Lite0 + Lite1 + Lite2 ensemble (features concatenated)", compare_to="teachers-lite2"),
 )}
 
 
@@ -127,47 +145,106 @@ def make_job(regime: Regime, variant: Variant, seed: int, cfg: ReportConfig) -> 
     return Job(regime, variant, seed, run_dir, distill_argv(cache_of(regime, cfg), variant, seed, run_dir, setup, common))
 
 
-def store_state(cache: str) -> str:
-    """``absent``, ``partial`` or ``complete`` — decided before extracting, so the timing label is right."""
+def store_state(cache: str, teacher: str | None = None) -> str:
+    """``absent``, ``partial`` or ``complete`` (of ``teacher``, for a teacher added to an existing store) —
+    decided before extracting, so the timing label is right."""
     from customkd.featcache import store as fs
 
     if not fs.store_exists(cache):
         return "absent"
-    return "complete" if fs.read_status(fs.open_store(cache), cache) == fs.STATUS_COMPLETE else "partial"
+    group = fs.open_store(cache)
+    if teacher is None:
+        return "complete" if fs.read_status(group, cache) == fs.STATUS_COMPLETE else "partial"
+    entry = fs.read_manifest(group, cache).teacher(teacher)
+    return "absent" if entry is None else "complete" if entry.status == fs.STATUS_COMPLETE else "partial"
 
 
-def extract(store: Store, cache: str, cfg: ReportConfig) -> dict:
-    """Run (or confirm) one teacher's extraction and say how long it took: timed here when it ran here,
-    else the store's own completed − created stamps."""
-    before = store_state(cache)
-    teacher = store.teacher
-    argv = cli_argv("extract", "--teacher", teacher, "--data", store.data, "--out", cache, *store.flags,
+def extract_teacher(store: Store, cache: str, teacher: str, cfg: ReportConfig) -> dict:
+    """Run (or confirm) one teacher's extraction — the store's first with ``--out``, an added one with ``--into`` —
+    and say how long it took: timed here when it ran here (and remembered in ``<out>/extractions.json``), else
+    that memory or the store's own stamps."""
+    first = teacher == store.teacher
+    before = store_state(cache, None if first else teacher)
+    where = ("--data", store.data, "--out", cache, *store.flags) if first else ("--into", cache, *store.size_flags)
+    argv = cli_argv("extract", "--teacher", teacher, *where,
                     *(["--weights", cfg.teacher_weights] if cfg.teacher_weights else []))
-    log.info("extract (store %s): %s", before, " ".join(argv[2:]))
+    log.info("extract (%s): %s", f"store {before}" if first else f"added teacher {before}", " ".join(argv[2:]))
     started = time.perf_counter()
     if subprocess.run(argv, env={**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES}).returncode != 0:
         raise UserError(f"the extraction with teacher {teacher} failed (its message is above); fix it and rerun "
                         "make report")
     seconds = time.perf_counter() - started
-    stored = store_record(cache, teacher)
-    record = {"teacher": teacher, "data": store.data, "cache": cache, "command": " ".join(["customkd", *argv[3:]]),
-              **{k: stored[k] for k in ("shape", "majority_class_eval", "store_fingerprint", "created", "completed")}}
-    if before == "absent":
-        return {**record, "seconds": round(seconds, 1), "measured": "timed by this report, from an empty cache path"}
-    if before == "partial":
-        return {**record, "seconds": round(seconds, 1), "measured": "timed by this report, resuming a partial store"}
-    if not record["completed"]:
-        return {**record, "seconds": None, "measured": "not measured: the store already existed, from a version of "
-                "customkd that did not stamp completion; delete it to time a fresh extraction"}
-    took = dt.datetime.fromisoformat(record["completed"]) - dt.datetime.fromisoformat(record["created"])
-    return {**record, "seconds": round(took.total_seconds(), 1),
+    command, completed = " ".join(["customkd", *argv[3:]]), teacher_completed(cache, teacher)
+    memory = cfg.out / EXTRACTIONS
+    remembered = json.loads(memory.read_text()) if memory.is_file() else {}
+    if before != "complete":
+        how = {"partial": "resuming a partial store", "absent": "from an empty cache path" if first
+               else "adding it to the store"}[before]
+        timed = {"seconds": round(seconds, 1), "measured": f"timed by this report, {how}", "completed": completed}
+        memory.parent.mkdir(parents=True, exist_ok=True)
+        write_json(memory, {**remembered, source(cache, teacher): timed})
+        return {"command": command, **timed}
+    known = remembered.get(source(cache, teacher), {})
+    if known.get("completed") == completed and completed is not None:
+        return {"command": command, **known}
+    return {"command": command, "completed": completed, **stamped_time(store, cache, teacher)}
+
+
+EXTRACTIONS = "extractions.json"  # under --out: each extraction this report timed, by its completion stamp
+
+
+def teacher_completed(cache: str, teacher: str) -> str | None:
+    """When ``teacher``'s features were completed in ``cache`` (its own stamp; a version-2 store's, the store's)."""
+    from customkd.featcache import store as fs
+
+    group = fs.open_store(cache)
+    manifest = fs.read_manifest(group, cache)
+    entry = manifest.teacher(teacher)
+    return (entry.completed if entry is not None and entry.completed else None) or manifest.completed
+
+
+def stamped_time(store: Store, cache: str, teacher: str) -> dict:
+    """An extraction this report did not time: the store's created → completed stamps for its first teacher
+    (that one extraction made the store), nothing for a teacher added later (its start is not stamped)."""
+    stored = store_record(cache, teacher if store.added else None) if teacher == store.teacher else {}
+    if not stored.get("completed"):
+        return {"seconds": None, "measured": "not measured: it already existed and its start is not stamped; "
+                "delete the store to time a fresh extraction"}
+    took = dt.datetime.fromisoformat(stored["completed"]) - dt.datetime.fromisoformat(stored["created"])
+    return {"seconds": round(took.total_seconds(), 1),
             "measured": "the store already existed: its own created → completed stamps"}
 
 
+def extract(store: Store, cache: str, cfg: ReportConfig, picks: set[str | None]) -> dict[str, dict]:
+    """Every teacher of one store extracted, and a record per teacher choice the runs read (keyed by
+    :func:`report.jobs.source`): the store as the runs see it, the command and time of the extractions it
+    needed, and the whole store's time (``store_seconds``, counted once in the budget)."""
+    timings = {teacher: extract_teacher(store, cache, teacher, cfg) for teacher in store.teachers}
+    known = [t["seconds"] for t in timings.values()]
+    store_seconds = None if None in known else round(sum(known), 1)
+    records = {}
+    for pick in picks:
+        used = [timings[t] for t in (pick.split(",") if pick else store.teachers)]
+        seconds = [t["seconds"] for t in used]
+        stored = store_record(cache, pick)
+        records[source(cache, pick)] = {
+            "teacher": stored["teacher"], "data": store.data, "cache": cache,
+            "command": "; ".join(t["command"] for t in used),
+            **{k: stored[k] for k in ("shape", "majority_class_eval", "store_fingerprint", "created", "completed")},
+            "seconds": None if None in seconds else round(sum(seconds), 1),
+            "measured": "; ".join(dict.fromkeys(t["measured"] for t in used)),
+            "store": "+".join(store.teachers), "store_seconds": store_seconds}
+    return records
+
+
 def extract_all(jobs: list[Job], cfg: ReportConfig) -> dict[str, dict]:
-    """One extraction per teacher the planned runs need, keyed by the store path their argv names."""
+    """One extraction per store the planned runs need; a record per teacher choice, keyed by ``Job.source``."""
     stores = {cache_of(job.regime, cfg): store_of(job.regime, cfg) for job in jobs}
-    return {cache: extract(store, cache, cfg) for cache, store in stores.items()}
+    picks: dict[str, set] = {}
+    for job in jobs:
+        picks.setdefault(cache_of(job.regime, cfg), set()).add(job.regime.pick)
+    return {key: record for cache, store in stores.items() for key, record in extract(store, cache, cfg,
+                                                                                       picks[cache]).items()}
 
 
 def regimes_of(jobs: list[Job], cfg: ReportConfig) -> dict[str, dict]:
@@ -175,8 +252,10 @@ def regimes_of(jobs: list[Job], cfg: ReportConfig) -> dict[str, dict]:
     regimes: dict[str, dict] = {}
     for job in jobs:
         store = store_of(job.regime, cfg)
-        regimes.setdefault(job.regime.slug, {"title": job.regime.title, "teacher": store.teacher, "data": store.data,
-                                             "cache": cache_of(job.regime, cfg), "setting": job.regime.setting,
+        regimes.setdefault(job.regime.slug, {"title": job.regime.title, "teacher": job.regime.pick or store.teacher,
+                                             "data": store.data, "cache": cache_of(job.regime, cfg),
+                                             "source": job.source, "pick": job.regime.pick,
+                                             "setting": job.regime.setting,
                                              "compare_to": job.regime.compare_to})
     return regimes
 

@@ -30,11 +30,21 @@ class Store:
     data: str
     teacher: str
     flags: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()  # teachers added over the same views with ``extract --into`` (same --teacher-size)
+
+    @property
+    def teachers(self) -> tuple[str, ...]:
+        return (self.teacher, *self.added)
+
+    @property
+    def size_flags(self) -> tuple[str, ...]:
+        return tuple(self.flags[self.flags.index("--teacher-size"):][:2]) if "--teacher-size" in self.flags else ()
 
     @property
     def path(self) -> str:
-        size = self.flags[self.flags.index("--teacher-size") + 1] if "--teacher-size" in self.flags else ""
-        return default_cache(self.data, self.teacher).removesuffix(".zarr") + (f"-{size}px" if size else "") + ".zarr"
+        size = self.size_flags[1] if self.size_flags else ""
+        name = default_cache(self.data, "+".join(self.teachers)).removesuffix(".zarr")
+        return name + (f"-{size}px" if size else "") + ".zarr"
 
 
 # digits, efficientnet_lite2 at 128 px (its ImageNet probe on digits is within a point of 260 px), 8 views
@@ -56,6 +66,12 @@ class Regime:
     distill_flags: tuple[str, ...] = ()
     setting: str = "ssl"
     compare_to: str | None = None
+    pick: str | None = None  # distill --teacher: the teacher (or A,B,… ensemble) of a store holding several
+
+
+def source(cache: str, teacher: str | None = None) -> str:
+    """What a run distils from: a store, or one teacher choice of a store that holds several."""
+    return cache if teacher is None else f"{cache}#{teacher}"
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,13 @@ class Job:
     @property
     def key(self) -> str:
         return f"{self.regime.slug}/{self.variant.slug}"
+
+    @property
+    def source(self) -> str:
+        """:func:`source` of the argv's ``--cache`` and ``--teacher``."""
+        def value(flag: str) -> str | None:
+            return self.argv[self.argv.index(flag) + 1] if flag in self.argv else None
+        return source(value("--cache"), value("--teacher"))
 
 
 def names(text: str, table: dict, what: str) -> list:

@@ -288,7 +288,8 @@ def budget(summary: dict) -> dict:
     """Measured costs: this invocation, each extraction, every cited run's process time and the
     alignment measurements; from scratch ≈ extractions + Σ run time ÷ runs at a time + alignment."""
     runs = [s for r in summary["rows"].values() for s in r["wall_seconds"]]
-    extraction = {e["teacher"]: e["seconds"] for e in summary["extractions"].values()}
+    extraction = {e.get("store", e["teacher"]): e.get("store_seconds", e["seconds"])
+                  for e in summary["extractions"].values()}  # a store with several teachers counted once
     alignment = sum(s for r in summary["rows"].values() for s in r["alignment"].get("seconds", []))
     known = sum(s for s in extraction.values() if s is not None)
     return {"invocation_seconds": summary["invocation_seconds"], "extraction_seconds": extraction,
@@ -362,9 +363,48 @@ def epochs_run(summary: dict, regime: str) -> str:
     return "/".join(map(str, counts))
 
 
+def teacher_regimes(summary: dict) -> list[str]:
+    """The regimes that distil from one teacher choice of a store holding several (``pick``), in plan order."""
+    return [slug for slug, r in summary["regimes"].items() if r.get("pick")]
+
+
+def teachers_table(summary: dict) -> list[str]:
+    """One table over the teacher regimes: each method's accuracy per teacher choice, the teacher probe, and the
+    pre-registered customkd − kd difference per teacher; then each regime read against its ``compare_to``."""
+    slugs = teacher_regimes(summary)
+    if not slugs:
+        return []
+    regimes, rows = summary["regimes"], summary["rows"]
+    variants = list(dict.fromkeys(rows[k]["variant"] for k in rows if rows[k]["regime"] in slugs))
+    cell = {(r["regime"], r["variant"]): r for r in rows.values() if r["regime"] in slugs}
+    lines = ["| accuracy % | " + " | ".join(f"`{regimes[s]['teacher'].replace(',', ' + ')}`" for s in slugs) + " |",
+             "|---|" + "---|" * len(slugs)]
+    for v in variants:
+        lines.append(f"| {v} | " + " | ".join(
+            pct(cell[s, v]["accuracy_mean"], cell[s, v]["accuracy_std"]) if (s, v) in cell else "–" for s in slugs) + " |")
+    probes = [mean_std(regime_rows(summary, s)[0]["probe_accuracy"]) for s in slugs]
+    lines.append("| teacher probe | " + " | ".join(pct(m, sd) for m, sd in probes) + " |")
+    found = {(c["regime"], c["kind"], c["a"], c["b"]): c["accuracy"] for c in summary["comparisons"]}
+    lines.append("| customkd − kd (points, 95 % CI) | " + " | ".join(
+        f"{found[key]['mean']:+.1f} {interval(found[key])}" if (key := (s, "primary", f"{s}/customkd", f"{s}/kd"))
+        in found else "–" for s in slugs) + " |")
+    said = [f"`{regimes[c['regime']]['teacher']}` − `{regimes[rows[c['b']]['regime']]['teacher']}` with "
+            f"{rows[c['a']]['variant']}: {c['accuracy']['mean']:+.1f} points, {interval(c['accuracy'])} "
+            f"({outcome(c['accuracy'])}, Holm p {c['accuracy'].get('p_holm', float('nan')):.3f})"
+            for c in summary["comparisons"] if c["regime"] in slugs and rows[c["b"]]["regime"] != c["regime"]]
+    return [*lines, "", "Teacher against teacher, same views, seeds and labeled images (paired per seed; 95 % "
+            "intervals, Holm-corrected within each regime): " + "; ".join(said) + "." if said else "", ""]
+
+
 def headline(summary: dict) -> str:
     parts = []
-    for slug in summary["regimes"]:
+    teachers = teacher_regimes(summary)
+    if teachers:
+        parts += [f"**Teachers on one store** ({summary['regimes'][teachers[0]]['data']}, one view set, "
+                  f"{regime_setup(summary, teachers[0]).split('; ', 2)[2]}; mean ± sample std over "
+                  f"{plural(len(regime_rows(summary, teachers[0])[0]['seeds']), 'seed')}):", "",
+                  *teachers_table(summary)]
+    for slug in (s for s in summary["regimes"] if s not in teachers):
         rows = regime_rows(summary, slug)
         parts += [
             f"**{summary['regimes'][slug]['title']}**: {regime_setup(summary, slug)}; mean ± sample std over "
@@ -512,6 +552,10 @@ def render(summary: dict, cfg: ReportConfig) -> str:
     parts = [f"# Results{split}", "",
              f"{PAGE_MARK} (`customkd report`, customkd/report/) at {summary['generated']}; do not edit by hand._", "",
              *budget_section(summary), *preregistered_section(), *setup_section(summary)]
+    if teacher_regimes(summary):
+        parts += ["## Teachers on one store", "", "kd and customkd distilled from each teacher choice of one store "
+                  "(the same views, seeds and labeled images; an ensemble concatenates its teachers' features under "
+                  "one probe and one projector). Each choice's own section follows.", "", *teachers_table(summary)]
     for slug in summary["regimes"]:
         parts += regime_section(summary, slug)
     parts += [*figures_section(summary), *reproduce_section(summary, cfg)]

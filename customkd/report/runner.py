@@ -31,10 +31,6 @@ def cli_argv(*argv: str) -> list[str]:
     return [sys.executable, "-m", "customkd.cli", *argv]
 
 
-def job_cache(job: Job) -> str:
-    return job.argv[job.argv.index("--cache") + 1]
-
-
 def reusable(job: Job, fingerprint: dict) -> bool:
     """A finished run made by the same command, report version and store: it is not run again."""
     if not run_folder.exists(job.run_dir, run_folder.TIMING, run_folder.METRICS, run_folder.CONFIG):
@@ -95,7 +91,7 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, d
     """Run the jobs not already finished, ``parallel`` at a time, each with ``cores // parallel`` threads;
     returns how many ran. On any failure or signal the running children are stopped before this returns."""
     logs.mkdir(parents=True, exist_ok=True)
-    todo = [j for j in jobs if not reusable(j, extractions[job_cache(j)]["store_fingerprint"])]
+    todo = [j for j in jobs if not reusable(j, extractions[j.source]["store_fingerprint"])]
     ran = len(todo)
     log.info("%d runs planned, %d already finished, %d to run, %d at a time", len(jobs), len(jobs) - len(todo),
              len(todo), parallel)

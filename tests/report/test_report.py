@@ -379,3 +379,63 @@ def test_a_report_never_deletes_a_folder_in_its_way_that_distill_did_not_make(tm
     (job.run_dir / run_folder.CHECKPOINT).write_text("a run of another command")
     run_folder.remove_run(job.run_dir)
     assert not job.run_dir.exists()
+
+
+def test_the_teacher_regimes_distil_each_choice_of_one_store(tmp_path):
+    jobs = compare.plan(ReportConfig(out=tmp_path, regimes="teachers-lite0,teachers-lite2,teachers-ensemble").resolved())
+    assert len(jobs) == 3 * 2 * 5
+    store = "caches/digits-efficientnet_lite0+efficientnet_lite1+efficientnet_lite2-128px.zarr"
+    picks = {}
+    for job in jobs:
+        assert job.argv[job.argv.index("--cache") + 1] == store
+        assert job.argv[job.argv.index("--student") + 1] == "mobilenetv3_small_050"
+        picks.setdefault(job.regime.slug, set()).add(job.argv[job.argv.index("--teacher") + 1])
+        assert job.source == f"{store}#{job.argv[job.argv.index('--teacher') + 1]}"
+    assert picks == {"teachers-lite0": {"efficientnet_lite0"}, "teachers-lite2": {"efficientnet_lite2"},
+                     "teachers-ensemble": {"efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"}}
+    assert compare.REGIMES["teachers-ensemble"].compare_to == "teachers-lite2"
+    assert compare.REGIMES["teachers-lite2"].compare_to == "teachers-lite0"
+    assert compare.store_of(compare.REGIMES["teachers-lite0"], ReportConfig()).teachers == (
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+def test_a_store_of_two_teachers_is_extracted_once_and_read_per_choice(tiny_folder, tmp_path):
+    """The first teacher with --out, the second with --into; a record per teacher choice, each with its own store
+    fingerprint; the store's time counted once; a rerun remembers the times it measured."""
+    store = compare.Store(f"folder:{tiny_folder}", TINY_TEACHER, ("--views", "2"), added=("timm:test_vit2",))
+    cache = str(tmp_path / "two.zarr")
+    cfg = ReportConfig(out=tmp_path / "report", teacher_weights="random")
+    both = f"{TINY_TEACHER},timm:test_vit2"
+    records = compare.extract(store, cache, cfg, {TINY_TEACHER, "timm:test_vit2", both})
+    assert set(records) == {f"{cache}#{TINY_TEACHER}", f"{cache}#timm:test_vit2", f"{cache}#{both}"}
+    one, two, ensemble = (records[f"{cache}#{p}"] for p in (TINY_TEACHER, "timm:test_vit2", both))
+    assert len({json.dumps(r["store_fingerprint"], sort_keys=True) for r in (one, two, ensemble)}) == 3
+    assert ensemble["shape"][2] == one["shape"][2] + two["shape"][2]
+    assert "--into" in two["command"] and "--out" in one["command"] and ensemble["command"].count("customkd extract") == 2
+    assert ensemble["seconds"] == pytest.approx(one["seconds"] + two["seconds"], abs=0.11)
+    assert one["store_seconds"] == two["store_seconds"] == ensemble["seconds"]
+    assert "timed by this report" in two["measured"]
+    again = compare.extract(store, cache, cfg, {"timm:test_vit2"})[f"{cache}#timm:test_vit2"]
+    assert (again["seconds"], again["measured"]) == (two["seconds"], two["measured"])
+
+
+def test_the_teachers_table_reads_each_choice_and_each_teacher_against_the_last():
+    def row(regime: str, slug: str, acc: list[float]) -> dict:
+        return {"regime": regime, "variant": slug, "slug": slug, "method": slug, "seeds": [0, 1, 2], "accuracy": acc,
+                "balanced_accuracy": acc, "accuracy_mean": float(np.mean(acc)),
+                "accuracy_std": float(np.std(acc, ddof=1)), "probe_accuracy": [0.5, 0.5, 0.5]}
+
+    regimes = {"a": ("t0", None), "b": ("t2", "a")}
+    summary = {"regimes": {s: {"teacher": t, "pick": t, "compare_to": c, "data": "digits"}
+                           for s, (t, c) in regimes.items()},
+               "rows": {"a/kd": row("a", "kd", [0.50, 0.52, 0.54]), "a/customkd": row("a", "customkd", [0.51, 0.53, 0.55]),
+                        "b/kd": row("b", "kd", [0.60, 0.62, 0.64]), "b/customkd": row("b", "customkd", [0.60, 0.62, 0.64])}}
+    summary["comparisons"] = results_page.comparisons(summary)
+    lines = results_page.teachers_table(summary)
+    assert lines[0] == "| accuracy % | `t0` | `t2` |"
+    assert lines[2] == "| kd | 52.0 ± 2.0 | 62.0 ± 2.0 |"
+    assert lines[4] == "| teacher probe | 50.0 ± 0.0 | 50.0 ± 0.0 |"
+    assert lines[5] == "| customkd − kd (points, 95 % CI) | +1.0 [+1.0, +1.0] | +0.0 [+0.0, +0.0] |"
+    assert "`t2` − `t0` with kd: +10.0 points" in lines[7] and "`t2` − `t0` with customkd: +9.0 points" in lines[7]
+    assert results_page.teachers_table({**summary, "regimes": {s: {**r, "pick": None} for s, r in
+                                                                summary["regimes"].items()}}) == []
