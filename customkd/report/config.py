@@ -107,7 +107,7 @@ def _split(value: str | tuple | list) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else tuple(value)
 
 
-COMPARE_OWNS = {"--cache", "--method", "--seed", "--out", "--resume", "--config"}  # distill flags set per run
+COMPARE_OWNS = {"--cache", "--teacher", "--method", "--seed", "--out", "--resume", "--config"}  # set per run
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,8 @@ class CompareConfig:
 
     cache: str | None = option(
         None, "The store to compare methods on (made by customkd extract).")
+    teacher: str | None = option(
+        None, "The store's teacher to distil from, or A,B,… for their ensemble (required when it holds several).")
     methods: tuple[str, ...] = option(
         ("kd", "customkd"), "Comma-separated methods: student, fitnet, kd, kd+fitnet, dkd, customkd, customkd+kd, customkd+dkd, or an ablation of the report (customkd-random-head, customkd-random-trained, customkd-no-specific).")
     seeds: tuple[int, ...] = option(
@@ -178,5 +180,5 @@ class CompareConfig:
             raise UserError(f"--extra {self.extra!r} cannot be split like a shell line ({exc})") from None
         owned = sorted(flags & COMPARE_OWNS)
         if owned:
-            raise UserError(f"--extra cannot set {owned[0]}: compare sets it for each run (use --cache, --methods, "
-                            "--seeds and --out)")
+            raise UserError(f"--extra cannot set {owned[0]}: compare sets it for each run (use --cache, --teacher, "
+                            "--methods, --seeds and --out)")

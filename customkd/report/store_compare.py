@@ -76,9 +76,9 @@ def check_places(cfg: CompareConfig) -> None:
 
 
 def setup_flags(cfg: CompareConfig) -> tuple[str, ...]:
-    """The setting and label budget, only as given: what is not given is distill's default."""
+    """The teacher choice, setting and label budget, only as given: what is not given is distill's default."""
     flags = []
-    for flag, value in (("--setting", cfg.setting), ("--labels-per-class", cfg.labels_per_class),
+    for flag, value in (("--teacher", cfg.teacher), ("--setting", cfg.setting), ("--labels-per-class", cfg.labels_per_class),
                         ("--label-fraction", cfg.label_fraction)):
         if value is not None:
             flags += [flag, str(value)]
@@ -168,16 +168,17 @@ def compare(cfg: CompareConfig | None = None, /, **settings) -> dict:
         raise UserError("pass either a CompareConfig or keyword settings, not both")
     started = time.perf_counter()
     check_places(cfg)
-    store = store_record(cfg.cache)
+    store = store_record(cfg.cache, cfg.teacher)
     jobs = plan(cfg, store)
+    source = jobs[0].source  # the store, or one teacher choice of it
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json(cfg.out / MARK, {"command": command_line(cfg), **{k: str(v) if isinstance(v, Path) else v
                                                                  for k, v in dataclasses.asdict(cfg).items()}})
-    ran = run_all(jobs, cfg.parallel, cfg.out / "logs", {cfg.cache: store})
+    ran = run_all(jobs, cfg.parallel, cfg.out / "logs", {source: store})
     regime = {"title": title(store), "teacher": store["teacher"], "data": store["data"], "cache": cfg.cache,
-              "setting": cfg.setting, "compare_to": None}
+              "source": source, "setting": cfg.setting, "compare_to": None}
     wanted = pairs(jobs, cfg.baseline)
-    summary = summarize(jobs, {cfg.cache: store}, {}, {REGIME: regime}, cfg.eval_split,
+    summary = summarize(jobs, {source: store}, {}, {REGIME: regime}, cfg.eval_split,
                         lambda s: comparisons(s, wanted))
     summary["regimes"][REGIME]["setting"] = summary["regimes"][REGIME]["config"]["setting"]  # as the runs used it
     figure_dir = cfg.out / "results"

@@ -157,3 +157,26 @@ def test_the_library_entry_takes_a_config_or_keywords(tiny_store, tmp_path):
     assert [j.argv for j in jobs] == [
         ("distill", "--cache", str(tiny_store), "--method", m, "--seed", "3", "--workers", "1", "--out",
          str(tmp_path / "o" / "runs" / m / "seed3")) for m in ("kd", "customkd")]
+
+
+def test_compare_distils_the_teacher_choice_of_a_store_with_several(tiny_store, tmp_path):
+    import shutil
+
+    from customkd.featcache.extract import ExtractConfig, extract
+
+    store = tmp_path / "two.zarr"
+    shutil.copytree(tiny_store, store)
+    extract(ExtractConfig(teacher="timm:test_vit2", into=str(store), weights="random", workers=0, teacher_size=32))
+    base = ["compare", "--cache", str(store), "--methods", "student,kd", "--seeds", "0", "--student", TINY_STUDENT,
+            "--epochs", "1", "--min-steps", "0", "--image-size", "32", "--labels-per-class", "2"]
+    unchosen = customkd(*base, "--out", str(tmp_path / "none"), timeout=300)
+    one_error_line(unchosen, "holds 2 teachers")
+    assert not (tmp_path / "none").exists()
+    sneaked = customkd(*base, "--out", str(tmp_path / "x"), "--extra=--teacher timm:test_vit", timeout=300)
+    one_error_line(sneaked, "--extra cannot set --teacher")
+    done = customkd(*base, "--teacher", "timm:test_vit,timm:test_vit2", "--out", str(tmp_path / "both"), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((tmp_path / "both" / "runs" / "kd" / "seed0" / "config.json").read_text())
+    assert config["teachers"] == "timm:test_vit,timm:test_vit2"
+    assert "--teacher timm:test_vit,timm:test_vit2" in json.loads(
+        (tmp_path / "both" / "results" / "summary.json").read_text())["command"]
