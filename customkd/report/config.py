@@ -13,7 +13,7 @@ from customkd.featcache.config import ExtractConfig
 from customkd.trainer.config import EVAL_SPLITS
 
 _EXTRACT = ExtractConfig()  # the report's defaults are extract's and distill's own
-DEFAULT_REGIMES = "headroom,pretrained,main"
+DEFAULT_REGIMES = "headroom,pretrained,main,teachers-lite0,teachers-lite2,teachers-ensemble"
 DEFAULT_SEEDS = "0,1,2,3,4"
 LABEL_FRACTION = 0.1  # the label budget of the regimes that name none (SSL with scarce labels)
 

@@ -189,7 +189,8 @@ def test_the_default_plan_covers_every_regime_with_five_seeds(tmp_path):
              "customkd-random-head", "customkd-random-trained", "customkd-no-specific")
     assert {f"{regime}/{v}" for regime in ("headroom", "pretrained") for v in every} <= keys
     assert {"main/student", "main/kd", "main/customkd", "main/customkd+kd"} <= keys
-    assert len(jobs) == 5 * (11 + 11 + 4)
+    assert {f"teachers-{t}/{v}" for t in ("lite0", "lite2", "ensemble") for v in ("kd", "customkd")} <= keys
+    assert len(jobs) == 5 * (11 + 11 + 4 + 3 * 2)
     by_key = {(job.key, job.seed): job.argv for job in jobs}
     pretrained = " ".join(by_key["pretrained/customkd", 0])
     assert "--student efficientnet_lite0 --student-pretrained" in pretrained
