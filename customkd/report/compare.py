@@ -133,7 +133,7 @@ def store_state(cache: str) -> str:
 
     if not fs.store_exists(cache):
         return "absent"
-    return "complete" if fs.read_status(fs.open_store(cache), cache) == fs.STATUS_COMPLETE else "partial"
+    return "complete" if fs.Store.open(cache).status == fs.STATUS_COMPLETE else "partial"
 
 
 def extract(store: Store, cache: str, cfg: ReportConfig) -> dict:
