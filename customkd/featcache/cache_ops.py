@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from customkd.common.errors import UserError
-from customkd.common.files import check_new_file, check_new_place, writing_new_file
+from customkd.common.files import check_new_file, writing_new_file
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
 from customkd.featcache.datasets import DatasetListing, load_listing
@@ -27,31 +27,25 @@ from customkd.featcache.schema import (
     ManifestError,
     TeacherEntry,
 )
+from customkd.featcache.storage import storage_for
 from customkd.featcache.views import view_problem
 
 log = logging.getLogger(__name__)
 
 
-def _size_on_disk(path: str) -> int:
-    if where.is_remote(path):
-        return where.size_bytes(path)  # one listing instead of a stat per object
-    return sum(p.stat().st_size for p in where.location(path).rglob("*") if p.is_file())
-
-
 def store_info(path: str) -> dict:
     """The manifest summary, shards done, size on disk; ``manifest`` as stored (for ``--json``) and the
     fingerprint ``components``. Of a store still being created only the status is known."""
-    group = fs.open_store(path)
-    creating = fs.read_status(group, path) == fs.STATUS_CREATING
-    manifest = None if creating else fs.read_manifest(group, path)
+    opened = fs.Store.open(path)
+    group, manifest = opened.group, opened.manifest
     if manifest is None:
         summary = {"status": fs.STATUS_CREATING,
                    "shards_done": "none (creation was interrupted; rerun the extract command)"}
     else:
         done = np.asarray(group["done"][:])
         summary = {**fs.manifest_summary(manifest), **label_summary(group, manifest),
-                   "shards_done": f"{int(done.sum())}/{len(done)}", **teacher_summary(group, manifest, path)}
-    summary["size_on_disk"] = f"{_size_on_disk(path) / 2**20:.1f} MiB"
+                   "shards_done": f"{int(done.sum())}/{len(done)}", **teacher_summary(opened)}
+    summary["size_on_disk"] = f"{opened.storage.size_bytes() / 2**20:.1f} MiB"
     summary["created"] = manifest.created if manifest else None
     summary["manifest"] = fs.read_attrs(group)
     summary["components"] = {name: part.body for name, part in manifest.fingerprint.components().items()} \
@@ -61,11 +55,11 @@ def store_info(path: str) -> dict:
     return summary
 
 
-def teacher_summary(group, manifest: Manifest, path: str) -> dict[str, str]:
+def teacher_summary(opened: fs.Store) -> dict[str, str]:
     """One line per teacher: D, input size, tap, precision, status, shards done and the bytes of its arrays."""
-    objects = fs.list_objects(path)
+    group, objects = opened.group, opened.list_objects()
     summary = {}
-    for teacher in manifest.teachers:
+    for teacher in opened.manifest.teachers:
         arrays = [teacher.array(name) for name in TEACHER_ARRAYS]
         nbytes = sum(size for key, size in objects.items() if key.split("/", 1)[0] in arrays)
         done = np.asarray(group[teacher.array("teacher_done")][:])
@@ -161,11 +155,10 @@ def verify_store(path: str, data: str | None = None, teacher_check: int = 0, wei
     labels/domains/splits against the dataset listing; ``teacher_check`` views re-run per teacher."""
     if teacher_check < 0:
         raise UserError(f"--teacher-check must be >= 0 (0 = off), got {teacher_check}")
-    group = fs.open_store(path)
-    status = fs.read_status(group, path)
-    if status != fs.STATUS_COMPLETE:
-        return [f"status is {status!r}, not complete; rerun the extract command to finish it"]
-    manifest = fs.read_manifest(group, path)
+    opened = fs.Store.open(path)
+    if opened.status != fs.STATUS_COMPLETE:
+        return [f"status is {opened.status!r}, not complete; rerun the extract command to finish it"]
+    group, manifest = opened.group, opened.manifest
     if teacher is not None:
         if manifest.teacher(teacher) is None:
             raise UserError(f"cache {where.display(path)} has no teacher {teacher!r}; its teachers: "
@@ -174,8 +167,7 @@ def verify_store(path: str, data: str | None = None, teacher_check: int = 0, wei
     listing = load_listing(data or manifest.data_spec)
     if len(listing) != manifest.n_samples:  # N is bounded by the listing before anything N-sized is read
         return compare_listing(listing, manifest).problems()
-    problems = _unfinished(manifest) + store_problems(group, path, manifest) + _dataset_problems(group, manifest,
-                                                                                                  listing)
+    problems = _unfinished(manifest) + store_problems(opened, manifest) + _dataset_problems(group, manifest, listing)
     for entry in manifest.teachers if teacher_check > 0 and not problems else ():
         cosine, detail = recheck_teacher(group, manifest, entry, teacher_check, weights, data)
         log.info("teacher check of %s: min cosine %.6f over %d views", entry.name, cosine, teacher_check)
@@ -226,14 +218,14 @@ def recheck_teacher(group, manifest: Manifest, entry: TeacherEntry, n: int, weig
     return float(torch.nn.functional.cosine_similarity(fresh, cached, dim=1).min()), ""
 
 
-def store_problems(group, path: str, manifest: Manifest | None = None) -> list[str]:
+def store_problems(opened: fs.Store, manifest: Manifest | None = None) -> list[str]:
     """What ``cache verify`` finds in the store itself, without the dataset: every object present and whole, every
     shard readable, finite features and drawable views for valid samples, every shard done — of every teacher, or
     of those ``manifest`` (:meth:`Manifest.for_teachers`) keeps."""
-    manifest = manifest or fs.read_manifest(group, path)
+    manifest = manifest or opened.manifest
     arrays = set(manifest.arrays())
-    missing = [p for p in fs.chunk_problems(group, path) if p.split(":", 1)[0].removeprefix("array ") in arrays]
-    return missing + _read_problems(group, manifest)
+    missing = [p for p in opened.chunk_problems() if p.split(":", 1)[0].removeprefix("array ") in arrays]
+    return missing + _read_problems(opened.group, manifest)
 
 
 def _refuse_problems(what: str, problems: list[str], advice: str) -> None:
@@ -248,9 +240,9 @@ def export_h5(path: str, h5_path: str) -> None:
     import h5py
 
     check_new_file(h5_path, "--h5", "store.h5")  # also refuses a file inside the store (or any store)
-    group = fs.open_complete_store(path)
-    manifest = fs.read_manifest(group, path)
-    _refuse_problems(f"cache {where.display(path)} is damaged", store_problems(group, path),
+    opened = fs.Store.open_complete(path)
+    group, manifest = opened.group, opened.manifest
+    _refuse_problems(f"cache {where.display(path)} is damaged", store_problems(opened),
                      f"nothing was exported: run `customkd cache verify {path}`, then copy it again or re-extract it")
     _refuse_problems(f"cache {where.display(path)} is not finished", _unfinished(manifest),
                      "nothing was exported")
@@ -269,11 +261,11 @@ def _first_line(exc: BaseException) -> str:
 
 def _replace_unfinished_import(path: str, manifest: Manifest) -> None:
     """Refuse an existing destination, unless it is an interrupted import of this same store (then start over)."""
-    taken = where.is_occupied(path) if where.is_remote(path) else where.location(path).exists()
+    taken = storage_for(path).is_taken()
     if not (fs.store_exists(path) or taken):
         return
     try:
-        stored = fs.read_manifest(fs.open_store(path), path) if fs.store_exists(path) else None
+        stored = fs.Store.open(path).stored_manifest() if fs.store_exists(path) else None
     except UserError:
         stored = None
     same = stored is not None and not stored.fingerprint.diff(manifest.fingerprint)
@@ -344,8 +336,7 @@ def import_h5(h5_path: str, path: str) -> None:
     """Rebuild a Zarr store from an HDF5 export (same layout, attrs last). The file is checked like a store before
     anything is written, and the new store like ``verify`` checks one before it is marked complete; a store that
     fails is deleted again."""
-    if not where.is_remote(path):
-        check_new_place(where.to_local(path), "cache import")
+    storage_for(path).check_new_place("cache import")
     with _open_h5(h5_path) as h5:
         manifest = _h5_manifest(h5, h5_path)
         if not manifest.writable:

@@ -17,7 +17,6 @@ from pathlib import Path
 from customkd.common import distributed
 from customkd.common.devices import resolve_device, resolve_precision
 from customkd.common.errors import UserError
-from customkd.common.files import check_new_place
 from customkd.common.provenance import library_versions
 from customkd.featcache import location as where
 from customkd.featcache import store as fs
@@ -36,6 +35,7 @@ from customkd.featcache.schema import (
     parse_data_spec,
     shard_size_for,
 )
+from customkd.featcache.storage import storage_for
 from customkd.featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS
 
 log = logging.getLogger(__name__)
@@ -111,18 +111,18 @@ def _prepare_store(cfg: ExtractConfig, manifest: Manifest, per_sample: dict):
         fs.check_removable(out)  # before anything says the store is being replaced
     if fs.store_exists(out):
         try:
-            group = fs.open_store(out, mode="r+")
+            opened = fs.Store.open(out, mode="r+")
         except UserError:
             if not cfg.overwrite:
                 raise
             log.warning("replacing store %s, which cannot be used as it is (--overwrite)", name)
             fs.delete_store(out)
             return _create(cfg, out, manifest, per_sample), False
-        if fs.read_status(group, out) == fs.STATUS_CREATING:  # killed while creating: nothing written yet
+        if opened.status == fs.STATUS_CREATING:  # killed while creating: nothing written yet
             log.warning("store %s was interrupted while being created; creating it again", name)
             fs.delete_store(out)
             return fs.create_store(out, manifest, per_sample), False
-        stored = fs.read_manifest(group, out)
+        group, stored = opened.group, opened.manifest
         differs = _first_teacher(stored).diff(_first_teacher(manifest))
         complete = stored.status == fs.STATUS_COMPLETE
         if differs == ["schema"] and complete and not stored.writable and not cfg.overwrite:
@@ -154,10 +154,10 @@ def _create(cfg: ExtractConfig, out, manifest: Manifest, per_sample: dict):
 
 
 def _open_everywhere(cfg: ExtractConfig, env: distributed.DistEnv, manifest: Manifest, per_sample: dict):
-    """Rank 0 creates, resumes or refuses the store; then every rank opens it. Returns (group, complete)."""
+    """Rank 0 creates, resumes or refuses the store; then every rank opens it. Returns (store, complete)."""
     complete = distributed.on_main(env, lambda: _prepare_store(cfg, manifest, per_sample)[1])
     distributed.barrier(env)
-    return fs.open_store(where.location(cfg.out), mode="r+"), complete
+    return fs.Store.open(where.location(cfg.out), mode="r+"), complete
 
 
 def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> ExtractResult:
@@ -178,8 +178,7 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     if fs.is_foreign(cfg.out):  # before loading anything; also refuses a URL that carries credentials
         raise UserError(f"{where.display(cfg.out)} exists and is not a customkd store; choose another --out "
                         "(nothing was touched)")
-    if not where.is_remote(cfg.out):
-        check_new_place(where.to_local(cfg.out), "--out")
+    storage_for(cfg.out).check_new_place("--out")
     spec = "|".join([with_kind(cfg.data), *(unlabeled_spec(u) for u in cfg.unlabeled)])
     _check_data_outside_out(spec, cfg.out)
     listing = load_listing(spec)
@@ -193,13 +192,13 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     manifest = build_manifest(listing, build_fingerprint(listing, cfg, layout), entry, layout, cfg, started)
     _check_readable(manifest)
     per_sample = listing_arrays(listing)
-    group, complete = _open_everywhere(cfg, env, manifest, per_sample)
+    opened, complete = _open_everywhere(cfg, env, manifest, per_sample)
     shape = (layout.n_samples, layout.n_views, layout.feature_dim)
     if complete:
         log.info("store %s is already complete with the same fingerprint: nothing to do", where.display(cfg.out))
         return ExtractResult(cfg.out, "unchanged", shape, 0, 0.0)
 
-    entry = fs.read_manifest(group, cfg.out).teachers[0]
+    group, entry = opened.group, opened.manifest.teachers[0]
     pending = fs.pending_shards(group, entry)
     bad = extract_shards(group, teacher, entry, device, cfg, layout, listing, per_sample["sample_key"], pending, env,
                          precision, observe)

@@ -37,15 +37,15 @@ CHANGED_IMAGES_ADVICE = ("The store's views are replayed on the very images it w
                          "images, or extract a new store with --out")
 
 
-def _open_extendable(path: str, mode: str = "r") -> tuple[object, Manifest]:
+def _open_extendable(path: str, mode: str = "r") -> fs.Store:
     """The store to add a teacher to: complete (its view set) and of this schema version."""
-    group = fs.open_complete_store(path) if mode == "r" else fs.open_store(path, mode=mode)
-    manifest = fs.read_manifest(group, path)
+    opened = fs.Store.open_complete(path) if mode == "r" else fs.Store.open(path, mode=mode)
+    manifest = opened.stored_manifest()
     if not manifest.writable:
         raise UserError(f"cache {where.display(path)} has store schema version {manifest.schema_version}, which "
                         "holds one teacher and is read-only here; extract it again with this customkd (`customkd "
                         "extract ... --out NEW`) to add teachers to it")
-    return group, manifest
+    return opened
 
 
 def _check_rows(listing: DatasetListing, manifest: Manifest, group, path: str) -> None:
@@ -80,7 +80,8 @@ def _slot_for(cfg: ExtractConfig, manifest: Manifest, wanted: TeacherEntry) -> t
 
 def _prepare(cfg: ExtractConfig, wanted: TeacherEntry) -> str:
     """Rank 0: list the teacher in the store (or find it there); ``unchanged`` when it is complete already."""
-    group, manifest = _open_extendable(cfg.into, mode="r+")
+    opened = _open_extendable(cfg.into, mode="r+")
+    group, manifest = opened.group, opened.stored_manifest()
     slot, create = _slot_for(cfg, manifest, wanted)
     existing = manifest.teacher(wanted.name)
     if not create and existing.status == fs.STATUS_COMPLETE:
@@ -102,7 +103,8 @@ def extract_into(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Ex
 
     started = dt.datetime.now(dt.UTC)
     path = cfg.into
-    group, manifest = _open_extendable(path)
+    opened = _open_extendable(path)
+    group, manifest = opened.group, opened.manifest
     listing = load_listing(manifest.data_spec)
     _check_rows(listing, manifest, group, path)
     device = resolve_device(cfg.device)
@@ -116,8 +118,8 @@ def extract_into(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Ex
     if state == "unchanged":
         log.info("store %s already has teacher %s complete: nothing to do", where.display(path), wanted.name)
         return ExtractResult(path, "unchanged", shape, 0, 0.0)
-    group = fs.open_store(where.location(path), mode="r+")
-    manifest = fs.read_manifest(group, path)
+    opened = fs.Store.open(where.location(path), mode="r+")
+    group, manifest = opened.group, opened.stored_manifest()
     entry = manifest.teacher(wanted.name)
     stored = StoredViews(np.asarray(group["views"][:]), np.asarray(group["content_hash"][:]),
                          np.asarray(group["valid"][:]).astype(bool))

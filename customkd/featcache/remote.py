@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from customkd.common.errors import UserError, printable
-from customkd.common.files import atomic_path, check_new_place
+from customkd.common.files import atomic_path
 from customkd.featcache import store
 from customkd.featcache.fingerprint import Fingerprint, fingerprint_diff
 from customkd.featcache.location import (
@@ -32,14 +32,13 @@ from customkd.featcache.location import (
     exists,
     filesystem,
     is_occupied,
-    is_remote,
     objects_under,
     read_json,
     redact,
     storage_errors,
-    to_local,
 )
 from customkd.featcache.schema import STATUS_COMPLETE, Manifest
+from customkd.featcache.storage import storage_for
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +159,9 @@ def _destination_state(dest: str | Path, source: Manifest) -> str:
     added to the source since) or ``"empty"``; refuses the rest."""
     name = redact(dest)
     fingerprint = source.fingerprint
-    if not is_remote(dest):
-        check_new_place(to_local(dest), "destination")
+    storage_for(dest).check_new_place("destination")
     if store.store_exists(dest):
-        stored = store.read_manifest(store.open_store(dest), dest)
+        stored = store.Store.open(dest).stored_manifest()
         differs = stored.fingerprint.diff(fingerprint)
         if differs:
             raise UserError(f"{name} already holds a store with a different {', '.join(differs)}; a complete store "
@@ -183,22 +181,22 @@ def _destination_state(dest: str | Path, source: Manifest) -> str:
     return "empty"
 
 
-def _verify_copy(source_group, dest: str | Path) -> None:
+def _verify_copy(opened: store.Store, dest: str | Path) -> None:
     """Re-open the destination as a reader would; its fingerprint and array shapes must equal the source's."""
-    copy = store.open_complete_store(dest)
-    source, copied = store.read_manifest(source_group), store.read_manifest(copy, dest)
-    problems = [f"fingerprint component {c}" for c in copied.fingerprint.diff(source.fingerprint)]
-    problems += [f"teacher {t.name}" for t in source.teachers
-                 if copied.teacher(t.name) is None or copied.teacher(t.name).component != t.component]
-    for name in sorted(source_group.array_keys()):
-        if name not in copy or copy[name].shape != source_group[name].shape:
+    copied = store.Store.open_complete(dest)
+    source = opened.manifest
+    problems = [f"fingerprint component {c}" for c in copied.manifest.fingerprint.diff(source.fingerprint)]
+    problems += [f"teacher {t.name}" for t in source.teachers if copied.manifest.teacher(t.name) is None
+                 or copied.manifest.teacher(t.name).component != t.component]
+    for name in sorted(opened.group.array_keys()):
+        if name not in copied.group or copied.group[name].shape != opened.group[name].shape:
             problems.append(f"array {name}")
     if problems:
         raise UserError(f"the copy at {redact(dest)} differs from its source ({', '.join(problems)}); delete it and "
                         "copy again")
 
 
-def _plan(source: str | Path, dest: str | Path, objects: dict[str, int], group) -> dict[str, int]:
+def _plan(source: str | Path, dest: str | Path, objects: dict[str, int], opened: store.Store) -> dict[str, int]:
     """The objects to copy (key → size): the store's own, each checked to land inside ``dest`` and to be no larger
     than the manifest allows, before anything is written. Other objects are not part of the store and stay behind."""
     for key in sorted(objects):
@@ -206,7 +204,7 @@ def _plan(source: str | Path, dest: str | Path, objects: dict[str, int], group) 
             raise UserError(f"{redact(source)} holds the object key {key!r}, which would be written outside "
                             f"{redact(dest)}; refused (nothing was written): the source is damaged or hostile, "
                             "get the store from someone you trust")
-    limits = {key: most for key, (_, most) in store.object_limits(group, store.read_manifest(group)).items()}
+    limits = {key: most for key, (_, most) in store.object_limits(opened.group, opened.manifest).items()}
     for key, size in sorted(objects.items()):
         if size > limits.get(key, size):
             raise UserError(f"object {key} of {redact(source)} is {size} bytes, more than the {limits[key]} its "
@@ -219,14 +217,14 @@ def _plan(source: str | Path, dest: str | Path, objects: dict[str, int], group) 
 
 
 def _send_data(source: str | Path, dest: str | Path, state: str, fingerprint: Fingerprint,
-               group) -> tuple[dict[str, int], list[str]]:
+               opened: store.Store) -> tuple[dict[str, int], list[str]]:
     """Every object of the store but the root ``zarr.json``, skipping those already there with the same size.
 
     Returns (source object sizes, names copied); raises unless every object arrived with its size."""
     src, src_root = filesystem(source)
     dst, dst_root = filesystem(dest)
     with storage_errors(source):
-        objects = _plan(source, dest, objects_under(src, src_root), group)
+        objects = _plan(source, dest, objects_under(src, src_root), opened)
     with storage_errors(dest):
         present = objects_under(dst, dst_root)
         if state == "empty":  # claim the destination for this fingerprint before the first data object
@@ -244,7 +242,7 @@ def _send_data(source: str | Path, dest: str | Path, state: str, fingerprint: Fi
     return objects, todo
 
 
-def _send_root(source: str | Path, dest: str | Path, group, size: int) -> int:
+def _send_root(source: str | Path, dest: str | Path, opened: store.Store, size: int) -> int:
     """The root ``zarr.json`` (status complete, ``size`` bytes as listed) last, then the check; a copy failing it
     loses its root again."""
     src, src_root = filesystem(source)
@@ -256,7 +254,7 @@ def _send_root(source: str | Path, dest: str | Path, group, size: int) -> int:
         before = dst.cat_file(f"{dst_root}/{ROOT_METADATA}") if dst.exists(f"{dst_root}/{ROOT_METADATA}") else None
         _write_last(dst, f"{dst_root}/{ROOT_METADATA}", root)
     try:
-        _verify_copy(group, dest)
+        _verify_copy(opened, dest)
     except UserError:
         with storage_errors(dest):
             if before is None:
@@ -272,14 +270,14 @@ def _send_root(source: str | Path, dest: str | Path, group, size: int) -> int:
 
 def copy_store(source: str | Path, dest: str | Path) -> CopyResult:
     """Copy a complete store between any two locations: data first, root ``zarr.json`` last, then verify."""
-    group = store.open_complete_store(source)
-    manifest = store.read_manifest(group, source)
+    opened = store.Store.open_complete(source)
+    manifest = opened.manifest
     fingerprint = manifest.fingerprint
     state = _destination_state(dest, manifest)
     if state == "complete":
-        _verify_copy(group, dest)
+        _verify_copy(opened, dest)
         log.info("%s already holds this store, complete: nothing to copy", redact(dest))
         return CopyResult(redact(source), redact(dest), "unchanged", 0, 0, 0)
-    objects, todo = _send_data(source, dest, state, fingerprint, group)
-    nbytes = sum(objects[n] for n in todo) + _send_root(source, dest, group, objects[ROOT_METADATA])
+    objects, todo = _send_data(source, dest, state, fingerprint, opened)
+    nbytes = sum(objects[n] for n in todo) + _send_root(source, dest, opened, objects[ROOT_METADATA])
     return CopyResult(redact(source), redact(dest), "copied", len(todo) + 1, len(objects) - 1 - len(todo), nbytes)

@@ -7,22 +7,21 @@ Writes are whole shards; a shard's ``done`` flag is written after its data, and 
 ``complete`` only when every flag is set. This module is shared by both processes and imports no
 teacher code.
 
-A store location is a local path or a URL (``s3://…``, ``gs://…``, ``file://…``); remote ones go
-through :mod:`featcache.location` (fsspec), and messages show them redacted.
+A store location is a local path or a URL (``s3://…``, ``gs://…``, ``file://…``); :mod:`featcache.storage` is the
+strategy for each kind (remote ones go through :mod:`featcache.location`, fsspec), and messages show them redacted.
+Readers open a :class:`Store` once: it holds the validated manifest, and its :meth:`Store.reader` the manifest as
+the chosen teachers see it and the identity that tells a replaced store.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import itertools
 import json
 import math
-import os
-import re
-import shutil
-import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 
 from customkd.common.errors import UserError
 from customkd.featcache import location as where
+from customkd.featcache.listing import Listing, ListingDiff, compare_listing
 from customkd.featcache.location import display
 from customkd.featcache.schema import (
     ARRAYS,
@@ -48,8 +48,8 @@ from customkd.featcache.schema import (
     TeacherEntry,
     check_header,
     only_teachers,
-    spec_name,
 )
+from customkd.featcache.storage import Storage, storage_for
 
 
 def _codecs(layout: Layout) -> list:
@@ -59,27 +59,23 @@ def _codecs(layout: Layout) -> list:
     return [ZstdCodec(level=3), Crc32cCodec()] if layout.compress else [Crc32cCodec()]
 
 
-def _storage_errors(path: str | Path):
-    """Remote I/O failures become one-line UserErrors; local ones keep their usual exceptions."""
-    return where.storage_errors(path) if where.is_remote(path) else contextlib.nullcontext()
+def _zarr_group(storage: Storage, mode: str):
+    import zarr
+
+    return zarr.open_group(store=storage.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
 
 
 def open_group(path: str | Path, mode: str):
+    """The store's Zarr group as it is, unchecked (benchmarks of a store they made); readers use :class:`Store`."""
+    storage = storage_for(path)
+    with storage.errors():
+        return _zarr_group(storage, mode)
+
+
+def _create_group(storage: Storage, attributes: dict):
     import zarr
 
-    if where.is_remote(path):
-        with where.storage_errors(path):
-            return zarr.open_group(store=where.zarr_store(str(path), read_only=mode == "r"), mode=mode,
-                                   zarr_format=3)
-    return zarr.open_group(str(where.to_local(path)), mode=mode, zarr_format=3)
-
-
-def _create_group(path: str | Path, attributes: dict):
-    import zarr
-
-    if where.is_remote(path):
-        return zarr.create_group(where.zarr_store(str(path), read_only=False), zarr_format=3, attributes=attributes)
-    return zarr.create_group(str(where.to_local(path)), zarr_format=3, attributes=attributes)
+    return zarr.create_group(storage.zarr_store(read_only=False), zarr_format=3, attributes=attributes)
 
 
 def create_store(path: str | Path, manifest: Manifest, per_sample: dict[str, np.ndarray]):
@@ -89,8 +85,9 @@ def create_store(path: str | Path, manifest: Manifest, per_sample: dict[str, np.
     arrays are written does it become ``in_progress`` (resumable). A kill in between leaves a
     store that the next run recognises as safe to recreate.
     """
-    with _storage_errors(path):
-        return _create_arrays(path, manifest, per_sample)
+    storage = storage_for(path)
+    with storage.errors():
+        return _create_arrays(storage, manifest, per_sample)
 
 
 def _array_options(layout: Layout, name: str) -> dict:
@@ -111,8 +108,8 @@ def _create_array(group, stored: str, name: str, layout: Layout) -> None:
                        **_array_options(layout, name))
 
 
-def _create_arrays(path: str | Path, manifest: Manifest, per_sample: dict[str, np.ndarray]):
-    group = _create_group(path, {ATTRS_KEY: manifest.with_status(STATUS_CREATING).to_attrs()})
+def _create_arrays(storage: Storage, manifest: Manifest, per_sample: dict[str, np.ndarray]):
+    group = _create_group(storage, {ATTRS_KEY: manifest.with_status(STATUS_CREATING).to_attrs()})
     for stored, (name, layout) in manifest.arrays().items():
         _create_array(group, stored, name, layout)
     for name, values in per_sample.items():
@@ -131,12 +128,7 @@ def remove_partials(path: str | Path) -> int:
     """Delete temporary ``*.partial`` files a killed writer left (zarr writes temp file + rename).
 
     Local stores only: object stores write each object in one PUT and leave no temp files."""
-    if where.is_remote(path):
-        return 0
-    stray = list(Path(where.to_local(path)).rglob("*.partial"))
-    for file in stray:
-        file.unlink(missing_ok=True)
-    return len(stray)
+    return storage_for(path).remove_partials()
 
 
 def read_attrs(group) -> dict:
@@ -157,7 +149,7 @@ def _manifest_error(path: str | Path | None, exc: ManifestError) -> UserError:
 
 
 def _local_root(path: str | Path | None) -> Path | None:
-    return None if path is None or where.is_remote(path) else Path(where.to_local(path)).resolve()
+    return None if path is None else storage_for(path).resolved_root()
 
 
 def read_status(group, path: str | Path | None = None) -> str:
@@ -183,72 +175,20 @@ def set_status(group, status: str) -> None:
 
 
 def store_exists(path: str | Path) -> bool:
-    if where.is_remote(path):
-        return where.exists(path, where.ROOT_METADATA)
-    return (Path(where.to_local(path)) / "zarr.json").is_file()
+    return storage_for(path).exists()
 
 
 def is_foreign(path: str | Path) -> bool:
     """Something is at ``path`` that is not a customkd store: writers must leave it alone.
 
     An empty directory is not foreign (nothing to lose); a half-copied store is (no manifest yet)."""
-    if where.is_remote(path):
-        return not store_exists(path) and where.is_occupied(path)
-    p = Path(where.to_local(path))
-    return p.exists() and not store_exists(p) and (p.is_file() or any(p.iterdir()))
-
-
-# What a store consists of, by relative path: the root and array ``zarr.json``, chunk folders ``ARRAY/c/0/…`` of
-# numbered objects, zarr's temporary ``NAME.<uuid hex>.partial`` files of a killed write, and a copy's marker.
-_TEMP = r"\.[0-9a-f]{32}\.partial"
-_STORE_FILE = re.compile(rf"(zarr{_TEMP}|{re.escape(where.COPY_MARKER)}|(?P<array>\w+)/(zarr\.json|zarr{_TEMP}|"
-                         rf"c(/[0-9]+)*/[0-9]+({_TEMP})?))")
-_STORE_FOLDER = re.compile(r"(?P<array>\w+)(/c(/[0-9]+)*)?")
-
-
-def _is_store_entry(key: str, folder: bool) -> bool:
-    """Whether the file (or ``folder``) at relative path ``key`` is one a store holds."""
-    match = (_STORE_FOLDER if folder else _STORE_FILE).fullmatch(key)
-    return key == where.ROOT_METADATA or (match is not None and (match["array"] is None or
-                                                                   spec_name(match["array"]) is not None))
-
-
-def _foreign_entry(path: str | Path) -> str | None:
-    """The first entry of a store location that is not part of a store (a link or special file is not), or None."""
-    if where.is_remote(path):
-        return next((key for key in sorted(where.list_objects(path)) if not _is_store_entry(key, folder=False)), None)
-    root = Path(where.to_local(path))
-    pending = [root]
-    while pending:
-        with os.scandir(pending.pop()) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                key = Path(entry.path).relative_to(root).as_posix()
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if stat.S_ISDIR(mode) and _is_store_entry(key, folder=True):
-                    pending.append(Path(entry.path))
-                elif not (stat.S_ISREG(mode) and _is_store_entry(key, folder=False)):
-                    return key + ("/" if stat.S_ISDIR(mode) else "")
-    return None
-
-
-def _root_metadata(path: str | Path) -> bytes:
-    """At most ``MAX_METADATA_BYTES`` + 1 bytes of the root ``zarr.json`` (empty unless a regular file or object)."""
-    if where.is_remote(path):
-        if not where.exists(path, where.ROOT_METADATA):
-            return b""
-        filesys, root = where.filesystem(path)
-        return filesys.cat_file(f"{root}/{where.ROOT_METADATA}", start=0, end=where.MAX_METADATA_BYTES + 1)
-    meta = Path(where.to_local(path)) / where.ROOT_METADATA
-    if not (meta.is_file() and not meta.is_symlink()):
-        return b""
-    with open(meta, "rb") as file:
-        return file.read(where.MAX_METADATA_BYTES + 1)
+    return storage_for(path).is_foreign()
 
 
 def _has_customkd_manifest(path: str | Path) -> bool:
     """Whether the root ``zarr.json`` is a Zarr v3 group whose attrs hold a customkd manifest (any version or
     status: an old or half-created store is still ours to replace)."""
-    blob = _root_metadata(path)
+    blob = storage_for(path).root_metadata_head()
     try:
         document = json.loads(blob) if len(blob) <= where.MAX_METADATA_BYTES else None
     except ValueError:  # not JSON
@@ -262,13 +202,14 @@ def _has_customkd_manifest(path: str | Path) -> bool:
 
 def check_removable(path: str | Path) -> None:
     """Refuse to delete anything but a store customkd made: a customkd manifest at the root, and nothing in it but
-    what a store holds (:func:`_is_store_entry`). A user's own file there, or someone else's Zarr group, survives."""
+    what a store holds (:func:`featcache.storage.is_store_entry`). A user's own file there, or someone else's Zarr
+    group, survives."""
     name = display(path)
     if not _has_customkd_manifest(path):
         raise UserError(f"{name} is not a customkd store (its {where.ROOT_METADATA} holds no customkd manifest); "
                         "nothing was deleted: choose another --out")
     try:
-        foreign = _foreign_entry(path)
+        foreign = storage_for(path).foreign_entry()
     except OSError as exc:
         raise UserError(f"cannot read {name} ({exc.strerror or type(exc).__name__}: {exc.filename}); nothing was "
                         "deleted: fix the permissions or choose another --out") from None
@@ -280,70 +221,42 @@ def check_removable(path: str | Path) -> None:
 def delete_store(path: str | Path) -> None:
     """Remove a whole store (``--overwrite``, or a store killed while being created), only after
     :func:`check_removable`."""
-    if where.is_remote(path):
-        with where.storage_errors(path):
-            check_removable(path)
-        where.delete(path)
-        return
-    local = Path(where.to_local(path))
-    if local.is_symlink():
-        raise UserError(f"{display(path)} is a symbolic link; point --out at the store directory itself "
-                        "(nothing was deleted)")
-    check_removable(local)
-    try:
-        shutil.rmtree(local)
-    except OSError as exc:
-        raise UserError(f"cannot delete {display(path)} ({exc.strerror or type(exc).__name__}: {exc.filename}); "
-                        "fix the permissions or choose another --out") from None
+    storage = storage_for(path)
+    storage.refuse_link()
+    with storage.errors():
+        check_removable(storage.location)
+    storage.delete()
 
 
-def _check_openable(path: str | Path) -> tuple[str, dict[str, int]]:
-    """Clear errors for a missing location, a single file, or an interrupted push/pull; the display name and the
-    store's objects (key → size, :func:`list_objects`)."""
-    name = display(path)
-    objects: dict[str, int] = {}
-    if not where.is_remote(path):
-        p = Path(where.to_local(path))
-        if p.exists() and not p.is_dir():
-            raise UserError(f"cache {name} is a regular file, not a Zarr store directory; pass the .zarr directory")
-        if p.is_dir():
-            objects = list_objects(path)  # refuses links, pipes and devices before zarr opens anything
-    if store_exists(path):
-        return name, list_objects(path) if where.is_remote(path) else objects
-    if where.exists(path, where.COPY_MARKER):
-        raise UserError(f"cache {name} is incomplete: a `customkd cache push/pull` into it was interrupted before "
-                        "its manifest was written; rerun the same command to finish the copy")
-    if where.is_remote(path):
-        raise UserError(f"cache {name} does not exist (or these credentials cannot see it); put a store there with "
-                        f"`customkd cache push LOCAL {name}` or `customkd extract --out {name}`")
-    if objects:
-        raise UserError(f"cache {name} is a folder but not a customkd store (no zarr.json at its top); pass the .zarr "
-                        "directory `customkd extract --out` wrote")
-    raise UserError(f"cache {name} does not exist; run `make extract` (or `customkd extract --out {name}`) first")
+def _check_openable(storage: Storage) -> dict[str, int]:
+    """Clear errors for a missing location, a single file, or an interrupted push/pull; the store's objects (key →
+    size, :func:`list_objects`). A local store is walked before anything else (links, pipes and devices are
+    refused before zarr opens anything); a remote one is listed once it is known to be there."""
+    objects = storage.objects_before_open()
+    if storage.exists():
+        return storage.list_objects() if objects is None else objects
+    if where.exists(storage.path, where.COPY_MARKER):
+        raise UserError(f"cache {display(storage.path)} is incomplete: a `customkd cache push/pull` into it was "
+                        "interrupted before its manifest was written; rerun the same command to finish the copy")
+    raise storage.missing(objects)
 
 
-def open_store(path: str | Path, mode: str = "r"):
-    """Open an existing store and validate it before anyone uses it: its metadata documents are bounded in size
-    before zarr parses them, then the manifest (:func:`validate_manifest`), then every object's size against what
-    the manifest allows (:func:`check_object_sizes`), so no read is larger than a valid store's would be.
-
-    Local stores are first walked: only regular files may be in them (see :func:`list_objects`)."""
-    name, objects = _check_openable(path)
+def _open_checked(storage: Storage, mode: str):
+    """The Zarr group of a store whose objects passed :func:`_check_openable`, metadata documents bounded in size
+    before zarr parses them; with the objects listed."""
+    name, objects = display(storage.path), _check_openable(storage)
     for key, size in sorted(objects.items()):
         if key.rsplit("/", 1)[-1] == where.ROOT_METADATA and size > where.MAX_METADATA_BYTES:
             raise UserError(f"cache {name}: {key} is {size} bytes, more than the {where.MAX_METADATA_BYTES} a "
                             "metadata document may have; nothing was read: get a fresh copy or re-extract it")
     try:
-        group = open_group(path, mode=mode)
+        with storage.errors():
+            return _zarr_group(storage, mode), objects
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - zarr raises many types for malformed metadata
         raise UserError(f"cache {name} is not a readable Zarr v3 store ({_reason(exc)}); get a fresh copy or "
                         "re-extract it") from None
-    manifest = validate_manifest(group, path)
-    if manifest is not None:
-        check_object_sizes(group, manifest, objects, path)
-    return group
 
 
 def choose_teachers(manifest: Manifest, choice: str | None, path: str | Path) -> Manifest:
@@ -370,20 +283,112 @@ def choose_teachers(manifest: Manifest, choice: str | None, path: str | Path) ->
     return manifest.for_teachers(wanted)
 
 
+class Store:
+    """A store opened once and validated: its location strategy (:mod:`featcache.storage`), Zarr group and
+    manifest — checked by :func:`validate_manifest`, None while the store is still being created.
+
+    Opening (:meth:`open`) bounds the metadata documents in size before zarr parses them, validates the manifest,
+    then every object's size against what the manifest allows (:func:`check_object_sizes`), so no read is larger
+    than a valid store's would be; local stores are first walked: only regular files may be in them (see
+    :func:`list_objects`). Readers take :meth:`reader` for the teachers they use."""
+
+    def __init__(self, path: str | Path, storage: Storage, group, manifest: Manifest | None) -> None:
+        self.path, self.storage, self.group, self.manifest = path, storage, group, manifest
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> Store:
+        """Open an existing store (``mode`` ``r`` or ``r+``) and validate it before anyone uses it."""
+        storage = storage_for(path)
+        group, objects = _open_checked(storage, mode)
+        manifest = validate_manifest(group, path)
+        if manifest is not None:
+            check_object_sizes(group, manifest, objects, path)
+        return cls(path, storage, group, manifest)
+
+    @classmethod
+    def open_complete(cls, path: str | Path) -> Store:
+        """Open a store for reading, refusing one whose extraction has not completed."""
+        opened = cls.open(path, mode="r")
+        if opened.status == STATUS_CREATING:
+            raise UserError(f"cache {display(path)} was interrupted while being created; rerun the same extract "
+                            "command (it creates the store again)")
+        if opened.status != STATUS_COMPLETE:
+            done = np.asarray(opened.group["done"][:])
+            raise UserError(
+                f"cache {display(path)} is incomplete ({int(done.sum())}/{len(done)} shards done); rerun the same "
+                "extract command to resume it"
+            )
+        return opened
+
+    @property
+    def status(self) -> str:
+        return STATUS_CREATING if self.manifest is None else self.manifest.status
+
+    def stored_manifest(self) -> Manifest:
+        """The manifest as stored, also of a store still being created (then typed and checked by
+        :func:`read_manifest` only, not against the arrays)."""
+        return self.manifest if self.manifest is not None else read_manifest(self.group, self.path)
+
+    def identity(self, teachers: tuple[str, ...] | None = None) -> str:
+        """:func:`store_identity` of this store, read now."""
+        return _identity(self.storage, teachers)
+
+    def list_objects(self) -> dict[str, int]:
+        """:func:`list_objects`, listed now."""
+        return self.storage.list_objects()
+
+    def chunk_problems(self) -> list[str]:
+        """Every storage object of a complete store missing, empty or cut short, named by array and shard (listed
+        now: writers store every chunk, so a missing one is damage that would read as the fill value)."""
+        return _chunk_problems(self.group, self.manifest, self.list_objects())
+
+    def for_teachers(self, teachers: str | None) -> Manifest:
+        """The manifest as a reader of ``teachers`` sees it (:func:`choose_teachers`)."""
+        return choose_teachers(self.manifest, teachers, self.path)
+
+    def reader(self, teachers: str | None) -> StoreReader:
+        """The store as a reader of ``teachers`` sees it, with its identity taken now."""
+        manifest = self.for_teachers(teachers)
+        return StoreReader(self, manifest, self.identity(manifest.teacher_names))
+
+
+@dataclass(frozen=True)
+class StoreReader:
+    """One reader's view of a complete :class:`Store`: the manifest as its teachers' reader sees it
+    (:meth:`Manifest.for_teachers`) and the store's identity when it was taken, to refuse a store replaced while
+    it is read (:meth:`check_same`)."""
+
+    store: Store
+    manifest: Manifest
+    identity: str
+
+    @property
+    def teachers(self) -> tuple[str, ...]:
+        return self.manifest.teacher_names
+
+    @property
+    def feature_arrays(self) -> list[str]:
+        """The stored features arrays of the reader's teachers, in the order their features concatenate."""
+        return [t.array("features") for t in self.manifest.teachers]
+
+    def compare_listing(self, listing: Listing, stored: Mapping[str, np.ndarray] | None = None) -> ListingDiff:
+        """The dataset listing against the store (:func:`featcache.listing.compare_listing`)."""
+        return compare_listing(listing, self.manifest, stored)
+
+    def check_same(self) -> None:
+        """Refuse to go on reading if the store's root manifest changed (other teachers' entries aside)."""
+        if self.store.identity(self.teachers) != self.identity:
+            raise _changed(self.store.path)
+
+
+def open_store(path: str | Path, mode: str = "r"):
+    """The Zarr group of :meth:`Store.open` (for code that reads arrays by name only)."""
+    return Store.open(path, mode).group
+
+
 def open_complete_store(path: str | Path):
-    """Open a store for reading, refusing one whose extraction has not completed."""
-    group = open_store(path, mode="r")
-    status = read_status(group, path)
-    if status == STATUS_CREATING:
-        raise UserError(f"cache {display(path)} was interrupted while being created; rerun the same extract command "
-                        "(it creates the store again)")
-    if status != STATUS_COMPLETE:
-        done = np.asarray(group["done"][:])
-        raise UserError(
-            f"cache {display(path)} is incomplete ({int(done.sum())}/{len(done)} shards done); rerun the same "
-            "extract command to resume it"
-        )
-    return group
+    """The Zarr group of :meth:`Store.open_complete`."""
+    return Store.open_complete(path).group
 
 
 def _reason(exc: BaseException) -> str:
@@ -497,45 +502,21 @@ def check_object_sizes(group, manifest: Manifest, objects: dict[str, int], path:
                             "the shape was forged or the data lost; nothing was read: get a fresh copy or re-extract")
 
 
-_FILE_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
-               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
-
-
 def list_objects(path: str | Path) -> dict[str, int]:
     """Key (relative path) → size of every object of a store.
 
     For a local store this walks the directory without following links and refuses anything that is
     not a regular file or a directory: a link could point outside the store (or at ``/dev/zero``), a
     named pipe would block every reader. Remote stores are listed through fsspec."""
-    if where.is_remote(path):
-        return where.list_objects(path)
-    root = Path(where.to_local(path))
-    found: dict[str, int] = {}
-    pending = [root]
-    while pending:
-        with os.scandir(pending.pop()) as entries:
-            for entry in entries:
-                info = entry.stat(follow_symlinks=False)
-                key = Path(entry.path).relative_to(root).as_posix()
-                if stat.S_ISDIR(info.st_mode):
-                    pending.append(Path(entry.path))
-                elif stat.S_ISREG(info.st_mode):
-                    found[key] = info.st_size
-                else:
-                    kind = next((k for test, k in _FILE_KINDS if test(info.st_mode)), "special file")
-                    raise UserError(f"cache {display(path)} contains {key}, a {kind}: a store holds only regular "
-                                    "files; remove it or get a fresh copy of the store (nothing was read)")
-    return found
+    return storage_for(path).list_objects()
 
 
-def chunk_problems(group, path: str | Path) -> list[str]:
+def _chunk_problems(group, manifest: Manifest, objects: dict[str, int]) -> list[str]:
     """Every storage object a complete store must have but lacks, has empty or has cut short (fewer bytes than its
     layout writes), named by array and shard.
 
     Writers store every chunk (``write_empty_chunks``), so a missing one is damage — e.g. an interrupted
     ``rsync`` — that would otherwise read as the fill value (labels 0, features NaN)."""
-    objects = list_objects(path)
-    manifest = read_manifest(group, path)
     layout, limits = manifest.layout, object_limits(group, manifest)
     problems = []
     for name in manifest.arrays():
@@ -549,23 +530,19 @@ def chunk_problems(group, path: str | Path) -> list[str]:
     return problems
 
 
+def _identity(storage: Storage, teachers: tuple[str, ...] | None) -> str:
+    blob = storage.root_metadata()
+    if teachers is not None:
+        blob = _without_other_teachers(blob, teachers)
+    return hashlib.sha256(blob).hexdigest()
+
+
 def store_identity(path: str | Path, teachers: tuple[str, ...] | None = None) -> str:
     """Hash of the root ``zarr.json`` (manifest, fingerprint, completion time): changes when a store is replaced.
 
     With ``teachers`` only those teachers' entries count, so a teacher added to the store meanwhile (``extract
     --into``) leaves the identity a reader of other teachers holds unchanged."""
-    if where.is_remote(path):
-        fs_, root = where.filesystem(path)
-        with where.storage_errors(path):
-            blob = fs_.cat_file(f"{root}/{where.ROOT_METADATA}")
-    else:
-        meta = Path(where.to_local(path)) / where.ROOT_METADATA
-        if not meta.is_file() or meta.is_symlink():
-            raise UserError(f"cache {display(path)} has no manifest any more (root zarr.json is gone)")
-        blob = meta.read_bytes()
-    if teachers is not None:
-        blob = _without_other_teachers(blob, teachers)
-    return hashlib.sha256(blob).hexdigest()
+    return _identity(storage_for(path), teachers)
 
 
 def _without_other_teachers(blob: bytes, teachers: tuple[str, ...]) -> bytes:
@@ -580,13 +557,10 @@ def _without_other_teachers(blob: bytes, teachers: tuple[str, ...]) -> bytes:
     return json.dumps(document, sort_keys=True).encode()
 
 
-def check_same_store(path: str | Path, identity: str, teachers: tuple[str, ...] | None = None) -> None:
-    """Refuse to go on reading a store whose root manifest changed since it was opened (replaced, re-extracted);
-    with ``teachers``, a change to other teachers' entries (one added) does not count."""
-    if store_identity(path, teachers) != identity:
-        raise UserError(f"cache {display(path)} changed during training: its manifest is not the one opened at the "
-                        "start (the store was replaced or re-extracted); stopped rather than mix two stores — "
-                        "rerun distill once the store stays put")
+def _changed(path: str | Path) -> UserError:
+    return UserError(f"cache {display(path)} changed during training: its manifest is not the one opened at the "
+                     "start (the store was replaced or re-extracted); stopped rather than mix two stores — "
+                     "rerun distill once the store stays put")
 
 
 def pending_shards(group, teacher: TeacherEntry) -> list[int]:

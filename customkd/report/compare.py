@@ -152,10 +152,10 @@ def store_state(cache: str, teacher: str | None = None) -> str:
 
     if not fs.store_exists(cache):
         return "absent"
-    group = fs.open_store(cache)
+    opened = fs.Store.open(cache)
     if teacher is None:
-        return "complete" if fs.read_status(group, cache) == fs.STATUS_COMPLETE else "partial"
-    entry = fs.read_manifest(group, cache).teacher(teacher)
+        return "complete" if opened.status == fs.STATUS_COMPLETE else "partial"
+    entry = opened.stored_manifest().teacher(teacher)
     return "absent" if entry is None else "complete" if entry.status == fs.STATUS_COMPLETE else "partial"
 
 
@@ -197,8 +197,7 @@ def teacher_completed(cache: str, teacher: str) -> str | None:
     """When ``teacher``'s features were completed in ``cache`` (its own stamp; a version-2 store's, the store's)."""
     from customkd.featcache import store as fs
 
-    group = fs.open_store(cache)
-    manifest = fs.read_manifest(group, cache)
+    manifest = fs.Store.open(cache).stored_manifest()
     entry = manifest.teacher(teacher)
     return (entry.completed if entry is not None and entry.completed else None) or manifest.completed
 

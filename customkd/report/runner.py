@@ -123,8 +123,8 @@ def store_record(cache: str, teacher: str | None = None) -> dict:
     the fingerprint a run's config.json records of it, which :func:`reusable` checks."""
     from customkd.featcache import store as fs
 
-    group = fs.open_complete_store(cache)
-    manifest = fs.choose_teachers(fs.read_manifest(group, cache), teacher, cache)
+    store = fs.Store.open_complete(cache)
+    manifest, group = store.for_teachers(teacher), store.group
     held_out = np.asarray(group["labels"][:])[(np.asarray(group["split"][:]) == 1) & (np.asarray(group["valid"][:]) > 0)]
     return {"teacher": manifest.fingerprint.teacher.name, "data": manifest.data_spec, "cache": cache,
             "shape": [*manifest.shape, manifest.feature_dim], "classes": list(manifest.classes),

@@ -1,7 +1,8 @@
 """Cached features + images for the student: open the store, check it, split it, load views.
 
-The trainer reads the store through :mod:`featcache.store`, checks it against the dataset with the
-contract's one staleness check (:func:`featcache.listing.compare_listing`) and replays views through
+The trainer opens the store once (:class:`featcache.store.Store`), reads it as its teachers' reader
+(:meth:`featcache.store.Store.reader`), checks it against the dataset with the contract's one staleness check
+(:func:`featcache.listing.compare_listing`) and replays views through
 :mod:`featcache.views`; it never touches teacher code.
 """
 
@@ -17,7 +18,7 @@ import torch
 from customkd.common.errors import UserError, printable
 from customkd.featcache import store as fs
 from customkd.featcache.datasets import DatasetListing, load_listing
-from customkd.featcache.listing import ListingDiff, compare_listing
+from customkd.featcache.listing import ListingDiff
 from customkd.featcache.schema import STALENESS_ARRAYS, Manifest
 from customkd.featcache.views import replay_pil, to_uint8, view_problem, view_seed
 from customkd.trainer.config import DistillConfig
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class CachedData:
     """Everything of the store the trainer needs, in RAM. Shapes: features ``[N, V, D]``; ``manifest`` is the
-    store's as the chosen teachers' reader sees it (:func:`featcache.store.choose_teachers`)."""
+    store's as the chosen teachers' reader sees it (:meth:`featcache.store.Store.reader`)."""
 
     features: np.ndarray | ShardedFeatures | ConcatFeatures  # float16 [N, V, D], indexed as features[rows, views]
     valid: np.ndarray  # bool [N], False for images skipped as unreadable at extraction
@@ -100,15 +101,15 @@ def check_expected_fingerprint(manifest: Manifest, expected: dict[str, str], cac
 PER_SAMPLE_NAMES = (*STALENESS_ARRAYS, "views")
 
 
-def _read_per_sample(group, cache: str) -> dict[str, np.ndarray]:
+def _read_per_sample(store: fs.Store, cache: str) -> dict[str, np.ndarray]:
     """Every per-sample array, after checking that each of the store's objects is there."""
-    missing = fs.chunk_problems(group, cache)
+    missing = store.chunk_problems()
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(f"cache {cache} is damaged: {missing[0]}{more}; run `customkd cache verify {cache}`, then "
                         "copy it again or re-extract it")
     try:
-        return {name: np.asarray(group[name][:]) for name in PER_SAMPLE_NAMES}
+        return {name: np.asarray(store.group[name][:]) for name in PER_SAMPLE_NAMES}
     except Exception as exc:  # noqa: BLE001 - a checksum mismatch surfaces as a codec error
         raise UserError(f"cache {cache} is damaged ({type(exc).__name__}); run `customkd cache verify "
                         f"{cache}` to locate the shard, then re-extract") from None
@@ -132,23 +133,21 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
 
     Refuses a damaged store (missing or unreadable objects of any array), stored labels, domains or
     splits that differ from the dataset listing, and (streaming) a store replaced while it is read."""
-    group = fs.open_complete_store(cfg.cache)
-    manifest = fs.choose_teachers(fs.read_manifest(group, cfg.cache), cfg.teachers, cfg.cache)
-    chosen = manifest.teacher_names
-    identity = fs.store_identity(cfg.cache, chosen)
+    store = fs.Store.open_complete(cfg.cache)
+    reader = store.reader(cfg.teachers)
+    manifest = reader.manifest
     check_expected_fingerprint(manifest, {**cfg.expected_hashes, **(expected or {})}, cfg.cache)
     listing = load_listing(cfg.data or manifest.data_spec)
-    counted = compare_listing(listing, manifest)  # before anything of size N is read
+    counted = reader.compare_listing(listing)  # before anything of size N is read
     if counted.count_differs:
         check_listing(counted, cfg.allow_stale, cfg.cache)
-    arrays = _read_per_sample(group, cfg.cache)
-    check_listing(compare_listing(listing, manifest, arrays), cfg.allow_stale, cfg.cache)
+    arrays = _read_per_sample(store, cfg.cache)
+    check_listing(reader.compare_listing(listing, arrays), cfg.allow_stale, cfg.cache)
     valid = arrays["valid"].astype(bool)
     _check_views(arrays["views"], valid, manifest, cfg.cache)
-    features = open_features(group, [t.array("features") for t in manifest.teachers], cfg.features,
-                             manifest.layout.shard_size, valid,
-                             still_same=lambda: fs.check_same_store(cfg.cache, identity, chosen))
-    fs.check_same_store(cfg.cache, identity, chosen)
+    features = open_features(store.group, reader.feature_arrays, cfg.features, manifest.layout.shard_size, valid,
+                             still_same=reader.check_same)
+    reader.check_same()
     return CachedData(
         features=features,
         valid=valid,

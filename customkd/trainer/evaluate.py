@@ -44,7 +44,7 @@ def _run_manifest(config: RunConfig):
     if not isinstance(cache, str):
         raise UserError(f"run {config.run}: {CONFIG} has no cache path; restore the run's {CONFIG} or train the run "
                         "again")
-    return fs.read_manifest(fs.open_complete_store(cache), cache)
+    return fs.Store.open_complete(cache).manifest
 
 
 def _is_number(value: object) -> bool:

@@ -14,6 +14,7 @@ ALLOWED = {
     "customkd.featcache.fingerprint",  # the contract's fingerprint: components, a reader's choice of teachers
     "customkd.featcache.listing",  # the contract's dataset side: row keys and the one staleness check
     "customkd.featcache.store",  # opening, validating and reading a store on storage
+    "customkd.featcache.storage",  # a store's objects on local disk or object storage (the store layer's strategy)
     "customkd.featcache.location",  # where a store lives (path or URL); the store layer reads through it
     "customkd.featcache.views",  # replaying the stored views at the student's resolution
     "customkd.featcache.datasets",  # listing the dataset and reading its images (the rows of the store)
