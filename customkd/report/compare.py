@@ -13,6 +13,8 @@ seed by seed (:mod:`report.results_page`), draws the figures (:mod:`report.figur
 Runs live under ``--out`` (default ``runs/report``): ``<regime>/<variant>/seed<k>/``. A finished run
 whose command line is unchanged is reused; an interrupted one resumes from its checkpoint, so the
 report can be run in parts (``--regimes``, ``--variants``, ``--seeds``) and picks up where it stopped.
+``--out`` is the report's own folder (:data:`MARK`): a folder holding anything else is refused before anything
+is written.
 """
 
 from __future__ import annotations
@@ -181,6 +183,41 @@ def regimes_of(jobs: list[Job], cfg: ReportConfig) -> dict[str, dict]:
     return regimes
 
 
+MARK = "report.json"  # in --out: the folder is a report's run folder, which later reports may write
+_REPORT_FILES = {"summary.json", "results.md"}  # what an older report, which wrote no mark, left at the top of --out
+_REPORT_FOLDERS = {"logs", "figures", "results"}
+
+
+def claim_out(cfg: ReportConfig) -> None:
+    """Refuse, before anything is written, an ``--out`` that is a file, or a folder that is not empty and not the
+    report's own: marked with :data:`MARK`, or an older report's (nothing at its top but what a report writes,
+    no link). Only the check: :func:`mark_out` marks it once every other check has passed."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a new or empty folder for the report's runs")
+    if not out.is_dir() or (out / MARK).is_file():
+        return
+    foreign = next((entry.name for entry in sorted(out.iterdir()) if not _written_by_a_report(entry)), None)
+    if foreign is not None:
+        raise UserError(f"--out {out} is not empty and not a customkd report folder (no {MARK}; it holds "
+                        f"{foreign}); pass a new or empty folder as --out, so nothing of yours is overwritten")
+
+
+def _written_by_a_report(entry: Path) -> bool:
+    if entry.is_symlink():
+        return False
+    if entry.is_dir():
+        return entry.name in _REPORT_FOLDERS or entry.name in REGIMES
+    return entry.is_file() and entry.name in _REPORT_FILES
+
+
+def mark_out(cfg: ReportConfig) -> None:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARK).is_file():
+        write_json(out / MARK, {"created_by": "customkd report", "created": dt.datetime.now(dt.UTC).isoformat()})
+
+
 RUNS_INDEX_TITLE = "# Run records of `make report`"
 
 
@@ -222,8 +259,10 @@ def make_report(cfg: ReportConfig, command: str = "customkd report") -> dict:
     cfg = cfg.resolved()
     started = time.perf_counter()
     jobs = plan(cfg)
+    claim_out(cfg)
     if not cfg.no_docs:
         results_page.check_writable(cfg)
+    mark_out(cfg)
     extractions = extract_all(jobs, cfg)
     ran = run_all(jobs, cfg.parallel, cfg.out / "logs", extractions)
     aligned = time.perf_counter()

@@ -379,3 +379,36 @@ def test_a_report_never_deletes_a_folder_in_its_way_that_distill_did_not_make(tm
     (job.run_dir / run_folder.CHECKPOINT).write_text("a run of another command")
     run_folder.remove_run(job.run_dir)
     assert not job.run_dir.exists()
+
+
+def test_report_refuses_an_out_folder_that_is_not_its_own_before_writing_anything(tmp_path):
+    """``--out`` holding a user's file, or being a file: one line naming it and the fix, exit 2, before the
+    extraction (no store made) and before any log, request or mark file is written. An empty folder, a marked one and an older report's unmarked one are the report's."""
+    from tests.conftest import customkd, one_error_line
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    (mine / "main").mkdir()
+    args = ("report", "--data", "folder:/nonexistent", "--teacher-weights", "random", "--regimes", "main",
+            "--variants", "student", "--seeds", "0", "--cache", tmp_path / "c.zarr", "--no-docs")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    line = one_error_line(customkd(*args, "--out", mine, cwd=tmp_path), f"--out {mine} is not empty and not a "
+                          "customkd report folder")
+    assert "notes.txt" in line and "pass a new or empty folder" in line
+    (tmp_path / "file").write_text("keep")
+    one_error_line(customkd(*args, "--out", tmp_path / "file", cwd=tmp_path), "is a file")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted([*before, Path("file")])
+    assert (mine / "notes.txt").read_text() == "keep"
+    older = tmp_path / "older"  # what a report wrote before it marked its folders
+    for folder in ("logs", "main/kd/seed0", "figures"):
+        (older / folder).mkdir(parents=True)
+    (older / "summary.json").write_text("{}")
+    for place in (tmp_path / "new", older):
+        compare.claim_out(ReportConfig(out=place))
+    (mine / compare.MARK).write_text("{}")
+    compare.claim_out(ReportConfig(out=mine))
+    (older / "logs").rename(tmp_path / "elsewhere")
+    (older / "logs").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="holds logs"):
+        compare.claim_out(ReportConfig(out=older))
