@@ -14,7 +14,7 @@ Runs live under ``--out`` (default ``runs/report``): ``<regime>/<variant>/seed<k
 whose command line is unchanged is reused; an interrupted one resumes from its checkpoint, so the
 report can be run in parts (``--regimes``, ``--variants``, ``--seeds``) and picks up where it stopped.
 ``--out`` is the report's own folder (:data:`MARK`): a folder holding anything else is refused before anything
-is written.
+is written. With ``--no-docs`` the page and ``results/`` are written there too, and nothing outside it.
 """
 
 from __future__ import annotations
@@ -260,8 +260,7 @@ def make_report(cfg: ReportConfig, command: str = "customkd report") -> dict:
     started = time.perf_counter()
     jobs = plan(cfg)
     claim_out(cfg)
-    if not cfg.no_docs:
-        results_page.check_writable(cfg)
+    results_page.check_writable(cfg)
     mark_out(cfg)
     extractions = extract_all(jobs, cfg)
     ran = run_all(jobs, cfg.parallel, cfg.out / "logs", extractions)
@@ -271,19 +270,18 @@ def make_report(cfg: ReportConfig, command: str = "customkd report") -> dict:
     summary["command"] = command
     summary["parallel"], summary["runs_run_here"] = cfg.parallel, ran
     summary["alignment_seconds"] = round(time.perf_counter() - aligned, 1)
-    figure_dir = cfg.out / "figures" if cfg.no_docs else cfg.docs / "results"
+    figure_dir = cfg.docs / "results"  # with --no-docs, under --out
     figure_dir.mkdir(parents=True, exist_ok=True)
     summary["figures"] = draw_figures(summary, jobs, figure_dir)
     summary["invocation_seconds"] = round(time.perf_counter() - started, 1)
     summary["budget"] = results_page.budget(summary)
     write_json(cfg.out / "summary.json", summary)
-    if not cfg.no_docs:
-        copy_run_records(jobs, cfg.out, figure_dir)
-        write_json(figure_dir / "summary.json", summary)
-        write_text(cfg.docs / "results.md", results_page.render(summary, cfg))
-        if cfg.readme is not None:
-            results_page.update_readme(cfg.readme, summary)
-        log.info("wrote %s and %s/%s", cfg.docs / "results.md", figure_dir,
-                 f", and the headline table in {cfg.readme}" if cfg.readme is not None else "")
+    copy_run_records(jobs, cfg.out, figure_dir)
+    write_json(figure_dir / "summary.json", summary)
+    write_text(cfg.docs / "results.md", results_page.render(summary, cfg))
+    if cfg.readme is not None:
+        results_page.update_readme(cfg.readme, summary)
+    log.info("wrote %s and %s/%s", cfg.docs / "results.md", figure_dir,
+             f", and the headline table in {cfg.readme}" if cfg.readme is not None else "")
     log.info("report done in %.0f s (run folder %s)", time.perf_counter() - started, cfg.out)
     return summary

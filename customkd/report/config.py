@@ -98,6 +98,9 @@ class ReportConfig:
             raise UserError(f"unknown --eval-split {self.eval_split!r}; known: {', '.join(EVAL_SPLITS)}")
         if self.parallel < 1:
             raise UserError(f"--parallel must be at least 1, got {self.parallel}")
+        if self.no_docs and ((self.docs is not None and Path(self.docs) != Path(self.out)) or self.readme is not None):
+            raise UserError("--no-docs writes the page under --out and nothing elsewhere; leave out --docs and "
+                            "--readme, or --no-docs")
         try:
             [int(s) for s in self.seeds.split(",")]
             for part in (p for p in self.regime_seeds.split(";") if p):
@@ -115,14 +118,17 @@ class ReportConfig:
         return [int(s) for s in overrides.get(regime, self.seeds).split(",")]
 
     def resolved(self) -> ReportConfig:
-        """``--quick`` applied and the stores' default paths filled in."""
+        """``--quick`` applied, the stores' default paths filled in, and where the page goes: ``--docs``, else
+        docs/ in the customkd repository, else ``--out``; always ``--out`` with ``--no-docs``."""
         cfg = self
         if cfg.quick:
-            cfg = dataclasses.replace(cfg, regimes="main", seeds="0", epochs=1, no_docs=True,
+            cfg = dataclasses.replace(cfg, regimes="main", seeds="0", epochs=1, no_docs=True, docs=None, readme=None,
                                       variants="student,customkd", min_steps=0)
         here = is_this_project(Path.cwd())
         docs = Path(cfg.docs) if cfg.docs is not None else Path("docs") if here else Path(cfg.out)
         readme = Path(cfg.readme) if cfg.readme is not None else Path("README.md") if here else None
+        if cfg.no_docs:  # the same page, under --out only
+            docs, readme = Path(cfg.out), None
         return dataclasses.replace(cfg, out=Path(cfg.out), docs=docs, readme=readme,
                                    cache=cfg.cache or default_cache(cfg.data, cfg.teacher),
                                    large_cache=cfg.large_cache or default_cache(cfg.data, cfg.large_teacher))

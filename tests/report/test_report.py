@@ -383,7 +383,8 @@ def test_a_report_never_deletes_a_folder_in_its_way_that_distill_did_not_make(tm
 
 def test_report_refuses_an_out_folder_that_is_not_its_own_before_writing_anything(tmp_path):
     """``--out`` holding a user's file, or being a file: one line naming it and the fix, exit 2, before the
-    extraction (no store made) and before any log, request or mark file is written. An empty folder, a marked one and an older report's unmarked one are the report's."""
+    extraction (no store made) and before any log, request or mark file is written; ``--no-docs`` with ``--docs``
+    is refused likewise. An empty folder, a marked one and an older report's unmarked one are the report's."""
     from tests.conftest import customkd, one_error_line
 
     mine = tmp_path / "mine"
@@ -398,6 +399,8 @@ def test_report_refuses_an_out_folder_that_is_not_its_own_before_writing_anythin
     assert "notes.txt" in line and "pass a new or empty folder" in line
     (tmp_path / "file").write_text("keep")
     one_error_line(customkd(*args, "--out", tmp_path / "file", cwd=tmp_path), "is a file")
+    one_error_line(customkd(*args, "--out", tmp_path / "r", "--docs", tmp_path / "d", cwd=tmp_path),
+                   "leave out --docs and --readme")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted([*before, Path("file")])
     assert (mine / "notes.txt").read_text() == "keep"
     older = tmp_path / "older"  # what a report wrote before it marked its folders
@@ -412,3 +415,32 @@ def test_report_refuses_an_out_folder_that_is_not_its_own_before_writing_anythin
     (older / "logs").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(UserError, match="holds logs"):
         compare.claim_out(ReportConfig(out=older))
+
+
+def test_report_no_docs_writes_the_page_under_out_only(tiny_folder, tmp_path):
+    """Run from the customkd repository (where the page would go to docs/ and the README's block), ``--no-docs``
+    writes the same page, figures and run records under ``--out`` and nothing else: no docs/, README untouched."""
+    from tests.conftest import customkd
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "customkd"\n')
+    readme = "# x\n\n<!-- report:start -->\nOLD\n<!-- report:end -->\n"
+    (project / "README.md").write_text(readme)
+    out = tmp_path / "out"
+    done = customkd("report", "--data", f"folder:{tiny_folder}", "--teacher", TINY_TEACHER, "--teacher-weights",
+                    "random", "--student", TINY_STUDENT, "--image-size", "32", "--epochs", "1", "--min-steps", "0",
+                    "--seeds", "0", "--regimes", "main", "--variants", "student,kd", "--label-fraction", "0.5",
+                    "--cache", tmp_path / "c.zarr", "--out", out, "--no-docs", "--parallel", "1", cwd=project,
+                    timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in project.iterdir()) == ["README.md", "pyproject.toml"]
+    assert (project / "README.md").read_text() == readme
+    page = (out / "results.md").read_text()
+    assert results_page.PAGE_MARK in page and "## Learning curves" in page
+    for target in re.findall(r"\]\(([^)#]+)\)", page):  # every relative link of the page is a file under --out
+        assert (out / target).is_file(), target
+    summary = json.loads((out / "results" / "summary.json").read_text())
+    assert set(summary["rows"]) == {"main/student", "main/kd"}
+    assert (out / "results" / "runs" / "main" / "kd" / "seed0" / "metrics.json").is_file()
+    assert (out / compare.MARK).is_file()
