@@ -121,14 +121,16 @@ def leave(code: int | str | None) -> None:
 
 def _as_option(field: dataclasses.Field, hint) -> inspect.Parameter:
     """A config field as a typer option: its type (a tuple of names is typed as one comma-separated string, or as
-    a repeatable flag), its default, its help, its panel and its other names."""
+    a repeatable flag), its default, its help, its panel and its other names (a switch given names is that flag
+    alone, without its ``--no-`` form)."""
     default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
     if typing.get_origin(hint) is tuple and field.metadata.get("repeatable"):
         hint, default = list[str] | None, None
     elif typing.get_origin(hint) is tuple:
         hint, default = str, ",".join(map(str, default))
     aliases = field.metadata.get("aliases", ())
-    names = (f"--{field.name.replace('_', '-')}", *aliases) if aliases else ()
+    negatable = field.metadata.get("negatable", True)
+    names = (f"--{field.name.replace('_', '-')}", *aliases) if aliases or not negatable else ()
     info = typer.Option(*names, help=field.metadata.get("help"), rich_help_panel=field.metadata.get("group") or None)
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                              annotation=Annotated[hint, info])

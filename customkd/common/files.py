@@ -6,7 +6,10 @@ over it in one step, so a kill mid-write never leaves a half-written file lookin
 
 A file the user names on the command line (``--h5``, ``--onnx``, ``predict --out``) is new:
 :func:`check_new_file` refuses, before any work, a place that is taken or cannot be written, and
-:func:`writing_new_file` turns a write that still fails (a full disk) into one line."""
+:func:`writing_new_file` turns a write that still fails (a full disk) into one line.
+
+A folder one process writes at a time (a run folder, a store a teacher is being added to) is held with
+:func:`hold_lock`, an exclusive ``flock`` that goes with the process (a killed one leaves nothing to clean up)."""
 
 from __future__ import annotations
 
@@ -123,3 +126,36 @@ def writing_new_file(path: str | Path, option: str) -> Iterator[Path]:
         reason = exc.strerror or str(exc).split("\n")[0][:160] or type(exc).__name__
         raise UserError(f"writing {option} {path} failed ({reason}); nothing was left behind: free space or "
                         "choose another place") from None
+
+
+# ---------------------------------------------------------------- exclusive locks
+
+_HELD_LOCKS: dict[str, int] = {}
+
+
+def hold_lock(fd: int, key: str) -> bool:
+    """Take an exclusive ``flock`` on the open file descriptor ``fd`` (a lock file, or a folder opened read-only) and
+    hold it under ``key`` until :func:`release_lock` or :func:`release_locks`, or until the process ends; False, with
+    ``fd`` closed, when another process (or another open of the same file) holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _HELD_LOCKS[key] = fd
+    return True
+
+
+def release_lock(key: str) -> None:
+    """Drop the lock held under ``key`` (nothing when there is none)."""
+    fd = _HELD_LOCKS.pop(key, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def release_locks() -> None:
+    """Drop every lock this process holds (one run per process; tests and the bench run several)."""
+    for key in list(_HELD_LOCKS):
+        release_lock(key)

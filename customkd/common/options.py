@@ -8,13 +8,15 @@ import typing
 
 
 def option(default, help: str, *, choices: tuple[str, ...] = (), group: str = "",  # noqa: A002 - typer's word
-           aliases: tuple[str, ...] = (), repeatable: bool = False):
+           aliases: tuple[str, ...] = (), repeatable: bool = False, negatable: bool = True):
     """A field's default with what the command line and docs show of it: its help text, its known values
     (the config checks them), the ``--help`` panel it belongs to (empty: the command's own) and other flag
     names it answers to (timm's ``train.py`` names: ``--model``, ``-b``…). A ``repeatable`` tuple is given as the
-    flag once per item; other tuples as one comma-separated value."""
+    flag once per item; other tuples as one comma-separated value. A switch is ``--name/--no-name`` unless not
+    ``negatable`` (``--name`` alone)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group,
-                                                        "aliases": aliases, "repeatable": repeatable})
+                                                        "aliases": aliases, "repeatable": repeatable,
+                                                        "negatable": negatable})
 
 
 def field_hints(config_class) -> list[tuple[dataclasses.Field, object]]:

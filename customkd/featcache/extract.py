@@ -91,6 +91,16 @@ def _check_data_outside_out(spec: str, out: str) -> None:
                             "delete images it reads: choose an --out outside the dataset folders (nothing was touched)")
 
 
+def _check_replaceable(out: str) -> None:
+    """With ``--overwrite``, refuse before any work (and any log line about it) an ``--out`` that would be refused
+    when the store is deleted: a link (never deleted through) or a store holding something not its own."""
+    if not where.is_remote(out) and Path(where.to_local(out)).is_symlink():
+        raise UserError(f"{where.display(out)} is a symbolic link; point --out at the store directory itself "
+                        "(nothing was deleted)")
+    if fs.store_exists(where.location(out)):
+        fs.check_removable(where.location(out))
+
+
 def _first_teacher(manifest: Manifest) -> Fingerprint:
     """What ``extract --out`` compares: the store's components and the teacher it was created with."""
     return manifest.for_teachers(manifest.teacher_names[:1]).fingerprint
@@ -108,7 +118,7 @@ def _prepare_store(cfg: ExtractConfig, manifest: Manifest, per_sample: dict):
     if isinstance(out, Path) and out.is_dir() and not fs.store_exists(out):
         out.rmdir()  # empty: zarr creates it again
     if cfg.overwrite and fs.store_exists(out):
-        fs.check_removable(out)  # before anything says the store is being replaced
+        fs.check_removable(out)  # again under torchrun's rank 0, before anything says the store is being replaced
     if fs.store_exists(out):
         try:
             opened = fs.Store.open(out, mode="r+")
@@ -181,6 +191,8 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     storage_for(cfg.out).check_new_place("--out")
     spec = "|".join([with_kind(cfg.data), *(unlabeled_spec(u) for u in cfg.unlabeled)])
     _check_data_outside_out(spec, cfg.out)
+    if cfg.overwrite:
+        _check_replaceable(cfg.out)
     listing = load_listing(spec)
     device = resolve_device(cfg.device)
     env, device = distributed.init_distributed(str(device) if cfg.device != "auto" else "auto")

@@ -4,16 +4,20 @@ Nothing is sampled again: every view's parameters are read from the store and re
 bytes must still hash to the stored content hash. Only the new teacher's arrays (``features_t<k>``,
 ``teacher_done_t<k>``) and the manifest are written; the views, listing and other teachers stay byte for byte.
 Resumable shard by shard and multi-rank (rank k takes shards k, k + world, …) like a first extraction.
+One process adds to a local store at a time: rank 0 holds an exclusive lock on the store's folder
+(:func:`common.files.hold_lock`, the lock distill holds on its run folder) from before the teacher loads to the end.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 
-from customkd.common import distributed
+from customkd.common import distributed, files
 from customkd.common.devices import resolve_device, resolve_precision
 from customkd.common.errors import UserError
 from customkd.featcache import location as where
@@ -96,19 +100,52 @@ def _prepare(cfg: ExtractConfig, wanted: TeacherEntry) -> str:
     return "pending"
 
 
+def _lock_store(path: str) -> str | None:
+    """Hold the local store ``path`` for this process while it adds a teacher; the lock's key (None for an object
+    store, which has no locks: zarr's one writer per object). A second ``extract --into`` of the same store is
+    refused in one line, before its teacher loads: writing beside the first, it would delete the first one's
+    temporary files as an interrupted run's leftovers. The lock is on the store's folder itself (its real path), so
+    nothing is added to the store."""
+    if where.is_remote(path):
+        return None
+    folder = Path(where.to_local(path)).resolve()
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise UserError(f"cannot open cache {where.display(path)} to lock it ({exc.strerror}); pass the store "
+                        "folder `customkd extract --out` wrote") from None
+    key = f"store:{folder}"
+    if not files.hold_lock(fd, key):
+        raise UserError(f"another `customkd extract` is adding a teacher to cache {where.display(path)}; wait for it "
+                        "to finish, then run this command again (nothing was written)")
+    return key
+
+
 def extract_into(cfg: ExtractConfig, observe: BatchObserver | None = None) -> ExtractResult:
     """Add ``cfg.teacher`` to the complete store ``cfg.into``; a no-op when it holds that teacher complete with
-    the same fingerprint component, refused when it holds it different (unless ``cfg.overwrite_teacher``)."""
-    from customkd.featcache.teachers import create_teacher
-
+    the same fingerprint component, refused when it holds it different (unless ``cfg.overwrite_teacher``), and
+    refused while another process adds a teacher to the same local store."""
     started = dt.datetime.now(dt.UTC)
-    path = cfg.into
-    opened = _open_extendable(path)
+    opened = _open_extendable(cfg.into)
     group, manifest = opened.group, opened.manifest
     listing = load_listing(manifest.data_spec)
-    _check_rows(listing, manifest, group, path)
+    _check_rows(listing, manifest, group, cfg.into)
     device = resolve_device(cfg.device)
     env, device = distributed.init_distributed(str(device) if cfg.device != "auto" else "auto")
+    key = distributed.on_main(env, lambda: _lock_store(cfg.into))
+    try:
+        return _add_teacher(cfg, env, device, manifest, listing, started, observe)
+    finally:
+        if key is not None and env.main:
+            files.release_lock(key)
+
+
+def _add_teacher(cfg: ExtractConfig, env: distributed.DistEnv, device, manifest: Manifest, listing: DatasetListing,
+                 started: dt.datetime, observe: BatchObserver | None) -> ExtractResult:
+    """Load the teacher, list it in the store (rank 0) and compute its pending shards on every rank."""
+    from customkd.featcache.teachers import create_teacher
+
+    path = cfg.into
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device), size=cfg.teacher_size, tap=cfg.tap)
     precision = resolve_precision(cfg.precision, device)
     wanted = teacher_entry(teacher, precision, len(manifest.teachers))

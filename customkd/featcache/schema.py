@@ -216,7 +216,7 @@ def _check_teachers(attrs: Mapping, v: int) -> tuple[TeacherEntry, ...]:
     for slot, item in enumerate(teachers):
         _need(isinstance(item, Mapping), f"teacher {slot} is not an object")
         name, d, status = item.get("name"), item.get("feature_dim"), item.get("status")
-        _need(isinstance(name, str) and 0 < len(name) <= 300 and "," not in name,
+        _need(isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and "," not in name,
               f"teacher {slot} has no name (a string without commas)")
         _need(_is_int(d, 1, MAX_FEATURE_DIM) and v * d <= MAX_FEATURES_PER_SAMPLE, f"teacher {name!r} feature_dim "
               f"{d!r} is out of range (1..{MAX_FEATURE_DIM}, V x D at most {MAX_FEATURES_PER_SAMPLE})")
@@ -243,6 +243,8 @@ MAX_VIEW_PARAMS = 256
 MAX_SHARDS = 2**20
 MAX_SHARD_ROWS = 2**20  # samples per shard or inner chunk (a reader holds a whole shard)
 MAX_NAMES = 100_000
+MAX_NAME_CHARS = 300  # a teacher, class, domain, split or view-parameter name (a folder name is at most 255 bytes)
+MAX_TEXT_CHARS = 16384  # any other string of a manifest: a data spec or path of a few PATH_MAX (4096) parts, a time
 MAX_FEATURES_PER_SAMPLE = 2**22  # V x D: 8 MiB of float16 per sample (e.g. 1024 views of 4096 dimensions)
 MAX_BLOCK_BYTES = 2**31  # decoded bytes of one storage object, what a reader holds at once
 
@@ -265,6 +267,32 @@ def _names(attrs: Mapping, key: str) -> list[str]:
           f"'{key}' must be a non-empty list of strings (at most {MAX_NAMES})")
     _need(len(set(names)) == len(names), f"'{key}' has duplicate names")
     return names
+
+
+def _check_strings(attrs: Mapping) -> None:
+    """Every string of the manifest, at any depth and keys included, is bounded before anything reads or prints it:
+    names (:data:`MAX_NAME_CHARS`; teacher names in :func:`_check_teachers`) and the rest (:data:`MAX_TEXT_CHARS`:
+    data spec, tap, times, versions, the extraction's config, keys this version does not know). The error says where
+    and how long, never the string."""
+    for key in ("classes", "domains", "splits", "view_params"):
+        names = attrs.get(key)
+        for i, name in enumerate(names if isinstance(names, list) else ()):
+            _need(not isinstance(name, str) or len(name) <= MAX_NAME_CHARS, f"'{key}' entry {i} is {len(name)} "
+                  f"characters long, more than the {MAX_NAME_CHARS} a name may have")
+    pending: list[tuple[str, Any]] = []
+    for key, value in attrs.items():
+        _need(not isinstance(key, str) or len(key) <= MAX_NAME_CHARS, f"a key of the manifest is {len(key)} characters "
+              f"long, more than {MAX_NAME_CHARS}")
+        pending.append((key, value))
+    while pending:  # a stack, not recursion: a forged manifest may nest deeply
+        key, value = pending.pop()
+        if isinstance(value, str):
+            _need(len(value) <= MAX_TEXT_CHARS, f"a string in '{key}' is {len(value)} characters long, more than "
+                  f"{MAX_TEXT_CHARS}")
+        elif isinstance(value, Mapping):
+            pending += [(key, inner) for item in value.items() for inner in item]
+        elif isinstance(value, list):
+            pending += [(key, inner) for inner in value]
 
 
 def check_header(attrs: Mapping) -> str:
@@ -374,6 +402,7 @@ class Manifest:
         :class:`ManifestError`. With ``store_root`` (a local store, resolved) the data spec may not point inside it."""
         _need(isinstance(attrs, Mapping), "the manifest is not an object")
         check_header(attrs)
+        _check_strings(attrs)
         version = attrs["schema_version"]
         n, v, d = _check_shape(attrs, version)
         for key in ("classes", "domains", "splits"):

@@ -13,6 +13,8 @@ seed by seed (:mod:`report.results_page`), draws the figures (:mod:`report.figur
 Runs live under ``--out`` (default ``runs/report``): ``<regime>/<variant>/seed<k>/``. A finished run
 whose command line is unchanged is reused; an interrupted one resumes from its checkpoint, so the
 report can be run in parts (``--regimes``, ``--variants``, ``--seeds``) and picks up where it stopped.
+``--out`` is the report's own folder (:data:`MARK`): a folder holding anything else is refused before anything
+is written. With ``--no-docs`` the page and ``results/`` are written there too, and nothing outside it.
 """
 
 from __future__ import annotations
@@ -259,6 +261,41 @@ def regimes_of(jobs: list[Job], cfg: ReportConfig) -> dict[str, dict]:
     return regimes
 
 
+MARK = "report.json"  # in --out: the folder is a report's run folder, which later reports may write
+_REPORT_FILES = {"summary.json", "results.md", EXTRACTIONS}  # what an older report, without the mark, left in --out
+_REPORT_FOLDERS = {"logs", "figures", "results"}
+
+
+def claim_out(cfg: ReportConfig) -> None:
+    """Refuse, before anything is written, an ``--out`` that is a file, or a folder that is not empty and not the
+    report's own: marked with :data:`MARK`, or an older report's (nothing at its top but what a report writes,
+    no link). Only the check: :func:`mark_out` marks it once every other check has passed."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a new or empty folder for the report's runs")
+    if not out.is_dir() or (out / MARK).is_file():
+        return
+    foreign = next((entry.name for entry in sorted(out.iterdir()) if not _written_by_a_report(entry)), None)
+    if foreign is not None:
+        raise UserError(f"--out {out} is not empty and not a customkd report folder (no {MARK}; it holds "
+                        f"{foreign}); pass a new or empty folder as --out, so nothing of yours is overwritten")
+
+
+def _written_by_a_report(entry: Path) -> bool:
+    if entry.is_symlink():
+        return False
+    if entry.is_dir():
+        return entry.name in _REPORT_FOLDERS or entry.name in REGIMES
+    return entry.is_file() and entry.name in _REPORT_FILES
+
+
+def mark_out(cfg: ReportConfig) -> None:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARK).is_file():
+        write_json(out / MARK, {"created_by": "customkd report", "created": dt.datetime.now(dt.UTC).isoformat()})
+
+
 RUNS_INDEX_TITLE = "# Run records of `make report`"
 
 
@@ -300,8 +337,9 @@ def make_report(cfg: ReportConfig, command: str = "customkd report") -> dict:
     cfg = cfg.resolved()
     started = time.perf_counter()
     jobs = plan(cfg)
-    if not cfg.no_docs:
-        results_page.check_writable(cfg)
+    claim_out(cfg)
+    results_page.check_writable(cfg)
+    mark_out(cfg)
     extractions = extract_all(jobs, cfg)
     ran = run_all(jobs, cfg.parallel, cfg.out / "logs", extractions)
     aligned = time.perf_counter()
@@ -310,19 +348,18 @@ def make_report(cfg: ReportConfig, command: str = "customkd report") -> dict:
     summary["command"] = command
     summary["parallel"], summary["runs_run_here"] = cfg.parallel, ran
     summary["alignment_seconds"] = round(time.perf_counter() - aligned, 1)
-    figure_dir = cfg.out / "figures" if cfg.no_docs else cfg.docs / "results"
+    figure_dir = cfg.docs / "results"  # with --no-docs, under --out
     figure_dir.mkdir(parents=True, exist_ok=True)
     summary["figures"] = draw_figures(summary, jobs, figure_dir)
     summary["invocation_seconds"] = round(time.perf_counter() - started, 1)
     summary["budget"] = results_page.budget(summary)
     write_json(cfg.out / "summary.json", summary)
-    if not cfg.no_docs:
-        copy_run_records(jobs, cfg.out, figure_dir)
-        write_json(figure_dir / "summary.json", summary)
-        write_text(cfg.docs / "results.md", results_page.render(summary, cfg))
-        if cfg.readme is not None:
-            results_page.update_readme(cfg.readme, summary)
-        log.info("wrote %s and %s/%s", cfg.docs / "results.md", figure_dir,
-                 f", and the headline table in {cfg.readme}" if cfg.readme is not None else "")
+    copy_run_records(jobs, cfg.out, figure_dir)
+    write_json(figure_dir / "summary.json", summary)
+    write_text(cfg.docs / "results.md", results_page.render(summary, cfg))
+    if cfg.readme is not None:
+        results_page.update_readme(cfg.readme, summary)
+    log.info("wrote %s and %s/%s", cfg.docs / "results.md", figure_dir,
+             f", and the headline table in {cfg.readme}" if cfg.readme is not None else "")
     log.info("report done in %.0f s (run folder %s)", time.perf_counter() - started, cfg.out)
     return summary

@@ -43,36 +43,64 @@ def default_cache(data: str, teacher: str) -> str:
 class ReportConfig:
     """Every option of ``customkd report``; ``None`` means "the default of the command the report runs"."""
 
-    data: str = _EXTRACT.data
-    teacher: str = _EXTRACT.teacher  # the teacher of every regime but large-teacher
-    large_teacher: str = "efficientnet_lite2"
-    cache: str | None = None  # --teacher's store (default caches/<data>-<teacher>.zarr)
-    large_cache: str | None = None
-    views: int = _EXTRACT.views
-    teacher_weights: str | None = None  # passed to extract --weights (tests use 'random')
-    student: str | None = None  # student of the regimes that do not name one
-    out: Path = Path("runs/report")
-    regimes: str = DEFAULT_REGIMES
-    variants: str = ""  # keep only these variants in every regime ("" = all)
-    seeds: str = DEFAULT_SEEDS
-    regime_seeds: str = ""  # per-regime override of --seeds, e.g. "pretrained=0,1,2" (a report built over sittings)
-    epochs: int | None = None
-    min_steps: int | None = None
-    image_size: int | None = None
-    label_fraction: float = LABEL_FRACTION
-    parallel: int = 2  # runs at once; the cores are split between them
-    eval_split: str = "test"  # "dev": score on a fixed part of the training rows (choosing settings), never the test rows
-    extra: str = ""  # more distill flags for every run, e.g. '--lr 1e-3'
-    docs: Path | None = None  # default: docs/ in the customkd repository, else --out
-    readme: Path | None = None  # default: README.md in the customkd repository, else none
-    no_docs: bool = False
-    quick: bool = False
+    data: str = option(
+        _EXTRACT.data, "Dataset spec, as extract --data.")
+    teacher: str = option(
+        _EXTRACT.teacher, "The teacher of every regime but large-teacher.")
+    large_teacher: str = option(
+        "efficientnet_lite2", "The large-teacher regime's teacher.")
+    cache: str | None = option(
+        None, "--teacher's store (default caches/<data>-<teacher>.zarr).")
+    large_cache: str | None = option(
+        None, "--large-teacher's store (default likewise).")
+    views: int = option(
+        _EXTRACT.views, "Views per image of each extraction.")
+    teacher_weights: str | None = option(
+        None, "Passed to extract --weights ('random' in tests).")
+    student: str | None = option(
+        None, "Student of the regimes that do not name one (default: distill's).")
+    out: Path = option(
+        Path("runs/report"), "The report's run folder.")
+    regimes: str = option(
+        DEFAULT_REGIMES, "Comma-separated regimes: headroom, pretrained, main, large-teacher, supervised.")
+    variants: str = option(
+        "", "Keep only these variants in every regime (default: all).")
+    seeds: str = option(
+        DEFAULT_SEEDS, "Comma-separated seeds (each seed also draws its label subset).")
+    regime_seeds: str = option(  # a report built over sittings
+        "", "Per-regime seeds overriding --seeds, e.g. 'pretrained=0,1,2' (separate regimes with ';').")
+    epochs: int | None = option(
+        None, "distill --epochs for every run (default: distill's).")
+    min_steps: int | None = option(
+        None, "distill --min-steps for every run (0 makes --epochs exact on small data).")
+    image_size: int | None = option(
+        None, "Student resolution (default: distill's).")
+    label_fraction: float = option(
+        LABEL_FRACTION, "SSL label budget.")
+    parallel: int = option(
+        2, "Runs at once; the cores are split between them.")
+    eval_split: str = option(
+        "test", "test, or dev: every run scored on a fixed 20 % of the training rows (for choosing settings; the test "
+        "rows stay untouched).")
+    extra: str = option(
+        "", "More distill flags for every run, e.g. --extra='--lr 1e-3'.")
+    docs: Path | None = option(
+        None, "Where results.md and results/ are written (default: docs/ in the customkd repository, else --out).")
+    readme: Path | None = option(
+        None, "README whose headline block is rewritten (default: README.md in the customkd repository, else none).")
+    no_docs: bool = option(
+        False, "Write nothing outside --out.", negatable=False)
+    quick: bool = option(
+        False, "Smoke run: main regime, 1 seed, 1 epoch, 2 variants, no docs.", negatable=False)
 
     def __post_init__(self) -> None:
         if self.eval_split not in EVAL_SPLITS:
             raise UserError(f"unknown --eval-split {self.eval_split!r}; known: {', '.join(EVAL_SPLITS)}")
         if self.parallel < 1:
             raise UserError(f"--parallel must be at least 1, got {self.parallel}")
+        if self.no_docs and ((self.docs is not None and Path(self.docs) != Path(self.out)) or self.readme is not None):
+            raise UserError("--no-docs writes the page under --out and nothing elsewhere; leave out --docs and "
+                            "--readme, or --no-docs")
         try:
             [int(s) for s in self.seeds.split(",")]
             for part in (p for p in self.regime_seeds.split(";") if p):
@@ -90,14 +118,17 @@ class ReportConfig:
         return [int(s) for s in overrides.get(regime, self.seeds).split(",")]
 
     def resolved(self) -> ReportConfig:
-        """``--quick`` applied and the stores' default paths filled in."""
+        """``--quick`` applied, the stores' default paths filled in, and where the page goes: ``--docs``, else
+        docs/ in the customkd repository, else ``--out``; always ``--out`` with ``--no-docs``."""
         cfg = self
         if cfg.quick:
-            cfg = dataclasses.replace(cfg, regimes="main", seeds="0", epochs=1, no_docs=True,
+            cfg = dataclasses.replace(cfg, regimes="main", seeds="0", epochs=1, no_docs=True, docs=None, readme=None,
                                       variants="student,customkd", min_steps=0)
         here = is_this_project(Path.cwd())
         docs = Path(cfg.docs) if cfg.docs is not None else Path("docs") if here else Path(cfg.out)
         readme = Path(cfg.readme) if cfg.readme is not None else Path("README.md") if here else None
+        if cfg.no_docs:  # the same page, under --out only
+            docs, readme = Path(cfg.out), None
         return dataclasses.replace(cfg, out=Path(cfg.out), docs=docs, readme=readme,
                                    cache=cfg.cache or default_cache(cfg.data, cfg.teacher),
                                    large_cache=cfg.large_cache or default_cache(cfg.data, cfg.large_teacher))

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from customkd.common import files
 from customkd.common.errors import UserError
-from customkd.common.files import atomic_path, write_json
+from customkd.common.files import atomic_path, hold_lock, write_json
 
 MAX_IMAGE_SIZE = 2048  # px; a student's input side, for training and for a run's recorded preprocessing
 
@@ -148,9 +149,6 @@ def _read_json(run: str | Path, name: str) -> Any:
 
 # ---------------------------------------------------------------- ownership: the marker and the lock
 
-_HELD_LOCKS: dict[str, object] = {}
-
-
 def is_marked(run: str | Path) -> bool:
     return exists(run, MARKER)
 
@@ -201,27 +199,18 @@ def remove_run(run: str | Path) -> None:
 
 def lock(run: str | Path) -> None:
     """An exclusive lock on the run folder for as long as this process writes it (or :func:`release_locks`)."""
-    import fcntl
-
     try:  # never through a link: the lock file is created in the folder itself
-        handle = os.fdopen(os.open(Path(run) / LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644),
-                           "a")
+        fd = os.open(Path(run) / LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise UserError(f"cannot create the lock file {Path(run) / LOCK} ({exc.strerror}); remove it if it is a "
                         "link, or choose another --out") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise UserError(f"another distill is writing {run}; wait for it or choose another --out") from None
-    _HELD_LOCKS[str(run)] = handle
+    if not hold_lock(fd, str(run)):
+        raise UserError(f"another distill is writing {run}; wait for it or choose another --out")
 
 
 def release_locks() -> None:
     """Drop every lock this process holds (one run per process; tests and the bench run several)."""
-    for handle in _HELD_LOCKS.values():
-        handle.close()
-    _HELD_LOCKS.clear()
+    files.release_locks()
 
 
 # ---------------------------------------------------------------- config.json

@@ -226,6 +226,34 @@ def test_every_command_has_verbose_quiet_and_help_on_every_option():
         assert command.help, name
 
 
+def test_commands_with_a_config_take_each_option_from_its_field():
+    """extract, distill, compare and report declare each option once, on their config's field (its help text and
+    default), and build the command from it; report keeps its one-way switches --no-docs and --quick."""
+    import dataclasses
+
+    import typer.main
+
+    from customkd.cli.app import app
+    from customkd.featcache.config import ExtractConfig
+    from customkd.report.config import CompareConfig, ReportConfig
+    from customkd.trainer.config import DistillConfig
+
+    commands = dict(_commands(typer.main.get_command(app)))
+    for name, config in (("extract", ExtractConfig), ("distill", DistillConfig), ("compare", CompareConfig),
+                         ("report", ReportConfig)):
+        options = {p.name: p for p in commands[name].params if p.param_type_name == "option"}
+        for field in dataclasses.fields(config):
+            if name == "extract" and field.name == "recipe":  # built from --color-jitter and --scale-min
+                continue
+            assert field.metadata.get("help") and options[field.name].help == field.metadata["help"], (name, field.name)
+        assert set(options) - {f.name for f in dataclasses.fields(config)} <= {"config", "verbose", "quiet",
+                                                                               "color_jitter", "scale_min"}, name
+    report = {p.name: p for p in commands["report"].params}
+    assert (report["no_docs"].opts, report["no_docs"].secondary_opts) == (["--no-docs"], [])
+    assert (report["quick"].opts, report["quick"].secondary_opts) == (["--quick"], [])
+    assert report["out"].default == ReportConfig.out == ReportConfig().out
+
+
 def test_version_is_the_package_version():
     import importlib.metadata
 

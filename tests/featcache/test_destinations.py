@@ -33,3 +33,31 @@ def test_a_new_store_where_no_folder_can_be_created_is_one_line_before_any_work(
         one_error_line(invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data",
                               f"folder:{tiny_folder}", "--out", dest, "--workers", "0"), needle)
     assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_through_a_link_or_of_a_store_holding_a_foreign_file_is_refused_before_any_work(tiny_store,
+                                                                                                   tiny_folder,
+                                                                                                   tmp_path):
+    """``extract --overwrite --out LINK`` (a link to a store) and ``--out STORE`` holding a file that is not a
+    store's: refused in the only line printed, before the dataset is listed or the teacher loads (it logged both and
+    'replacing store …' first); the store and the link are left as they were."""
+    import shutil
+
+    from tests.conftest import customkd
+
+    store, link = tmp_path / "s.zarr", tmp_path / "link.zarr"
+    shutil.copytree(tiny_store, store)
+    link.symlink_to(store)
+    base = ("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
+            "--workers", "0", "--shard-size", "8", "--chunk-size", "4", "--overwrite")
+    before = store_bytes(store, manifest=True)
+    for views in ("3", "2"):  # the same fingerprint (rebuilt in place), another one (replaced)
+        refused = customkd(*base, "--views", views, "--out", link)
+        one_error_line(refused, "link.zarr is a symbolic link")
+        assert refused.stderr.splitlines() == [refused.stderr.splitlines()[-1]] and refused.stdout == ""
+    assert link.is_symlink() and store_bytes(store, manifest=True) == before
+    (store / "notes.txt").write_text("mine")
+    refused = customkd(*base, "--views", "2", "--out", store)
+    one_error_line(refused, "holds notes.txt, which is not part of a customkd store")
+    assert len(refused.stderr.splitlines()) == 1 and (store / "notes.txt").read_text() == "mine"
+    assert store_bytes(store, manifest=True) == {**before, "notes.txt": b"mine"}

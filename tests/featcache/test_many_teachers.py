@@ -121,6 +121,32 @@ def test_two_ranks_add_the_same_teacher_as_one(tiny_store, two_teachers, tmp_pat
     np.testing.assert_allclose(*features, rtol=2e-3, atol=2e-3)
 
 
+def test_a_second_addition_to_the_same_store_at_once_is_refused(tiny_store, two_teachers, tmp_path):
+    """While one process adds a teacher to a store (it holds the flock on the store's folder), a second
+    ``extract --into`` of that store, also through a link to it, is one line, exit 2, before its teacher loads, and
+    writes nothing; once the first lets go, the same command completes (the lock goes with the process)."""
+    import fcntl
+    import os
+
+    from tests.conftest import customkd
+
+    store = tmp_path / "busy.zarr"
+    shutil.copytree(tiny_store, store)
+    (tmp_path / "link.zarr").symlink_to(store)
+    before = store_bytes(store, manifest=True)
+    command = ("extract", "--teacher", SECOND, "--weights", "random", "--teacher-size", "32", "--workers", "0")
+    held = os.open(store, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first extract --into, adding its teacher
+        for place in (store, tmp_path / "link.zarr"):
+            one_error_line(customkd(*command, "--into", place), "another `customkd extract` is adding a teacher")
+        assert store_bytes(store, manifest=True) == before
+    finally:
+        os.close(held)
+    assert customkd(*command, "--into", store).returncode == 0
+    assert store_bytes(store) == store_bytes(two_teachers)
+
+
 def test_an_image_changed_since_extraction_is_refused(tiny_folder, tiny_store, tmp_path):
     folder = tmp_path / "imgs"
     shutil.copytree(tiny_folder, folder)

@@ -1,7 +1,7 @@
 """Stores on object storage, against a real S3 API: moto's S3 server on loopback, tiny data.
 
-Write straight to s3://, push, pull (byte-for-byte), an interrupted push that must not look
-complete, and a student trained from s3:// directly."""
+Write straight to s3://, add a teacher to a store there, push, pull (byte-for-byte), an interrupted push that
+must not look complete, and a student trained from s3:// directly."""
 
 from __future__ import annotations
 
@@ -295,3 +295,33 @@ def test_overwrite_on_s3_deletes_only_store_objects(tiny_folder, s3):
     with pytest.raises(UserError, match="holds features/notes.txt, which is not part of a customkd store"):
         extract(ExtractConfig(**{**cfg.__dict__, "views": 3, "overwrite": True}))
     assert where.list_objects(cfg.out) == before
+
+
+def test_a_teacher_is_added_to_a_store_on_s3(tiny_store, s3, tmp_path):
+    """``extract --teacher B --into s3://…`` through the CLI: the views (and the rest of the view set, and the first
+    teacher) stay byte for byte, B's features are those of the same addition on a local copy, verify passes."""
+    import shutil
+
+    from customkd.featcache.cache_ops import verify_store
+
+    url = f"{s3}/c.zarr"
+    remote.push(tiny_store, url)
+    filesys, root = where.filesystem(url)
+    before = {key: filesys.cat_file(f"{root}/{key}") for key in where.list_objects(url) if key != "zarr.json"}
+    added = invoke("extract", "--teacher", "timm:test_efficientnet", "--into", url, "--weights", "random",
+                   "--workers", "0", "--teacher-size", "32")
+    assert added.exit_code == 0 and "teacher timm:test_efficientnet" in added.stdout, added.output
+    after = {key: filesys.cat_file(f"{root}/{key}") for key in where.list_objects(url)}
+    assert all(after[key] == before[key] for key in before)  # views, listing and teacher 0, object for object
+    assert any(key.startswith("views/") for key in before)
+    assert verify_store(url) == []
+    assert fs.read_manifest(fs.open_complete_store(url), url).teacher_names == (TINY_TEACHER, "timm:test_efficientnet")
+    local = tmp_path / "local.zarr"
+    shutil.copytree(tiny_store, local)
+    invoke("extract", "--teacher", "timm:test_efficientnet", "--into", local, "--weights", "random", "--workers", "0",
+           "--teacher-size", "32")
+    np.testing.assert_array_equal(_arrays(url)["features_t1"], _arrays(local)["features_t1"])
+    checked = invoke("cache", "verify", url)
+    assert checked.exit_code == 0, checked.output
+    assert invoke("extract", "--teacher", "timm:test_efficientnet", "--into", url, "--weights", "random",
+                  "--workers", "0", "--teacher-size", "32").exit_code == 0  # again: nothing to do

@@ -248,25 +248,66 @@ def test_object_sizes_are_what_zarr_writes(tmp_path, n, shard_size, chunk_size, 
             assert fewest <= objects[key] <= most and (compress or objects[key] == fewest), (key, objects[key])
 
 
-def test_megabyte_strings_in_a_manifest_never_flood_the_terminal(copy):
-    """A forged manifest whose creation time and library version are megabytes long: ``cache info`` (and
-    ``--json``) print each cut, saying how long it was. A megabyte teacher name is refused when the manifest is
-    validated (names are at most 300 characters), in one bounded line."""
+def test_long_strings_in_a_manifest_never_flood_the_terminal(copy):
+    """A creation time and a library version of 10,000 characters (within the manifest's bounds): ``cache info``
+    (and ``--json``) print each cut, saying how long it was. A teacher name of 1,000 characters is refused when the
+    manifest is validated (names are at most 300 characters), in one bounded line."""
     def forge(manifest):
-        manifest["created"] = "x" * 5_000_000
-        manifest["versions"]["torch"] = "y" * 5_000_000
+        manifest["created"] = "x" * 10_000
+        manifest["versions"]["torch"] = "y" * 10_000
 
     edit_manifest(copy, forge)
     for args in ([], ["--json"]):
         result = invoke("cache", "info", copy, *args)
         assert result.exit_code == 0 and len(result.output) < 20_000, len(result.output)
-        assert "(5000000 characters, cut)" in result.output
+        assert "(10000 characters, cut)" in result.output
 
     def long_name(manifest):
         teacher = manifest["teachers"][0]
-        teacher["name"] = teacher["fingerprint"]["name"] = "timm:test_vit." + "z" * 3_000_000
+        teacher["name"] = teacher["fingerprint"]["name"] = "timm:test_vit." + "z" * 1_000
 
     edit_manifest(copy, long_name)
     for args in (["cache", "info", copy], ["cache", "verify", copy, "--teacher-check", "1", "--weights", "random"]):
         line = one_error_line(invoke(*args), "teacher 0 has no name")
         assert len(line) < 2_500
+
+
+def _forge_string(path: tuple, length: int):
+    """An edit setting the string at ``path`` (keys and list positions from the manifest's root) to ``length``
+    characters; a new key where the path ends in one that is not there."""
+    def forge(manifest):
+        *parents, last = path
+        target = manifest
+        for step in parents:
+            target = target[step]
+        target[last] = "w" * length
+    return forge
+
+
+@pytest.mark.parametrize("path, length, needle", [
+    (("classes", 1), 301, "'classes' entry 1 is 301 characters long, more than the 300 a name may have"),
+    (("domains", 0), 301, "'domains' entry 0 is 301 characters long"),
+    (("splits", 0), 301, "'splits' entry 0 is 301 characters long"),
+    (("view_params", 2), 301, "'view_params' entry 2 is 301 characters long"),
+    (("data_spec",), 3_000_000, "a string in 'data_spec' is 3000000 characters long, more than 16384"),
+    (("teachers", 0, "fingerprint", "tap"), 20_000, "a string in 'teachers' is 20000 characters long"),
+    (("teachers", 0, "name"), 3_000_000, "a string in 'teachers' is 3000000 characters long"),
+    (("fingerprint", "augmentation", "seed_scheme"), 20_000, "a string in 'fingerprint' is 20000 characters"),
+    (("created",), 5_000_000, "a string in 'created' is 5000000 characters long"),
+    (("teachers", 0, "completed"), 5_000_000, "a string in 'teachers' is 5000000 characters long"),
+    (("versions", "torch"), 5_000_000, "a string in 'versions' is 5000000 characters long"),
+    (("extract_config", "data"), 5_000_000, "a string in 'extract_config' is 5000000 characters long"),
+    (("unknown_key",), 5_000_000, "a string in 'unknown_key' is 5000000 characters long"),
+])
+def test_every_string_of_a_manifest_is_bounded_when_it_is_read(copy, path, length, needle):
+    """Names (classes, domains, splits, view parameters) at most 300 characters, every other string at any depth at
+    most 16384: a longer one is refused when the manifest is validated, in one bounded line that says where and
+    how long (never the string), by every command that opens the store; the store is left as it was."""
+    edit_manifest(copy, _forge_string(path, length))
+    before = {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()}
+    for args in (["cache", "info", copy], ["cache", "info", copy, "--json"], ["cache", "verify", copy],
+                 ["distill", "--cache", copy, "--out", copy.parent / "run", "--min-steps", "0"]):
+        line = one_error_line(invoke(*args), needle)
+        assert "malformed manifest" in line and "www" not in line and len(line) < 500
+    assert {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()} == before
+    assert not (copy.parent / "run").exists()

@@ -440,3 +440,68 @@ def test_the_teachers_table_reads_each_choice_and_each_teacher_against_the_last(
     assert "`t2` − `t0` with kd: +10.0 points" in lines[7] and "`t2` − `t0` with customkd: +9.0 points" in lines[7]
     assert results_page.teachers_table({**summary, "regimes": {s: {**r, "pick": None} for s, r in
                                                                 summary["regimes"].items()}}) == []
+
+
+def test_report_refuses_an_out_folder_that_is_not_its_own_before_writing_anything(tmp_path):
+    """``--out`` holding a user's file, or being a file: one line naming it and the fix, exit 2, before the
+    extraction (no store made) and before any log, request or mark file is written; ``--no-docs`` with ``--docs``
+    is refused likewise. An empty folder, a marked one and an older report's unmarked one are the report's."""
+    from tests.conftest import customkd, one_error_line
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    (mine / "main").mkdir()
+    args = ("report", "--data", "folder:/nonexistent", "--teacher-weights", "random", "--regimes", "main",
+            "--variants", "student", "--seeds", "0", "--cache", tmp_path / "c.zarr", "--no-docs")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    line = one_error_line(customkd(*args, "--out", mine, cwd=tmp_path), f"--out {mine} is not empty and not a "
+                          "customkd report folder")
+    assert "notes.txt" in line and "pass a new or empty folder" in line
+    (tmp_path / "file").write_text("keep")
+    one_error_line(customkd(*args, "--out", tmp_path / "file", cwd=tmp_path), "is a file")
+    one_error_line(customkd(*args, "--out", tmp_path / "r", "--docs", tmp_path / "d", cwd=tmp_path),
+                   "leave out --docs and --readme")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted([*before, Path("file")])
+    assert (mine / "notes.txt").read_text() == "keep"
+    older = tmp_path / "older"  # what a report wrote before it marked its folders
+    for folder in ("logs", "main/kd/seed0", "figures"):
+        (older / folder).mkdir(parents=True)
+    (older / "summary.json").write_text("{}")
+    for place in (tmp_path / "new", older):
+        compare.claim_out(ReportConfig(out=place))
+    (mine / compare.MARK).write_text("{}")
+    compare.claim_out(ReportConfig(out=mine))
+    (older / "logs").rename(tmp_path / "elsewhere")
+    (older / "logs").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="holds logs"):
+        compare.claim_out(ReportConfig(out=older))
+
+
+def test_report_no_docs_writes_the_page_under_out_only(tiny_folder, tmp_path):
+    """Run from the customkd repository (where the page would go to docs/ and the README's block), ``--no-docs``
+    writes the same page, figures and run records under ``--out`` and nothing else: no docs/, README untouched."""
+    from tests.conftest import customkd
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "customkd"\n')
+    readme = "# x\n\n<!-- report:start -->\nOLD\n<!-- report:end -->\n"
+    (project / "README.md").write_text(readme)
+    out = tmp_path / "out"
+    done = customkd("report", "--data", f"folder:{tiny_folder}", "--teacher", TINY_TEACHER, "--teacher-weights",
+                    "random", "--student", TINY_STUDENT, "--image-size", "32", "--epochs", "1", "--min-steps", "0",
+                    "--seeds", "0", "--regimes", "main", "--variants", "student,kd", "--label-fraction", "0.5",
+                    "--cache", tmp_path / "c.zarr", "--out", out, "--no-docs", "--parallel", "1", cwd=project,
+                    timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in project.iterdir()) == ["README.md", "pyproject.toml"]
+    assert (project / "README.md").read_text() == readme
+    page = (out / "results.md").read_text()
+    assert results_page.PAGE_MARK in page and "## Learning curves" in page
+    for target in re.findall(r"\]\(([^)#]+)\)", page):  # every relative link of the page is a file under --out
+        assert (out / target).is_file(), target
+    summary = json.loads((out / "results" / "summary.json").read_text())
+    assert set(summary["rows"]) == {"main/student", "main/kd"}
+    assert (out / "results" / "runs" / "main" / "kd" / "seed0" / "metrics.json").is_file()
+    assert (out / compare.MARK).is_file()
