@@ -401,7 +401,7 @@ def setup_section(summary: dict) -> list[str]:
         *stores,
         f"- Training recipe of the `{slug}` regime (the others differ only in the student and its resolution, "
         f"schedule and label budget shown in their sections; every run's options are in its {run_folder.CONFIG}): batch {cfg['batch_size']}, {cfg['optimizer']} lr "
-        f"{cfg['effective_lr']} (weight decay {cfg.get('effective_weight_decay', cfg['weight_decay'])}"
+        f"{cfg['effective_lr']} (weight decay {cfg.get('effective_weight_decay', cfg.get('weight_decay'))}"
         + ("" if cfg.get("decay_norm_bias", True) else ", none on norms and biases")
         + (f"; {cfg['warmup_epochs']:g} warm-up epoch(s) from lr {cfg['warmup_lr']:g}" if cfg.get("warmup_epochs") else "")
         + f"), λ_g = {cfg['effective_lambda_general']}, "
