@@ -16,8 +16,11 @@ from customkd.trainer import run_folder
 
 # What makes a regime one setup (every run of it must agree); method options may differ between variants.
 SHARED_KEYS = ("student", "student_pretrained", "student_weights", "epochs", "image_size", "batch_size", "optimizer",
-               "effective_lr", "weight_decay", "feature_norm", "device", "n_train", "n_eval", "classes", "teacher",
-               "labels_per_class", "setting", "label_fraction", "eval_split")
+               "effective_lr", "effective_weight_decay", "decay_norm_bias", "warmup_epochs", "warmup_lr",
+               "feature_norm", "device", "n_train", "n_eval", "classes", "teacher", "labels_per_class", "setting",
+               "label_fraction", "eval_split")
+# Settings a run recorded before they existed, as it used them (a run of a later version records its own).
+RECORDED_LATER = {"decay_norm_bias": True, "warmup_epochs": 0.0, "warmup_lr": 1e-5}
 # What the page prints of a regime: the setup, and the method options as its customkd run used them.
 CONFIG_KEYS = (*SHARED_KEYS, "effective_lambda_general", "lambda_specific", "specific_space", "specific_loss", "customizer",
                "customizer_lr", "customizer_init", "customizer_optimizer", "customize_epochs", "pseudo_threshold",
@@ -68,12 +71,18 @@ def collect(jobs: list[Job], alignments: dict[Path, dict]) -> dict[str, dict]:
     return rows
 
 
+def as_used(config: dict) -> dict:
+    """A run's config.json with the settings added after it was recorded filled in as it used them (its weight decay
+    was the one ``weight_decay`` held)."""
+    return {**RECORDED_LATER, "effective_weight_decay": config.get("weight_decay"), **config}
+
+
 def regime_configs(jobs: list[Job]) -> dict[str, dict]:
     """Each regime's shared settings, from its first run; refuses a regime whose runs differ in them,
     since the page describes each regime as one setup."""
     configs: dict[str, tuple[Path, dict]] = {}
     for job in jobs:
-        config = run_folder.read_config(job.run_dir).values
+        config = as_used(run_folder.read_config(job.run_dir).values)
         first, reference = configs.setdefault(job.regime.slug, (job.run_dir, config))
         differ = [k for k in SHARED_KEYS if config.get(k) != reference.get(k)]
         if differ:

@@ -441,7 +441,10 @@ def setup_section(summary: dict) -> list[str]:
         *stores,
         f"- Training recipe of the `{slug}` regime (the others differ only in the student and its resolution, "
         f"schedule and label budget shown in their sections; every run's options are in its {run_folder.CONFIG}): batch {cfg['batch_size']}, {cfg['optimizer']} lr "
-        f"{cfg['effective_lr']} (weight decay {cfg['weight_decay']}), λ_g = {cfg['effective_lambda_general']}, "
+        f"{cfg['effective_lr']} (weight decay {cfg.get('effective_weight_decay', cfg.get('weight_decay'))}"
+        + ("" if cfg.get("decay_norm_bias", True) else ", none on norms and biases")
+        + (f"; {cfg['warmup_epochs']:g} warm-up epoch(s) from lr {cfg['warmup_lr']:g}" if cfg.get("warmup_epochs") else "")
+        + f"), λ_g = {cfg['effective_lambda_general']}, "
         f"λ_s = {cfg['lambda_specific']}"
         + (f" (task-specific term: {cfg['specific_loss']} in the head's row space)" if cfg.get("specific_space") == "head"
            else f" (task-specific term: {cfg.get('specific_loss', 'mse')} over all of f_s)")

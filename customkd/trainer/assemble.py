@@ -22,7 +22,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from customkd.common.config_file import convert
-from customkd.common.devices import optimizer_implementation
 from customkd.common.distributed import DistEnv
 from customkd.common.errors import UserError
 from customkd.common.options import field_hints
@@ -40,6 +39,7 @@ from customkd.trainer.data import (
 from customkd.trainer.feature_range import output_activation
 from customkd.trainer.features import block_shuffle, feature_stats
 from customkd.trainer.methods import BatchCounts, Method, MethodContext, create_method
+from customkd.trainer.optim import CosineSchedule, create_optimizer, create_scheduler
 from customkd.trainer.probe import accuracy, fit_teacher_probe
 from customkd.trainer.students import Student, create_student
 
@@ -100,25 +100,13 @@ class Trainee:
     method: Method
     model: nn.Module  # DistillModule(student, method), DDP-wrapped under torchrun
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: CosineSchedule  # advanced after every optimiser step
 
 
 def make_student(cfg: DistillConfig, num_classes: int, device: torch.device) -> Student:
     """The configured student on ``device``, in the memory layout :func:`trainer.loop.to_memory_format` picks."""
     student = create_student(cfg.student, num_classes, cfg.image_size, cfg.student_pretrained, cfg.student_weights)
     return loop.to_memory_format(student.to(device), device)
-
-
-def make_optimizers(cfg: DistillConfig, student: Student, method: Method, steps: int):
-    """(optimiser of the student and the method's student-side parameters, cosine schedule over ``steps``)."""
-    params = list(student.parameters()) + method.student_side_parameters()
-    implementation = optimizer_implementation(params)  # fused on CUDA, foreach on CPU
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.effective_lr, momentum=0.9, weight_decay=cfg.weight_decay,
-                                    nesterov=True, **implementation)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.weight_decay, **implementation)
-    return optimizer, loop.cosine_schedule(optimizer, steps)
 
 
 def wrap_model(student: Student, method: Method, env: DistEnv, device: torch.device) -> nn.Module:
@@ -134,7 +122,7 @@ def wrap_model(student: Student, method: Method, env: DistEnv, device: torch.dev
 
 
 def total_steps(cfg: DistillConfig, inputs: Inputs) -> int:
-    """Optimiser steps of the whole run: the length of the cosine schedule."""
+    """Optimiser steps of the whole run: the length of the lr schedule."""
     n_train = len(inputs.split.train)
     return cfg.epochs_for(n_train) * cfg.steps_per_epoch(n_train)
 
@@ -142,13 +130,16 @@ def total_steps(cfg: DistillConfig, inputs: Inputs) -> int:
 def build_trainee(cfg: DistillConfig, inputs: Inputs, device: torch.device, env: DistEnv | None = None,
                   steps: int | None = None) -> Trainee:
     """A fresh student (drawing from torch's global generator: seed first) with the configured method, model
-    and optimisers; the schedule lasts ``steps`` optimiser steps (default: the whole run's)."""
+    and optimisers; the schedule lasts ``steps`` optimiser steps (default: the whole run's), the first
+    ``--warmup-epochs`` of them warming up."""
     student = make_student(cfg, inputs.num_classes, device)
     activation = output_activation(student.features, student, cfg.image_size)
     method = create_method(cfg.method, MethodContext(inputs.teacher_dim, student.feature_dim,
                                                      inputs.num_classes, cfg, activation)).to(device)
     model = wrap_model(student, method, env or DistEnv(), device)
-    optimizer, scheduler = make_optimizers(cfg, student, method, steps if steps is not None else total_steps(cfg, inputs))
+    optimizer = create_optimizer(cfg, student, method)
+    warmup = cfg.warmup_steps(len(inputs.split.train))
+    scheduler = create_scheduler(cfg, optimizer, steps if steps is not None else total_steps(cfg, inputs), warmup)
     return Trainee(student, method, model, optimizer, scheduler)
 
 

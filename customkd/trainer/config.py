@@ -25,6 +25,10 @@ from customkd.trainer.run_folder import CONFIG, MAX_IMAGE_SIZE, as_given
 SETTINGS = ("supervised", "ssl", "uda")
 METHOD_NAMES = ("student", "fitnet", "kd", "kd+fitnet", "dkd", "customkd", "customkd+kd", "customkd+dkd")  # = trainer.methods.METHODS
 OPTIMIZERS = {"adamw": 2e-3, "sgd": 0.05}  # name → default learning rate
+# name → default weight decay. AdamW's is decoupled (lr × decay per step: 1e-4 at the default lr); SGD's is added to
+# the gradient and amplified by momentum 0.9, so it takes FixMatch's value for its Nesterov SGD (Sohn et al. 2020),
+# the semi-supervised recipe this optimiser follows, and the usual CIFAR ResNet/WRN value.
+WEIGHT_DECAY_DEFAULTS = {"adamw": 0.05, "sgd": 5e-4}
 FEATURE_NORMS = ("none", "l2", "standardize")
 VIEW_SAMPLING = ("cycle", "random")
 EVAL_SPLITS = ("test", "dev")  # dev: a fixed part of the training rows, for choosing settings without the test rows
@@ -79,7 +83,16 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
     optimizer: str = option("adamw", f"{' or '.join(OPTIMIZERS)}.", choices=tuple(OPTIMIZERS))
     lr: float | None = option(
         None, f"Learning rate (default {', '.join(f'{k} {v:g}' for k, v in OPTIMIZERS.items())}).")
-    weight_decay: float = option(0.05, "Weight decay of the student's optimizer.")
+    weight_decay: float | None = option(
+        None, f"Weight decay of the student's optimizer (default "
+        f"{', '.join(f'{k} {v:g}' for k, v in WEIGHT_DECAY_DEFAULTS.items())}).")
+    decay_norm_bias: bool = option(
+        True, "Weight decay on every parameter, norms and biases included; --no-decay-norm-bias exempts 1-D "
+        "parameters (norms, biases) and the model's no_weight_decay() list, as timm's create_optimizer_v2 does.")
+    warmup_epochs: float = option(
+        0.0, "Linear learning-rate warm-up over this many KD epochs (fractions allowed, rounded to optimizer steps) "
+        "from --warmup-lr; the cosine decay spans the whole run, as in timm's CosineLRScheduler (0 = none).")
+    warmup_lr: float = option(1e-5, "Learning rate of the first warm-up step (with --warmup-epochs).")
     grad_clip: float = option(5.0, "Clip the gradient norm to this (0 = off).", aliases=("--clip-grad",))
     feature_norm: str = option("standardize", f"{', '.join(FEATURE_NORMS)} (teacher features).", choices=FEATURE_NORMS)
     view_sampling: str = option("cycle", f"{' or '.join(VIEW_SAMPLING)}.", choices=VIEW_SAMPLING)
@@ -119,8 +132,9 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
                 raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if self.lr is not None and self.lr <= 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
-        for flag, value in (("--weight-decay", self.weight_decay), ("--grad-clip", self.grad_clip),
-                            ("--fixmatch-weight", self.fixmatch_weight)):
+        for flag, value in (("--weight-decay", self.effective_weight_decay), ("--grad-clip", self.grad_clip),
+                            ("--fixmatch-weight", self.fixmatch_weight), ("--warmup-epochs", self.warmup_epochs),
+                            ("--warmup-lr", self.warmup_lr)):
             if value < 0:
                 raise UserError(f"{flag} must be >= 0, got {value}")
         if not 0 <= self.seed < 2**32:  # np.random.seed (seed_everything) takes 32-bit seeds
@@ -152,6 +166,9 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         if self.batch_size < 2:  # a training batch of one sample: BatchNorm has no batch statistics to use
             raise UserError(f"--batch-size must be >= 2 (BatchNorm cannot train on batches of one sample), got "
                             f"{self.batch_size}")
+        if self.epochs is not None and self.warmup_epochs >= self.epochs:
+            raise UserError(f"--warmup-epochs {self.warmup_epochs:g} must be shorter than the run (--epochs "
+                            f"{self.epochs}); the cosine decay follows the warm-up")
         if self.min_steps < 0:
             raise UserError(f"--min-steps must be >= 0, got {self.min_steps}")
         if self.workers < 0:
@@ -210,6 +227,21 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         return self.lr if self.lr is not None else OPTIMIZERS[self.optimizer]
 
     @property
+    def effective_weight_decay(self) -> float:
+        return self.weight_decay if self.weight_decay is not None else WEIGHT_DECAY_DEFAULTS[self.optimizer]
+
+    def warmup_steps(self, n_train: int) -> int:
+        """Optimizer steps of the learning-rate warm-up (``--warmup-epochs``, rounded); refused unless shorter than
+        the run."""
+        steps = round(self.warmup_epochs * self.steps_per_epoch(n_train))
+        total = self.epochs_for(n_train) * self.steps_per_epoch(n_train)
+        if steps >= total and self.warmup_epochs > 0:
+            raise UserError(f"--warmup-epochs {self.warmup_epochs:g} is {steps} optimizer steps, not shorter than the "
+                            f"run's {total} ({self.epochs_for(n_train)} epochs of {self.steps_per_epoch(n_train)}); "
+                            "give fewer warm-up epochs or more --epochs")
+        return steps
+
+    @property
     def effective_lambda_general(self) -> float:
         if self.lambda_general is not None:
             return self.lambda_general
@@ -244,6 +276,7 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         values = {**{k: v for k, v in fields.items() if k not in grouped},
                   **{k: v for k, v in fields.items() if k in grouped}}
         values.update(source=list(self.source), target=list(self.target), effective_lr=self.effective_lr,
+                      effective_weight_decay=self.effective_weight_decay,
                       effective_lambda_general=self.effective_lambda_general)
         return values
 

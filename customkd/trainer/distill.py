@@ -259,6 +259,7 @@ def run_config(s: Session, started: dt.datetime, replay: dict | None = None) -> 
             "num_classes": s.num_classes, "classes": s.data.classes, "device": str(s.device),
             "world_size": s.env.world, "batch_rule": ddp.BATCH_RULE,
             "effective_epochs": s.epochs, "optimizer_steps": s.epochs * s.cfg.steps_per_epoch(len(s.split.train)),
+            "warmup_steps": s.cfg.warmup_steps(len(s.split.train)),
             "student_activation": type(s.method.dims.student_activation).__name__,
             "replay_used": replay or {"mode": "workers"}})
 

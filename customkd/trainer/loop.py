@@ -20,6 +20,7 @@ from customkd.common.devices import autocast, resolve_precision
 from customkd.common.distributed import DistEnv, is_main_process, reduce_sums
 from customkd.common.errors import UserError
 from customkd.trainer.methods import BatchCounts, Method, StepInputs
+from customkd.trainer.optim import CosineSchedule
 from customkd.trainer.students import Student
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,6 @@ class FeatureNorm:
         if self.mode == "l2":
             return nn.functional.normalize(f, dim=-1) * math.sqrt(f.shape[-1])
         return f
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 
 
 def _progress(total: int, desc: str, enabled: bool = True):
@@ -182,7 +179,7 @@ class KDStep:
     method: Method
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: CosineSchedule  # advanced after each optimiser step
     features: object  # np.ndarray [N, V, D] or a reader indexed the same way
     norm: FeatureNorm
     probe: nn.Linear
@@ -217,7 +214,7 @@ def _kd_update(kd: KDStep, batch: list, epoch: int, counts: BatchCounts | None) 
     if kd.grad_clip > 0:
         nn.utils.clip_grad_norm_([p for g in kd.optimizer.param_groups for p in g["params"]], kd.grad_clip)
     kd.optimizer.step()
-    kd.scheduler.step()
+    kd.scheduler.advance()
     return parts, counts
 
 

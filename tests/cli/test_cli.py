@@ -144,6 +144,13 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
     (["distill", "--cache", "{store}", "--kd-temperature", "nan"], "--kd-temperature must be a finite number"),
     (["distill", "--cache", "{store}", "--lr", "-1"], "--lr must be > 0"),
     (["distill", "--cache", "{store}", "--weight-decay", "-1"], "--weight-decay must be"),
+    (["distill", "--cache", "{store}", "--optimizer", "sgd", "--weight-decay", "-0.1"], "--weight-decay must be >= 0"),
+    (["distill", "--cache", "{store}", "--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
+    (["distill", "--cache", "{store}", "--warmup-lr", "-1e-5"], "--warmup-lr must be >= 0"),
+    (["distill", "--cache", "{store}", "--epochs", "2", "--warmup-epochs", "2"],
+     "--warmup-epochs 2 must be shorter than the run (--epochs 2)"),
+    (["distill", "--cache", "{store}", "--min-steps", "0", "--warmup-epochs", "8", "--out", "{tmp}/run"],
+     "--warmup-epochs 8 is"),  # the run's 8 epochs, known once the store is read
     (["distill", "--cache", "{store}", "--seed", "-1"], "--seed must be >= 0"),
     (["distill", "--cache", "{store}", "--seed", "4294967296"], "--seed must be >= 0 and < 2**32"),
     (["extract", "--teacher", TINY_TEACHER, "--seed", "4294967296", "--data", "elpv", "--out", "{tmp}/x.zarr"],

@@ -13,8 +13,11 @@ def _config(store, out, **kw) -> DistillConfig:
 
 
 # the second: killed after a customization round with none due in the next epoch, so the resumed run's task-specific
-# term rests on the round count its checkpoint restored
-@pytest.mark.parametrize("schedule", [{}, {"customize_warmup": 0, "alternate_every": 2}], ids=["default", "restored"])
+# term rests on the round count its checkpoint restored; the third: killed inside the lr warm-up, so the resumed
+# run's lr rests on the update count the scheduler's state restored
+@pytest.mark.parametrize("schedule", [{}, {"customize_warmup": 0, "alternate_every": 2},
+                                      {"warmup_epochs": 1.5, "decay_norm_bias": False, "optimizer": "sgd"}],
+                         ids=["default", "restored", "warmup"])
 def test_killed_run_resumes_to_the_same_result(tiny_store, tmp_path, monkeypatch, schedule):
     reference = distill_mod.distill(_config(tiny_store, tmp_path / "ref", **schedule))
 
