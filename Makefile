@@ -85,7 +85,7 @@ test: $(STAMP) ## Run the test suite
 bench: $(STAMP) ## Benchmark suite, ratios measured side by side (CPU; DEVICE=cuda on a GPU): table + bench/results/latest.json
 	$(PY) -m bench.run $(if $(DEVICE),--device $(DEVICE))
 
-report: $(STAMP) ## 3 regimes x methods x 5 seeds (one extraction per teacher): docs/results.md, figures, README table
+report: $(STAMP) ## 3 regimes x methods x 5 seeds and a teacher comparison on one store (one extraction per teacher): docs/results.md, figures, README table
 	$(CUSTOMKD) report --cache $(CACHE) --teacher $(TEACHER) --data $(DATA) $(if $(VIEWS),--views $(VIEWS)) $(REPORT_ARGS)
 
 lint: $(STAMP) ## Check style with ruff

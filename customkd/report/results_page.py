@@ -399,11 +399,6 @@ def teachers_table(summary: dict) -> list[str]:
 def headline(summary: dict) -> str:
     parts = []
     teachers = teacher_regimes(summary)
-    if teachers:
-        parts += [f"**Teachers on one store** ({summary['regimes'][teachers[0]]['data']}, one view set, "
-                  f"{regime_setup(summary, teachers[0]).split('; ', 2)[2]}; mean ± sample std over "
-                  f"{plural(len(regime_rows(summary, teachers[0])[0]['seeds']), 'seed')}):", "",
-                  *teachers_table(summary)]
     for slug in (s for s in summary["regimes"] if s not in teachers):
         rows = regime_rows(summary, slug)
         parts += [
@@ -417,6 +412,11 @@ def headline(summary: dict) -> str:
                                  verdict(summary, slug), strongest_sentence(summary, slug)) if s),
             "",
         ]
+    if teachers:
+        parts += [f"**Teachers on one store** ({summary['regimes'][teachers[0]]['data']}, one view set, "
+                  f"{regime_setup(summary, teachers[0]).split('; ', 2)[2]}; mean ± sample std over "
+                  f"{plural(len(regime_rows(summary, teachers[0])[0]['seeds']), 'seed')}):", "",
+                  *teachers_table(summary)]
     return "\n".join(parts + ["Paired differences with 95 % intervals (Holm-corrected where secondary), per-class "
                               "recall, alignment metrics and every run's config: [docs/results.md](docs/results.md)."])
 
@@ -555,11 +555,13 @@ def render(summary: dict, cfg: ReportConfig) -> str:
     parts = [f"# Results{split}", "",
              f"{PAGE_MARK} (`customkd report`, customkd/report/) at {summary['generated']}; do not edit by hand._", "",
              *budget_section(summary), *preregistered_section(), *setup_section(summary)]
-    if teacher_regimes(summary):
-        parts += ["## Teachers on one store", "", "kd and customkd distilled from each teacher choice of one store "
-                  "(the same views, seeds and labeled images; an ensemble concatenates its teachers' features under "
-                  "one probe and one projector). Each choice's own section follows.", "", *teachers_table(summary)]
+    teachers = teacher_regimes(summary)
     for slug in summary["regimes"]:
+        if teachers and slug == teachers[0]:
+            parts += ["## Teachers on one store", "", "kd and customkd distilled from each teacher choice of one "
+                      "store (the same views, seeds and labeled images; an ensemble concatenates its teachers' "
+                      "features under one probe and one projector). Each choice's own section follows.", "",
+                      *teachers_table(summary)]
         parts += regime_section(summary, slug)
     parts += [*figures_section(summary), *reproduce_section(summary, cfg)]
     return "\n".join(parts)
