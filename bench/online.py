@@ -23,7 +23,7 @@ class OnlineViews(StudentViews):
         self.teacher_preprocess = teacher_preprocess
 
     def __getitem__(self, item: tuple[int, ...]):
-        from customkd.featcache.views import replay, replay_pil, to_uint8
+        from customkd.contract.views import replay, replay_pil, to_uint8
 
         row, view = item[0], item[1]
         image = self.listing.load_image(row)

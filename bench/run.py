@@ -52,7 +52,7 @@ def run_sections(cfg: BenchConfig, work: Path) -> dict:
     from bench.store_io import measure_reads, measure_storage
     from bench.teacher_size import measure_teacher_size
     from bench.training import measure_training
-    from customkd.featcache import store as fs
+    from customkd.contract import store as fs
 
     raw: dict = {"config": cfg.to_dict(), "section_seconds": {}, "foreign_cpu_share": {}}
 

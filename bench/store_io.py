@@ -2,7 +2,7 @@
 
 Both use a synthetic store shaped like a real one (N, V, D of the config; the default layout of
 ``extract``; the manifest of the store the extraction section wrote, resized), created by
-:func:`featcache.store.create_store` and filled shard by shard as ``write_shard`` fills it. Its
+:func:`contract.store.create_store` and filled shard by shard as ``write_shard`` fills it. Its
 features are Gaussian float16 with per-dimension scales, which compress about as badly as real
 teacher features do.
 
@@ -24,8 +24,8 @@ import numpy as np
 
 from bench.config import BenchConfig
 from bench.timing import repeat
-from customkd.featcache.fingerprint import Fingerprint
-from customkd.featcache.schema import Layout, Manifest, TeacherEntry, make_fingerprint, shard_size_for
+from customkd.contract.fingerprint import Fingerprint
+from customkd.contract.schema import Layout, Manifest, TeacherEntry, make_fingerprint, shard_size_for
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def directory_bytes(path: Path) -> int:
 
 def default_layout(n: int, v: int, d: int, compress: bool) -> Layout:
     """The layout ``extract`` would use for this shape (defaults read from ``ExtractConfig``)."""
+    from customkd.contract.views import VIEW_PARAMS
     from customkd.featcache.config import ExtractConfig
-    from customkd.featcache.views import VIEW_PARAMS
 
     defaults = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
     return Layout(n_samples=n, n_views=v, feature_dim=d, n_params=len(VIEW_PARAMS),
@@ -62,7 +62,7 @@ def synthetic_manifest(manifest: Manifest, layout: Layout) -> Manifest:
 def write_synthetic_store(path: Path, cfg: BenchConfig, manifest: Manifest, compress: bool,
                           dim: int | None = None) -> Path:
     """A complete store of ``store_rows × store_views × dim`` (default ``store_dim``) Gaussian features."""
-    from customkd.featcache import store as fs
+    from customkd.contract import store as fs
 
     n, v, d = cfg.store_rows, cfg.store_views, dim or cfg.store_dim
     layout = default_layout(n, v, d, compress)
@@ -138,7 +138,7 @@ def _random_rows_s(array, reads: int, seed: int) -> float:
 def measure_reads(cfg: BenchConfig, store: Path) -> dict:
     """Rows/s of the trainer's two feature sources (``trainer.features.open_features``: RAM, and shard
     blocks in ``block_shuffle`` order) and of random single-row reads; medians after a warm-up."""
-    from customkd.featcache import store as fs
+    from customkd.contract import store as fs
     from customkd.trainer.features import block_shuffle, open_features
     from customkd.trainer.loop import FeatureNorm
 

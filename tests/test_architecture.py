@@ -3,12 +3,13 @@
 Each package has one job and imports only the layers below it:
 
     common      infrastructure both processes share      imports nothing of ours
-    featcache   process 1: teacher → store               common
-    trainer     process 2: store + images → student      common, featcache's contract modules
-    report      customkd report: runs → results page     common, featcache, trainer
-    bench       make bench: speed ratios                 common, featcache, trainer
+    contract    the store both processes share           common
+    featcache   process 1: teacher → store               common, contract
+    trainer     process 2: store + images → student      common, contract
+    report      customkd report: runs → results page     common, contract, featcache, trainer
+    bench       make bench: speed ratios                 common, contract, featcache, trainer
     cli         the Typer commands                       everything but bench
-    customkd    the library entry point                  common, featcache, trainer
+    customkd    the library entry point                  common, contract, featcache, trainer, report
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "common": set(),
-    "featcache": {"common"},
-    "trainer": {"common", "featcache"},
-    "report": {"common", "featcache", "trainer"},
-    "bench": {"common", "featcache", "trainer"},
-    "cli": {"common", "featcache", "trainer", "report"},
-    "customkd": {"common", "featcache", "trainer", "report"},  # the library's front door (report: customkd.compare)
+    "contract": {"common"},
+    "featcache": {"common", "contract"},
+    "trainer": {"common", "contract"},
+    "report": {"common", "contract", "featcache", "trainer"},
+    "bench": {"common", "contract", "featcache", "trainer"},
+    "cli": {"common", "contract", "featcache", "trainer", "report"},
+    "customkd": {"common", "contract", "featcache", "trainer", "report"},  # the front door (report: customkd.compare)
 }
 
 
@@ -94,7 +96,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_import_graph_finds_every_package():
     assert {name.split(".")[0] for name in MODULES} == set(LAYERS)
-    assert "featcache.store" in GRAPH["trainer.data"] and "common.errors" in GRAPH["featcache.store"]
+    assert "contract.store" in GRAPH["trainer.data"] and "common.errors" in GRAPH["contract.store"]
+    assert "contract.store" in GRAPH["featcache.extract"]
 
 
 def test_no_module_imports_itself_back():
@@ -154,10 +157,10 @@ def test_one_atomic_write_helper():
 
 
 def test_the_manifest_is_read_through_the_contract():
-    """Outside featcache/schema.py nobody walks the manifest dict by string paths (``["fingerprint"]["layout"]``):
-    readers take :class:`featcache.schema.Manifest` attributes, so a renamed key is one change, in one file."""
+    """Outside contract/schema.py nobody walks the manifest dict by string paths (``["fingerprint"]["layout"]``):
+    readers take :class:`contract.schema.Manifest` attributes, so a renamed key is one change, in one file."""
     string_paths = re.compile(r"""\[["'](fingerprint|augmentation|recipe)["']\]|\bmanifest\[|\bmanifest\.get\(""")
-    offenders = [f"{path.relative_to(ROOT)}:{number}" for name, path in MODULES.items() if name != "featcache.schema"
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for name, path in MODULES.items() if name != "contract.schema"
                  for number, line in enumerate(path.read_text().splitlines(), 1) if string_paths.search(line)]
     assert offenders == []
     assert string_paths.search('recipe = manifest["fingerprint"]["augmentation"]["recipe"]')
@@ -176,8 +179,8 @@ def test_the_trainer_outside_its_methods_never_names_customization():
 RUN_FILE_NAME = re.compile(r"(?<![\w.-])((model/)?config\.json|metrics\.json|metrics\.csv|checkpoint\.pt|"
                            r"(student(-best|-last)?|method)\.safetensors|(model/)?model\.safetensors|timing\.json|"
                            r"alignment\.json|\.lock|\.customkd-run)(?![\w-])")
-# the packages that may import trainer.run_folder; common and featcache sit below it (a teacher folder's config.json
-# is not a run's)
+# the packages that may import trainer.run_folder; common, contract and featcache sit below it (a teacher folder's
+# config.json is not a run's)
 RUN_FILE_PACKAGES = ("trainer", "report", "bench", "cli", "customkd")
 
 

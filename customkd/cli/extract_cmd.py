@@ -9,8 +9,8 @@ import typer
 from customkd.cli.common import Quiet, Verbose, config_command, config_defaults, run_or_exit, setup_logging
 from customkd.cli.config_file import merge_config_file
 from customkd.common.distributed import is_main_process
+from customkd.contract.views import ViewRecipe
 from customkd.featcache.config import ExtractConfig
-from customkd.featcache.views import ViewRecipe
 
 R = config_defaults(ViewRecipe)
 

@@ -11,12 +11,12 @@ import numpy as np
 
 from customkd.common.errors import UserError
 from customkd.common.files import check_new_file, writing_new_file
-from customkd.featcache import location as where
-from customkd.featcache import store as fs
-from customkd.featcache.datasets import DatasetListing, load_listing
-from customkd.featcache.fingerprint import TeacherComponent
-from customkd.featcache.listing import compare_listing
-from customkd.featcache.schema import (
+from customkd.contract import location as where
+from customkd.contract import store as fs
+from customkd.contract.datasets import DatasetListing, load_listing
+from customkd.contract.fingerprint import TeacherComponent
+from customkd.contract.listing import compare_listing
+from customkd.contract.schema import (
     ARRAYS,
     ATTRS_KEY,
     LISTING_ARRAYS,
@@ -27,8 +27,8 @@ from customkd.featcache.schema import (
     ManifestError,
     TeacherEntry,
 )
-from customkd.featcache.storage import storage_for
-from customkd.featcache.views import view_problem
+from customkd.contract.storage import storage_for
+from customkd.contract.views import view_problem
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def label_summary(group, manifest: Manifest) -> dict[str, str]:
 
 def _read_problems(group, manifest: Manifest) -> list[str]:
     """Read every shard of every array of the manifest's teachers and view set (crc32c catches altered bytes);
-    non-finite features, NaN views and views outside what the recipe draws (:func:`featcache.views.view_problem`),
+    non-finite features, NaN views and views outside what the recipe draws (:func:`contract.views.view_problem`),
     unset completion flags."""
     layout = manifest.layout
     problems = []
@@ -133,7 +133,7 @@ def _block_problem(name: str, block: np.ndarray, valid: np.ndarray | None, rows,
 
 
 def _dataset_problems(group, manifest: Manifest, listing: DatasetListing) -> list[str]:
-    """The dataset listing against the store (:func:`featcache.listing.compare_listing`), one line per problem."""
+    """The dataset listing against the store (:func:`contract.listing.compare_listing`), one line per problem."""
     try:
         stored = {name: np.asarray(group[name][:]) for name in STALENESS_ARRAYS}
     except Exception:  # noqa: BLE001 - already named per shard by _read_problems
@@ -151,7 +151,7 @@ def verify_store(path: str, data: str | None = None, teacher_check: int = 0, wei
     """Every problem found, named by array and shard; an empty list means the store can be trusted.
 
     Covers every array of every teacher (or of ``teacher`` alone): each storage object present
-    (:func:`featcache.store.chunk_problems`) and readable, non-finite features, the stored
+    (:func:`contract.store.chunk_problems`) and readable, non-finite features, the stored
     labels/domains/splits against the dataset listing; ``teacher_check`` views re-run per teacher."""
     if teacher_check < 0:
         raise UserError(f"--teacher-check must be >= 0 (0 = off), got {teacher_check}")
@@ -195,8 +195,8 @@ def recheck_teacher(group, manifest: Manifest, entry: TeacherEntry, n: int, weig
     """Re-run teacher ``entry`` on ``n`` random stored views; (min cosine to the cache, problem or "")."""
     import torch
 
+    from customkd.contract.views import replay
     from customkd.featcache.teachers import TAPS, create_teacher
-    from customkd.featcache.views import replay
 
     stored = entry.component
     teacher = create_teacher(stored.name, _weights_for(stored, weights), size=stored.size,

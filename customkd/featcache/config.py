@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from customkd.common.errors import UserError
 from customkd.common.options import option
-from customkd.featcache.schema import MAX_SHARD_ROWS, MAX_VIEWS
-from customkd.featcache.views import ViewRecipe
+from customkd.contract.schema import MAX_SHARD_ROWS, MAX_VIEWS
+from customkd.contract.views import ViewRecipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 autocast on a GPU, fp32 on CPU
 

@@ -18,14 +18,12 @@ from customkd.common import distributed
 from customkd.common.devices import resolve_device, resolve_precision
 from customkd.common.errors import UserError
 from customkd.common.provenance import library_versions
-from customkd.featcache import location as where
-from customkd.featcache import store as fs
-from customkd.featcache.config import ExtractConfig
-from customkd.featcache.datasets import DatasetListing, load_listing, unlabeled_spec, with_kind
-from customkd.featcache.extract_loop import BatchObserver, ExtractResult, extract_shards, finish, teacher_entry
-from customkd.featcache.fingerprint import Fingerprint
-from customkd.featcache.listing import listing_arrays
-from customkd.featcache.schema import (
+from customkd.contract import location as where
+from customkd.contract import store as fs
+from customkd.contract.datasets import DatasetListing, load_listing, unlabeled_spec, with_kind
+from customkd.contract.fingerprint import Fingerprint
+from customkd.contract.listing import listing_arrays
+from customkd.contract.schema import (
     DataSpecError,
     Layout,
     Manifest,
@@ -35,8 +33,10 @@ from customkd.featcache.schema import (
     parse_data_spec,
     shard_size_for,
 )
-from customkd.featcache.storage import storage_for
-from customkd.featcache.views import SEED_SCHEME_VERSION, VIEW_PARAMS
+from customkd.contract.storage import storage_for
+from customkd.contract.views import SEED_SCHEME_VERSION, VIEW_PARAMS
+from customkd.featcache.config import ExtractConfig
+from customkd.featcache.extract_loop import BatchObserver, ExtractResult, extract_shards, finish, teacher_entry
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def build_manifest(listing: DatasetListing, fingerprint: Fingerprint, teacher: T
 
 def _check_readable(manifest: Manifest) -> None:
     """Refuse, before the store is created, settings whose store no reader would open (the bounds a manifest is
-    checked against, :meth:`featcache.schema.Manifest.from_attrs`), e.g. more views of the teacher's dimension
+    checked against, :meth:`contract.schema.Manifest.from_attrs`), e.g. more views of the teacher's dimension
     than a sample may hold."""
     try:
         Manifest.from_attrs(manifest.to_attrs())

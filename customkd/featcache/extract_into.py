@@ -20,10 +20,12 @@ import numpy as np
 from customkd.common import distributed, files
 from customkd.common.devices import resolve_device, resolve_precision
 from customkd.common.errors import UserError
-from customkd.featcache import location as where
-from customkd.featcache import store as fs
+from customkd.contract import location as where
+from customkd.contract import store as fs
+from customkd.contract.datasets import DatasetListing, load_listing
+from customkd.contract.listing import compare_listing, listing_arrays
+from customkd.contract.schema import LISTING_ARRAYS, MAX_TEACHERS, Manifest, TeacherEntry
 from customkd.featcache.config import ExtractConfig
-from customkd.featcache.datasets import DatasetListing, load_listing
 from customkd.featcache.extract_loop import (
     BatchObserver,
     ExtractResult,
@@ -32,8 +34,6 @@ from customkd.featcache.extract_loop import (
     finish,
     teacher_entry,
 )
-from customkd.featcache.listing import compare_listing, listing_arrays
-from customkd.featcache.schema import LISTING_ARRAYS, MAX_TEACHERS, Manifest, TeacherEntry
 
 log = logging.getLogger(__name__)
 

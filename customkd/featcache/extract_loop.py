@@ -17,13 +17,13 @@ import torch
 from customkd.common import distributed
 from customkd.common.devices import autocast
 from customkd.common.errors import UserError
-from customkd.featcache import location as where
-from customkd.featcache import store as fs
+from customkd.contract import location as where
+from customkd.contract import store as fs
+from customkd.contract.datasets import IMAGE_ERRORS, DatasetListing
+from customkd.contract.listing import content_hash
+from customkd.contract.schema import Layout, TeacherEntry
+from customkd.contract.views import VIEW_PARAMS, draw_views, replay
 from customkd.featcache.config import ExtractConfig
-from customkd.featcache.datasets import IMAGE_ERRORS, DatasetListing
-from customkd.featcache.listing import content_hash
-from customkd.featcache.schema import Layout, TeacherEntry
-from customkd.featcache.views import VIEW_PARAMS, draw_views, replay
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 root ``zarr.json`` — the manifest that says ``complete`` — goes last, so a reader never sees a
 half-copied store as complete. A marker object names the fingerprint being copied, so a resumed
 copy never mixes objects of two different stores. Locations (paths, URLs, credentials from the
-environment) are :mod:`featcache.location`.
+environment) are :mod:`contract.location`.
 
 A source is untrusted: only the objects its manifest implies are copied, and before anything is
 written every key is checked to stay inside the destination and every listed size against what the
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from customkd.common.errors import UserError, printable
 from customkd.common.files import atomic_path
-from customkd.featcache import store
-from customkd.featcache.fingerprint import Fingerprint, fingerprint_diff
-from customkd.featcache.location import (
+from customkd.contract import store
+from customkd.contract.fingerprint import Fingerprint, fingerprint_diff
+from customkd.contract.location import (
     COPY_MARKER,
     ROOT_METADATA,
     contained_key,
@@ -37,8 +37,8 @@ from customkd.featcache.location import (
     redact,
     storage_errors,
 )
-from customkd.featcache.schema import STATUS_COMPLETE, Manifest
-from customkd.featcache.storage import storage_for
+from customkd.contract.schema import STATUS_COMPLETE, Manifest
+from customkd.contract.storage import storage_for
 
 log = logging.getLogger(__name__)
 

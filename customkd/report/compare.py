@@ -150,7 +150,7 @@ def make_job(regime: Regime, variant: Variant, seed: int, cfg: ReportConfig) -> 
 def store_state(cache: str, teacher: str | None = None) -> str:
     """``absent``, ``partial`` or ``complete`` (of ``teacher``, for a teacher added to an existing store) —
     decided before extracting, so the timing label is right."""
-    from customkd.featcache import store as fs
+    from customkd.contract import store as fs
 
     if not fs.store_exists(cache):
         return "absent"
@@ -197,7 +197,7 @@ EXTRACTIONS = "extractions.json"  # under --out: each extraction this report tim
 
 def teacher_completed(cache: str, teacher: str) -> str | None:
     """When ``teacher``'s features were completed in ``cache`` (its own stamp; a version-2 store's, the store's)."""
-    from customkd.featcache import store as fs
+    from customkd.contract import store as fs
 
     manifest = fs.Store.open(cache).stored_manifest()
     entry = manifest.teacher(teacher)

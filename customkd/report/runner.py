@@ -121,7 +121,7 @@ def store_record(cache: str, teacher: str | None = None) -> dict:
     """What the page says about a complete store as its runs read it (``teacher``: one, ``A,B``, or None for the
     store's only teacher): data, teacher, shape ``[N, V, D]``, classes, the evaluation rows' majority class, and
     the fingerprint a run's config.json records of it, which :func:`reusable` checks."""
-    from customkd.featcache import store as fs
+    from customkd.contract import store as fs
 
     store = fs.Store.open_complete(cache)
     manifest, group = store.for_teachers(teacher), store.group

@@ -57,7 +57,7 @@ def customizes(variant: Variant) -> bool:
 def check_places(cfg: CompareConfig) -> None:
     """Before anything runs: the store exists and --out is a folder compare may write (new, empty or its own,
     and not inside the store)."""
-    from customkd.featcache import location, store
+    from customkd.contract import location, store
 
     if not store.store_exists(cfg.cache):
         raise UserError(f"no store at {cfg.cache}; make one with customkd extract --data DATA --teacher TEACHER "

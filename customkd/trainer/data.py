@@ -1,9 +1,9 @@
 """Cached features + images for the student: open the store, check it, split it, load views.
 
-The trainer opens the store once (:class:`featcache.store.Store`), reads it as its teachers' reader
-(:meth:`featcache.store.Store.reader`), checks it against the dataset with the contract's one staleness check
-(:func:`featcache.listing.compare_listing`) and replays views through
-:mod:`featcache.views`; it never touches teacher code.
+The trainer opens the store once (:class:`contract.store.Store`), reads it as its teachers' reader
+(:meth:`contract.store.Store.reader`), checks it against the dataset with the contract's one staleness check
+(:func:`contract.listing.compare_listing`) and replays views through
+:mod:`contract.views`; it never touches teacher code.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from customkd.common.errors import UserError, printable
-from customkd.featcache import store as fs
-from customkd.featcache.datasets import DatasetListing, load_listing
-from customkd.featcache.listing import ListingDiff
-from customkd.featcache.schema import STALENESS_ARRAYS, Manifest
-from customkd.featcache.views import replay_pil, to_uint8, view_problem, view_seed
+from customkd.contract import store as fs
+from customkd.contract.datasets import DatasetListing, load_listing
+from customkd.contract.listing import ListingDiff
+from customkd.contract.schema import STALENESS_ARRAYS, Manifest
+from customkd.contract.views import replay_pil, to_uint8, view_problem, view_seed
 from customkd.trainer.config import DistillConfig
 from customkd.trainer.features import ConcatFeatures, ShardedFeatures, open_features
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class CachedData:
     """Everything of the store the trainer needs, in RAM. Shapes: features ``[N, V, D]``; ``manifest`` is the
-    store's as the chosen teachers' reader sees it (:meth:`featcache.store.Store.reader`)."""
+    store's as the chosen teachers' reader sees it (:meth:`contract.store.Store.reader`)."""
 
     features: np.ndarray | ShardedFeatures | ConcatFeatures  # float16 [N, V, D], indexed as features[rows, views]
     valid: np.ndarray  # bool [N], False for images skipped as unreadable at extraction
@@ -119,7 +119,7 @@ VIEW_CHECK_ROWS = 65536  # rows checked at once, so the check never copies all o
 
 
 def _check_views(views: np.ndarray, valid: np.ndarray, manifest: Manifest, cache: str) -> None:
-    """Refuse stored views ``[N, V, P]`` that the store's recipe cannot draw (:func:`featcache.views.view_problem`)."""
+    """Refuse stored views ``[N, V, P]`` that the store's recipe cannot draw (:func:`contract.views.view_problem`)."""
     recipe = manifest.fingerprint.augmentation.recipe
     for start in range(0, len(views), VIEW_CHECK_ROWS):
         rows = slice(start, start + VIEW_CHECK_ROWS)

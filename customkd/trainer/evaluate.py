@@ -14,9 +14,9 @@ import torch
 from customkd.common.devices import resolve_device
 from customkd.common.errors import UserError
 from customkd.common.files import check_new_file, writing_new_file
-from customkd.featcache import store as fs
-from customkd.featcache.datasets import IMAGE_ERRORS, DatasetListing, load_listing
-from customkd.featcache.views import INTERPOLATIONS, ViewRecipe, centre_view
+from customkd.contract import store as fs
+from customkd.contract.datasets import IMAGE_ERRORS, DatasetListing, load_listing
+from customkd.contract.views import INTERPOLATIONS, ViewRecipe, centre_view
 from customkd.trainer.assemble import config_from_run, load_student
 from customkd.trainer.config import MAX_IMAGE_SIZE
 from customkd.trainer.data import StudentViews, load_cached_data, make_loader, make_split
@@ -91,7 +91,7 @@ class _AllCentreViews:
 
 def _image_sizes(listing: DatasetListing, spec: str) -> list[tuple[int, int]]:
     """Every image's (width, height), each decoded whole now, so that a truncated, foreign or oversized file is
-    named in one line before the student runs (PIL's errors: :data:`featcache.datasets.IMAGE_ERRORS`)."""
+    named in one line before the student runs (PIL's errors: :data:`contract.datasets.IMAGE_ERRORS`)."""
     sizes, bad = [], []
     for index, sample in enumerate(listing.samples):
         try:

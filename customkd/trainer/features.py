@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from customkd.common.errors import UserError
-from customkd.featcache.schema import Layout
+from customkd.contract.schema import Layout
 
 log = logging.getLogger(__name__)
 FEATURE_MODES = ("auto", "ram", "stream")

@@ -88,7 +88,7 @@ class PixelNorm:
     ``(x / 255 − mean) / std``, in the student's memory format.
 
     Workers hand over bytes (a quarter of float32's size to collate, pin and copy); the arithmetic runs after the
-    copy, on the device. It performs the float32 operations of :func:`featcache.views.to_tensor` in the same
+    copy, on the device. It performs the float32 operations of :func:`contract.views.to_tensor` in the same
     order, so on CPU the result equals the workers' former float tensors bit for bit."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,

@@ -16,9 +16,9 @@ import torch
 
 from customkd.common.errors import UserError
 from customkd.common.files import check_new_file, writing_new_file
-from customkd.featcache.datasets import IMAGE_SUFFIXES
-from customkd.featcache.images import IMAGE_ERRORS, decode_image
-from customkd.featcache.views import ViewRecipe, centre_view, replay_pil, to_uint8
+from customkd.contract.datasets import IMAGE_SUFFIXES
+from customkd.contract.images import IMAGE_ERRORS, decode_image
+from customkd.contract.views import ViewRecipe, centre_view, replay_pil, to_uint8
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ on whatever device the decoded images live (:mod:`trainer.device_replay` feeds i
 
 Two engines:
 
-- ``exact`` reproduces :func:`featcache.views.replay_pil` (the loader workers' PIL replay) pixel for pixel: PIL's
+- ``exact`` reproduces :func:`contract.views.replay_pil` (the loader workers' PIL replay) pixel for pixel: PIL's
   resampling coefficients computed the way Pillow 13's ``libImaging/Resample.c`` computes them (box edges as
   float32, weights in double, normalised by a left-to-right sum, then 22-bit fixed point), the first pass rounded
   to uint8 before the second, in Pillow's order (vertically first when the height shrinks by more than twice the
@@ -25,11 +25,11 @@ import math
 import numpy as np
 import torch
 
-from customkd.featcache.views import VIEW_PARAMS
+from customkd.contract.views import VIEW_PARAMS
 
 ENGINES = ("exact", "fast")
 PRECISION_BITS = 22  # libImaging/Resample.c: 32 - 8 - 2
-# the fast engine's distance from featcache.views.replay_pil in grey levels (0..255), per pixel: largest and mean,
+# the fast engine's distance from contract.views.replay_pil in grey levels (0..255), per pixel: largest and mean,
 # bilinear, without and with colour jitter (0.4), as measured by tests/trainer/test_replay.py on its fixtures (and
 # on 256 views of each bundled store, docs/benchmarks.md). Jitter carries the resize's rounding differences through
 # PIL's truncating blends and its 8-bit hue, so one grey level can become several.
@@ -224,7 +224,7 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def colour(images: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
-    """Brightness, contrast, saturation, hue in PIL's order (:func:`featcache.views.replay_pil`), each applied to
+    """Brightness, contrast, saturation, hue in PIL's order (:func:`contract.views.replay_pil`), each applied to
     the samples whose factor is not the identity, on 8-bit images ``[B, 3, S, S]``. ``factors`` ``[B, 4]`` on the
     host (float32, as stored; PIL receives them as C floats too)."""
     device = images.device

@@ -1,6 +1,6 @@
 """The written contract of a run folder: every file in one, and the only code that reads or writes them.
 
-``featcache/schema.py`` describes a store; this module describes a run. ``distill`` writes run folders, and
+``contract/schema.py`` describes a store; this module describes a run. ``distill`` writes run folders, and
 ``evaluate``, ``predict``, ``export``, ``--resume`` and ``report`` read them, all through these names:
 
 - :data:`FILES`: every file of a run folder — its name, who writes it, what it holds (the README's list);

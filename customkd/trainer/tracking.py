@@ -20,8 +20,8 @@ from pathlib import Path
 
 from customkd.common.errors import UserError
 from customkd.common.provenance import file_sha256, git_commit, library_versions
-from customkd.featcache import store as fs
-from customkd.featcache.location import is_url
+from customkd.contract import store as fs
+from customkd.contract.location import is_url
 from customkd.trainer.run_folder import flatten, has_checkpoint
 
 log = logging.getLogger(__name__)

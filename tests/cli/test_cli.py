@@ -190,7 +190,7 @@ def test_bad_input_in_a_real_process(tmp_path):
 def test_incomplete_cache_is_refused(tiny_store, tmp_path):
     import shutil
 
-    from customkd.featcache import store as fs
+    from customkd.contract import store as fs
 
     copy = tmp_path / "half.zarr"
     shutil.copytree(tiny_store, copy)
@@ -309,7 +309,7 @@ def test_help_imports_no_torch(tmp_path):
 
 def test_an_unlabeled_domain_name_reaches_the_terminal_escaped(tiny_folder, tmp_path):
     """A store's unlabeled domain is named by whoever extracted it; ``cache verify`` and ``distill`` log the data
-    spec holding it (``INFO featcache.datasets``) with escape sequences and bidi overrides written out."""
+    spec holding it (``INFO contract.datasets``) with escape sequences and bidi overrides written out."""
     import shutil
 
     flat = tmp_path / "unlabeled"

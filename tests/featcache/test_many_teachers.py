@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 from customkd.common.errors import UserError
-from customkd.featcache import store as fs
+from customkd.contract import store as fs
 from customkd.featcache.cache_ops import export_h5, import_h5, store_info, verify_store
 from customkd.featcache.extract import ExtractConfig, extract
 from customkd.trainer.config import METHOD_NAMES, DistillConfig

@@ -10,7 +10,7 @@ import zarr
 from PIL import Image
 
 from customkd.common.errors import UserError
-from customkd.featcache import store as fs
+from customkd.contract import store as fs
 from customkd.featcache.cache_ops import export_h5, import_h5, store_info, verify_store
 from customkd.featcache.extract import ExtractConfig, extract
 from customkd.trainer.config import DistillConfig
@@ -65,7 +65,7 @@ def test_bad_images_are_all_named_then_skipped_with_flag(folder, tmp_path):
 
 
 def test_unreadable_file_is_reported(folder, tmp_path, monkeypatch):
-    from customkd.featcache.datasets import DatasetListing
+    from customkd.contract.datasets import DatasetListing
 
     real = DatasetListing.read_bytes
 

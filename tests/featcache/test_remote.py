@@ -13,10 +13,10 @@ import pytest
 import zarr
 
 from customkd.common.errors import UserError
-from customkd.featcache import location as where
+from customkd.contract import location as where
+from customkd.contract import store as fs
+from customkd.contract.fingerprint import component_hash
 from customkd.featcache import remote
-from customkd.featcache import store as fs
-from customkd.featcache.fingerprint import component_hash
 from tests.conftest import TINY_TEACHER, invoke, one_error_line, store_bytes, tiny_config
 
 BUCKET = "customkd-test"

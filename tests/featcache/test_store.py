@@ -5,15 +5,15 @@ import pytest
 import zarr
 
 from customkd.common.errors import UserError
-from customkd.featcache import store as fs
-from customkd.featcache.extract import ExtractConfig, extract
-from customkd.featcache.fingerprint import STORE_COMPONENTS, fingerprint_diff
-from customkd.featcache.schema import (
+from customkd.contract import store as fs
+from customkd.contract.fingerprint import STORE_COMPONENTS, fingerprint_diff
+from customkd.contract.schema import (
     ARRAYS,
     SCHEMA_VERSION,
     make_fingerprint,
     shard_size_for,
 )
+from customkd.featcache.extract import ExtractConfig, extract
 from tests.conftest import ROOT, TINY_TEACHER, invoke, one_error_line, store_bytes
 
 
@@ -157,7 +157,7 @@ def test_fingerprint_diff_names_components():
 
 
 def test_readme_store_table_is_the_schema_array_table():
-    """The README's store table lists the contract's arrays (featcache/schema.py), in order, with their shapes and
+    """The README's store table lists the contract's arrays (contract/schema.py), in order, with their shapes and
     dtypes; the store writes exactly those."""
     import re
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import zarr
 
-from customkd.featcache import schema
+from customkd.contract import schema
+from customkd.contract.fingerprint import component_hash
+from customkd.contract.schema import ATTRS_KEY
 from customkd.featcache.cache_ops import export_h5
-from customkd.featcache.fingerprint import component_hash
-from customkd.featcache.schema import ATTRS_KEY
 from tests.conftest import TINY_TEACHER, cli_env, invoke, one_error_line
 
 
@@ -224,8 +224,8 @@ def test_a_teacher_name_that_is_no_timm_tag_is_one_escaped_line(copy):
 def test_object_sizes_are_what_zarr_writes(tmp_path, n, shard_size, chunk_size, compress):
     """Every object of a store written by the store helpers has a size within ``object_size_range`` (exactly it,
     uncompressed), also in a last shard whose trailing inner chunks lie past the last row and are never written."""
-    from customkd.featcache import store as fs
-    from customkd.featcache.schema import ARRAYS, Layout, TeacherEntry, shard_size_for
+    from customkd.contract import store as fs
+    from customkd.contract.schema import ARRAYS, Layout, TeacherEntry, shard_size_for
 
     layout = Layout(n, 2, 5, 9, shard_size_for(n, shard_size, chunk_size), chunk_size, compress)
     teacher = TeacherEntry.make({"name": "t", "feature_dim": 5}, 5, 0)

@@ -23,7 +23,7 @@ def test_two_ranks_write_the_same_store_as_one(tmp_path):
     # a store left half-done by a crashed run completes with another number of ranks
     import zarr
 
-    from customkd.featcache import store as fs
+    from customkd.contract import store as fs
 
     group = zarr.open_group(str(two), mode="r+")
     group["done"][1::2] = 0

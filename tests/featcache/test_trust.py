@@ -19,12 +19,12 @@ import zarr
 from PIL import Image
 
 from customkd.common.errors import UserError
-from customkd.featcache import store as fs
+from customkd.contract import store as fs
+from customkd.contract.datasets import load_listing
+from customkd.contract.fingerprint import component_hash
+from customkd.contract.schema import PER_SAMPLE_ARRAYS
 from customkd.featcache.cache_ops import verify_store
-from customkd.featcache.datasets import load_listing
 from customkd.featcache.extract import ExtractConfig, extract
-from customkd.featcache.fingerprint import component_hash
-from customkd.featcache.schema import PER_SAMPLE_ARRAYS
 from customkd.trainer.config import DistillConfig
 from customkd.trainer.data import load_cached_data
 from tests.conftest import TINY_STUDENT, TINY_TEACHER, invoke, make_tiny_hue_folder, one_error_line
@@ -357,7 +357,7 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
 def test_decompression_bomb_is_a_bad_image_skippable(tmp_path, monkeypatch):
     """Over twice PIL's pixel limit (PIL's own error), between the limit and twice it (PIL only warns and decodes:
     refused too), and a file larger than an image may be (refused before it is read): each a bad image."""
-    from customkd.featcache import images
+    from customkd.contract import images
 
     folder = make_tiny_hue_folder(tmp_path / "imgs", classes=2, per_class=4)
     Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(folder / "class1" / "img99.png")

@@ -40,7 +40,7 @@ def test_config_validation(kwargs, message):
 
 def test_allow_stale_warning_names_paths_escaped(caplog):
     """The warning quotes a sample path, which a store or dataset folder chose: escape sequences stay text."""
-    from customkd.featcache.listing import ListingDiff
+    from customkd.contract.listing import ListingDiff
     from customkd.trainer.data import check_listing
 
     diff = ListingDiff(listing_rows=1, stored_rows=1, changed=((0, "class0/\x1b]0;title\x07.png"),))

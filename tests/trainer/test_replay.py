@@ -1,5 +1,5 @@
 """View replay on the device (trainer/replay.py, trainer/device_replay.py) against the workers' PIL replay
-(featcache.views.replay_pil): the exact engine pixel for pixel, the fast one within its stated tolerance, and a
+(contract.views.replay_pil): the exact engine pixel for pixel, the fast one within its stated tolerance, and a
 whole run with ``--replay device`` equal to the worker run."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from customkd.featcache.views import ViewRecipe, draw_views, replay_pil, to_uint8
+from customkd.contract.views import ViewRecipe, draw_views, replay_pil, to_uint8
 from customkd.trainer.replay import FAST_TOLERANCE, hsv_to_rgb, replay_batch, rgb_to_hsv, vertical_first
 from tests.conftest import invoke, one_error_line, tiny_config, without_timing
 

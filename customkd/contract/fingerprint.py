@@ -1,6 +1,6 @@
 """The store fingerprint: what a store was made from, as separate components each hashed on its own.
 
-Part of the written contract (:mod:`featcache.schema` holds the rest): a change of any component makes another
+Part of the written contract (:mod:`contract.schema` holds the rest): a change of any component makes another
 store, and readers name the component that differs. A store's own components are ``dataset``, ``augmentation``,
 ``layout`` and ``schema``; each of its teachers has a ``teacher`` component (version 3), and a reader's choice of
 teachers gives the fifth (:func:`ensemble_component` for several).

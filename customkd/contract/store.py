@@ -1,14 +1,14 @@
 """The feature store on storage: create, open, validate, write shards, list and check its objects.
 
-What a store holds — its arrays, layout, manifest and fingerprint — is :mod:`featcache.schema`, the
+What a store holds — its arrays, layout, manifest and fingerprint — is :mod:`contract.schema`, the
 written contract between the two processes; this module puts it on storage (one Zarr v3 group per
 cache, see docs/design.md §4) and reads it back. The manifest lives in the root attrs under ``customkd``.
 Writes are whole shards; a shard's ``done`` flag is written after its data, and ``status`` becomes
 ``complete`` only when every flag is set. This module is shared by both processes and imports no
 teacher code.
 
-A store location is a local path or a URL (``s3://…``, ``gs://…``, ``file://…``); :mod:`featcache.storage` is the
-strategy for each kind (remote ones go through :mod:`featcache.location`, fsspec), and messages show them redacted.
+A store location is a local path or a URL (``s3://…``, ``gs://…``, ``file://…``); :mod:`contract.storage` is the
+strategy for each kind (remote ones go through :mod:`contract.location`, fsspec), and messages show them redacted.
 Readers open a :class:`Store` once: it holds the validated manifest, and its :meth:`Store.reader` the manifest as
 the chosen teachers see it and the identity that tells a replaced store.
 """
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from customkd.common.errors import UserError
-from customkd.featcache import location as where
-from customkd.featcache.listing import Listing, ListingDiff, compare_listing
-from customkd.featcache.location import display
-from customkd.featcache.schema import (
+from customkd.contract import location as where
+from customkd.contract.listing import Listing, ListingDiff, compare_listing
+from customkd.contract.location import display
+from customkd.contract.schema import (
     ARRAYS,
     ATTRS_KEY,
     SCHEMA_VERSION,
@@ -49,7 +49,7 @@ from customkd.featcache.schema import (
     check_header,
     only_teachers,
 )
-from customkd.featcache.storage import Storage, storage_for
+from customkd.contract.storage import Storage, storage_for
 
 
 def _codecs(layout: Layout) -> list:
@@ -79,7 +79,7 @@ def _create_group(storage: Storage, attributes: dict):
 
 
 def create_store(path: str | Path, manifest: Manifest, per_sample: dict[str, np.ndarray]):
-    """Create an empty store and write the per-sample listing arrays (:data:`featcache.schema.LISTING_ARRAYS`).
+    """Create an empty store and write the per-sample listing arrays (:data:`contract.schema.LISTING_ARRAYS`).
 
     The group is born with ``status = creating``; only when every array exists and the listing
     arrays are written does it become ``in_progress`` (resumable). A kill in between leaves a
@@ -161,7 +161,7 @@ def read_status(group, path: str | Path | None = None) -> str:
 
 
 def read_manifest(group, path: str | Path | None = None) -> Manifest:
-    """The store's manifest, typed and checked (:meth:`featcache.schema.Manifest.from_attrs`).
+    """The store's manifest, typed and checked (:meth:`contract.schema.Manifest.from_attrs`).
 
     ``path`` names the store in messages and, for a local store, keeps its data spec out of it."""
     try:
@@ -202,7 +202,7 @@ def _has_customkd_manifest(path: str | Path) -> bool:
 
 def check_removable(path: str | Path) -> None:
     """Refuse to delete anything but a store customkd made: a customkd manifest at the root, and nothing in it but
-    what a store holds (:func:`featcache.storage.is_store_entry`). A user's own file there, or someone else's Zarr
+    what a store holds (:func:`contract.storage.is_store_entry`). A user's own file there, or someone else's Zarr
     group, survives."""
     name = display(path)
     if not _has_customkd_manifest(path):
@@ -284,7 +284,7 @@ def choose_teachers(manifest: Manifest, choice: str | None, path: str | Path) ->
 
 
 class Store:
-    """A store opened once and validated: its location strategy (:mod:`featcache.storage`), Zarr group and
+    """A store opened once and validated: its location strategy (:mod:`contract.storage`), Zarr group and
     manifest — checked by :func:`validate_manifest`, None while the store is still being created.
 
     Opening (:meth:`open`) bounds the metadata documents in size before zarr parses them, validates the manifest,
@@ -372,7 +372,7 @@ class StoreReader:
         return [t.array("features") for t in self.manifest.teachers]
 
     def compare_listing(self, listing: Listing, stored: Mapping[str, np.ndarray] | None = None) -> ListingDiff:
-        """The dataset listing against the store (:func:`featcache.listing.compare_listing`)."""
+        """The dataset listing against the store (:func:`contract.listing.compare_listing`)."""
         return compare_listing(listing, self.manifest, stored)
 
     def check_same(self) -> None:

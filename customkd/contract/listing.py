@@ -4,7 +4,7 @@ Rows are the dataset listing's samples in order (labeled samples sorted by relat
 ``unlabeled:NAME=PATH`` part's images). A row's :func:`sample_key` hashes its relative path and its
 :func:`content_hash` the bytes read at extraction; :func:`listing_hash` goes into the fingerprint's
 dataset component. :func:`compare_listing` is the one staleness check, used by ``cache verify`` and by
-the trainer before it reads images. Light like :mod:`featcache.schema`: NumPy and the standard library.
+the trainer before it reads images. Light like :mod:`contract.schema`: NumPy and the standard library.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from customkd.featcache.schema import ARRAYS, LISTING_ARRAYS, Manifest
+from customkd.contract.schema import ARRAYS, LISTING_ARRAYS, Manifest
 
 
 def sample_key(relpath: str) -> int:
@@ -38,7 +38,7 @@ class ListedSample(Protocol):
 
 
 class Listing(Protocol):
-    """What the contract needs of a dataset listing (:class:`featcache.datasets.DatasetListing`)."""
+    """What the contract needs of a dataset listing (:class:`contract.datasets.DatasetListing`)."""
 
     samples: Sequence[ListedSample]
     classes: tuple[str, ...]

@@ -1,4 +1,4 @@
-"""The written contract between the two processes (featcache/schema.py): the stored format round-trips through
+"""The written contract between the two processes (contract/schema.py): the stored format round-trips through
 the typed manifest, the grammar and the layout are the ones both sides use."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import zarr
 
-from customkd.featcache import store as fs
-from customkd.featcache.datasets import DATASETS, load_listing
-from customkd.featcache.listing import compare_listing, listing_arrays
-from customkd.featcache.schema import (
+from customkd.contract import store as fs
+from customkd.contract.datasets import DATASETS, load_listing
+from customkd.contract.listing import compare_listing, listing_arrays
+from customkd.contract.schema import (
     ARRAYS,
     ATTRS_KEY,
     DATA_KINDS,

@@ -4,7 +4,7 @@ unlabeled images: ``<labeled spec>|unlabeled:NAME=PATH|…``.
 A dataset is a :class:`DatasetListing`: a sorted, immutable list of samples (relative path,
 label, domain, split) plus a way to read each sample's bytes and image. Sample order is
 deterministic (sorted relative paths) so a store row always means the same sample; the spec
-grammar, row keys and staleness check are the store contract (:mod:`featcache.schema`). Unlabeled
+grammar, row keys and staleness check are the store contract (:mod:`contract.schema`). Unlabeled
 images (any tree, or a flat folder) come after the labeled rows, with label -1, in the training
 split, in a domain named NAME (the folder's name unless given): SSL trains on them as unlabeled,
 UDA takes them as an unlabeled target domain.
@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from customkd.common.errors import UserError, printable
-from customkd.featcache.images import IMAGE_ERRORS, decode_image, read_image_bytes, to_8bit  # noqa: F401 - re-exported
-from customkd.featcache.listing import listing_hash
-from customkd.featcache.schema import UNLABELED, DataSpecError, parse_data_spec, unlabeled_part
+from customkd.contract.images import IMAGE_ERRORS, decode_image, read_image_bytes, to_8bit  # noqa: F401 - re-exported
+from customkd.contract.listing import listing_hash
+from customkd.contract.schema import UNLABELED, DataSpecError, parse_data_spec, unlabeled_part
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class DatasetListing:
         return decode_image(io.BytesIO(data))
 
     def listing_hash(self) -> str:
-        """Hash of sorted relative paths, sizes, labels, domains and splits (:func:`featcache.listing.listing_hash`)."""
+        """Hash of sorted relative paths, sizes, labels, domains and splits (:func:`contract.listing.listing_hash`)."""
         return listing_hash(self.samples, self.classes, self.domains)
 
 
@@ -460,7 +460,7 @@ def _with_unlabeled(listing: DatasetListing, spec: str, parts: tuple[tuple[str, 
 
 def load_listing(spec: str) -> DatasetListing:
     """Resolve a data spec (``elpv``, ``folder:PATH``, ``cifar100:PATH``, each optionally followed by
-    ``|unlabeled:NAME=PATH`` parts, :func:`featcache.schema.parse_data_spec`) into its listing."""
+    ``|unlabeled:NAME=PATH`` parts, :func:`contract.schema.parse_data_spec`) into its listing."""
     spec = with_kind(spec)
     try:
         parsed = parse_data_spec(spec)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from customkd.common.errors import UserError
-from customkd.featcache.datasets import load_listing, with_kind
-from customkd.featcache.views import ViewRecipe, draw_views, replay
+from customkd.contract.datasets import load_listing, with_kind
+from customkd.contract.views import ViewRecipe, draw_views, replay
 from tests.conftest import TINY_TEACHER, invoke, make_tiny_hue_folder, one_error_line
 
 
@@ -77,7 +77,7 @@ def test_teacher_and_student_see_the_same_crop():
 def test_digits_is_the_bundled_uci_digits_with_a_fixed_split_and_stable_bytes():
     import hashlib
 
-    from customkd.featcache.datasets import load_listing
+    from customkd.contract.datasets import load_listing
 
     listing = load_listing("digits")
     assert len(listing) == 1797 and listing.classes == tuple(str(c) for c in range(10))
@@ -102,7 +102,7 @@ def test_links_in_a_data_folder_are_skipped_with_one_warning(tmp_path, caplog):
     (root / "class1" / "copy.png").symlink_to(root / "class0" / "img00.png")
     (root / "class1" / "far.png").symlink_to(outside / "class0" / "img00.png")
     (root / "linked_class").symlink_to(outside / "class0")
-    with caplog.at_level("WARNING", logger="customkd.featcache.datasets"):
+    with caplog.at_level("WARNING", logger="customkd.contract.datasets"):
         listing = load_listing(f"folder:{root}")
     assert listing.samples == plain.samples and listing.classes == plain.classes
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -114,7 +114,7 @@ def test_links_in_a_data_folder_are_skipped_with_one_warning(tmp_path, caplog):
 def test_unlabeled_images_that_are_labeled_images_are_refused(tmp_path):
     """``--unlabeled`` naming the labeled folder, a folder inside it or one holding it would put held-out
     images into training."""
-    from customkd.featcache.schema import unlabeled_part
+    from customkd.contract.schema import unlabeled_part
 
     root = make_tiny_hue_folder(tmp_path / "data", classes=2, per_class=5)
     for folder in (root, root / "class1", tmp_path):
@@ -136,7 +136,7 @@ def test_names_reach_the_log_escaped(tmp_path, caplog):
     drive the terminal that shows the log."""
     root = make_tiny_hue_folder(tmp_path / "data\x1b[2J\u202e", classes=2, per_class=3)
     (root / "class0" / "back").symlink_to("..")
-    with caplog.at_level("INFO", logger="customkd.featcache.datasets"):
+    with caplog.at_level("INFO", logger="customkd.contract.datasets"):
         load_listing(f"folder:{root}")
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 2 and all("\\x1b[2J\\u202e" in message for message in messages), messages

@@ -1,9 +1,9 @@
 """A store's objects on local disk or on object storage: the one place that tells the two apart.
 
-:func:`storage_for` picks the strategy once per location; :mod:`featcache.store` then asks it to open, create,
+:func:`storage_for` picks the strategy once per location; :mod:`contract.store` then asks it to open, create,
 list, probe and delete without asking again where the store lives. Local stores are walked without following
 links (a link could point outside the store, a named pipe would block every reader); remote ones go through the
-fsspec primitives of :mod:`featcache.location`. Messages show locations through :func:`location.display`.
+fsspec primitives of :mod:`contract.location`. Messages show locations through :func:`location.display`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from customkd.common.errors import UserError
 from customkd.common.files import check_new_place
-from customkd.featcache import location as where
-from customkd.featcache.location import display
-from customkd.featcache.schema import spec_name
+from customkd.contract import location as where
+from customkd.contract.location import display
+from customkd.contract.schema import spec_name
 
 # What a store consists of, by relative path: the root and array ``zarr.json``, chunk folders ``ARRAY/c/0/…`` of
 # numbered objects, zarr's temporary ``NAME.<uuid hex>.partial`` files of a killed write, and a copy's marker.

@@ -12,7 +12,7 @@ can import it. It holds
 - the data-spec grammar (:func:`parse_data_spec`): which dataset a store was extracted from.
 
 The rest of the dataset-listing contract — row keys and the one staleness check — is
-:mod:`featcache.listing`.
+:mod:`contract.listing`.
 
 Rows are the dataset listing's samples in order: labeled samples sorted by relative path, then the
 images of each ``unlabeled:NAME=PATH`` part (label -1, training split, domain NAME).
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from customkd.featcache.fingerprint import (
+from customkd.contract.fingerprint import (
     Fingerprint,
     ManifestError,
     TeacherComponent,
@@ -158,7 +158,7 @@ def shard_size_for(n_samples: int, shard_size: int, chunk_size: int) -> int:
     return min(shard_size, -(-n_samples // chunk_size) * chunk_size)
 
 
-# ---------------------------------------------------------------- the fingerprint (featcache.fingerprint)
+# ---------------------------------------------------------------- the fingerprint (contract.fingerprint)
 
 def make_fingerprint(dataset: dict, teacher: dict | None, augmentation: dict, layout: dict) -> dict:
     """Fingerprint (stored form) with separate components, each carrying its own ``hash``; without ``teacher`` the

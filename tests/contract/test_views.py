@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from customkd.featcache.views import (
+from customkd.contract.views import (
     VIEW_PARAMS,
     ViewRecipe,
     centre_view,
@@ -66,7 +66,7 @@ def test_view_sampling_is_pinned():
     SEED_SCHEME_VERSION (and these values) rather than silently."""
     import numpy as np
 
-    from customkd.featcache.views import SEED_SCHEME_VERSION, ViewRecipe, draw_views, view_seed
+    from customkd.contract.views import SEED_SCHEME_VERSION, ViewRecipe, draw_views, view_seed
 
     assert SEED_SCHEME_VERSION == 1
     assert view_seed(0, 12345, 1) == 14500042757552453904

@@ -5,7 +5,7 @@ A cache may be a local path or a URL (``s3://bucket/path.zarr``, ``gs://…``, `
 Connection settings come from the environment, never from the URL: credentials in a URL would end
 up in logs, in the store's manifest and in every run's ``config.json``, so such URLs are refused.
 
-These are the primitives below :mod:`featcache.store`; copying whole stores (push / pull) is
+These are the primitives below :mod:`contract.store`; copying whole stores (push / pull) is
 :mod:`featcache.remote`, above it. ``filesys`` is always an fsspec filesystem here.
 """
 
