@@ -1,5 +1,5 @@
 """trainer.optim: the student's optimiser and lr schedule from timm. With the defaults a run trains bit for bit as the
-hand-built AdamW/SGD and cosine LambdaLR it replaced; the timm options group, decay and warm up as declared."""
+a plain torch AdamW/SGD over every parameter with a cosine LambdaLR; the timm options group, decay and warm up as declared."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _lrs(total: int, warmup: int, warmup_lr: float, updates: int, lr: float = 0.
 
 
 def test_the_cosine_without_warmup_is_the_hand_built_schedule_exactly():
-    """lr · ½(1 + cos(π min(t, T) / T)) at update t, as the LambdaLR it replaced computed it, to the last bit, and 0
+    """lr · ½(1 + cos(π min(t, T) / T)) at update t, as torch's LambdaLR with the cosine factor computes it, to the last bit, and 0
     once the run's updates are done."""
     assert _lrs(6, 0, 1e-5, 8) == [0.1, 0.09330127018922195, 0.07500000000000001, 0.05, 0.025000000000000012,
                                    0.006698729810778065, 0.0, 0.0]
@@ -84,12 +84,13 @@ def _digest(run) -> str:
     return digest.hexdigest()
 
 
-# Computed on this machine's pinned install (constraints.txt) by the hand-built optimiser and LambdaLR cosine before
-# they were replaced; like test_pinned_run's numbers, another torch or CPU may move them: the comparison below with
-# the hand-built code in the same process is the machine-independent proof.
+# The final weights of a tiny run with a plain AdamW/SGD over every parameter and a LambdaLR cosine, on this machine's
+# pinned install (constraints.txt): the timm-built optimiser and schedule must reach them exactly. Like
+# test_pinned_run's numbers, another torch or CPU may move them; the same-process comparison below does not depend
+# on the machine.
 GOLDEN = {
     "adamw": ({"method": "customkd"}, "10f97d795be5d66ba9811cf560609df7c498be3eb0a0c0825f7f138be4b30437"),
-    "sgd": ({"method": "kd", "optimizer": "sgd", "weight_decay": 0.05},  # SGD used to inherit AdamW's 0.05
+    "sgd": ({"method": "kd", "optimizer": "sgd", "weight_decay": 0.05},  # AdamW's decay, given explicitly to SGD
             "3b829df2df21fea67b966d1d6efc80d9ced8487ef13e057e3699fc037949617e"),
 }
 
@@ -102,7 +103,7 @@ def test_a_default_run_ends_at_the_weights_the_hand_built_optimiser_gave(tiny_st
 
 
 class HandBuiltCosine:
-    """The schedule the default replaced, as it was written: torch's LambdaLR with the cosine factor."""
+    """The reference schedule the default must equal: torch's LambdaLR with the cosine factor."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, total: int) -> None:
         self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(
