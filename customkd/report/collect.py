@@ -96,11 +96,11 @@ def regime_configs(jobs: list[Job]) -> dict[str, dict]:
 def summarize(jobs: list[Job], extractions: dict[str, dict], alignments: dict[Path, dict], regimes: dict[str, dict],
               eval_split: str, comparisons: Callable[[dict], list[dict]]) -> dict:
     """Everything the page shows: per-row numbers, per-regime setup (``regimes``: slug → title, teacher, data,
-    cache, setting, compare_to; completed here from the store records and the runs' configs), the paired
-    ``comparisons`` of the summary, budget inputs."""
+    cache, source (its record's key in ``extractions``), setting, compare_to; completed here from the store records
+    and the runs' configs), the paired ``comparisons`` of the summary, budget inputs."""
     configs = regime_configs(jobs)
     regimes = {slug: {**{k: r[k] for k in ("title", "teacher", "data", "cache")},
-                      "majority_class_eval": extractions[r.get("source", r["cache"])]["majority_class_eval"],
+                      "majority_class_eval": extractions[r["source"]]["majority_class_eval"],
                       "setting": r["setting"], "compare_to": r["compare_to"], "pick": r.get("pick"),
                       "config": configs[slug]}
                for slug, r in regimes.items()}
