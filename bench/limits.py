@@ -113,11 +113,12 @@ def loader_alone(loader, device: torch.device, queued: int = 0) -> dict:
     return {"steps": [b["wall"] - a["wall"] for a, b in pairs], "shares": [foreign_cpu_share(a, b) for a, b in pairs]}
 
 
-def worker_loader(work: Workload, n_samples: int, workers: int):
-    """The trainer's worker loader over ``n_samples`` of the workload's (row, view) pairs, tiled as needed."""
+def worker_loader(work: Workload, n_samples: int, workers: int, cache=None):
+    """The trainer's worker loader over ``n_samples`` of the workload's (row, view) pairs, tiled as needed, reading
+    replayed views from ``cache`` (:class:`trainer.view_cache.ViewCache`) when given, as ``distill`` does."""
     from customkd.trainer.data import StudentViews, make_loader
 
-    dataset = StudentViews(work.inputs.data, work.config.image_size)
+    dataset = StudentViews(work.inputs.data, work.config.image_size, cache=cache)
     return make_loader(dataset, np.resize(work.rows, n_samples), np.resize(work.views, n_samples),
                        work.config.batch_size, workers, device=work.device)
 
@@ -140,12 +141,13 @@ def with_threads(threads: int, action):
         torch.set_num_threads(before)
 
 
-def limits_round(cfg: BenchConfig, work: Workload, trainee, decoded, n: int) -> dict:
+def limits_round(cfg: BenchConfig, work: Workload, trainee, decoded, cache, n: int) -> dict:
     """One interleaved round of every configuration, ``n`` samples (``n // batch`` steps) each."""
     steps = max(n // cfg.batch_size, 2)
     channels_last = work.device.type == "cuda"  # the trainer's layout (trainer.loop.prefers_channels_last)
     record = {
-        "real": _train(work, trainee, worker_loader(work, n, cfg.workers), None, n),
+        "real": _train(work, trainee, worker_loader(work, n, cfg.workers, cache), None, n),
+        "real_replaying": _train(work, trainee, worker_loader(work, n, cfg.workers), None, n),
         "synthetic": _train(work, trainee, SyntheticBatches(work, steps), None, steps * cfg.batch_size),
         "plain": plain_train(work, channels_last, steps),
         "plain_other_layout": plain_train(work, not channels_last, steps),
@@ -158,28 +160,30 @@ def limits_round(cfg: BenchConfig, work: Workload, trainee, decoded, n: int) -> 
     if work.device.type == "cpu":
         threads = torch.get_num_threads()
         record["real_1worker_1thread"] = with_threads(
-            1, lambda: _train(work, trainee, worker_loader(work, n, 1), None, n))
+            1, lambda: _train(work, trainee, worker_loader(work, n, 1, cache), None, n))
         record["real_0workers"] = with_threads(
-            threads, lambda: _train(work, trainee, worker_loader(work, n, 0), None, n))
+            threads, lambda: _train(work, trainee, worker_loader(work, n, 0, cache), None, n))
     return record
 
 
 def measure_limits(cfg: BenchConfig, store: Path) -> dict:
     """A warm-up round of one batch per configuration, then ``train_rounds`` timed rounds."""
     from customkd.trainer.device_replay import decode_images, place
+    from customkd.trainer.distill import view_cache
 
     work = open_workload(cfg, store)
     work = dataclasses.replace(work, config=dataclasses.replace(work.config, method="student"))
     trainee = new_trainee(work, "student")
     decoded = place(decode_images(work.inputs.data, np.unique(work.rows), budget=2**34, workers=cfg.workers),
                     work.device)
-    limits_round(cfg, work, trainee, decoded, 2 * cfg.batch_size)
+    cache = view_cache(work.config, work.inputs.data, np.unique(work.rows))  # filled by the warm-up round
+    limits_round(cfg, work, trainee, decoded, cache, 2 * cfg.batch_size)
     rounds = []
     for rep in range(cfg.train_rounds):
-        rounds.append(limits_round(cfg, work, trainee, decoded, cfg.train_samples))
+        rounds.append(limits_round(cfg, work, trainee, decoded, cache, cfg.train_samples))
         log.info("limits round %d: %s samples/s", rep, {k: round(cfg.batch_size / statistics.median(v["steps"]), 1)
                                                          for k, v in rounds[-1].items()})
-    return _limits_raw(cfg, work, rounds, decoded.nbytes)
+    return {**_limits_raw(cfg, work, rounds, decoded.nbytes), "view_cache_mib": cache.record()["view_cache_mib"]}
 
 
 def _limits_raw(cfg: BenchConfig, work: Workload, rounds: list[dict], decoded_bytes: int) -> dict:
@@ -196,6 +200,7 @@ def _limits_raw(cfg: BenchConfig, work: Workload, rounds: list[dict], decoded_by
         **{f"{key}_samples_s": value for key, value in rate.items()},
         "steps": {key: value[1] for key, value in pooled.items()},
         "ratio_student_step_vs_synthetic": rate["real"] / rate["synthetic"],
+        "ratio_replaying_vs_synthetic": rate["real_replaying"] / rate["synthetic"],
         "ratio_synthetic_vs_plain": rate["synthetic"] / rate["plain"],
         "ratio_channels_last_vs_nchw": layouts["channels_last"] / layouts["nchw"],
         "ratio_workers_loader_vs_synthetic": rate["workers_loader"] / rate["synthetic"],

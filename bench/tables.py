@@ -62,6 +62,7 @@ def limit_metrics(limits: dict | None, gpu: bool) -> list[dict]:
         return []
     metrics = [
         metric("student_step_vs_synthetic", limits["ratio_student_step_vs_synthetic"], ">=", 0.9),
+        metric("replaying_student_step_vs_synthetic", limits["ratio_replaying_vs_synthetic"], ">=", None),
         metric("synthetic_vs_timm_train", limits["ratio_synthetic_vs_plain"], ">=", 0.9),
         metric("loader_capacity_vs_synthetic", limits["ratio_workers_loader_vs_synthetic"], ">=", 1.5 if gpu else None),
         metric("device_replay_fast_vs_workers_loader", limits["ratio_replay_fast_vs_workers_loader"], ">=", None),

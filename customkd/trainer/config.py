@@ -77,6 +77,10 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         "auto", "Where views are replayed: workers (PIL in the DataLoader workers), device (every image decoded once, "
         "views replayed as batched tensor ops on the training device), auto (device on CUDA when the decoded images "
         "fit a quarter of its memory, workers otherwise).", choices=("auto", "workers", "device"))
+    view_cache: bool = option(
+        True, "With the worker replay: keep each replayed view in memory the workers share (when every view of the "
+        "run's rows fits a quarter of the host's memory) and read it there when it comes back; the same pixels, "
+        "less CPU. --no-view-cache replays every time.")
     replay_engine: str = option(
         "fast", "With --replay device: exact (PIL's pixels bit for bit) or fast (float32 resampling, within a grey "
         "level or so of PIL's; docs/benchmarks.md).", choices=("exact", "fast"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
 from customkd.common.errors import UserError, printable
 from customkd.contract import store as fs
@@ -23,6 +24,7 @@ from customkd.contract.schema import STALENESS_ARRAYS, Manifest
 from customkd.contract.views import replay_pil, to_uint8, view_problem, view_seed
 from customkd.trainer.config import DistillConfig
 from customkd.trainer.features import ConcatFeatures, ShardedFeatures, open_features
+from customkd.trainer.view_cache import ViewCache
 
 log = logging.getLogger(__name__)
 
@@ -298,24 +300,29 @@ class StudentViews(torch.utils.data.Dataset):
 
     The trainer normalises after the copy to the device (:class:`trainer.loop.PixelNorm`): bytes are a quarter of
     float32's size to collate, pin and copy. With ``strong_seed`` set (FixMatch), it also returns a RandAugment-ed
-    copy of the same crop, seeded by (seed, row, epoch) so CPU runs repeat exactly."""
+    copy of the same crop, seeded by (seed, row, epoch) so CPU runs repeat exactly. With a ``cache``
+    (:class:`trainer.view_cache.ViewCache`) a view replayed once is read from it afterwards: the same bytes."""
 
     def __init__(self, data: CachedData, size: int, interpolation: str = "bilinear",
-                 strong_seed: int | None = None) -> None:
+                 strong_seed: int | None = None, cache: ViewCache | None = None) -> None:
         self.listing, self.views = data.listing, data.views
         self.size, self.interpolation = size, interpolation
-        self.strong_seed = strong_seed
+        self.strong_seed, self.cache = strong_seed, cache
 
     def __len__(self) -> int:
         return len(self.views)
 
     def __getitem__(self, item: tuple[int, ...]):
         row, view = item[0], item[1]
-        image = self.listing.load_image(row)
-        crop = replay_pil(image, self.views[row, view], self.size, self.interpolation)
-        pixels = to_uint8(crop)
+        pixels = self.cache.get(row, view) if self.cache is not None else None
+        if pixels is None:
+            pixels = to_uint8(replay_pil(self.listing.load_image(row), self.views[row, view], self.size,
+                                         self.interpolation))
+            if self.cache is not None:
+                self.cache.put(row, view, pixels)
         if self.strong_seed is None:
             return pixels, row, view
+        crop = Image.fromarray(pixels.permute(1, 2, 0).numpy())  # the replayed RGB crop, from its own bytes
         return pixels, row, view, to_uint8(self._strong(crop, row, item[2] if len(item) > 2 else 0))
 
     def _strong(self, crop, row: int, epoch: int):

@@ -45,6 +45,7 @@ from customkd.trainer.device_replay import DeviceReplay, replay_record, resolve_
 from customkd.trainer.methods import EpochContext, resolve_method
 from customkd.trainer.students import Student, resolve_student
 from customkd.trainer.tracking import Tracker, absolute, eta, provenance
+from customkd.trainer.view_cache import ViewCache
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def default_run_dir(cfg: DistillConfig) -> str:
 
 # settings a resumed run may change: where and how it runs, not what it computes
 RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_stale", "data", "expect_fingerprint",
-                     "keep_checkpoint")
+                     "keep_checkpoint", "view_cache")
 
 
 def check_run_dir(cfg: DistillConfig) -> Path:
@@ -389,6 +390,14 @@ def choose_student(s: Session, dataset: StudentViews) -> dict:
             "last": {"epoch": s.epochs, **last}}
 
 
+def view_cache(cfg: DistillConfig, data, rows: np.ndarray) -> ViewCache | None:
+    """The loader's cache of replayed views (:mod:`trainer.view_cache`); None with ``--no-view-cache`` or when the
+    views of ``rows`` do not fit it."""
+    if not cfg.view_cache:
+        return None
+    return ViewCache.for_rows(rows, len(data.views), data.views.shape[1], cfg.image_size)
+
+
 def make_loaders(s: Session, train_ds: StudentViews, eval_ds: StudentViews, scored: list, epochs: range,
                  decoded) -> tuple:
     """The run's training and evaluation loaders: DataLoader workers replaying with PIL, or (``decoded`` images,
@@ -407,12 +416,15 @@ def make_loaders(s: Session, train_ds: StudentViews, eval_ds: StudentViews, scor
 def train(s: Session, started: dt.datetime) -> dict:
     """Every epoch still to run (the method's stage when due, KD, evaluation, checkpoint); the final metrics."""
     cfg, env = s.cfg, s.env
-    eval_ds = StudentViews(s.data, cfg.image_size)
-    train_ds = StudentViews(s.data, cfg.image_size, strong_seed=cfg.seed) if cfg.ssl == "fixmatch" else eval_ds
-    decoded = resolve_replay(cfg.replay, s.data, np.concatenate([s.split.train, s.split.eval, s.split.val]),
-                             s.device, cfg.ssl == "fixmatch", cfg.workers)
+    rows = np.concatenate([s.split.train, s.split.eval, s.split.val])
+    decoded = resolve_replay(cfg.replay, s.data, rows, s.device, cfg.ssl == "fixmatch", cfg.workers)
+    cache = view_cache(cfg, s.data, rows) if decoded is None else None
+    eval_ds = StudentViews(s.data, cfg.image_size, cache=cache)
+    train_ds = StudentViews(s.data, cfg.image_size, strong_seed=cfg.seed, cache=cache) \
+        if cfg.ssl == "fixmatch" else eval_ds
+    replayed = {**replay_record(decoded, cfg.replay_engine), **(cache.record() if cache is not None else {})}
     # a resumed run keeps its record
-    config = run_config(s, started, replay_record(decoded, cfg.replay_engine)) if env.main and not cfg.resume else None
+    config = run_config(s, started, replayed) if env.main and not cfg.resume else None
     if config is not None:
         run_folder.write_config(s.run, config)
     first_epoch = resume(s) if cfg.resume else 0
