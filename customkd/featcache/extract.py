@@ -10,11 +10,13 @@ forward in batches → whole-shard writes in a background thread → mark the st
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
-from customkd.common import distributed
+from customkd.common import distributed, files
 from customkd.common.devices import resolve_device, resolve_precision
 from customkd.common.errors import UserError
 from customkd.common.provenance import library_versions
@@ -36,7 +38,15 @@ from customkd.contract.schema import (
 from customkd.contract.storage import storage_for
 from customkd.contract.views import SEED_SCHEME_VERSION, VIEW_PARAMS
 from customkd.featcache.config import ExtractConfig
-from customkd.featcache.extract_loop import BatchObserver, ExtractResult, extract_shards, finish, teacher_entry
+from customkd.featcache.extract_loop import (
+    BatchObserver,
+    ExtractResult,
+    extract_shards,
+    finish,
+    lock_store,
+    store_lock_key,
+    teacher_entry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +173,51 @@ def _create(cfg: ExtractConfig, out, manifest: Manifest, per_sample: dict):
     return fs.create_store(out, manifest, per_sample)
 
 
-def _open_everywhere(cfg: ExtractConfig, env: distributed.DistEnv, manifest: Manifest, per_sample: dict):
-    """Rank 0 creates, resumes or refuses the store; then every rank opens it. Returns (store, complete)."""
-    complete = distributed.on_main(env, lambda: _prepare_store(cfg, manifest, per_sample)[1])
+def _hold_existing(out: str) -> str | None:
+    """Lock an existing local store ``out`` before anything is listed or loaded: a second process writing it is
+    refused at once (:func:`featcache.extract_loop.lock_store`). The lock's key, or None (no store yet, an object
+    store)."""
+    if where.is_remote(out) or not Path(where.to_local(out)).is_dir():
+        return None
+    return lock_store(out)
+
+
+def _prepare_locked(cfg: ExtractConfig, manifest: Manifest, per_sample: dict, held: str | None) -> bool:
+    """:func:`_prepare_store` of a local store under its locks; returns whether the store is complete.
+
+    The folder above the store is held (``flock``, waiting) while the store is checked, created, resumed or
+    replaced, so two first extractions of one ``--out`` never both create it: the second finds the store and its
+    lock. The store's own lock (already held by :func:`_hold_existing` when it existed) is taken before anything in
+    it is touched and kept on the store as prepared, under the same key, until :func:`extract` lets it go. Object
+    stores have no locks."""
+    if where.is_remote(cfg.out):
+        return _prepare_store(cfg, manifest, per_sample)[1]
+    out = Path(where.to_local(cfg.out)).absolute()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        parent = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise UserError(f"cannot create {out.parent} for --out ({exc.strerror or exc}); choose a writable "
+                        "location") from None
+    try:
+        fcntl.flock(parent, fcntl.LOCK_EX)
+        key = held if held is not None else _hold_existing(cfg.out)  # a store made while the teacher loaded
+        try:
+            complete = _prepare_store(cfg, manifest, per_sample)[1]
+        finally:
+            if key is not None:
+                files.release_lock(key)  # the folder may have been replaced: the one prepared is locked next
+        lock_store(cfg.out)
+        return complete
+    finally:
+        os.close(parent)
+
+
+def _open_everywhere(cfg: ExtractConfig, env: distributed.DistEnv, manifest: Manifest, per_sample: dict,
+                     held: str | None):
+    """Rank 0 creates, resumes or refuses the store (:func:`_prepare_locked`); then every rank opens it.
+    Returns (store, complete)."""
+    complete = distributed.on_main(env, lambda: _prepare_locked(cfg, manifest, per_sample, held))
     distributed.barrier(env)
     return fs.Store.open(where.location(cfg.out), mode="r+"), complete
 
@@ -178,8 +230,6 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     ``observe`` (optional, e.g. a benchmark's clock) is told when each teacher batch starts and ends on
     this rank: ``observe("start", images)`` before the forward, ``observe("end", images)`` once its features
     are on the host. It changes nothing the extraction computes."""
-    from customkd.featcache.teachers import create_teacher
-
     if cfg.into is not None:
         from customkd.featcache.extract_into import extract_into
 
@@ -193,9 +243,22 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     _check_data_outside_out(spec, cfg.out)
     if cfg.overwrite:
         _check_replaceable(cfg.out)
-    listing = load_listing(spec)
     device = resolve_device(cfg.device)
     env, device = distributed.init_distributed(str(device) if cfg.device != "auto" else "auto")
+    held = distributed.on_main(env, lambda: _hold_existing(cfg.out))
+    try:
+        return _extract_store(cfg, spec, env, device, started, observe, held)
+    finally:
+        if env.main and store_lock_key(cfg.out) is not None:
+            files.release_lock(store_lock_key(cfg.out))
+
+
+def _extract_store(cfg: ExtractConfig, spec: str, env: distributed.DistEnv, device, started: dt.datetime,
+                   observe: BatchObserver | None, held: str | None) -> ExtractResult:
+    """List the dataset, load the teacher, prepare the store and compute its pending shards on every rank."""
+    from customkd.featcache.teachers import create_teacher
+
+    listing = load_listing(spec)
     teacher = create_teacher(cfg.teacher, cfg.weights, str(device), size=cfg.teacher_size, tap=cfg.tap)
     precision = resolve_precision(cfg.precision, device)
     layout = Layout(len(listing), cfg.views, teacher.feature_dim, len(VIEW_PARAMS),
@@ -204,12 +267,11 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     manifest = build_manifest(listing, build_fingerprint(listing, cfg, layout), entry, layout, cfg, started)
     _check_readable(manifest)
     per_sample = listing_arrays(listing)
-    opened, complete = _open_everywhere(cfg, env, manifest, per_sample)
+    opened, complete = _open_everywhere(cfg, env, manifest, per_sample, held)
     shape = (layout.n_samples, layout.n_views, layout.feature_dim)
     if complete:
         log.info("store %s is already complete with the same fingerprint: nothing to do", where.display(cfg.out))
         return ExtractResult(cfg.out, "unchanged", shape, 0, 0.0)
-
     group, entry = opened.group, opened.manifest.teachers[0]
     pending = fs.pending_shards(group, entry)
     bad = extract_shards(group, teacher, entry, device, cfg, layout, listing, per_sample["sample_key"], pending, env,

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +30,7 @@ from customkd.featcache.extract_loop import (
     StoredViews,
     extract_shards,
     finish,
+    lock_store,
     teacher_entry,
 )
 
@@ -100,27 +99,6 @@ def _prepare(cfg: ExtractConfig, wanted: TeacherEntry) -> str:
     return "pending"
 
 
-def _lock_store(path: str) -> str | None:
-    """Hold the local store ``path`` for this process while it adds a teacher; the lock's key (None for an object
-    store, which has no locks: zarr's one writer per object). A second ``extract --into`` of the same store is
-    refused in one line, before its teacher loads: writing beside the first, it would delete the first one's
-    temporary files as an interrupted run's leftovers. The lock is on the store's folder itself (its real path), so
-    nothing is added to the store."""
-    if where.is_remote(path):
-        return None
-    folder = Path(where.to_local(path)).resolve()
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise UserError(f"cannot open cache {where.display(path)} to lock it ({exc.strerror}); pass the store "
-                        "folder `customkd extract --out` wrote") from None
-    key = f"store:{folder}"
-    if not files.hold_lock(fd, key):
-        raise UserError(f"another `customkd extract` is adding a teacher to cache {where.display(path)}; wait for it "
-                        "to finish, then run this command again (nothing was written)")
-    return key
-
-
 def extract_into(cfg: ExtractConfig, observe: BatchObserver | None = None) -> ExtractResult:
     """Add ``cfg.teacher`` to the complete store ``cfg.into``; a no-op when it holds that teacher complete with
     the same fingerprint component, refused when it holds it different (unless ``cfg.overwrite_teacher``), and
@@ -132,7 +110,7 @@ def extract_into(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Ex
     _check_rows(listing, manifest, group, cfg.into)
     device = resolve_device(cfg.device)
     env, device = distributed.init_distributed(str(device) if cfg.device != "auto" else "auto")
-    key = distributed.on_main(env, lambda: _lock_store(cfg.into))
+    key = distributed.on_main(env, lambda: lock_store(cfg.into))
     try:
         return _add_teacher(cfg, env, device, manifest, listing, started, observe)
     finally:

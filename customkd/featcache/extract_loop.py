@@ -5,16 +5,18 @@ whole-shard writes in a background thread."""
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from customkd.common import distributed
+from customkd.common import distributed, files
 from customkd.common.devices import autocast
 from customkd.common.errors import UserError
 from customkd.contract import location as where
@@ -300,3 +302,28 @@ def finish(path: str, env: distributed.DistEnv, group, teacher: TeacherEntry, ba
         fs.mark_complete(group, teacher.name)
 
     distributed.on_main(env, mark)
+
+
+def lock_store(path: str) -> str | None:
+    """Hold the local store ``path`` for this process while it writes; the lock's key (None for an object store,
+    which has no locks: zarr's one writer per object). A second extraction writing the same store (``--out`` or
+    ``--into``) is refused in one line before its teacher loads: writing beside the first, it would delete the
+    first one's temporary files as an interrupted run's leftovers. The lock is on the store's folder itself (its
+    real path), so nothing is added to the store."""
+    key = store_lock_key(path)
+    if key is None:
+        return None
+    try:
+        fd = os.open(Path(where.to_local(path)).resolve(), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise UserError(f"cannot open store {where.display(path)} to lock it ({exc.strerror}); pass the store "
+                        "folder `customkd extract --out` wrote") from None
+    if not files.hold_lock(fd, key):
+        raise UserError(f"another `customkd extract` is writing store {where.display(path)}; wait for it to finish, "
+                        "then run this command again (nothing was written)")
+    return key
+
+
+def store_lock_key(path: str) -> str | None:
+    """The key :func:`lock_store` holds a local store's lock under (its real path), None for an object store."""
+    return None if where.is_remote(path) else f"store:{Path(where.to_local(path)).resolve()}"

@@ -61,3 +61,45 @@ def test_overwrite_through_a_link_or_of_a_store_holding_a_foreign_file_is_refuse
     one_error_line(refused, "holds notes.txt, which is not part of a customkd store")
     assert len(refused.stderr.splitlines()) == 1 and (store / "notes.txt").read_text() == "mine"
     assert store_bytes(store, manifest=True) == {**before, "notes.txt": b"mine"}
+
+
+def test_a_store_another_extraction_is_writing_is_never_touched(tiny_store, tiny_folder, tmp_path):
+    """While one ``extract --out`` writes a store (it holds the flock on the store's folder), the same command in a
+    second process, with or without ``--overwrite``, is refused in one line before its teacher loads: it neither
+    deletes the store nor removes the first one's temporary files as an interrupted run's leftovers. The folder
+    above a new store is held while it is created, so two first extractions of one ``--out`` never both create
+    it: whichever comes second finds the store held (refused) or complete (nothing to do), never half made."""
+    import fcntl
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env, customkd
+
+    store = tmp_path / "busy.zarr"
+    shutil.copytree(tiny_store, store)
+    partial = store / "views" / "c" / "0" / "0" / f"0.{'a' * 32}.partial"
+    partial.write_bytes(b"being written")  # zarr's temporary file of a shard the first one is writing
+    before = store_bytes(store, manifest=True)
+    command = ("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
+               "--views", "3", "--workers", "0", "--shard-size", "8", "--chunk-size", "4")
+    held = os.open(store, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first extraction, writing its shards
+        for extra in ((), ("--overwrite",)):
+            refused = customkd(*command, *extra, "--out", store)
+            one_error_line(refused, "another `customkd extract` is writing store")
+            assert len(refused.stderr.splitlines()) == 1
+        assert store_bytes(store, manifest=True) == before
+    finally:
+        os.close(held)
+
+    new = tmp_path / "new" / "s.zarr"
+    argv = [sys.executable, "-m", "customkd.cli", *command, "--out", str(new)]
+    both = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+            for _ in range(2)]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in both]
+    assert all(code == 0 or (code == 2 and "another `customkd extract` is writing store" in err)
+               for code, err in outcomes), outcomes
+    assert store_bytes(new) == store_bytes(tiny_store)

@@ -139,7 +139,7 @@ def test_a_second_addition_to_the_same_store_at_once_is_refused(tiny_store, two_
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first extract --into, adding its teacher
         for place in (store, tmp_path / "link.zarr"):
-            one_error_line(customkd(*command, "--into", place), "another `customkd extract` is adding a teacher")
+            one_error_line(customkd(*command, "--into", place), "another `customkd extract` is writing store")
         assert store_bytes(store, manifest=True) == before
     finally:
         os.close(held)
