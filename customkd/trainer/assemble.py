@@ -106,7 +106,7 @@ class Trainee:
 def make_student(cfg: DistillConfig, num_classes: int, device: torch.device) -> Student:
     """The configured student on ``device``, in the memory layout :func:`trainer.loop.to_memory_format` picks."""
     student = create_student(cfg.student, num_classes, cfg.image_size, cfg.student_pretrained, cfg.student_weights)
-    return loop.to_memory_format(student.to(device), device)
+    return loop.to_memory_format(student.to(device), device, cfg.memory_format)
 
 
 def wrap_model(student: Student, method: Method, env: DistEnv, device: torch.device) -> nn.Module:

@@ -77,6 +77,10 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         "auto", "Where views are replayed: workers (PIL in the DataLoader workers), device (every image decoded once, "
         "views replayed as batched tensor ops on the training device), auto (device on CUDA when the decoded images "
         "fit a quarter of its memory, workers otherwise).", choices=("auto", "workers", "device"))
+    memory_format: str = option(
+        "auto", "The student's memory layout: channels_last, contiguous (NCHW), or auto (channels_last for CNN "
+        "students on CUDA; contiguous on a CPU, where channels_last trains faster but rounds differently from the "
+        "results published so far: docs/benchmarks.md).", choices=("auto", "channels_last", "contiguous"))
     view_cache: bool = option(
         True, "With the worker replay: keep each replayed view in memory the workers share (when every view of the "
         "run's rows fits a quarter of the host's memory) and read it there when it comes back; the same pixels, "

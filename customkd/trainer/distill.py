@@ -262,6 +262,7 @@ def run_config(s: Session, started: dt.datetime, replay: dict | None = None) -> 
             "effective_epochs": s.epochs, "optimizer_steps": s.epochs * s.cfg.steps_per_epoch(len(s.split.train)),
             "warmup_steps": s.cfg.warmup_steps(len(s.split.train)),
             "student_activation": type(s.method.dims.student_activation).__name__,
+            "memory_format_used": "channels_last" if s.student.channels_last else "contiguous",
             "replay_used": replay or {"mode": "workers"}})
 
 

@@ -63,15 +63,22 @@ def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, labels
     return counts.mean((F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).sum(), "unlabeled")
 
 
-def prefers_channels_last(student: nn.Module, device: torch.device) -> bool:
-    """CNN students on CUDA run channels_last (cuDNN's fast layout under bf16); a ViT's single patch
-    convolution gains nothing, and CPU keeps the default layout."""
+def prefers_channels_last(student: nn.Module, device: torch.device, memory_format: str = "auto") -> bool:
+    """``--memory-format``: ``channels_last`` or ``contiguous`` as asked; ``auto`` runs CNN students on CUDA
+    channels_last (cuDNN's fast layout under bf16) and keeps the default layout on a CPU. There channels_last also
+    trains faster (docs/benchmarks.md, ``channels_last_vs_nchw_train``) but rounds differently, so every CPU result
+    published so far (the report's runs, the pinned numbers) would no longer repeat bit for bit: it is asked for.
+    A ViT's single patch convolution gains nothing."""
+    if memory_format != "auto":
+        return memory_format == "channels_last"
     return device.type == "cuda" and sum(isinstance(m, nn.Conv2d) for m in student.modules()) > 1
 
 
-def to_memory_format(student: nn.Module, device: torch.device) -> nn.Module:
-    """The student in the layout :func:`prefers_channels_last` picks (in place)."""
-    return student.to(memory_format=torch.channels_last) if prefers_channels_last(student, device) else student
+def to_memory_format(student: nn.Module, device: torch.device, memory_format: str = "auto") -> nn.Module:
+    """The student in the layout :func:`prefers_channels_last` picks (in place); the choice is kept as the
+    student's ``channels_last`` for :meth:`PixelNorm.of`."""
+    student.channels_last = prefers_channels_last(student, device, memory_format)
+    return student.to(memory_format=torch.channels_last) if student.channels_last else student
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -101,8 +108,11 @@ class PixelNorm:
 
     @classmethod
     def of(cls, student: Student, device: torch.device) -> PixelNorm:
-        """The student's normalisation, in the layout :func:`prefers_channels_last` picks for it."""
-        return cls(student.mean, student.std, device, prefers_channels_last(student, device))
+        """The student's normalisation, in the student's layout (:func:`to_memory_format`'s choice, else
+        :func:`prefers_channels_last`'s default)."""
+        channels_last = getattr(student, "channels_last", None)
+        return cls(student.mean, student.std, device,
+                   prefers_channels_last(student, device) if channels_last is None else channels_last)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.dtype != torch.uint8:

@@ -107,3 +107,21 @@ def test_a_last_batch_of_one_is_left_to_the_next_epoch_instead_of_crashing_batch
     assert set(plans[0].order) != set(plans[1].order)  # a different sample waits each epoch
     result = distill(cfg)  # with a batch of 1 this raised BatchNorm's "Expected more than 1 value per channel"
     assert 0 <= result.final["accuracy"] <= 1
+
+
+def test_the_memory_format_is_the_one_asked_for_and_recorded(tiny_store, tmp_path):
+    """``--memory-format channels_last`` trains the student (and feeds it its images) in that layout on a CPU, where
+    ``auto`` keeps NCHW; config.json records the layout used."""
+    from customkd.trainer.assemble import make_student
+    from customkd.trainer.loop import PixelNorm
+    from tests.conftest import tiny_config
+
+    cpu = torch.device("cpu")
+    for asked, expected in (("auto", False), ("contiguous", False), ("channels_last", True)):
+        student = make_student(tiny_config(tiny_store, memory_format=asked), 3, cpu)
+        stem = next(m.weight for m in student.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
+        assert stem.is_contiguous(memory_format=torch.channels_last) is expected
+        images = PixelNorm.of(student, cpu)(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+        assert images.is_contiguous(memory_format=torch.channels_last) is expected
+    distill(tiny_config(tiny_store, tmp_path / "cl", memory_format="channels_last"))
+    assert json.loads((tmp_path / "cl" / "config.json").read_text())["memory_format_used"] == "channels_last"

@@ -75,3 +75,4 @@ def test_a_cache_sent_to_a_spawned_process_holds_nothing_and_rows_outside_it_are
     copy.put(5, 0, pixels)  # nothing to write into, nothing raised
     assert cache.get(5, 0) is None
 
+
