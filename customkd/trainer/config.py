@@ -83,7 +83,7 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
         "results published so far: docs/benchmarks.md).", choices=("auto", "channels_last", "contiguous"))
     view_cache: bool = option(
         True, "With the worker replay: keep each replayed view in memory the workers share (when every view of the "
-        "run's rows fits a quarter of the host's memory) and read it there when it comes back; the same pixels, "
+        "run's rows fits a quarter of the host's memory, shared by the host's ranks) and read it there when it comes back; the same pixels, "
         "less CPU. --no-view-cache replays every time.")
     replay_engine: str = option(
         "fast", "With --replay device: exact (PIL's pixels bit for bit) or fast (float32 resampling, within a grey "

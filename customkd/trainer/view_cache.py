@@ -9,7 +9,7 @@ training step).
 
 The memory is one anonymous shared ``mmap`` made before the workers fork: it is not a file, needs no ``/dev/shm``
 space, and its pages are only taken when a pair is first written. It is used when every pair of the run's rows fits
-:data:`HOST_SHARE` of the host's memory; a loader started another way than by ``fork`` gets no cache (the pixels are
+:func:`host_budget`; a loader started another way than by ``fork`` gets no cache (the pixels are
 then replayed every time, as without it).
 """
 
@@ -29,8 +29,10 @@ HOST_SHARE = 0.25  # share of the host's physical memory the cached views may ta
 
 
 def host_budget() -> int:
-    """Bytes the cached views may take: :data:`HOST_SHARE` of the host's physical memory."""
-    return int(HOST_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    """Bytes one process's cached views may take: :data:`HOST_SHARE` of the host's physical memory, shared by the
+    processes torchrun started on this host (``LOCAL_WORLD_SIZE``), each of which keeps its own cache."""
+    local_ranks = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    return int(HOST_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // local_ranks
 
 
 class ViewCache:

@@ -57,6 +57,13 @@ def test_a_run_with_the_view_cache_equals_one_without_it(tiny_store, tmp_path):
     assert replayed["cached"]["view_cache_mib"] > 0 and "view_cache_mib" not in replayed["replayed"]
 
 
+def test_the_host_budget_is_shared_by_the_ranks_of_a_host(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    alone = view_cache.host_budget()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert view_cache.host_budget() == alone // 4
+
+
 def test_views_over_the_memory_budget_are_not_cached(monkeypatch):
     monkeypatch.setattr(view_cache, "host_budget", lambda: 10 * 2 * 3 * 8 * 8 - 1)
     assert ViewCache.for_rows(np.arange(10), 20, 2, 8) is None
