@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from customkd.common.errors import UserError
+from customkd.common.files import parse_json
 from customkd.contract import location as where
 from customkd.contract.listing import Listing, ListingDiff, compare_listing
 from customkd.contract.location import display
@@ -197,7 +198,7 @@ def _has_customkd_manifest(path: str | Path) -> bool:
     status: an old or half-created store is still ours to replace)."""
     blob = storage_for(path).root_metadata_head()
     try:
-        document = json.loads(blob) if len(blob) <= where.MAX_METADATA_BYTES else None
+        document = parse_json(blob) if len(blob) <= where.MAX_METADATA_BYTES else None
     except ValueError:  # not JSON
         return False
     if not (isinstance(document, dict) and document.get("zarr_format") == 3 and document.get("node_type") == "group"):
@@ -593,7 +594,7 @@ def _without_other_teachers(blob: bytes, teachers: tuple[str, ...]) -> bytes:
     """The root document (canonical JSON) with only ``teachers`` in its manifest's list; unparsable bytes as they
     are (a replaced store then differs as a whole)."""
     try:
-        document = json.loads(blob)
+        document = parse_json(blob)
         attributes = document["attributes"]
         attributes[ATTRS_KEY] = only_teachers(attributes[ATTRS_KEY], teachers)
     except (ValueError, KeyError, TypeError, AttributeError):

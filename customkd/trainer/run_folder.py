@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from customkd.common import files
 from customkd.common.errors import UserError
-from customkd.common.files import atomic_path, hold_lock, write_json
+from customkd.common.files import atomic_path, hold_lock, parse_json, write_json
 
 MAX_IMAGE_SIZE = 2048  # px; a student's input side, for training and for a run's recorded preprocessing
 
@@ -138,10 +138,10 @@ def _read_json(run: str | Path, name: str) -> Any:
     try:
         if path.stat().st_size > MAX_RECORD_BYTES:  # checked before reading: the file may be sparse or forged
             raise _refuse(run, name, f"is larger than {MAX_RECORD_BYTES >> 20} MiB, more than any run records")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"run {run} has no {name}; pass a run folder written by `customkd distill`") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         raise _refuse(run, name, f"is not valid JSON ({str(exc)[:80]})") from None
     except OSError as exc:
         raise _refuse(run, name, f"cannot be read ({exc.strerror})") from None
@@ -411,8 +411,8 @@ def _checkpoint_problem(state: object) -> str | None:
     if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape):
         return "torch_rng is not a generator state"
     try:
-        history = json.loads(state["history"]) if isinstance(state["history"], str) else None
-    except json.JSONDecodeError:
+        history = parse_json(state["history"]) if isinstance(state["history"], str) else None
+    except ValueError:
         history = None
     return None if isinstance(history, list) else "history is not a list of epoch records"
 
@@ -590,8 +590,8 @@ def write_timing(run: str | Path, record: dict) -> None:
 def read_alignment(run: str | Path) -> dict | None:
     """The cached alignment.json, or None when there is none or it is not a readable record (it is then redone)."""
     try:
-        values = json.loads((Path(run) / ALIGNMENT).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        values = parse_json((Path(run) / ALIGNMENT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError included
         return None
     return values if isinstance(values, dict) else None
 

@@ -185,6 +185,7 @@ def _sparse_forgery(h5):
     (_sparse_forgery, "dataset 'features_t0' holds 0 bytes in the file for 62914560 declared"),
     (_nan_features, "NaN (unwritten) features for valid samples"),
     (_not_done, "not every shard is flagged done"),
+    (lambda h5: h5.attrs.modify(ATTRS_KEY, "[" * 100_000 + "]" * 100_000), "malformed manifest (nested too deeply)"),
 ])
 def test_import_refuses_foreign_forged_or_damaged_hdf5(exported, tmp_path, change, needle):
     if change is None:

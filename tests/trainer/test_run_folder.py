@@ -254,6 +254,15 @@ DAMAGED_RUNS = {
                                        "num_classes 3 does not match its 2 class names"),
     "classes not the weights'": (lambda run: _edit_config(run, _set(classes=["a", "b", "c", "d"], num_classes=4)),
                                  "student.safetensors does not fit the test_efficientnet with 4 classes"),
+    # JSON a parser refuses otherwise than with a JSONDecodeError (were a RecursionError, a ValueError traceback, and
+    # export's UnicodeEncodeError writing the ONNX metadata)
+    "config nested too deeply": (lambda run: (run / run_folder.CONFIG).write_text("[" * 100_000 + "]" * 100_000),
+                                 "config.json is not valid JSON (nested too deeply)"),
+    "config integer of 5000 digits": (lambda run: (run / run_folder.CONFIG).write_text('{"image_size": ' + "9" * 5000
+                                                                                       + "}"),
+                                      "config.json is not valid JSON (Exceeds the limit (4300 digits)"),
+    "config unpaired surrogate": (lambda run: _edit_config(run, _set(student="\ud800")),
+                                  "config.json is not valid JSON (a string holds an unpaired surrogate"),
 }
 
 
