@@ -10,13 +10,13 @@ resolved (``teacher``, ``n_train``, ``effective_lr`` …): those records are ski
 
 from __future__ import annotations
 
-import json
 import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
 
 from customkd.common.errors import UserError
+from customkd.common.files import parse_json
 
 SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 NOT_REPLAYED = ("out", "resume")  # a replay writes a new run
@@ -48,7 +48,7 @@ def read_config_file(path: str) -> dict:
 
             values = tomllib.loads(text)
         elif file.suffix == ".json":
-            values = json.loads(text)
+            values = parse_json(text)
         else:
             values = _load_plain_yaml(text)
     except _AliasRefused:

@@ -18,10 +18,26 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from customkd.common.errors import UserError
 
 PARTIAL_SUFFIX = ".partial"
+
+
+def parse_json(text: str | bytes) -> Any:
+    """JSON someone else may have written; every way it can be malformed is a ValueError: invalid JSON, nesting deeper
+    than the parser recurses, an integer of more digits than Python converts, or a string holding an unpaired
+    surrogate (``"\\ud800"``: it could be neither printed nor written back as UTF-8)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds an unpaired surrogate (\\ud800-\\udfff), which is no character") from None
+    return value
 
 
 @contextlib.contextmanager

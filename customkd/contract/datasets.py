@@ -469,10 +469,14 @@ def load_listing(spec: str) -> DatasetListing:
             raise UserError(f"unknown dataset {spec!r}; known: elpv, digits, folder:PATH (or an existing folder's "
                             "path), cifar100:PATH") from None
         raise UserError(f"data spec part {exc.part!r} is not unlabeled:NAME=PATH") from None
-    listing = DATASETS[parsed.kind](parsed.arg)
-    if parsed.unlabeled:
-        parts = [unlabeled_part(name, folder) for name, folder in parsed.unlabeled]
-        listing = _with_unlabeled(listing, "|".join([listing.spec, *parts]), parsed.unlabeled)
+    try:  # a folder the listing walks may hold entries this process cannot stat or list
+        listing = DATASETS[parsed.kind](parsed.arg)
+        if parsed.unlabeled:
+            parts = [unlabeled_part(name, folder) for name, folder in parsed.unlabeled]
+            listing = _with_unlabeled(listing, "|".join([listing.spec, *parts]), parsed.unlabeled)
+    except OSError as exc:
+        raise UserError(f"cannot list dataset {spec} ({exc.filename}: {exc.strerror or type(exc).__name__}); "
+                        "fix its permissions or pass a dataset folder this user can read") from None
     log.info("dataset %s: %d samples (%d unlabeled), %d classes", printable(listing.spec), len(listing),
              sum(s.label == UNLABELED for s in listing.samples), len(listing.classes))
     return listing

@@ -16,6 +16,7 @@ the chosen teachers see it and the identity that tells a replaced store.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import itertools
 import json
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from customkd.common.errors import UserError
+from customkd.common.files import parse_json
 from customkd.contract import location as where
 from customkd.contract.listing import Listing, ListingDiff, compare_listing
 from customkd.contract.location import display
@@ -62,6 +64,9 @@ def _codecs(layout: Layout) -> list:
 def _zarr_group(storage: Storage, mode: str):
     import zarr
 
+    from customkd.contract.zarr_codecs import use_bounded_zstd
+
+    use_bounded_zstd()
     return zarr.open_group(store=storage.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
 
 
@@ -75,6 +80,9 @@ def open_group(path: str | Path, mode: str):
 def _create_group(storage: Storage, attributes: dict):
     import zarr
 
+    from customkd.contract.zarr_codecs import use_bounded_zstd
+
+    use_bounded_zstd()
     return zarr.create_group(storage.zarr_store(read_only=False), zarr_format=3, attributes=attributes)
 
 
@@ -190,7 +198,7 @@ def _has_customkd_manifest(path: str | Path) -> bool:
     status: an old or half-created store is still ours to replace)."""
     blob = storage_for(path).root_metadata_head()
     try:
-        document = json.loads(blob) if len(blob) <= where.MAX_METADATA_BYTES else None
+        document = parse_json(blob) if len(blob) <= where.MAX_METADATA_BYTES else None
     except ValueError:  # not JSON
         return False
     if not (isinstance(document, dict) and document.get("zarr_format") == 3 and document.get("node_type") == "group"):
@@ -414,6 +422,43 @@ def _array_problem(group, manifest: Manifest) -> None:
             raise ManifestError(f"array '{stored}' has dtype {found[1]}, not {spec.dtype}")
         if found[2] != storage:
             raise ManifestError(f"array '{stored}' is stored in blocks of {found[2]}, the layout implies {storage}")
+        differs = _first_difference(_encoding(array.metadata), _written_encoding(name, layout))
+        if differs:
+            raise ManifestError(f"array '{stored}' metadata: {differs}")
+
+
+_ENCODING_KEYS = ("codecs", "fill_value", "chunk_key_encoding", "storage_transformers")
+
+
+def _encoding(metadata) -> dict:
+    """How an array's chunks become objects: codecs (inner chunks, compression, checksums, byte order), fill value,
+    object keys and storage transformers, in zarr's normalised JSON form."""
+    stored = metadata.to_dict()
+    return json.loads(json.dumps({key: stored.get(key) for key in _ENCODING_KEYS}, default=str))
+
+
+@functools.cache
+def _written_encoding(name: str, layout: Layout) -> dict:
+    """:func:`_encoding` of array ``name`` as :func:`_create_array` creates it for ``layout`` (made in memory)."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    group = zarr.create_group(MemoryStore(), zarr_format=3)
+    _create_array(group, name, name, layout)
+    return _encoding(group[name].metadata)
+
+
+def _first_difference(found, written, where: str = "") -> str | None:
+    """Where two JSON values first differ, and both sides (shortened), or None."""
+    if isinstance(found, dict) and isinstance(written, dict) and found.keys() == written.keys():
+        pairs = [(f"{where}.{key}" if where else key, found[key], written[key]) for key in written]
+    elif isinstance(found, list) and isinstance(written, list) and found and written:
+        pairs = [(f"{where}[{i}]", a, b) for i, (a, b) in enumerate(zip(found, written, strict=False))]
+        pairs.append((f"{where}[{len(pairs)}:]", found[len(pairs):], written[len(pairs):]))
+    else:
+        shown = [json.dumps(value, separators=(",", ":"))[:120] for value in (found, written)]
+        return None if found == written else f"{where} is {shown[0]} where extraction writes {shown[1]}"
+    return next((d for d in (_first_difference(a, b, w) for w, a, b in pairs) if d), None)
 
 
 def validate_manifest(group, path: str | Path) -> Manifest | None:
@@ -549,7 +594,7 @@ def _without_other_teachers(blob: bytes, teachers: tuple[str, ...]) -> bytes:
     """The root document (canonical JSON) with only ``teachers`` in its manifest's list; unparsable bytes as they
     are (a replaced store then differs as a whole)."""
     try:
-        document = json.loads(blob)
+        document = parse_json(blob)
         attributes = document["attributes"]
         attributes[ATTRS_KEY] = only_teachers(attributes[ATTRS_KEY], teachers)
     except (ValueError, KeyError, TypeError, AttributeError):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from customkd.common.errors import UserError
-from customkd.common.files import check_new_file, writing_new_file
+from customkd.common.files import check_new_file, parse_json, writing_new_file
 from customkd.contract import location as where
 from customkd.contract import store as fs
 from customkd.contract.datasets import DatasetListing, load_listing
@@ -284,7 +284,7 @@ def _h5_manifest(h5, h5_path: str) -> Manifest:
                         "`customkd cache export`: export the store again")
     stored = h5.attrs[ATTRS_KEY]
     try:
-        return Manifest.from_attrs(json.loads(stored))
+        return Manifest.from_attrs(parse_json(stored))
     except (ManifestError, ValueError, TypeError) as exc:
         raise UserError(f"{h5_path} has a malformed manifest ({exc}); export the store again") from None
 

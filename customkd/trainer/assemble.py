@@ -232,6 +232,6 @@ def load_trained(run_dir: str | Path, device: torch.device | None = None) -> Tra
     trainee = build_trainee(dataclasses.replace(cfg, student_pretrained=False, student_weights=None), inputs, device)
     run_folder.load_student_weights(config, trainee.student.model)
     trainee.student.eval()
-    run_folder.restore(run_dir, {"method": run_folder.load_method_state(run_dir)}, {"method": trainee.method})
+    run_folder.restore(run_dir, {"method": run_folder.load_method_state(run_dir, trainee.method.state_dict())}, {"method": trainee.method})
     trainee.method.eval()
     return TrainedRun(Path(run_dir), config.values, cfg, inputs, trainee)

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from customkd.common import files
 from customkd.common.errors import UserError
-from customkd.common.files import atomic_path, hold_lock, write_json
+from customkd.common.files import atomic_path, hold_lock, parse_json, write_json
 
 MAX_IMAGE_SIZE = 2048  # px; a student's input side, for training and for a run's recorded preprocessing
 
@@ -138,10 +138,10 @@ def _read_json(run: str | Path, name: str) -> Any:
     try:
         if path.stat().st_size > MAX_RECORD_BYTES:  # checked before reading: the file may be sparse or forged
             raise _refuse(run, name, f"is larger than {MAX_RECORD_BYTES >> 20} MiB, more than any run records")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"run {run} has no {name}; pass a run folder written by `customkd distill`") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         raise _refuse(run, name, f"is not valid JSON ({str(exc)[:80]})") from None
     except OSError as exc:
         raise _refuse(run, name, f"cannot be read ({exc.strerror})") from None
@@ -411,8 +411,8 @@ def _checkpoint_problem(state: object) -> str | None:
     if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape):
         return "torch_rng is not a generator state"
     try:
-        history = json.loads(state["history"]) if isinstance(state["history"], str) else None
-    except json.JSONDecodeError:
+        history = parse_json(state["history"]) if isinstance(state["history"], str) else None
+    except ValueError:
         history = None
     return None if isinstance(history, list) else "history is not a list of epoch records"
 
@@ -436,18 +436,12 @@ def save_method_state(run: str | Path, state_dict: dict) -> None:
     save_student(run, state_dict, METHOD_STATE)
 
 
-def load_method_state(run: str | Path) -> dict:
-    """A finished run's method modules: :data:`METHOD_STATE`, or the checkpoint's ``method`` part where a run kept
-    only its checkpoint; one line when neither holds them."""
+def load_method_state(run: str | Path, expected: dict) -> dict:
+    """A finished run's method modules (``expected``: their state dict): :data:`METHOD_STATE`, or the checkpoint's
+    ``method`` part where a run kept only its checkpoint; one line when neither holds them."""
     if not exists(run, METHOD_STATE):
         return load_checkpoint(run, ("method",))["method"]
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(Path(run) / METHOD_STATE))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise _refuse(run, METHOD_STATE, f"is damaged ({_first_line(exc)})") from None
+    return read_weights(run, METHOD_STATE, expected, "the run's method")
 
 
 def tidy(run: str | Path, keep_checkpoint: bool) -> None:
@@ -475,28 +469,45 @@ def save_best_student(run: str | Path, state_dict: dict, epoch: int) -> None:
     save_student(run, state_dict, STUDENT_BEST, {"epoch": str(epoch)})
 
 
+MAX_SAFETENSORS_HEADER = 100 << 20  # the largest header safetensors reads
+
+
+def read_weights(run: str | Path, name: str, expected: dict, what: str, epoch: int | None = None) -> dict:
+    """The tensors of safetensors run file ``name``, read only once its header names the tensors of ``expected`` (a
+    state dict) with their shapes, and (with ``epoch``) that epoch in its metadata: a header may declare tensors of
+    gigabytes, which would be read whole before they could be compared. ``what`` names ``expected`` in the refusal;
+    FileNotFoundError passes through. A file larger than those tensors can take (in float64, with the largest header
+    safetensors reads) is refused before it is opened: opening maps it whole."""
+    from safetensors import SafetensorError, safe_open
+
+    size = (Path(run) / name).stat().st_size
+    most = MAX_SAFETENSORS_HEADER + 2 * sum(tensor.numel() * tensor.element_size() for tensor in expected.values())
+    if size > most:
+        raise _refuse(run, name, f"is {size} bytes, more than the {most} that {what} can take")
+    try:
+        with safe_open(str(Path(run) / name), framework="pt") as weights:
+            saved = (weights.metadata() or {}).get("epoch")
+            if epoch is not None and saved != str(epoch):
+                raise _refuse(run, name, f"holds epoch {str(saved)[:20]}'s student, the history's best is epoch "
+                                         f"{epoch}")
+            problem = _misfit(expected, {key: weights.get_slice(key).get_shape() for key in weights.keys()})  # noqa: SIM118
+            if problem:
+                raise _refuse(run, name, f"does not fit {what} ({problem})")
+            return {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118 - not a dict
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _refuse(run, name, f"is not a safetensors file ({_first_line(exc)})") from None
+
+
 def load_best_student(run: str | Path, epoch: int, expected: dict) -> dict:
     """The tensors of :data:`STUDENT_BEST`, refused in one line unless it holds the student of ``epoch`` (the best
     epoch the run's history names) with the tensors of ``expected`` (the run's student's state dict)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(run) / STUDENT_BEST
     try:
-        with safe_open(str(path), framework="pt") as weights:
-            saved = (weights.metadata() or {}).get("epoch")
-            state = {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118 - not a dict
+        return read_weights(run, STUDENT_BEST, expected, "the run's student", epoch)
     except FileNotFoundError:
         raise UserError(f"run {run} has no {STUDENT_BEST}, the best epoch's student its history names; restore it "
                         "or train the run again in a new --out") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise _refuse(run, STUDENT_BEST, f"is not a safetensors file ({_first_line(exc)})") from None
-    if saved != str(epoch):
-        raise _refuse(run, STUDENT_BEST, f"holds epoch {str(saved)[:20]}'s student, the history's best is epoch "
-                                         f"{epoch}")
-    problem = _misfit(expected, state)
-    if problem:
-        raise _refuse(run, STUDENT_BEST, f"does not fit the run's student ({problem})")
-    return state
 
 
 def _link_or_copy(run: str | Path, source: str, target: str) -> None:
@@ -539,32 +550,25 @@ def write_model_folder(run: str | Path, record: dict) -> None:
 
 def load_student_weights(config: RunConfig, model) -> None:
     """student.safetensors into ``model`` (the student config.json describes); one line when the file is not
-    safetensors or its tensors do not fit that student."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    safetensors or its tensors do not fit that student (:func:`read_weights`: compared before they are read)."""
     run = config.run
     try:
-        state = load_file(str(run / STUDENT))
+        state = read_weights(run, STUDENT, model.state_dict(), f"the {config.student} with {config.num_classes} "
+                             f"classes that {CONFIG} describes")
     except FileNotFoundError:
         raise UserError(f"run {run} has no {STUDENT}; it did not finish: resume it with --resume") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise _refuse(run, STUDENT, f"is not a safetensors file ({_first_line(exc)})") from None
-    problem = _misfit(model.state_dict(), state)
-    if problem:
-        raise UserError(f"run {run}: {STUDENT} does not fit the {config.student} with {config.num_classes} classes "
-                        f"that {CONFIG} describes ({problem}); use the {CONFIG} and weights of one run")
     model.load_state_dict(state)
 
 
-def _misfit(expected: dict, found: dict) -> str | None:
-    """The first difference between a model's state dict and loaded tensors: a missing, extra or reshaped tensor."""
+def _misfit(expected: dict, shapes: dict) -> str | None:
+    """The first difference between a state dict and the tensor shapes a file declares: a missing, extra or
+    reshaped tensor."""
     for key, tensor in expected.items():
-        if key not in found:
+        if key not in shapes:
             return f"no {key}"
-        if tuple(found[key].shape) != tuple(tensor.shape):
-            return f"{key} is {list(found[key].shape)}, the student's is {list(tensor.shape)}"
-    extra = next((key for key in found if key not in expected), None)
+        if tuple(shapes[key]) != tuple(tensor.shape):
+            return f"{key} is {list(shapes[key])}, the model's is {list(tensor.shape)}"
+    extra = next((key for key in shapes if key not in expected), None)
     return f"unexpected {extra}" if extra else None
 
 
@@ -590,8 +594,8 @@ def write_timing(run: str | Path, record: dict) -> None:
 def read_alignment(run: str | Path) -> dict | None:
     """The cached alignment.json, or None when there is none or it is not a readable record (it is then redone)."""
     try:
-        values = json.loads((Path(run) / ALIGNMENT).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        values = parse_json((Path(run) / ALIGNMENT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError included
         return None
     return values if isinstance(values, dict) else None
 

@@ -153,3 +153,33 @@ def test_a_bare_folder_path_is_a_folder_dataset_and_names_keep_their_meaning(tmp
     assert with_kind("shapes|unlabeled:u=/x") == "folder:shapes|unlabeled:u=/x"
     with pytest.raises(UserError, match="unknown dataset 'no-such-folder'"):
         load_listing("no-such-folder")
+
+
+def _unreadable_entry(folder) -> None:
+    """An entry under ``folder`` that this process cannot stat or list: a folder without permissions, or (for root,
+    whom permissions do not stop) a link to ``/proc/1/cwd``, which a container's root may not resolve."""
+    import os
+
+    if os.geteuid() != 0:
+        (folder / "class0" / "locked").mkdir()
+        (folder / "class0").chmod(0)
+        return
+    try:
+        os.stat("/proc/1/cwd")
+    except PermissionError:
+        (folder / "locked").symlink_to("/proc/1/cwd")
+        return
+    pytest.skip("no entry here that root cannot stat")
+
+
+def test_an_entry_the_listing_cannot_stat_is_one_line(tmp_path, tiny_store):
+    """A data folder (or a store's recorded data spec) holding an entry this user cannot stat or list: one line
+    naming it, exit 2, for every command that lists the dataset (was a PermissionError traceback)."""
+    folder = make_tiny_hue_folder(tmp_path / "data", per_class=2)
+    _unreadable_entry(folder)
+    try:
+        with pytest.raises(UserError, match=r"cannot list dataset folder:.*Permission denied"):
+            load_listing(f"folder:{folder}")
+        one_error_line(invoke("cache", "verify", tiny_store, "--data", f"folder:{folder}"), "cannot list dataset")
+    finally:
+        (folder / "class0").chmod(0o755)

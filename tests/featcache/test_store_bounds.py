@@ -185,6 +185,7 @@ def _sparse_forgery(h5):
     (_sparse_forgery, "dataset 'features_t0' holds 0 bytes in the file for 62914560 declared"),
     (_nan_features, "NaN (unwritten) features for valid samples"),
     (_not_done, "not every shard is flagged done"),
+    (lambda h5: h5.attrs.modify(ATTRS_KEY, "[" * 100_000 + "]" * 100_000), "malformed manifest (nested too deeply)"),
 ])
 def test_import_refuses_foreign_forged_or_damaged_hdf5(exported, tmp_path, change, needle):
     if change is None:
@@ -311,3 +312,81 @@ def test_every_string_of_a_manifest_is_bounded_when_it_is_read(copy, path, lengt
         assert "malformed manifest" in line and "www" not in line and len(line) < 500
     assert {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()} == before
     assert not (copy.parent / "run").exists()
+
+
+# ------------------------------------------------------------------ a chunk decodes to its own size, never more
+
+@pytest.fixture(scope="module")
+def compressed_store(tiny_folder, tmp_path_factory) -> Path:
+    from customkd.featcache.extract import ExtractConfig, extract
+
+    out = tmp_path_factory.mktemp("compressed") / "tiny.zarr"
+    extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=str(out), views=3,
+                          weights="random", workers=0, shard_size=8, chunk_size=4, compress=True))
+    return out
+
+
+def zstd_bomb(nbytes: int, declare_size: bool) -> bytes:
+    """A zstd frame of ``nbytes`` zeros (a few bytes per MiB), its header declaring that size or no size at all."""
+    import numcodecs
+
+    frame = numcodecs.Zstd(level=19).encode(np.zeros(nbytes, np.uint8))
+    assert frame[4] == 0x80  # descriptor: a 4-byte content size after a window byte
+    return frame if declare_size else frame[:4] + b"\x00" + frame[5:6] + frame[10:]
+
+
+def sharded_object(chunks: list[bytes], size: int | None = None) -> bytes:
+    """A shard object holding ``chunks`` (each followed by its crc32c), zero-padded in front to ``size`` bytes."""
+    pad = (size or 0) and size - sum(len(c) + 4 for c in chunks) - 16 * len(chunks) - 4
+    body, index = b"\0" * pad, b""
+    for chunk in chunks:
+        blob = chunk + google_crc32c.value(chunk).to_bytes(4, "little")
+        index += np.array([len(body), len(blob)], "<u8").tobytes()
+        body += blob
+    return body + index + google_crc32c.value(index).to_bytes(4, "little")
+
+
+def test_a_zstd_bomb_decodes_to_no_more_than_its_chunk(copy, compressed_store, tmp_path):
+    """A compressed store whose every features shard holds two 2.4 KB zstd frames of 76 MiB (within the bytes a
+    shard may hold): each frame is refused after at most its chunk's 1536 bytes were decoded, so `verify` names
+    every shard, `export` and `distill` refuse, and the peak memory stays the interpreter's. An uncompressed store
+    whose metadata adds a zstd codec is refused on open, naming the codec, before anything is read."""
+    store = tmp_path / "bomb.zarr"
+    shutil.copytree(compressed_store, store)
+    frame = zstd_bomb(76 << 20, declare_size=False)
+    for shard in range(4):
+        (store / "features_t0" / "c" / str(shard) / "0" / "0").write_bytes(sharded_object([frame, frame]))
+    result, peak = peak_rss_mib("cache", "verify", store)
+    assert result.returncode == 1 and peak < 200, (result.stderr, peak)
+    problems = invoke("cache", "verify", store)
+    assert problems.exit_code == 1 and "4 problem(s)" in problems.output
+    assert "array features_t0: shard 3 (rows 24-29) is damaged (ZstdFrameError)" in problems.output  # 700 MiB and more when each frame was decoded whole
+    one_error_line(invoke("cache", "export", store, "--h5", tmp_path / "x.h5"), "shard 0 (rows 0-7) is damaged")
+    one_error_line(invoke("distill", "--cache", store, "--out", tmp_path / "run", "--min-steps", "0"), "damaged")
+
+    meta = copy / "features_t0" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["codecs"][0]["configuration"]["codecs"].insert(1, {"name": "zstd", "configuration": {"level": 3}})
+    meta.write_text(json.dumps(doc))
+    (copy / "features_t0" / "c" / "0" / "0" / "0").write_bytes(sharded_object([frame, frame], size=3116))
+    for args in (("cache", "info", copy), ("cache", "verify", copy), ("cache", "export", copy, "--h5", tmp_path / "y.h5")):
+        one_error_line(invoke(*args), "array 'features_t0' metadata: codecs[0].configuration.codecs[1] is "
+                                      '{"name":"zstd"')
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: d.update(fill_value=7), "fill_value is 7 where extraction writes 0"),
+    (lambda d: d["codecs"].insert(0, {"name": "transpose", "configuration": {"order": [0]}}), 'codecs[0].name is "transpose"'),
+    (lambda d: d["chunk_key_encoding"]["configuration"].update(separator="."), "separator is \".\" where"),
+    (lambda d: d["codecs"][0]["configuration"].update(endian="big"), "endian is \"big\" where extraction writes"),
+    (lambda d: d.update(storage_transformers=[{"name": "x"}]), "storage_transformers is [{\"name\":\"x\"}]"),
+])
+def test_array_metadata_must_encode_as_extraction_writes(copy, change, needle):
+    """Every array's codecs, fill value, chunk keys and storage transformers are what extraction writes for the
+    manifest's layout: another fill value would stand in for a missing inner chunk, another byte order or codec
+    would decode garbage, or gigabytes."""
+    meta = copy / "labels" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    change(doc)
+    meta.write_text(json.dumps(doc))
+    one_error_line(invoke("cache", "verify", copy), needle)

@@ -12,6 +12,8 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,6 +256,15 @@ DAMAGED_RUNS = {
                                        "num_classes 3 does not match its 2 class names"),
     "classes not the weights'": (lambda run: _edit_config(run, _set(classes=["a", "b", "c", "d"], num_classes=4)),
                                  "student.safetensors does not fit the test_efficientnet with 4 classes"),
+    # JSON a parser refuses otherwise than with a JSONDecodeError (were a RecursionError, a ValueError traceback, and
+    # export's UnicodeEncodeError writing the ONNX metadata)
+    "config nested too deeply": (lambda run: (run / run_folder.CONFIG).write_text("[" * 100_000 + "]" * 100_000),
+                                 "config.json is not valid JSON (nested too deeply)"),
+    "config integer of 5000 digits": (lambda run: (run / run_folder.CONFIG).write_text('{"image_size": ' + "9" * 5000
+                                                                                       + "}"),
+                                      "config.json is not valid JSON (Exceeds the limit (4300 digits)"),
+    "config unpaired surrogate": (lambda run: _edit_config(run, _set(student="\ud800")),
+                                  "config.json is not valid JSON (a string holds an unpaired surrogate"),
 }
 
 
@@ -333,3 +344,47 @@ def test_a_config_json_with_values_of_the_wrong_kind_is_one_line_naming_the_run(
     _edit_config(run, edit)
     line = one_error_line(invoke("evaluate", run, "--workers", "0", "--device", "cpu"), needle)
     assert f"run {run}: config.json" in line or needle.startswith("cache")
+
+
+def _declare_tensors(path: Path, grow: str, elements: int) -> None:
+    """Rewrite safetensors file ``path`` with tensor ``grow`` declared as ``elements`` float32 values (the file
+    made sparse to match), every other tensor as it was."""
+    import struct
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as weights:
+        shapes = {key: weights.get_slice(key).get_shape() for key in weights.keys()}  # noqa: SIM118
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        shape = [elements] if key == grow else shape
+        end = offset + 4 * math.prod(shape)
+        header[key] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}
+        offset = end
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(blob)) + blob)
+        handle.truncate(8 + len(blob) + offset)
+
+
+def test_a_student_file_declaring_huge_tensors_is_refused_before_it_is_read(finished_run, tmp_path):
+    """A student.safetensors whose header declares one tensor of 8 GiB (a sparse file: no disk space) was read whole
+    by safetensors' load_file before its shapes were compared (8 GiB of memory, or a MemoryError traceback under a
+    memory limit); one declaring 32 MiB where the student has a small head was read too. Both are refused from
+    their size and header, in one line, with the peak memory of the real process that of the student alone."""
+    run = _copy(finished_run, tmp_path)
+    student = run / run_folder.STUDENT
+    _declare_tensors(student, "classifier.weight", 2**31)
+    probe = ("import resource, subprocess, sys; r = subprocess.run([sys.executable, '-m', 'customkd.cli', "
+             "*sys.argv[1:]], capture_output=True, text=True); sys.stderr.write(r.stderr); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    done = subprocess.run([sys.executable, "-c", probe, "evaluate", run, "--workers", "0", "--device", "cpu"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 2 and "student.safetensors is 8590" in done.stderr, done.stderr
+    assert int(done.stdout.split()[-1]) < 2 * 2**20, done.stdout  # KiB: the 8 GiB were never read
+
+    _declare_tensors(student, "classifier.weight", 2**23)
+    one_error_line(invoke("evaluate", run, "--workers", "0", "--device", "cpu"),
+                   "student.safetensors does not fit the test_efficientnet with 3 classes that config.json describes "
+                   "(classifier.weight is [8388608]")
