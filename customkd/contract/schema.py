@@ -51,6 +51,12 @@ STATUS_IN_PROGRESS = "in_progress"
 STATUS_COMPLETE = "complete"
 STATUSES = (STATUS_CREATING, STATUS_IN_PROGRESS, STATUS_COMPLETE)
 UNLABELED = -1  # the label of an image nobody labeled
+SPLITS = ("train", "test")  # the split names of every store, stored ids 0 and 1 of the ``split`` array
+VIEW_PARAMS: tuple[str, ...] = (  # the ``views`` array's columns, in the order replay reads them
+    "x0", "y0", "x1", "y1",  # crop box, normalised to the original image (0..1)
+    "flip",  # 1.0 = horizontal flip
+    "brightness", "contrast", "saturation", "hue",  # colour factors (1, 1, 1, 0 = unchanged)
+)
 
 # ---------------------------------------------------------------- the arrays
 
@@ -239,7 +245,6 @@ def _check_teachers(attrs: Mapping, v: int) -> tuple[TeacherEntry, ...]:
 MAX_SAMPLES = 10**9
 MAX_VIEWS = 1024
 MAX_FEATURE_DIM = 65536
-MAX_VIEW_PARAMS = 256
 MAX_SHARDS = 2**20
 MAX_SHARD_ROWS = 2**20  # samples per shard or inner chunk (a reader holds a whole shard)
 MAX_NAMES = 100_000
@@ -293,6 +298,16 @@ def _check_strings(attrs: Mapping) -> None:
             pending += [(key, inner) for item in value.items() for inner in item]
         elif isinstance(value, list):
             pending += [(key, inner) for inner in value]
+
+
+def _check_fixed_names(attrs: Mapping) -> None:
+    """The names this schema fixes: replay reads the ``views`` columns by position, and ``cache info`` and distill
+    read split id 0 as train, so a renamed or reordered list would be misread, never refused later."""
+    for key, fixed in (("view_params", VIEW_PARAMS), ("splits", SPLITS)):
+        stored = attrs[key]
+        shown = ", ".join(name[:20] for name in stored[:len(fixed) + 1]) + (", …" if len(stored) > len(fixed) + 1 else "")
+        _need(tuple(stored) == fixed, f"'{key}' is [{shown}], not [{', '.join(fixed)}], the names this schema "
+              "version defines in that order")
 
 
 def check_header(attrs: Mapping) -> str:
@@ -405,13 +420,12 @@ class Manifest:
         _check_strings(attrs)
         version = attrs["schema_version"]
         n, v, d = _check_shape(attrs, version)
-        for key in ("classes", "domains", "splits"):
+        for key in ("classes", "domains", "splits", "view_params"):
             _names(attrs, key)
-        params = _names(attrs, "view_params")
-        _need(len(params) <= MAX_VIEW_PARAMS, f"'view_params' has more than {MAX_VIEW_PARAMS} names")
+        _check_fixed_names(attrs)
         fp = _check_fingerprint(attrs, n, v, version)
         teachers = _check_teachers(attrs, v) if d is None else _legacy_teacher(fp, d, attrs)
-        layout = Layout(n, v, 0, len(params), fp.layout.shard_size)
+        layout = Layout(n, v, 0, len(VIEW_PARAMS), fp.layout.shard_size)
         _check_block_bytes([replace(layout, feature_dim=t.feature_dim) for t in teachers])
         n_shards = layout.n_shards
         _need(n_shards <= MAX_SHARDS, f"{n_shards} shards is more than {MAX_SHARDS}")

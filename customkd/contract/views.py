@@ -18,11 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-VIEW_PARAMS: tuple[str, ...] = (
-    "x0", "y0", "x1", "y1",  # crop box, normalised to the original image (0..1)
-    "flip",  # 1.0 = horizontal flip
-    "brightness", "contrast", "saturation", "hue",  # colour factors (1, 1, 1, 0 = unchanged)
-)
+from customkd.contract.schema import VIEW_PARAMS  # the manifest's contract: the stored view columns
+
 SEED_SCHEME_VERSION = 1
 _IDENTITY_COLOUR = (1.0, 1.0, 1.0, 0.0)
 _INTERPOLATIONS = {

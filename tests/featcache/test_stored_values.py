@@ -1,0 +1,121 @@
+"""Every stored value of a store is checked on open or read, without the dataset: per-row arrays in their legal
+ranges, the manifest's counts, names and recipe. A sender's store forged in one value is refused by every reader:
+``cache verify`` reports it, ``distill``, ``cache export`` and ``cache import`` refuse it and write nothing.
+
+Each forgery is written through zarr (or h5py into an export of the intact store), so every checksum holds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from customkd.contract.fingerprint import component_hash
+from customkd.contract.schema import ATTRS_KEY
+from tests.conftest import TINY_STUDENT, invoke, one_error_line
+
+
+def _rows(array: str, rows, value):
+    """An edit of ``array``: ``rows`` (an index) set to ``value``."""
+    def edit(values: np.ndarray) -> np.ndarray:
+        values[rows] = value
+        return values
+    return array, edit
+
+
+def _manifest(change):
+    def edit(manifest: dict) -> dict:
+        change(manifest)
+        parts = [*manifest["fingerprint"].values(), *(t["fingerprint"] for t in manifest.get("teachers", []))]
+        for part in parts:  # a careful forger rehashes every component
+            part["hash"] = component_hash({k: v for k, v in part.items() if k != "hash"})
+        return manifest
+    return ATTRS_KEY, edit
+
+
+def _recipe(**values):
+    return _manifest(lambda m: m["fingerprint"]["augmentation"]["recipe"].update(values))
+
+
+def _unflip(views: np.ndarray) -> np.ndarray:
+    """Every view unflipped, so a recipe without flips would have drawn them."""
+    views[..., 4] = 0
+    return views
+
+
+def _invalid_row_with_features(valid: np.ndarray) -> np.ndarray:
+    valid[5] = 0  # row 5 keeps its finite features
+    return valid
+
+
+# (name, [(array or the manifest, edit)], what verify and every refusal names, whether opening refuses it); distill
+# compares labels, domains and splits with the dataset listing first and names a row out of range there
+LISTED = {"label 99": "array labels differs from the dataset listing in 1 row(s), e.g. row 9",
+          "label -2": "array labels differs from the dataset listing in 1 row(s), e.g. row 0",
+          "domain 4": "array domain differs from the dataset listing in 1 row(s), e.g. row 17",
+          "split 2": "array split differs from the dataset listing in 1 row(s), e.g. row 25"}
+FORGERIES = [
+    ("view_params reordered", [_manifest(lambda m: m.update(view_params=["y0", "x0", *m["view_params"][2:]]))],
+     "'view_params' is [y0, x0, x1", True),
+    ("view_params renamed", [_manifest(lambda m: m["view_params"].__setitem__(4, "mirror"))],
+     "'view_params' is [x0, y0, x1, y1, mirror", True),
+    ("splits renamed", [_manifest(lambda m: m.update(splits=["test", "train"]))], "'splits' is [test, train]", True),
+    ("third split", [_manifest(lambda m: m.update(splits=["train", "test", "val"]))], "'splits' is [train, test, val]",
+     True),
+]
+
+
+def forge_store(store: Path, edits) -> None:
+    group = zarr.open_group(str(store), mode="r+")
+    for name, edit in edits:
+        if name == ATTRS_KEY:
+            group.attrs[ATTRS_KEY] = edit(json.loads(json.dumps(group.attrs[ATTRS_KEY])))
+        else:
+            group[name].with_config({"write_empty_chunks": True})[:] = edit(np.asarray(group[name][:]))
+
+
+def forge_export(h5_path: Path, edits) -> None:
+    with h5py.File(h5_path, "r+") as h5:
+        for name, edit in edits:
+            if name == ATTRS_KEY:
+                h5.attrs[ATTRS_KEY] = json.dumps(edit(json.loads(h5.attrs[ATTRS_KEY])))
+            else:
+                h5[name][...] = edit(np.asarray(h5[name][:]))
+
+
+@pytest.fixture(scope="module")
+def intact_export(tiny_store, tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("export") / "intact.h5"
+    assert invoke("cache", "export", tiny_store, "--h5", target).exit_code == 0
+    return target
+
+
+@pytest.mark.parametrize("name, edits, needle, on_open", FORGERIES, ids=[case[0] for case in FORGERIES])
+def test_a_value_out_of_its_range_is_refused_by_every_reader(tiny_store, intact_export, tmp_path, name, edits, needle,
+                                                             on_open):
+    store = tmp_path / "forged.zarr"
+    shutil.copytree(tiny_store, store)
+    forge_store(store, edits)
+    verified = invoke("cache", "verify", store)
+    if on_open:  # the manifest itself is refused, as every malformed manifest is
+        one_error_line(verified, needle)
+    else:  # the report of a damaged store: exit 1, the problem named
+        assert verified.exit_code == 1 and needle in verified.output, verified.output
+    run = tmp_path / "run"
+    one_error_line(invoke("distill", "--cache", store, "--student", TINY_STUDENT, "--epochs", "1", "--image-size",
+                          "32", "--batch-size", "8", "--workers", "0", "--out", run), LISTED.get(name, needle))
+    assert not run.exists()
+    h5_path = tmp_path / "forged.h5"
+    one_error_line(invoke("cache", "export", store, "--h5", h5_path), needle)
+    assert not h5_path.exists() and not list(tmp_path.glob("forged.h5*"))
+
+    shutil.copy(intact_export, h5_path)
+    forge_export(h5_path, edits)
+    dest = tmp_path / "imported.zarr"
+    one_error_line(invoke("cache", "import", h5_path, dest), needle)
+    assert not dest.exists()
