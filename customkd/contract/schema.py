@@ -343,9 +343,31 @@ def _check_fingerprint(attrs: Mapping, n: int, v: int, version: int) -> Fingerpr
         _need(_is_int(layout.get(key), 1, MAX_SHARD_ROWS), f"layout {key} must be a positive integer, got "
               f"{layout.get(key)!r} (at most {MAX_SHARD_ROWS})")
     _need(aug.get("views") == v, f"fingerprint augmentation views={aug.get('views')!r} differs from shape V={v}")
-    crop = aug.get("recipe", {}).get("centre_crop") if isinstance(aug.get("recipe"), dict) else None
-    _need(type(crop) in (int, float) and 0 < crop <= 1, "augmentation recipe has no centre_crop in (0, 1]")
+    _check_recipe(aug.get("recipe"))
     return fp
+
+
+MIN_CROP = 0.01  # the smallest centre crop: a view of a hundredth of the short side (1e-300 rounds to no box at all)
+
+
+def _number(value: Any, low: float, high: float) -> bool:
+    return type(value) in (int, float) and low <= value <= high
+
+
+def _check_recipe(recipe: Any) -> None:
+    """The augmentation recipe (:class:`contract.views.ViewRecipe`) in the ranges it accepts: the stored views are
+    checked against it (:func:`contract.views.view_problem`) and evaluation crops by its ``centre_crop``."""
+    _need(isinstance(recipe, Mapping), "augmentation recipe is not an object")
+    scale, ratio, crop = recipe.get("scale"), recipe.get("ratio"), recipe.get("centre_crop")
+    _need(isinstance(scale, list) and len(scale) == 2 and _number(scale[0], 0, 1) and _number(scale[1], scale[0], 1)
+          and scale[0] > 0, "augmentation recipe scale is not [min, max] with 0 < min <= max <= 1")
+    _need(isinstance(ratio, list) and len(ratio) == 2 and _number(ratio[0], 0, math.inf)
+          and _number(ratio[1], ratio[0], math.inf) and 0 < ratio[0] and ratio[1] < math.inf,
+          "augmentation recipe ratio is not [min, max] with 0 < min <= max")
+    _need(isinstance(recipe.get("flip"), bool), "augmentation recipe flip is not true or false")
+    _need(_number(recipe.get("color_jitter"), 0, 1), "augmentation recipe color_jitter is not a number in [0, 1]")
+    _need(_number(crop, MIN_CROP, 1), f"augmentation recipe centre_crop {str(crop)[:40]} is not a number in "
+          f"[{MIN_CROP}, 1]")
 
 
 def _legacy_teacher(fp: Fingerprint, d: int, attrs: Mapping) -> tuple[TeacherEntry, ...]:

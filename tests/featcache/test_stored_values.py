@@ -17,7 +17,9 @@ import zarr
 
 from customkd.contract.fingerprint import component_hash
 from customkd.contract.schema import ATTRS_KEY
-from tests.conftest import TINY_STUDENT, invoke, one_error_line
+from customkd.contract.views import ViewRecipe
+from customkd.featcache.extract import ExtractConfig, extract
+from tests.conftest import TINY_STUDENT, TINY_TEACHER, invoke, one_error_line
 
 
 def _rows(array: str, rows, value):
@@ -81,6 +83,12 @@ FORGERIES = [
     ("splits renamed", [_manifest(lambda m: m.update(splits=["test", "train"]))], "'splits' is [test, train]", True),
     ("third split", [_manifest(lambda m: m.update(splits=["train", "test", "val"]))], "'splits' is [train, test, val]",
      True),
+    ("centre_crop 1e-300", [_recipe(centre_crop=1e-300)], "augmentation recipe centre_crop 1e-300 is not a number",
+     True),
+    ("scale NaN", [_recipe(scale=[float("nan"), 1.0])], "augmentation recipe scale is not [min, max]", True),
+    ("flip off, views flipped", [_recipe(flip=False)], "flip 1 is not 0 (the recipe does not flip)", False),
+    ("scale narrowed", [_recipe(scale=[0.99, 1.0]), ("views", _unflip)], "crop box area", False),
+    ("centre_crop other", [_recipe(centre_crop=0.5)], "view 0: centre view box", False),
 ]
 
 
@@ -133,3 +141,16 @@ def test_a_value_out_of_its_range_is_refused_by_every_reader(tiny_store, intact_
     dest = tmp_path / "imported.zarr"
     one_error_line(invoke("cache", "import", h5_path, dest), needle)
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("recipe", [ViewRecipe(flip=False, scale=(0.9, 1.0), color_jitter=0.3),
+                                    ViewRecipe(scale=(0.05, 0.1), centre_crop=1.0)])
+def test_a_store_extracted_with_any_recipe_is_read(tiny_folder, tmp_path, recipe):
+    """The checks follow the recipe: a store drawn without flips, with jitter, with crops that fall back to the
+    whole short side (0.9 of an image seldom fits a drawn aspect ratio) or tiny crops verifies, exports and imports."""
+    store = tmp_path / "recipe.zarr"
+    extract(ExtractConfig(teacher=TINY_TEACHER, data=f"folder:{tiny_folder}", out=str(store), views=4,
+                          weights="random", workers=0, shard_size=8, chunk_size=4, recipe=recipe))
+    assert invoke("cache", "verify", store).exit_code == 0
+    assert invoke("cache", "export", store, "--h5", tmp_path / "recipe.h5").exit_code == 0
+    assert invoke("cache", "import", tmp_path / "recipe.h5", tmp_path / "back.zarr").exit_code == 0
