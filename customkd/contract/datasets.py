@@ -26,12 +26,11 @@ from PIL import Image
 from customkd.common.errors import UserError, printable
 from customkd.contract.images import IMAGE_ERRORS, decode_image, read_image_bytes, to_8bit  # noqa: F401 - re-exported
 from customkd.contract.listing import listing_hash
-from customkd.contract.schema import UNLABELED, DataSpecError, parse_data_spec, unlabeled_part
+from customkd.contract.schema import SPLITS, UNLABELED, DataSpecError, parse_data_spec, unlabeled_part
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-SPLITS = ("train", "test")
 UNLABELED_PREFIX = "unlabeled/"  # relative paths of unlabeled rows: unlabeled/<domain>/<path in its folder>
 HOLDOUT_FRACTION = 0.2
 SPLIT_SEED = 0

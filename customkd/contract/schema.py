@@ -51,6 +51,12 @@ STATUS_IN_PROGRESS = "in_progress"
 STATUS_COMPLETE = "complete"
 STATUSES = (STATUS_CREATING, STATUS_IN_PROGRESS, STATUS_COMPLETE)
 UNLABELED = -1  # the label of an image nobody labeled
+SPLITS = ("train", "test")  # the split names of every store, stored ids 0 and 1 of the ``split`` array
+VIEW_PARAMS: tuple[str, ...] = (  # the ``views`` array's columns, in the order replay reads them
+    "x0", "y0", "x1", "y1",  # crop box, normalised to the original image (0..1)
+    "flip",  # 1.0 = horizontal flip
+    "brightness", "contrast", "saturation", "hue",  # colour factors (1, 1, 1, 0 = unchanged)
+)
 
 # ---------------------------------------------------------------- the arrays
 
@@ -239,7 +245,6 @@ def _check_teachers(attrs: Mapping, v: int) -> tuple[TeacherEntry, ...]:
 MAX_SAMPLES = 10**9
 MAX_VIEWS = 1024
 MAX_FEATURE_DIM = 65536
-MAX_VIEW_PARAMS = 256
 MAX_SHARDS = 2**20
 MAX_SHARD_ROWS = 2**20  # samples per shard or inner chunk (a reader holds a whole shard)
 MAX_NAMES = 100_000
@@ -295,6 +300,16 @@ def _check_strings(attrs: Mapping) -> None:
             pending += [(key, inner) for inner in value]
 
 
+def _check_fixed_names(attrs: Mapping) -> None:
+    """The names this schema fixes: replay reads the ``views`` columns by position, and ``cache info`` and distill
+    read split id 0 as train, so a renamed or reordered list would be misread, never refused later."""
+    for key, fixed in (("view_params", VIEW_PARAMS), ("splits", SPLITS)):
+        stored = attrs[key]
+        shown = ", ".join(name[:20] for name in stored[:len(fixed) + 1]) + (", …" if len(stored) > len(fixed) + 1 else "")
+        _need(tuple(stored) == fixed, f"'{key}' is [{shown}], not [{', '.join(fixed)}], the names this schema "
+              "version defines in that order")
+
+
 def check_header(attrs: Mapping) -> str:
     """The format version and the status, the keys that say whether anything else can be read; the status."""
     if attrs.get("schema_version") not in READ_VERSIONS:
@@ -328,9 +343,31 @@ def _check_fingerprint(attrs: Mapping, n: int, v: int, version: int) -> Fingerpr
         _need(_is_int(layout.get(key), 1, MAX_SHARD_ROWS), f"layout {key} must be a positive integer, got "
               f"{layout.get(key)!r} (at most {MAX_SHARD_ROWS})")
     _need(aug.get("views") == v, f"fingerprint augmentation views={aug.get('views')!r} differs from shape V={v}")
-    crop = aug.get("recipe", {}).get("centre_crop") if isinstance(aug.get("recipe"), dict) else None
-    _need(type(crop) in (int, float) and 0 < crop <= 1, "augmentation recipe has no centre_crop in (0, 1]")
+    _check_recipe(aug.get("recipe"))
     return fp
+
+
+MIN_CROP = 0.01  # the smallest centre crop: a view of a hundredth of the short side (1e-300 rounds to no box at all)
+
+
+def _number(value: Any, low: float, high: float) -> bool:
+    return type(value) in (int, float) and low <= value <= high
+
+
+def _check_recipe(recipe: Any) -> None:
+    """The augmentation recipe (:class:`contract.views.ViewRecipe`) in the ranges it accepts: the stored views are
+    checked against it (:func:`contract.views.view_problem`) and evaluation crops by its ``centre_crop``."""
+    _need(isinstance(recipe, Mapping), "augmentation recipe is not an object")
+    scale, ratio, crop = recipe.get("scale"), recipe.get("ratio"), recipe.get("centre_crop")
+    _need(isinstance(scale, list) and len(scale) == 2 and _number(scale[0], 0, 1) and _number(scale[1], scale[0], 1)
+          and scale[0] > 0, "augmentation recipe scale is not [min, max] with 0 < min <= max <= 1")
+    _need(isinstance(ratio, list) and len(ratio) == 2 and _number(ratio[0], 0, math.inf)
+          and _number(ratio[1], ratio[0], math.inf) and 0 < ratio[0] and ratio[1] < math.inf,
+          "augmentation recipe ratio is not [min, max] with 0 < min <= max")
+    _need(isinstance(recipe.get("flip"), bool), "augmentation recipe flip is not true or false")
+    _need(_number(recipe.get("color_jitter"), 0, 1), "augmentation recipe color_jitter is not a number in [0, 1]")
+    _need(_number(crop, MIN_CROP, 1), f"augmentation recipe centre_crop {str(crop)[:40]} is not a number in "
+          f"[{MIN_CROP}, 1]")
 
 
 def _legacy_teacher(fp: Fingerprint, d: int, attrs: Mapping) -> tuple[TeacherEntry, ...]:
@@ -405,13 +442,12 @@ class Manifest:
         _check_strings(attrs)
         version = attrs["schema_version"]
         n, v, d = _check_shape(attrs, version)
-        for key in ("classes", "domains", "splits"):
+        for key in ("classes", "domains", "splits", "view_params"):
             _names(attrs, key)
-        params = _names(attrs, "view_params")
-        _need(len(params) <= MAX_VIEW_PARAMS, f"'view_params' has more than {MAX_VIEW_PARAMS} names")
+        _check_fixed_names(attrs)
         fp = _check_fingerprint(attrs, n, v, version)
         teachers = _check_teachers(attrs, v) if d is None else _legacy_teacher(fp, d, attrs)
-        layout = Layout(n, v, 0, len(params), fp.layout.shard_size)
+        layout = Layout(n, v, 0, len(VIEW_PARAMS), fp.layout.shard_size)
         _check_block_bytes([replace(layout, feature_dim=t.feature_dim) for t in teachers])
         n_shards = layout.n_shards
         _need(n_shards <= MAX_SHARDS, f"{n_shards} shards is more than {MAX_SHARDS}")

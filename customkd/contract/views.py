@@ -18,11 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-VIEW_PARAMS: tuple[str, ...] = (
-    "x0", "y0", "x1", "y1",  # crop box, normalised to the original image (0..1)
-    "flip",  # 1.0 = horizontal flip
-    "brightness", "contrast", "saturation", "hue",  # colour factors (1, 1, 1, 0 = unchanged)
-)
+from customkd.contract.schema import MIN_CROP, VIEW_PARAMS  # the manifest's contract: recipe bounds, view columns
+
 SEED_SCHEME_VERSION = 1
 _IDENTITY_COLOUR = (1.0, 1.0, 1.0, 0.0)
 _INTERPOLATIONS = {
@@ -52,8 +49,8 @@ class ViewRecipe:
             raise ValueError(f"ratio range must satisfy 0 < min <= max, got {self.ratio}")
         if not 0 <= self.color_jitter <= 1:
             raise ValueError(f"color jitter must be in [0, 1], got {self.color_jitter}")
-        if not 0 < self.centre_crop <= 1:
-            raise ValueError(f"centre crop must be in (0, 1], got {self.centre_crop}")
+        if not MIN_CROP <= self.centre_crop <= 1:
+            raise ValueError(f"centre crop must be in [{MIN_CROP}, 1], got {self.centre_crop}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "scale": list(self.scale), "ratio": list(self.ratio)}
@@ -115,32 +112,49 @@ def draw_views(
 
 
 VIEW_PARAM_TOLERANCE = 1e-5  # float32 rounding of parameters drawn in float64
+AREA_TOLERANCE = 1e-4  # a box's area from four float32 corners, against the recipe's scale range
 
 
-def view_problem(views: np.ndarray, valid: np.ndarray, recipe: dict, first_row: int = 0) -> str | None:
-    """The first stored view that :func:`random_view` or :func:`centre_view` could not have drawn, as one line
-    naming the row and view; ``None`` when every view of a valid sample is legal.
-
-    ``views`` ``[n, V, P]`` holds rows ``first_row..first_row + n - 1``, ``valid`` ``[n]`` which of them have
-    features (an unreadable image's views are NaN). A store is someone else's file: replaying a crop box of 1e6
-    widths or hue 5 would train the student on pictures the teacher never saw, or fail in a loader worker."""
-    if views.ndim != 3 or views.shape[-1] != len(VIEW_PARAMS):
-        return f"array views: {views.shape[-1]} parameters per view, not the {len(VIEW_PARAMS)} replay reads"
-    jitter = recipe.get("color_jitter", 0.0) if isinstance(recipe, dict) else None
-    if type(jitter) not in (int, float) or not 0 <= jitter <= 1:
-        return f"augmentation recipe color_jitter {str(jitter)[:40]} is not a number in [0, 1]"
-    x0, y0, x1, y1, flip, brightness, contrast, saturation, hue = np.moveaxis(views[valid], -1, 0)  # each [n', V]
-    eps = VIEW_PARAM_TOLERANCE
+def _legal(views: np.ndarray, recipe: dict) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """(name, ``[n, V]`` mask of legal values, values shown, range in words) of each check of :func:`view_problem`
+    on the views ``[n, V, P]`` of valid samples; NaN is never legal."""
+    x0, y0, x1, y1, flip, brightness, contrast, saturation, hue = np.moveaxis(views, -1, 0)  # each [n, V]
+    eps, jitter, (low, high) = VIEW_PARAM_TOLERANCE, recipe["color_jitter"], recipe["scale"]
+    width, height = x1 - x0, y1 - y0
     box = (x0 >= -eps) & (y0 >= -eps) & (x1 <= 1 + eps) & (y1 <= 1 + eps) & (x0 < x1) & (y0 < y1)
-    legal = [  # (name, [n', V] mask of legal values, values shown, range in words); NaN is never legal
+    centred = (np.abs(x0 + x1 - 1) <= eps) & (np.abs(y0 + y1 - 1) <= eps)
+    longer = np.maximum(width, height)  # a centred square of crop x the short side: crop on the short side's axis
+    first = np.arange(views.shape[1]) == 0  # [V]: view 0 is the centre view, the others are random
+    area = width * height
+    drawn = (area >= low - AREA_TOLERANCE) & (area <= high + AREA_TOLERANCE)
+    fallback = centred & (np.abs(longer - 1) <= eps)  # random_view's box when ten draws did not fit the image
+    centre = centred & (np.abs(longer - recipe["centre_crop"]) <= eps)
+    flips = (flip == 0) | ((flip == 1) & bool(recipe["flip"]) & ~first)
+    return [
         ("crop box", box, np.stack([x0, y0, x1, y1], -1), "inside [0, 1] with x0 < x1 and y0 < y1"),
-        ("flip", (flip == 0) | (flip == 1), flip, "0 or 1"),
+        ("centre view box", centre | ~first, np.stack([x0, y0, x1, y1], -1),
+         f"a centred square of {recipe['centre_crop']:g} x the short side (the recipe's centre_crop)"),
+        ("crop box area", drawn | fallback | first, area, f"in [{low:g}, {high:g}] (the recipe's scale)"),
+        ("flip", flips, flip, "0 or 1 (0 in view 0)" if recipe["flip"] else "0 (the recipe does not flip)"),
         *((name, np.abs(factor - 1) <= jitter + eps, factor, f"in [{1 - jitter:g}, {1 + jitter:g}]")
           for name, factor in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation))),
         ("hue", np.abs(hue) <= jitter / 4 + eps, hue, f"in [{0 - jitter / 4:g}, {jitter / 4:g}]"),
     ]
+
+
+def view_problem(views: np.ndarray, valid: np.ndarray, recipe: dict, first_row: int = 0) -> str | None:
+    """The first stored view that :func:`random_view` or :func:`centre_view` could not have drawn under ``recipe``
+    (a manifest's augmentation recipe, checked by :meth:`contract.schema.Manifest.from_attrs`), as one line naming
+    the row and view; ``None`` when every view of a valid sample is legal.
+
+    ``views`` ``[n, V, P]`` holds rows ``first_row..first_row + n - 1``, ``valid`` ``[n]`` which of them have
+    features (an unreadable image's views are NaN). A store is someone else's file: replaying a crop box of 1e6
+    widths, hue 5 or a flip the recipe never draws would train the student on pictures the teacher never saw, or
+    fail in a loader worker."""
+    if views.ndim != 3 or views.shape[-1] != len(VIEW_PARAMS):
+        return f"array views: {views.shape[-1]} parameters per view, not the {len(VIEW_PARAMS)} replay reads"
     rows = first_row + np.flatnonzero(valid)
-    for name, ok, values, words in legal:
+    for name, ok, values, words in _legal(views[valid], recipe):
         bad = np.argwhere(~ok)
         if len(bad):
             row, view = bad[0]

@@ -28,7 +28,7 @@ from customkd.contract.schema import (
     TeacherEntry,
 )
 from customkd.contract.storage import storage_for
-from customkd.contract.views import view_problem
+from customkd.contract.values import block_problem, count_problem
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +91,16 @@ def label_summary(group, manifest: Manifest) -> dict[str, str]:
 
 
 def _read_problems(group, manifest: Manifest) -> list[str]:
-    """Read every shard of every array of the manifest's teachers and view set (crc32c catches altered bytes);
-    non-finite features, NaN views and views outside what the recipe draws (:func:`contract.views.view_problem`),
-    unset completion flags."""
+    """Read every shard of every array of the manifest's teachers and view set (crc32c catches altered bytes) and
+    check its values (:func:`contract.values.block_problem`: integers in range, finite features and drawable views
+    for valid samples, set completion flags), and the manifest's count of invalid samples."""
     layout = manifest.layout
-    problems = []
     try:
-        valid = np.asarray(group["valid"][:]).astype(bool)
+        stored_valid = np.asarray(group["valid"][:])
+        valid = stored_valid.astype(bool)
+        problems = [problem] if (problem := count_problem(stored_valid, manifest)) else []
     except Exception:  # noqa: BLE001 - named per shard below
-        valid = np.ones(layout.n_samples, dtype=bool)
+        valid, problems = np.ones(layout.n_samples, dtype=bool), []
     for stored, (name, _) in manifest.arrays().items():
         for shard in range(layout.n_shards):
             flag = ARRAYS[name].dims == ("n_shards",)
@@ -111,25 +112,10 @@ def _read_problems(group, manifest: Manifest) -> list[str]:
                                 f"({type(exc).__name__})")
                 continue
             place = f"array {stored}: shard {shard} ({layout.shard_span(shard)})"
-            problem = _block_problem(name, block, valid[rows] if not flag else None, rows, manifest, place)
+            problem = block_problem(name, block, valid[rows] if not flag else None, rows, manifest, place)
             if problem:
                 problems.append(problem)
     return problems
-
-
-def _block_problem(name: str, block: np.ndarray, valid: np.ndarray | None, rows, manifest: Manifest,
-                   place: str) -> str | None:
-    """What is wrong with one shard ``block`` of array ``name`` (its :data:`ARRAYS` entry) at ``place``, or None."""
-    if name == "features" and not np.isfinite(block[valid]).all():
-        kind = "NaN (unwritten)" if np.isnan(block[valid]).any() else "inf (float16 overflow)"
-        return f"{place} has {kind} features for valid samples"
-    if name == "views" and np.isnan(block[valid]).any():
-        return f"{place} has NaN view parameters for valid samples"
-    if name == "views":
-        return view_problem(block, valid, manifest.fingerprint.augmentation.recipe, rows.start)
-    if valid is None and not block:
-        return f"{place} is not done"
-    return None
 
 
 def _dataset_problems(group, manifest: Manifest, listing: DatasetListing) -> list[str]:
@@ -333,9 +319,9 @@ def _open_h5(h5_path: str):
 
 
 def import_h5(h5_path: str, path: str) -> None:
-    """Rebuild a Zarr store from an HDF5 export (same layout, attrs last). The file is checked like a store before
-    anything is written, and the new store like ``verify`` checks one before it is marked complete; a store that
-    fails is deleted again."""
+    """Rebuild a Zarr store from an HDF5 export (same layout, attrs last). The file's manifest, datasets and values
+    are checked as a store's are before anything is written, and the new store as ``verify`` checks one before it
+    is marked complete; a store that fails is deleted again."""
     storage_for(path).check_new_place("cache import")
     with _open_h5(h5_path) as h5:
         manifest = _h5_manifest(h5, h5_path)
@@ -343,6 +329,8 @@ def import_h5(h5_path: str, path: str) -> None:
             raise UserError(f"{h5_path} holds a store of schema version {manifest.schema_version}, which this "
                             "customkd reads but does not write; extract the store again with this customkd")
         _check_h5_arrays(h5, h5_path, manifest)
+        _refuse_problems(f"{h5_path} holds a store `cache verify` would refuse", _read_problems(h5, manifest),
+                         "nothing was imported: export the store again from a copy that verifies")
         _replace_unfinished_import(path, manifest)
         layout = manifest.layout
         per_sample = {name: h5[name][:] for name in LISTING_ARRAYS}

@@ -21,8 +21,9 @@ from customkd.common.errors import UserError, printable
 from customkd.contract import store as fs
 from customkd.contract.datasets import DatasetListing, load_listing
 from customkd.contract.listing import ListingDiff
-from customkd.contract.schema import STALENESS_ARRAYS, Manifest
-from customkd.contract.views import replay_pil, to_uint8, view_problem, view_seed
+from customkd.contract.schema import STALENESS_ARRAYS, Manifest, spec_name
+from customkd.contract.values import block_problem, count_problem
+from customkd.contract.views import replay_pil, to_uint8, view_seed
 from customkd.trainer.config import DistillConfig
 from customkd.trainer.features import ConcatFeatures, ShardedFeatures, open_features
 from customkd.trainer.view_cache import ViewCache
@@ -118,17 +119,25 @@ def _read_per_sample(store: fs.Store, cache: str) -> dict[str, np.ndarray]:
                         f"{cache}` to locate the shard, then re-extract") from None
 
 
-VIEW_CHECK_ROWS = 65536  # rows checked at once, so the check never copies all of a large views array
-
-
-def _check_views(views: np.ndarray, valid: np.ndarray, manifest: Manifest, cache: str) -> None:
-    """Refuse stored views ``[N, V, P]`` that the store's recipe cannot draw (:func:`contract.views.view_problem`)."""
-    recipe = manifest.fingerprint.augmentation.recipe
-    for start in range(0, len(views), VIEW_CHECK_ROWS):
-        rows = slice(start, start + VIEW_CHECK_ROWS)
-        problem = view_problem(views[rows], valid[rows], recipe, start)
+def _check_values(store: fs.Store, arrays: dict[str, np.ndarray], manifest: Manifest, cache: str) -> None:
+    """Refuse stored values outside their legal range, shard by shard (:func:`contract.values.block_problem`): the
+    per-sample ``arrays`` read, the completion flags of the view set and of the reader's teachers, and the
+    manifest's count of invalid samples. A valid sample's features are checked as they are read (:func:`open_features`)."""
+    layout, valid = manifest.layout, arrays["valid"].astype(bool)
+    flags = {name: np.asarray(store.group[name][:]) for name in ("done", *(t.array("teacher_done")
+                                                                        for t in manifest.teachers))}
+    problem = count_problem(arrays["valid"], manifest)
+    for shard in range(layout.n_shards):
         if problem:
-            raise UserError(f"cache {cache}: {problem}; run `customkd cache verify {cache}`, then re-extract it")
+            break
+        rows, span = layout.shard_rows(shard), f"shard {shard} ({layout.shard_span(shard)})"
+        blocks = [(name, values[rows], valid[rows], rows) for name, values in arrays.items()]
+        blocks += [(name, values[shard], None, shard) for name, values in flags.items()]
+        problem = next(filter(None, (block_problem(spec_name(name), block, block_valid, where, manifest,
+                                                   f"array {name}: {span}")
+                                     for name, block, block_valid, where in blocks)), None)
+    if problem:
+        raise UserError(f"cache {cache}: {problem}; run `customkd cache verify {cache}`, then re-extract it")
 
 
 def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None) -> CachedData:
@@ -147,7 +156,7 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
     arrays = _read_per_sample(store, cfg.cache)
     check_listing(reader.compare_listing(listing, arrays), cfg.allow_stale, cfg.cache)
     valid = arrays["valid"].astype(bool)
-    _check_views(arrays["views"], valid, manifest, cfg.cache)
+    _check_values(store, arrays, manifest, cfg.cache)
     features = open_features(store.group, reader.feature_arrays, cfg.features, manifest.layout.shard_size, valid,
                              still_same=reader.check_same)
     reader.check_same()

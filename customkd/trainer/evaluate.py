@@ -16,6 +16,7 @@ from customkd.common.errors import UserError
 from customkd.common.files import check_new_file, writing_new_file
 from customkd.contract import store as fs
 from customkd.contract.datasets import IMAGE_ERRORS, DatasetListing, load_listing
+from customkd.contract.schema import MIN_CROP
 from customkd.contract.views import INTERPOLATIONS, ViewRecipe, centre_view
 from customkd.trainer.assemble import config_from_run, load_student
 from customkd.trainer.config import MAX_IMAGE_SIZE
@@ -63,8 +64,8 @@ def check_preprocess(preprocess: object, run: str | Path) -> dict:
     size, crop, interpolation = (preprocess.get(key) for key in ("size", "crop", "interpolation"))
     if type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE:
         raise refuse(f"size {repr(size)[:40]} is not an integer in 1..{MAX_IMAGE_SIZE}")
-    if not _is_number(crop) or not 0 < crop <= 1:
-        raise refuse(f"crop {repr(crop)[:40]} is not a number in (0, 1]")
+    if not _is_number(crop) or not MIN_CROP <= crop <= 1:
+        raise refuse(f"crop {repr(crop)[:40]} is not a number in [{MIN_CROP}, 1] (a recipe's centre_crop)")
     if interpolation not in INTERPOLATIONS:
         raise refuse(f"interpolation {repr(interpolation)[:40]} is not one of {', '.join(INTERPOLATIONS)}")
     for key in ("mean", "std"):

@@ -16,6 +16,7 @@ import numpy as np
 
 from customkd.common.errors import UserError
 from customkd.contract.schema import Layout
+from customkd.contract.values import INVALID_WITH_FEATURES
 
 log = logging.getLogger(__name__)
 FEATURE_MODES = ("auto", "ram", "stream")
@@ -61,6 +62,8 @@ class ShardedFeatures:
         if not np.isfinite(block[self.valid[rows]]).all():
             raise UserError(f"feature shard {shard} has non-finite (NaN: unwritten, or inf) features; run "
                             "`customkd cache verify`")
+        if not np.isnan(block[~self.valid[rows]]).all():
+            raise UserError(f"feature shard {shard} {INVALID_WITH_FEATURES}; run `customkd cache verify`")
         self.blocks_read += 1
         self.cache[shard] = block
         if len(self.cache) > self.cache_blocks:
@@ -122,6 +125,8 @@ def open_features(group, arrays: list[str], mode: str, shard_size: int, valid: n
     if not np.isfinite(features[valid]).all():
         raise UserError("the cache has non-finite (NaN: unwritten, or inf) features; run `customkd cache verify` "
                         "and re-extract")
+    if not np.isnan(features[~valid]).all():
+        raise UserError(f"the cache {INVALID_WITH_FEATURES}; run `customkd cache verify` and re-extract")
     return features
 
 
