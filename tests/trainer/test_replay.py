@@ -132,7 +132,7 @@ def test_a_run_with_exact_device_replay_equals_the_worker_run(tiny_store, tmp_pa
     assert workers.final == device.final
     assert (tmp_path / "workers" / STUDENT).read_bytes() == (tmp_path / "device" / STUDENT).read_bytes()
     used = [json.loads((tmp_path / run / CONFIG).read_text())["replay_used"] for run in ("workers", "device")]
-    assert used[0] == {"mode": "workers"}
+    assert used[0] == {"mode": "workers", "view_cache_mib": 0.3}  # every view of the tiny store: 30 x 3 x 3 x 32 x 32 bytes
     assert used[1]["mode"] == "device" and used[1]["engine"] == "exact" and used[1]["cache"] == "cpu"
 
 
