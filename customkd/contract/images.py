@@ -45,11 +45,18 @@ def decode_image(source) -> Image.Image:
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
-    """16- and 32-bit integer images scaled to 8 bits (PIL's RGB conversion would clip them at 255).
+    """16-bit integer images scaled to 8 bits (PIL's RGB conversion would clip them at 255).
 
     16-bit PNGs open as ``I;16*`` or ``I`` with values 0..65535; scaling by 1/257 maps that range
-    onto 0..255 the way an 8-bit export of the same image would."""
+    onto 0..255 the way an 8-bit export of the same image would. A floating-point image (mode ``F``) or a 32-bit
+    one holding values outside 0..65535 has no range to scale from: it is refused as a bad image (ValueError),
+    where PIL's conversion would clip it to white or black."""
+    if image.mode == "F":
+        raise ValueError("a floating-point image (mode F) has no known range of values; save it with 8 or 16 bits "
+                         "per channel")
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         values = np.asarray(image, dtype=np.float64)
+        if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError("a 32-bit image with values outside 0..65535; save it with 8 or 16 bits per channel")
         return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
     return image

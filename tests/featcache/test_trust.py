@@ -354,6 +354,25 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     assert (pixels == 255).mean() < 0.01 and abs(float(pixels.mean()) - 127.5) < 2
 
 
+def test_float_and_32_bit_images_beyond_16_bits_are_bad_images_not_clipped(tmp_path):
+    """A float TIFF (mode F) and a 32-bit TIFF with values past 65535 are refused as bad images naming the fix
+    (PIL's RGB conversion made the first white and clipped the second); a 32-bit TIFF within 0..65535 is scaled
+    as a 16-bit image."""
+    folder = tmp_path / "imgs" / "class0"
+    folder.mkdir(parents=True)
+    ramp = np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(48, 64)
+    Image.fromarray(ramp, mode="F").save(folder / "a_float.tif")
+    Image.fromarray((ramp * 2**20).astype(np.int32), mode="I").save(folder / "b_wide.tif")
+    Image.fromarray((ramp * 65535).astype(np.int32), mode="I").save(folder / "c_within.tif")
+    listing = load_listing(f"folder:{tmp_path / 'imgs'}")
+    with pytest.raises(ValueError, match="floating-point image.*8 or 16 bits"):
+        listing.load_image(0)
+    with pytest.raises(ValueError, match="values outside 0..65535"):
+        listing.load_image(1)
+    pixels = np.asarray(listing.load_image(2).convert("RGB"))
+    assert abs(float(pixels.mean()) - 127.5) < 2
+
+
 def test_decompression_bomb_is_a_bad_image_skippable(tmp_path, monkeypatch):
     """Over twice PIL's pixel limit (PIL's own error), between the limit and twice it (PIL only warns and decodes:
     refused too), and a file larger than an image may be (refused before it is read): each a bad image."""
