@@ -67,9 +67,10 @@ class LocalStorage:
         return (self.root / where.ROOT_METADATA).is_file()
 
     def is_foreign(self) -> bool:
-        """Something is there that is not a store: a file, or a non-empty folder without a root ``zarr.json``."""
+        """Something is there that is not a store: a file (or a device, a pipe), or a non-empty folder without a root
+        ``zarr.json``."""
         p = self.root
-        return p.exists() and not self.exists() and (p.is_file() or any(p.iterdir()))
+        return p.exists() and not self.exists() and (not p.is_dir() or any(p.iterdir()))
 
     def is_taken(self) -> bool:
         """Anything at all is there."""

@@ -115,8 +115,8 @@ def _prepare_store(cfg: ExtractConfig, manifest: Manifest, per_sample: dict):
     name = where.display(cfg.out)
     if fs.is_foreign(out):
         raise UserError(f"{name} exists and is not a customkd store; choose another --out (nothing was touched)")
-    if isinstance(out, Path) and out.is_dir() and not fs.store_exists(out):
-        out.rmdir()  # empty: zarr creates it again
+    if isinstance(out, Path) and out.is_dir() and not out.is_symlink() and not fs.store_exists(out):
+        out.rmdir()  # empty: zarr creates it again (a link to an empty folder stays: the store is made in its target)
     if cfg.overwrite and fs.store_exists(out):
         fs.check_removable(out)  # again under torchrun's rank 0, before anything says the store is being replaced
     if fs.store_exists(out):
@@ -185,10 +185,10 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
 
         return extract_into(cfg, observe)
     started = dt.datetime.now(dt.UTC)
+    storage_for(cfg.out).check_new_place("--out")
     if fs.is_foreign(cfg.out):  # before loading anything; also refuses a URL that carries credentials
         raise UserError(f"{where.display(cfg.out)} exists and is not a customkd store; choose another --out "
                         "(nothing was touched)")
-    storage_for(cfg.out).check_new_place("--out")
     spec = "|".join([with_kind(cfg.data), *(unlabeled_spec(u) for u in cfg.unlabeled)])
     _check_data_outside_out(spec, cfg.out)
     if cfg.overwrite:

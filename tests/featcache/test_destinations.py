@@ -61,3 +61,48 @@ def test_overwrite_through_a_link_or_of_a_store_holding_a_foreign_file_is_refuse
     one_error_line(refused, "holds notes.txt, which is not part of a customkd store")
     assert len(refused.stderr.splitlines()) == 1 and (store / "notes.txt").read_text() == "mine"
     assert store_bytes(store, manifest=True) == {**before, "notes.txt": b"mine"}
+
+
+def test_a_place_where_nothing_can_be_made_is_one_line_for_every_command_that_writes(tiny_store, tiny_folder,
+                                                                                      tmp_path):
+    """A name over 255 bytes (also once ``.partial`` is added to a file's), a link to nothing, a link loop (also as a
+    parent), ``/dev/null`` as a store: every command that writes refuses in one line before any work (were OSError,
+    FileExistsError, RuntimeError and NotADirectoryError tracebacks, extract's after loading the teacher); nothing is
+    created and the links are left as they were."""
+    from tests.conftest import TINY_RUN, customkd
+
+    h5 = tmp_path / "s.h5"
+    cache_ops.export_h5(str(tiny_store), str(h5))
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loopA").symlink_to(tmp_path / "loopB")
+    (tmp_path / "loopB").symlink_to(tmp_path / "loopA")
+    places = {tmp_path / ("x" * 300): "bytes long", tmp_path / "missing" / ("x" * 300): "bytes long",
+              tmp_path / "dangling": "is a symbolic link to", tmp_path / "loopA": "a loop",
+              tmp_path / "loopA" / "sub": "a loop"}
+    extract = ("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
+               "--workers", "0", "--out")
+    run = [f"--{key.replace('_', '-')}={value}" for key, value in TINY_RUN.items()]
+    commands = [extract, ("cache", "import", h5), ("cache", "pull", tiny_store), ("cache", "export", tiny_store, "--h5"),
+                ("distill", "--cache", tiny_store, *run, "--out"),
+                ("compare", "--cache", tiny_store, "--methods", "kd,student", "--seeds", "0", "--out"),
+                ("report", "--data", f"folder:{tiny_folder}", "--quick", "--out")]
+    before = sorted(tmp_path.iterdir())
+    for place, needle in places.items():
+        for command in commands:
+            one_error_line(invoke(*command, place), needle)
+    one_error_line(invoke("cache", "export", tiny_store, "--h5", tmp_path / ("y" * 250)), "258 bytes long with .partial")
+    assert sorted(tmp_path.iterdir()) == before
+    one_error_line(customkd(*extract, "/dev/null"), "/dev/null exists and is not a customkd store")
+    one_error_line(customkd(*extract, tmp_path / "loopA"), "a loop")
+    assert (tmp_path / "loopA").is_symlink() and (tmp_path / "dangling").is_symlink()
+
+
+def test_a_new_store_through_a_link_to_an_empty_folder_is_made_in_the_folder(tiny_folder, tmp_path):
+    """``extract --out LINK`` where LINK points at an empty folder (an ``rmdir`` of the link was a NotADirectoryError
+    traceback): the store is made in the folder the link points at, and the link stays."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "folder")
+    made = invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
+                  "--workers", "0", "--views", "2", "--out", tmp_path / "link.zarr")
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "link.zarr").is_symlink() and (tmp_path / "folder" / "zarr.json").is_file()
