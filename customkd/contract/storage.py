@@ -27,6 +27,7 @@ _TEMP = r"\.[0-9a-f]{32}\.partial"
 _STORE_FILE = re.compile(rf"(zarr{_TEMP}|{re.escape(where.COPY_MARKER)}|(?P<array>\w+)/(zarr\.json|zarr{_TEMP}|"
                          rf"c(/[0-9]+)*/[0-9]+({_TEMP})?))")
 _STORE_FOLDER = re.compile(r"(?P<array>\w+)(/c(/[0-9]+)*)?")
+_PARTIAL = re.compile(rf"{_TEMP}$")  # a temporary file of zarr's, by its name
 
 _FILE_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
                (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
@@ -140,8 +141,10 @@ class LocalStorage:
         return meta.read_bytes()
 
     def remove_partials(self) -> int:
-        """Delete temporary ``*.partial`` files a killed writer left (zarr writes temp file + rename)."""
-        stray = list(self.root.rglob("*.partial"))
+        """Delete the temporary files a killed writer left (zarr writes ``NAME.<uuid hex>.partial``, then renames it):
+        only those, where a store has them; any other ``*.partial`` (the user's) is not the store's to delete."""
+        stray = [file for file in self.root.rglob("*.partial") if file.is_file() and not file.is_symlink()
+                 and _PARTIAL.search(key := file.relative_to(self.root).as_posix()) and is_store_entry(key, False)]
         for file in stray:
             file.unlink(missing_ok=True)
         return len(stray)

@@ -106,3 +106,24 @@ def test_a_new_store_through_a_link_to_an_empty_folder_is_made_in_the_folder(tin
                   "--workers", "0", "--views", "2", "--out", tmp_path / "link.zarr")
     assert made.exit_code == 0, made.output
     assert (tmp_path / "link.zarr").is_symlink() and (tmp_path / "folder" / "zarr.json").is_file()
+
+
+def test_only_zarrs_own_temporary_files_are_removed_from_a_store(tiny_store, tmp_path):
+    """A resumed or finished extraction removes the temporary files a killed zarr write leaves
+    (``NAME.<uuid hex>.partial``); it deleted every ``*.partial`` in the store, the user's own too (``extract --into``
+    deleted ``STORE/my.partial`` and ``STORE/labels/notes.partial``)."""
+    import shutil
+
+    from tests.conftest import customkd
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, store)
+    mine = {store / "my.partial": b"mine", store / "labels" / "notes.partial": b"mine too"}
+    for path, data in mine.items():
+        path.write_bytes(data)
+    leftover = store / "labels" / "c" / f"0.{'0123456789abcdef' * 2}.partial"
+    leftover.write_bytes(b"torn")
+    added = customkd("extract", "--teacher", "timm:test_efficientnet", "--weights", "random", "--into", store,
+                     "--workers", "0")
+    assert added.returncode == 0, added.stderr
+    assert {path: path.read_bytes() for path in mine} == mine and not leftover.exists()
