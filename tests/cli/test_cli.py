@@ -135,6 +135,8 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
     (["cache", "info", "{tmp}/absent.zarr"], "does not exist"),
     (["extract", "--teacher", "dinov2_vits", "--weights", "random", "--teacher-size", "230", "--data", "elpv", "--out",
       "{tmp}/x.zarr"], "not a multiple of the patch size 14 of teacher 'dinov2_vits'; use 224 or 238"),
+    (["extract", "--teacher", TINY_TEACHER, "--weights", "random", "--teacher-size", "0", "--data", "elpv", "--out",
+      "{tmp}/x.zarr"], "--teacher-size must be between 16 and 2048 px"),  # 0 was taken as "the teacher's own"
     (["extract", "--teacher", TINY_TEACHER, "--weights", "random", "--tap", "embed", "--data", "elpv", "--out",
       "{tmp}/x.zarr"], "--tap embed does not apply to teacher 'timm:test_vit'; it offers: pooled, cls, mean"),
     (["extract", "--teacher", TINY_TEACHER, "--precision", "fp8", "--data", "elpv", "--out", "{tmp}/x.zarr"],
