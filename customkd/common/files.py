@@ -142,7 +142,11 @@ def check_new_place(path: str | Path, option: str) -> None:
     try:
         first_missing.mkdir()
         first_missing.rmdir()
+    except FileExistsError:
+        return  # another process made it meanwhile: the command's own checks of an existing place decide
     except OSError as exc:
+        if exc.errno == errno.ENOTEMPTY:
+            return  # likewise, and it is already writing there
         raise UserError(f"{option} {path}: cannot create {first_missing} ({exc.strerror or type(exc).__name__}); "
                         "choose a writable place") from None
 

@@ -127,3 +127,32 @@ def test_only_zarrs_own_temporary_files_are_removed_from_a_store(tiny_store, tmp
                      "--workers", "0")
     assert added.returncode == 0, added.stderr
     assert {path: path.read_bytes() for path in mine} == mine and not leftover.exists()
+
+
+def test_two_commands_creating_one_new_store_at_once_end_in_one_line(tiny_store, tmp_path):
+    """Two ``cache import`` (or ``extract --out``) of a new store at once: the one that finds the store created by the
+    other after its own checks was a ContainsGroupError traceback (extract: zarr's message as the error line); it
+    is now one line saying another process is writing there, and the store the other made verifies."""
+    import subprocess
+    import sys
+
+    from customkd.common.errors import UserError
+    from customkd.contract import store as fs
+    from tests.conftest import cli_env
+
+    h5 = tmp_path / "s.h5"
+    cache_ops.export_h5(str(tiny_store), str(h5))
+    opened = fs.Store.open(tiny_store)
+    fs.create_store(tmp_path / "new.zarr", opened.manifest, {})
+    try:  # the second creation, as the process that lost the race makes it
+        fs.create_store(tmp_path / "new.zarr", opened.manifest, {})
+        raise AssertionError("a second creation of one store was not refused")
+    except UserError as exc:
+        assert "became a store while this command was creating it: another process is writing it" in str(exc)
+    command = [sys.executable, "-m", "customkd.cli", "cache", "import", str(h5), str(tmp_path / "raced.zarr")]
+    both = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=cli_env()) for _ in range(2)]
+    outcomes = [(proc.wait(timeout=300), proc.stderr.read()) for proc in both]
+    assert sorted(code for code, _ in outcomes) in ([0, 2], [0, 0]), outcomes
+    assert all("Traceback" not in err for _, err in outcomes), outcomes
+    assert all(len([ln for ln in err.splitlines() if ln.startswith("error:")]) == (code == 2) for code, err in outcomes)
+    assert cache_ops.verify_store(str(tmp_path / "raced.zarr"), data=fs.Store.open(tiny_store).manifest.data_spec) == []
