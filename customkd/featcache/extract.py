@@ -20,11 +20,16 @@ from customkd.common.errors import UserError
 from customkd.common.provenance import library_versions
 from customkd.contract import location as where
 from customkd.contract import store as fs
-from customkd.contract.datasets import DatasetListing, load_listing, unlabeled_spec, with_kind
+from customkd.contract.datasets import (
+    DatasetListing,
+    check_outside_data,
+    load_listing,
+    unlabeled_spec,
+    with_kind,
+)
 from customkd.contract.fingerprint import Fingerprint
 from customkd.contract.listing import listing_arrays
 from customkd.contract.schema import (
-    DataSpecError,
     Layout,
     Manifest,
     ManifestError,
@@ -70,25 +75,6 @@ def _check_readable(manifest: Manifest) -> None:
     except ManifestError as exc:
         raise UserError(f"these settings would make a store that no reader accepts ({exc}); lower --views or "
                         "--shard-size (nothing was written)") from None
-
-
-def _check_data_outside_out(spec: str, out: str) -> None:
-    """Refuse a dataset folder that is, lies inside or contains ``--out``: replacing the store would delete the
-    images it reads, and a store never holds its dataset (a manifest pointing inside its store is refused too)."""
-    if where.is_remote(out):
-        return
-    store = Path(where.to_local(out)).expanduser().resolve()
-    try:
-        folders = parse_data_spec(spec).folders
-    except DataSpecError:
-        return  # load_listing names the problem
-    for folder in folders:
-        images = Path(folder).expanduser().resolve()
-        relation = ("is" if images == store else "lies inside" if store in images.parents
-                    else "contains" if images in store.parents else None)
-        if relation:
-            raise UserError(f"dataset folder {folder} {relation} --out {where.display(out)}; replacing the store would "
-                            "delete images it reads: choose an --out outside the dataset folders (nothing was touched)")
 
 
 def _check_replaceable(out: str) -> None:
@@ -190,7 +176,7 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
         raise UserError(f"{where.display(cfg.out)} exists and is not a customkd store; choose another --out "
                         "(nothing was touched)")
     spec = "|".join([with_kind(cfg.data), *(unlabeled_spec(u) for u in cfg.unlabeled)])
-    _check_data_outside_out(spec, cfg.out)
+    check_outside_data(spec, cfg.out, "--out", "replacing the store would delete images it reads")
     if cfg.overwrite:
         _check_replaceable(cfg.out)
     listing = load_listing(spec)

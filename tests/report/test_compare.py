@@ -196,3 +196,17 @@ def test_a_run_refused_by_distill_is_one_error_line_saying_to_fix_it(tiny_store,
                       "0", "--extra=--lr=-1")
     line = one_error_line(result, "compare/student seed 0 failed (exit 2)")
     assert "fix what its last line says" in line and "  error: --lr must be > 0" in result.stderr
+
+
+def test_a_page_is_never_written_into_the_dataset_of_its_store(tiny_store, tiny_folder, tmp_path):
+    """``compare --out`` (``report --out``, ``report --docs``) inside the store's dataset folder: the page's PNG
+    figures became samples of the dataset, so the store was stale for every later run; now one line before anything
+    is written, and the dataset is left as it was."""
+    before = sorted(tiny_folder.rglob("*"))
+    one_error_line(invoke("compare", "--cache", tiny_store, "--out", tiny_folder / "cmp"),
+                   f"dataset folder {tiny_folder} contains --out {tiny_folder / 'cmp'}; the page's figures")
+    one_error_line(invoke("report", "--data", f"folder:{tiny_folder}", "--quick", "--out", tiny_folder / "rep"),
+                   "the page's figures (PNG files) written there would become images of the dataset")
+    one_error_line(invoke("report", "--data", f"folder:{tiny_folder}", "--out", tmp_path / "rep", "--docs",
+                          tiny_folder / "class0"), f"contains --docs {tiny_folder / 'class0'}")
+    assert sorted(tiny_folder.rglob("*")) == before and not (tmp_path / "rep").exists()
