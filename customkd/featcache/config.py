@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from customkd.common.errors import UserError
-from customkd.common.options import option
+from customkd.common.options import check_workers, option
 from customkd.contract.schema import MAX_SHARD_ROWS, MAX_VIEWS
 from customkd.contract.views import ViewRecipe
 
@@ -66,8 +66,7 @@ class ExtractConfig:
                             f"for the teacher's own), got {self.teacher_size}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise UserError(f"--workers must be >= 0, got {self.workers}")
+        check_workers(self.workers)
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown --precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         for flag, rows in (("--shard-size", self.shard_size), ("--chunk-size", self.chunk_size)):
