@@ -15,6 +15,7 @@ import typer
 
 from customkd.common import interrupt
 from customkd.common.distributed import is_main_process
+from customkd.common.errors import one_line
 from customkd.common.options import field_hints
 
 T = TypeVar("T")
@@ -36,8 +37,8 @@ class PrintableFormatter(logging.Formatter):
     chose, as errors do."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        from customkd.common.errors import one_line
-
+        # one_line is imported with the module: a record logged while Python shuts down (asyncio's, below) cannot
+        # import anything, and logging would print its own traceback instead
         record.message = one_line(record.message)
         return super().formatMessage(record)
 
@@ -69,14 +70,22 @@ def run_or_exit(action: Callable[[], T],
             result = action()
     except UserError as exc:
         _close_progress_bars()
+        _quiet_shutdown()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         _close_progress_bars()
+        _quiet_shutdown()
         typer.echo(f"\ninterrupted; {interrupted()}", err=True)  # on its own line, after any progress bar
         raise typer.Exit(interrupt.EXIT_INTERRUPTED) from None
     _leave_process_group()
     return result
+
+
+def _quiet_shutdown() -> None:
+    """After a failed or interrupted action its line is the last: zarr's writes still pending on its event loop
+    (Ctrl-C mid-write) are destroyed as the process exits, and asyncio would log an ERROR for each after it."""
+    logging.getLogger("asyncio").disabled = True
 
 
 def _close_progress_bars() -> None:

@@ -14,6 +14,7 @@ A folder one process writes at a time (a run folder, a store a teacher is being 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from typing import Any
 from customkd.common.errors import UserError
 
 PARTIAL_SUFFIX = ".partial"
+NAME_MAX = 255  # bytes in one file or folder name on the file systems customkd writes to (ext4, xfs, btrfs, APFS)
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -75,6 +77,7 @@ def check_new_file(path: str | Path, option: str, example: str = "out") -> Path:
     """Refuse, before any work, to write ``option``'s file ``path`` where it would replace something (a file, a
     link, a directory, or a ``NAME.partial`` beside it, the name :func:`atomic_path` writes under) or where it
     cannot be written (a folder missing or not writable); ``example``: a file name the advice suggests."""
+    check_path(path, option, PARTIAL_SUFFIX)
     target = Path(path)
     if target.is_dir() and not target.is_symlink():
         raise UserError(f"{option} {path} is a directory; name a new file, e.g. {option} {target / example}")
@@ -104,8 +107,37 @@ def enclosing_store(path: str | Path, itself: bool = False) -> Path | None:
     return None
 
 
+def check_path(path: str | Path, option: str, suffix: str = "") -> None:
+    """Refuse, before any work, ``option``'s local ``path`` where nothing can be made or found: a name longer than a
+    file system takes (with ``suffix``, what a temporary name adds to the last one), a path longer than the system
+    takes, a link that leads nowhere (its target missing) or in a circle. Every other check of a place (``exists``,
+    ``resolve``) would fail on these with an OSError or a RuntimeError instead of saying so."""
+    target = Path(path)
+    names = [*target.parts[:-1], target.name + suffix] if target.name else list(target.parts)
+    long = next((name for name in names if len(os.fsencode(name)) > NAME_MAX), None)
+    if long is not None:
+        raise UserError(f"{option}: the name {long[:60]}… is {len(os.fsencode(long))} bytes long"
+                        f"{' with ' + suffix if long.endswith(suffix) and suffix else ''}, more than the {NAME_MAX} a "
+                        "file or folder name may have; choose a shorter name")
+    try:
+        target.stat()
+    except FileNotFoundError:
+        if target.is_symlink():
+            raise UserError(f"{option} {path} is a symbolic link to {os.readlink(target)}, which does not exist; "
+                            "remove the link or choose another place") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{option} {path} leads through symbolic links that point at each other (a loop); remove "
+                            "the links or choose another place") from None
+        if exc.errno == errno.ENAMETOOLONG:
+            raise UserError(f"{option} {str(path)[:80]}… is longer than a path may be; choose a shorter "
+                            "one") from None
+
+
 def check_outside_stores(path: str | Path, option: str, itself: bool = False) -> None:
-    """Refuse, before any work, ``option``'s ``path`` inside a Zarr store (:func:`enclosing_store`)."""
+    """Refuse, before any work, ``option``'s ``path`` inside a Zarr store (:func:`enclosing_store`), or where nothing
+    can be made (:func:`check_path`)."""
+    check_path(path, option)
     store = enclosing_store(path, itself)
     if store is not None:
         raise UserError(f"{option} {path} is inside the Zarr store {store}, which holds only its own objects; "
@@ -126,7 +158,11 @@ def check_new_place(path: str | Path, option: str) -> None:
     try:
         first_missing.mkdir()
         first_missing.rmdir()
+    except FileExistsError:
+        return  # another process made it meanwhile: the command's own checks of an existing place decide
     except OSError as exc:
+        if exc.errno == errno.ENOTEMPTY:
+            return  # likewise, and it is already writing there
         raise UserError(f"{option} {path}: cannot create {first_missing} ({exc.strerror or type(exc).__name__}); "
                         "choose a writable place") from None
 

@@ -6,6 +6,19 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+from customkd.common.errors import UserError
+
+# DataLoader worker processes: each one imports torch (a few hundred MB), so a count far above any machine's cores
+# only exhausts memory and the process table
+MAX_WORKERS = 256
+
+
+def check_workers(workers: int) -> None:
+    """Refuse a ``--workers`` count below 0 or above :data:`MAX_WORKERS`."""
+    if not 0 <= workers <= MAX_WORKERS:
+        raise UserError(f"--workers must be >= 0 and <= {MAX_WORKERS} (each is a process of a few hundred MB), got "
+                        f"{workers}")
+
 
 def option(default, help: str, *, choices: tuple[str, ...] = (), group: str = "",  # noqa: A002 - typer's word
            aliases: tuple[str, ...] = (), repeatable: bool = False, negatable: bool = True):

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from customkd.common.errors import UserError, printable
+from customkd.contract import location
 from customkd.contract.images import IMAGE_ERRORS, decode_image, read_image_bytes, to_8bit  # noqa: F401 - re-exported
 from customkd.contract.listing import listing_hash
 from customkd.contract.schema import SPLITS, UNLABELED, DataSpecError, parse_data_spec, unlabeled_part
@@ -455,6 +456,26 @@ def _with_unlabeled(listing: DatasetListing, spec: str, parts: tuple[tuple[str, 
         return base_reader(listing, index) if base_reader is not None else listing.path(index).read_bytes()
 
     return DatasetListing(spec, listing.root, tuple(samples), listing.classes, tuple(domains), listing.splits, read)
+
+
+def check_outside_data(spec: str, place: str | Path, option: str, why: str) -> None:
+    """Refuse, before any work, ``option``'s local ``place`` where it is, lies inside or contains a dataset folder of
+    ``spec``; ``why`` says what writing there would do to the images (a dataset folder is the user's, and any
+    image written into it becomes a sample). A spec that does not parse is left to :func:`load_listing`."""
+    if location.is_remote(str(place)):
+        return
+    target = Path(location.to_local(str(place))).expanduser().resolve()
+    try:
+        folders = parse_data_spec(spec).folders
+    except DataSpecError:
+        return
+    for folder in folders:
+        images = Path(folder).expanduser().resolve()
+        relation = ("is" if images == target else "lies inside" if target in images.parents
+                    else "contains" if images in target.parents else None)
+        if relation:
+            raise UserError(f"dataset folder {folder} {relation} {option} {location.display(place)}; {why}: choose "
+                            f"an {option} outside the dataset folders (nothing was touched)")
 
 
 def load_listing(spec: str) -> DatasetListing:

@@ -27,6 +27,7 @@ _TEMP = r"\.[0-9a-f]{32}\.partial"
 _STORE_FILE = re.compile(rf"(zarr{_TEMP}|{re.escape(where.COPY_MARKER)}|(?P<array>\w+)/(zarr\.json|zarr{_TEMP}|"
                          rf"c(/[0-9]+)*/[0-9]+({_TEMP})?))")
 _STORE_FOLDER = re.compile(r"(?P<array>\w+)(/c(/[0-9]+)*)?")
+_PARTIAL = re.compile(rf"{_TEMP}$")  # a temporary file of zarr's, by its name
 
 _FILE_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
                (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
@@ -67,9 +68,10 @@ class LocalStorage:
         return (self.root / where.ROOT_METADATA).is_file()
 
     def is_foreign(self) -> bool:
-        """Something is there that is not a store: a file, or a non-empty folder without a root ``zarr.json``."""
+        """Something is there that is not a store: a file (or a device, a pipe), or a non-empty folder without a root
+        ``zarr.json``."""
         p = self.root
-        return p.exists() and not self.exists() and (p.is_file() or any(p.iterdir()))
+        return p.exists() and not self.exists() and (not p.is_dir() or any(p.iterdir()))
 
     def is_taken(self) -> bool:
         """Anything at all is there."""
@@ -139,8 +141,10 @@ class LocalStorage:
         return meta.read_bytes()
 
     def remove_partials(self) -> int:
-        """Delete temporary ``*.partial`` files a killed writer left (zarr writes temp file + rename)."""
-        stray = list(self.root.rglob("*.partial"))
+        """Delete the temporary files a killed writer left (zarr writes ``NAME.<uuid hex>.partial``, then renames it):
+        only those, where a store has them; any other ``*.partial`` (the user's) is not the store's to delete."""
+        stray = [file for file in self.root.rglob("*.partial") if file.is_file() and not file.is_symlink()
+                 and _PARTIAL.search(key := file.relative_to(self.root).as_posix()) and is_store_entry(key, False)]
         for file in stray:
             file.unlink(missing_ok=True)
         return len(stray)

@@ -93,9 +93,15 @@ def create_store(path: str | Path, manifest: Manifest, per_sample: dict[str, np.
     arrays are written does it become ``in_progress`` (resumable). A kill in between leaves a
     store that the next run recognises as safe to recreate.
     """
+    from zarr.errors import ContainsArrayError, ContainsGroupError
+
     storage = storage_for(path)
-    with storage.errors():
-        return _create_arrays(storage, manifest, per_sample)
+    try:
+        with storage.errors():
+            return _create_arrays(storage, manifest, per_sample)
+    except (ContainsGroupError, ContainsArrayError):  # another process created the store (or an array) first
+        raise UserError(f"{display(storage.path)} became a store while this command was creating it: another "
+                        "process is writing it; wait for that one to end, or choose another place") from None
 
 
 def _array_options(layout: Layout, name: str) -> dict:

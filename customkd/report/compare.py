@@ -30,7 +30,8 @@ from pathlib import Path
 
 from customkd.common.devices import GLIBC_TUNABLES
 from customkd.common.errors import UserError
-from customkd.common.files import write_json, write_text
+from customkd.common.files import check_path, write_json, write_text
+from customkd.contract.datasets import check_outside_data
 from customkd.report import results_page
 from customkd.report.collect import measure_alignment, summarize
 from customkd.report.config import ReportConfig
@@ -271,6 +272,8 @@ def claim_out(cfg: ReportConfig) -> None:
     report's own: marked with :data:`MARK`, or an older report's (nothing at its top but what a report writes,
     no link). Only the check: :func:`mark_out` marks it once every other check has passed."""
     out = Path(cfg.out)
+    check_path(out, "--out")
+    check_outside_data(cfg.data, out, "--out", results_page.FIGURES_IN_DATA)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a new or empty folder for the report's runs")
     if not out.is_dir() or (out / MARK).is_file():

@@ -10,7 +10,7 @@ from pathlib import Path
 from customkd.common.errors import UserError
 from customkd.common.options import option
 from customkd.featcache.config import ExtractConfig
-from customkd.trainer.config import EVAL_SPLITS
+from customkd.trainer.config import EVAL_SPLITS, DistillConfig
 
 _EXTRACT = ExtractConfig()  # the report's defaults are extract's and distill's own
 DEFAULT_REGIMES = "headroom,pretrained,main,teachers-lite0,teachers-lite2,teachers-ensemble"
@@ -202,6 +202,16 @@ class CompareConfig:
         if self.parallel < 1:
             raise UserError(f"--parallel must be at least 1, got {self.parallel}")
         self._check_extra()
+        self._check_run_options()
+
+    def _check_run_options(self) -> None:
+        """Each distill option compare passes (a seed, --epochs, --image-size, …) in the range distill takes, checked
+        one at a time by :class:`~trainer.config.DistillConfig` before anything is written: every run would otherwise
+        be refused in turn, after ``--out`` was made. How options combine (with ``--extra``) is left to the runs."""
+        given = {name: getattr(self, name) for name in ("epochs", "min_steps", "image_size", "labels_per_class",
+                                                         "label_fraction") if getattr(self, name) is not None}
+        for name, value in [*given.items(), *(("seed", seed) for seed in self.seeds)]:
+            DistillConfig(cache=self.cache, **{name: value})
 
     def _check_extra(self) -> None:
         """--extra may add any distill flag but those compare sets per run (a later flag would win over them)."""

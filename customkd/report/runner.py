@@ -87,6 +87,18 @@ def _terminated(*_) -> None:
     raise UserError("terminated; rerun the same command to continue (finished runs are kept)")
 
 
+def _failed(job: Job, code: int, logs: Path) -> UserError:
+    """The error for a run that failed: its log's last lines shown indented (so the run's own ``error:`` line is not
+    taken for this command's), then what to do: a run refused by distill (exit 2) needs its options or inputs fixed
+    first, a crash or a kill only a rerun."""
+    tail = log_path(job, logs).read_text(errors="replace").splitlines()[-15:]
+    print("\n".join(f"  {line}" for line in tail), file=sys.stderr)
+    then = ("fix what its last line says, then rerun the same command (finished runs are kept)" if code == 2
+            else "rerun the same command to continue")
+    return UserError(f"{job.key} seed {job.seed} failed (exit {code}); its log is {log_path(job, logs)} (last lines "
+                     f"above); {then}")
+
+
 def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, dict]) -> int:
     """Run the jobs not already finished, ``parallel`` at a time, each with ``cores // parallel`` threads;
     returns how many ran. On any failure or signal the running children are stopped before this returns."""
@@ -107,10 +119,7 @@ def run_all(jobs: list[Job], parallel: int, logs: Path, extractions: dict[str, d
             for proc in [p for p in running if p.poll() is not None]:
                 job, began = running.pop(proc)
                 if proc.returncode != 0:
-                    tail = "\n".join(log_path(job, logs).read_text(errors="replace").splitlines()[-15:])
-                    print(tail, file=sys.stderr)
-                    raise UserError(f"{job.key} seed {job.seed} failed (exit {proc.returncode}); its log is "
-                                    f"{log_path(job, logs)} (last lines above); rerun the same command to continue")
+                    raise _failed(job, proc.returncode, logs)
                 record_finished(job, time.perf_counter() - began, threads, parallel)
     finally:
         stop(running)

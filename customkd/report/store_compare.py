@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from customkd.common.errors import UserError
-from customkd.common.files import write_json, write_text
+from customkd.common.files import check_path, write_json, write_text
+from customkd.contract.datasets import check_outside_data
 from customkd.report import results_page, store_page
 from customkd.report.collect import summarize
 from customkd.report.compare import VARIANTS, draw_figures
@@ -59,9 +60,12 @@ def check_places(cfg: CompareConfig) -> None:
     and not inside the store)."""
     from customkd.contract import location, store
 
+    check_path(cfg.out, "--out")
     if not store.store_exists(cfg.cache):
         raise UserError(f"no store at {cfg.cache}; make one with customkd extract --data DATA --teacher TEACHER "
                         f"--out {cfg.cache}, or pass --cache the path of an existing store")
+    check_outside_data(store.Store.open_complete(cfg.cache).manifest.data_spec, cfg.out, "--out",
+                       results_page.FIGURES_IN_DATA)
     out = cfg.out.resolve()
     if not location.is_remote(cfg.cache):
         root = Path(location.to_local(cfg.cache)).resolve()

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from customkd.common.errors import UserError
-from customkd.common.options import field_hints, option
+from customkd.common.options import check_workers, field_hints, option
 from customkd.trainer.methods.options import (
     OPTION_GROUPS,
     CustomKDOptions,
@@ -179,8 +179,7 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
                             f"{self.epochs}); the cosine decay follows the warm-up")
         if self.min_steps < 0:
             raise UserError(f"--min-steps must be >= 0, got {self.min_steps}")
-        if self.workers < 0:
-            raise UserError(f"--workers must be >= 0, got {self.workers}")
+        check_workers(self.workers)
 
     def _check_setting(self) -> None:
         """The label budget, domains, loss weights and fingerprint pins fit the setting."""
@@ -304,5 +303,4 @@ class UseConfig:
             raise UserError(f"unknown --device {self.device!r}; known: auto, cpu, cuda, cuda:N")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise UserError(f"--workers must be >= 0, got {self.workers}")
+        check_workers(self.workers)

@@ -75,9 +75,9 @@ def check_run_dir(cfg: DistillConfig) -> Path:
     written, so files the tool did not write are never overwritten; a finished or checkpointed run
     needs --resume, and --resume must not change what the run computes."""
     run = Path(cfg.out or default_run_dir(cfg))
+    check_outside_stores(run, "--out", itself=True)  # first: it also refuses a path no folder can be made at
     if run.exists() and not run.is_dir():
         raise UserError(f"run directory {run} is a file; choose another --out")
-    check_outside_stores(run, "--out", itself=True)
     if run.is_dir() and not run_folder.is_marked(run):
         stranger = run_folder.first_foreign_file(run)
         if stranger is not None:

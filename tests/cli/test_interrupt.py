@@ -94,3 +94,34 @@ def test_the_resume_hint_names_the_program_as_it_runs_from_here(tmp_path, monkey
     assert invoked_as() == [".venv/bin/customkd"]  # not on PATH: its path, as it was typed
     monkeypatch.setattr(sys, "argv", ["/x/customkd/cli/__main__.py", "distill"])
     assert invoked_as() == [sys.executable, "-m", "customkd.cli"]
+
+
+PENDING_WRITES = """
+import asyncio, sys
+import typer
+from customkd.cli.common import run_or_exit, setup_logging
+
+setup_logging()
+held = []
+
+def action():  # a write pending on an event loop, as zarr's are when Ctrl-C lands in the middle of one
+    loop = asyncio.new_event_loop()
+    held.append(loop.create_task(asyncio.sleep(3600)))
+    loop.run_until_complete(asyncio.sleep(0))
+    raise KeyboardInterrupt
+
+try:
+    run_or_exit(action)
+except typer.Exit as done:
+    sys.exit(done.exit_code)
+"""
+
+
+def test_the_interrupted_line_is_the_last_even_with_writes_pending_on_an_event_loop():
+    """Ctrl-C while zarr writes (``cache import``, ``extract``): asyncio logged ``Task was destroyed but it is
+    pending!`` for each write after the ``interrupted`` line as the process exited, or, once Python could no longer
+    import, logging's own ``--- Logging error ---`` traceback (the log formatter imported lazily)."""
+    ended = subprocess.run([sys.executable, "-c", PENDING_WRITES], cwd=ROOT, env=cli_env(), capture_output=True,
+                           text=True, timeout=120)
+    assert ended.returncode == 130, ended.stderr
+    assert ended.stderr.strip().splitlines() == ["interrupted; rerun the same command to resume"], ended.stderr

@@ -72,6 +72,13 @@ def test_the_advice_names_a_method_only_when_every_interval_excludes_zero():
     (("--baseline", "dkd"), "--baseline dkd is not one of --methods kd,customkd"),
     (("--seeds", "0,x"), "--seeds must be comma-separated integers"),
     (("--extra", "--lr 1e-3 --method=dkd"), "--extra cannot set --method: compare sets it for each run"),
+    # distill's own ranges, before --out is made (each run was refused in turn, after compare.json was written)
+    (("--seeds", "0,-1"), "--seed must be >= 0"),
+    (("--epochs", "0"), "--epochs must be >= 1"),
+    (("--image-size", "0"), "--image-size must be >= 1"),
+    (("--labels-per-class", "0"), "--labels-per-class must be >= 1"),
+    (("--label-fraction", "2"), "--label-fraction must be in (0, 1]"),
+    (("--min-steps", "-1"), "--min-steps must be >= 0"),
 ])
 def test_bad_options_are_one_error_line(tiny_store, tmp_path, args, needle):
     result = invoke("compare", "--cache", tiny_store, "--out", tmp_path / "out", *args)
@@ -180,3 +187,26 @@ def test_compare_distils_the_teacher_choice_of_a_store_with_several(tiny_store, 
     assert config["teachers"] == "timm:test_vit,timm:test_vit2"
     assert "--teacher timm:test_vit,timm:test_vit2" in json.loads(
         (tmp_path / "both" / "results" / "summary.json").read_text())["command"]
+
+
+def test_a_run_refused_by_distill_is_one_error_line_saying_to_fix_it(tiny_store, tmp_path):
+    """``--extra`` with a value distill refuses (``--lr=-1``): the run's log is shown indented under one ``error:``
+    line of compare's own, which says to fix the options (it said only to rerun, which fails the same way)."""
+    result = customkd("compare", "--cache", tiny_store, "--out", tmp_path / "out", "--methods", "student,kd", "--seeds",
+                      "0", "--extra=--lr=-1")
+    line = one_error_line(result, "compare/student seed 0 failed (exit 2)")
+    assert "fix what its last line says" in line and "  error: --lr must be > 0" in result.stderr
+
+
+def test_a_page_is_never_written_into_the_dataset_of_its_store(tiny_store, tiny_folder, tmp_path):
+    """``compare --out`` (``report --out``, ``report --docs``) inside the store's dataset folder: the page's PNG
+    figures became samples of the dataset, so the store was stale for every later run; now one line before anything
+    is written, and the dataset is left as it was."""
+    before = sorted(tiny_folder.rglob("*"))
+    one_error_line(invoke("compare", "--cache", tiny_store, "--out", tiny_folder / "cmp"),
+                   f"dataset folder {tiny_folder} contains --out {tiny_folder / 'cmp'}; the page's figures")
+    one_error_line(invoke("report", "--data", f"folder:{tiny_folder}", "--quick", "--out", tiny_folder / "rep"),
+                   "the page's figures (PNG files) written there would become images of the dataset")
+    one_error_line(invoke("report", "--data", f"folder:{tiny_folder}", "--out", tmp_path / "rep", "--docs",
+                          tiny_folder / "class0"), f"contains --docs {tiny_folder / 'class0'}")
+    assert sorted(tiny_folder.rglob("*")) == before and not (tmp_path / "rep").exists()

@@ -505,3 +505,25 @@ def test_report_no_docs_writes_the_page_under_out_only(tiny_folder, tmp_path):
     assert set(summary["rows"]) == {"main/student", "main/kd"}
     assert (out / "results" / "runs" / "main" / "kd" / "seed0" / "metrics.json").is_file()
     assert (out / compare.MARK).is_file()
+
+
+def test_the_readme_block_is_replaced_and_every_other_byte_kept(tmp_path):
+    """``--readme``: a README with CRLF line endings (every one was rewritten to LF), with bytes that are not UTF-8
+    (a UnicodeDecodeError once every run had finished), reached through a link (the link was replaced by a file and
+    the README left as it was), with its own permissions (reset to the umask's)."""
+    import os
+
+    from customkd.report.config import README_END, README_START
+
+    summary = json.loads((ROOT / "docs" / "results" / "summary.json").read_text())
+    head, tail = "# caf\xe9\r\nintro\r\n".encode("latin-1"), b"\r\nend \xff\r\n"
+    readme = tmp_path / "README.md"
+    readme.write_bytes(head + f"{README_START}\r\nold\r\n{README_END}".encode() + tail)
+    readme.chmod(0o600)
+    (tmp_path / "link.md").symlink_to(readme)
+    results_page.check_writable(ReportConfig(docs=tmp_path / "docs", readme=tmp_path / "link.md"))
+    results_page.update_readme(tmp_path / "link.md", summary)
+    written = readme.read_bytes()
+    block = f"{README_START}\n{results_page.headline(summary)}\n{README_END}".replace("\n", "\r\n").encode()
+    assert written == head + block + tail
+    assert (tmp_path / "link.md").is_symlink() and os.stat(readme).st_mode & 0o777 == 0o600

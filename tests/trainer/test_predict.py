@@ -108,7 +108,7 @@ def test_output_places_are_refused_before_any_work(tmp_path, monkeypatch):
     cases = [(tmp_path / "folder", "is a directory; name a new file"),
              (tmp_path / "missing" / "p.out", f"folder {tmp_path / 'missing'} does not exist"),
              (locked / "p.out", "(permission denied)"), (tmp_path / "mine.csv", "already exists"),
-             (tmp_path / "link.csv", "already exists"), (tmp_path / "left.csv", "left.csv.partial exists"),
+             (tmp_path / "link.csv", "is a symbolic link to"), (tmp_path / "left.csv", "left.csv.partial exists"),
              (tmp_path / "s.zarr" / "labels" / "p.out", "inside the Zarr store")]
     for target, needle in cases:
         for command in (["predict", run, "--images", image, "--out", target], ["export", run, "--onnx", target]):
