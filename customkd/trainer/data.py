@@ -44,6 +44,7 @@ class CachedData:
     split: np.ndarray  # int64 [N]
     manifest: Manifest
     listing: DatasetListing
+    content_hash: np.ndarray | None = None  # uint64 [N], the hash of each image's bytes read at extraction
 
     @property
     def n_views(self) -> int:
@@ -167,6 +168,7 @@ def load_cached_data(cfg: DistillConfig, expected: dict[str, str] | None = None)
         labels=arrays["labels"].astype(np.int64),
         domain=arrays["domain"].astype(np.int64),
         split=arrays["split"].astype(np.int64),
+        content_hash=arrays["content_hash"],
         manifest=manifest,
         listing=listing,
     )
@@ -250,6 +252,20 @@ def carve_val(split: Split, cfg: DistillConfig) -> Split:
     return Split(split.train[~val], split.train_labels[~val], split.eval, split.train[val])
 
 
+def without_copies_of(train: np.ndarray, held_out: np.ndarray, data: CachedData) -> np.ndarray:
+    """The training mask ``[N]`` less every row whose image bytes equal a held-out row's (``content_hash``), with a
+    warning: a copy of an evaluation image (an ``--unlabeled`` folder holding copies of the labeled images, one
+    file saved twice) would train on what is evaluated."""
+    if data.content_hash is None:
+        return train
+    copies = train & np.isin(data.content_hash, data.content_hash[held_out])
+    if copies.any():
+        log.warning("%d training images are byte-identical copies of held-out images (e.g. %s); they are left out "
+                    "of training so that nothing evaluated is trained on", int(copies.sum()),
+                    printable(data.listing.samples[int(np.flatnonzero(copies)[0])].relpath))
+    return train & ~copies
+
+
 def make_split(cfg: DistillConfig, data: CachedData) -> Split:
     """Training rows with their labels (-1 = unlabeled) and held-out rows of the setting.
 
@@ -261,6 +277,7 @@ def make_split(cfg: DistillConfig, data: CachedData) -> Split:
     if cfg.eval_split == "dev":
         test = carve_dev(train, data.labels)
         train &= ~test
+    train = without_copies_of(train, test, data)
     stored_unlabeled = bool((data.labels[train] < 0).any())
     if cfg.setting == "uda":
         both = sorted(set(cfg.source) & set(cfg.target))

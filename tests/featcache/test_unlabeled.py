@@ -71,3 +71,29 @@ def test_unlabeled_folder_errors(tmp_path, tiny_folder):
                               f"folder:{tiny_folder}", "--unlabeled", f"folder:{tmp_path}/empty", "--out",
                               str(tmp_path / "y.zarr")), "no images under unlabeled folder")
     assert not (tmp_path / "y.zarr").exists()
+
+
+def test_copies_of_held_out_images_are_never_trained_on(tmp_path, caplog):
+    """An ``--unlabeled`` folder holding byte-identical copies of labeled images: the copies of held-out images
+    are left out of training with a warning naming one, the other unlabeled rows are trained on."""
+    from customkd.trainer.config import DistillConfig
+    from customkd.trainer.data import load_cached_data, make_split
+
+    labeled = make_tiny_hue_folder(tmp_path / "labeled", classes=3, per_class=6)
+    flat = tmp_path / "roll"
+    flat.mkdir()
+    for i, image in enumerate(sorted(labeled.rglob("*.png"))):
+        shutil.copy(image, flat / f"copy{i:02d}.png")
+    store = tmp_path / "s.zarr"
+    done = customkd("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{labeled}",
+                    "--unlabeled", f"folder:{flat}", "--out", str(store), "--views", "2", "--workers", "0")
+    assert done.returncode == 0, done.stderr
+    data = load_cached_data(DistillConfig(cache=str(store)))
+    held_out = np.flatnonzero((data.split == 1) & (data.labels >= 0))
+    assert len(held_out) == 3
+    with caplog.at_level("WARNING"):
+        split = make_split(DistillConfig(cache=str(store), setting="ssl"), data)
+    trained = set(data.content_hash[split.train].tolist())
+    assert not trained & set(data.content_hash[held_out].tolist())
+    assert len(split.train) + len(split.val) == 15 + 18 - 3  # every labeled training row and 15 of the 18 copies
+    assert "3 training images are byte-identical copies of held-out images (e.g. unlabeled/roll/copy" in caplog.text
