@@ -56,27 +56,3 @@ def optimizer_implementation(parameters) -> dict:
     if first is not None and first.device.type == "cuda":
         return {"fused": True}
     return {"foreach": True}
-
-
-# Niceness of DataLoader workers on a CPU run (see :func:`lower_worker_priority`).
-CPU_WORKER_NICENESS = 10
-
-
-def lower_worker_priority(_worker_id: int) -> None:
-    """``worker_init_fn`` of a CPU run's loader workers: run them at :data:`CPU_WORKER_NICENESS`.
-
-    On a CPU the workers replay views on the cores the model's intra-op threads compute on; at equal priority each
-    worker slice preempts one of those threads and stalls the others at the next barrier, which costs more than the
-    slice itself. At a lower priority the workers take what the training (or teacher) threads leave idle, and run
-    at once when the step waits for their batch. On a GPU the training process mostly waits on the device, so the
-    workers keep the priority they had."""
-    import os
-
-    os.nice(CPU_WORKER_NICENESS)
-
-
-def loader_priority(device: torch.device | str) -> dict:
-    """DataLoader options that set the workers' priority for ``device`` (:func:`lower_worker_priority` on a CPU)."""
-    import torch
-
-    return {"worker_init_fn": lower_worker_priority} if torch.device(device).type == "cpu" else {}

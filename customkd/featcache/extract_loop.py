@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from customkd.common import distributed, files
-from customkd.common.devices import autocast, loader_priority
+from customkd.common.devices import autocast
 from customkd.common.errors import UserError
 from customkd.contract import location as where
 from customkd.contract import store as fs
@@ -274,7 +274,6 @@ def extract_shards(group, teacher, entry: TeacherEntry, device, cfg: ExtractConf
         ViewImages(listing, rows, keys, cfg, teacher.preprocess, stored),
         batch_size=max(1, cfg.batch_size // layout.n_views), num_workers=cfg.workers,
         pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers else None,
-        **(loader_priority(device) if cfg.workers else {}),
     )
     progress = RankProgress(env, group, layout, pending, entry)
     return run_pending(loader, teacher, device, cfg, layout, ShardWriter(group, layout, entry), progress, listing,

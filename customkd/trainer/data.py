@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from customkd.common.devices import loader_priority
 from customkd.common.errors import UserError, printable
 from customkd.contract import store as fs
 from customkd.contract.datasets import DatasetListing, load_listing
@@ -454,8 +453,7 @@ def loader_options(workers: int, device: torch.device | str = "cpu", persistent:
     pinned pages when the batches go to a GPU (so ``.to(device, non_blocking=True)`` overlaps)."""
     options: dict = {"num_workers": workers, "pin_memory": torch.device(device).type == "cuda"}
     if workers > 0:
-        options.update(persistent_workers=persistent, prefetch_factor=max(2, -(-4 // workers)),
-                       **loader_priority(device))
+        options.update(persistent_workers=persistent, prefetch_factor=max(2, -(-4 // workers)))
     return options
 
 

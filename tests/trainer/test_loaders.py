@@ -155,29 +155,6 @@ def test_loader_options_pin_only_for_cuda_and_persist_only_with_workers():
     assert loader_options(1)["prefetch_factor"] * 1 >= 4  # at least four batches queued
 
 
-class _Niceness(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 4
-
-    def __getitem__(self, item):
-        import os
-
-        return os.nice(0)
-
-
-def test_a_cpu_runs_workers_yield_the_cores_to_the_training_threads():
-    """On a CPU the loader workers run at a lower priority than the process that trains (or extracts); on a GPU
-    they keep its priority."""
-    import os
-
-    from customkd.common.devices import CPU_WORKER_NICENESS
-
-    own = os.nice(0)
-    seen = torch.cat(list(torch.utils.data.DataLoader(_Niceness(), batch_size=2, **loader_options(2, "cpu"))))
-    assert seen.tolist() == [min(own + CPU_WORKER_NICENESS, 19)] * 4
-    assert "worker_init_fn" not in loader_options(2, "cuda") and "worker_init_fn" not in loader_options(0, "cpu")
-
-
 def test_a_nan_after_the_first_step_names_its_term_and_step(tiny_store, tmp_path, monkeypatch):
     from customkd.trainer.methods import kd
 
