@@ -123,6 +123,13 @@ def worker_loader(work: Workload, n_samples: int, workers: int, cache=None):
                        work.config.batch_size, workers, device=work.device)
 
 
+def real_workers(work: Workload, cache) -> int:
+    """The loader workers ``distill`` runs with by default on this device, with or without the view cache."""
+    from customkd.trainer.distill import resolve_workers
+
+    return resolve_workers(None, work.device, cache is not None)
+
+
 def device_replay(work: Workload, decoded, engine: str, n_samples: int):
     from customkd.trainer.data import chunk_batches
     from customkd.trainer.device_replay import DeviceReplay
@@ -146,8 +153,8 @@ def limits_round(cfg: BenchConfig, work: Workload, trainee, decoded, cache, n: i
     steps = max(n // cfg.batch_size, 2)
     channels_last = work.device.type == "cuda"  # the trainer's layout (trainer.loop.prefers_channels_last)
     record = {
-        "real": _train(work, trainee, worker_loader(work, n, cfg.workers, cache), None, n),
-        "real_replaying": _train(work, trainee, worker_loader(work, n, cfg.workers), None, n),
+        "real": _train(work, trainee, worker_loader(work, n, real_workers(work, cache), cache), None, n),
+        "real_replaying": _train(work, trainee, worker_loader(work, n, real_workers(work, None)), None, n),
         "synthetic": _train(work, trainee, SyntheticBatches(work, steps), None, steps * cfg.batch_size),
         "plain": plain_train(work, channels_last, steps),
         "plain_other_layout": plain_train(work, not channels_last, steps),
@@ -161,8 +168,8 @@ def limits_round(cfg: BenchConfig, work: Workload, trainee, decoded, cache, n: i
         threads = torch.get_num_threads()
         record["real_1worker_1thread"] = with_threads(
             1, lambda: _train(work, trainee, worker_loader(work, n, 1, cache), None, n))
-        record["real_0workers"] = with_threads(
-            threads, lambda: _train(work, trainee, worker_loader(work, n, 0, cache), None, n))
+        record["real_2workers"] = with_threads(
+            threads, lambda: _train(work, trainee, worker_loader(work, n, 2, cache), None, n))
     return record
 
 
@@ -209,7 +216,7 @@ def _limits_raw(cfg: BenchConfig, work: Workload, rounds: list[dict], decoded_by
         "per_round_real_vs_synthetic": summary([
             statistics.median(r["synthetic"]["steps"]) / statistics.median(r["real"]["steps"]) for r in rounds]),
     }
-    if "real_0workers" in rate:
+    if "real_2workers" in rate:
         raw["ratio_1worker_1thread_vs_default"] = rate["real_1worker_1thread"] / rate["real"]
-        raw["ratio_0workers_vs_default"] = rate["real_0workers"] / rate["real"]
+        raw["ratio_2workers_vs_default"] = rate["real_2workers"] / rate["real"]
     return raw

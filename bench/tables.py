@@ -69,9 +69,9 @@ def limit_metrics(limits: dict | None, gpu: bool) -> list[dict]:
         metric("device_replay_exact_vs_workers_loader", limits["ratio_replay_exact_vs_workers_loader"], ">=", None),
         metric("channels_last_vs_nchw_train", limits["ratio_channels_last_vs_nchw"], ">=", None),
     ]
-    if "ratio_0workers_vs_default" in limits:
+    if "ratio_2workers_vs_default" in limits:
         metrics += [metric("one_worker_one_thread_vs_default", limits["ratio_1worker_1thread_vs_default"], ">=", None),
-                    metric("no_workers_vs_default", limits["ratio_0workers_vs_default"], ">=", None)]
+                    metric("two_workers_vs_default", limits["ratio_2workers_vs_default"], ">=", None)]
     return metrics
 
 

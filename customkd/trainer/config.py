@@ -71,7 +71,10 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
     batch_size: int = option(64, "Samples per optimizer step (all ranks together).", aliases=("-b",))
     out: str = option("", "Run directory (default runs/<method>-<student>-<time>).")
     seed: int = option(0, "Seed of the label budget, initialisation, batch order and views.")
-    workers: int = option(2, "DataLoader workers replaying views.", aliases=("-j",))
+    workers: int | None = option(
+        None, "DataLoader workers replaying views (default: 2; on a CPU none while the view cache holds every view of "
+        "the run: reading a cached view in the training process then costs less than a worker's hand-off).",
+        aliases=("-j",))
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     replay: str = option(
         "auto", "Where views are replayed: workers (PIL in the DataLoader workers), device (every image decoded once, "
@@ -179,7 +182,8 @@ class DistillConfig(CustomKDOptions, DKDOptions, KDOptions, FeatureTermOptions):
                             f"{self.epochs}); the cosine decay follows the warm-up")
         if self.min_steps < 0:
             raise UserError(f"--min-steps must be >= 0, got {self.min_steps}")
-        check_workers(self.workers)
+        if self.workers is not None:
+            check_workers(self.workers)
 
     def _check_setting(self) -> None:
         """The label budget, domains, loss weights and fingerprint pins fit the setting."""

@@ -63,6 +63,8 @@ def default_run_dir(cfg: DistillConfig) -> str:
     return f"runs/{cfg.method}-{cfg.student}-{stamp}"
 
 
+DEFAULT_WORKERS = 2  # DataLoader workers replaying views, unless resolve_workers decides otherwise
+
 # settings a resumed run may change: where and how it runs, not what it computes
 RESUME_MAY_CHANGE = ("resume", "workers", "device", "features", "out", "allow_stale", "data", "expect_fingerprint",
                      "keep_checkpoint", "view_cache")
@@ -171,6 +173,7 @@ class Session:
     history: list = field(default_factory=list)
     best: BestEpoch = field(default_factory=BestEpoch)
     replay: DeviceReplay | None = None  # --replay device: batches replayed from the decoded images
+    cache: ViewCache | None = None  # the worker replay's cache of replayed views
 
     @property
     def data(self) -> CachedData:
@@ -215,13 +218,16 @@ def setup(cfg: DistillConfig, env: distributed.DistEnv, device: torch.device) ->
     seed_everything(cfg.seed)
     pinned = run_folder.read_config(run).store_fingerprint if cfg.resume else None
     inputs = load_inputs(cfg, device, pinned)
+    split = inputs.split
+    cache = view_cache(cfg, inputs.data, np.concatenate([split.train, split.eval, split.val]))
+    cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, device, cache is not None))
     epochs = cfg.epochs_for(len(inputs.split.train))
     log.info("%s", announce(cfg, inputs.split, epochs, device))
     if epochs > 4 * max(inputs.data.n_views - 1, 1):
         log.warning("%d epochs over %d cached views per sample: views repeat often", epochs, inputs.data.n_views)
     trainee = build_trainee(cfg, inputs, device, env)
     distributed.on_main(env, lambda: claim_run_dir(cfg, run))  # last: a run refused above leaves nothing behind
-    return Session(cfg, env, device, run, inputs, trainee)
+    return Session(cfg, env, device, run, inputs, trainee, cache=cache)
 
 
 def announce(cfg: DistillConfig, split: Split, epochs: int, device: torch.device) -> str:
@@ -391,6 +397,17 @@ def choose_student(s: Session, dataset: StudentViews) -> dict:
             "last": {"epoch": s.epochs, **last}}
 
 
+def resolve_workers(workers: int | None, device: torch.device, cached: bool) -> int:
+    """``--workers`` as given; by default :data:`DEFAULT_WORKERS`, or none on a CPU when the view cache holds every
+    view of the run (``cached``). There the workers' processes compete with the training threads for the cores and
+    their hand-off costs more than reading a cached view in the training process: in ``make bench`` the student
+    trained at 0.84x the rate of device-resident batches with 2 workers and 1.0x with none
+    (docs/benchmarks.md, ``student_step_vs_synthetic``). The first epoch then replays in the training process."""
+    if workers is not None:
+        return workers
+    return 0 if device.type == "cpu" and cached else DEFAULT_WORKERS
+
+
 def view_cache(cfg: DistillConfig, data, rows: np.ndarray) -> ViewCache | None:
     """The loader's cache of replayed views (:mod:`trainer.view_cache`); None with ``--no-view-cache`` or when the
     views of ``rows`` do not fit it."""
@@ -418,8 +435,8 @@ def train(s: Session, started: dt.datetime) -> dict:
     """Every epoch still to run (the method's stage when due, KD, evaluation, checkpoint); the final metrics."""
     cfg, env = s.cfg, s.env
     rows = np.concatenate([s.split.train, s.split.eval, s.split.val])
-    decoded = resolve_replay(cfg.replay, s.data, rows, s.device, cfg.ssl == "fixmatch", cfg.workers)
-    cache = view_cache(cfg, s.data, rows) if decoded is None else None
+    decoded = resolve_replay(cfg.replay, s.data, rows, s.device, cfg.ssl == "fixmatch", cfg.workers or DEFAULT_WORKERS)
+    cache = s.cache if decoded is None else None
     eval_ds = StudentViews(s.data, cfg.image_size, cache=cache)
     train_ds = StudentViews(s.data, cfg.image_size, strong_seed=cfg.seed, cache=cache) \
         if cfg.ssl == "fixmatch" else eval_ds

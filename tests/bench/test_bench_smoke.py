@@ -19,7 +19,7 @@ METRICS = {
     "student_step_vs_synthetic", "replaying_student_step_vs_synthetic", "synthetic_vs_timm_train",
     "loader_capacity_vs_synthetic",
     "device_replay_fast_vs_workers_loader", "device_replay_exact_vs_workers_loader", "channels_last_vs_nchw_train",
-    "one_worker_one_thread_vs_default", "no_workers_vs_default",
+    "one_worker_one_thread_vs_default", "two_workers_vs_default",
 }
 RAW_SECTIONS = {"config", "extraction", "add_teacher", "training", "limits", "epoch_overhead", "teacher_size", "memory", "allocator", "storage",
                 "store_read", "wall_seconds"}
@@ -72,7 +72,7 @@ def test_the_limit_metrics_compare_against_the_synthetic_step_with_the_issues_ta
     assert cpu["replaying_student_step_vs_synthetic"]["pass"] is None  # information: the first epoch's loader
     assert cpu["loader_capacity_vs_synthetic"]["pass"] is None and gpu["loader_capacity_vs_synthetic"]["pass"] is False
     assert gpu["loader_capacity_vs_synthetic"]["target"] == ">= 1.5"
-    assert "no_workers_vs_default" not in cpu  # measured only where the section ran the thread variants
+    assert "two_workers_vs_default" not in cpu  # measured only where the section ran the thread variants
     assert tables.limit_metrics(None, gpu=False) == []  # a result from before the section existed
 
 

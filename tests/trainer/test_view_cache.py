@@ -83,3 +83,17 @@ def test_a_cache_sent_to_a_spawned_process_holds_nothing_and_rows_outside_it_are
     assert cache.get(5, 0) is None
 
 
+
+
+def test_a_cpu_run_with_every_view_cached_needs_no_workers_unless_asked(tiny_store, tmp_path):
+    """Without ``--workers``: none on a CPU when the view cache holds every view, 2 otherwise; a given count wins
+    (config.json records the count used)."""
+    from customkd.trainer.distill import DEFAULT_WORKERS, resolve_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_workers(None, cpu, cached=True) == 0
+    assert resolve_workers(None, cpu, cached=False) == resolve_workers(None, cuda, cached=True) == DEFAULT_WORKERS == 2
+    assert resolve_workers(2, cpu, cached=True) == 2 and resolve_workers(0, cuda, cached=False) == 0
+    for name, asked, used in (("auto", None, 0), ("two", 2, 2), ("no-cache", None, 2)):
+        distill_mod.distill(tiny_config(tiny_store, tmp_path / name, workers=asked, view_cache=name != "no-cache"))
+        assert json.loads((tmp_path / name / "config.json").read_text())["workers"] == used, name
