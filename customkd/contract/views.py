@@ -209,6 +209,20 @@ def to_tensor(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...
     return (tensor - mean_t) / std_t
 
 
+def normalize_uint8(pixels, mean, std):
+    """uint8 images ``[..., 3, H, W]`` → float32 ``(x / 255 − mean) / std`` on their device and in their memory
+    format. The float32 operations of :func:`to_tensor`, in its order, so on CPU the result equals
+    :func:`to_tensor` of the same pixels bit for bit. ``mean`` and ``std`` are 3 numbers or float32 tensors
+    (a tensor already on the pixels' device is used without a copy)."""
+    import torch
+
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"normalize_uint8 takes uint8 images, got {pixels.dtype}")
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    return (pixels.float() / 255.0 - mean_t) / std_t
+
+
 def replay(
     image: Image.Image,
     params: np.ndarray,

@@ -24,7 +24,7 @@ from customkd.contract import store as fs
 from customkd.contract.datasets import IMAGE_ERRORS, DatasetListing
 from customkd.contract.listing import content_hash
 from customkd.contract.schema import Layout, TeacherEntry
-from customkd.contract.views import VIEW_PARAMS, draw_views, replay
+from customkd.contract.views import VIEW_PARAMS, draw_views, normalize_uint8, replay_pil, to_uint8
 from customkd.featcache.config import ExtractConfig
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,10 @@ class StoredViews:
 
 
 class ViewImages(torch.utils.data.Dataset):
-    """Sample row → (row, images [V,3,S,S], view params [V,P], content hash, error or "").
+    """Sample row → (row, images [V,3,S,S] uint8, view params [V,P], content hash, error or "").
+
+    Workers return the views' bytes, not normalised floats: a quarter of the bytes to collate, pin and copy, and
+    no float arithmetic in the workers; :func:`run_pending` normalises on the device (:func:`normalize_uint8`).
 
     Views are drawn from the seed, or with ``stored`` replayed exactly as a store recorded them (then an image
     whose bytes changed since is an error, and a row stored invalid yields :data:`SKIPPED`). An unreadable image
@@ -96,7 +99,7 @@ class ViewImages(torch.utils.data.Dataset):
             data = self.listing.read_bytes(row)
             image = self.listing.load_image(row, data)
             params = self._params(row, image, data)
-            images = torch.stack([replay(image, v, p.size, p.mean, p.std, p.interpolation) for v in params])
+            images = torch.stack([to_uint8(replay_pil(image, v, p.size, p.interpolation)) for v in params])
         except (*IMAGE_ERRORS, ValueError) as exc:
             reason = type(exc).__name__ if isinstance(exc, PermissionError) else str(exc).split("\n")[0][:80]
             return row, *self._nothing(), reason or "unreadable"
@@ -107,7 +110,7 @@ class ViewImages(torch.utils.data.Dataset):
         """Zero pixels, NaN view parameters and hash 0: a row without an image."""
         size = self.preprocess.size
         params = np.full((self.n_views, len(VIEW_PARAMS)), np.nan, dtype=np.float32)
-        return torch.zeros(self.n_views, 3, size, size), torch.from_numpy(params), 0
+        return torch.zeros(self.n_views, 3, size, size, dtype=torch.uint8), torch.from_numpy(params), 0
 
 
 class ShardWriter:
@@ -204,11 +207,15 @@ def run_pending(loader, teacher, device, cfg: ExtractConfig, layout: Layout, wri
     buffers: dict[int, dict[int, tuple]] = {}
     bad: list[tuple[int, str]] = []
     layout_format = memory_format(teacher, device)
+    # copied to the device once: a pageable host copy per batch would wait on the device
+    mean = torch.tensor(teacher.preprocess.mean, dtype=torch.float32).to(device)
+    std = torch.tensor(teacher.preprocess.std, dtype=torch.float32).to(device)
     try:
         with torch.inference_mode(), autocast(device, precision):
             for batch_rows, images, params, hashes, errors in loader:
                 b, v = images.shape[:2]
                 pixels = images.flatten(0, 1).to(device, non_blocking=True, memory_format=layout_format)
+                pixels = normalize_uint8(pixels, mean, std)  # float32, in the uint8 batch's memory format
                 if observe is not None:
                     observe("start", b * v)
                 feats = teacher(pixels).float().view(b, v, -1).cpu().numpy()
