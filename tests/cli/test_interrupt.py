@@ -73,8 +73,12 @@ def test_only_a_traceback_of_the_interpreters_own_startup_is_let_through():
 
 
 def test_a_process_that_imports_the_cli_keeps_its_own_handler():
+    """Whatever this process's SIGINT handler is (Python's default, or SIG_IGN when a non-interactive shell started
+    it in the background), running a command through the CLI leaves it as it was."""
+    own = signal.getsignal(signal.SIGINT)
     assert invoke("students").exit_code == 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert invoke("distill", "--cache", "/nonexistent/store.zarr").exit_code == 2  # a failed command too
+    assert signal.getsignal(signal.SIGINT) is own
 
 
 def test_the_resume_hint_names_the_program_as_it_runs_from_here(tmp_path, monkeypatch):
