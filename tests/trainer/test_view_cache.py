@@ -95,5 +95,7 @@ def test_a_cpu_run_with_every_view_cached_needs_no_workers_unless_asked(tiny_sto
     assert resolve_workers(None, cpu, cached=False) == resolve_workers(None, cuda, cached=True) == DEFAULT_WORKERS == 2
     assert resolve_workers(2, cpu, cached=True) == 2 and resolve_workers(0, cuda, cached=False) == 0
     for name, asked, used in (("auto", None, 0), ("two", 2, 2), ("no-cache", None, 2)):
-        distill_mod.distill(tiny_config(tiny_store, tmp_path / name, workers=asked, view_cache=name != "no-cache"))
+        distill_mod.distill(tiny_config(tiny_store, tmp_path / name, workers=asked, view_cache=name != "no-cache",
+                                        keep_checkpoint=True))
         assert json.loads((tmp_path / name / "config.json").read_text())["workers"] == used, name
+    assert _outcome(tmp_path / "auto") == _outcome(tmp_path / "two") == _outcome(tmp_path / "no-cache")
