@@ -136,7 +136,7 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
     (["extract", "--teacher", "dinov2_vits", "--weights", "random", "--teacher-size", "230", "--data", "elpv", "--out",
       "{tmp}/x.zarr"], "not a multiple of the patch size 14 of teacher 'dinov2_vits'; use 224 or 238"),
     (["extract", "--teacher", TINY_TEACHER, "--weights", "random", "--teacher-size", "0", "--data", "elpv", "--out",
-      "{tmp}/x.zarr"], "--teacher-size must be between 16 and 2048 px"),  # 0 was taken as "the teacher's own"
+      "{tmp}/x.zarr"], "--teacher-size must be between 16 and 2048 px"),  # 0 is no size, not "the teacher's own"
     (["extract", "--teacher", TINY_TEACHER, "--weights", "random", "--tap", "embed", "--data", "elpv", "--out",
       "{tmp}/x.zarr"], "--tap embed does not apply to teacher 'timm:test_vit'; it offers: pooled, cls, mean"),
     (["extract", "--teacher", TINY_TEACHER, "--precision", "fp8", "--data", "elpv", "--out", "{tmp}/x.zarr"],
@@ -166,7 +166,7 @@ def test_dinov2_extracts_at_224_with_its_tap_in_the_fingerprint(tmp_path):
     (["predict", "{tmp}/run", "--images", "{tmp}", "--out", "{tmp}/p.csv", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["predict", "{tmp}/run", "--images", "{tmp}", "--out", "{tmp}/p.csv", "--workers", "-1"], "--workers must be >= 0"),
     (["evaluate", "{tmp}/run", "--workers", "-1"], "--workers must be >= 0"),
-    # a loader process each, a few hundred MB apiece: 100000 of them was accepted and would exhaust the machine
+    # a loader process each, a few hundred MB apiece: 100000 of them would exhaust the machine
     (["extract", "--teacher", TINY_TEACHER, "--workers", "100000", "--data", "elpv", "--out", "{tmp}/x.zarr"],
      "--workers must be >= 0 and <= 256"),
     (["distill", "--cache", "{store}", "--workers", "100000"], "--workers must be >= 0 and <= 256"),

@@ -122,9 +122,9 @@ except typer.Exit as done:
 
 
 def test_the_interrupted_line_is_the_last_even_with_writes_pending_on_an_event_loop():
-    """Ctrl-C while zarr writes (``cache import``, ``extract``): asyncio logged ``Task was destroyed but it is
-    pending!`` for each write after the ``interrupted`` line as the process exited, or, once Python could no longer
-    import, logging's own ``--- Logging error ---`` traceback (the log formatter imported lazily)."""
+    """Ctrl-C while zarr writes (``cache import``, ``extract``): the ``interrupted`` line is the last, with no
+    asyncio ``Task was destroyed but it is pending!`` line for a write left on zarr's event loop and no logging
+    ``--- Logging error ---`` traceback from a record formatted while Python shuts down."""
     ended = subprocess.run([sys.executable, "-c", PENDING_WRITES], cwd=ROOT, env=cli_env(), capture_output=True,
                            text=True, timeout=120)
     assert ended.returncode == 130, ended.stderr

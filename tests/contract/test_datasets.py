@@ -174,7 +174,7 @@ def _unreadable_entry(folder) -> None:
 
 def test_an_entry_the_listing_cannot_stat_is_one_line(tmp_path, tiny_store):
     """A data folder (or a store's recorded data spec) holding an entry this user cannot stat or list: one line
-    naming it, exit 2, for every command that lists the dataset (was a PermissionError traceback)."""
+    naming it, exit 2, for every command that lists the dataset, never a PermissionError traceback."""
     folder = make_tiny_hue_folder(tmp_path / "data", per_class=2)
     _unreadable_entry(folder)
     try:

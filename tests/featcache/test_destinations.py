@@ -140,8 +140,8 @@ def test_a_place_where_nothing_can_be_made_is_one_line_for_every_command_that_wr
 
 
 def test_a_new_store_through_a_link_to_an_empty_folder_is_made_in_the_folder(tiny_folder, tmp_path):
-    """``extract --out LINK`` where LINK points at an empty folder (an ``rmdir`` of the link was a NotADirectoryError
-    traceback): the store is made in the folder the link points at, and the link stays."""
+    """``extract --out LINK`` where LINK points at an empty folder (an ``rmdir`` of the link would raise
+    NotADirectoryError): the store is made in the folder the link points at, and the link stays."""
     (tmp_path / "folder").mkdir()
     (tmp_path / "link.zarr").symlink_to(tmp_path / "folder")
     made = invoke("extract", "--teacher", TINY_TEACHER, "--weights", "random", "--data", f"folder:{tiny_folder}",
@@ -173,8 +173,8 @@ def test_only_zarrs_own_temporary_files_are_removed_from_a_store(tiny_store, tmp
 
 def test_two_commands_creating_one_new_store_at_once_end_in_one_line(tiny_store, tmp_path):
     """Two ``cache import`` (or ``extract --out``) of a new store at once: the one that finds the store created by the
-    other after its own checks was a ContainsGroupError traceback (extract: zarr's message as the error line); it
-    is now one line saying another process is writing there, and the store the other made verifies."""
+    other after its own checks (zarr's ContainsGroupError) ends in one line saying another process is writing
+    there, and the store the other made verifies."""
     import subprocess
     import sys
 

@@ -72,7 +72,7 @@ def test_the_advice_names_a_method_only_when_every_interval_excludes_zero():
     (("--baseline", "dkd"), "--baseline dkd is not one of --methods kd,customkd"),
     (("--seeds", "0,x"), "--seeds must be comma-separated integers"),
     (("--extra", "--lr 1e-3 --method=dkd"), "--extra cannot set --method: compare sets it for each run"),
-    # distill's own ranges, before --out is made (each run was refused in turn, after compare.json was written)
+    # distill's own ranges, checked before --out is made, not by each run in turn after compare.json is written
     (("--seeds", "0,-1"), "--seed must be >= 0"),
     (("--epochs", "0"), "--epochs must be >= 1"),
     (("--image-size", "0"), "--image-size must be >= 1"),

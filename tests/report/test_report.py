@@ -508,9 +508,9 @@ def test_report_no_docs_writes_the_page_under_out_only(tiny_folder, tmp_path):
 
 
 def test_the_readme_block_is_replaced_and_every_other_byte_kept(tmp_path):
-    """``--readme``: a README with CRLF line endings (every one was rewritten to LF), with bytes that are not UTF-8
-    (a UnicodeDecodeError once every run had finished), reached through a link (the link was replaced by a file and
-    the README left as it was), with its own permissions (reset to the umask's)."""
+    """``--readme``: a README with CRLF line endings, with bytes that are not UTF-8, reached through a link, with
+    its own permissions: the block is replaced, every other byte, the line endings, the link (written through into
+    its target) and the file's mode are kept."""
     import os
 
     from customkd.report.config import README_END, README_START

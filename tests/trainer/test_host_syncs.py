@@ -175,7 +175,7 @@ def test_uint8_batches_normalised_after_the_copy_equal_the_float_views_bit_for_b
                           for column in zip(*(dataset[item] for item in items), strict=True))
     assert weak.dtype == strong.dtype == torch.uint8 and weak.shape == (len(items), 3, 32, 32)
     floats, strong_floats = [], []
-    for row, view, epoch in items:  # what the workers returned before: float32 from contract.views.to_tensor
+    for row, view, epoch in items:  # the reference: float32 views from contract.views.to_tensor
         crop = replay_pil(data.listing.load_image(row), data.views[row, view], 32, "bilinear")
         floats.append(to_tensor(crop, mean, std))
         strong_floats.append(to_tensor(dataset._strong(crop, row, epoch), mean, std))

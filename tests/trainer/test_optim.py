@@ -64,11 +64,11 @@ def test_the_schedule_state_round_trips_and_a_foreign_state_is_refused(tmp_path)
     assert again.optimizer.param_groups[0]["lr"] == _lrs(8, 3, 0.001, 6)[5]
     lambda_lr = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1),
                                                   lambda s: 1.0)
-    with pytest.raises(UserError, match="does not fit this run's scheduler"):  # an older version's checkpoint
+    with pytest.raises(UserError, match="does not fit this run's scheduler"):  # a LambdaLR state, not timm's
         run_folder.restore(tmp_path, {"scheduler": lambda_lr.state_dict()}, {"scheduler": again})
 
 
-# --------------------------------------------------------------------------- the defaults train as before
+# ------------------------------------------------- the defaults equal a hand-built AdamW/SGD with a cosine LambdaLR
 
 
 def _digest(run) -> str:

@@ -256,8 +256,8 @@ DAMAGED_RUNS = {
                                        "num_classes 3 does not match its 2 class names"),
     "classes not the weights'": (lambda run: _edit_config(run, _set(classes=["a", "b", "c", "d"], num_classes=4)),
                                  "student.safetensors does not fit the test_efficientnet with 4 classes"),
-    # JSON a parser refuses otherwise than with a JSONDecodeError (were a RecursionError, a ValueError traceback, and
-    # export's UnicodeEncodeError writing the ONNX metadata)
+    # JSON a parser refuses otherwise than with a JSONDecodeError (a RecursionError, a ValueError, and export's
+    # UnicodeEncodeError writing the ONNX metadata), each one line
     "config nested too deeply": (lambda run: (run / run_folder.CONFIG).write_text("[" * 100_000 + "]" * 100_000),
                                  "config.json is not valid JSON (nested too deeply)"),
     "config integer of 5000 digits": (lambda run: (run / run_folder.CONFIG).write_text('{"image_size": ' + "9" * 5000
@@ -369,10 +369,10 @@ def _declare_tensors(path: Path, grow: str, elements: int) -> None:
 
 
 def test_a_student_file_declaring_huge_tensors_is_refused_before_it_is_read(finished_run, tmp_path):
-    """A student.safetensors whose header declares one tensor of 8 GiB (a sparse file: no disk space) was read whole
-    by safetensors' load_file before its shapes were compared (8 GiB of memory, or a MemoryError traceback under a
-    memory limit); one declaring 32 MiB where the student has a small head was read too. Both are refused from
-    their size and header, in one line, with the peak memory of the real process that of the student alone."""
+    """A student.safetensors whose header declares one tensor of 8 GiB (a sparse file: no disk space), which
+    safetensors' load_file would read whole before its shapes can be compared, and one declaring 32 MiB where the
+    student has a small head: both are refused from their size and header, in one line, with the peak memory of
+    the real process that of the student alone."""
     run = _copy(finished_run, tmp_path)
     student = run / run_folder.STUDENT
     _declare_tensors(student, "classifier.weight", 2**31)
