@@ -123,7 +123,7 @@ def _prepare_store(cfg: ExtractConfig, manifest: Manifest, per_sample: dict):
                 raise
             log.warning("replacing store %s, which cannot be used as it is (--overwrite)", name)
             fs.delete_store(out)
-            return _create(cfg, out, manifest, per_sample), False
+            return fs.create_store(out, manifest, per_sample), False
         if opened.status == fs.STATUS_CREATING:  # killed while creating: nothing written yet
             log.warning("store %s was interrupted while being created; creating it again", name)
             fs.delete_store(out)
@@ -146,17 +146,7 @@ def _prepare_store(cfg: ExtractConfig, manifest: Manifest, per_sample: dict):
         log.warning("replacing store %s (%s)", name, f"different {', '.join(differs)}" if differs else
                     "--overwrite rebuilds it, e.g. after images were edited in place")
         fs.delete_store(out)
-    return _create(cfg, out, manifest, per_sample), False
-
-
-def _create(cfg: ExtractConfig, out, manifest: Manifest, per_sample: dict):
-    if isinstance(out, Path):
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create {out.parent} for --out ({exc.strerror or exc}); choose a writable "
-                            "location") from None
-    return fs.create_store(out, manifest, per_sample)
+    return fs.create_store(out, manifest, per_sample), False
 
 
 def _hold_existing(out: str) -> str | None:
@@ -171,9 +161,9 @@ def _hold_existing(out: str) -> str | None:
 def _prepare_locked(cfg: ExtractConfig, manifest: Manifest, per_sample: dict, held: str | None) -> bool:
     """:func:`_prepare_store` of a local store under its locks; returns whether the store is complete.
 
-    The folder above the store is held (``flock``, waiting) while the store is checked, created, resumed or
-    replaced, so two first extractions of one ``--out`` never both create it: the second finds the store and its
-    lock. The store's own lock (already held by :func:`_hold_existing` when it existed) is taken before anything in
+    The folder above the store (created when missing) is held (``flock``, waiting) while the store is checked,
+    created, resumed or replaced, so two first extractions of one ``--out`` never both create it: the second finds
+    the store and its lock. The store's own lock (already held by :func:`_hold_existing` when it existed) is taken before anything in
     it is touched and kept on the store as prepared, under the same key, until :func:`extract` lets it go. Object
     stores have no locks."""
     if where.is_remote(cfg.out):
@@ -235,8 +225,9 @@ def extract(cfg: ExtractConfig, observe: BatchObserver | None = None) -> Extract
     try:
         return _extract_store(cfg, spec, env, device, started, observe, held)
     finally:
-        if env.main and store_lock_key(cfg.out) is not None:
-            files.release_lock(store_lock_key(cfg.out))
+        key = store_lock_key(cfg.out)
+        if env.main and key is not None:
+            files.release_lock(key)
 
 
 def _extract_store(cfg: ExtractConfig, spec: str, env: distributed.DistEnv, device, started: dt.datetime,

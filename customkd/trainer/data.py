@@ -122,7 +122,8 @@ def _read_per_sample(store: fs.Store, cache: str) -> dict[str, np.ndarray]:
 def _check_values(store: fs.Store, arrays: dict[str, np.ndarray], manifest: Manifest, cache: str) -> None:
     """Refuse stored values outside their legal range, shard by shard (:func:`contract.values.block_problem`): the
     per-sample ``arrays`` read, the completion flags of the view set and of the reader's teachers, and the
-    manifest's count of invalid samples. A valid sample's features are checked as they are read (:func:`open_features`)."""
+    manifest's count of invalid samples. A valid sample's features are checked as they are read
+    (:func:`open_features`)."""
     layout, valid = manifest.layout, arrays["valid"].astype(bool)
     flags = {name: np.asarray(store.group[name][:]) for name in ("done", *(t.array("teacher_done")
                                                                         for t in manifest.teachers))}
@@ -185,6 +186,11 @@ class Split:
     @property
     def n_labeled(self) -> int:
         return int((self.train_labels >= 0).sum())
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Every row the run reads: training, held-out and validation ``[T + E + W]``."""
+        return np.concatenate([self.train, self.eval, self.val])
 
 
 def _domain_ids(names: tuple[str, ...], domains: tuple[str, ...]) -> list[int]:

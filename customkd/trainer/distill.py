@@ -218,8 +218,7 @@ def setup(cfg: DistillConfig, env: distributed.DistEnv, device: torch.device) ->
     seed_everything(cfg.seed)
     pinned = run_folder.read_config(run).store_fingerprint if cfg.resume else None
     inputs = load_inputs(cfg, device, pinned)
-    split = inputs.split
-    cache = view_cache(cfg, inputs.data, np.concatenate([split.train, split.eval, split.val]))
+    cache = view_cache(cfg, inputs.data, inputs.split.rows)
     cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, device, cache is not None))
     epochs = cfg.epochs_for(len(inputs.split.train))
     log.info("%s", announce(cfg, inputs.split, epochs, device))
@@ -434,8 +433,8 @@ def make_loaders(s: Session, train_ds: StudentViews, eval_ds: StudentViews, scor
 def train(s: Session, started: dt.datetime) -> dict:
     """Every epoch still to run (the method's stage when due, KD, evaluation, checkpoint); the final metrics."""
     cfg, env = s.cfg, s.env
-    rows = np.concatenate([s.split.train, s.split.eval, s.split.val])
-    decoded = resolve_replay(cfg.replay, s.data, rows, s.device, cfg.ssl == "fixmatch", cfg.workers or DEFAULT_WORKERS)
+    decoded = resolve_replay(cfg.replay, s.data, s.split.rows, s.device, cfg.ssl == "fixmatch",
+                             cfg.workers or DEFAULT_WORKERS)
     cache = s.cache if decoded is None else None
     eval_ds = StudentViews(s.data, cfg.image_size, cache=cache)
     train_ds = StudentViews(s.data, cfg.image_size, strong_seed=cfg.seed, cache=cache) \
